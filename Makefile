@@ -1,0 +1,48 @@
+# nanostudy: the two commands a new user needs are `make quickstart` and `make test`.
+# Everything else (uv itself, the virtual environment, services the tests need) is set up on demand.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv: the one on PATH, else a private copy bootstrapped with pip into .tools/ (needs only python3 + pip).
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/uv/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+STUDY ?= studies/quickstart.yaml
+
+.PHONY: help setup quickstart test test-fast lint format bench-cpu clean
+
+help:
+	@echo "make quickstart   set up, then run the quickstart study (CPU-sized, offline)"
+	@echo "make test         set up, lint, then run the test suite"
+	@echo "make lint|format  ruff check / ruff format"
+
+$(CURDIR)/.tools/uv/bin/uv:
+	python3 -m pip install --quiet --disable-pip-version-check --target $(CURDIR)/.tools/uv uv
+
+# The environment is rebuilt only when the lock or the project metadata changes.
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+setup: $(VENV)/.synced
+
+quickstart: setup
+	$(VENV)/bin/nanostudy quickstart
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
