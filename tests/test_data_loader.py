@@ -1,0 +1,145 @@
+"""TokenLoader: shapes, targets, masks, disjoint ranks, epochs, exact resume, validation from the start."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt.data import TokenLoader, tokens_available
+from nanogpt.shards import Manifest, ShardError, ShardInfo, TokenizerInfo, write_manifest, write_shard
+
+HASH = "ef" * 32
+
+
+def make_data_dir(path, train_sizes=(1000, 700, 301), val_sizes=(200,), with_mask=False):
+    """Shards whose token at stream position p is p (mod 60000): every read can be checked by position."""
+    path.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, sizes in (("train", train_sizes), ("val", val_sizes)):
+        start, infos = (0 if split == "train" else 50_000), []
+        for i, n in enumerate(sizes):
+            tokens = np.arange(start, start + n) % 60_000
+            mask = (tokens % 3 != 0).astype(np.uint8) if with_mask else None
+            name = f"{split}_{i:06d}.bin"
+            digest = write_shard(
+                path / name, tokens, tokenizer_name="t", tokenizer_hash=HASH, mask=mask, vocab_size=60_000
+            )
+            infos.append(ShardInfo(file=name, num_tokens=n, sha256=digest))
+            start += n
+        splits[split] = tuple(infos)
+    tokenizer = TokenizerInfo(
+        name="t",
+        hash=HASH,
+        vocab_size=60_000,
+        eot_id=0,
+        path="tokenizer",
+        special_tokens={"<|endoftext|>": 0},
+    )
+    write_manifest(
+        Manifest(
+            data_dir=path,
+            format_version=1,
+            identity="x",
+            tokenizer=tokenizer,
+            splits=splits,
+            has_mask=with_mask,
+            source={},
+        )
+    )
+    return path
+
+
+def test_shapes_targets_and_disjoint_ranks(tmp_path):
+    data = make_data_dir(tmp_path)
+    loaders = [
+        TokenLoader(data, split="train", batch_size=2, seq_len=8, rank=r, world_size=3) for r in range(3)
+    ]
+    assert loaders[0].tokens_per_epoch == tokens_available(data, "train") == 2001
+    assert loaders[0].blocks_per_epoch == 2001 // (3 * 17)
+    seen = []
+    for _ in range(loaders[0].blocks_per_epoch):
+        for loader in loaders:
+            x, y = loader.next_batch()
+            assert x.shape == y.shape == (2, 8) and x.dtype == y.dtype == torch.int64
+            flat_x, flat_y = x.flatten(), y.flatten()
+            # Targets are the inputs shifted by one stream position (tokens equal their positions).
+            assert torch.equal(flat_y[:-1], flat_x[1:]) and flat_y[-1] == flat_x[-1] + 1
+            seen.append(set(flat_x.tolist()) | {int(flat_y[-1])})
+    union = set().union(*seen)
+    assert len(union) == sum(len(s) for s in seen)  # no token read twice by any rank in an epoch
+    assert all(loader.epoch == 1 for loader in loaders)
+
+
+def test_training_order_is_seeded_and_changes_per_epoch(tmp_path):
+    data = make_data_dir(tmp_path)
+
+    def first_tokens(seed, steps):
+        loader = TokenLoader(data, split="train", batch_size=1, seq_len=16, seed=seed)
+        return [int(loader.next_batch()[0][0, 0]) for _ in range(steps)]
+
+    per_epoch = 2001 // 17
+    a = first_tokens(0, 2 * per_epoch)
+    assert a == first_tokens(0, 2 * per_epoch)
+    assert a != first_tokens(1, 2 * per_epoch)
+    assert sorted(a[:per_epoch]) == sorted(a[per_epoch:]) and a[:per_epoch] != a[per_epoch:]
+
+
+def test_resume_is_exact(tmp_path):
+    data = make_data_dir(tmp_path)
+    reference = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
+    expected = [reference.next_batch() for _ in range(150)]  # crosses two epoch boundaries
+    first = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
+    for _ in range(77):
+        first.next_batch()
+    state = json.loads(json.dumps(first.state_dict()))
+    second = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
+    second.load_state_dict(state)
+    for x_expected, y_expected in expected[77:]:
+        x, y = second.next_batch()
+        assert torch.equal(x, x_expected) and torch.equal(y, y_expected)
+    assert second.epoch == reference.epoch == 2
+
+
+def test_resume_with_other_geometry_is_refused(tmp_path):
+    data = make_data_dir(tmp_path)
+    state = TokenLoader(data, split="train", batch_size=3, seq_len=10).state_dict()
+    with pytest.raises(ValueError, match="batch_size is 3 in the checkpoint but 4 now"):
+        TokenLoader(data, split="train", batch_size=4, seq_len=10).load_state_dict(state)
+
+
+def test_val_reads_in_order_from_start(tmp_path):
+    data = make_data_dir(tmp_path)
+    loader = TokenLoader(data, split="val", batch_size=2, seq_len=5)
+    x, _ = loader.next_batch()
+    assert x.flatten().tolist() == list(range(50_000, 50_005)) + list(range(50_005, 50_010))
+    loader.next_batch()
+    loader.reset()
+    assert torch.equal(loader.next_batch()[0], x)
+
+
+def test_mask_turns_targets_into_minus_one(tmp_path):
+    data = make_data_dir(tmp_path, with_mask=True)
+    loader = TokenLoader(data, split="val", batch_size=1, seq_len=30)
+    x, y = loader.next_batch()
+    positions = torch.arange(50_001, 50_031)
+    expected = torch.where(positions % 3 != 0, positions, torch.full_like(positions, -1))
+    assert torch.equal(y[0], expected)
+    assert torch.equal(x[0], positions - 1)
+
+
+def test_too_little_data_and_bad_arguments(tmp_path):
+    data = make_data_dir(tmp_path)
+    with pytest.raises(ShardError, match="fewer than one step needs"):
+        TokenLoader(data, split="val", batch_size=4, seq_len=64)
+    with pytest.raises(ValueError, match="rank"):
+        TokenLoader(data, split="train", batch_size=1, seq_len=4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="split"):
+        TokenLoader(data, split="test", batch_size=1, seq_len=4)
+
+
+def test_foreign_shard_is_refused(tmp_path):
+    data = make_data_dir(tmp_path)
+    write_shard(data / "train_000001.bin", np.arange(700), tokenizer_name="other", tokenizer_hash="00" * 32)
+    with pytest.raises(ShardError, match=r"train_000001\.bin: written with tokenizer other"):
+        TokenLoader(data, split="train", batch_size=1, seq_len=4)
