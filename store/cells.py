@@ -1,0 +1,230 @@
+"""Cells: adding the planned grid, reading it, and moving cells between states.
+
+A state change is a compare-and-swap: `UPDATE cells SET state = :to WHERE id = :id AND state = :from`,
+and the caller learns from the row count whether it won. Two claims of the same pending cell cannot both
+succeed, whatever the interleaving, because the database serialises the two UPDATEs and the second finds
+the state already changed.
+"""
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlmodel import col, select
+
+from store.engine import Store, insert_ignoring_duplicates, now
+from store.schema import ALLOWED_TRANSITIONS, FINISHED_STATES, Cell, CellMode, CellState
+from store.values import clean_json, finite
+
+_cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
+
+# Columns a transition may set besides the state; everything else is fixed at planning or owned by ingest.
+TRANSITION_FIELDS = frozenset(
+    {"reason", "steps_done", "tokens_seen", "train_loss", "val_step", "val_loss", "val_bpb", "run_dir"}
+)
+
+
+class FinishedCellError(ValueError):
+    """A write to a cell that is done: its results are final."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NewCell:
+    """One planned cell as the runner hands it over; the store adds state and timestamps."""
+
+    id: str
+    mode: CellMode
+    depth: int
+    flops_budget: float
+    seed: int
+    num_params: int
+    num_tokens: int
+    flops_per_token: int
+    steps_total: int
+    config: Mapping[str, Any]
+    axes: Mapping[str, Any] = field(default_factory=dict)
+    parent_cell_id: str | None = None
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id or len(self.id) > 64:
+            raise ValueError(f"cell id: must be 1 to 64 characters, got {self.id!r}")
+        object.__setattr__(self, "mode", CellMode(self.mode))
+        if (self.mode is CellMode.MID_TRAINING) != (self.parent_cell_id is not None):
+            raise ValueError(
+                f"cell {self.id}: parent_cell_id={self.parent_cell_id!r} with mode {self.mode.value!r} "
+                "(a mid-training cell needs its parent pretraining cell; a pretraining cell has none)"
+            )
+        for name in ("depth", "num_params", "num_tokens", "flops_per_token", "steps_total"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"cell {self.id}: {name} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.flops_budget) and self.flops_budget > 0):
+            raise ValueError(
+                f"cell {self.id}: flops_budget must be a positive number, got {self.flops_budget!r}"
+            )
+
+    @property
+    def flops(self) -> float:
+        """C, the training FLOPs this cell will spend."""
+        return float(self.flops_per_token) * float(self.num_tokens)
+
+
+def add_cells(store: Store, study_id: int, cells: Sequence[NewCell]) -> int:
+    """Insert the cells the study does not have yet; returns how many were new.
+
+    Cells already present keep their state and results: the id is a hash of the resolved config, so an
+    existing id is the same training run. An id owned by another study is an error rather than a silent
+    skip, and so is a mid-training cell whose parent is unknown.
+    """
+    ids = [cell.id for cell in cells]
+    if len(set(ids)) != len(ids):
+        duplicated = sorted({cell_id for cell_id in ids if ids.count(cell_id) > 1})
+        raise ValueError(f"add_cells: duplicated cell ids {duplicated}")
+    stamp = now()
+    # Parents first: foreign keys are checked row by row.
+    ordered = sorted(cells, key=lambda cell: cell.mode is CellMode.MID_TRAINING)
+    rows = [_row(cell, study_id, stamp) for cell in ordered]
+    with store.write() as conn:
+        before = _count(conn, study_id)
+        parents = {cell.parent_cell_id for cell in cells if cell.parent_cell_id} - set(ids)
+        if parents:
+            known = set(conn.execute(sa.select(_cells.c.id).where(_cells.c.id.in_(parents))).scalars())
+            if missing := sorted(parents - known):
+                raise ValueError(f"add_cells: parent cell(s) {missing} are not in the database")
+        for chunk in _chunks(rows, 500):
+            insert_ignoring_duplicates(conn, _cells, chunk)
+            elsewhere = conn.execute(
+                sa.select(_cells.c.id, _cells.c.study_id).where(
+                    _cells.c.id.in_([row["id"] for row in chunk]), _cells.c.study_id != study_id
+                )
+            ).first()
+            if elsewhere is not None:
+                raise ValueError(
+                    f"add_cells: cell {elsewhere.id} already belongs to study {elsewhere.study_id} "
+                    f"(cell ids are global; make the study part of the id to train it again here)"
+                )
+        return _count(conn, study_id) - before
+
+
+def get_cell(store: Store, cell_id: str) -> Cell | None:
+    with store.session() as session:
+        return session.get(Cell, cell_id)
+
+
+def cells_of(
+    store: Store, study_id: int, *, states: Iterable[CellState] | None = None, mode: CellMode | None = None
+) -> list[Cell]:
+    """The study's cells in grid order (mode, budget, depth, seed), each with its latest progress.
+
+    This is the status query behind the TUI's table: one SELECT, no per-cell lookups, since the ingest keeps
+    each cell's progress and latest losses on its own row.
+    """
+    query = select(Cell).where(Cell.study_id == study_id)
+    if states is not None:
+        query = query.where(col(Cell.state).in_(list(states)))
+    if mode is not None:
+        query = query.where(Cell.mode == mode)
+    query = query.order_by(
+        col(Cell.mode), col(Cell.flops_budget), col(Cell.depth), col(Cell.seed), col(Cell.id)
+    )
+    with store.session() as session:
+        return list(session.exec(query).all())
+
+
+def transition(store: Store, cell_id: str, from_state: CellState, to_state: CellState, **fields: Any) -> bool:
+    """Move the cell from `from_state` to `to_state` if it is still in `from_state`; True if this call won.
+
+    `fields` may set the result columns of TRANSITION_FIELDS (e.g. `reason`, `val_bpb` on done). An illegal
+    move raises ValueError naming both states, before touching the database.
+    """
+    with store.write() as conn:
+        return transition_in(conn, cell_id, from_state, to_state, **fields)
+
+
+def transition_in(
+    conn: Connection, cell_id: str, from_state: CellState, to_state: CellState, **fields: Any
+) -> bool:
+    """`transition` inside the caller's write transaction (claiming a cell and opening its attempt is one)."""
+    from_state, to_state = CellState(from_state), CellState(to_state)
+    if (from_state, to_state) not in ALLOWED_TRANSITIONS:
+        legal = sorted(to.value for start, to in ALLOWED_TRANSITIONS if start == from_state)
+        raise ValueError(
+            f"cell {cell_id}: illegal transition {from_state.value} -> {to_state.value} "
+            f"(from {from_state.value}: {', '.join(legal) or 'none, it is final'})"
+        )
+    unknown = fields.keys() - TRANSITION_FIELDS
+    if unknown:
+        raise ValueError(
+            f"cell {cell_id}: a transition cannot set {sorted(unknown)}; "
+            f"it may set {sorted(TRANSITION_FIELDS)}"
+        )
+    values = {name: _clean(name, value) for name, value in fields.items()}
+    stamp = now()
+    values.setdefault("reason", None)  # the reason describes the state it is entering, not an older one
+    values["state"] = to_state
+    values["updated_at"] = stamp
+    values["finished_at"] = stamp if to_state in FINISHED_STATES else None
+    result = conn.execute(
+        sa.update(_cells).where(_cells.c.id == cell_id, _cells.c.state == from_state).values(**values)
+    )
+    return result.rowcount == 1
+
+
+def lock_cell_state(conn: Connection, cell_id: str) -> CellState:
+    """The cell's state, row-locked for this transaction (SQLite's write transaction already is a lock).
+
+    Raises ValueError for an unknown cell and FinishedCellError for a done one; every write of results
+    starts here.
+    """
+    state = conn.execute(sa.select(_cells.c.state).where(_cells.c.id == cell_id).with_for_update()).scalar()
+    if state is None:
+        raise ValueError(f"cell {cell_id}: not in the database")
+    if state is CellState.DONE:
+        raise FinishedCellError(f"cell {cell_id}: is done; its results are final and cannot change")
+    return state
+
+
+def _clean(name: str, value: Any) -> Any:
+    column = _cells.c[name]
+    return finite(value) if isinstance(column.type, sa.Float) and value is not None else value
+
+
+def _row(cell: NewCell, study_id: int, stamp: float) -> dict[str, Any]:
+    return {
+        "id": cell.id,
+        "study_id": study_id,
+        "mode": cell.mode,
+        "parent_cell_id": cell.parent_cell_id,
+        "axes": clean_json(dict(cell.axes)),
+        "depth": cell.depth,
+        "flops_budget": cell.flops_budget,
+        "seed": cell.seed,
+        "config": clean_json(dict(cell.config)),
+        "state": CellState.PENDING,
+        "reason": None,
+        "num_params": cell.num_params,
+        "num_tokens": cell.num_tokens,
+        "flops_per_token": cell.flops_per_token,
+        "flops": cell.flops,
+        "steps_total": cell.steps_total,
+        "steps_done": 0,
+        "tokens_seen": 0,
+        "run_dir": cell.run_dir,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+
+
+def _count(conn: Connection, study_id: int) -> int:
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(_cells).where(_cells.c.study_id == study_id)
+    ).scalar_one()
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]

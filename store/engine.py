@@ -1,0 +1,213 @@
+"""Opening a results database: SQLite (a file beside the study) or any PostgreSQL URL.
+
+`open_store(target)` returns a `Store`. On SQLite every new connection gets WAL (readers never block the
+one writer), a busy timeout (a writer that finds the file locked waits instead of failing), foreign keys on
+(SQLite's default is off) and synchronous=NORMAL (in WAL mode a commit is durable against a process crash,
+and only a power cut can lose the last commits; fsync per commit would cap the ingest at the disk's
+flush rate).
+
+Transactions are explicit: `store.read()` is one snapshot (BEGIN DEFERRED), `store.write()` takes the write
+lock up front (BEGIN IMMEDIATE). Python's sqlite3 otherwise starts a transaction only at the first write,
+so a read-then-write (check a cell's state, then insert) would not be atomic, and a deferred transaction
+that reads and then wants to write fails at once with "database is locked" instead of waiting.
+"""
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session
+
+from store.schema import SCHEMA_VERSION, TABLES, Meta
+
+DEFAULT_DB_NAME = "nanostudy.db"
+BUSY_TIMEOUT_S = 30.0
+SUPPORTED_DIALECTS = ("sqlite", "postgresql")
+_WRITE_OPTION = "nanostudy_write"  # execution option that makes `begin` take the SQLite write lock
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by another version of nanostudy's schema."""
+
+
+class StoreNotFoundError(FileNotFoundError):
+    """A reader asked for a database that does not exist yet."""
+
+
+def now() -> float:
+    """Unix seconds, the clock of every `*_at` column."""
+    return time.time()
+
+
+def default_db_path(study_path: str | Path) -> Path:
+    """Where a study's database lives unless `--db` says otherwise: `nanostudy.db` beside the study file."""
+    return Path(study_path).resolve().parent / DEFAULT_DB_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """An open results database. Pass it to the functions of `store.cells`, `store.metrics`, ...
+
+    Safe to share between threads (each call checks a connection out of the pool). Close it when done, or
+    use it as a context manager.
+    """
+
+    engine: Engine
+    name: str  # the file path or the URL without its password, for messages
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection inside one read transaction: every query sees the same snapshot."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection inside one write transaction, committed on success and rolled back on an error."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """An ORM session for reads that return table objects; the objects stay usable after it closes."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(target: str | Path, *, create: bool = True, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
+    """Open (and with `create`, make) the database at a file path or a SQLAlchemy URL.
+
+    A path or `sqlite:///...` URL opens SQLite; `postgresql+psycopg://user@host/db` opens PostgreSQL. A new
+    database gets every table and the current schema version; an existing one must carry exactly
+    SCHEMA_VERSION or SchemaVersionError names the file and both versions. With `create=False` (readers
+    such as the TUI and the report) a missing SQLite file raises StoreNotFoundError instead of appearing.
+    """
+    url = _url(target)
+    if url.get_backend_name() not in SUPPORTED_DIALECTS:
+        raise ValueError(
+            f"database {url.render_as_string(hide_password=True)}: unsupported backend "
+            f"{url.get_backend_name()!r}; nanostudy stores results in {' or '.join(SUPPORTED_DIALECTS)}"
+        )
+    if url.get_backend_name() == "sqlite":
+        name = url.database or ":memory:"
+        if url.database and url.database != ":memory:":
+            path = Path(url.database)
+            if not create and not path.exists():
+                raise StoreNotFoundError(f"{path}: no nanostudy database here yet (the runner creates it)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
+        _install_sqlite_hooks(engine, busy_timeout_s)
+    else:
+        name = url.render_as_string(hide_password=True)
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    store = Store(engine=engine, name=name)
+    try:
+        _check_or_create_schema(store, create=create)
+    except BaseException:
+        engine.dispose()
+        raise
+    return store
+
+
+def _url(target: str | Path) -> sa.URL:
+    text = str(target)
+    if "://" in text:
+        return sa.make_url(text)
+    return sa.URL.create("sqlite", database=str(Path(text).expanduser().resolve()))
+
+
+def _install_sqlite_hooks(engine: Engine, busy_timeout_s: float) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the driver; `_on_begin` issues BEGIN itself.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        # busy_timeout first, so that switching to WAL waits for a lock rather than failing.
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITE_OPTION) else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _check_or_create_schema(store: Store, *, create: bool) -> None:
+    meta = Meta.__table__  # type: ignore[attr-defined]
+    with store.read() as conn:
+        present = set(sa.inspect(conn).get_table_names())
+    if meta.name in present:
+        _check_version(store)
+        return
+    if present:
+        raise SchemaVersionError(
+            f"{store.name}: not a nanostudy database (it has tables {sorted(present)[:5]} but no "
+            f"'{meta.name}' table); point --db at a new file"
+        )
+    if not create:
+        raise StoreNotFoundError(f"{store.name}: no nanostudy tables yet (the runner creates them)")
+    with store.write() as conn:
+        # Another process may have created the schema between our look and our write lock.
+        if not sa.inspect(conn).has_table(meta.name):
+            for table in TABLES:
+                table.create(conn)
+            conn.execute(sa.insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+    _check_version(store)
+
+
+def _check_version(store: Store) -> None:
+    meta = Meta.__table__  # type: ignore[attr-defined]
+    with store.read() as conn:
+        found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if found is None or not found.isdigit():
+        raise SchemaVersionError(f"{store.name}: no valid schema_version in its meta table (found {found!r})")
+    if int(found) != SCHEMA_VERSION:
+        relation = "older" if int(found) < SCHEMA_VERSION else "newer"
+        raise SchemaVersionError(
+            f"{store.name}: database schema version {found} is {relation} than this nanostudy's "
+            f"{SCHEMA_VERSION}; use a nanostudy that matches it, or a new --db for this one"
+        )
+
+
+def insert_ignoring_duplicates(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT the rows in one executemany; a row whose key already exists is skipped, not an error.
+
+    This is what makes re-ingesting the same events harmless. ON CONFLICT DO NOTHING is spelled the same
+    by SQLite and PostgreSQL but lives in each dialect's own `insert`.
+    """
+    if not rows:
+        return
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
+    conn.execute(dialect.insert(table).on_conflict_do_nothing(), list(rows))
+
+
+def upsert(conn: Connection, table: sa.Table, row: Mapping[str, Any], *, keys: Sequence[str]) -> None:
+    """INSERT the row, or UPDATE its non-key columns when a row with the same `keys` exists."""
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[conn.dialect.name]
+    statement = dialect.insert(table).values(**row)
+    changes = {name: statement.excluded[name] for name in row if name not in keys}
+    conn.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=changes))

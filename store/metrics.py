@@ -1,0 +1,183 @@
+"""Ingesting a trainer's events: metric rows, evals, checkpoints and the events-file offset, in one go.
+
+The runner tails `RUN_DIR/events.jsonl`, turns what it read into rows and calls `ingest` once per read.
+Everything from that read lands in one transaction together with the new byte offset, so a runner killed
+at any moment resumes from an offset that matches the rows exactly: nothing is lost. Rows are keyed by
+(cell, step[, task | kind]) and inserted with ON CONFLICT DO NOTHING, so reading the same events twice
+(a crash between the trainer's write and our commit) stores them once: nothing is doubled.
+
+Bulk rows go through one executemany per table (no ORM object per row): this is the hot path.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from store.cells import lock_cell_state
+from store.engine import Store, insert_ignoring_duplicates, now, upsert
+from store.schema import Cell, Checkpoint, CheckpointKind, Eval, IngestOffset, TrainMetric, ValMetric
+from store.values import clean_rows, finite
+
+_cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
+_train: sa.Table = TrainMetric.__table__  # type: ignore[attr-defined]
+_val: sa.Table = ValMetric.__table__  # type: ignore[attr-defined]
+_evals: sa.Table = Eval.__table__  # type: ignore[attr-defined]
+_checkpoints: sa.Table = Checkpoint.__table__  # type: ignore[attr-defined]
+_offsets: sa.Table = IngestOffset.__table__  # type: ignore[attr-defined]
+
+# The keys each kind of row may carry (the cell and attempt ids come from `ingest`'s arguments).
+TRAIN_FIELDS = frozenset({"step", "tokens", "flops", "loss", "lr", "tok_per_s", "mfu", "elapsed_s", "time"})
+VAL_FIELDS = frozenset({"step", "tokens", "flops", "val_loss", "val_bpb", "time"})
+EVAL_FIELDS = frozenset({"step", "task", "preset", "accuracy", "centered", "stderr", "num_examples", "time"})
+CHECKPOINT_FIELDS = frozenset({"step", "kind", "path", "tokens", "created_at"})
+_STEP_TOKENS = frozenset({"step", "tokens"})
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+def ingest(
+    store: Store,
+    cell_id: str,
+    *,
+    attempt_id: int | None = None,
+    train: Rows = (),
+    val: Rows = (),
+    evals: Rows = (),
+    checkpoints: Rows = (),
+    events_path: str | None = None,
+    events_offset: int | None = None,
+) -> None:
+    """Store one read's worth of a cell's events, and (with `events_path`) how far into the file it got.
+
+    Rows are mappings with keys from TRAIN_FIELDS, VAL_FIELDS, EVAL_FIELDS, CHECKPOINT_FIELDS; non-finite
+    floats become NULL. The cell's progress columns (steps_done, tokens_seen, train_loss, val_*) move to the
+    newest step ingested, never backwards. Raises FinishedCellError for a done cell, ValueError for an
+    unknown cell or a malformed row (naming the table and key), and nothing is written then.
+    """
+    if (events_path is None) != (events_offset is None):
+        raise ValueError(f"ingest {cell_id}: give events_path and events_offset together")
+    if events_offset is not None and events_offset < 0:
+        raise ValueError(f"ingest {cell_id}: events_offset must be >= 0, got {events_offset}")
+    stamp = now()
+    ids = {"cell_id": cell_id, "attempt_id": attempt_id}
+    train_rows = _with(
+        clean_rows(_train, train, allowed=TRAIN_FIELDS, required=_STEP_TOKENS, defaults={}), ids
+    )
+    val_rows = _with(clean_rows(_val, val, allowed=VAL_FIELDS, required=_STEP_TOKENS, defaults={}), ids)
+    eval_rows = _with(
+        clean_rows(_evals, evals, allowed=EVAL_FIELDS, required=frozenset({"step", "task"}), defaults={}),
+        {"cell_id": cell_id},
+    )
+    checkpoint_rows = _with(
+        clean_rows(
+            _checkpoints,
+            checkpoints,
+            allowed=CHECKPOINT_FIELDS,
+            required=frozenset({"step", "kind", "path"}),
+            defaults={"created_at": stamp},
+        ),
+        {"cell_id": cell_id},
+    )
+    for row in checkpoint_rows:
+        row["kind"] = CheckpointKind(row["kind"])
+    with store.write() as conn:
+        lock_cell_state(conn, cell_id)
+        insert_ignoring_duplicates(conn, _train, train_rows)
+        insert_ignoring_duplicates(conn, _val, val_rows)
+        insert_ignoring_duplicates(conn, _evals, eval_rows)
+        insert_ignoring_duplicates(conn, _checkpoints, checkpoint_rows)
+        _advance_progress(conn, cell_id, train_rows, val_rows, stamp)
+        if events_path is not None:
+            row = {
+                "cell_id": cell_id,
+                "path": events_path,
+                "offset_bytes": events_offset,
+                "updated_at": stamp,
+            }
+            upsert(conn, _offsets, row, keys=("cell_id", "path"))
+
+
+def ingest_offset(store: Store, cell_id: str, events_path: str) -> int:
+    """The byte offset into `events_path` up to which the cell's events are stored; 0 if none yet."""
+    with store.read() as conn:
+        offset = conn.execute(
+            sa.select(_offsets.c.offset_bytes).where(
+                _offsets.c.cell_id == cell_id, _offsets.c.path == events_path
+            )
+        ).scalar()
+    return int(offset or 0)
+
+
+def rewind(store: Store, cell_id: str, *, to_step: int) -> None:
+    """Forget the cell's results after `to_step` before a resume from the checkpoint at that step.
+
+    The resumed attempt re-emits those steps; without this, the rows of the dead attempt would win the
+    ON CONFLICT DO NOTHING. `to_step=0` clears a cell that restarts from scratch (a rerun). Progress
+    columns are recomputed from what remains. Refused for a done cell.
+    """
+    if to_step < 0:
+        raise ValueError(f"rewind {cell_id}: to_step must be >= 0, got {to_step}")
+    with store.write() as conn:
+        lock_cell_state(conn, cell_id)
+        for table in (_train, _val, _evals, _checkpoints):
+            conn.execute(sa.delete(table).where(table.c.cell_id == cell_id, table.c.step > to_step))
+        last_train = conn.execute(
+            sa.select(_train.c.step, _train.c.tokens, _train.c.loss)
+            .where(_train.c.cell_id == cell_id)
+            .order_by(_train.c.step.desc())
+            .limit(1)
+        ).first()
+        last_val = conn.execute(
+            sa.select(_val.c.step, _val.c.val_loss, _val.c.val_bpb)
+            .where(_val.c.cell_id == cell_id)
+            .order_by(_val.c.step.desc())
+            .limit(1)
+        ).first()
+        conn.execute(
+            sa.update(_cells)
+            .where(_cells.c.id == cell_id)
+            .values(
+                steps_done=last_train.step if last_train else 0,
+                tokens_seen=last_train.tokens if last_train else 0,
+                train_loss=last_train.loss if last_train else None,
+                val_step=last_val.step if last_val else None,
+                val_loss=last_val.val_loss if last_val else None,
+                val_bpb=last_val.val_bpb if last_val else None,
+                updated_at=now(),
+            )
+        )
+
+
+def _with(rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> list[dict[str, Any]]:
+    for row in rows:
+        row.update(extra)
+    return rows
+
+
+def _advance_progress(conn: Connection, cell_id: str, train_rows: Rows, val_rows: Rows, stamp: float) -> None:
+    # `<=` rather than `<`: re-ingesting the newest step rewrites the same values, which is harmless.
+    if train_rows:
+        last = max(train_rows, key=lambda row: row["step"])
+        conn.execute(
+            sa.update(_cells)
+            .where(_cells.c.id == cell_id, _cells.c.steps_done <= last["step"])
+            .values(
+                steps_done=last["step"],
+                tokens_seen=last["tokens"],
+                train_loss=finite(last["loss"]),
+                updated_at=stamp,
+            )
+        )
+    if val_rows:
+        last = max(val_rows, key=lambda row: row["step"])
+        conn.execute(
+            sa.update(_cells)
+            .where(
+                _cells.c.id == cell_id, sa.or_(_cells.c.val_step.is_(None), _cells.c.val_step <= last["step"])
+            )
+            .values(
+                val_step=last["step"], val_loss=last["val_loss"], val_bpb=last["val_bpb"], updated_at=stamp
+            )
+        )
