@@ -1,0 +1,251 @@
+"""Checkpoints: atomic, complete (model, every rank's optimizer shard, data position, RNG) and loadable with
+`torch.load(weights_only=True)`.
+
+    RUN_DIR/checkpoints/
+        step_000500/
+            model.pt            the model's state_dict (rank 0; the weights are identical on every rank)
+            optim_rank0.pt      each rank's optimizer shard (MuonAdamW keeps 1/world_size of the state)
+            optim_rank1.pt
+            meta.json           step, configs, counters, and per rank the data loader state and RNG state
+        step_001000/ ...
+        LATEST              "step_001000": a pointer for other tools, written last
+
+A checkpoint is written into `.tmp-step_XXXXXX/` and renamed into place once every file is on disk, so a
+`step_*` directory is always complete; a crash leaves at most a temp directory, removed by the next save.
+Resume takes the newest `step_*` directory (the listing, not LATEST, is the truth: a crash between the
+rename and the pointer loses nothing).
+"""
+
+import base64
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_NAME = "LATEST"
+META_NAME = "meta.json"
+MODEL_NAME = "model.pt"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message starts with the offending path."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def optim_name(rank: int) -> str:
+    return f"optim_rank{rank}.pt"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RNG state, as JSON
+
+
+def _tensor_b64(state: torch.Tensor) -> str:
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _b64_tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, numpy, torch CPU and (if initialised) CUDA generator states, JSON-able."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": _tensor_b64(torch.get_rng_state()),
+        "cuda": None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = _tensor_b64(torch.cuda.get_rng_state())
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_b64_tensor(state["torch"]))
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(_b64_tensor(state["cuda"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    *,
+    model_state: dict[str, torch.Tensor],
+    optim_state: dict[str, Any],
+    meta: dict[str, Any],
+    rank_state: dict[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
+    keep_last: int | None = None,
+) -> Path:
+    """Write step `step`'s checkpoint; every rank calls this (it is collective) with its own optimizer
+    shard and `rank_state` (JSON-able: the data loader's position, the RNG states). Rank 0's `model_state`
+    and `meta` are written; `meta` gains `rank_states` (one per rank), `world_size` and `format_version`.
+
+    If the step's directory already exists (a run resumed from it stopped again before its next step),
+    it is kept as it is: resume is exact, so it holds this very state. Returns the directory.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{final.name}"
+    exists = [final.is_dir()]
+    if _distributed():
+        dist.broadcast_object_list(exists, src=0)
+    if exists[0]:
+        return final
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    _save_torch(optim_state, tmp / optim_name(rank))
+    rank_states = [rank_state]
+    if _distributed():
+        rank_states = [None] * world_size
+        dist.all_gather_object(rank_states, rank_state)
+    if rank == 0:
+        _save_torch(model_state, tmp / MODEL_NAME)
+        full_meta = {**meta, "format_version": FORMAT_VERSION, "step": step, "world_size": world_size}
+        full_meta["rank_states"] = rank_states
+        _write_text_atomic(tmp / META_NAME, json.dumps(full_meta, indent=1) + "\n")
+    _barrier()  # every optimizer shard is on disk
+    if rank == 0:
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        _write_text_atomic(root / LATEST_NAME, final.name + "\n")
+        if keep_last is not None:
+            prune_checkpoints(run_dir, keep_last)
+    _barrier()
+    return final
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's complete checkpoint directories, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints, and temp directories left by a crash."""
+    assert keep_last >= 1
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    for tmp in (Path(run_dir) / CHECKPOINTS_DIR).glob(".tmp-step_*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The run's newest checkpoint directory, or None if it has none."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a path to one, to a run directory or to its `checkpoints/` (the newest)."""
+    path = Path(path)
+    if (path / META_NAME).is_file():
+        return path
+    found = latest_checkpoint(path.parent if path.name == CHECKPOINTS_DIR else path)
+    if found is not None:
+        return found
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    raise CheckpointError(f"{path}: holds no checkpoint ({META_NAME} or {CHECKPOINTS_DIR}/step_*)")
+
+
+def read_meta(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(checkpoint_dir) / META_NAME
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; not a checkpoint directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path}: checkpoint format {version!r}, this code reads {FORMAT_VERSION}")
+    for key in ("step", "world_size", "model_config", "rank_states"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+    return meta
+
+
+def _load_torch(path: Path, device: torch.device | str) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a damaged file
+        raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def load_model_state(checkpoint_dir: str | os.PathLike, device: torch.device | str) -> dict:
+    return _load_torch(Path(checkpoint_dir) / MODEL_NAME, device)
+
+
+def load_optim_state(checkpoint_dir: str | os.PathLike, rank: int, device: torch.device | str) -> dict:
+    return _load_torch(Path(checkpoint_dir) / optim_name(rank), device)

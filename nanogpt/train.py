@@ -1,0 +1,868 @@
+"""The trainer: `python -m nanogpt.train --config RUN_DIR/config.json`, or under torchrun for several GPUs.
+
+One code path for 1..N processes, GPU (NCCL) or CPU (gloo). Rank 0 writes RUN_DIR/events.jsonl; every rank
+writes its optimizer shard into each checkpoint. A run directory that holds a checkpoint resumes from the
+newest one, exactly. docs/training.md documents the config, the scaling rules, events and exit codes.
+
+Exit codes: 0 done, 1 error, 2 bad config or input (nothing written), 3 diverged (non-finite loss),
+143 stopped early by SIGTERM/SIGINT or max_seconds, after writing a checkpoint (resumable; no `end` event).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.metadata
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nanogpt import checkpoint as ckpt
+from nanogpt.config import RunConfig
+from nanogpt.data import TokenLoader
+from nanogpt.events import EVENTS_NAME, EventWriter
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.optim import MuonAdamW
+from nanogpt.schedule import lr_multiplier, muon_momentum
+from nanogpt.shards import ShardError, read_manifest
+from nanogpt.tokenizer import TokenizerError, load_tokenizer
+
+EXIT_DONE, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED = 0, 1, 2, 3, 143
+
+# Dense bf16 tensor-core peak FLOP/s by device name (first match wins: PCIe before the SXM default).
+PEAK_BF16_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 125e12),
+    ("L4", 121e12),
+)
+# The shape at which the learning rates and weight decay defaults were tuned (nanochat's d12).
+REFERENCE_N_EMBD = 768
+REFERENCE_DEPTH = 12
+CPU_MAX_DEVICE_BATCH = 8  # "auto" on the CPU: no probing, a small micro-batch
+GPU_MAX_DEVICE_BATCH = 256  # the largest micro-batch the GPU probe tries
+GPU_MEMORY_BUDGET_FRAC = 0.9
+
+
+class InputError(Exception):
+    """Bad config or input: reported as one line (`path: problem`), exit code 2."""
+
+
+# Errors that mean "the input is wrong" rather than "the code is wrong"; they carry their path.
+INPUT_ERRORS = (InputError, ShardError, ckpt.CheckpointError, TokenizerError)
+
+
+def peak_flops(device_name: str) -> float | None:
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Processes and devices
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    dtype: torch.dtype  # the autocast dtype; float32 means no autocast
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def init_runtime(config: RunConfig) -> Runtime:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK; absent: one process) and join the group."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device_type = config.device
+    if device_type == "auto":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("device: 'cuda' requested but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        # TF32 for the float32 matmuls that autocast leaves (the optimizer's Newton-Schulz runs in bf16).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", device_id=_device_id(device)
+        )
+    dtype_name = config.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.type == "cuda" else "float32"
+    dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
+    return Runtime(rank=rank, local_rank=local_rank, world_size=world_size, device=device, dtype=dtype)
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    return device if device.type == "cuda" else None
+
+
+def _all_reduce(tensor: torch.Tensor, runtime: Runtime, op=None) -> torch.Tensor:
+    if runtime.distributed:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+def agree_on_setup(error: BaseException | None, runtime: Runtime, proposal: int = 0) -> int:
+    """Every rank calls this after a set-up phase (which must itself be free of collectives). If any rank
+    failed, every rank raises, and only the lowest failing rank reports why; so no rank waits forever in a
+    collective that a failed rank never joins. Otherwise returns the smallest `proposal` over the ranks."""
+    world = runtime.world_size
+    votes = torch.zeros(2 * world, dtype=torch.int64, device=runtime.device)
+    votes[runtime.rank] = int(error is not None)
+    votes[world + runtime.rank] = proposal
+    votes = _all_reduce(votes, runtime)
+    failed = votes[:world]
+    if failed.any():
+        first = int(failed.nonzero()[0, 0])
+        if error is not None and runtime.rank == first:
+            raise error
+        raise _SilentExit(EXIT_BAD_INPUT if error is None or isinstance(error, INPUT_ERRORS) else EXIT_ERROR)
+    return int(votes[world:].min())
+
+
+class _SilentExit(Exception):
+    """Another rank failed and reports why; this one just exits with the code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Horizon, batch, optimizer
+
+
+def num_steps_for(config: RunConfig, flops_per_token: int) -> int:
+    """Optimizer steps from the one horizon the config gives (at least 1)."""
+    train = config.train
+    if train.num_steps is not None:
+        return train.num_steps
+    tokens = train.target_tokens if train.target_tokens is not None else train.target_flops / flops_per_token
+    return max(1, round(tokens / train.total_batch_tokens))
+
+
+def sequences_per_rank(config: RunConfig, seq_len: int, world_size: int) -> int:
+    """Sequences each rank processes per optimizer step; the total batch must split evenly."""
+    total = config.train.total_batch_tokens
+    per_step = seq_len * world_size
+    if total % per_step:
+        raise InputError(
+            f"train.total_batch_tokens: {total:,} is not a multiple of sequence_len × world_size = "
+            f"{seq_len} × {world_size} = {per_step:,}"
+        )
+    return total // per_step
+
+
+def grad_accum_for(num_sequences: int, device_batch_size: int) -> int:
+    if num_sequences % device_batch_size:
+        raise InputError(
+            f"train.device_batch_size: {device_batch_size} does not divide the {num_sequences} sequences "
+            "each rank processes per step (total_batch_tokens / (sequence_len × world_size))"
+        )
+    return num_sequences // device_batch_size
+
+
+def effective_hparams(config: RunConfig, gpt_config: GPTConfig) -> dict[str, float]:
+    """Learning rates and weight decay after the width, depth and batch rules (docs/training.md):
+    AdamW lr × (n_embd/768)^-0.5, Muon weight decay × (12/depth)^2, every lr × sqrt(B/B_ref) if B_ref set."""
+    optim = config.optim
+    width_scale = (gpt_config.n_embd / REFERENCE_N_EMBD) ** -0.5 if optim.scale_hparams else 1.0
+    depth_scale = (REFERENCE_DEPTH / gpt_config.depth) ** 2 if optim.scale_hparams else 1.0
+    batch_scale = 1.0
+    if optim.reference_batch_tokens is not None:
+        batch_scale = math.sqrt(config.train.total_batch_tokens / optim.reference_batch_tokens)
+    return {
+        "matrix_lr": optim.matrix_lr * batch_scale,
+        "embedding_lr": optim.embedding_lr * width_scale * batch_scale,
+        "unembedding_lr": optim.unembedding_lr * width_scale * batch_scale,
+        "scalar_lr": optim.scalar_lr * width_scale * batch_scale,
+        "weight_decay": optim.weight_decay * depth_scale,
+        "width_lr_scale": width_scale,
+        "depth_wd_scale": depth_scale,
+        "batch_lr_scale": batch_scale,
+    }
+
+
+def build_optimizer(model: GPT, config: RunConfig, hparams: dict[str, float]) -> MuonAdamW:
+    optim = config.optim
+    adamw = {"kind": "adamw", "betas": (optim.adam_beta1, optim.adam_beta2), "eps": optim.adam_eps}
+    kinds = {
+        "matrix": {
+            "kind": "muon",
+            "lr": hparams["matrix_lr"],
+            "weight_decay": hparams["weight_decay"],
+            "momentum": optim.muon_momentum,
+            "nesterov": optim.muon_nesterov,
+            "ns_steps": optim.muon_ns_steps,
+        },
+        "embedding": {**adamw, "lr": hparams["embedding_lr"], "weight_decay": 0.0},
+        "unembedding": {**adamw, "lr": hparams["unembedding_lr"], "weight_decay": 0.0},
+        "scalar": {**adamw, "lr": hparams["scalar_lr"], "weight_decay": 0.0},
+    }
+    groups = []
+    for name, params in model.param_groups().items():
+        if params:
+            groups.append({"params": params, "name": name, **kinds[name], "initial_lr": kinds[name]["lr"]})
+    process_group = dist.group.WORLD if dist.is_initialized() else None
+    return MuonAdamW(groups, process_group=process_group)
+
+
+def probe_device_batch_size(
+    model: GPT, num_sequences: int, runtime: Runtime, num_params: int, vocab_size: int
+) -> int:
+    """The largest micro-batch (a divisor of the sequences per rank and step) whose forward and backward
+    fit in GPU memory with room for the optimizer state. Probed on the eager model, which needs more
+    activation memory than the compiled one, so the choice is safe. Local to this rank (no collective):
+    the caller agrees on the smallest over the ranks."""
+    seq_len = model.config.sequence_len
+    candidates = [b for b in range(min(num_sequences, GPU_MAX_DEVICE_BATCH), 0, -1) if num_sequences % b == 0]
+    total_bytes = torch.cuda.get_device_properties(runtime.device).total_memory
+    # Muon momentum and AdamW moments in float32, sharded over the ranks, plus the all-gather buffers.
+    optimizer_bytes = 3 * 4 * num_params // runtime.world_size
+    chosen = 0
+    for batch in candidates:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(runtime.device)
+        try:
+            x = torch.randint(0, vocab_size, (batch, seq_len), device=runtime.device)
+            with runtime.autocast():
+                loss = model(x, x)
+            loss.backward()
+            peak = torch.cuda.max_memory_allocated(runtime.device)
+            fits = peak + optimizer_bytes <= GPU_MEMORY_BUDGET_FRAC * total_bytes
+        except torch.OutOfMemoryError:
+            fits = False
+        finally:
+            model.zero_grad(set_to_none=True)
+            x = loss = None
+        if fits:
+            chosen = batch
+            break
+    torch.cuda.empty_cache()
+    if chosen == 0:
+        raise InputError(
+            f"train.device_batch_size: even one sequence of {seq_len} tokens does not fit in memory"
+        )
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader: TokenLoader, num_batches: int, token_bytes: torch.Tensor, runtime: Runtime
+) -> tuple[float, float, int]:
+    """(val_loss in nats per target token, bits per byte, target tokens) over the first `num_batches`
+    batches of the validation split, summed over all ranks.
+
+    Bits per byte follows nanochat: the nats of targets that are text (token_bytes > 0) over ln 2 × their
+    UTF-8 bytes; special tokens (0 bytes) and masked targets count in neither.
+    """
+    loader.reset()
+    # nats of all targets, nats of byte-bearing targets, bytes, number of targets; float64 for the sums.
+    sums = torch.zeros(4, dtype=torch.float64, device=runtime.device)
+    for _ in range(num_batches):
+        x, y = loader.next_batch()
+        with runtime.autocast():
+            nats = model(x, y, reduction="none").double()  # (B, T), 0 where y == -1
+        valid = y >= 0
+        num_bytes = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
+        sums[0] += nats.sum()
+        sums[1] += (nats * (num_bytes > 0)).sum()
+        sums[2] += num_bytes.sum()
+        sums[3] += valid.sum()
+    total_nats, text_nats, total_bytes, num_targets = _all_reduce(sums, runtime).tolist()
+    val_loss = total_nats / num_targets if num_targets else math.nan
+    val_bpb = text_nats / (math.log(2) * total_bytes) if total_bytes else math.nan
+    return val_loss, val_bpb, int(num_targets)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What a run records about itself
+
+
+def git_sha() -> str | None:
+    """The commit of the code that runs (None outside a git checkout or without git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and sha else None
+
+
+def versions() -> dict[str, str | None]:
+    def version_of(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda,
+        "nanostudy": version_of("nanostudy"),
+    }
+
+
+def device_info(runtime: Runtime, compiled: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "type": runtime.device.type,
+        "count": runtime.world_size,
+        "dtype": str(runtime.dtype).removeprefix("torch."),
+        "compile": compiled,
+    }
+    if runtime.device.type == "cuda":
+        props = torch.cuda.get_device_properties(runtime.device)
+        info.update(
+            name=props.name,
+            capability=f"{props.major}.{props.minor}",
+            memory_bytes=props.total_memory,
+            peak_flops=peak_flops(props.name) if runtime.dtype == torch.bfloat16 else None,
+        )
+    else:
+        info.update(name=platform.processor() or platform.machine(), capability=None, peak_flops=None)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag that the loop acts on at the next step boundary; a second signal kills."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signum, signal.SIG_DFL)
+
+    def __enter__(self) -> "_StopRequest":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# Config sections that decide the trajectory: a run directory's checkpoint resumes only under the same ones.
+TRAJECTORY_KEYS = ("model", "data", "train", "optim", "schedule", "mode", "init_from", "seed")
+# ... except these, which a resumed session may change.
+RESUME_MUTABLE_KEYS = ("train.max_seconds", "train.device_batch_size")
+
+
+def _config_difference(saved: dict, current: dict) -> str | None:
+    """The first trajectory-deciding key whose value differs, as 'key: saved vs current'."""
+    for key in TRAJECTORY_KEYS:
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if f"{key}.{sub}" not in RESUME_MUTABLE_KEYS and a.get(sub) != b.get(sub):
+                    return f"{key}.{sub}: {a.get(sub)!r} in the checkpoint, {b.get(sub)!r} now"
+        elif a != b:
+            return f"{key}: {a!r} in the checkpoint, {b!r} now"
+    return None
+
+
+class Trainer:
+    """A run, set up in two phases free of collectives (so that a bad input on one rank cannot hang the
+    others; `run` agrees between them), then `train()`. Every input check happens before anything is
+    written."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, runtime: Runtime):
+        """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch."""
+        self.config = config
+        self.run_dir = run_dir
+        self.runtime = runtime
+        self.warnings: list[str] = []
+        self._find_checkpoints()
+        self.gpt_config = self._model_config()
+        self._build_model()
+        self.proposed_batch_size = self._propose_batch_size()
+
+    def _find_checkpoints(self) -> None:
+        """The run's own newest checkpoint (resume), else for mid-training the one to start from."""
+        config = self.config
+        self.manifest = read_manifest(config.data.train_dir)
+        self.resume_dir = ckpt.latest_checkpoint(self.run_dir)
+        self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
+        self.init_dir = self.init_meta = None
+        if config.mode == "mid-training" and self.resume_dir is None:
+            self.init_dir = ckpt.resolve_checkpoint(config.init_from)
+            self.init_meta = ckpt.read_meta(self.init_dir)
+        if self.resume_meta is not None:
+            where = self.resume_dir / ckpt.META_NAME
+            difference = _config_difference(self.resume_meta.get("config", {}), config.to_dict())
+            if difference is not None:
+                raise InputError(f"{where}: the run's config changed since this checkpoint ({difference})")
+            if self.resume_meta["world_size"] != self.runtime.world_size:
+                raise InputError(
+                    f"{where}: written by {self.resume_meta['world_size']} processes, this run has "
+                    f"{self.runtime.world_size}; resume with the same number (optimizer shards and data "
+                    "positions are per rank)"
+                )
+
+    def _model_config(self) -> GPTConfig:
+        """The configured shape with the data's vocabulary; mid-training without `model` takes the shape of
+        init_from. Every checkpoint involved must have exactly this shape."""
+        vocab_size = self.manifest.tokenizer.vocab_size
+        checkpoints = [
+            (d, m) for d, m in ((self.init_dir, self.init_meta), (self.resume_dir, self.resume_meta)) if d
+        ]
+        saved = {}
+        for directory, meta in checkpoints:
+            try:
+                saved[directory] = GPTConfig(**meta["model_config"])
+            except (TypeError, ValueError) as e:
+                raise ckpt.CheckpointError(f"{directory / ckpt.META_NAME}: bad model_config ({e})") from None
+        if self.config.model is not None:
+            try:
+                ours = GPTConfig(**dataclasses.asdict(self.config.model), vocab_size=vocab_size)
+            except ValueError as e:
+                raise InputError(f"model: {e}") from None
+        else:
+            ours = next(iter(saved.values()))  # mid-training: RunConfig requires init_from
+        for directory, theirs in saved.items():
+            if theirs != ours:
+                diffs = [
+                    f"{key} {getattr(theirs, key)!r} in the checkpoint, {getattr(ours, key)!r} configured"
+                    for key in (f.name for f in dataclasses.fields(GPTConfig))
+                    if getattr(theirs, key) != getattr(ours, key)
+                ]
+                raise ckpt.CheckpointError(
+                    f"{directory / ckpt.META_NAME}: checkpoint of another model shape ({'; '.join(diffs)})"
+                )
+        if ours.vocab_size != vocab_size:
+            raise InputError(
+                f"{self.manifest.data_dir}: the data's tokenizer has {vocab_size} tokens, the model "
+                f"{ours.vocab_size}; mid-training data must use the tokenizer of the pretraining run"
+            )
+        return ours
+
+    def _build_model(self) -> None:
+        runtime = self.runtime
+        # The same seed on every rank gives every rank the same initial weights.
+        torch.manual_seed(self.config.seed)
+        with torch.device("meta"):
+            model = GPT(self.gpt_config)
+        model.to_empty(device=runtime.device)
+        model.init_weights()
+        source = self.resume_dir or self.init_dir
+        if source is not None:
+            state = ckpt.load_model_state(source, runtime.device)
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[-1].strip()
+                raise ckpt.CheckpointError(
+                    f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
+                ) from None
+        self.model = model
+        self.num_params = sum(p.numel() for p in model.parameters())
+        self.num_scaling_params = model.num_scaling_params()
+        self.flops_per_token = model.estimate_flops()
+        self.total_steps = num_steps_for(self.config, self.flops_per_token)
+
+    def _propose_batch_size(self) -> int:
+        """This rank's micro-batch: the configured one, the checkpoint's, or the largest that fits."""
+        config, runtime = self.config, self.runtime
+        self.sequences_per_rank = sequences_per_rank(config, self.gpt_config.sequence_len, runtime.world_size)
+        requested = config.train.device_batch_size
+        if self.resume_meta is not None:
+            saved = self.resume_meta["device_batch_size"]
+            if requested not in ("auto", saved):
+                raise InputError(
+                    f"train.device_batch_size: {requested}, but the checkpoint {self.resume_dir.name} was "
+                    f"trained with {saved}; an exact resume needs the same (use 'auto' to adopt it)"
+                )
+            batch = saved
+        elif requested != "auto":
+            batch = requested
+        elif runtime.device.type == "cuda":
+            batch = probe_device_batch_size(
+                self.model, self.sequences_per_rank, runtime, self.num_params, self.gpt_config.vocab_size
+            )
+        else:
+            batch = max(b for b in range(1, CPU_MAX_DEVICE_BATCH + 1) if self.sequences_per_rank % b == 0)
+        grad_accum_for(self.sequences_per_rank, batch)  # fail here, before the ranks agree
+        return batch
+
+    def build(self, device_batch_size: int) -> None:
+        """Phase 2, with the micro-batch the ranks agreed on: data loaders, tokenizer, optimizer."""
+        config, runtime = self.config, self.runtime
+        self.device_batch_size = device_batch_size
+        self.grad_accum = grad_accum_for(self.sequences_per_rank, device_batch_size)
+        seq_len = self.gpt_config.sequence_len
+        common = dict(
+            batch_size=device_batch_size,
+            seq_len=seq_len,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            device=runtime.device,
+            seed=config.seed,
+        )
+        self.train_loader = TokenLoader(config.data.train_dir, split="train", **common)
+        self.val_loader = TokenLoader(config.data.val_dir or config.data.train_dir, split="val", **common)
+        if self.resume_meta is not None:
+            try:
+                self.train_loader.load_state_dict(self.resume_meta["rank_states"][runtime.rank]["loader"])
+            except ValueError as e:
+                raise InputError(f"{self.resume_dir / ckpt.META_NAME}: {e}") from None
+        tokens_per_val_batch = device_batch_size * seq_len * runtime.world_size
+        self.val_batches = min(
+            max(1, config.eval.val_tokens // tokens_per_val_batch), self.val_loader.blocks_per_epoch
+        )
+        self.data_epochs = self.train_loader.epochs_for(self.total_steps * self.grad_accum)
+        if self.data_epochs > 1:
+            self.warnings.append(f"the run needs {self.data_epochs:.2f} epochs of {config.data.train_dir}")
+
+        tokenizer_spec = config.data.tokenizer or self.manifest.tokenizer_dir
+        tokenizer = load_tokenizer(tokenizer_spec)
+        if tokenizer.vocab_size != self.gpt_config.vocab_size:
+            raise InputError(
+                f"{tokenizer_spec}: tokenizer of {tokenizer.vocab_size} tokens, the model has "
+                f"{self.gpt_config.vocab_size}"
+            )
+        self.token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(runtime.device)
+
+        self.hparams = effective_hparams(config, self.gpt_config)
+        self.optimizer = build_optimizer(self.model, config, self.hparams)
+        if self.resume_meta is not None:
+            self.optimizer.load_state_dict(
+                ckpt.load_optim_state(self.resume_dir, runtime.rank, runtime.device)
+            )
+
+    # -- training -----------------------------------------------------------------------------------------
+
+    def train(self) -> int:
+        """The loop, from step 0 or the checkpoint's step to the horizon; returns the exit code."""
+        config, runtime = self.config, self.runtime
+        meta = self.resume_meta or {}
+        self.step = meta.get("step", 0)
+        self.elapsed_before_s = meta.get("elapsed_s", 0.0)
+        self.last_val = tuple(meta.get("last_val", (None, None)))
+        if self.resume_meta is not None:
+            ckpt.set_rng_state(self.resume_meta["rank_states"][runtime.rank]["rng"])
+        self.forward = torch.compile(self.model, dynamic=False) if config.compile else self.model
+        self.device = device_info(runtime, config.compile)
+        self.session_start = time.time()
+        self.events = EventWriter(self.run_dir / EVENTS_NAME) if runtime.master else None
+        self.wandb = None
+        try:
+            if runtime.master and config.wandb.mode != "disabled":
+                self.wandb = _WandbLog(config, self.run_dir)
+            self._emit("start", **self._start_fields())
+            with _StopRequest() as stop:
+                return self._loop(stop)
+        except Exception as e:
+            self._end("error", f"{type(e).__name__}: {e}".splitlines()[0])
+            raise
+        finally:
+            if self.wandb is not None:
+                self.wandb.finish()
+            if self.events is not None:
+                self.events.close()
+
+    def _start_fields(self) -> dict[str, Any]:
+        tokens_per_step = self.config.train.total_batch_tokens
+        return dict(
+            config=self.config.to_dict(),
+            mode=self.config.mode,
+            resumed_from=None if self.resume_dir is None else os.path.relpath(self.resume_dir, self.run_dir),
+            init_from=None if self.init_dir is None else str(self.init_dir.resolve()),
+            git_sha=git_sha(),
+            versions=versions(),
+            device=self.device,
+            world_size=self.runtime.world_size,
+            num_params=self.num_params,
+            num_scaling_params=self.num_scaling_params,
+            flops_per_token=self.flops_per_token,
+            total_steps=self.total_steps,
+            total_tokens=self.total_steps * tokens_per_step,
+            total_flops=float(self.total_steps * tokens_per_step * self.flops_per_token),
+            total_batch_tokens=tokens_per_step,
+            device_batch_size=self.device_batch_size,
+            grad_accum=self.grad_accum,
+            data_epochs=self.data_epochs,
+            optim=self.hparams,
+            warnings=self.warnings,
+        )
+
+    def _loop(self, stop: _StopRequest) -> int:
+        config, runtime = self.config, self.runtime
+        every_val, every_ckpt = config.eval.every_steps, config.checkpoint.every_steps
+        max_seconds = config.train.max_seconds
+        peak = self.device["peak_flops"]
+        while self.step < self.total_steps:
+            loss_sum, num_targets, lr_frac, step_s = self._train_step()
+            out_of_time = max_seconds is not None and time.time() - self.session_start > max_seconds
+            # One small all-reduce per step: the loss (for the log and the divergence check) and the vote to
+            # stop, so that every rank stops at the same step.
+            stats = torch.tensor([loss_sum, float(stop.requested or out_of_time)], dtype=torch.float64)
+            loss_sum, stop_votes = _all_reduce(stats.to(runtime.device), runtime).tolist()
+            loss = loss_sum / num_targets
+            self.step += 1
+            last = self.step == self.total_steps
+            if not math.isfinite(loss) or self.step % config.log_every == 0 or last:
+                tok_per_s = config.train.total_batch_tokens / step_s
+                self._emit(
+                    "step",
+                    **self._counters(),
+                    loss=loss,
+                    lr=self.hparams["matrix_lr"] * lr_frac,
+                    lr_frac=lr_frac,
+                    tok_per_s=tok_per_s,
+                    mfu=None
+                    if peak is None
+                    else self.flops_per_token * tok_per_s / (runtime.world_size * peak),
+                    step_s=step_s,
+                )
+            if not math.isfinite(loss):
+                self._end("diverged", f"training loss is {loss} at step {self.step}")
+                return EXIT_DIVERGED
+            if last or (every_val is not None and self.step % every_val == 0):
+                self._validate()
+            stopping = stop_votes > 0 and not last
+            if last or stopping or (every_ckpt is not None and self.step % every_ckpt == 0):
+                self._checkpoint(final=last)
+            if stopping:
+                return EXIT_STOPPED
+        self._end("done", None)
+        return EXIT_DONE
+
+    def _train_step(self) -> tuple[float, float, float, float]:
+        """One optimizer step over grad_accum micro-batches: (this rank's summed loss, target tokens of the
+        step over all ranks, lr multiplier, seconds). The gradient is that of the mean loss over every
+        target token of the step on all ranks, however the loss mask spreads them."""
+        runtime = self.runtime
+        t0 = time.time()
+        batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
+        if self.manifest.has_mask:
+            # Loss-masked data (mid-training): the number of targets varies by micro-batch and rank.
+            count = torch.stack([(y >= 0).sum() for _, y in batches]).sum().double()
+            num_targets = _all_reduce(count, runtime).clamp(min=1)
+        else:
+            num_targets = torch.tensor(float(self.config.train.total_batch_tokens), device=runtime.device)
+        # MuonAdamW averages gradients over the ranks, so each rank's share is multiplied by world_size.
+        scale = runtime.world_size / num_targets
+        loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+        for x, y in batches:
+            with runtime.autocast():
+                loss = self.forward(x, y, reduction="sum")
+            (loss * scale).backward()
+            loss_sum += loss.detach()
+        lr_frac = lr_multiplier(self.step, self.total_steps, self.config.schedule)
+        momentum = muon_momentum(self.step, self.config.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * lr_frac
+            if group["kind"] == "muon":
+                group["momentum"] = momentum
+        self.optimizer.step()
+        self.model.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item()  # waits for the step to finish: the time below is the step's
+        return loss_value, float(num_targets), lr_frac, time.time() - t0
+
+    def _counters(self) -> dict[str, Any]:
+        tokens = self.step * self.config.train.total_batch_tokens
+        elapsed_s = self.elapsed_before_s + time.time() - self.session_start
+        return dict(
+            step=self.step, tokens=tokens, flops=float(tokens * self.flops_per_token), elapsed_s=elapsed_s
+        )
+
+    def _validate(self) -> None:
+        self.model.eval()
+        val_loss, val_bpb, val_tokens = evaluate(
+            self.forward, self.val_loader, self.val_batches, self.token_bytes, self.runtime
+        )
+        self.model.train()
+        self.last_val = (val_loss, val_bpb)
+        self._emit("val", **self._counters(), val_loss=val_loss, val_bpb=val_bpb, val_tokens=val_tokens)
+
+    def _checkpoint(self, *, final: bool) -> None:
+        runtime = self.runtime
+        counters = self._counters()
+        meta = {
+            "config": self.config.to_dict(),
+            "model_config": dataclasses.asdict(self.gpt_config),
+            "tokenizer": {"name": self.manifest.tokenizer.name, "hash": self.manifest.tokenizer.hash},
+            "total_steps": self.total_steps,
+            "device_batch_size": self.device_batch_size,
+            "grad_accum": self.grad_accum,
+            "tokens": counters["tokens"],
+            "flops": counters["flops"],
+            "elapsed_s": counters["elapsed_s"],
+            "last_val": list(self.last_val),
+        }
+        path = ckpt.save_checkpoint(
+            self.run_dir,
+            self.step,
+            model_state=self.model.state_dict(),
+            optim_state=self.optimizer.state_dict(),
+            meta=meta,
+            rank_state={"loader": self.train_loader.state_dict(), "rng": ckpt.rng_state()},
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            keep_last=self.config.checkpoint.keep_last,
+        )
+        self._emit("checkpoint", **counters, path=os.path.relpath(path, self.run_dir), final=final)
+
+    def _end(self, status: str, message: str | None) -> None:
+        val_loss, val_bpb = self.last_val
+        self._emit(
+            "end", **self._counters(), status=status, message=message, val_loss=val_loss, val_bpb=val_bpb
+        )
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self.events is None:
+            return
+        event = self.events.write(kind, **fields)
+        if self.wandb is not None:
+            self.wandb.log(event)
+
+
+class _WandbLog:
+    """Weights & Biases, rank 0 only: step and val events become metrics. The run id derives from the run
+    directory, so a resumed run continues the same W&B run."""
+
+    def __init__(self, config: RunConfig, run_dir: Path):
+        import hashlib
+
+        import wandb
+
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+        self.run = wandb.init(
+            project=config.wandb.project,
+            entity=config.wandb.entity,
+            name=config.wandb.name or run_dir.name,
+            id=run_id,
+            resume="allow",
+            mode=config.wandb.mode,
+            dir=os.environ.get("WANDB_DIR", str(run_dir)),
+            config=config.to_dict(),
+        )
+
+    def log(self, event: dict[str, Any]) -> None:
+        if event["kind"] in ("step", "val"):
+            metrics = {
+                f"{event['kind']}/{key}": value
+                for key, value in event.items()
+                if key not in ("v", "kind", "time", "step") and isinstance(value, int | float)
+            }
+            self.run.log(metrics, step=event["step"])
+        elif event["kind"] == "end":
+            self.run.summary["status"] = event["status"]
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _report(message: str) -> None:
+    print(f"error: {message}".splitlines()[0], file=sys.stderr, flush=True)
+
+
+def run(config_path: str | os.PathLike) -> int:
+    """Train the run whose config is at `config_path` (its directory is the run directory); returns the
+    exit code."""
+    config_path = Path(config_path)
+    try:
+        config = RunConfig.from_json(config_path)
+    except ValueError as e:
+        _report(str(e))
+        return EXIT_BAD_INPUT
+    runtime = None
+    try:
+        runtime = init_runtime(config)
+        trainer, error = None, None
+        try:
+            trainer = Trainer(config, config_path.parent, runtime)
+        except Exception as e:
+            error = e
+        device_batch_size = agree_on_setup(
+            error, runtime, 0 if trainer is None else trainer.proposed_batch_size
+        )
+        try:
+            trainer.build(device_batch_size)
+        except Exception as e:
+            error = e
+        agree_on_setup(error, runtime)
+        return trainer.train()
+    except INPUT_ERRORS as e:
+        _report(str(e))
+        return EXIT_BAD_INPUT
+    except _SilentExit as e:
+        return e.code
+    except Exception:
+        traceback.print_exc()
+        return EXIT_ERROR
+    finally:
+        if runtime is not None and runtime.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nanogpt.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="RUN_DIR/config.json")
+    args = parser.parse_args(argv)
+    return run(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
