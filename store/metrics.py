@@ -17,10 +17,11 @@ from sqlalchemy.engine import Connection
 
 from store.cells import lock_cell_state
 from store.engine import Store, insert_ignoring_duplicates, now, upsert
-from store.schema import Cell, Checkpoint, CheckpointKind, Eval, IngestOffset, TrainMetric, ValMetric
-from store.values import clean_rows, finite
+from store.schema import Attempt, Cell, Checkpoint, CheckpointKind, Eval, IngestOffset, TrainMetric, ValMetric
+from store.values import clean_json, clean_rows, finite
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
+_attempts: sa.Table = Attempt.__table__  # type: ignore[attr-defined]
 _train: sa.Table = TrainMetric.__table__  # type: ignore[attr-defined]
 _val: sa.Table = ValMetric.__table__  # type: ignore[attr-defined]
 _evals: sa.Table = Eval.__table__  # type: ignore[attr-defined]
@@ -28,10 +29,14 @@ _checkpoints: sa.Table = Checkpoint.__table__  # type: ignore[attr-defined]
 _offsets: sa.Table = IngestOffset.__table__  # type: ignore[attr-defined]
 
 # The keys each kind of row may carry (the cell and attempt ids come from `ingest`'s arguments).
-TRAIN_FIELDS = frozenset({"step", "tokens", "flops", "loss", "lr", "tok_per_s", "mfu", "elapsed_s", "time"})
-VAL_FIELDS = frozenset({"step", "tokens", "flops", "val_loss", "val_bpb", "time"})
-EVAL_FIELDS = frozenset({"step", "task", "preset", "accuracy", "centered", "stderr", "num_examples", "time"})
-CHECKPOINT_FIELDS = frozenset({"step", "kind", "path", "tokens", "created_at"})
+TRAIN_FIELDS = frozenset(
+    {"step", "tokens", "flops", "loss", "lr", "lr_frac", "tok_per_s", "mfu", "step_s", "elapsed_s", "time"}
+)
+VAL_FIELDS = frozenset({"step", "tokens", "flops", "val_loss", "val_bpb", "val_tokens", "elapsed_s", "time"})
+EVAL_FIELDS = frozenset(
+    {"step", "task", "score", "preset", "accuracy", "centered", "stderr", "num_examples", "metrics", "time"}
+)
+CHECKPOINT_FIELDS = frozenset({"step", "kind", "path", "tokens", "flops", "created_at"})
 _STEP_TOKENS = frozenset({"step", "tokens"})
 
 Rows = Sequence[Mapping[str, Any]]
@@ -46,18 +51,22 @@ def ingest(
     val: Rows = (),
     evals: Rows = (),
     checkpoints: Rows = (),
+    start: Mapping[str, Any] | None = None,
     events_path: str | None = None,
     events_offset: int | None = None,
 ) -> None:
     """Store one read's worth of a cell's events, and (with `events_path`) how far into the file it got.
 
     Rows are mappings with keys from TRAIN_FIELDS, VAL_FIELDS, EVAL_FIELDS, CHECKPOINT_FIELDS; non-finite
-    floats become NULL. The cell's progress columns (steps_done, tokens_seen, train_loss, val_*) move to the
-    newest step ingested, never backwards. Raises FinishedCellError for a done cell, ValueError for an
+    floats become NULL. `start` is the attempt's `start` event, kept whole on the attempt. The cell's
+    progress columns (steps_done, tokens_seen, train_loss, val_*) move to the newest step ingested, never
+    backwards. Raises FinishedCellError for a done cell, ValueError for an
     unknown cell or a malformed row (naming the table and key), and nothing is written then.
     """
     if (events_path is None) != (events_offset is None):
         raise ValueError(f"ingest {cell_id}: give events_path and events_offset together")
+    if start is not None and attempt_id is None:
+        raise ValueError(f"ingest {cell_id}: a start event needs the attempt_id it belongs to")
     if events_offset is not None and events_offset < 0:
         raise ValueError(f"ingest {cell_id}: events_offset must be >= 0, got {events_offset}")
     stamp = now()
@@ -89,6 +98,14 @@ def ingest(
         insert_ignoring_duplicates(conn, _evals, eval_rows)
         insert_ignoring_duplicates(conn, _checkpoints, checkpoint_rows)
         _advance_progress(conn, cell_id, train_rows, val_rows, stamp)
+        if start is not None:
+            updated = conn.execute(
+                sa.update(_attempts)
+                .where(_attempts.c.id == attempt_id, _attempts.c.cell_id == cell_id)
+                .values(start_event=clean_json(dict(start)))
+            )
+            if updated.rowcount != 1:
+                raise ValueError(f"ingest {cell_id}: attempt {attempt_id} is not an attempt of this cell")
         if events_path is not None:
             row = {
                 "cell_id": cell_id,

@@ -186,6 +186,8 @@ class Attempt(SQLModel, table=True):
     exit_code: int | None = None
     outcome: AttemptOutcome | None = Field(default=None, sa_type=_enum(AttemptOutcome))
     reason: str | None = None
+    # The trainer's `start` event of this attempt: code and library versions, device, effective settings.
+    start_event: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class TrainMetric(SQLModel, table=True):
@@ -198,10 +200,12 @@ class TrainMetric(SQLModel, table=True):
     tokens: int = Field(sa_type=sa.BigInteger)  # seen so far, this step included
     flops: float | None = None  # spent so far
     loss: float | None = None
-    lr: float | None = None  # the schedule's multiplier or the matrix lr, as the trainer reports it
+    lr: float | None = None  # the matrix (Muon) learning rate of this step
+    lr_frac: float | None = None  # the schedule's multiplier
     tok_per_s: float | None = None
-    mfu: float | None = None
-    elapsed_s: float | None = None
+    mfu: float | None = None  # in [0, 1]; NULL on the CPU
+    step_s: float | None = None
+    elapsed_s: float | None = None  # training wall time so far, over all attempts
     time: float | None = None  # the event's wall-clock time
 
 
@@ -214,8 +218,10 @@ class ValMetric(SQLModel, table=True):
     attempt_id: int | None = Field(default=None, foreign_key="attempts.id", ondelete="SET NULL")
     tokens: int = Field(sa_type=sa.BigInteger)
     flops: float | None = None
-    val_loss: float | None = None
-    val_bpb: float | None = None
+    val_loss: float | None = None  # mean nats per target token
+    val_bpb: float | None = None  # bits per byte of the targets' text
+    val_tokens: int | None = Field(default=None, sa_type=sa.BigInteger)  # target tokens evaluated
+    elapsed_s: float | None = None
     time: float | None = None
 
 
@@ -226,11 +232,13 @@ class Eval(SQLModel, table=True):
     cell_id: str = Field(primary_key=True, foreign_key="cells.id", ondelete="CASCADE", max_length=64)
     step: int = Field(primary_key=True)
     task: str = Field(primary_key=True, max_length=100)
+    score: float | None = None  # the task's headline number, as the trainer reports it
     preset: str | None = None  # which eval suite the task came from
     accuracy: float | None = None
     centered: float | None = None  # accuracy rescaled so chance is 0 and perfect is 1
     stderr: float | None = None
     num_examples: int | None = None
+    metrics: dict[str, Any] | None = Field(default=None, sa_type=JSON)  # everything the event carried
     time: float | None = None
 
 
@@ -241,8 +249,9 @@ class Checkpoint(SQLModel, table=True):
     cell_id: str = Field(primary_key=True, foreign_key="cells.id", ondelete="CASCADE", max_length=64)
     step: int = Field(primary_key=True)
     kind: CheckpointKind = Field(primary_key=True, sa_type=_enum(CheckpointKind))
-    path: str
+    path: str  # as the trainer wrote it: relative to the cell's run_dir
     tokens: int | None = Field(default=None, sa_type=sa.BigInteger)
+    flops: float | None = None
     created_at: float
 
 

@@ -32,8 +32,13 @@ def clean_json(value: Any) -> Any:
 
 
 def float_columns(table: sa.Table) -> frozenset[str]:
-    """Names of the table's floating-point columns: the ones `clean_row` passes through `finite`."""
+    """Names of the table's floating-point columns: the ones `clean_rows` passes through `finite`."""
     return frozenset(column.name for column in table.columns if isinstance(column.type, sa.Float))
+
+
+def json_columns(table: sa.Table) -> frozenset[str]:
+    """Names of the table's JSON columns: the ones `clean_rows` passes through `clean_json`."""
+    return frozenset(column.name for column in table.columns if isinstance(column.type, sa.JSON))
 
 
 def clean_rows(
@@ -51,6 +56,7 @@ def clean_rows(
     `defaults`, else None) because a bulk insert takes its column list from the first row.
     """
     floats = float_columns(table) & allowed
+    jsons = json_columns(table) & allowed
     cleaned = []
     for row in rows:
         keys = row.keys()
@@ -65,5 +71,7 @@ def clean_rows(
             value = out[name]
             if value is not None:
                 out[name] = finite(value)
+        for name in jsons:
+            out[name] = clean_json(out[name])
         cleaned.append(out)
     return cleaned
