@@ -400,7 +400,8 @@ class _StopRequest:
 
 
 # Config sections that decide the trajectory: a run directory's checkpoint resumes only under the same ones.
-TRAJECTORY_KEYS = ("model", "data", "train", "optim", "schedule", "mode", "init_from", "seed")
+# Data paths may change (a moved directory); the loader checks that the data itself is the same.
+TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed")
 # ... except these, which a resumed session may change.
 RESUME_MUTABLE_KEYS = ("train.max_seconds", "train.device_batch_size")
 

@@ -1,0 +1,464 @@
+"""The trainer end to end on the CPU: events, horizon, exact resume, divergence, stops, mid-training, bad
+input, several ranks (torchrun + gloo), W&B offline. Runs use a depth-2, width-32 model on a byte-level
+synthetic corpus (tests/trainer_fixtures.py); a step takes milliseconds."""
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_fixtures import make_data_dir, tiny_config, write_run
+
+from nanogpt import checkpoint as ckpt
+from nanogpt.data import TokenLoader
+from nanogpt.events import read_events, validate
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.train import (
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_DONE,
+    EXIT_STOPPED,
+    effective_hparams,
+    peak_flops,
+    run,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+# One thread everywhere: faster on a shared 2-core machine, and the same arithmetic in every process.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir) -> Path:
+    """A 12-step run with checkpoints at 6 and 12, shared by tests that only read it (or copy it)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    assert run(write_run(run_dir, tiny_config(data_dir))) == EXIT_DONE
+    return run_dir
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return read_events(run_dir / "events.jsonl")[0]
+
+
+def losses(run_dir: Path, kind: str = "step", key: str = "loss") -> dict[int, float]:
+    return {e["step"]: e[key] for e in events_of(run_dir) if e["kind"] == kind}
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under the roots with the sha256 of its bytes."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for root in roots
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_run_writes_every_event_with_sane_fields(finished_run, data_dir):
+    events = events_of(finished_run)
+    for event in events:
+        validate(event)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == 1
+    assert [e["step"] for e in events if e["kind"] == "step"] == list(range(1, 13))
+    assert [e["step"] for e in events if e["kind"] == "val"] == [6, 12]
+    assert [(e["step"], e["final"]) for e in events if e["kind"] == "checkpoint"] == [(6, False), (12, True)]
+
+    start, end = events[0], events[-1]
+    model = GPT(GPTConfig(depth=2, aspect_ratio=16, head_dim=16, sequence_len=32, vocab_size=257))
+    assert start["num_params"] == sum(p.numel() for p in model.parameters())
+    assert start["flops_per_token"] == model.estimate_flops()
+    assert start["num_scaling_params"] == model.num_scaling_params()
+    assert start["total_steps"] == 12 and start["total_tokens"] == 12 * 256
+    assert start["device_batch_size"] == 4 and start["grad_accum"] == 2  # 8 sequences per step, 4 at a time
+    assert (
+        start["world_size"] == 1
+        and start["device"]["type"] == "cpu"
+        and start["device"]["peak_flops"] is None
+    )
+    assert start["versions"]["torch"] == torch.__version__ and start["resumed_from"] is None
+    assert start["git_sha"] is None or len(start["git_sha"]) == 40
+    assert 0 < start["data_epochs"] < 1 and start["warnings"] == []
+    assert start["config"]["model"]["depth"] == 2
+
+    steps = [e for e in events if e["kind"] == "step"]
+    for e in steps:
+        assert e["tokens"] == e["step"] * 256 and e["flops"] == e["tokens"] * start["flops_per_token"]
+        assert e["tok_per_s"] > 0 and e["mfu"] is None and e["lr"] == pytest.approx(0.02 * e["lr_frac"])
+    assert [e["lr_frac"] for e in steps[-4:]] == pytest.approx([1.0, 0.75, 0.5, 0.25])  # cooldown 0.3 × 12
+    # ln(257) ≈ 5.55 at initialisation; the synthetic grammar is learnt fast.
+    assert steps[0]["loss"] == pytest.approx(math.log(257), abs=0.1)
+    assert max(e["loss"] for e in steps[-3:]) < steps[0]["loss"] - 2.5
+    assert end["status"] == "done" and end["message"] is None and end["step"] == 12
+    assert end["val_loss"] == events[-3]["val_loss"]  # the final validation, then the final checkpoint
+
+
+def test_validation_matches_an_independent_computation(finished_run, data_dir):
+    """The final val event recomputed from the final checkpoint: nats per target, bits per byte."""
+    final = ckpt.latest_checkpoint(finished_run)
+    meta = ckpt.read_meta(final)
+    model = GPT(GPTConfig(**meta["model_config"]))
+    model.load_state_dict(ckpt.load_model_state(final, "cpu"))
+    loader = TokenLoader(data_dir, split="val", batch_size=4, seq_len=32)
+    token_bytes = torch.tensor([1] * 256 + [0])  # byte tokens are one byte; end-of-text is none
+    nats = text_nats = num_bytes = count = 0.0
+    with torch.no_grad():
+        for _ in range(512 // (4 * 32)):  # eval.val_tokens / tokens per batch
+            x, y = loader.next_batch()
+            per_token = model(x, y, reduction="none")
+            nats += per_token.sum().item()
+            text_nats += (per_token * (token_bytes[y] > 0)).sum().item()
+            num_bytes += token_bytes[y].sum().item()
+            count += y.numel()
+    val = [e for e in events_of(finished_run) if e["kind"] == "val"][-1]
+    assert val["val_tokens"] == count == 512
+    assert val["val_loss"] == pytest.approx(nats / count, rel=1e-6)
+    assert val["val_bpb"] == pytest.approx(text_nats / math.log(2) / num_bytes, rel=1e-6)
+
+
+def test_horizon_from_a_flop_budget_and_an_automatic_micro_batch(tmp_path, data_dir):
+    model = GPT(GPTConfig(depth=2, aspect_ratio=16, head_dim=16, sequence_len=32, vocab_size=257))
+    target_flops = 7.4 * model.estimate_flops() * 256  # 7.4 steps' worth: rounds to 7
+    config = tiny_config(
+        data_dir,
+        train={"num_steps": None, "target_flops": target_flops, "device_batch_size": "auto"},
+        checkpoint={"every_steps": None},
+    )
+    assert run(write_run(tmp_path, config)) == EXIT_DONE
+    start = events_of(tmp_path)[0]
+    assert start["total_steps"] == 7 and start["total_flops"] == 7 * 256 * model.estimate_flops()
+    assert start["device_batch_size"] == 8 and start["grad_accum"] == 1  # all 8 sequences in one micro-batch
+    assert max(losses(tmp_path)) == 7
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000007"]  # the final one only
+
+
+def test_resume_is_bit_identical(tmp_path, finished_run, data_dir):
+    """N steps straight vs N/2, then a new process resuming from the N/2 checkpoint for the other N/2."""
+    resumed = tmp_path / "resumed"
+    write_run(resumed, tiny_config(data_dir))
+    shutil.copytree(finished_run / "checkpoints" / "step_000006", resumed / "checkpoints" / "step_000006")
+    assert run(resumed / "config.json") == EXIT_DONE
+    straight = losses(finished_run)
+    second_half = losses(resumed)
+    assert sorted(second_half) == list(range(7, 13))
+    assert all(second_half[s] == straight[s] for s in second_half)  # exactly, not approximately
+    assert losses(resumed, "val", "val_loss")[12] == losses(finished_run, "val", "val_loss")[12]
+    start = events_of(resumed)[0]
+    assert start["resumed_from"] == "checkpoints/step_000006"
+    a = ckpt.load_model_state(ckpt.latest_checkpoint(finished_run), "cpu")
+    b = ckpt.load_model_state(ckpt.latest_checkpoint(resumed), "cpu")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, data_dir):
+    huge = {"matrix_lr": 1e30, "embedding_lr": 1e30, "unembedding_lr": 1e30}
+    assert run(write_run(tmp_path, tiny_config(data_dir, optim=huge))) == EXIT_DIVERGED
+    text = (tmp_path / "events.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    events = events_of(tmp_path)
+    for event in events:
+        validate(event)
+    last_step, end = events[-2], events[-1]
+    assert last_step["kind"] == "step" and last_step["loss"] is None
+    assert end["status"] == "diverged" and f"at step {last_step['step']}" in end["message"]
+    assert ckpt.list_checkpoints(tmp_path) == []  # a diverged state is not worth keeping
+
+
+def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
+    config = tiny_config(data_dir, train={"max_seconds": 1e-6})
+    assert run(write_run(tmp_path, config)) == EXIT_STOPPED
+    events = events_of(tmp_path)
+    assert [e["kind"] for e in events] == ["start", "step", "checkpoint"]  # no `end`: resumable
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000001"]
+    # max_seconds may change between sessions; everything that decides the trajectory may not.
+    config["train"]["max_seconds"] = None
+    assert run(write_run(tmp_path, config)) == EXIT_DONE
+    events = events_of(tmp_path)
+    assert [e["kind"] for e in events].count("start") == 2 and events[-1]["status"] == "done"
+    assert sorted(losses(tmp_path)) == list(range(1, 13))
+
+
+def test_mid_training_starts_from_the_pretrained_weights_with_masked_loss(tmp_path, finished_run):
+    chat_data = make_data_dir(tmp_path / "chat", with_mask=True)
+    config = tiny_config(chat_data, mode="mid-training", init_from=str(finished_run), train={"num_steps": 4})
+    del config["model"]  # the shape comes from the checkpoint
+    run_dir = tmp_path / "mid"
+    assert run(write_run(run_dir, config)) == EXIT_DONE
+    start = events_of(run_dir)[0]
+    assert start["mode"] == "mid-training" and start["init_from"].endswith("step_000012")
+
+    # The first step's loss, recomputed at the pretrained weights: the mean over unmasked targets only.
+    init = ckpt.latest_checkpoint(finished_run)
+    model = GPT(GPTConfig(**ckpt.read_meta(init)["model_config"]))
+    model.load_state_dict(ckpt.load_model_state(init, "cpu"))
+    loader = TokenLoader(chat_data, split="train", batch_size=4, seq_len=32)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for _ in range(2):  # grad_accum
+            x, y = loader.next_batch()
+            assert (y == -1).any()
+            total += model(x, y, reduction="sum").item()
+            count += int((y >= 0).sum())
+    assert losses(run_dir)[1] == pytest.approx(total / count, rel=1e-5)
+    assert losses(run_dir)[1] < 3.0  # far below ln(257) ≈ 5.5: the weights were loaded
+
+
+def test_hparam_scaling_rules():
+    config = tiny_config(Path("unused"), optim={"weight_decay": 0.2, "reference_batch_tokens": 64})
+    from nanogpt.config import RunConfig
+
+    parsed = RunConfig.from_dict(config)
+    wide = GPTConfig(depth=24, aspect_ratio=64, head_dim=128, vocab_size=100)  # n_embd 1536 = 2 × 768
+    h = effective_hparams(parsed, wide)
+    assert h["width_lr_scale"] == pytest.approx(2**-0.5) and h["batch_lr_scale"] == pytest.approx(2.0)
+    assert h["embedding_lr"] == pytest.approx(0.2 * 2**-0.5 * 2.0)
+    assert h["matrix_lr"] == pytest.approx(0.02 * 2.0)  # Muon: no width factor here (the optimizer's own)
+    assert h["weight_decay"] == pytest.approx(0.2 * (12 / 24) ** 2)
+    plain = RunConfig.from_dict(tiny_config(Path("unused"), optim={"scale_hparams": False}))
+    h = effective_hparams(plain, wide)
+    assert h["embedding_lr"] == plain.optim.embedding_lr and h["weight_decay"] == plain.optim.weight_decay
+
+
+def test_peak_flops_table():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("Some Future GPU") is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line naming the file and the problem, nothing written or damaged.
+
+
+def corrupt_config(run_dir, data_dir, config):
+    (run_dir / "config.json").write_text('{"model": {"depth": 2},')
+    return str(run_dir / "config.json"), "not valid JSON"
+
+
+def unknown_key(run_dir, data_dir, config):
+    config["optim"]["lrr"] = 1.0
+    return str(run_dir / "config.json"), "unknown key 'optim.lrr'"
+
+
+def changed_shape(run_dir, data_dir, config):
+    config["model"]["depth"] = 3
+    return "step_000012/meta.json", "model.depth: 2 in the checkpoint, 3 now"
+
+
+def other_world_size(run_dir, data_dir, config):
+    meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"world_size": 2}))
+    return "step_000012/meta.json", "written by 2 processes, this run has 1"
+
+
+def bad_shard_header(run_dir, data_dir, config):
+    shard = data_dir / "train_000000.bin"
+    with open(shard, "r+b") as f:
+        f.write(b"NOTTOKEN")
+    return str(shard), "not a nanostudy token shard"
+
+
+def too_few_tokens(run_dir, data_dir, config):
+    make_data_dir(data_dir, train_tokens=100)  # one micro-batch needs 4 × 32 + 1 tokens
+    return str(data_dir), "fewer than one step needs"
+
+
+def missing_data(run_dir, data_dir, config):
+    shutil.rmtree(data_dir)
+    return str(data_dir / "manifest.json"), "no manifest"
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        corrupt_config,
+        unknown_key,
+        changed_shape,
+        other_world_size,
+        bad_shard_header,
+        too_few_tokens,
+        missing_data,
+    ],
+)
+def test_bad_input_is_one_line_and_damages_nothing(tmp_path, finished_run, data_dir, capsys, breakage):
+    """A finished run directory and its data, broken one way; resuming it must fail cleanly."""
+    run_dir, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(finished_run, run_dir)
+    shutil.copytree(data_dir, data)
+    config = tiny_config(data)
+    write_run(run_dir, config)
+    where, problem = breakage(run_dir, data, config)
+    if breakage is not corrupt_config:
+        write_run(run_dir, config)
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    assert run(run_dir / "config.json") == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert where in err and problem in err, err
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ({"total_batch_tokens": 300}, "300 is not a multiple of sequence_len × world_size = 32 × 1 = 32"),
+        ({"device_batch_size": 3}, "device_batch_size: 3 does not divide the 8 sequences"),
+    ],
+)
+def test_a_batch_that_does_not_split_is_refused(tmp_path, data_dir, capsys, train, expected):
+    assert run(write_run(tmp_path, tiny_config(data_dir, train=train))) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not (tmp_path / "events.jsonl").exists()
+
+
+def test_a_checkpoint_of_another_shape_cannot_start_mid_training(tmp_path, finished_run, data_dir, capsys):
+    config = tiny_config(data_dir, mode="mid-training", init_from=str(finished_run))
+    config["model"]["aspect_ratio"] = 32
+    assert run(write_run(tmp_path, config)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "step_000012/meta.json: checkpoint of another model shape" in err
+    assert "aspect_ratio 16 in the checkpoint, 32 configured" in err and err.count("\n") == 1
+    assert not (tmp_path / "events.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_the_command_line_reports_bad_input_in_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "nanogpt.train", "--config", str(tmp_path / "config.json")],
+        cwd=ROOT,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == EXIT_BAD_INPUT
+    assert out.stderr == f"error: {tmp_path / 'config.json'}: config file not found\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Separate processes: SIGTERM, torchrun with two ranks, W&B.
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_143_then_resume_matches_a_straight_run(tmp_path, data_dir):
+    config = tiny_config(data_dir, train={"num_steps": 400}, eval={"every_steps": None}, log_every=1)
+    config["checkpoint"] = {"every_steps": None, "keep_last": 2}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(write_run(straight, config)) == EXIT_DONE
+    command = [sys.executable, "-m", "nanogpt.train", "--config", str(write_run(stopped, config))]
+    proc = subprocess.Popen(command, cwd=ROOT, env=SUBPROCESS_ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(e["kind"] == "step" for e in events_of(stopped)):
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() else "timeout"
+        )
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == EXIT_STOPPED, proc.stderr.read()
+    events = events_of(stopped)
+    assert "end" not in [e["kind"] for e in events]
+    stopped_at = max(losses(stopped))
+    assert stopped_at < 400 and events[-1]["kind"] == "checkpoint" and events[-1]["step"] == stopped_at
+    assert ckpt.latest_checkpoint(stopped).name == f"step_{stopped_at:06d}"
+
+    resumed = subprocess.run(
+        command, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == EXIT_DONE, resumed.stderr
+    assert events_of(stopped)[-1]["status"] == "done"
+    assert losses(stopped) == losses(straight)  # every step, before and after the stop, bit for bit
+
+
+def torchrun(config_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["-m", "nanogpt.train", "--config", str(config_path)]
+    return subprocess.run(command, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_shard_the_optimizer_and_resume_exactly(tmp_path, data_dir):
+    config = tiny_config(data_dir)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    out = torchrun(write_run(straight, config))
+    assert out.returncode == EXIT_DONE, out.stderr[-3000:]
+    events = events_of(straight)
+    start = events[0]
+    assert start["world_size"] == 2 and start["device_batch_size"] == 4 and start["grad_accum"] == 1
+    assert events[-1]["status"] == "done" and sorted(losses(straight)) == list(range(1, 13))
+    assert [e["kind"] for e in events].count("start") == 1  # rank 0 alone writes events
+    step_dir = straight / "checkpoints" / "step_000006"
+    assert sorted(p.name for p in step_dir.iterdir()) == [
+        "meta.json",
+        "model.pt",
+        "optim_rank0.pt",
+        "optim_rank1.pt",
+    ]
+    shards = [torch.load(step_dir / f"optim_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [s["rank"] for s in shards] == [0, 1] and all(s["world_size"] == 2 for s in shards)
+    loss = losses(straight)
+    assert max(loss[s] for s in (10, 11, 12)) < loss[1] - 2.5
+
+    write_run(resumed, config)
+    shutil.copytree(step_dir, resumed / "checkpoints" / "step_000006")
+    out = torchrun(resumed / "config.json")
+    assert out.returncode == EXIT_DONE, out.stderr[-3000:]
+    assert losses(resumed) == {s: loss[s] for s in range(7, 13)}
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_a_local_run(tmp_path, data_dir):
+    config = tiny_config(data_dir, wandb={"mode": "offline", "project": "nanostudy-test", "name": "tiny"})
+    wandb_dir = tmp_path / "wandb-root"
+    wandb_dir.mkdir()
+    env = {**SUBPROCESS_ENV, "WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"}
+    command = [sys.executable, "-m", "nanogpt.train", "--config", str(write_run(tmp_path / "run", config))]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == EXIT_DONE, out.stderr[-3000:]
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list(wandb_dir.rglob("*"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On a GPU: bf16 autocast, torch.compile, the micro-batch probe, MFU.
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_run_with_compile_bf16_and_probed_batch(tmp_path, data_dir):
+    config = tiny_config(
+        data_dir,
+        device="auto",
+        compile=True,
+        train={"num_steps": 20, "total_batch_tokens": 2048, "device_batch_size": "auto"},
+    )
+    assert run(write_run(tmp_path, config)) == EXIT_DONE
+    events = events_of(tmp_path)
+    start = events[0]
+    assert start["device"]["type"] == "cuda" and start["device"]["dtype"] == "bfloat16"
+    assert start["device_batch_size"] == 64 and start["grad_accum"] == 1  # a tiny model fits all 64 sequences
+    steps = [e for e in events if e["kind"] == "step"]
+    if start["device"]["peak_flops"] is not None:
+        assert all(0 < e["mfu"] < 1 for e in steps)
+    assert steps[-1]["loss"] < steps[0]["loss"] - 2 and events[-1]["status"] == "done"
