@@ -16,10 +16,14 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from store.engine import Store, insert_ignoring_duplicates, now
-from store.schema import ALLOWED_TRANSITIONS, FINISHED_STATES, Cell, CellMode, CellState
+from store.schema import ALLOWED_TRANSITIONS, FINISHED_STATES, Cell, CellMode, CellState, Study
 from store.values import clean_json, finite
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
+_studies: sa.Table = Study.__table__  # type: ignore[attr-defined]
+
+# Built once: every ingest runs it, and building a statement costs more than SQLite executing it.
+_LOCK_STATE = sa.select(_cells.c.state).where(_cells.c.id == sa.bindparam("cell_id")).with_for_update()
 
 # Columns a transition may set besides the state; everything else is fixed at planning or owned by ingest.
 TRANSITION_FIELDS = frozenset(
@@ -89,6 +93,8 @@ def add_cells(store: Store, study_id: int, cells: Sequence[NewCell]) -> int:
     ordered = sorted(cells, key=lambda cell: cell.mode is CellMode.MID_TRAINING)
     rows = [_row(cell, study_id, stamp) for cell in ordered]
     with store.write() as conn:
+        if conn.execute(sa.select(_studies.c.id).where(_studies.c.id == study_id)).first() is None:
+            raise ValueError(f"add_cells: study {study_id} is not in the database")
         before = _count(conn, study_id)
         parents = {cell.parent_cell_id for cell in cells if cell.parent_cell_id} - set(ids)
         if parents:
@@ -180,7 +186,7 @@ def lock_cell_state(conn: Connection, cell_id: str) -> CellState:
     Raises ValueError for an unknown cell and FinishedCellError for a done one; every write of results
     starts here.
     """
-    state = conn.execute(sa.select(_cells.c.state).where(_cells.c.id == cell_id).with_for_update()).scalar()
+    state = conn.execute(_LOCK_STATE, {"cell_id": cell_id}).scalar()
     if state is None:
         raise ValueError(f"cell {cell_id}: not in the database")
     if state is CellState.DONE:

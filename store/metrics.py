@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from store.cells import lock_cell_state
 from store.engine import Store, insert_ignoring_duplicates, now, upsert
 from store.schema import Attempt, Cell, Checkpoint, CheckpointKind, Eval, IngestOffset, TrainMetric, ValMetric
-from store.values import clean_json, clean_rows, finite
+from store.values import clean_json, clean_rows
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
 _attempts: sa.Table = Attempt.__table__  # type: ignore[attr-defined]
@@ -71,23 +71,18 @@ def ingest(
         raise ValueError(f"ingest {cell_id}: events_offset must be >= 0, got {events_offset}")
     stamp = now()
     ids = {"cell_id": cell_id, "attempt_id": attempt_id}
-    train_rows = _with(
-        clean_rows(_train, train, allowed=TRAIN_FIELDS, required=_STEP_TOKENS, defaults={}), ids
+    train_rows = clean_rows(_train, train, allowed=TRAIN_FIELDS, required=_STEP_TOKENS, fixed=ids)
+    val_rows = clean_rows(_val, val, allowed=VAL_FIELDS, required=_STEP_TOKENS, fixed=ids)
+    eval_rows = clean_rows(
+        _evals, evals, allowed=EVAL_FIELDS, required=frozenset({"step", "task"}), fixed={"cell_id": cell_id}
     )
-    val_rows = _with(clean_rows(_val, val, allowed=VAL_FIELDS, required=_STEP_TOKENS, defaults={}), ids)
-    eval_rows = _with(
-        clean_rows(_evals, evals, allowed=EVAL_FIELDS, required=frozenset({"step", "task"}), defaults={}),
-        {"cell_id": cell_id},
-    )
-    checkpoint_rows = _with(
-        clean_rows(
-            _checkpoints,
-            checkpoints,
-            allowed=CHECKPOINT_FIELDS,
-            required=frozenset({"step", "kind", "path"}),
-            defaults={"created_at": stamp},
-        ),
-        {"cell_id": cell_id},
+    checkpoint_rows = clean_rows(
+        _checkpoints,
+        checkpoints,
+        allowed=CHECKPOINT_FIELDS,
+        required=frozenset({"step", "kind", "path"}),
+        defaults={"created_at": stamp},
+        fixed={"cell_id": cell_id},
     )
     for row in checkpoint_rows:
         row["kind"] = CheckpointKind(row["kind"])
@@ -167,34 +162,55 @@ def rewind(store: Store, cell_id: str, *, to_step: int) -> None:
         )
 
 
-def _with(rows: list[dict[str, Any]], extra: Mapping[str, Any]) -> list[dict[str, Any]]:
-    for row in rows:
-        row.update(extra)
-    return rows
+# Built once (see `store.cells._LOCK_STATE`). `<=` rather than `<`: re-ingesting the newest step rewrites
+# the same values, which is harmless; an older step changes nothing.
+_TRAIN_PROGRESS = (
+    sa.update(_cells)
+    .where(_cells.c.id == sa.bindparam("cell_id"), _cells.c.steps_done <= sa.bindparam("new_step"))
+    .values(
+        steps_done=sa.bindparam("new_step"),
+        tokens_seen=sa.bindparam("new_tokens"),
+        train_loss=sa.bindparam("new_loss", type_=sa.Float),
+        updated_at=sa.bindparam("stamp"),
+    )
+)
+_VAL_PROGRESS = (
+    sa.update(_cells)
+    .where(
+        _cells.c.id == sa.bindparam("cell_id"),
+        sa.or_(_cells.c.val_step.is_(None), _cells.c.val_step <= sa.bindparam("new_step")),
+    )
+    .values(
+        val_step=sa.bindparam("new_step"),
+        val_loss=sa.bindparam("new_loss", type_=sa.Float),
+        val_bpb=sa.bindparam("new_bpb", type_=sa.Float),
+        updated_at=sa.bindparam("stamp"),
+    )
+)
 
 
 def _advance_progress(conn: Connection, cell_id: str, train_rows: Rows, val_rows: Rows, stamp: float) -> None:
-    # `<=` rather than `<`: re-ingesting the newest step rewrites the same values, which is harmless.
     if train_rows:
         last = max(train_rows, key=lambda row: row["step"])
         conn.execute(
-            sa.update(_cells)
-            .where(_cells.c.id == cell_id, _cells.c.steps_done <= last["step"])
-            .values(
-                steps_done=last["step"],
-                tokens_seen=last["tokens"],
-                train_loss=finite(last["loss"]),
-                updated_at=stamp,
-            )
+            _TRAIN_PROGRESS,
+            {
+                "cell_id": cell_id,
+                "new_step": last["step"],
+                "new_tokens": last["tokens"],
+                "new_loss": last["loss"],
+                "stamp": stamp,
+            },
         )
     if val_rows:
         last = max(val_rows, key=lambda row: row["step"])
         conn.execute(
-            sa.update(_cells)
-            .where(
-                _cells.c.id == cell_id, sa.or_(_cells.c.val_step.is_(None), _cells.c.val_step <= last["step"])
-            )
-            .values(
-                val_step=last["step"], val_loss=last["val_loss"], val_bpb=last["val_bpb"], updated_at=stamp
-            )
+            _VAL_PROGRESS,
+            {
+                "cell_id": cell_id,
+                "new_step": last["step"],
+                "new_loss": last["val_loss"],
+                "new_bpb": last["val_bpb"],
+                "stamp": stamp,
+            },
         )

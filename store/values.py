@@ -5,6 +5,7 @@ spelling for either (Python writes `NaN`, which PostgreSQL's JSON type rejects).
 its floats through `finite` and its JSON through `clean_json`, and a reader never meets a NaN.
 """
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, SupportsFloat
@@ -31,11 +32,13 @@ def clean_json(value: Any) -> Any:
     return value
 
 
+@functools.cache
 def float_columns(table: sa.Table) -> frozenset[str]:
     """Names of the table's floating-point columns: the ones `clean_rows` passes through `finite`."""
     return frozenset(column.name for column in table.columns if isinstance(column.type, sa.Float))
 
 
+@functools.cache
 def json_columns(table: sa.Table) -> frozenset[str]:
     """Names of the table's JSON columns: the ones `clean_rows` passes through `clean_json`."""
     return frozenset(column.name for column in table.columns if isinstance(column.type, sa.JSON))
@@ -47,29 +50,33 @@ def clean_rows(
     *,
     allowed: frozenset[str],
     required: frozenset[str],
-    defaults: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ready for one executemany: every key of `allowed`, floats made finite or None.
+    """Rows ready for one executemany: every key of `allowed` and `fixed`, floats made finite or None.
 
     An unknown key is a caller's typo, not data to drop silently, and a missing required one is a broken
     event: both raise ValueError naming the table and key. Every row gets the same keys (missing ones from
-    `defaults`, else None) because a bulk insert takes its column list from the first row.
+    `defaults`, else None) because a bulk insert takes its column list from the first row; `fixed` values
+    (the cell id) are set on every row. This runs once per ingested metric row, so it stays lean.
     """
-    floats = float_columns(table) & allowed
-    jsons = json_columns(table) & allowed
+    floats = tuple(float_columns(table) & allowed)
+    jsons = tuple(json_columns(table) & allowed)
+    template = dict.fromkeys(allowed) | dict(defaults or {})
+    fixed = dict(fixed or {})
     cleaned = []
     for row in rows:
-        keys = row.keys()
-        if not keys <= allowed:
-            unknown = sorted(keys - allowed)
+        if not row.keys() <= allowed:
+            unknown = sorted(row.keys() - allowed)
             raise ValueError(f"{table.name}: unknown column(s) {unknown}; known: {sorted(allowed)}")
-        if not required <= keys or any(row[name] is None for name in required):
-            missing = sorted(name for name in required if row.get(name) is None)
-            raise ValueError(f"{table.name}: row {dict(row)} lacks required {missing}")
-        out = {name: row.get(name, defaults.get(name)) for name in allowed}
+        out = {**template, **row, **fixed}
+        for name in required:
+            if out[name] is None:
+                raise ValueError(f"{table.name}: row {dict(row)} lacks required {name!r}")
         for name in floats:
             value = out[name]
-            if value is not None:
+            # The common case, a finite Python float, costs one check; anything else goes through `finite`.
+            if value is not None and not (type(value) is float and math.isfinite(value)):
                 out[name] = finite(value)
         for name in jsons:
             out[name] = clean_json(out[name])
