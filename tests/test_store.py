@@ -7,10 +7,12 @@ are available, again on PostgreSQL (a throwaway server started for the session).
 import itertools
 import math
 import os
+import queue
 import random
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -675,3 +677,27 @@ def test_fits_keep_history_and_latest_wins(store: Store) -> None:
     save_fit(store, study_id, kind="isoflop", metric="val_bpb", params={"a": 0.5})
     fits = latest_fits(store, study_id)
     assert [(fit.kind, fit.params) for fit in fits] == [("isoflop", {"a": 0.5}), ("parametric", {"E": 0.9})]
+
+
+def test_competing_claims_each_cell_won_once(store: Store) -> None:
+    """The compare-and-swap on both backends: threads with their own connections race for every cell."""
+    study_id = _study(store)
+    cell_ids = [f"c{i:02d}" for i in range(20)]
+    add_cells(store, study_id, [_cell(cell_id, seed=i) for i, cell_id in enumerate(cell_ids)])
+    start, results = threading.Barrier(4), queue.Queue()
+
+    def race(seed: int) -> None:
+        order = random.Random(seed).sample(cell_ids, len(cell_ids))
+        start.wait()
+        results.put(
+            [cell_id for cell_id in order if claim(store, cell_id, executor=Executor.LOCAL, host="h")]
+        )
+
+    threads = [threading.Thread(target=race, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    winners = [cell_id for _ in threads for cell_id in results.get_nowait()]
+    assert sorted(winners) == cell_ids
+    assert all(len(attempts_of(store, cell_id)) == 1 for cell_id in cell_ids)
