@@ -235,8 +235,9 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=100, help="rows per ingest call (one transaction)")
     parser.add_argument("--poll-s", type=float, default=0.1, help="the reader's pause between polls")
     parser.add_argument("--sample-cells", type=int, default=100, help="cells for the comparison runs")
-    parser.add_argument("--sample-steps", type=int, default=200, help="steps for the comparison runs")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--sample-steps", type=int, default=500, help="steps for the comparison runs")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the comparison runs (median kept)")
+    parser.add_argument("--repeats", type=int, default=20, help="repeats of each query timing")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -245,8 +246,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
         root = Path(tmp)
 
-        def run(name: str, batch_rows: int, cells: int, steps: int, how: str) -> IngestResult:
-            path = root / f"{name}-{batch_rows}.db"
+        def run(name: str, batch_rows: int, cells: int, steps: int, how: str, tag: str) -> IngestResult:
+            path = root / f"{how}-{batch_rows}-{tag}.db"
             store, study_id, attempts = make_study(path, cells)
             work = {
                 "ours": lambda: ingest_ours(store, attempts, steps, batch_rows),
@@ -255,15 +256,27 @@ def main() -> None:
             }[how]
             result = with_reader(path, study_id, args.poll_s, work, name, batch_rows)
             store.close()
-            print_ingest(result)
+            path.unlink()
             return result
 
-        sample = (args.sample_cells, args.sample_steps)
-        ingests.append(run("store.ingest (sample)", args.batch_rows, *sample, "ours"))
-        ingests.append(run("raw sqlite3 (ceiling)", args.batch_rows, *sample, "raw"))
-        ingests.append(run("ORM object per row", args.batch_rows, *sample, "orm"))
-        for batch_rows in (10, 1000):
-            ingests.append(run("store.ingest (sample)", batch_rows, *sample, "ours"))
+        # The comparisons, interleaved over rounds so that load from other processes on a shared machine
+        # falls on every variant alike; each variant reports its median round.
+        variants = [
+            ("store.ingest", args.batch_rows, "ours"),
+            ("raw sqlite3 (ceiling)", args.batch_rows, "raw"),
+            ("ORM object per row", args.batch_rows, "orm"),
+            ("store.ingest", 10, "ours"),
+            ("store.ingest", 1000, "ours"),
+        ]
+        rounds: dict[int, list[IngestResult]] = {index: [] for index in range(len(variants))}
+        for round_index in range(args.rounds):
+            for index, (name, batch_rows, how) in enumerate(variants):
+                result = run(name, batch_rows, args.sample_cells, args.sample_steps, how, str(round_index))
+                rounds[index].append(result)
+        for results in rounds.values():
+            median = sorted(results, key=lambda result: result.rows_per_s)[len(results) // 2]
+            ingests.append(median)
+            print_ingest(median)
 
         # The full fill, which the query timings then run on.
         path = root / "full.db"
