@@ -1,0 +1,399 @@
+"""`nanostudy prepare`: a source and a tokenizer in, a data directory of token shards out.
+
+The data directory's name carries a hash of everything that decides its bytes (source spec and the files it
+currently covers, tokenizer hash, shard size, validation fraction), so studies that ask for the same data
+share one directory and a second preparation finds the manifest and does nothing.
+
+Resumable: shards are written in order with atomic renames. After every chunk of documents that completed a
+shard, `.prepare/state.json` records how many source documents are consumed, the finished shards, and (in
+a numbered file beside it) the tokens already tokenized but not yet in a shard. An interrupted run resumes
+from there and produces the same bytes as an uninterrupted one. The manifest is written last.
+"""
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nanogpt.shards import (
+    MANIFEST_NAME,
+    SPLITS,
+    Manifest,
+    ShardError,
+    ShardInfo,
+    TokenizerInfo,
+    read_header,
+    read_manifest,
+    write_manifest,
+    write_shard,
+)
+from nanogpt.tokenizer import Tokenizer, load_tokenizer
+from runner.data.sources import (
+    SourceError,
+    SourceSpec,
+    check_source,
+    estimate_bytes,
+    fingerprint,
+    iter_documents,
+    parse_bytes,
+)
+from runner.data.tokenize import TokenizePool, chunked, is_validation
+
+FORMAT_VERSION = 1
+DEFAULT_SHARD_TOKENS = 50_000_000
+DEFAULT_VAL_FRACTION = 0.01
+DEFAULT_TOKENIZER_TRAIN_BYTES = 100_000_000
+STATE_DIR = ".prepare"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrepareConfig:
+    source: SourceSpec
+    tokenizer: str  # "gpt2", "bpe:<vocab_size>", or a tokenizer directory
+    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    tokenizer_train_bytes: int = DEFAULT_TOKENIZER_TRAIN_BYTES  # text a bpe:<n> tokenizer is trained on
+
+    def __post_init__(self):
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens: must be positive, got {self.shard_tokens}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.tokenizer.startswith("bpe:"):
+            bpe_vocab_size(self.tokenizer)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PrepareConfig":
+        """From a study file's `data:` mapping: source, tokenizer, and optionally the sizes."""
+        known = {"source", "tokenizer", "shard_tokens", "val_fraction", "tokenizer_train_bytes"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"data: unknown key {unknown[0]!r}; keys are {', '.join(sorted(known))}")
+        for key in ("source", "tokenizer"):
+            if key not in raw:
+                raise ValueError(f"data: missing key {key!r}")
+        values = dict(raw)
+        values["source"] = SourceSpec.from_dict(raw["source"])
+        if "tokenizer_train_bytes" in values:
+            values["tokenizer_train_bytes"] = parse_bytes(
+                values["tokenizer_train_bytes"], key="tokenizer_train_bytes"
+            )
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrepareResult:
+    data_dir: Path
+    status: str  # "prepared" | "already prepared" | "interrupted"
+    manifest: Manifest | None
+
+
+def bpe_vocab_size(spec: str) -> int:
+    try:
+        vocab_size = int(spec.removeprefix("bpe:"))
+    except ValueError:
+        raise ValueError(f"tokenizer: {spec!r} should be bpe:<vocab size>, e.g. bpe:16384") from None
+    from runner.data.bpe import MIN_VOCAB_SIZE
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"tokenizer: {spec!r}: the vocabulary needs at least {MIN_VOCAB_SIZE} ids")
+    return vocab_size
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = True) -> Tokenizer:
+    """Load the tokenizer the config names, training a `bpe:<n>` one on the source first if needed."""
+    if config.tokenizer.startswith("bpe:"):
+        tokenizer = trained_tokenizer(config, root=root, progress=progress)
+        # The trainer's thread pool has run in this process; tell `tokenizers` that the tokenizing workers
+        # forked next do not use it (otherwise each prints a deadlock warning).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    else:
+        tokenizer = load_tokenizer(config.tokenizer)
+    return tokenizer.with_chat_tokens() if config.source.is_chat else tokenizer
+
+
+def trained_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = True) -> Tokenizer:
+    """A BPE trained on the source's training documents (never its validation ones), cached by inputs."""
+    from nanogpt.tokenizer import GPT4_PATTERN
+    from runner.data.bpe import capped_texts, train_bpe
+
+    vocab_size = bpe_vocab_size(config.tokenizer)
+    recipe = {
+        "source": config.source.to_dict(),
+        "fingerprint": fingerprint(config.source),
+        "vocab_size": vocab_size,
+        "train_bytes": config.tokenizer_train_bytes,
+        "val_fraction": config.val_fraction,
+        "pattern": GPT4_PATTERN,
+    }
+    directory = Path(root) / "tokenizers" / f"bpe{vocab_size}-{_digest(recipe)[:12]}"
+    if (directory / "tokenizer.json").is_file():
+        return load_tokenizer(directory)
+    texts = (
+        doc.text if doc.text is not None else "\n".join(m.content for m in doc.messages)
+        for doc in iter_documents(config.source)
+        if not is_validation(doc, config.val_fraction)
+    )
+    start_s = time.perf_counter()
+    if progress:
+        print(f"tokenizer: training bpe:{vocab_size} on {config.source.name} ...", file=sys.stderr)
+    tokenizer = train_bpe(
+        capped_texts(texts, config.tokenizer_train_bytes),
+        vocab_size=vocab_size,
+        metadata={"trained_on": recipe},
+        progress=progress,
+    )
+    tokenizer.save(directory)
+    if progress:
+        print(f"tokenizer: {directory} ({time.perf_counter() - start_s:.1f} s)", file=sys.stderr)
+    return tokenizer
+
+
+def identity(config: PrepareConfig, tokenizer: Tokenizer) -> str:
+    return _digest(
+        {
+            "format": FORMAT_VERSION,
+            "source": config.source.to_dict(),
+            "fingerprint": fingerprint(config.source),
+            "tokenizer": tokenizer.hash,
+            "shard_tokens": config.shard_tokens,
+            "val_fraction": config.val_fraction,
+        }
+    )
+
+
+class _SplitWriter:
+    """Buffers one split's tokens and writes every full shard as soon as it exists."""
+
+    def __init__(self, split: str, data_dir: Path, tokenizer: Tokenizer, shard_tokens: int, with_mask: bool):
+        self.split, self.data_dir, self.tokenizer = split, data_dir, tokenizer
+        self.shard_tokens, self.with_mask = shard_tokens, with_mask
+        self.shards: list[ShardInfo] = []
+        self._tokens: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        self._pending = 0
+
+    def add(self, tokens: np.ndarray, mask: np.ndarray | None) -> None:
+        if len(tokens):
+            self._tokens.append(tokens)
+            self._masks.append(mask if mask is not None else np.zeros(0, np.uint8))
+            self._pending += len(tokens)
+
+    def carry(self) -> tuple[np.ndarray, np.ndarray]:
+        tokens = np.concatenate(self._tokens) if self._tokens else np.zeros(0, np.uint32)
+        masks = np.concatenate(self._masks) if self._masks else np.zeros(0, np.uint8)
+        self._tokens, self._masks = ([tokens], [masks]) if len(tokens) else ([], [])
+        return tokens, masks
+
+    def write_full(self) -> int:
+        written = 0
+        while self._pending >= self.shard_tokens:
+            tokens, masks = self.carry()
+            self._write(tokens[: self.shard_tokens], masks[: self.shard_tokens])
+            rest, rest_mask = tokens[self.shard_tokens :], masks[self.shard_tokens :]
+            self._tokens, self._masks = ([rest], [rest_mask]) if len(rest) else ([], [])
+            self._pending = len(rest)
+            written += 1
+        return written
+
+    def write_rest(self) -> None:
+        if self._pending:
+            tokens, masks = self.carry()
+            self._write(tokens, masks)
+            self._tokens, self._masks, self._pending = [], [], 0
+
+    def _write(self, tokens: np.ndarray, masks: np.ndarray) -> None:
+        name = f"{self.split}_{len(self.shards):06d}.bin"
+        digest = write_shard(
+            self.data_dir / name,
+            tokens,
+            tokenizer_name=self.tokenizer.name,
+            tokenizer_hash=self.tokenizer.hash,
+            mask=masks if self.with_mask else None,
+            vocab_size=self.tokenizer.vocab_size,
+        )
+        self.shards.append(ShardInfo(file=name, num_tokens=len(tokens), sha256=digest))
+
+
+class _State:
+    """`.prepare/state.json` + `.prepare/carry-<n>.npz`: what a resumed run needs."""
+
+    def __init__(self, data_dir: Path, identity: str):
+        self.dir = data_dir / STATE_DIR
+        self.path = self.dir / "state.json"
+        self.identity = identity
+
+    def load(self, writers: dict[str, _SplitWriter]) -> tuple[int, int, int]:
+        """Restore the writers; returns (documents consumed, bytes consumed, checkpoint number)."""
+        if not self.path.is_file():
+            return 0, 0, 0
+        state = json.loads(self.path.read_text())
+        if state.get("identity") != self.identity:
+            raise ShardError(
+                f"{self.path}: belongs to a different preparation; delete {self.dir} and run again"
+            )
+        for split, writer in writers.items():
+            for entry in state["splits"][split]:
+                info = ShardInfo(**entry)
+                if read_header(writer.data_dir / info.file).num_tokens != info.num_tokens:
+                    raise ShardError(
+                        f"{writer.data_dir / info.file}: differs from {self.path}; delete {self.dir}"
+                    )
+                writer.shards.append(info)
+        with np.load(self.dir / f"carry-{state['checkpoint']}.npz") as carry:
+            for split, writer in writers.items():
+                writer.add(carry[f"{split}_tokens"], carry[f"{split}_mask"])
+        return state["documents"], state["bytes"], state["checkpoint"]
+
+    def save(
+        self, writers: dict[str, _SplitWriter], *, documents: int, num_bytes: int, checkpoint: int
+    ) -> None:
+        self.dir.mkdir(exist_ok=True)
+        arrays = {}
+        for split, writer in writers.items():
+            arrays[f"{split}_tokens"], arrays[f"{split}_mask"] = writer.carry()
+        carry_path = self.dir / f"carry-{checkpoint}.npz"
+        with open(self.dir / ".carry.tmp", "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(self.dir / ".carry.tmp", carry_path)
+        state = {
+            "identity": self.identity,
+            "documents": documents,
+            "bytes": num_bytes,
+            "checkpoint": checkpoint,
+            "splits": {
+                s: [{"file": i.file, "num_tokens": i.num_tokens, "sha256": i.sha256} for i in w.shards]
+                for s, w in writers.items()
+            },
+        }
+        (self.dir / "state.tmp").write_text(json.dumps(state))
+        os.replace(self.dir / "state.tmp", self.path)
+        for old in self.dir.glob("carry-*.npz"):
+            if old != carry_path:
+                old.unlink()
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def prepare(
+    config: PrepareConfig,
+    *,
+    root: str | os.PathLike,
+    num_workers: int | None = None,
+    progress: bool = True,
+    stop_after_shards: int | None = None,
+) -> PrepareResult:
+    """Prepare (or find already prepared) the data directory for `config` under `root`.
+
+    `stop_after_shards` stops cleanly after that many shards were written in this call, as an interruption
+    would (used to test resumption); the next call continues.
+    """
+    root = Path(root)
+    check_source(config.source)
+    tokenizer = resolve_tokenizer(config, root=root, progress=progress)
+    data_id = identity(config, tokenizer)
+    data_dir = root / f"{config.source.name}-{tokenizer.name.replace('+', '-')}-{data_id[:12]}"
+    if (data_dir / MANIFEST_NAME).is_file():
+        manifest = read_manifest(data_dir)
+        if manifest.identity == data_id:
+            return PrepareResult(data_dir=data_dir, status="already prepared", manifest=manifest)
+        raise ShardError(f"{data_dir}: holds a different preparation; delete it and run again")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = data_dir / "tokenizer"
+    if (
+        not (tokenizer_dir / "tokenizer.json").is_file()
+        or load_tokenizer(tokenizer_dir).hash != tokenizer.hash
+    ):
+        tokenizer.save(tokenizer_dir)
+
+    with_mask = config.source.is_chat
+    writers = {s: _SplitWriter(s, data_dir, tokenizer, config.shard_tokens, with_mask) for s in SPLITS}
+    state = _State(data_dir, data_id)
+    documents_done, bytes_done, checkpoint = state.load(writers)
+    written_now = 0
+    documents = itertools.islice(iter_documents(config.source), documents_done, None)
+    with TokenizePool(tokenizer, val_fraction=config.val_fraction, num_workers=num_workers) as pool:
+        bar = _progress_bar(config.source, initial=bytes_done, enabled=progress)
+        start_s, documents_at_start = time.perf_counter(), documents_done
+        for chunk in pool.imap(chunked(documents)):
+            writers["train"].add(chunk.train_tokens, chunk.train_mask)
+            writers["val"].add(chunk.val_tokens, chunk.val_mask)
+            documents_done += chunk.num_documents
+            bytes_done += chunk.num_bytes
+            written = writers["train"].write_full() + writers["val"].write_full()
+            if written:
+                checkpoint += 1
+                state.save(writers, documents=documents_done, num_bytes=bytes_done, checkpoint=checkpoint)
+                written_now += written
+            bar.update(chunk.num_bytes)
+            rate = (documents_done - documents_at_start) / max(time.perf_counter() - start_s, 1e-9)
+            bar.set_postfix_str(f"{rate:,.0f} docs/s, {sum(len(w.shards) for w in writers.values())} shards")
+            if stop_after_shards is not None and written_now >= stop_after_shards:
+                bar.close()
+                return PrepareResult(data_dir=data_dir, status="interrupted", manifest=None)
+    bar.close()
+    if documents_done == 0:
+        raise SourceError(f"source {config.source.name}: produced no documents; check its files and options")
+    for writer in writers.values():
+        writer.write_rest()
+    for split, writer in writers.items():
+        if not writer.shards:
+            raise SourceError(
+                f"source {config.source.name}: the {split} split is empty after {documents_done} documents "
+                f"(val_fraction {config.val_fraction}); give more data or change val_fraction"
+            )
+    manifest = Manifest(
+        data_dir=data_dir,
+        format_version=1,
+        identity=data_id,
+        tokenizer=TokenizerInfo(
+            name=tokenizer.name,
+            hash=tokenizer.hash,
+            vocab_size=tokenizer.vocab_size,
+            eot_id=tokenizer.eot_id,
+            path="tokenizer",
+            special_tokens=tokenizer.special_tokens,
+        ),
+        splits={split: tuple(writer.shards) for split, writer in writers.items()},
+        has_mask=with_mask,
+        source={
+            **config.source.to_dict(),
+            "fingerprint": fingerprint(config.source),
+            "documents": documents_done,
+            "text_bytes": bytes_done,
+            "shard_tokens": config.shard_tokens,
+            "val_fraction": config.val_fraction,
+        },
+    )
+    write_manifest(manifest)
+    state.clear()
+    return PrepareResult(data_dir=data_dir, status="prepared", manifest=read_manifest(data_dir))
+
+
+def _progress_bar(source: SourceSpec, *, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    # Bytes of source text drive the bar, so tqdm's rate reads in MB/s and its ETA is in time.
+    return tqdm(
+        total=estimate_bytes(source),
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1000,
+        desc=f"prepare {source.name}",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+    )

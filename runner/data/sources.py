@@ -1,0 +1,387 @@
+"""Where training text comes from: a `SourceSpec` names a source and its options; `iter_documents` streams it.
+
+Sources (docs/data.md documents every option):
+- `fineweb-edu`, `openwebtext`: pretraining corpora from the Hugging Face hub, streamed with `datasets`;
+  `data_files` or `dataset` point the same code at local files or a local dataset folder.
+- `task-mixture`: SmolTalk + MMLU auxiliary_train + GSM8K as chat conversations (runner/data/chat.py).
+- `local`: the user's own `.txt` / `.jsonl` / `.parquet` files, any glob.
+- `python-source`: the `.py` files of the running interpreter's standard library and site-packages; every
+  machine has it, so the quickstart needs no network.
+
+Documents come in a deterministic order, so two preparations of the same spec give the same shards.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from nanogpt.tokenizer import ChatMessage
+
+SOURCE_NAMES = ("fineweb-edu", "openwebtext", "task-mixture", "local", "python-source")
+HUB_IDS = {"fineweb-edu": "HuggingFaceFW/fineweb-edu", "openwebtext": "Skylion007/openwebtext"}
+DEFAULT_CONFIGS = {"fineweb-edu": "sample-10BT"}
+MIXTURE_SUBSETS = ("smoltalk", "mmlu", "gsm8k")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class SourceError(ValueError):
+    """A source that cannot produce documents; the message names it and says what to do."""
+
+
+def parse_bytes(value: int | str, *, key: str = "max_bytes") -> int:
+    """`20000000`, `"20MB"` (10^6) or `"20MiB"` (2^20) → bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a size such as 20MB, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"{key}: expected a size such as 20MB or 1.5GiB, got {value!r}")
+        number = int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+    if number <= 0:
+        raise ValueError(f"{key}: must be positive, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SourceSpec:
+    name: str
+    # fineweb-edu / openwebtext: hub config name, a hub id or local dataset folder replacing the default
+    # hub id, or a glob of local parquet/jsonl files in the hub's schema (read through the same code path).
+    config: str | None = None
+    dataset: str | None = None
+    data_files: str | None = None
+    # local: globs of .txt / .jsonl / .parquet files; `format: chat` reads a list of {role, content} from
+    # `messages_field` instead of text from `text_field`.
+    paths: tuple[str, ...] = ()
+    text_field: str = "text"
+    format: str = "text"
+    messages_field: str = "messages"
+    # task-mixture: weight per subset (1.0 = every row once, 0.5 = half of them, 2.0 = twice) and, per
+    # subset, a hub id or local folder replacing the default.
+    weights: tuple[tuple[str, float], ...] = ()
+    datasets: tuple[tuple[str, str], ...] = ()
+    seed: int = 0
+    # Any source: stop after this many documents / bytes of text (the document crossing the cap is kept).
+    max_documents: int | None = None
+    max_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.name not in SOURCE_NAMES:
+            raise ValueError(f"source: unknown source {self.name!r}; choose one of {', '.join(SOURCE_NAMES)}")
+        if self.format not in ("text", "chat"):
+            raise ValueError(f"format: must be 'text' or 'chat', got {self.format!r}")
+        if self.name == "local" and not self.paths:
+            raise ValueError("paths: the local source needs at least one file or glob")
+        if self.name != "local" and self.paths:
+            raise ValueError(f"paths: only the local source takes paths (source is {self.name})")
+        if self.name not in HUB_IDS and (self.dataset or self.data_files or self.config):
+            raise ValueError(
+                f"config/dataset/data_files: only fineweb-edu and openwebtext take them ({self.name})"
+            )
+        if self.dataset and self.data_files:
+            raise ValueError("dataset, data_files: give one of them, not both")
+        if self.name != "task-mixture" and (self.weights or self.datasets):
+            raise ValueError(f"weights/datasets: only task-mixture takes them (source is {self.name})")
+        for subset, weight in self.weights:
+            if subset not in MIXTURE_SUBSETS:
+                raise ValueError(
+                    f"weights: unknown subset {subset!r}; choose from {', '.join(MIXTURE_SUBSETS)}"
+                )
+            if not weight >= 0:
+                raise ValueError(f"weights.{subset}: must be >= 0, got {weight}")
+        for subset, _ in self.datasets:
+            if subset not in MIXTURE_SUBSETS:
+                raise ValueError(
+                    f"datasets: unknown subset {subset!r}; choose from {', '.join(MIXTURE_SUBSETS)}"
+                )
+        if self.max_documents is not None and self.max_documents <= 0:
+            raise ValueError(f"max_documents: must be positive, got {self.max_documents}")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ValueError(f"max_bytes: must be positive, got {self.max_bytes}")
+
+    @classmethod
+    def from_dict(cls, raw: dict | str) -> "SourceSpec":
+        """Build from a study file's `data.source` (a name, or a mapping with `name` and options)."""
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise ValueError(f"source: expected a name or a mapping with 'name', got {raw!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"source: unknown option {unknown[0]!r}; options are {', '.join(sorted(known))}")
+        values = dict(raw)
+        if isinstance(values.get("paths"), str):
+            values["paths"] = (values["paths"],)
+        if "paths" in values:
+            values["paths"] = tuple(str(p) for p in values["paths"])
+        for key in ("weights", "datasets"):
+            if key in values:
+                if not isinstance(values[key], dict):
+                    raise ValueError(f"{key}: expected a mapping of subset to value, got {values[key]!r}")
+                cast = float if key == "weights" else str
+                values[key] = tuple(sorted((str(k), cast(v)) for k, v in values[key].items()))
+        if values.get("max_bytes") is not None:
+            values["max_bytes"] = parse_bytes(values["max_bytes"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Canonical, JSON-able form: every option, defaults included (the data directory's identity)."""
+        out = asdict(self)
+        out["paths"] = list(self.paths)
+        out["weights"] = dict(self.weights)
+        out["datasets"] = dict(self.datasets)
+        return out
+
+    @property
+    def is_chat(self) -> bool:
+        return self.name == "task-mixture" or self.format == "chat"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    text: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    split: str | None = None  # set by sources with their own validation split; else held out by hash
+
+    @property
+    def num_bytes(self) -> int:
+        if self.text is not None:
+            return len(self.text.encode("utf-8", errors="replace"))
+        return sum(len(m.content.encode("utf-8", errors="replace")) for m in self.messages or ())
+
+    def content_key(self) -> bytes:
+        """Bytes that identify the document (its hash decides train/validation)."""
+        if self.text is not None:
+            return self.text.encode("utf-8", errors="replace")
+        return json.dumps([[m.role, m.content] for m in self.messages or ()]).encode(
+            "utf-8", errors="replace"
+        )
+
+
+def iter_documents(spec: SourceSpec) -> Iterator[Document]:
+    """The source's documents in a deterministic order, capped by max_documents / max_bytes."""
+    if spec.name == "python-source":
+        documents = _python_source()
+    elif spec.name == "local":
+        documents = _local(spec)
+    elif spec.name == "task-mixture":
+        from runner.data.chat import iter_task_mixture
+
+        documents = iter_task_mixture(spec)
+    else:
+        documents = _hub_text(spec)
+    num_bytes = 0
+    for num_documents, document in enumerate(documents):
+        if spec.max_documents is not None and num_documents >= spec.max_documents:
+            return
+        if spec.max_bytes is not None and num_bytes >= spec.max_bytes:
+            return
+        num_bytes += document.num_bytes
+        yield document
+
+
+def check_source(spec: SourceSpec) -> None:
+    """Fail fast, before any tokenizer work, on files that do not exist."""
+    if spec.name == "local":
+        local_files(spec)
+    elif spec.data_files is not None and not glob.glob(os.path.expanduser(spec.data_files), recursive=True):
+        raise SourceError(f"data_files: {spec.data_files!r} matches no files")
+    elif (
+        spec.dataset is not None
+        and spec.dataset.startswith((".", "/", "~"))
+        and not Path(spec.dataset).exists()
+    ):
+        raise SourceError(f"dataset: {spec.dataset!r} is not an existing folder")
+    for subset, path in spec.datasets:
+        if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+            raise SourceError(f"datasets.{subset}: {path!r} is not an existing folder")
+
+
+def estimate_bytes(spec: SourceSpec) -> int | None:
+    """Total text bytes the source will produce, when cheaply known (for the progress bar's ETA)."""
+    total = None
+    if spec.name == "python-source":
+        total = sum(os.path.getsize(p) for p in python_source_files())
+    elif spec.name == "local":
+        total = sum(os.path.getsize(p) for p in local_files(spec))
+    if spec.max_bytes is not None:
+        total = spec.max_bytes if total is None else min(total, spec.max_bytes)
+    return total
+
+
+def fingerprint(spec: SourceSpec) -> dict:
+    """What the spec alone does not pin down: which files a local or python-source corpus holds now."""
+    if spec.name == "python-source":
+        files = python_source_files()
+        digest = hashlib.sha256()
+        for path in files:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return {"python": sys.version, "files": len(files), "listing_sha256": digest.hexdigest()}
+    if spec.name == "local":
+        digest = hashlib.sha256()
+        files = local_files(spec)
+        for path in files:
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return {"files": len(files), "listing_sha256": digest.hexdigest()}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# python-source
+
+
+def python_source_roots() -> list[Path]:
+    paths = sysconfig.get_paths()
+    roots = {
+        Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths
+    }
+    return sorted(r for r in roots if r.is_dir())
+
+
+def python_source_files() -> list[str]:
+    """Every `.py` file under the interpreter's library roots, sorted (roots may nest: a set dedups)."""
+    found: set[str] = set()
+    for root in python_source_roots():
+        for directory, subdirs, files in os.walk(root):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+            found.update(os.path.join(directory, f) for f in files if f.endswith(".py"))
+    return sorted(found)
+
+
+def _python_source() -> Iterator[Document]:
+    seen: set[bytes] = set()
+    for path in python_source_files():
+        try:
+            raw = Path(path).read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable or not UTF-8: a handful of test fixtures in the stdlib
+        digest = hashlib.sha256(raw).digest()
+        if not text.strip() or digest in seen:
+            continue  # empty __init__.py files and vendored copies would only repeat themselves
+        seen.add(digest)
+        yield Document(text=text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# local files
+
+
+def local_files(spec: SourceSpec) -> list[str]:
+    files: list[str] = []
+    for pattern in spec.paths:
+        matches = sorted(
+            p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
+        )
+        if not matches:
+            raise SourceError(f"paths: {pattern!r} matches no files; check the path or glob")
+        files.extend(matches)
+    return list(dict.fromkeys(files))
+
+
+def _local(spec: SourceSpec) -> Iterator[Document]:
+    for path in local_files(spec):
+        suffix = Path(path).suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            rows = _jsonl_rows(path)
+        elif suffix == ".parquet":
+            rows = _parquet_rows(path, [spec.messages_field if spec.format == "chat" else spec.text_field])
+        else:
+            try:
+                yield Document(text=Path(path).read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise SourceError(
+                    f"{path}: not UTF-8 text; local sources read .txt, .jsonl and .parquet"
+                ) from None
+            continue
+        for number, row in enumerate(rows, start=1):
+            yield _row_document(row, spec, where=f"{path}:{number}")
+
+
+def _row_document(row: dict, spec: SourceSpec, *, where: str) -> Document:
+    key = spec.messages_field if spec.format == "chat" else spec.text_field
+    if key not in row:
+        raise SourceError(f"{where}: no field {key!r} (fields: {', '.join(sorted(row))}); set text_field")
+    if spec.format == "chat":
+        from runner.data.chat import messages_from_rows
+
+        return Document(messages=messages_from_rows(row[key], where=where))
+    if not isinstance(row[key], str):
+        raise SourceError(f"{where}: field {key!r} is {type(row[key]).__name__}, not text")
+    return Document(text=row[key])
+
+
+def _jsonl_rows(path: str) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise SourceError(f"{path}:{number}: expected a JSON object per line")
+            yield row
+
+
+def _parquet_rows(path: str, columns: list[str]) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    if missing:
+        raise SourceError(
+            f"{path}: no column {missing[0]!r} (columns: {', '.join(parquet.schema_arrow.names)}); "
+            "set text_field"
+        )
+    for batch in parquet.iter_batches(columns=columns, batch_size=1024):
+        yield from batch.to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def load_hub_dataset(path: str, *, config: str | None, split: str, data_files: str | None = None):
+    """`datasets.load_dataset(..., streaming=True)`, with an error that says what to do offline."""
+    import datasets
+
+    try:
+        if data_files is not None:
+            builder = "parquet" if data_files.endswith(".parquet") else "json"
+            files = sorted(glob.glob(os.path.expanduser(data_files), recursive=True))
+            if not files:
+                raise SourceError(f"data_files: {data_files!r} matches no files")
+            return datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
+        return datasets.load_dataset(path, name=config, split=split, streaming=True)
+    except SourceError:
+        raise
+    except Exception as e:  # datasets raises many kinds (connection, missing config, bad files)
+        raise SourceError(
+            f"dataset {path!r} (config {config}, split {split}) could not be loaded: {type(e).__name__}: "
+            f"{str(e)[:200]}. Without access to the Hugging Face hub, download it elsewhere and give "
+            "`dataset: <local folder>` or `data_files: <glob of parquet/jsonl files>`"
+        ) from None
+
+
+def _hub_text(spec: SourceSpec) -> Iterator[Document]:
+    path = spec.dataset or HUB_IDS[spec.name]
+    config = spec.config or (None if spec.dataset or spec.data_files else DEFAULT_CONFIGS.get(spec.name))
+    dataset = load_hub_dataset(path, config=config, split="train", data_files=spec.data_files)
+    for number, row in enumerate(dataset, start=1):
+        yield _row_document(row, spec, where=f"{spec.data_files or path} row {number}")
