@@ -65,6 +65,10 @@ class InputError(Exception):
     """Bad config or input: reported as one line (`path: problem`), exit code 2."""
 
 
+class ConfigError(InputError):
+    """A config value that cannot work here; the message starts with the key, the report adds the file."""
+
+
 # Errors that mean "the input is wrong" rather than "the code is wrong"; they carry their path.
 INPUT_ERRORS = (InputError, ShardError, ckpt.CheckpointError, TokenizerError)
 
@@ -112,7 +116,7 @@ def init_runtime(config: RunConfig) -> Runtime:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError("device: 'cuda' requested but no CUDA device is available")
+            raise ConfigError("device: 'cuda' requested but no CUDA device is available")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
         # TF32 for the float32 matmuls that autocast leaves (the optimizer's Newton-Schulz runs in bf16).
@@ -121,18 +125,13 @@ def init_runtime(config: RunConfig) -> Runtime:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(
-            backend="nccl" if device.type == "cuda" else "gloo", device_id=_device_id(device)
-        )
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     dtype_name = config.dtype
     if dtype_name == "auto":
         dtype_name = "bfloat16" if device.type == "cuda" else "float32"
     dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float32
     return Runtime(rank=rank, local_rank=local_rank, world_size=world_size, device=device, dtype=dtype)
-
-
-def _device_id(device: torch.device) -> torch.device | None:
-    return device if device.type == "cuda" else None
 
 
 def _all_reduce(tensor: torch.Tensor, runtime: Runtime, op=None) -> torch.Tensor:
@@ -185,7 +184,7 @@ def sequences_per_rank(config: RunConfig, seq_len: int, world_size: int) -> int:
     total = config.train.total_batch_tokens
     per_step = seq_len * world_size
     if total % per_step:
-        raise InputError(
+        raise ConfigError(
             f"train.total_batch_tokens: {total:,} is not a multiple of sequence_len × world_size = "
             f"{seq_len} × {world_size} = {per_step:,}"
         )
@@ -194,7 +193,7 @@ def sequences_per_rank(config: RunConfig, seq_len: int, world_size: int) -> int:
 
 def grad_accum_for(num_sequences: int, device_batch_size: int) -> int:
     if num_sequences % device_batch_size:
-        raise InputError(
+        raise ConfigError(
             f"train.device_batch_size: {device_batch_size} does not divide the {num_sequences} sequences "
             "each rank processes per step (total_batch_tokens / (sequence_len × world_size))"
         )
@@ -279,7 +278,7 @@ def probe_device_batch_size(
             break
     torch.cuda.empty_cache()
     if chosen == 0:
-        raise InputError(
+        raise ConfigError(
             f"train.device_batch_size: even one sequence of {seq_len} tokens does not fit in memory"
         )
     return chosen
@@ -474,7 +473,7 @@ class Trainer:
             try:
                 ours = GPTConfig(**dataclasses.asdict(self.config.model), vocab_size=vocab_size)
             except ValueError as e:
-                raise InputError(f"model: {e}") from None
+                raise ConfigError(f"model: {e}") from None
         else:
             ours = next(iter(saved.values()))  # mid-training: RunConfig requires init_from
         for directory, theirs in saved.items():
@@ -526,7 +525,7 @@ class Trainer:
         if self.resume_meta is not None:
             saved = self.resume_meta["device_batch_size"]
             if requested not in ("auto", saved):
-                raise InputError(
+                raise ConfigError(
                     f"train.device_batch_size: {requested}, but the checkpoint {self.resume_dir.name} was "
                     f"trained with {saved}; an exact resume needs the same (use 'auto' to adopt it)"
                 )
@@ -845,6 +844,9 @@ def run(config_path: str | os.PathLike) -> int:
             error = e
         agree_on_setup(error, runtime)
         return trainer.train()
+    except ConfigError as e:
+        _report(f"{config_path}: {e}")
+        return EXIT_BAD_INPUT
     except INPUT_ERRORS as e:
         _report(str(e))
         return EXIT_BAD_INPUT

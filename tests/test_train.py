@@ -330,8 +330,8 @@ def test_bad_input_is_one_line_and_damages_nothing(tmp_path, finished_run, data_
 def test_a_batch_that_does_not_split_is_refused(tmp_path, data_dir, capsys, train, expected):
     assert run(write_run(tmp_path, tiny_config(data_dir, train=train))) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1
-    assert not (tmp_path / "events.jsonl").exists()
+    assert err.startswith(f"error: {tmp_path / 'config.json'}: train.") and expected in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "events.jsonl").exists()
 
 
 def test_a_checkpoint_of_another_shape_cannot_start_mid_training(tmp_path, finished_run, data_dir, capsys):
