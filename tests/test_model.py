@@ -1,0 +1,288 @@
+"""nanogpt.model: config rounding and validation, accounting, init, forward/loss semantics."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from nanogpt.model import GPT, MLP, GPTConfig, apply_rotary_emb
+
+TINY = dict(depth=2, vocab_size=100, sequence_len=32, aspect_ratio=16, head_dim=16)  # n_embd 32, 2 heads
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**{**TINY, **overrides}))
+    model.init_weights()
+    return model
+
+
+def randomize(model: GPT, seed: int = 1) -> GPT:
+    """Non-zero weights everywhere (init zeroes c_proj, which would hide attention and MLP bugs)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            std = 1.0 if p.ndim == 2 and p is model.transformer.wte.weight else 0.5 / math.sqrt(p.size(-1))
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+def tokens(batch: int, length: int, vocab: int = 100, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("depth", "aspect_ratio", "head_dim", "n_embd", "n_head"),
+    [
+        (12, 64, 128, 768, 6),  # the GPT-2 small width
+        (3, 64, 128, 256, 2),  # 192 rounds up to 256
+        (1, 64, 128, 128, 1),  # 64 rounds up to one head
+        (20, 64, 128, 1280, 10),
+        (2, 16, 16, 32, 2),
+        (5, 10, 16, 64, 4),  # 50 rounds up to 64
+    ],
+)
+def test_width_and_heads_follow_depth(depth, aspect_ratio, head_dim, n_embd, n_head):
+    config = GPTConfig(depth=depth, vocab_size=100, aspect_ratio=aspect_ratio, head_dim=head_dim)
+    assert (config.n_layer, config.n_embd, config.n_head) == (depth, n_embd, n_head)
+    assert config.n_head * config.head_dim == config.n_embd
+
+
+@pytest.mark.parametrize(("vocab_size", "padded"), [(100, 128), (64, 64), (65, 128), (50257, 50304)])
+def test_vocab_is_padded_to_a_multiple_of_64(vocab_size, padded):
+    assert GPTConfig(depth=1, vocab_size=vocab_size).padded_vocab_size == padded
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("depth", 0),
+        ("depth", -3),
+        ("depth", True),
+        ("depth", 2.0),
+        ("vocab_size", 0),
+        ("sequence_len", 0),
+        ("aspect_ratio", 0),
+        ("head_dim", 0),
+        ("head_dim", 15),  # rotary needs channel pairs
+        ("mlp", "swiglu"),
+        ("logit_softcap", -1.0),
+        ("logit_softcap", 0.0),
+        ("logit_softcap", float("nan")),
+        ("logit_softcap", float("inf")),
+    ],
+)
+def test_bad_config_values_raise_a_clear_error(key, value):
+    with pytest.raises(ValueError, match=rf"GPTConfig\.{key}\b") as error:
+        GPTConfig(**{**TINY, key: value})
+    assert repr(value) in str(error.value) or str(value) in str(error.value)
+
+
+# --- accounting -----------------------------------------------------------------------------------
+
+
+def test_scaling_params_and_flops_match_a_hand_count():
+    model = build()
+    # n_embd 32, 2 layers, padded vocab 128, sequence 32. Per layer: q, k, v, proj 32×32 each and
+    # c_fc 32×128 + c_proj 128×32 = 4·1024 + 2·4096 = 12288. lm_head 128×32 = 4096. wte is not counted.
+    assert model.num_scaling_params() == 2 * 12288 + 4096
+    # 6·N + attention 12 · n_layer · n_embd · sequence_len
+    assert model.estimate_flops() == 6 * 28672 + 12 * 2 * 32 * 32
+    all_but_wte = sum(p.numel() for p in model.parameters()) - model.transformer.wte.weight.numel()
+    assert model.num_scaling_params() == all_but_wte
+
+
+def test_estimate_flops_agrees_with_torch_flop_counter():
+    """Counted independently by torch: matmuls forward + backward = 6·N per token, and the attention
+    forward = a third of the attention term (torch's backward formula also counts the recomputed scores)."""
+    model = randomize(build())
+    B, T = 3, model.config.sequence_len
+    with FlopCounterMode(display=False) as counter:
+        model(tokens(B, T), tokens(B, T, seed=1)).backward()
+    counts = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    attention_forward = sum(n for op, n in counts.items() if "attention" in op and "backward" not in op)
+    attention_term = model.estimate_flops() - 6 * model.num_scaling_params()
+    assert counts["mm"] == 6 * model.num_scaling_params() * B * T
+    assert attention_forward * 3 == attention_term * B * T
+
+
+def test_param_groups_partition_the_parameters():
+    model = build(depth=3)
+    groups = model.param_groups()
+    assert set(groups) == {"matrix", "embedding", "unembedding", "scalar"}
+    assert groups["embedding"] == [model.transformer.wte.weight]
+    assert groups["unembedding"] == [model.lm_head.weight]
+    assert groups["scalar"] == []
+    assert len(groups["matrix"]) == 3 * 6 and all(p.ndim == 2 for p in groups["matrix"])
+    ids = [id(p) for g in groups.values() for p in g]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+
+
+# --- init -----------------------------------------------------------------------------------------
+
+
+def test_init_matches_the_documented_table():
+    model = build(depth=2, vocab_size=1000, aspect_ratio=64, head_dim=64)  # n_embd 128
+    n_embd = model.config.n_embd
+    wte, lm_head = model.transformer.wte.weight, model.lm_head.weight
+    assert wte.std().item() == pytest.approx(1.0, rel=0.02) and abs(wte.mean().item()) < 0.01
+    assert lm_head.std().item() == pytest.approx(0.001, rel=0.02)
+    bound = math.sqrt(3 / n_embd)
+    for block in model.transformer.h:
+        for w in (block.attn.c_q.weight, block.attn.c_k.weight, block.attn.c_v.weight, block.mlp.c_fc.weight):
+            assert w.abs().max().item() <= bound
+            assert w.std().item() == pytest.approx(1 / math.sqrt(n_embd), rel=0.05)
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+
+
+def test_initial_loss_is_that_of_a_uniform_guess_over_the_real_vocabulary():
+    model = build(vocab_size=1000)  # padded to 1024: the padding must not count in the softmax
+    loss = model(tokens(4, 32, vocab=1000), tokens(4, 32, vocab=1000, seed=1))
+    assert loss.item() == pytest.approx(math.log(1000), abs=0.01)
+
+
+def test_meta_construction_then_to_empty_and_init_gives_a_working_model():
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**TINY))
+    model.to_empty(device="cpu")
+    model.init_weights()
+    reference = build()
+    assert torch.equal(model.cos, reference.cos) and torch.equal(model.sin, reference.sin)
+    assert model.cos.shape == (1, TINY["sequence_len"], 1, TINY["head_dim"] // 2)
+    assert "cos" not in model.state_dict() and "sin" not in model.state_dict()
+    logits = model(tokens(2, 32))
+    assert torch.isfinite(logits[..., :100]).all()
+    loss = model(tokens(2, 32), tokens(2, 32, seed=1))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- forward and loss -----------------------------------------------------------------------------
+
+
+def test_forward_shapes_and_dtypes():
+    model = randomize(build())
+    logits = model(tokens(3, 20))
+    assert logits.shape == (3, 20, 128) and logits.dtype == torch.float32
+    assert torch.isfinite(logits[..., :100]).all()
+    assert torch.isneginf(logits[..., 100:]).all()  # padding ids are not tokens
+    loss = model(tokens(3, 20), tokens(3, 20, seed=1))
+    assert loss.shape == () and loss.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(tokens(3, 20)).dtype == torch.float32
+        assert model(tokens(3, 20), tokens(3, 20, seed=1)).dtype == torch.float32
+
+
+def test_sequences_longer_than_sequence_len_are_refused():
+    with pytest.raises(ValueError, match="sequence_len 32"):
+        build()(tokens(1, 33))
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    model = build()
+    q, k = torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16)  # (B, T, nh, hs)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        at = lambda x, p: apply_rotary_emb(x, model.cos[:, p : p + 1], model.sin[:, p : p + 1])
+        return (at(q, m) * at(k, n)).sum(-1)
+
+    torch.testing.assert_close(score(7, 3), score(27, 23))
+    torch.testing.assert_close(score(0, 5), score(10, 15))
+    assert not torch.allclose(score(7, 3), score(7, 4))
+    rotated = apply_rotary_emb(q, model.cos[:, 9:10], model.sin[:, 9:10])
+    torch.testing.assert_close(rotated.norm(dim=-1), q.norm(dim=-1))
+
+
+def test_attention_is_causal():
+    model = randomize(build())
+    x = tokens(2, 32)
+    changed = x.clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % 100
+    before, after = model(x), model(changed)
+    torch.testing.assert_close(before[:, :20], after[:, :20])
+    assert not torch.allclose(before[:, 20:, :100], after[:, 20:, :100])
+
+
+def test_targets_of_minus_one_are_ignored():
+    model = randomize(build())
+    x, y = tokens(2, 32), tokens(2, 32, seed=1)
+    y[0, :10] = -1
+    y[1, 25:] = -1
+    kept = y != -1
+    logits = model(x)
+    by_hand = -F.log_softmax(logits[..., :100], dim=-1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
+    torch.testing.assert_close(model(x, y), by_hand[kept].mean())
+    torch.testing.assert_close(model(x, y, reduction="sum"), by_hand[kept].sum())
+    per_token = model(x, y, reduction="none")
+    assert per_token.shape == (2, 32)
+    torch.testing.assert_close(per_token[kept], by_hand[kept])
+    assert not per_token[~kept].any()
+
+
+def test_softcap_bounds_the_logits():
+    capped = randomize(build(logit_softcap=5.0))
+    uncapped = build(logit_softcap=None)
+    uncapped.load_state_dict(capped.state_dict())
+    with torch.no_grad():
+        for model in (capped, uncapped):
+            model.lm_head.weight.mul_(100.0)  # push raw logits far past the cap
+    raw = uncapped(tokens(2, 32))[..., :100]
+    soft = capped(tokens(2, 32))[..., :100]
+    assert raw.abs().max() > 20.0
+    assert soft.abs().max() <= 5.0
+    torch.testing.assert_close(soft, 5.0 * torch.tanh(raw / 5.0))
+
+
+def test_mlp_kinds_compute_relu_squared_and_gelu():
+    x = torch.randn(2, 5, 32)
+    for kind, act in (("relu2", lambda h: F.relu(h) ** 2), ("gelu", lambda h: F.gelu(h, approximate="tanh"))):
+        mlp = MLP(GPTConfig(**{**TINY, "mlp": kind}))
+        torch.nn.init.normal_(mlp.c_proj.weight)
+        expected = act(x @ mlp.c_fc.weight.T) @ mlp.c_proj.weight.T
+        torch.testing.assert_close(mlp(x), expected)
+    relu2, gelu = randomize(build(mlp="relu2")), randomize(build(mlp="gelu"))
+    assert not torch.allclose(relu2(tokens(1, 8))[..., :100], gelu(tokens(1, 8))[..., :100])
+
+
+def test_forward_compiles_without_graph_breaks():
+    model = randomize(build())
+    x, y = tokens(2, 32), tokens(2, 32, seed=1)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph raises on any graph break
+    torch.testing.assert_close(compiled(x, y), model(x, y))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_bf16_training_step_on_gpu_matches_float32():
+    torch.manual_seed(0)
+    config = GPTConfig(depth=4, vocab_size=1000, sequence_len=256, aspect_ratio=64, head_dim=64)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device="cuda")
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.param_groups()["matrix"]:
+            p.normal_(0.0, 0.5 / math.sqrt(p.size(1)))
+    x = torch.randint(0, 1000, (8, 256), device="cuda")
+    y = torch.randint(0, 1000, (8, 256), device="cuda")
+    reference = model(x, y)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = compiled(x, y)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(reference.item(), rel=0.02)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
