@@ -201,6 +201,7 @@ def test_sqlite_pragmas_are_set_on_every_connection(sqlite_store: Store) -> None
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -65536  # KiB
 
 
 def test_foreign_keys_are_enforced(store: Store) -> None:
