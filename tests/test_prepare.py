@@ -1,0 +1,208 @@
+"""prepare: shards that decode back to the corpus, held-out validation, idempotence, exact resumption,
+chat masks, trained BPE tokenizers that tiktoken encodes exactly as Hugging Face does, and clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import write_jsonl, write_text_corpus
+
+from nanogpt.data import TokenLoader
+from nanogpt.shards import ShardError, open_shard, read_manifest, verify_shards
+from nanogpt.tokenizer import IM_END, IM_START, load_tokenizer
+from runner.data.bpe import _byte_decoder, hf_to_ranks, train_bpe, train_hf_bpe
+from runner.data.prepare import PrepareConfig, prepare
+from runner.data.sources import Document, SourceError, SourceSpec, iter_documents
+from runner.data.tokenize import is_validation
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("corpus")
+    return directory, write_text_corpus(directory, num_files=60, sentences_per_file=25)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, corpus):
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_bpe(corpus[1], vocab_size=300).save(directory)
+    return directory
+
+
+def local_config(corpus, tokenizer_dir, **overrides) -> PrepareConfig:
+    source = SourceSpec(name="local", paths=(str(corpus[0] / "*.txt"),))
+    values = {"source": source, "tokenizer": str(tokenizer_dir), "shard_tokens": 3_000, "val_fraction": 0.1}
+    return PrepareConfig(**(values | overrides))
+
+
+def split_documents(data_dir, split) -> list[str]:
+    manifest = read_manifest(data_dir)
+    tokenizer = load_tokenizer(manifest.tokenizer_dir)
+    stream = np.concatenate([open_shard(p)[0] for p in manifest.shard_paths(split)])
+    cuts = np.flatnonzero(stream == tokenizer.eot_id)
+    assert cuts[0] == 0  # every document starts with end-of-text
+    return [tokenizer.decode(part[1:]) for part in np.split(stream, cuts[1:])]
+
+
+def test_prepare_round_trips_the_corpus(tmp_path, corpus, tokenizer_dir):
+    result = prepare(local_config(corpus, tokenizer_dir), root=tmp_path, num_workers=1, progress=False)
+    assert result.status == "prepared"
+    manifest = result.manifest
+    verify_shards(manifest)
+    assert len(manifest.shards("train")) > 3
+    assert all(s.num_tokens == 3_000 for s in manifest.shards("train")[:-1])
+    train, val = split_documents(result.data_dir, "train"), split_documents(result.data_dir, "val")
+    texts = corpus[1]
+    assert sorted(train + val) == sorted(texts)
+    assert not set(train) & set(val)
+    assert val == [t for t in texts if is_validation(Document(text=t), 0.1)]
+    assert 0 < len(val) < len(texts) / 4
+    # The loader reads it, and the tokenizer recorded beside the shards is the one used.
+    loader = TokenLoader(result.data_dir, split="train", batch_size=2, seq_len=32)
+    x, y = loader.next_batch()
+    assert x.shape == (2, 32) and int(y.min()) >= 0
+    assert (
+        load_tokenizer(manifest.tokenizer_dir).hash
+        == load_tokenizer(tokenizer_dir).hash
+        == manifest.tokenizer.hash
+    )
+
+
+def test_second_prepare_does_nothing(tmp_path, corpus, tokenizer_dir):
+    config = local_config(corpus, tokenizer_dir)
+    first = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.data_dir.iterdir()}
+    second = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    assert second.status == "already prepared" and second.data_dir == first.data_dir
+    assert {p.name: p.stat().st_mtime_ns for p in second.data_dir.iterdir()} == stamps
+    # Different inputs, different directory.
+    other = prepare(
+        local_config(corpus, tokenizer_dir, shard_tokens=5_000), root=tmp_path, num_workers=1, progress=False
+    )
+    assert other.data_dir != first.data_dir
+
+
+def _shard_bytes(data_dir):
+    return {p.name: p.read_bytes() for p in sorted(data_dir.glob("*.bin"))} | {
+        "manifest": json.loads((data_dir / "manifest.json").read_text())
+    }
+
+
+def test_interrupted_prepare_resumes_to_identical_shards(tmp_path, corpus, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)  # many checkpoints in a small corpus
+    config = local_config(corpus, tokenizer_dir)
+    whole = prepare(config, root=tmp_path / "a", num_workers=1, progress=False)
+    first = prepare(config, root=tmp_path / "b", num_workers=1, progress=False, stop_after_shards=2)
+    assert first.status == "interrupted" and not (first.data_dir / "manifest.json").exists()
+    second = prepare(config, root=tmp_path / "b", num_workers=1, progress=False, stop_after_shards=1)
+    assert second.status == "interrupted"
+    state = json.loads((second.data_dir / ".prepare" / "state.json").read_text())
+    assert len(state["splits"]["train"]) + len(state["splits"]["val"]) >= 3
+    third = prepare(config, root=tmp_path / "b", num_workers=1, progress=False)
+    assert third.status == "prepared" and not (third.data_dir / ".prepare").exists()
+    assert _shard_bytes(third.data_dir) == _shard_bytes(whole.data_dir)
+
+
+def test_worker_processes_give_the_same_bytes(tmp_path, corpus, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)  # give both workers chunks
+    config = local_config(corpus, tokenizer_dir)
+    one = prepare(config, root=tmp_path / "one", num_workers=1, progress=False)
+    two = prepare(config, root=tmp_path / "two", num_workers=2, progress=False)
+    assert _shard_bytes(one.data_dir) == _shard_bytes(two.data_dir)
+
+
+def test_state_of_another_preparation_is_refused(tmp_path, corpus, tokenizer_dir):
+    config = local_config(corpus, tokenizer_dir)
+    result = prepare(config, root=tmp_path, num_workers=1, progress=False, stop_after_shards=1)
+    state_path = result.data_dir / ".prepare" / "state.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps(state | {"identity": "something else"}))
+    with pytest.raises(ShardError, match="different preparation"):
+        prepare(config, root=tmp_path, num_workers=1, progress=False)
+
+
+def test_empty_corpus_and_empty_validation(tmp_path, tokenizer_dir):
+    (tmp_path / "empty.jsonl").write_text("")
+    source = SourceSpec(name="local", paths=(str(tmp_path / "empty.jsonl"),))
+    with pytest.raises(SourceError, match="produced no documents"):
+        prepare(PrepareConfig(source=source, tokenizer=str(tokenizer_dir)), root=tmp_path, progress=False)
+    write_jsonl(tmp_path / "one.jsonl", [{"text": "a single short document"}])
+    source = SourceSpec(name="local", paths=(str(tmp_path / "one.jsonl"),))
+    with pytest.raises(SourceError, match="the val split is empty"):
+        prepare(PrepareConfig(source=source, tokenizer=str(tokenizer_dir)), root=tmp_path, progress=False)
+
+
+def test_bad_config_values():
+    source = SourceSpec(name="python-source")
+    with pytest.raises(ValueError, match="bpe:<vocab size>"):
+        PrepareConfig(source=source, tokenizer="bpe:big")
+    with pytest.raises(ValueError, match="val_fraction"):
+        PrepareConfig(source=source, tokenizer="gpt2", val_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown key 'shards'"):
+        PrepareConfig.from_dict({"source": "python-source", "tokenizer": "gpt2", "shards": 3})
+
+
+def test_chat_data_has_assistant_only_mask(tmp_path, tokenizer_dir):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"say {i}"},
+                {"role": "assistant", "content": f"number {i}"},
+            ]
+        }
+        for i in range(200)
+    ]
+    write_jsonl(tmp_path / "chat.jsonl", rows)
+    source = SourceSpec(name="local", paths=(str(tmp_path / "chat.jsonl"),), format="chat")
+    config = PrepareConfig(source=source, tokenizer=str(tokenizer_dir), shard_tokens=2_000, val_fraction=0.2)
+    result = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    manifest = result.manifest
+    assert manifest.has_mask and {IM_START, IM_END} <= set(manifest.tokenizer.special_tokens)
+    tokenizer = load_tokenizer(manifest.tokenizer_dir)
+    tokens, mask = open_shard(manifest.shard_paths("train")[0])
+    trained_text = tokenizer.decode(tokens[mask == 1][:40])
+    assert "number" in trained_text and "say" not in trained_text and "user" not in trained_text
+    loader = TokenLoader(result.data_dir, split="val", batch_size=1, seq_len=64)
+    _, y = loader.next_batch()
+    val_tokens, val_mask = open_shard(manifest.shard_paths("val")[0])
+    expected = torch.from_numpy(val_tokens[1:65].astype(np.int64))
+    expected[torch.from_numpy(val_mask[1:65] == 0)] = -1
+    assert torch.equal(y[0], expected) and (y == -1).any() and (y >= 0).any()
+
+
+def test_bpe_tiktoken_matches_huggingface_and_covers_every_byte():
+    texts = [d.text for d in iter_documents(SourceSpec(name="python-source", max_bytes=600_000))]
+    train, held_out = texts[:-20], texts[-20:]
+    hf = train_hf_bpe(train, num_merged_vocab=1_021)
+    tokenizer = train_bpe(train, vocab_size=1_024)
+    assert tokenizer.vocab_size == 1_024 and len(tokenizer.mergeable_ranks) == 1_021
+    assert hf_to_ranks(hf) == tokenizer.mergeable_ranks
+    decoder = _byte_decoder()
+    vocab = {i: bytes(decoder[c] for c in s) for s, i in hf.get_vocab().items()}
+    samples = [
+        *held_out,
+        "Ünïcödé ✓ 日本語 \x00\x7f tabs\tand\r\nnewlines 1234567",
+        "def f(x):\n    return x ** 2\n",
+    ]
+    for text in samples:
+        hf_ids = [tokenizer.mergeable_ranks[vocab[i]] for i in hf.encode(text).ids]
+        assert tokenizer.encode(text) == hf_ids
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert all(bytes([b]) in tokenizer.mergeable_ranks for b in range(256))
+
+
+def test_prepare_python_source_with_trained_bpe(tmp_path):
+    source = SourceSpec(name="python-source", max_bytes=400_000)
+    config = PrepareConfig(source=source, tokenizer="bpe:512", shard_tokens=50_000, val_fraction=0.05)
+    result = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    manifest = result.manifest
+    assert manifest.tokenizer.vocab_size == 512 and manifest.tokenizer.name == "bpe512"
+    assert (tmp_path / "tokenizers").is_dir() and len(list((tmp_path / "tokenizers").iterdir())) == 1
+    tokenizer = load_tokenizer(manifest.tokenizer_dir)
+    assert tokenizer.has_chat_tokens  # trained tokenizers reserve the chat markers from the start
+    prepared = split_documents(result.data_dir, "train") + split_documents(result.data_dir, "val")
+    assert sorted(prepared) == sorted(d.text for d in iter_documents(source))
+    assert sum(len(d.encode()) for d in prepared) >= 400_000
+    # A second preparation reuses the trained tokenizer and the data.
+    assert prepare(config, root=tmp_path, num_workers=1, progress=False).status == "already prepared"

@@ -1,0 +1,180 @@
+"""Sources: options and their validation, local files, python-source, hub datasets read from local files."""
+
+import json
+from collections import Counter
+
+import pytest
+from data_fixtures import (
+    GSM8K_DIR,
+    gsm8k_folder,
+    mmlu_folder,
+    smoltalk_folder,
+    write_jsonl,
+    write_parquet,
+    write_text_corpus,
+)
+
+from runner.data.chat import SMOLTALK_VAL_ROWS, interleave
+from runner.data.sources import (
+    SourceError,
+    SourceSpec,
+    check_source,
+    iter_documents,
+    parse_bytes,
+    python_source_files,
+)
+
+
+def test_spec_from_dict_and_canonical_form():
+    spec = SourceSpec.from_dict({"name": "python-source", "max_bytes": "20MB"})
+    assert spec.max_bytes == 20_000_000
+    mixture = SourceSpec.from_dict({"name": "task-mixture", "weights": {"gsm8k": 2, "mmlu": 0.5}})
+    assert mixture.weights == (("gsm8k", 2.0), ("mmlu", 0.5)) and mixture.is_chat
+    assert json.loads(json.dumps(mixture.to_dict()))["weights"] == {"gsm8k": 2.0, "mmlu": 0.5}
+    assert SourceSpec.from_dict("fineweb-edu") == SourceSpec(name="fineweb-edu")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"name": "wikipedia"}, "unknown source 'wikipedia'"),
+        ({"name": "local"}, "paths: the local source needs"),
+        ({"name": "python-source", "max_byte": 5}, "unknown option 'max_byte'"),
+        ({"name": "python-source", "weights": {"gsm8k": 1}}, "only task-mixture"),
+        ({"name": "task-mixture", "weights": {"wiki": 1}}, "unknown subset 'wiki'"),
+        ({"name": "task-mixture", "weights": {"gsm8k": -1}}, "weights.gsm8k"),
+        ({"name": "python-source", "max_bytes": "lots"}, "max_bytes: expected a size"),
+        ({"name": "local", "paths": "x", "format": "html"}, "format"),
+        ({"name": "fineweb-edu", "dataset": "a", "data_files": "b"}, "not both"),
+    ],
+)
+def test_spec_errors_name_the_key(raw, message):
+    with pytest.raises(ValueError, match=message):
+        SourceSpec.from_dict(raw)
+
+
+def test_parse_bytes_units():
+    assert parse_bytes("1.5GB") == 1_500_000_000
+    assert parse_bytes("2MiB") == 2 * 2**20
+    assert parse_bytes(123) == 123
+    with pytest.raises(ValueError, match="must be positive"):
+        parse_bytes(0)
+
+
+def test_local_text_jsonl_parquet(tmp_path):
+    texts = write_text_corpus(tmp_path / "txt", num_files=3)
+    write_jsonl(tmp_path / "rows.jsonl", [{"body": "first"}, {"body": "second"}])
+    write_parquet(tmp_path / "rows.parquet", [{"body": "third"}, {"body": "fourth"}])
+    spec = SourceSpec(
+        name="local", paths=(str(tmp_path / "txt" / "*.txt"), str(tmp_path / "rows.*")), text_field="body"
+    )
+    got = [d.text for d in iter_documents(spec)]
+    assert got == [*texts, "first", "second", "third", "fourth"]
+    assert [
+        d.text
+        for d in iter_documents(
+            SourceSpec(name="local", paths=spec.paths, max_documents=2, text_field="body")
+        )
+    ] == texts[:2]
+
+
+def test_local_errors_name_file_and_line(tmp_path):
+    with pytest.raises(SourceError, match="matches no files"):
+        check_source(SourceSpec(name="local", paths=(str(tmp_path / "*.txt"),)))
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "ok"}, {"content": "no text field"}])
+    with pytest.raises(SourceError, match=r"a\.jsonl:2: no field 'text'"):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "a.jsonl"),))))
+    (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n{broken\n')
+    with pytest.raises(SourceError, match=r"b\.jsonl:2: not a JSON object"):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "b.jsonl"),))))
+    write_parquet(tmp_path / "c.parquet", [{"content": "x"}])
+    with pytest.raises(SourceError, match=r"c\.parquet: no column 'text'"):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "c.parquet"),))))
+
+
+def test_local_chat_format(tmp_path):
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": messages}, {"messages": [{"role": "bot", "content": "x"}]}]
+    )
+    spec = SourceSpec(name="local", paths=(str(tmp_path / "chat.jsonl"),), format="chat")
+    documents = iter_documents(spec)
+    first = next(documents)
+    assert [(m.role, m.content) for m in first.messages] == [("user", "hi"), ("assistant", "hello")]
+    with pytest.raises(SourceError, match=r"chat\.jsonl:2: message 0: role"):
+        next(documents)
+
+
+def test_python_source_is_deterministic_deduplicated_and_capped():
+    spec = SourceSpec(name="python-source", max_bytes=300_000)
+    first = [d.text for d in iter_documents(spec)]
+    assert first == [d.text for d in iter_documents(spec)]
+    assert len(set(first)) == len(first)
+    total = sum(len(t.encode()) for t in first)
+    assert 300_000 <= total < 300_000 + max(len(t.encode()) for t in first)
+    files = python_source_files()
+    assert files == sorted(files) and any(f.endswith("/json/decoder.py") for f in files)
+
+
+def test_fineweb_edu_from_local_parquet_files(tmp_path):
+    rows = [{"text": f"doc {i}", "id": str(i), "score": 3.0} for i in range(5)]
+    write_parquet(tmp_path / "sample" / "10BT" / "000_00000.parquet", rows[:3])
+    write_parquet(tmp_path / "sample" / "10BT" / "001_00000.parquet", rows[3:])
+    spec = SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "sample" / "10BT" / "*.parquet"))
+    assert [d.text for d in iter_documents(spec)] == [r["text"] for r in rows]
+
+
+def test_openwebtext_from_local_dataset_folder(tmp_path):
+    write_jsonl(tmp_path / "owt" / "train.jsonl", [{"text": "one"}, {"text": "two"}])
+    spec = SourceSpec(name="openwebtext", dataset=str(tmp_path / "owt"))
+    assert [d.text for d in iter_documents(spec)] == ["one", "two"]
+    with pytest.raises(SourceError, match="not an existing folder"):
+        check_source(SourceSpec(name="openwebtext", dataset=str(tmp_path / "missing")))
+
+
+def test_interleave_is_seeded_and_proportional():
+    streams = lambda: [iter(["a"] * 600), iter(["b"] * 300), iter(["c"] * 100)]
+    order = list(interleave(streams(), [600, 300, 100], seed=1))
+    assert order == list(interleave(streams(), [600, 300, 100], seed=1))
+    assert order != list(interleave(streams(), [600, 300, 100], seed=2))
+    assert Counter(order) == {"a": 600, "b": 300, "c": 100}
+    first_half = Counter(order[:500])  # any prefix holds the subsets in proportion
+    assert 250 < first_half["a"] < 350 and 20 < first_half["c"] < 80
+
+
+def test_task_mixture_from_local_folders(tmp_path):
+    datasets = {
+        "smoltalk": str(smoltalk_folder(tmp_path, num_train=30, num_test=8)),
+        "mmlu": str(mmlu_folder(tmp_path, num_train=20, num_val=6)),
+        "gsm8k": str(gsm8k_folder(tmp_path, num_train=12, num_test=5)),
+    }
+    spec = SourceSpec.from_dict(
+        {"name": "task-mixture", "datasets": datasets, "weights": {"gsm8k": 2, "mmlu": 0.5}}
+    )
+    documents = list(iter_documents(spec))
+    val = [d for d in documents if d.split == "val"]
+    train = [d for d in documents if d.split == "train"]
+    assert len(val) == 8 + 6 + 5 and len(train) == 30 + 10 + 24
+    assert documents[: len(val)] == val  # validation first, so caps trim training data
+    # MMLU rows: lettered choices in, one letter out.
+    mmlu = [d for d in train if d.messages[0].content.startswith("What is")]
+    assert len(mmlu) == 10
+    assert "A. 0\nB. 1\nC. 2\nD. 3" in mmlu[0].messages[0].content
+    assert [d.messages[1].content for d in mmlu[:4]] == ["A", "B", "C", "D"]
+    # GSM8K rows keep the worked answer with its final "#### n"; weight 2 repeats each row.
+    gsm8k = [d for d in train if "####" in d.messages[-1].content]
+    assert len(gsm8k) == 24 and Counter(d.messages[0].content for d in gsm8k).most_common(1)[0][1] == 2
+    assert all(d.messages[-1].role == "assistant" for d in documents)
+
+
+@pytest.mark.skipif(not (GSM8K_DIR / "train.jsonl").is_file(), reason=f"GSM8K not found at {GSM8K_DIR}")
+def test_real_gsm8k_rows_and_counts(tmp_path):
+    datasets = {
+        "gsm8k": str(GSM8K_DIR),
+        "smoltalk": str(smoltalk_folder(tmp_path)),
+        "mmlu": str(mmlu_folder(tmp_path)),
+    }
+    spec = SourceSpec.from_dict({"name": "task-mixture", "datasets": datasets})
+    counts = Counter((d.split, "####" in d.messages[-1].content) for d in iter_documents(spec))
+    assert counts[("train", True)] == 7_473 and counts[("val", True)] == 1_319
+    assert SMOLTALK_VAL_ROWS == 5_000
