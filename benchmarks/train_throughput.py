@@ -1,0 +1,261 @@
+"""Training throughput of our trainer beside the classic nanoGPT recipe, on the same GPU, in one run.
+
+    python -m benchmarks.train_throughput [--depth 12] [--seq-len 1024] [--total-batch 524288]
+
+Prints, for each: tokens/s, MFU against the H100's 989 TFLOP/s dense bf16 peak and against a bf16
+8192^3 matmul measured here first, compile/start-up seconds and peak memory; then the ratio ours/ref.
+Both train on the same random tokens with the same total batch (gradient accumulation to reach it).
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.reference_gpt2 import RefConfig, RefGPT
+
+H100_BF16_PEAK_FLOPS = 989e12
+
+
+@dataclass
+class Result:
+    name: str
+    micro_batch: int
+    grad_accum: int
+    tokens_per_s: float
+    flops_per_token: int
+    mfu_989: float
+    mfu_measured: float
+    startup_s: float
+    peak_mem_gib: float
+
+
+def measure_matmul_flops(n: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2]
+
+
+def run(
+    name: str,
+    build: Callable[[], tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[], None], int]],
+    *,
+    micro_batch: int,
+    seq_len: int,
+    total_batch: int,
+    vocab_size: int,
+    warmup_steps: int,
+    timed_steps: int,
+    matmul_flops: float,
+) -> Result:
+    """`build()` returns (loss_fn(x, y) doing forward+backward, optimizer_step(), flops_per_token)."""
+    torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    grad_accum = total_batch // (micro_batch * seq_len)
+    assert grad_accum * micro_batch * seq_len == total_batch, "total batch must divide evenly"
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    data = torch.randint(0, vocab_size, (8, micro_batch, seq_len + 1), device="cuda", generator=gen)
+    t0 = time.perf_counter()
+    loss_and_backward, optimizer_step, flops_per_token = build()
+    t_first_step = time.perf_counter()
+
+    def step(i: int) -> None:
+        for k in range(grad_accum):
+            batch = data[(i * grad_accum + k) % len(data)]
+            loss_and_backward(batch[:, :-1], batch[:, 1:])
+        optimizer_step()
+
+    step_times_s = []
+    for i in range(warmup_steps + timed_steps):
+        t_step = time.perf_counter()
+        step(i)
+        torch.cuda.synchronize()
+        step_times_s.append(time.perf_counter() - t_step)
+    timed = step_times_s[warmup_steps:]
+    steady_s = sorted(timed)[len(timed) // 2]
+    # Start-up: from building the model to the end of the first step, less one steady step.
+    startup_s = t_first_step - t0 + step_times_s[0] - steady_s
+    tokens_per_s = len(timed) * total_batch / sum(timed)
+    achieved = tokens_per_s * flops_per_token
+    return Result(
+        name=name,
+        micro_batch=micro_batch,
+        grad_accum=grad_accum,
+        tokens_per_s=tokens_per_s,
+        flops_per_token=flops_per_token,
+        mfu_989=achieved / H100_BF16_PEAK_FLOPS,
+        mfu_measured=achieved / matmul_flops,
+        startup_s=startup_s,
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
+    )
+
+
+def build_reference(seq_len: int):
+    def build():
+        model = RefGPT(RefConfig(block_size=seq_len)).cuda()
+        optimizer = model.make_optimizer()
+        compiled = torch.compile(model)
+        accum_scale = {"value": 1.0}
+
+        def loss_and_backward(x, y):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = compiled(x, y)
+            (loss * accum_scale["value"]).backward()
+
+        def optimizer_step():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return loss_and_backward, optimizer_step, model.flops_per_token()
+
+    return build
+
+
+def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
+    """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
+    in GPT-2's vocabulary), timed from its own `step` events."""
+    from nanogpt import train
+    from nanogpt.shards import Manifest, ShardInfo, TokenizerInfo, file_sha256, write_manifest, write_shard
+    from nanogpt.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.gpt2_dir)
+    root = Path(tempfile.mkdtemp(prefix="nanostudy-bench-"))
+    data_dir, run_dir = root / "data", root / "run"
+    data_dir.mkdir()
+    run_dir.mkdir()
+    num_steps = args.warmup_steps + args.timed_steps
+    rng = np.random.default_rng(0)
+    splits = {}
+    sizes = {"train": (num_steps + 1) * args.total_batch + 1, "val": 4 * args.total_batch}
+    for split, num_tokens in sizes.items():
+        path = data_dir / f"{split}_000.bin"
+        tokens = rng.integers(0, tokenizer.vocab_size - 1, num_tokens, dtype=np.uint16)
+        write_shard(path, tokens, tokenizer_name=tokenizer.name, tokenizer_hash=tokenizer.hash)
+        splits[split] = (ShardInfo(file=path.name, num_tokens=num_tokens, sha256=file_sha256(path)),)
+    write_manifest(
+        Manifest(
+            data_dir=data_dir,
+            format_version=1,
+            identity="benchmark",
+            tokenizer=TokenizerInfo(
+                name=tokenizer.name,
+                hash=tokenizer.hash,
+                vocab_size=tokenizer.vocab_size,
+                eot_id=tokenizer.eot_id,
+                path=str(Path(args.gpt2_dir).resolve()),
+                special_tokens={"<|endoftext|>": tokenizer.eot_id},
+            ),
+            splits=splits,
+            has_mask=False,
+            source={"kind": "random-benchmark"},
+        )
+    )
+    config = {
+        "model": {"depth": args.depth, "sequence_len": args.seq_len},
+        "data": {"train_dir": str(data_dir)},
+        "train": {
+            "num_steps": num_steps,
+            "total_batch_tokens": args.total_batch,
+            "device_batch_size": args.ours_micro_batch,
+        },
+        "eval": {"every_steps": None, "val_tokens": args.total_batch},
+        "compile": True,
+    }
+    (run_dir / "config.json").write_text(json.dumps(config))
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    code = train.run(run_dir / "config.json")
+    assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["kind"] == "start")
+    steps = [e for e in events if e["kind"] == "step"]
+    timed = [e["step_s"] for e in steps[args.warmup_steps :]]
+    steady_s = sorted(timed)[len(timed) // 2]
+    tokens_per_s = len(timed) * args.total_batch / sum(timed)
+    achieved = tokens_per_s * start["flops_per_token"]
+    return Result(
+        name=f"nanostudy depth {args.depth} (MuonAdamW)",
+        micro_batch=start["device_batch_size"],
+        grad_accum=start["grad_accum"],
+        tokens_per_s=tokens_per_s,
+        flops_per_token=start["flops_per_token"],
+        mfu_989=achieved / H100_BF16_PEAK_FLOPS,
+        mfu_measured=achieved / matmul_flops,
+        startup_s=steps[0]["time"] - t0 - steady_s,
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--total-batch", type=int, default=524288)
+    parser.add_argument("--vocab-size", type=int, default=50257)
+    parser.add_argument("--gpt2-dir", default="../shared/tokenizers/gpt2", help="holds gpt2.tiktoken")
+    parser.add_argument("--ref-micro-batch", type=int, default=32)
+    parser.add_argument("--ours-micro-batch", type=int, default=32)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--timed-steps", type=int, default=10)
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    matmul_flops = measure_matmul_flops()
+    common = dict(
+        seq_len=args.seq_len,
+        total_batch=args.total_batch,
+        vocab_size=args.vocab_size,
+        warmup_steps=args.warmup_steps,
+        timed_steps=args.timed_steps,
+        matmul_flops=matmul_flops,
+    )
+    results = []
+    if not args.skip_reference:
+        ref = run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
+                  micro_batch=args.ref_micro_batch, **common)  # fmt: skip
+        results.append(ref)
+        torch.cuda.empty_cache()
+    results.append(run_ours(args, matmul_flops))
+
+    print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print(f"measured bf16 matmul 8192^3: {matmul_flops / 1e12:.0f} TFLOP/s")
+    print(f"sequence {args.seq_len}, total batch {args.total_batch} tokens\n")
+    print(f"{'run':44} {'micro':>5} {'accum':>5} {'tok/s':>10} {'MFU989':>7} {'MFUmeas':>7} ", end="")
+    print(f"{'start s':>8} {'peak GiB':>9}")
+    for r in results:
+        print(
+            f"{r.name:44} {r.micro_batch:5d} {r.grad_accum:5d} {r.tokens_per_s:10,.0f} {r.mfu_989:7.1%} "
+            f"{r.mfu_measured:7.1%} {r.startup_s:8.1f} {r.peak_mem_gib:9.1f}"
+        )
+    if len(results) == 2:
+        ratio = results[1].tokens_per_s / results[0].tokens_per_s
+        print(f"\nratio ours / reference (tokens/s): {ratio:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"matmul_flops": matmul_flops, "results": [asdict(r) for r in results]}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
