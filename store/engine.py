@@ -63,10 +63,6 @@ class Store:
     engine: Engine
     name: str  # the file path or the URL without its password, for messages
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection inside one read transaction: every query sees the same snapshot."""
@@ -112,17 +108,28 @@ def open_store(target: str | Path, *, create: bool = True, busy_timeout_s: float
             f"{url.get_backend_name()!r}; nanostudy stores results in {' or '.join(SUPPORTED_DIALECTS)}"
         )
     if url.get_backend_name() == "sqlite":
-        name = url.database or ":memory:"
-        if url.database and url.database != ":memory:":
-            path = Path(url.database)
-            if not create and not path.exists():
-                raise StoreNotFoundError(f"{path}: no nanostudy database here yet (the runner creates it)")
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if not url.database or url.database == ":memory:":
+            # Each connection would get its own empty database: the runner and its readers would not meet.
+            raise ValueError(f"database {url}: in-memory SQLite cannot be shared; give a file path")
+        name = url.database
+        path = Path(url.database)
+        if not create and not path.exists():
+            raise StoreNotFoundError(f"{path}: no nanostudy database here yet (the runner creates it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
         _install_sqlite_hooks(engine, busy_timeout_s)
     else:
         name = url.render_as_string(hide_password=True)
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        if url.drivername == "postgresql":
+            # SQLAlchemy's default PostgreSQL driver is psycopg2; we use its successor, psycopg (3).
+            url = url.set(drivername="postgresql+psycopg")
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                f"database {name}: the {url.drivername} driver is not installed ({error}); "
+                "for PostgreSQL install `psycopg[binary]`"
+            ) from error
     store = Store(engine=engine, name=name)
     try:
         _check_or_create_schema(store, create=create)

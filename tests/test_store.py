@@ -108,7 +108,8 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"could not start a PostgreSQL server: {error.stderr.decode(errors='replace')[-300:]}")
     try:
-        yield f"postgresql+psycopg://postgres@/{{db}}?host={root}&port={port}"
+        # Plain `postgresql://`, as a user would write it: open_store picks the psycopg driver.
+        yield f"postgresql://postgres@/{{db}}?host={root}&port={port}"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
@@ -121,7 +122,8 @@ _pg_counter = itertools.count()
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A fresh, empty database on the session's server."""
     name = f"t{os.getpid()}_{next(_pg_counter)}"
-    admin = sa.create_engine(postgres_server.format(db="postgres"), isolation_level="AUTOCOMMIT")
+    admin_url = postgres_server.format(db="postgres").replace("postgresql://", "postgresql+psycopg://")
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     try:
@@ -254,6 +256,11 @@ def test_paths_and_urls_open_the_same_file(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{path}", create=False) as by_url:
         assert [study.name for study in list_studies(by_url)] == ["a"]
     assert default_db_path(tmp_path / "studies" / "iso.yaml") == tmp_path / "studies" / "nanostudy.db"
+
+
+def test_in_memory_sqlite_is_refused() -> None:
+    with pytest.raises(ValueError, match="in-memory SQLite cannot be shared"):
+        open_store("sqlite://")
 
 
 def test_unsupported_backend_is_refused_without_leaking_the_password() -> None:
