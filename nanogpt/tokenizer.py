@@ -112,6 +112,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._encoding.encode_ordinary(text)
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as a uint32 array, straight from tiktoken's buffer (no Python list in between)."""
+        return self._encoding.encode_to_numpy(text, disallowed_special=())
+
     def encode_batch(self, texts: list[str], *, num_threads: int = 8) -> list[list[int]]:
         return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)
 

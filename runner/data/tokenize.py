@@ -41,29 +41,30 @@ class ChunkTokens:
 
 def tokenize_chunk(tokenizer: Tokenizer, documents: list[Document], val_fraction: float) -> ChunkTokens:
     """Each document becomes [end-of-text, its tokens...]; conversations also get their loss mask."""
-    ids: dict[bool, list[int]] = {False: [], True: []}
-    masks: dict[bool, list[int]] = {False: [], True: []}
+    ids: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    masks: dict[bool, list[np.ndarray]] = {False: [], True: []}
     with_mask = documents[0].messages is not None if documents else False
+    eot = np.array([tokenizer.eot_id], dtype=np.uint32)
     num_bytes = 0
     for document in documents:
         val = is_validation(document, val_fraction)
         num_bytes += document.num_bytes
         if document.messages is not None:
             doc_ids, doc_mask = tokenizer.encode_chat(list(document.messages))
-            ids[val] += doc_ids
-            masks[val] += doc_mask
+            ids[val].append(np.array(doc_ids, dtype=np.uint32))
+            masks[val].append(np.array(doc_mask, dtype=np.uint8))
         else:
-            ids[val].append(tokenizer.eot_id)
-            ids[val] += tokenizer.encode(document.text)
+            # Arrays straight from tiktoken: converting Python lists would cost a third of the encoding time.
+            ids[val] += [eot, tokenizer.encode_array(document.text)]
 
-    def array(values: list[int]) -> np.ndarray:
-        return np.array(values, dtype=np.uint32)
+    def join(arrays: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
 
     return ChunkTokens(
-        train_tokens=array(ids[False]),
-        train_mask=np.array(masks[False], dtype=np.uint8) if with_mask else None,
-        val_tokens=array(ids[True]),
-        val_mask=np.array(masks[True], dtype=np.uint8) if with_mask else None,
+        train_tokens=join(ids[False], np.uint32),
+        train_mask=join(masks[False], np.uint8) if with_mask else None,
+        val_tokens=join(ids[True], np.uint32),
+        val_mask=join(masks[True], np.uint8) if with_mask else None,
         num_documents=len(documents),
         num_bytes=num_bytes,
     )
