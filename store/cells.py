@@ -56,16 +56,20 @@ class NewCell:
     def __post_init__(self) -> None:
         if not self.id or len(self.id) > 64:
             raise ValueError(f"cell id: must be 1 to 64 characters, got {self.id!r}")
+        if self.mode not in set(CellMode):
+            modes = ", ".join(mode.value for mode in CellMode)
+            raise ValueError(f"cell {self.id}: mode {self.mode!r} is not one of {modes}")
         object.__setattr__(self, "mode", CellMode(self.mode))
         if (self.mode is CellMode.MID_TRAINING) != (self.parent_cell_id is not None):
             raise ValueError(
                 f"cell {self.id}: parent_cell_id={self.parent_cell_id!r} with mode {self.mode.value!r} "
                 "(a mid-training cell needs its parent pretraining cell; a pretraining cell has none)"
             )
-        for name in ("depth", "num_params", "num_tokens", "flops_per_token", "steps_total"):
+        for name in ("depth", "num_params", "num_tokens", "flops_per_token", "steps_total", "seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"cell {self.id}: {name} must be a positive integer, got {value!r}")
+            lowest = 0 if name == "seed" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                raise ValueError(f"cell {self.id}: {name} must be an integer >= {lowest}, got {value!r}")
         if not (math.isfinite(self.flops_budget) and self.flops_budget > 0):
             raise ValueError(
                 f"cell {self.id}: flops_budget must be a positive number, got {self.flops_budget!r}"

@@ -5,6 +5,7 @@ NamedTuples straight from the cursor: a report reads up to a million points, and
 would cost seconds where a tuple costs a microsecond.
 """
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -248,5 +249,5 @@ def _best(cells: list[Cell], prefer_mode: CellMode) -> Cell | None:
     largest = max(cell.flops_budget for cell in pool)
     top = [cell for cell in pool if cell.flops_budget == largest]
     return min(
-        top, key=lambda cell: (cell.val_bpb, cell.val_loss if cell.val_loss is not None else 0.0, cell.id)
+        top, key=lambda cell: (cell.val_bpb, math.inf if cell.val_loss is None else cell.val_loss, cell.id)
     )

@@ -313,11 +313,12 @@ def test_add_cells_refuses_a_cell_of_another_study_and_an_unknown_parent(store: 
     ("overrides", "message"),
     [
         ({"id": ""}, "cell id"),
-        ({"mode": "finetuning"}, "finetuning"),
+        ({"mode": "finetuning"}, "mode 'finetuning' is not one of pretraining, mid-training"),
         ({"mode": CellMode.MID_TRAINING}, "parent_cell_id=None"),
         ({"parent_cell_id": "p"}, "parent_cell_id='p'"),
-        ({"num_tokens": 0}, "num_tokens must be a positive integer"),
-        ({"depth": 2.5}, "depth must be a positive integer"),
+        ({"num_tokens": 0}, "num_tokens must be an integer >= 1"),
+        ({"depth": 2.5}, "depth must be an integer >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
         ({"flops_budget": math.inf}, "flops_budget must be a positive number"),
     ],
 )
