@@ -57,6 +57,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _OPTIONAL_KEYS = ("initial_lr", "name")
 
+_MIN_COMPILED_NUMEL = 1024  # smaller shards run the eager kernels
+
 # Scalar hyperparameters reach the kernels as Python floats when eager, and as 0-D CPU tensors when
 # compiled: a changing Python float (the lr changes every step) would recompile a dynamic=False graph.
 Scalar = float | Tensor
@@ -390,7 +392,7 @@ class MuonAdamW(torch.optim.Optimizer):
         mine = flat[start : start + shard.shard_numel]
         shard.step += 1
         lr, wd, (beta1, beta2), eps = group["lr"], group["weight_decay"], group["betas"], group["eps"]
-        kernel, scalars = self._kernel(adamw_update, p.device)
+        kernel, scalars = self._kernel(adamw_update, mine)
         kernel(
             mine,
             grad,
@@ -435,7 +437,7 @@ class MuonAdamW(torch.optim.Optimizer):
         if num_owned > 0:
             owned = torch.stack(stack.params[stack.owned])
             lr, momentum = group["lr"], group["momentum"]
-            kernel, scalars = self._kernel(muon_update, p0.device)
+            kernel, scalars = self._kernel(muon_update, owned)
             kernel(
                 owned,
                 grads[:num_owned],
@@ -461,10 +463,12 @@ class MuonAdamW(torch.optim.Optimizer):
         return finish
 
     def _kernel(
-        self, kernel: Callable[..., None], device: torch.device
+        self, kernel: Callable[..., None], like: Tensor
     ) -> tuple[Callable[..., None], Callable[..., dict[str, Scalar]]]:
-        """The kernel to run on `device`, and how to pass it scalar hyperparameters."""
-        if not (self._compile_kernels and device.type == "cuda"):
+        """The kernel to run on tensors like `like`, and how to pass it scalar hyperparameters."""
+        # Tiny shards (scalars, gains) gain nothing from a fused kernel, and on torch 2.11 a compiled
+        # elementwise kernel over a single element fails to launch ("CUDA driver error: invalid argument").
+        if not (self._compile_kernels and like.device.type == "cuda" and like.numel() >= _MIN_COMPILED_NUMEL):
             return kernel, lambda **values: values
 
         def as_tensors(**values: float) -> dict[str, Scalar]:

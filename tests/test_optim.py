@@ -1,10 +1,15 @@
 """MuonAdamW (nanogpt/optim.py): the AdamW half against torch.optim.AdamW, Muon's orthogonality and
-wiring, stacking, state round trips and group validation."""
+wiring, stacking, state round trips, group validation, and 2..4 gloo ranks against one process."""
 
 import io
+import socket
+import tempfile
+from pathlib import Path
 
+import optim_dist_worker as worker
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from nanogpt.optim import POLAR_EXPRESS_COEFFS, MuonAdamW, orthogonalize, polar_express_schedule
 
@@ -31,7 +36,7 @@ def _set_grads(params_lists, gen):
     for same in zip(*params_lists, strict=True):
         g = torch.randn(same[0].shape, generator=gen)
         for p in same:
-            p.grad = g.to(p.dtype)
+            p.grad = g.to(device=p.device, dtype=p.dtype)
 
 
 # --- AdamW ---
@@ -336,3 +341,40 @@ def test_bad_groups_raise_a_clear_value_error(group, message):
 def test_no_groups_is_an_error():
     with pytest.raises(ValueError, match="no param groups"):
         MuonAdamW([])
+
+
+# --- several ranks (gloo) ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_ranks_reach_the_same_parameters_as_one_process(world_size):
+    """N gloo ranks, each holding 1/N of every step's gradient contributions, end where one process
+    holding their mean ends; each rank keeps about 1/N of the state; sharded resume is exact."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(worker.spawn_entry, args=(world_size, _free_port(), out_dir), nprocs=world_size)
+        ranks = [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+    for key, orth_dtype, atol in (("fp32", torch.float32, 1e-6), ("bf16", torch.bfloat16, 5e-4)):
+        one = worker.run_scenario(world_size, orth_dtype)
+        for rank, result in enumerate(ranks):
+            for name, expected in one["params"].items():
+                torch.testing.assert_close(
+                    result[key]["params"][name], expected, rtol=0, atol=atol, msg=f"{key} rank {rank} {name}"
+                )
+            assert result[key]["resume_max_abs_diff"] == 0.0
+        per_rank = [r[key]["state_bytes"] for r in ranks]
+        assert max(per_rank) < one["state_bytes"] and sum(per_rank) >= one["state_bytes"]
+        balanced = [r[key]["balanced_state_bytes"] for r in ranks]
+        if world_size in (2, 4):  # the balanced sizes divide evenly: exactly 1/N each
+            assert balanced == [one["balanced_state_bytes"] // world_size] * world_size
+        else:
+            assert max(balanced) <= one["balanced_state_bytes"] * 0.5
+    with pytest.raises(ValueError, match=f"world_size is {world_size}, this optimizer has 1"):
+        params = worker.build_params()
+        MuonAdamW(worker.build_groups(params)).load_state_dict(ranks[0]["fp32"]["state_dict"])
