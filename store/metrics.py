@@ -60,8 +60,8 @@ def ingest(
     Rows are mappings with keys from TRAIN_FIELDS, VAL_FIELDS, EVAL_FIELDS, CHECKPOINT_FIELDS; non-finite
     floats become NULL. `start` is the attempt's `start` event, kept whole on the attempt. The cell's
     progress columns (steps_done, tokens_seen, train_loss, val_*) move to the newest step ingested, never
-    backwards. Raises FinishedCellError for a done cell, ValueError for an
-    unknown cell or a malformed row (naming the table and key), and nothing is written then.
+    backwards. Raises FinishedCellError for a done cell, ValueError for an unknown cell or a malformed row
+    (naming the table and key), and nothing is written then.
     """
     if (events_path is None) != (events_offset is None):
         raise ValueError(f"ingest {cell_id}: give events_path and events_offset together")
