@@ -53,8 +53,16 @@ def optim_name(rank: int) -> str:
 # RNG state, as JSON
 
 
-def _tensor_b64(state: torch.Tensor) -> str:
-    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _uint32_b64(values) -> str:
+    return _b64(np.asarray(values, dtype="<u4").tobytes())
+
+
+def _b64_uint32(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<u4")
 
 
 def _b64_tensor(text: str) -> torch.Tensor:
@@ -62,25 +70,26 @@ def _b64_tensor(text: str) -> torch.Tensor:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's Python, numpy, torch CPU and (if initialised) CUDA generator states, JSON-able."""
+    """This process's Python, numpy, torch CPU and (if initialised) CUDA generator states, JSON-able
+    (the generators' words as base64, so meta.json stays readable)."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": _tensor_b64(torch.get_rng_state()),
+        "python": [version, _uint32_b64(internal), gauss],
+        "numpy": [kind, _uint32_b64(keys), int(pos), int(has_gauss), float(cached)],
+        "torch": _b64(torch.get_rng_state().numpy().tobytes()),
         "cuda": None,
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = _tensor_b64(torch.cuda.get_rng_state())
+        state["cuda"] = _b64(torch.cuda.get_rng_state().cpu().numpy().tobytes())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    random.setstate((version, tuple(int(x) for x in _b64_uint32(internal)), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, _b64_uint32(keys).copy(), pos, has_gauss, cached))
     torch.set_rng_state(_b64_tensor(state["torch"]))
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(_b64_tensor(state["cuda"]))
