@@ -206,3 +206,52 @@ def test_prepare_python_source_with_trained_bpe(tmp_path):
     assert sum(len(d.encode()) for d in prepared) >= 400_000
     # A second preparation reuses the trained tokenizer and the data.
     assert prepare(config, root=tmp_path, num_workers=1, progress=False).status == "already prepared"
+
+
+def _cli(argv: list[str]) -> int:
+    import argparse
+
+    from runner.data.commands import register
+
+    parser = argparse.ArgumentParser(prog="nanostudy")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_prepare_study_file_and_errors(tmp_path, corpus, tokenizer_dir, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "name: demo\n"
+        "data:\n"
+        f"  source: {{name: local, paths: ['{corpus[0]}/*.txt']}}\n"
+        f"  tokenizer: {tokenizer_dir}\n"
+        "  val_fraction: 0.1\n"
+    )
+    root = ["--root", str(tmp_path / "data"), "--quiet", "--workers", "1"]
+    assert _cli(["prepare", str(study), *root]) == 0
+    assert capsys.readouterr().out.startswith("prepared: ")
+    assert _cli(["prepare", str(study), *root]) == 0
+    assert capsys.readouterr().out.startswith("already prepared: ")
+    assert _cli(["prepare", "--source", "wikipedia", *root]) == 2
+    assert "unknown source 'wikipedia'" in capsys.readouterr().err
+    assert _cli(["prepare", "--source", "local", "--set", f"paths={tmp_path}/nothing/*.txt", *root]) == 2
+    assert "matches no files" in capsys.readouterr().err
+
+
+def test_cli_tokenizer_train(tmp_path, corpus, capsys):
+    out = tmp_path / "tok"
+    argv = [
+        "tokenizer",
+        "train",
+        "--source",
+        "local",
+        "--set",
+        f"paths={corpus[0]}/*.txt",
+        "--vocab-size",
+        "300",
+    ]
+    assert _cli([*argv, "--out", str(out), "--quiet"]) == 0
+    assert "trained bpe300" in capsys.readouterr().out
+    tokenizer = load_tokenizer(out)
+    assert tokenizer.vocab_size <= 300 and tokenizer.metadata["trained_on"]["name"] == "local"
