@@ -255,3 +255,23 @@ def test_cli_tokenizer_train(tmp_path, corpus, capsys):
     assert "trained bpe300" in capsys.readouterr().out
     tokenizer = load_tokenizer(out)
     assert tokenizer.vocab_size <= 300 and tokenizer.metadata["trained_on"]["name"] == "local"
+
+
+def test_prepare_task_mixture_keeps_its_own_validation_split(tmp_path, tokenizer_dir):
+    from data_fixtures import gsm8k_folder, mmlu_folder, smoltalk_folder
+
+    datasets = {
+        "smoltalk": str(smoltalk_folder(tmp_path, num_train=30, num_test=8)),
+        "mmlu": str(mmlu_folder(tmp_path, num_train=20, num_val=6)),
+        "gsm8k": str(gsm8k_folder(tmp_path, num_train=12, num_test=5)),
+    }
+    source = SourceSpec.from_dict({"name": "task-mixture", "datasets": datasets})
+    config = PrepareConfig(source=source, tokenizer=str(tokenizer_dir), shard_tokens=100_000)
+    manifest = prepare(config, root=tmp_path / "data", num_workers=1, progress=False).manifest
+    assert manifest.has_mask and manifest.source["documents"] == 30 + 20 + 12 + 8 + 6 + 5
+    tokenizer = load_tokenizer(manifest.tokenizer_dir)
+    val_tokens, _ = open_shard(manifest.shard_paths("val")[0])
+    assert int((val_tokens == tokenizer.eot_id).sum()) == 8 + 6 + 5  # one end-of-text per conversation
+    train_tokens, train_mask = open_shard(manifest.shard_paths("train")[0])
+    answers = tokenizer.decode(train_tokens[train_mask == 1])
+    assert "####" in answers and "Answer with the letter" not in answers
