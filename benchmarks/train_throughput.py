@@ -129,10 +129,8 @@ def build_reference(seq_len: int):
     return build
 
 
-def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
-    """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
-    in GPT-2's vocabulary), timed from its own `step` events."""
-    from nanogpt import train
+def make_run_dir(args: argparse.Namespace) -> Path:
+    """A run directory with its config, over shards of random tokens in GPT-2's vocabulary."""
     from nanogpt.shards import Manifest, ShardInfo, TokenizerInfo, file_sha256, write_manifest, write_shard
     from nanogpt.tokenizer import load_tokenizer
 
@@ -180,6 +178,15 @@ def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
         "compile": True,
     }
     (run_dir / "config.json").write_text(json.dumps(config))
+    return run_dir
+
+
+def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
+    """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
+    in GPT-2's vocabulary), timed from its own `step` events."""
+    from nanogpt import train
+
+    run_dir = make_run_dir(args)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     code = train.run(run_dir / "config.json")
