@@ -8,6 +8,8 @@ split always reads its blocks in order from the start, so every evaluation sees 
 Targets whose loss-mask byte is 0 become -1, which the model's loss ignores.
 """
 
+import os
+
 import numpy as np
 import torch
 
@@ -28,7 +30,7 @@ __all__ = ["TokenLoader", "epochs_needed", "tokens_available"]
 class TokenLoader:
     def __init__(
         self,
-        data_dir,
+        data_dir: str | os.PathLike,
         *,
         split: str,
         batch_size: int,
