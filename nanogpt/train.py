@@ -476,6 +476,16 @@ class Trainer:
                 raise ConfigError(f"model: {e}") from None
         else:
             ours = next(iter(saved.values()))  # mid-training: RunConfig requires init_from
+        if self.init_dir is not None and self.init_dir in saved:
+            # Mid-training data may use the pretraining tokenizer plus chat markers (gpt2 → gpt2+chat: two
+            # more ids). When the new ids fit in the padded vocabulary the weights have the same shape:
+            # their rows exist (never trained) and simply become real tokens.
+            theirs = saved[self.init_dir]
+            grown = dataclasses.replace(theirs, vocab_size=vocab_size)
+            if vocab_size > theirs.vocab_size and grown.padded_vocab_size == theirs.padded_vocab_size:
+                saved[self.init_dir] = grown
+                if self.config.model is None:
+                    ours = grown
         for directory, theirs in saved.items():
             if theirs != ours:
                 diffs = [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_fixtures import make_data_dir, tiny_config, write_run
+from trainer_fixtures import byte_tokenizer, make_data_dir, tiny_config, write_run
 
 from nanogpt import checkpoint as ckpt
 from nanogpt.data import TokenLoader
@@ -222,6 +222,19 @@ def test_mid_training_starts_from_the_pretrained_weights_with_masked_loss(tmp_pa
             count += int((y >= 0).sum())
     assert losses(run_dir)[1] == pytest.approx(total / count, rel=1e-5)
     assert losses(run_dir)[1] < 3.0  # far below ln(257) ≈ 5.5: the weights were loaded
+
+
+def test_mid_training_data_may_add_chat_tokens_within_the_padded_vocabulary(tmp_path, finished_run):
+    """gpt2 pretraining, gpt2+chat mid-training: two more ids, the same padded shape."""
+    chat_tokenizer = byte_tokenizer().with_chat_tokens()
+    assert chat_tokenizer.vocab_size == 259  # 257 + <|im_start|>, <|im_end|>; both pad to 320
+    chat_data = make_data_dir(tmp_path / "chat", with_mask=True, tokenizer=chat_tokenizer)
+    config = tiny_config(chat_data, mode="mid-training", init_from=str(finished_run), train={"num_steps": 2})
+    del config["model"]
+    run_dir = tmp_path / "mid"
+    assert run(write_run(run_dir, config)) == EXIT_DONE
+    final = ckpt.latest_checkpoint(run_dir)
+    assert ckpt.read_meta(final)["model_config"]["vocab_size"] == 259
 
 
 def test_hparam_scaling_rules():

@@ -33,11 +33,16 @@ def corpus(num_sentences: int, seed: int) -> str:
 
 
 def make_data_dir(
-    path: Path, *, train_tokens: int = 40_000, val_tokens: int = 4_000, with_mask: bool = False
+    path: Path,
+    *,
+    train_tokens: int = 40_000,
+    val_tokens: int = 4_000,
+    with_mask: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """A prepared data directory (manifest, shards, tokenizer/) over the synthetic corpus."""
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = byte_tokenizer()
+    tokenizer = tokenizer or byte_tokenizer()
     tokenizer.save(path / "tokenizer")
     splits = {}
     for split, num_tokens, seed in (("train", train_tokens, 0), ("val", val_tokens, 1)):
@@ -65,7 +70,7 @@ def make_data_dir(
     manifest = Manifest(
         data_dir=path,
         format_version=1,
-        identity=f"synthetic-{train_tokens}-{val_tokens}-{with_mask}",
+        identity=f"synthetic-{train_tokens}-{val_tokens}-{with_mask}-{tokenizer.hash[:8]}",
         tokenizer=info,
         splits=splits,
         has_mask=with_mask,
