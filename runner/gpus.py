@@ -1,0 +1,158 @@
+"""GPU discovery through NVML: which GPUs this machine has, and which of them are free for us.
+
+A GPU is free when none of its compute processes belongs to someone else: we never share a GPU with a
+process we did not start, and never kill one. `--gpus 0,2,3` (or the runner's own CUDA_VISIBLE_DEVICES)
+restricts the set. Without NVML or without a GPU the runner trains on the CPU.
+
+Indices are NVML's, which follow the PCI bus order; the executor sets CUDA_DEVICE_ORDER=PCI_BUS_ID in every
+trainer's environment so that CUDA_VISIBLE_DEVICES=2 means the same GPU to CUDA as index 2 does here.
+
+NVML is injectable: `discover(nvml=...)` takes any object with pynvml's functions (tests pass a fake).
+"""
+
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Gpu:
+    index: int  # NVML's index (PCI bus order)
+    uuid: str
+    name: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    pids: tuple[int, ...]  # compute processes running on it now, ours or anyone's
+
+
+def parse_gpu_list(text: str, *, source: str = "--gpus") -> tuple[int, ...]:
+    """'0,2,3' -> (0, 2, 3). ValueError naming `source` for anything else."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item.isdigit() for item in items):
+        raise ValueError(f"{source}: expected GPU indices like 0,2,3, got {text!r}")
+    indices = tuple(int(item) for item in items)
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{source}: GPU index listed twice in {text!r}")
+    return indices
+
+
+def load_nvml() -> Any | None:
+    """The pynvml module, initialised; None when the library or the driver is missing."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ImportError, ...
+        return None
+    return pynvml
+
+
+def discover(nvml: Any) -> list[Gpu]:
+    """Every GPU NVML sees, with its memory and the pids of its compute processes."""
+    gpus = []
+    for index in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        gpus.append(
+            Gpu(
+                index=index,
+                uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                name=_text(nvml.nvmlDeviceGetName(handle)),
+                memory_total_bytes=int(memory.total),
+                memory_used_bytes=int(memory.used),
+                pids=tuple(sorted(int(process.pid) for process in processes)),
+            )
+        )
+    return gpus
+
+
+def _text(value: str | bytes) -> str:
+    # Older pynvml versions return bytes.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class GpuPool:
+    """The GPUs this runner may use, and which of them are free at a given moment.
+
+    `restrict` is `--gpus`; without it the runner's own CUDA_VISIBLE_DEVICES (indices or GPU UUIDs)
+    restricts, as it would for any CUDA program. An empty usable set means CPU mode (`cpu` is True); asking
+    for GPUs that do not exist is a ValueError.
+    """
+
+    def __init__(
+        self,
+        *,
+        nvml: Any | None,
+        restrict: Sequence[int] | None = None,
+        visible_devices: str | None = None,
+    ):
+        self.nvml = nvml
+        gpus = discover(nvml) if nvml is not None else []
+        known = {gpu.index for gpu in gpus}
+        if restrict is not None:
+            if not gpus:
+                raise ValueError(
+                    f"--gpus {','.join(map(str, restrict))}: no NVIDIA GPU found (NVML unavailable)"
+                )
+            missing = [index for index in restrict if index not in known]
+            if missing:
+                raise ValueError(
+                    f"--gpus: no GPU with index {missing[0]} (this machine has {_describe_indices(known)})"
+                )
+            usable = tuple(restrict)
+        elif visible_devices is not None:
+            usable = _visible(visible_devices, gpus)
+        else:
+            usable = tuple(sorted(known))
+        self.usable: tuple[int, ...] = usable
+        self.names = {gpu.index: gpu.name for gpu in gpus}
+
+    @property
+    def cpu(self) -> bool:
+        return not self.usable
+
+    def free(self, *, assigned: Collection[int], our_pids: Collection[int]) -> list[int]:
+        """Usable GPUs that none of our running cells holds and on which no one else's process runs."""
+        if self.cpu:
+            return []
+        ours = set(our_pids)
+        by_index = {gpu.index: gpu for gpu in discover(self.nvml)}
+        return [
+            index
+            for index in self.usable
+            if index not in assigned and index in by_index and set(by_index[index].pids) <= ours
+        ]
+
+    def describe(self) -> str:
+        if self.cpu:
+            return "CPU (no usable GPU)"
+        return ", ".join(f"{index}: {self.names.get(index, '?')}" for index in self.usable)
+
+
+def _visible(value: str, gpus: list[Gpu]) -> tuple[int, ...]:
+    """CUDA_VISIBLE_DEVICES as NVML indices: integers or GPU UUIDs; '' or '-1' hides every GPU."""
+    value = value.strip()
+    if value in ("", "-1") or not gpus:
+        return ()
+    by_uuid = {gpu.uuid: gpu.index for gpu in gpus}
+    indices = []
+    for item in (item.strip() for item in value.split(",")):
+        if item.isdigit() and int(item) in {gpu.index for gpu in gpus}:
+            indices.append(int(item))
+        elif (match := [index for uuid, index in by_uuid.items() if uuid.startswith(item)]) and len(
+            match
+        ) == 1:
+            indices.append(match[0])
+        else:
+            raise ValueError(f"CUDA_VISIBLE_DEVICES={value!r}: {item!r} names no GPU of this machine")
+    return tuple(indices)
+
+
+def _describe_indices(indices: Collection[int]) -> str:
+    return f"GPUs {', '.join(map(str, sorted(indices)))}" if indices else "no GPU"
+
+
+def visible_devices_from_env() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -1,0 +1,470 @@
+"""The runner's loop: keep the free GPUs busy with a study's pending cells until every cell is finished.
+
+Each turn (every `poll_s`):
+1. for each running attempt: ingest the events that arrived, then poll its process; an exited trainer's
+   attempt is closed with the outcome its events and exit code imply, and a failed cell is retried while
+   its failed attempts number fewer than `retry.max_attempts` (it resumes from its last checkpoint);
+2. read every cell's state (one SELECT): a running cell of ours that is no longer running was cancelled
+   through the store (`nanostudy cancel`, the TUI), so its trainer is told to stop;
+3. start pending cells, largest first, on free GPUs (or one at a time on the CPU); a mid-training cell
+   waits until its parent is done and starts from the parent's final checkpoint as the store records it;
+4. every `heartbeat_s`, a heartbeat for all open attempts.
+
+The loop ends when none of our trainers runs and no cell can start. The runner is the only writer of the
+database, and every write is one of the store's named, transactional functions, so a runner killed at
+any moment leaves a consistent database: on the next start `recover()` re-adopts the trainers that still
+run (they live in their own sessions and outlive the runner) and closes the attempts of those that ended
+meanwhile, deciding from their events (see `scheduler.decide_outcome`).
+
+Ctrl-C or SIGTERM: every trainer is asked to stop (it checkpoints and exits), the loop waits for them,
+ingests the rest and puts their cells back to pending; a second Ctrl-C leaves at once (the trainers still
+stop on their own; the next run finds their checkpoints).
+"""
+
+import contextlib
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanogpt.config import RunConfig
+from runner.executor import CONFIG_NAME, Executor, Exited, Handle, LaunchRequest, describe_exit
+from runner.gpus import GpuPool
+from runner.ingest import EventTail
+from runner.scheduler import Candidate, assign, decide_outcome, retry_budget_left
+from store import (
+    Attempt,
+    AttemptOutcome,
+    CellMode,
+    CellState,
+    CellStatus,
+    Store,
+    attempts_of,
+    cell_statuses,
+    claim,
+    end_attempt,
+    final_checkpoint,
+    get_cell,
+    heartbeat,
+    open_attempts,
+    record_launch,
+    rewind,
+    transition,
+)
+
+# The trainer's checkpoint directories (nanogpt.checkpoint, which imports torch, so not imported here).
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CellLaunch:
+    """What the loop needs to start a cell beyond its row in the store."""
+
+    cell_id: str
+    num_gpus: int  # processes (one per GPU) the planner asked for; the CPU always runs one
+    run_dir: Path  # used when the store has no run directory for the cell yet
+
+    def __post_init__(self) -> None:
+        if self.num_gpus < 1:
+            raise ValueError(f"cell {self.cell_id}: gpus must be >= 1, got {self.num_gpus}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopOptions:
+    max_parallel: int | None = None  # cells at once; None: as many as there are usable GPUs
+    max_attempts: int = 3  # a failed cell is retried while it has fewer failed attempts than this
+    rerun_diverged: bool = False  # retry diverged cells like failed ones
+    poll_s: float = 0.5
+    heartbeat_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError(f"max_parallel: must be >= 1, got {self.max_parallel}")
+        if self.max_attempts < 1:
+            raise ValueError(f"retry.max_attempts: must be >= 1, got {self.max_attempts}")
+        if self.poll_s <= 0 or self.heartbeat_s <= 0:
+            raise ValueError(
+                f"poll_s and heartbeat_s must be positive, got {self.poll_s}, {self.heartbeat_s}"
+            )
+
+
+@dataclass(slots=True)
+class _Active:
+    """An attempt this runner watches."""
+
+    attempt: Attempt
+    handle: Handle
+    tail: EventTail
+    run_dir: Path
+    gpus: tuple[int, ...] | None
+    stop_requested: bool = False
+    cancelled: bool = False  # the cell left `running` under us: cancelled through the store
+
+    @property
+    def cell_id(self) -> str:
+        return self.attempt.cell_id
+
+
+@dataclass(slots=True)
+class _Signals:
+    count: int = 0  # SIGINT/SIGTERM received; the handler only counts (the loop acts within poll_s)
+    forwarded: bool = False
+
+
+class StudyLoop:
+    def __init__(
+        self,
+        store: Store,
+        study_id: int,
+        launches: Mapping[str, CellLaunch],
+        *,
+        executor: Executor,
+        pool: GpuPool,
+        options: LoopOptions,
+        fresh_budget: frozenset[str] = frozenset(),
+        log: Callable[[str], None] = print,
+    ):
+        self.store = store
+        self.study_id = study_id
+        self.launches = dict(launches)
+        self.executor = executor
+        self.pool = pool
+        self.options = options
+        # Cells moved back to pending by `--rerun` in this run: only their failures from now on count.
+        self.fresh_budget = fresh_budget
+        self.log = log
+        self.started_at = time.time()
+        self._active: dict[int, _Active] = {}
+        self._signals = _Signals()
+        self._waiting_logged = False
+        self._labels: dict[str, str] = {}
+        if not pool.cpu:
+            too_big = {c.cell_id: c.num_gpus for c in self.launches.values() if c.num_gpus > len(pool.usable)}
+            if too_big:
+                cell_id, num_gpus = next(iter(too_big.items()))
+                raise ValueError(
+                    f"cell {cell_id} needs {num_gpus} GPUs but only {len(pool.usable)} are usable "
+                    f"({pool.describe()}); {len(too_big)} cell(s) in all; give more GPUs with --gpus"
+                )
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        """Run until no cell can start and none of ours runs; True if stopped by a signal."""
+        with self._signal_handlers():
+            self.recover()
+            self._retry_failed_with_budget_left()
+            last_heartbeat = time.monotonic()
+            while self._signals.count < 2:
+                if self._signals.count and not self._signals.forwarded:
+                    self._stop_all()
+                self._watch()
+                states = {status.id: status for status in cell_statuses(self.store, self.study_id)}
+                self._labels.update((cell_id, label(status)) for cell_id, status in states.items())
+                self._notice_cancels(states)
+                if not self._signals.count:
+                    self._schedule(states)
+                if time.monotonic() - last_heartbeat >= self.options.heartbeat_s:
+                    heartbeat(self.store, list(self._active))
+                    last_heartbeat = time.monotonic()
+                if not self._active and (self._signals.count or not self._runnable(states)):
+                    break
+                time.sleep(self.options.poll_s)
+            if self._active:
+                self.log(
+                    f"leaving {len(self._active)} trainer(s) to finish stopping on their own; "
+                    "the next `nanostudy run` resumes their cells"
+                )
+        return self._signals.count > 0
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, _frame: object) -> None:
+            self._signals.count += 1
+
+        previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop_all(self) -> None:
+        self._signals.forwarded = True
+        if self._active:
+            self.log(f"stopping {len(self._active)} trainer(s): each checkpoints, then its cell is pending")
+        for active in self._active.values():
+            active.stop_requested = True
+            self.executor.cancel(active.handle)
+
+    # -- watching running attempts ---------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        for active in list(self._active.values()):
+            active.tail.pump()
+            status = self.executor.poll(active.handle)
+            if isinstance(status, Exited):
+                self._finish(active, status)
+
+    def _finish(self, active: _Active, exited: Exited) -> None:
+        """Close the attempt with the outcome its events and exit code imply; retry per policy."""
+        active.tail.pump()
+        attempt = active.attempt
+        trace = active.tail.trace
+        needs_stderr = trace.end is None or trace.end.get("status") == "error"
+        tail = self.executor.error_tail(active.run_dir, attempt.number) if needs_stderr else None
+        outcome, reason = decide_outcome(trace, exited, stop_requested=active.stop_requested, error_tail=tail)
+        closed = end_attempt(self.store, attempt.id, outcome, exit_code=exited.code, reason=reason)
+        self.executor.forget(active.handle)
+        self._active.pop(attempt.id, None)
+        name = self._name(attempt.cell_id)
+        if not closed:
+            self.log(f"{name}: cancelled; its trainer has stopped ({describe_exit(exited.code)})")
+            return
+        summary = (reason or "").splitlines()[0] if reason else ""
+        self.log(f"{name}: attempt {attempt.number} {outcome.value}" + (f": {summary}" if summary else ""))
+        self._maybe_retry(attempt.cell_id, outcome)
+
+    def _maybe_retry(self, cell_id: str, outcome: AttemptOutcome, *, quiet: bool = False) -> None:
+        retryable = {AttemptOutcome.FAILED: CellState.FAILED}
+        if self.options.rerun_diverged:
+            retryable[AttemptOutcome.DIVERGED] = CellState.DIVERGED
+        if outcome not in retryable:
+            return
+        failures = self._failures(cell_id)
+        if not retry_budget_left(failures=failures, max_attempts=self.options.max_attempts):
+            if not quiet:
+                self.log(f"{self._name(cell_id)}: {failures} failed attempt(s), no retry left")
+            return
+        reason = f"retry after {failures} of {self.options.max_attempts} allowed failed attempt(s)"
+        if transition(self.store, cell_id, retryable[outcome], CellState.PENDING, reason=reason):
+            self.log(f"{self._name(cell_id)}: {reason}; resumes from its last checkpoint")
+
+    def _failures(self, cell_id: str) -> int:
+        counted = {AttemptOutcome.FAILED}
+        if self.options.rerun_diverged:
+            counted.add(AttemptOutcome.DIVERGED)
+        return sum(
+            1
+            for attempt in attempts_of(self.store, cell_id)
+            if attempt.outcome in counted
+            and (cell_id not in self.fresh_budget or attempt.started_at >= self.started_at)
+        )
+
+    def _retry_failed_with_budget_left(self) -> None:
+        """Failed cells whose retries were not used up (a runner stopped between a failure and its retry,
+        or a study whose retry.max_attempts grew) go back to pending."""
+        outcomes = {CellState.FAILED: AttemptOutcome.FAILED}
+        if self.options.rerun_diverged:
+            outcomes[CellState.DIVERGED] = AttemptOutcome.DIVERGED
+        for status in cell_statuses(self.store, self.study_id):
+            self._labels[status.id] = label(status)
+            if status.id in self.launches and status.state in outcomes:
+                self._maybe_retry(status.id, outcomes[status.state], quiet=True)
+
+    def _notice_cancels(self, states: Mapping[str, CellStatus]) -> None:
+        for active in self._active.values():
+            status = states.get(active.cell_id)
+            if active.cancelled or status is None or status.state is CellState.RUNNING:
+                continue
+            active.cancelled = True
+            if not active.stop_requested:
+                active.stop_requested = True
+                self.executor.cancel(active.handle)
+            self.log(
+                f"{self._name(active.cell_id)}: {status.state.value} through the store; stopping its trainer"
+            )
+
+    # -- starting cells --------------------------------------------------------------------------------
+
+    def _runnable(self, states: Mapping[str, CellStatus]) -> list[Candidate]:
+        busy = {active.cell_id for active in self._active.values()}
+        candidates = []
+        for status in states.values():
+            launch = self.launches.get(status.id)
+            if launch is None or status.state is not CellState.PENDING or status.id in busy:
+                continue
+            parent = status.parent_cell_id
+            if (
+                parent is not None
+                and (states[parent].state if parent in states else None) is not CellState.DONE
+            ):
+                continue
+            num_gpus = 1 if self.pool.cpu else launch.num_gpus
+            candidates.append(Candidate(cell_id=status.id, flops=status.flops, num_gpus=num_gpus))
+        return candidates
+
+    def _schedule(self, states: Mapping[str, CellStatus]) -> None:
+        candidates = self._runnable(states)
+        if not candidates:
+            return
+        capacity = 1 if self.pool.cpu else (self.options.max_parallel or len(self.pool.usable))
+        slots = capacity - len(self._active)
+        if slots <= 0:
+            return
+        free = None
+        if not self.pool.cpu:
+            assigned = {gpu for active in self._active.values() for gpu in active.gpus or ()}
+            ours = {pid for active in self._active.values() for pid in self.executor.pids(active.handle)}
+            free = self.pool.free(assigned=assigned, our_pids=ours)
+        chosen = assign(candidates, free_gpus=free, slots=slots)
+        if not chosen and not self._active and not self._waiting_logged:
+            self.log(
+                f"waiting for a free GPU ({len(candidates)} cell(s) ready; other processes hold the GPUs)"
+            )
+            self._waiting_logged = True
+        for candidate, gpus in chosen:
+            self._waiting_logged = False
+            self._launch(candidate.cell_id, gpus)
+
+    def _launch(self, cell_id: str, gpus: tuple[int, ...] | None) -> None:
+        cell = get_cell(self.store, cell_id)
+        assert cell is not None, f"cell {cell_id} vanished from the database"
+        run_dir = Path(cell.run_dir) if cell.run_dir else self.launches[cell_id].run_dir
+        resume_step = newest_checkpoint_step(run_dir)
+        attempt = claim(
+            self.store,
+            cell_id,
+            executor=self.executor.kind,
+            host=self.executor.host,
+            gpus=None if gpus is None else ",".join(map(str, gpus)),
+            num_gpus=0 if gpus is None else len(gpus),
+            resume_step=resume_step,
+        )
+        if attempt is None:
+            return  # no longer pending: cancelled or taken a moment ago
+        assert attempt.id is not None
+        try:
+            # Lines nobody ingested yet (the end of an attempt cancelled while no runner watched), then
+            # forget what comes after the checkpoint the trainer will resume from: it re-emits those steps.
+            EventTail(self.store, cell_id, run_dir).pump()
+            rewind(self.store, cell_id, to_step=resume_step or 0)
+            self._write_config(cell_id, run_dir)
+            tail = EventTail(self.store, cell_id, run_dir, attempt_id=attempt.id, since=attempt.started_at)
+            request = LaunchRequest(
+                cell_id=cell_id,
+                attempt_id=attempt.id,
+                attempt_number=attempt.number,
+                run_dir=run_dir,
+                gpus=None if gpus is None else tuple(map(str, gpus)),
+                num_procs=1 if gpus is None else len(gpus),
+            )
+            handle = self.executor.submit(request)
+        except Exception as error:  # a bad config, a run directory we cannot write, a failed fork
+            reason = f"could not start the trainer: {type(error).__name__}: {error}"
+            end_attempt(self.store, attempt.id, AttemptOutcome.FAILED, reason=reason)
+            self.log(f"{self._name(cell_id)}: {reason}")
+            self._maybe_retry(cell_id, AttemptOutcome.FAILED)
+            return
+        record_launch(
+            self.store, attempt.id, pid=handle.pid, pid_start_time=handle.pid_start_time, job_id=handle.job_id
+        )
+        self._active[attempt.id] = _Active(
+            attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
+        )
+        where = "the CPU" if gpus is None else f"GPU {','.join(map(str, gpus))}"
+        resumed = f", resuming from step {resume_step}" if resume_step else ""
+        self.log(
+            f"{self._name(cell_id)}: attempt {attempt.number} started on {where} (pid {handle.pid}{resumed})"
+        )
+
+    def _write_config(self, cell_id: str, run_dir: Path) -> None:
+        """RUN_DIR/config.json from the planned config; a mid-training cell gets its parent's final
+        checkpoint as `init_from`, as the store recorded it (never a guessed path)."""
+        cell = get_cell(self.store, cell_id)
+        assert cell is not None
+        config = dict(cell.config)
+        if cell.mode is CellMode.MID_TRAINING:
+            parent = get_cell(self.store, cell.parent_cell_id or "")
+            checkpoint = final_checkpoint(self.store, cell.parent_cell_id or "")
+            if parent is None or parent.run_dir is None or checkpoint is None:
+                raise RuntimeError(f"parent cell {cell.parent_cell_id}: no final checkpoint in the database")
+            config["init_from"] = str((Path(parent.run_dir) / checkpoint.path).resolve())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / CONFIG_NAME
+        RunConfig.from_dict(config, source=str(path)).write(path)
+
+    # -- after a restart -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Re-adopt the trainers of open attempts that still run; close the attempts of those that ended
+        while no runner watched them."""
+        for attempt in open_attempts(self.store, self.study_id):
+            assert attempt.id is not None
+            if attempt.executor != self.executor.kind or attempt.host != self.executor.host:
+                self.log(
+                    f"{self._name(attempt.cell_id)}: attempt {attempt.number} runs on {attempt.host} "
+                    f"({attempt.executor.value}); left to it"
+                )
+                continue
+            cell = get_cell(self.store, attempt.cell_id)
+            assert cell is not None
+            launch = self.launches.get(attempt.cell_id)
+            run_dir = Path(cell.run_dir) if cell.run_dir else launch.run_dir if launch else None
+            if run_dir is None:
+                end_attempt(self.store, attempt.id, AttemptOutcome.LOST, reason="no run directory recorded")
+                continue
+            tail = EventTail(
+                self.store, attempt.cell_id, run_dir, attempt_id=attempt.id, since=attempt.started_at
+            )
+            tail.recover_trace()
+            handle = self.executor.adopt(attempt, run_dir)
+            gpus = tuple(int(gpu) for gpu in attempt.gpus.split(",")) if attempt.gpus else None
+            if handle is not None:
+                if (handle.pid, handle.pid_start_time) != (attempt.pid, attempt.pid_start_time):
+                    record_launch(
+                        self.store, attempt.id, pid=handle.pid, pid_start_time=handle.pid_start_time
+                    )
+                tail.pump()
+                self._active[attempt.id] = _Active(
+                    attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
+                )
+                self.log(
+                    f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} (pid {handle.pid})"
+                )
+                continue
+            tail.pump()
+            if attempt.pid is None and tail.trace.start is None:
+                end_attempt(
+                    self.store,
+                    attempt.id,
+                    AttemptOutcome.LOST,
+                    reason="the runner stopped before this attempt's trainer started",
+                )
+                self.log(
+                    f"{self._name(attempt.cell_id)}: attempt {attempt.number} never started; pending again"
+                )
+                continue
+            gone = Handle(attempt_id=attempt.id, pid=attempt.pid, pid_start_time=attempt.pid_start_time)
+            self._finish(
+                _Active(attempt=attempt, handle=gone, tail=tail, run_dir=run_dir, gpus=gpus),
+                Exited(code=None, from_trainer=False),
+            )
+
+    def _name(self, cell_id: str) -> str:
+        return self._labels.get(cell_id, f"cell {cell_id}")
+
+
+def label(status: CellStatus) -> str:
+    """'cell 3f2a9c1b0d4e (d4 1e+15 FLOPs seed 0)': how the log names a cell."""
+    mode = " mid" if status.mode is CellMode.MID_TRAINING else ""
+    return f"cell {status.id} (d{status.depth} {status.flops_budget:.0e} FLOPs seed {status.seed}{mode})"
+
+
+def newest_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run directory's newest complete checkpoint: where its trainer will resume.
+
+    Mirrors `nanogpt.checkpoint.latest_checkpoint` (complete checkpoints are renamed into `step_NNNNNN`
+    directories; a crash leaves only `.tmp-` ones), without importing torch into the runner."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = [int(m.group(1)) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return max(steps, default=None)

@@ -1,0 +1,96 @@
+"""The runner's decisions, free of processes and databases: which cells start where, how an attempt ended,
+and whether a failed cell is tried again. `runner.run` applies them.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runner.executor import Exited, describe_exit
+from runner.ingest import AttemptTrace
+from store import AttemptOutcome
+
+EXIT_BAD_INPUT = 2  # nanogpt.train: bad config or input, nothing written
+EXIT_STOPPED = 143  # nanogpt.train: stopped on request after writing a checkpoint
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    """A pending cell that may start now (its parent, if any, is done)."""
+
+    cell_id: str
+    flops: float
+    num_gpus: int
+
+    def __post_init__(self) -> None:
+        if self.num_gpus < 1:
+            raise ValueError(f"cell {self.cell_id}: num_gpus must be >= 1, got {self.num_gpus}")
+
+
+def assign(
+    candidates: Sequence[Candidate], *, free_gpus: Sequence[int] | None, slots: int
+) -> list[tuple[Candidate, tuple[int, ...] | None]]:
+    """Start the largest cells first: each takes `num_gpus` of the free GPUs (None on the CPU, where a cell
+    takes a slot only), at most `slots` cells in all.
+
+    A cell that does not fit is skipped and smaller ones may take the GPUs left over (backfill), so a GPU
+    never idles while some cell could use it; the price is that a many-GPU cell can wait behind a stream
+    of small ones when other people's processes keep GPUs busy.
+    """
+    ordered = sorted(candidates, key=lambda cell: (-cell.flops, cell.cell_id))
+    chosen: list[tuple[Candidate, tuple[int, ...] | None]] = []
+    left = None if free_gpus is None else list(free_gpus)
+    for cell in ordered:
+        if len(chosen) >= slots:
+            break
+        if left is None:
+            chosen.append((cell, None))
+        elif cell.num_gpus <= len(left):
+            chosen.append((cell, tuple(left[: cell.num_gpus])))
+            del left[: cell.num_gpus]
+    return chosen
+
+
+def decide_outcome(
+    trace: AttemptTrace, exited: Exited, *, stop_requested: bool, error_tail: str | None
+) -> tuple[AttemptOutcome, str | None]:
+    """How an attempt ended, from its events first and its exit code second.
+
+    - An `end` event decides: done, diverged, or error (failed, with the trainer's message and stderr).
+    - No `end`, and we asked it to stop, or it exited 143, or (exit code unknown or a launcher's) its last
+      event is a checkpoint taken on the way out: interrupted, resumable from that checkpoint; this does
+      not count as a failure.
+    - Anything else is a crash: failed, with the last lines of stderr as the reason.
+    """
+    end = trace.end
+    if end is not None:
+        status = end.get("status")
+        if status == "done":
+            return AttemptOutcome.DONE, None
+        if status == "diverged":
+            return AttemptOutcome.DIVERGED, end.get("message") or "diverged"
+        message = end.get("message") or "the trainer reported an error"
+        return AttemptOutcome.FAILED, _join(message, error_tail)
+    if stop_requested:
+        return AttemptOutcome.INTERRUPTED, "stopped by the runner"
+    if exited.from_trainer and exited.code == EXIT_STOPPED:
+        return (
+            AttemptOutcome.INTERRUPTED,
+            "the trainer stopped itself after a checkpoint (SIGTERM or max_seconds)",
+        )
+    if not exited.from_trainer and trace.stopped_at_checkpoint:
+        return AttemptOutcome.INTERRUPTED, "the trainer stopped after a checkpoint (SIGTERM or max_seconds)"
+    if exited.from_trainer and exited.code == EXIT_BAD_INPUT:
+        return AttemptOutcome.FAILED, _join("bad config or input", error_tail)
+    what = "the trainer exited" if exited.code is not None else "the trainer is gone (no runner watched it)"
+    return AttemptOutcome.FAILED, _join(
+        f"{what} without an end event ({describe_exit(exited.code)})", error_tail
+    )
+
+
+def retry_budget_left(*, failures: int, max_attempts: int) -> bool:
+    """A failed cell is tried again while its failed attempts number fewer than `max_attempts`."""
+    return failures < max_attempts
+
+
+def _join(message: str, tail: str | None) -> str:
+    return f"{message}\n{tail}" if tail else message
