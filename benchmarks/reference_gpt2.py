@@ -77,7 +77,7 @@ class RefGPT(nn.Module):
         for block in self.h:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1))
 
     def flops_per_token(self) -> int:
         """nanoGPT's accounting: 6 N (non-position parameters) + 12 L H Q T for attention."""
