@@ -49,7 +49,7 @@ LOGS_DIR = "logs"
 # Every trainer process carries this variable (workers inherit it from torchrun): after a runner restart,
 # processes of an attempt whose launcher is gone are found by it, and only then signalled.
 MARKER_ENV = "NANOSTUDY_ATTEMPT"
-LAUNCHERS = ("auto", "python", "torchrun")
+LAUNCHERS = ("auto", "torchrun")  # auto: plain python for one process, torchrun for several
 # Tolerance when comparing a process's start time with the recorded one (psutil derives it from clock
 # ticks since boot, which can differ in the last digits between reads).
 _START_TIME_TOLERANCE_S = 0.05

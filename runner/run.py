@@ -155,6 +155,9 @@ class StudyLoop:
     def run(self) -> bool:
         """Run until no cell can start and none of ours runs; True if stopped by a signal."""
         with self._signal_handlers():
+            self._labels.update(
+                (status.id, label(status)) for status in cell_statuses(self.store, self.study_id)
+            )
             self.recover()
             self._retry_failed_with_budget_left()
             last_heartbeat = time.monotonic()
@@ -265,7 +268,6 @@ class StudyLoop:
         if self.options.rerun_diverged:
             outcomes[CellState.DIVERGED] = AttemptOutcome.DIVERGED
         for status in cell_statuses(self.store, self.study_id):
-            self._labels[status.id] = label(status)
             if status.id in self.launches and status.state in outcomes:
                 self._maybe_retry(status.id, outcomes[status.state], quiet=True)
 

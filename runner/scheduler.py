@@ -81,10 +81,11 @@ def decide_outcome(
         return AttemptOutcome.INTERRUPTED, "the trainer stopped after a checkpoint (SIGTERM or max_seconds)"
     if exited.from_trainer and exited.code == EXIT_BAD_INPUT:
         return AttemptOutcome.FAILED, _join("bad config or input", error_tail)
-    what = "the trainer exited" if exited.code is not None else "the trainer is gone (no runner watched it)"
-    return AttemptOutcome.FAILED, _join(
-        f"{what} without an end event ({describe_exit(exited.code)})", error_tail
-    )
+    if exited.code is None:
+        what = "the trainer ended while no runner watched it, without an end event"
+    else:
+        what = f"the trainer exited without an end event ({describe_exit(exited.code)})"
+    return AttemptOutcome.FAILED, _join(what, error_tail)
 
 
 def retry_budget_left(*, failures: int, max_attempts: int) -> bool:

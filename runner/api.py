@@ -1,0 +1,305 @@
+"""The runner's public API for the CLI and the TUI: studies, their status, and cancelling or retrying cells.
+
+Everything acts through the store. A runner that is running the study notices a change on its next turn
+(it reads every cell's state each `poll_s`): a pending cell cancelled here is never started, a running cell
+cancelled here has its attempt closed here and its trainer stopped by that runner (one SIGTERM: the trainer
+checkpoints and exits), a cell retried here is started when a GPU is free. When no runner holds the study,
+`cancel` stops the trainer of a running cell itself, if it runs on this machine.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.executor import Handle, LocalExecutor, Running
+from runner.lock import is_locked, lock_path
+from store import (
+    Attempt,
+    AttemptOutcome,
+    CellState,
+    Store,
+    Study,
+    attempts_of,
+    cell_statuses,
+    end_attempt,
+    get_cell,
+    get_study,
+    study_summary,
+    train_curve,
+    transition,
+)
+from store import list_studies as _list_studies
+
+CANCEL_REASON = "cancelled by the user"
+RETRYABLE_STATES = (CellState.FAILED, CellState.DIVERGED, CellState.CANCELLED)
+
+
+class UnknownStudyError(LookupError):
+    """No study of that name in the database."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StudyOverview:
+    name: str
+    path: str
+    num_cells: int
+    counts: dict[str, int]  # state -> cells, zeros left out
+    fraction_done: float  # of the planned FLOPs
+    updated_at: float | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CellProgress:
+    id: str
+    mode: str
+    parent_id: str | None
+    state: str
+    reason: str | None
+    depth: int
+    flops: float  # the FLOP budget the cell was planned for (its grid coordinate)
+    seed: int
+    num_params: int
+    attempts: int
+    step: int
+    steps_total: int
+    tokens: int
+    train_loss: float | None
+    val_loss: float | None
+    val_bpb: float | None
+    eta_s: float | None  # until this cell is done, from measured speed; None when unknown or finished
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StudyStatus:
+    name: str
+    path: str
+    counts: dict[str, int]  # every state, zeros included
+    cells: tuple[CellProgress, ...]
+    fraction_done: float
+    eta_s: float | None  # until every unfinished cell is done, at the current parallelism
+    runner_active: bool  # a runner holds the study's lock on this machine
+
+    def to_json(self) -> dict[str, Any]:
+        """`nanostudy status --json`: {"study", "counts", "cells": [{"id", "state", "depth", ...}], ...}."""
+        return {
+            "study": self.name,
+            "path": self.path,
+            "counts": self.counts,
+            "fraction_done": self.fraction_done,
+            "eta_s": self.eta_s,
+            "runner_active": self.runner_active,
+            "cells": [
+                {
+                    "id": cell.id,
+                    "state": cell.state,
+                    "depth": cell.depth,
+                    "flops": cell.flops,
+                    "seed": cell.seed,
+                    "mode": cell.mode,
+                    "parent_id": cell.parent_id,
+                    "attempts": cell.attempts,
+                    "step": cell.step,
+                    "steps_total": cell.steps_total,
+                    "tokens": cell.tokens,
+                    "num_params": cell.num_params,
+                    "train_loss": cell.train_loss,
+                    "val_loss": cell.val_loss,
+                    "val_bpb": cell.val_bpb,
+                    "eta_s": cell.eta_s,
+                    "reason": cell.reason,
+                }
+                for cell in self.cells
+            ],
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CancelResult:
+    cancelled: tuple[str, ...]  # pending cells, now cancelled
+    stopping: tuple[str, ...]  # running cells, now cancelled; their trainers are being stopped
+    stopped_here: tuple[str, ...]  # of those, the ones whose trainer this call signalled (no runner active)
+    unchanged: tuple[str, ...]  # done, failed or diverged (already finished), or already cancelled
+
+
+def list_studies(store: Store) -> list[StudyOverview]:
+    overviews = []
+    for study in _list_studies(store):
+        assert study.id is not None
+        summary = study_summary(store, study.id)
+        overviews.append(
+            StudyOverview(
+                name=study.name,
+                path=study.path,
+                num_cells=summary.num_cells,
+                counts={state.value: n for state, n in summary.counts.items() if n},
+                fraction_done=summary.fraction_done,
+                updated_at=summary.updated_at,
+            )
+        )
+    return overviews
+
+
+def study_status(store: Store, name: str) -> StudyStatus:
+    """Counts, every cell's progress, and ETAs from the measured speed of the study's cells.
+
+    A cell's ETA is its remaining steps at its own measured seconds per step; a cell that has not started
+    is estimated from the study's FLOP rate per cell (FLOPs done / training seconds, over cells with
+    progress). The study's ETA divides the remaining seconds by the number of cells running now (one if
+    none): a rough guide, since it knows nothing of GPUs that free up or of cells still to be retried.
+    """
+    study = _study(store, name)
+    statuses = cell_statuses(store, study.id)
+    speeds: dict[str, float] = {}  # cell -> seconds per step, measured
+    flops_done = seconds_done = 0.0
+    for status in statuses:
+        if status.steps_done > 0 and status.state in (CellState.RUNNING, CellState.PENDING, CellState.DONE):
+            last = train_curve(store, status.id, after_step=status.steps_done - 1)
+            if last and last[-1].elapsed_s:
+                speeds[status.id] = last[-1].elapsed_s / last[-1].step
+                flops_done += status.flops * status.steps_done / status.steps_total
+                seconds_done += last[-1].elapsed_s
+    flop_rate = flops_done / seconds_done if seconds_done > 0 else None
+    cells = []
+    remaining_s: float | None = 0.0
+    for status in statuses:
+        eta_s = None
+        if status.state in (CellState.RUNNING, CellState.PENDING):
+            steps_left = status.steps_total - status.steps_done
+            if status.id in speeds:
+                eta_s = steps_left * speeds[status.id]
+            elif flop_rate:
+                eta_s = status.flops * steps_left / status.steps_total / flop_rate
+            remaining_s = None if remaining_s is None or eta_s is None else remaining_s + eta_s
+        cells.append(
+            CellProgress(
+                id=status.id,
+                mode=status.mode.value,
+                parent_id=status.parent_cell_id,
+                state=status.state.value,
+                reason=status.reason,
+                depth=status.depth,
+                flops=status.flops_budget,
+                seed=status.seed,
+                num_params=status.num_params,
+                attempts=len(attempts_of(store, status.id)),
+                step=status.steps_done,
+                steps_total=status.steps_total,
+                tokens=status.tokens_seen,
+                train_loss=status.train_loss,
+                val_loss=status.val_loss,
+                val_bpb=status.val_bpb,
+                eta_s=eta_s,
+            )
+        )
+    summary = study_summary(store, study.id)
+    running = summary.counts[CellState.RUNNING]
+    return StudyStatus(
+        name=study.name,
+        path=study.path,
+        counts={state.value: n for state, n in summary.counts.items()},
+        cells=tuple(cells),
+        fraction_done=summary.fraction_done,
+        eta_s=None if remaining_s is None else remaining_s / max(1, running),
+        runner_active=is_locked(lock_path(store, study.name)),
+    )
+
+
+def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float = 0.0) -> CancelResult:
+    """Cancel one cell, or every unfinished cell of the study.
+
+    Pending cells become cancelled. A running cell's open attempt is closed as cancelled (the cell with
+    it, in one transaction); its trainer is then stopped by the runner that watches it, or, when no runner
+    holds the study on this machine, by this call (one SIGTERM to the process we started, verified by pid
+    and start time; `wait_s` waits that long for it to exit). Finished cells are left as they are.
+    """
+    study = _study(store, name)
+    statuses = cell_statuses(store, study.id)
+    if cell_id is not None:
+        statuses = [status for status in statuses if status.id == cell_id]
+        if not statuses:
+            raise ValueError(f"study {name!r} has no cell {cell_id!r}")
+    runner_active = is_locked(lock_path(store, study.name))
+    cancelled, stopping, stopped_here, unchanged = [], [], [], []
+    to_stop: list[tuple[LocalExecutor, Handle]] = []
+    for status in statuses:
+        if status.state is CellState.PENDING and transition(
+            store, status.id, CellState.PENDING, CellState.CANCELLED, reason=CANCEL_REASON
+        ):
+            cancelled.append(status.id)
+            continue
+        attempt = _open_attempt(store, status.id) if status.state is CellState.RUNNING else None
+        if attempt is None or not end_attempt(
+            store, attempt.id, AttemptOutcome.CANCELLED, reason=CANCEL_REASON
+        ):
+            unchanged.append(status.id)
+            continue
+        stopping.append(status.id)
+        if not runner_active:
+            executor = LocalExecutor()
+            handle = executor.adopt(attempt, _run_dir(store, status.id))
+            if handle is not None:
+                executor.cancel(handle)
+                to_stop.append((executor, handle))
+                stopped_here.append(status.id)
+    deadline = time.monotonic() + wait_s
+    while to_stop and time.monotonic() < deadline:
+        to_stop = [
+            (executor, handle) for executor, handle in to_stop if isinstance(executor.poll(handle), Running)
+        ]
+        time.sleep(0.2)
+    return CancelResult(
+        cancelled=tuple(cancelled),
+        stopping=tuple(stopping),
+        stopped_here=tuple(stopped_here),
+        unchanged=tuple(unchanged),
+    )
+
+
+def retry(store: Store, name: str, cell_id: str) -> bool:
+    """Put a failed, diverged or cancelled cell back to pending (it resumes from its last checkpoint when a
+    runner starts it); False if the cell is in another state."""
+    study = _study(store, name)
+    status = next((s for s in cell_statuses(store, study.id) if s.id == cell_id), None)
+    if status is None:
+        raise ValueError(f"study {name!r} has no cell {cell_id!r}")
+    if status.state not in RETRYABLE_STATES:
+        return False
+    return transition(
+        store, cell_id, status.state, CellState.PENDING, reason=f"retry of a {status.state.value} cell"
+    )
+
+
+def rerun(store: Store, study_id: int, states: set[CellState]) -> list[str]:
+    """Every cell of the study in one of `states` (failed, diverged, cancelled) back to pending."""
+    unknown = set(states) - set(RETRYABLE_STATES)
+    if unknown:
+        raise ValueError(
+            f"--rerun: {sorted(s.value for s in unknown)}; choose from failed, diverged, cancelled"
+        )
+    moved = []
+    for status in cell_statuses(store, study_id):
+        if status.state in states and transition(
+            store, status.id, status.state, CellState.PENDING, reason=f"rerun of a {status.state.value} cell"
+        ):
+            moved.append(status.id)
+    return moved
+
+
+def _study(store: Store, name: str) -> Study:
+    study = get_study(store, name)
+    if study is None:
+        known = ", ".join(s.name for s in _list_studies(store)) or "none"
+        raise UnknownStudyError(f"{store.name}: no study named {name!r} (studies here: {known})")
+    assert study.id is not None
+    return study
+
+
+def _open_attempt(store: Store, cell_id: str) -> Attempt | None:
+    return next((a for a in reversed(attempts_of(store, cell_id)) if a.ended_at is None), None)
+
+
+def _run_dir(store: Store, cell_id: str) -> Path:
+    cell = get_cell(store, cell_id)
+    assert cell is not None and cell.run_dir is not None, f"running cell {cell_id} has no run directory"
+    return Path(cell.run_dir)

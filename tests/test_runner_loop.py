@@ -1,0 +1,328 @@
+"""The runner's loop with real processes and a fake trainer that starts in milliseconds: scheduling order,
+every way an attempt can end, retries, cancel, GPU selection, restarts. The real trainer's turn is in
+tests/test_runner.py."""
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+from runner_fixtures import (
+    ROOT,
+    add_tiny_cells,
+    fake_python,
+    kill9,
+    make_loop,
+    new_study,
+    wait_for,
+    write_plan,
+)
+from trainer_fixtures import make_data_dir
+
+from nanogpt.events import read_events
+from runner import api
+from runner.gpus import GpuPool
+from runner.lock import StudyLock, StudyLockedError, lock_path
+from runner.run import LoopOptions, newest_checkpoint_step
+from store import AttemptOutcome, CellState, attempts_of, cell_statuses, checkpoints_of, get_cell, train_curve
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("data") / "tiny", train_tokens=4_000, val_tokens=1_000)
+
+
+@pytest.fixture
+def study(tmp_path, data_dir):
+    store, study_id = new_study(tmp_path / "nanostudy.db")
+    yield SimpleNamespace(store=store, id=study_id, root=tmp_path, data=data_dir, runs=tmp_path / "runs")
+    store.close()
+
+
+def _cells(study, specs):
+    return add_tiny_cells(study.store, study.id, study.data, study.runs, specs)
+
+
+def _states(study) -> dict[str, CellState]:
+    return {status.id: status.state for status in cell_statuses(study.store, study.id)}
+
+
+def _outcomes(study, cell_id) -> list[AttemptOutcome | None]:
+    return [attempt.outcome for attempt in attempts_of(study.store, cell_id)]
+
+
+def test_cells_run_largest_first_and_their_events_become_rows_once(study, tmp_path):
+    _cells(study, [{"id": "small", "flops": 1e9}, {"id": "large", "flops": 4e9}, {"id": "mid", "flops": 2e9}])
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path))
+    assert loop.run() is False
+    assert set(_states(study).values()) == {CellState.DONE}
+    starts = {cell: attempts_of(study.store, cell)[0].started_at for cell in ("small", "large", "mid")}
+    assert sorted(starts, key=starts.get) == ["large", "mid", "small"]
+    for cell in starts:
+        events, _ = read_events(study.runs / cell / "events.jsonl")
+        steps = [event["step"] for event in events if event["kind"] == "step"]
+        assert [point.step for point in train_curve(study.store, cell)] == steps == [1, 2, 3, 4]
+        assert [c.kind.value for c in checkpoints_of(study.store, cell)] == ["final"]
+        assert get_cell(study.store, cell).val_bpb == pytest.approx(0.9)
+        attempt = attempts_of(study.store, cell)[0]
+        assert attempt.start_event["kind"] == "start" and attempt.exit_code == 0
+
+    # The same study again: nothing is pending, nothing starts.
+    again = make_loop(study.store, study.id, python=fake_python(tmp_path))
+    assert again.run() is False
+    assert all(len(attempts_of(study.store, cell)) == 1 for cell in starts)
+
+
+def test_a_crash_fails_with_the_stderr_tail_and_is_retried_up_to_the_count(study, tmp_path):
+    _cells(study, [{"id": "flaky"}, {"id": "broken"}, {"id": "errors"}, {"id": "badcfg"}])
+    plan = write_plan(
+        tmp_path,
+        {
+            "flaky": ["crash", "done"],
+            "broken": ["crash"],
+            "errors": ["error", "done"],
+            "badcfg": ["bad_input"],
+        },
+    )
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=2)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options)
+    assert loop.run() is False
+    states = _states(study)
+    assert states == {
+        "flaky": CellState.DONE,
+        "broken": CellState.FAILED,
+        "errors": CellState.DONE,
+        "badcfg": CellState.FAILED,
+    }
+    assert _outcomes(study, "flaky") == [AttemptOutcome.FAILED, AttemptOutcome.DONE]
+    assert _outcomes(study, "broken") == [AttemptOutcome.FAILED, AttemptOutcome.FAILED]
+    crash = attempts_of(study.store, "broken")[-1]
+    assert crash.exit_code == 1
+    assert (
+        "without an end event" in crash.reason and "RuntimeError: shard 0: checksum mismatch" in crash.reason
+    )
+    assert "checksum mismatch" in get_cell(study.store, "broken").reason
+    error = attempts_of(study.store, "errors")[0]
+    assert error.reason.startswith("ValueError: bad things")
+    bad = attempts_of(study.store, "badcfg")[0]
+    assert bad.exit_code == 2 and "bad config or input" in bad.reason and "train.num_steps" in bad.reason
+
+    # A new run leaves cells that used up their retries alone ...
+    assert (
+        make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options).run()
+        is False
+    )
+    assert len(attempts_of(study.store, "broken")) == 2
+    # ... unless the policy now allows more.
+    more = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=3)
+    assert (
+        make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=more).run() is False
+    )
+    assert len(attempts_of(study.store, "broken")) == 3
+
+
+def test_diverged_is_not_retried_unless_asked(study, tmp_path):
+    _cells(study, [{"id": "boom"}])
+    plan = write_plan(tmp_path, {"boom": ["diverged", "done"]})
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan)
+    assert loop.run() is False
+    assert _states(study) == {"boom": CellState.DIVERGED}
+    attempt = attempts_of(study.store, "boom")[0]
+    assert attempt.exit_code == 3 and attempt.reason == "training loss is nan at step 1"
+
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, rerun_diverged=True)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options)
+    assert loop.run() is False
+    assert _outcomes(study, "boom") == [AttemptOutcome.DIVERGED, AttemptOutcome.DONE]
+
+
+def test_rerun_moves_cells_back_and_gives_them_a_fresh_budget(study, tmp_path):
+    _cells(study, [{"id": "broken"}, {"id": "boom"}])
+    plan = write_plan(tmp_path, {"broken": ["crash", "crash", "done"], "boom": ["diverged", "done"]})
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=1)
+    assert (
+        make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options).run()
+        is False
+    )
+    assert _states(study) == {"broken": CellState.FAILED, "boom": CellState.DIVERGED}
+
+    moved = api.rerun(study.store, study.id, {CellState.FAILED})
+    assert moved == ["broken"]
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options)
+    loop.fresh_budget = frozenset(moved)
+    loop.run()
+    assert _outcomes(study, "broken") == [AttemptOutcome.FAILED, AttemptOutcome.FAILED]  # one more try
+    with pytest.raises(ValueError, match="--rerun"):
+        api.rerun(study.store, study.id, {CellState.DONE})
+
+
+def test_cancel_through_the_store_reaches_the_running_runner(study, tmp_path):
+    _cells(study, [{"id": "hangs", "flops": 2e9}, {"id": "waits", "flops": 1e9}])
+    plan = write_plan(tmp_path, {"hangs": ["hang"]})
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan)
+    with StudyLock(lock_path(study.store, "tiny"), "tiny"):
+        runner = threading.Thread(target=loop.run)
+        runner.start()
+        wait_for(lambda: get_cell(study.store, "hangs").steps_done >= 2, timeout_s=20, what="steps ingested")
+        result = api.cancel(study.store, "tiny")
+        runner.join(timeout=30)
+        assert not runner.is_alive()
+    assert result.stopping == ("hangs",) and result.cancelled == ("waits",) and result.stopped_here == ()
+    assert _states(study) == {"hangs": CellState.CANCELLED, "waits": CellState.CANCELLED}
+    attempt = attempts_of(study.store, "hangs")[0]
+    assert attempt.outcome is AttemptOutcome.CANCELLED and attempt.reason == api.CANCEL_REASON
+    # The runner stopped the trainer the clean way: it checkpointed on the way out, and it was ingested.
+    events, _ = read_events(study.runs / "hangs" / "events.jsonl")
+    assert events[-1]["kind"] == "checkpoint" and events[-1]["final"] is False
+    assert checkpoints_of(study.store, "hangs")[-1].step == events[-1]["step"]
+    assert attempts_of(study.store, "waits") == []
+
+    assert api.retry(study.store, "tiny", "waits") is True
+    assert api.retry(study.store, "tiny", "waits") is False  # pending now
+    assert _states(study)["waits"] is CellState.PENDING
+
+
+def _runner(db: Path, plan: Path | None, *args: str) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "tests" / "runner_fixtures.py"), str(db), "tiny", *args]
+    if plan is not None:
+        command += ["--fake", str(plan)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _open_attempt(study, cell_id):
+    attempts = [a for a in attempts_of(study.store, cell_id) if a.ended_at is None and a.pid is not None]
+    return attempts[0] if attempts else None
+
+
+def test_a_runner_killed_with_sigkill_is_replaced_and_its_live_trainer_adopted(study, tmp_path):
+    _cells(study, [{"id": "adopted"}])
+    plan = write_plan(tmp_path, {"adopted": ["slow"]})
+    runner = _runner(study.root / "nanostudy.db", plan)
+    first = wait_for(lambda: _open_attempt(study, "adopted"), timeout_s=20, what="the trainer to start")
+    wait_for(lambda: get_cell(study.store, "adopted").steps_done >= 3, timeout_s=20, what="ingested steps")
+    kill9(runner.pid)
+    runner.wait()
+    steps_at_kill = get_cell(study.store, "adopted").steps_done
+
+    log: list[str] = []
+    assert make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, log=log).run() is False
+    assert any("re-adopted attempt 1" in line for line in log)
+    attempts = attempts_of(study.store, "adopted")
+    assert [(a.number, a.outcome, a.pid) for a in attempts] == [(1, AttemptOutcome.DONE, first.pid)]
+    assert attempts[0].exit_code is None  # an adopted process's exit code cannot be collected
+    assert steps_at_kill < 40
+    assert [point.step for point in train_curve(study.store, "adopted")] == list(range(1, 41))
+
+
+def test_a_trainer_that_died_while_no_runner_watched_is_failed_then_resumed(study, tmp_path):
+    _cells(study, [{"id": "orphan"}])
+    plan = write_plan(tmp_path, {"orphan": ["slow", "done"]})
+    runner = _runner(study.root / "nanostudy.db", plan)
+    first = wait_for(lambda: _open_attempt(study, "orphan"), timeout_s=20, what="the trainer to start")
+    wait_for(
+        lambda: get_cell(study.store, "orphan").steps_done >= 7, timeout_s=20, what="a checkpoint and more"
+    )
+    kill9(runner.pid)
+    runner.wait()
+    kill9(first.pid)
+    wait_for(
+        lambda: not psutil.pid_exists(first.pid) or _zombie(first.pid),
+        timeout_s=10,
+        what="the trainer to die",
+    )
+    resume_step = newest_checkpoint_step(study.runs / "orphan")
+    assert resume_step is not None and resume_step >= 5
+
+    assert make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan).run() is False
+    attempts = attempts_of(study.store, "orphan")
+    assert [(a.outcome, a.resume_step) for a in attempts] == [
+        (AttemptOutcome.FAILED, None),
+        (AttemptOutcome.DONE, resume_step),
+    ]
+    assert "while no runner watched it" in attempts[0].reason
+    # The steps after the checkpoint died with the trainer and were forgotten; none is stored twice.
+    assert [point.step for point in train_curve(study.store, "orphan")] == list(range(1, resume_step + 1))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_cancel_with_no_runner_stops_our_trainer_itself(study, tmp_path):
+    _cells(study, [{"id": "hangs"}])
+    plan = write_plan(tmp_path, {"hangs": ["hang"]})
+    runner = _runner(study.root / "nanostudy.db", plan)
+    attempt = wait_for(lambda: _open_attempt(study, "hangs"), timeout_s=20, what="the trainer to start")
+    wait_for(lambda: get_cell(study.store, "hangs").steps_done >= 2, timeout_s=20, what="ingested steps")
+    kill9(runner.pid)
+    runner.wait()
+    result = api.cancel(study.store, "tiny", cell_id="hangs", wait_s=20)
+    assert result.stopping == ("hangs",) and result.stopped_here == ("hangs",)
+    assert not psutil.pid_exists(attempt.pid) or _zombie(attempt.pid)
+    assert _states(study) == {"hangs": CellState.CANCELLED}
+    events, _ = read_events(study.runs / "hangs" / "events.jsonl")
+    assert events[-1]["kind"] == "checkpoint"  # stopped with SIGTERM: it checkpointed
+
+
+def test_second_runner_on_the_same_study_refuses(study):
+    path = lock_path(study.store, "tiny")
+    with StudyLock(path, "tiny"):
+        with pytest.raises(StudyLockedError, match=r"already being run by pid \d+ on"):
+            StudyLock(path, "tiny").acquire()
+        assert api.study_status(study.store, "tiny").runner_active is True
+    assert api.study_status(study.store, "tiny").runner_active is False
+    with StudyLock(path, "tiny"):  # free again once released
+        pass
+
+
+def test_gpu_selection_with_a_fake_nvml(study, tmp_path):
+    """A GPU running someone else's process is skipped; --gpus restricts; the trainer sees exactly the chosen
+    indices in CUDA_VISIBLE_DEVICES, in NVML's order."""
+    nvml = FakeNvml(num_gpus=4, foreign={1: [999_999]})
+    _cells(study, [{"id": "two", "flops": 4e9}, {"id": "one", "flops": 2e9}, {"id": "other", "flops": 1e9}])
+    pool = GpuPool(nvml=nvml, restrict=(1, 2, 3))
+    assert pool.usable == (1, 2, 3)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), pool=pool, num_gpus={"two": 2})
+    assert loop.run() is False
+    env = {
+        cell: json.loads((study.runs / cell / "env_attempt_1.json").read_text())
+        for cell in ("two", "one", "other")
+    }
+    assert env["two"]["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert {env["one"]["CUDA_VISIBLE_DEVICES"], env["other"]["CUDA_VISIBLE_DEVICES"]} <= {"2", "3"}
+    assert all(e["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" for e in env.values())
+    assert [a.gpus for a in attempts_of(study.store, "two")] == ["2,3"]
+    assert attempts_of(study.store, "two")[0].num_gpus == 2
+
+
+class FakeNvml:
+    """pynvml's functions over a made-up machine: `foreign` maps a GPU index to pids of others."""
+
+    def __init__(self, num_gpus: int, foreign: dict[int, list[int]] | None = None):
+        self.num_gpus = num_gpus
+        self.processes = {index: list((foreign or {}).get(index, [])) for index in range(num_gpus)}
+
+    def nvmlDeviceGetCount(self):
+        return self.num_gpus
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle:08x}-fake"
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA H100 80GB HBM3"  # older pynvml returns bytes
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=80 << 30, used=(1 << 30) * len(self.processes[handle]))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 30) for pid in self.processes[handle]]
