@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 from trainer_fixtures import tiny_config
 
@@ -131,6 +132,32 @@ def make_loop(
         options=options or LoopOptions(poll_s=0.1, heartbeat_s=1.0),
         log=record,
     )
+
+
+class FakeNvml:
+    """pynvml's functions over a made-up machine; `foreign` maps a GPU index to pids running on it."""
+
+    def __init__(self, num_gpus: int, foreign: dict[int, list[int]] | None = None):
+        self.num_gpus = num_gpus
+        self.processes = {index: list((foreign or {}).get(index, [])) for index in range(num_gpus)}
+
+    def nvmlDeviceGetCount(self):
+        return self.num_gpus
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"GPU-{handle:08x}-0000-0000-0000-000000000000"
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA H100 80GB HBM3" if handle == 0 else "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=80 << 30, used=(1 << 30) * len(self.processes[handle]))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 30) for pid in self.processes[handle]]
 
 
 def main() -> int:

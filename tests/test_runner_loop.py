@@ -13,6 +13,7 @@ import psutil
 import pytest
 from runner_fixtures import (
     ROOT,
+    FakeNvml,
     add_tiny_cells,
     fake_python,
     kill9,
@@ -300,29 +301,3 @@ def test_gpu_selection_with_a_fake_nvml(study, tmp_path):
     assert all(e["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" for e in env.values())
     assert [a.gpus for a in attempts_of(study.store, "two")] == ["2,3"]
     assert attempts_of(study.store, "two")[0].num_gpus == 2
-
-
-class FakeNvml:
-    """pynvml's functions over a made-up machine: `foreign` maps a GPU index to pids of others."""
-
-    def __init__(self, num_gpus: int, foreign: dict[int, list[int]] | None = None):
-        self.num_gpus = num_gpus
-        self.processes = {index: list((foreign or {}).get(index, [])) for index in range(num_gpus)}
-
-    def nvmlDeviceGetCount(self):
-        return self.num_gpus
-
-    def nvmlDeviceGetHandleByIndex(self, index):
-        return index
-
-    def nvmlDeviceGetUUID(self, handle):
-        return f"GPU-{handle:08x}-fake"
-
-    def nvmlDeviceGetName(self, handle):
-        return b"NVIDIA H100 80GB HBM3"  # older pynvml returns bytes
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return SimpleNamespace(total=80 << 30, used=(1 << 30) * len(self.processes[handle]))
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        return [SimpleNamespace(pid=pid, usedGpuMemory=1 << 30) for pid in self.processes[handle]]

@@ -1,0 +1,69 @@
+"""GPU discovery and selection over a fake NVML: foreign processes, --gpus, CUDA_VISIBLE_DEVICES."""
+
+import pytest
+from runner_fixtures import FakeNvml
+
+from runner.gpus import GpuPool, discover, parse_gpu_list
+
+
+def test_discover_reads_every_gpu():
+    gpus = discover(FakeNvml(3, foreign={1: [42, 7]}))
+    assert [gpu.index for gpu in gpus] == [0, 1, 2]
+    assert gpus[0].name == "NVIDIA H100 80GB HBM3"  # bytes from an older pynvml are decoded
+    assert gpus[1].pids == (7, 42)
+    assert gpus[1].memory_used_bytes == 2 << 30 and gpus[1].memory_total_bytes == 80 << 30
+    assert gpus[2].uuid.startswith("GPU-00000002")
+
+
+def test_a_gpu_with_someone_elses_process_is_not_free():
+    nvml = FakeNvml(4, foreign={1: [1000]})
+    pool = GpuPool(nvml=nvml)
+    assert pool.usable == (0, 1, 2, 3) and not pool.cpu
+    assert pool.free(assigned=set(), our_pids=set()) == [0, 2, 3]
+    assert pool.free(assigned={0}, our_pids=set()) == [2, 3]
+    # Our own trainer's process does not make a GPU busy for us (the assignment does).
+    nvml.processes[2].append(555)
+    assert pool.free(assigned=set(), our_pids={555}) == [0, 2, 3]
+    assert pool.free(assigned=set(), our_pids=set()) == [0, 3]
+    # The picture is read again at every call: a process that ends frees its GPU.
+    nvml.processes[1].clear()
+    assert pool.free(assigned=set(), our_pids=set()) == [0, 1, 3]
+
+
+def test_gpus_flag_restricts_and_keeps_the_given_order():
+    pool = GpuPool(nvml=FakeNvml(4), restrict=(3, 1))
+    assert pool.usable == (3, 1)
+    assert pool.free(assigned=set(), our_pids=set()) == [3, 1]
+    with pytest.raises(ValueError, match=r"--gpus: no GPU with index 7 .*GPUs 0, 1, 2, 3"):
+        GpuPool(nvml=FakeNvml(4), restrict=(0, 7))
+    with pytest.raises(ValueError, match="no NVIDIA GPU found"):
+        GpuPool(nvml=None, restrict=(0,))
+
+
+def test_cuda_visible_devices_of_the_runner_restricts_like_gpus():
+    assert GpuPool(nvml=FakeNvml(4), visible_devices="2,3").usable == (2, 3)
+    assert GpuPool(nvml=FakeNvml(4), visible_devices="GPU-00000001").usable == (1,)
+    assert GpuPool(nvml=FakeNvml(4), visible_devices="").cpu
+    assert GpuPool(nvml=FakeNvml(4), restrict=(0,), visible_devices="2").usable == (0,)  # --gpus wins
+    with pytest.raises(ValueError, match=r"CUDA_VISIBLE_DEVICES='1,9': '9' names no GPU"):
+        GpuPool(nvml=FakeNvml(4), visible_devices="1,9")
+
+
+def test_no_nvml_or_no_gpu_means_the_cpu():
+    assert GpuPool(nvml=None).cpu
+    assert GpuPool(nvml=FakeNvml(0)).cpu
+    assert GpuPool(nvml=None).free(assigned=set(), our_pids=set()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", (0,)), ("0,2,3", (0, 2, 3)), (" 3, 1 ", (3, 1))],
+)
+def test_parse_gpu_list(text, expected):
+    assert parse_gpu_list(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a", "0,,1", "0,-1", "1,1"])
+def test_parse_gpu_list_rejects(text):
+    with pytest.raises(ValueError, match="--gpus"):
+        parse_gpu_list(text)
