@@ -8,6 +8,7 @@ import sys
 # `func(args)` returns the exit code. Modules are imported only when the CLI runs, never at import time.
 COMMAND_MODULES = [
     "runner.data.commands",
+    "runner.run_commands",
 ]
 
 

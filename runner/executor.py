@@ -260,9 +260,12 @@ class LocalExecutor:
         return Exited(code=code, from_trainer=tracked.from_trainer and code is not None)
 
     def pids(self, handle: Handle) -> set[int]:
+        """The attempt's launcher and every descendant seen (looked up afresh while the launcher runs)."""
         tracked = self._tracked.get(handle.attempt_id)
         if tracked is None:
             return set()
+        if tracked.launcher is not None and _alive(tracked.launcher):
+            self._see_workers(tracked)
         found = set(tracked.workers)
         if tracked.launcher is not None:
             found.add(tracked.launcher.pid)

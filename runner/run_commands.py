@@ -1,0 +1,329 @@
+"""`nanostudy run`, `nanostudy status` and `nanostudy cancel`.
+
+    nanostudy run studies/isoflop.yaml [--db URL] [--runs-dir DIR] [--gpus 0,2,3] [--max-parallel N]
+                                       [--rerun failed|diverged|cancelled] [--launcher auto|torchrun]
+    nanostudy status studies/isoflop.yaml [--json]
+    nanostudy cancel studies/isoflop.yaml [--cell ID]
+
+`run` loads and plans the study, prepares its data (once: a second run finds it prepared), records the
+study and its cells (cells already in the database keep their state), then runs the loop of `runner.run`
+until every cell is finished, and prints a summary table. It exits 0 only when every cell of the study is
+done; 130 when stopped by Ctrl-C or SIGTERM (the trainers checkpoint; run it again to resume); 2 for an
+invalid study or option; 1 otherwise. STUDY for `status` and `cancel` is the study file, or the study's name
+with `--db`.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, rerun, study_status
+from runner.gpus import GpuPool, load_nvml, parse_gpu_list
+from runner.lock import StudyLock, StudyLockedError, lock_path
+from store import CellMode, CellState, NewCell, Store, add_cells, default_db_path, open_store, upsert_study
+
+RERUN_CHOICES = ("failed", "diverged", "cancelled")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunResult:
+    study_name: str
+    interrupted: bool
+    all_done: bool
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 0 if self.all_done else 1
+
+
+def run_study(
+    study_path: Path,
+    *,
+    db: str | None = None,
+    runs_dir: Path | None = None,
+    gpus: tuple[int, ...] | None = None,
+    max_parallel: int | None = None,
+    rerun_states: frozenset[CellState] = frozenset(),
+    launcher: str = "auto",
+    data_root: Path | None = None,
+    nvml: object | None = "auto",
+    trainer_env: dict[str, str] | None = None,
+    log=print,
+) -> tuple[RunResult, Store]:
+    """Plan, record and run the study; the caller prints the summary from the returned store.
+
+    `nvml`: "auto" loads NVML (none found: the CPU); tests pass a fake, or None for the CPU."""
+    from runner.data.commands import default_data_root
+    from runner.executor import LocalExecutor
+    from runner.plan import plan
+    from runner.run import CellLaunch, LoopOptions, StudyLoop
+    from runner.study import load
+
+    study = load(study_path)
+    if study.resources.executor != "local":
+        raise ValueError(f"{study.where('resources.executor')}: resources.executor: only 'local' runs today")
+    store = open_store(db or default_db_path(study_path))
+    with StudyLock(lock_path(store, study.name), study.name):
+        data_dirs = prepare_data(study, root=data_root or default_data_root(), log=log)
+        planned = plan(study, data_dirs=data_dirs)
+        runs_root = Path(runs_dir) if runs_dir else Path(study_path).resolve().parent / "runs" / study.name
+        record = upsert_study(store, name=study.name, path=str(study_path), spec=study.to_dict())
+        assert record.id is not None
+        cells = [new_cell(cell, runs_root) for cell in planned.cells]
+        added = add_cells(store, record.id, cells)
+        log(f"study {study.name}: {len(cells)} cells ({added} new); database {store.name}")
+        moved = rerun(store, record.id, set(rerun_states)) if rerun_states else []
+        if moved:
+            log(f"--rerun: {len(moved)} cell(s) back to pending")
+        pool = GpuPool(
+            nvml=load_nvml() if nvml == "auto" else nvml,
+            restrict=gpus,
+            visible_devices=None if gpus else os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
+        log(f"devices: {pool.describe()}")
+        loop = StudyLoop(
+            store,
+            record.id,
+            {
+                cell.id: CellLaunch(cell_id=cell.id, num_gpus=cell.gpus, run_dir=runs_root / cell.id)
+                for cell in planned.cells
+            },
+            executor=LocalExecutor(launcher=launcher, env=trainer_env),
+            pool=pool,
+            options=LoopOptions(
+                max_parallel=max_parallel or study.resources.max_parallel,
+                max_attempts=study.retry.max_attempts,
+                rerun_diverged=study.retry.rerun_diverged,
+            ),
+            fresh_budget=frozenset(moved),
+            log=log,
+        )
+        interrupted = loop.run()
+    status = study_status(store, study.name)
+    ids = {cell.id for cell in planned.cells}
+    all_done = all(cell.state == CellState.DONE.value for cell in status.cells if cell.id in ids)
+    return RunResult(study_name=study.name, interrupted=interrupted, all_done=all_done), store
+
+
+def prepare_data(study, *, root: Path, log) -> dict[str, Path]:
+    """Prepare the study's data once (a prepared directory is found again): {stage: data directory}."""
+    from runner.data.prepare import prepare
+    from runner.study import mid_training_data
+
+    dirs: dict[str, Path] = {}
+    progress = sys.stderr.isatty()
+    if study.data is not None:
+        dirs["pretraining"] = _prepared(prepare(study.data, root=root, progress=progress), log)
+    if study.mid_training is not None:
+        config = mid_training_data(study, pretraining_data_dir=dirs.get("pretraining"))
+        dirs["mid-training"] = _prepared(prepare(config, root=root, progress=progress), log)
+    return dirs
+
+
+def _prepared(result, log) -> Path:
+    log(f"data: {result.status}: {result.data_dir}")
+    return Path(result.data_dir)
+
+
+def new_cell(cell, runs_root: Path) -> NewCell:
+    """The store's record of a planned cell."""
+    axes = dict(cell.axes)
+    return NewCell(
+        id=cell.id,
+        mode=CellMode(cell.mode),
+        parent_cell_id=cell.parent_id,
+        depth=int(axes["depth"]),
+        flops_budget=float(axes["flops"]),
+        seed=int(axes["seed"]),
+        num_params=cell.num_params,
+        num_tokens=cell.num_tokens,
+        flops_per_token=cell.flops_per_token,
+        steps_total=cell.num_steps,
+        config=cell.config,
+        axes=axes,
+        run_dir=str(runs_root / cell.id),
+    )
+
+
+# -- printing ---------------------------------------------------------------------------------------------
+
+
+def format_status(status: StudyStatus) -> str:
+    """The summary table: one line per cell, then the counts."""
+    header = ("cell", "mode", "depth", "flops", "seed", "state", "step", "val_bpb", "tries", "eta")
+    rows = [header] + [_row(cell) for cell in status.cells]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
+    eta = f"; ETA {_duration(status.eta_s)}" if status.eta_s else ""
+    lines.append(
+        f"study {status.name}: {len(status.cells)} cells: {counts}; {status.fraction_done:.0%} of FLOPs{eta}"
+    )
+    for cell in status.cells:
+        if cell.state in ("failed", "diverged") and cell.reason:
+            lines.append(f"  {cell.id} {cell.state}: {cell.reason.splitlines()[0]}")
+    return "\n".join(lines)
+
+
+def _row(cell: CellProgress) -> tuple[str, ...]:
+    return (
+        cell.id,
+        "mid" if cell.mode == CellMode.MID_TRAINING.value else "pre",
+        str(cell.depth),
+        f"{cell.flops:.1e}",
+        str(cell.seed),
+        cell.state,
+        f"{cell.step}/{cell.steps_total}",
+        "-" if cell.val_bpb is None else f"{cell.val_bpb:.4f}",
+        str(cell.attempts),
+        _duration(cell.eta_s) if cell.eta_s is not None else "-",
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args) -> int:
+    from runner.study import StudyError
+
+    rerun_states = frozenset(CellState(state) for state in args.rerun or ())
+    try:
+        gpus = parse_gpu_list(args.gpus) if args.gpus is not None else None
+        result, store = run_study(
+            Path(args.study),
+            db=args.db,
+            runs_dir=args.runs_dir,
+            gpus=gpus,
+            max_parallel=args.max_parallel,
+            rerun_states=rerun_states,
+            launcher=args.launcher,
+            data_root=args.data_root,
+            log=_log,
+        )
+    except StudyError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except StudyLockedError as error:
+        print(f"nanostudy run: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"nanostudy run: error: {error}", file=sys.stderr)
+        return 2
+    with store:
+        print(format_status(study_status(store, result.study_name)))
+    if result.interrupted:
+        print("stopped: run the same command again to resume")
+    return result.exit_code
+
+
+def _resolve(study: str, db: str | None) -> tuple[Store, str]:
+    """STUDY as a study file (its name, its database unless --db) or as a study name (needs --db, or a
+    nanostudy.db in the current directory)."""
+    path = Path(study)
+    if path.is_file():
+        from runner.study import load
+
+        name = load(path).name
+        return open_store(db or default_db_path(path), create=False), name
+    return open_store(db or "nanostudy.db", create=False), study
+
+
+def _cmd_status(args) -> int:
+    try:
+        store, name = _resolve(args.study, args.db)
+        with store:
+            status = study_status(store, name)
+    except (UnknownStudyError, FileNotFoundError, ValueError) as error:
+        print(f"nanostudy status: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(status.to_json(), indent=1))
+    else:
+        print(format_status(status))
+        if status.runner_active:
+            print("a runner is running this study")
+    return 0
+
+
+def _cmd_cancel(args) -> int:
+    try:
+        store, name = _resolve(args.study, args.db)
+        with store:
+            result = cancel(store, name, cell_id=args.cell, wait_s=args.wait)
+    except (UnknownStudyError, FileNotFoundError, ValueError) as error:
+        print(f"nanostudy cancel: error: {error}", file=sys.stderr)
+        return 2
+    if result.cancelled:
+        print(f"cancelled {len(result.cancelled)} pending cell(s)")
+    if result.stopping:
+        who = "stopped here" if result.stopped_here else "the runner stops their trainers"
+        print(f"cancelled {len(result.stopping)} running cell(s) ({who})")
+    if not result.cancelled and not result.stopping:
+        print("nothing to cancel (every cell is finished)")
+    return 0
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run",
+        help="plan the study and train every cell on the free GPUs (or the CPU)",
+        description="Plan, record and train a study until every cell is finished; safe to stop and rerun.",
+    )
+    run.add_argument("study", help="the study file (YAML)")
+    run.add_argument("--db", help="database file or URL (default: nanostudy.db beside the study)")
+    run.add_argument("--runs-dir", type=Path, dest="runs_dir", help="run directories (default: runs/<study>)")
+    run.add_argument("--gpus", help="GPU indices to use, e.g. 0,2,3 (default: every free GPU)")
+    run.add_argument("--max-parallel", type=int, dest="max_parallel", help="cells at once")
+    run.add_argument(
+        "--rerun",
+        action="append",
+        choices=RERUN_CHOICES,
+        help="move cells in this state back to pending first (repeatable)",
+    )
+    run.add_argument(
+        "--launcher",
+        choices=("auto", "torchrun"),
+        default="auto",
+        help="auto: plain python for one process per cell, torchrun for several; torchrun: always",
+    )
+    run.add_argument("--data-root", type=Path, dest="data_root", help="where prepared data lives")
+    run.set_defaults(func=_cmd_run)
+
+    status = subparsers.add_parser("status", help="cells, progress and ETA of a study")
+    status.add_argument("study", help="the study file, or the study's name with --db")
+    status.add_argument("--db", help="database file or URL")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=_cmd_status)
+
+    cancel_parser = subparsers.add_parser("cancel", help="cancel a study's pending and running cells")
+    cancel_parser.add_argument("study", help="the study file, or the study's name with --db")
+    cancel_parser.add_argument("--db", help="database file or URL")
+    cancel_parser.add_argument("--cell", help="only this cell")
+    cancel_parser.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for a trainer this command stops"
+    )
+    cancel_parser.set_defaults(func=_cmd_cancel)
