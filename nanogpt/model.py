@@ -315,8 +315,9 @@ class GPT(nn.Module):
         # columns are masked rather than sliced off: rows stay 64-aligned, so the compiled loss kernels
         # vectorise (slicing to vocab_size cost 7% of tokens/s at depth 12 on an H100).
         logits = self._softcap(logits.float())
-        is_token = torch.arange(logits.size(-1), device=logits.device) < self.config.vocab_size
-        logits = logits.masked_fill(~is_token, float("-inf"))
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            is_token = torch.arange(logits.size(-1), device=logits.device) < self.config.vocab_size
+            logits = logits.masked_fill(~is_token, float("-inf"))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)

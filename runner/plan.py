@@ -390,7 +390,8 @@ class _Planner:
             return None
         config["wandb"]["name"] = f"{self.study.name}-{ident}"
         # RunConfig needs init_from for mid-training; the horizon does not depend on it.
-        checked = RunConfig.from_dict({**config, "init_from": config["init_from"] or "-"})
+        placeholder = "-" if mode == "mid-training" and not config["init_from"] else config["init_from"]
+        checked = RunConfig.from_dict({**config, "init_from": placeholder})
         num_steps = num_steps_for(checked, numbers.flops_per_token)
         num_tokens = num_steps * checked.train.total_batch_tokens
         flops = float(numbers.flops_per_token) * num_tokens
