@@ -1,10 +1,13 @@
-"""`nanostudy run`, `nanostudy status` and `nanostudy cancel`.
+"""`nanostudy plan`, `nanostudy run`, `nanostudy status` and `nanostudy cancel`.
 
+    nanostudy plan studies/isoflop.yaml [--db URL] [--json]
     nanostudy run studies/isoflop.yaml [--db URL] [--runs-dir DIR] [--gpus 0,2,3] [--max-parallel N]
                                        [--rerun failed|diverged|cancelled] [--launcher auto|torchrun]
     nanostudy status studies/isoflop.yaml [--json]
     nanostudy cancel studies/isoflop.yaml [--cell ID]
 
+`plan` prints the cells the study would train, with their numbers and an ETA, and changes nothing: it
+reads the store (for the cells' states and this machine's measured speed) only when the database exists.
 `run` loads and plans the study, prepares its data (once: a second run finds it prepared), records the
 study and its cells (cells already in the database keep their state), then runs the loop of `runner.run`
 until every cell is finished, and prints a summary table. It exits 0 only when every cell of the study is
@@ -13,6 +16,7 @@ invalid study or option; 1 otherwise. STUDY for `status` and `cancel` is the stu
 with `--db`.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -150,18 +154,113 @@ def new_cell(cell, runs_root: Path) -> NewCell:
     )
 
 
+# -- planning ---------------------------------------------------------------------------------------------
+
+
+def plan_study(study_path: Path, *, db: str | None = None, data_root: Path | None = None):
+    """The plan `nanostudy run` would make now, and each cell's state in the store ("new" if absent).
+
+    Uses the prepared data when it exists (vocabulary and epochs from its manifest) and never prepares;
+    the ETA uses the speed finished cells reached on this machine's device when the store has any."""
+    from runner.data.commands import default_data_root
+    from runner.data.prepare import find_prepared
+    from runner.plan import local_device, measured_throughput, plan
+    from runner.study import load, mid_training_data
+
+    study = load(study_path)
+    root = data_root or default_data_root()
+    data_dirs: dict[str, Path] = {}
+    if study.data is not None and (found := find_prepared(study.data, root=root)) is not None:
+        data_dirs["pretraining"] = found
+    if study.mid_training is not None:
+        try:
+            config = mid_training_data(study, pretraining_data_dir=data_dirs.get("pretraining"))
+        except ValueError:  # mode all, pretraining data not prepared: its tokenizer is not known yet
+            config = None
+        if config is not None and (found := find_prepared(config, root=root)) is not None:
+            data_dirs["mid-training"] = found
+    device = local_device(study)
+    states: dict[str, str] = {}
+    db_path = db or default_db_path(study_path)
+    if "://" in str(db_path) or Path(db_path).is_file():
+        with open_store(db_path, create=False) as store:
+            device = measured_throughput(store, device)
+            with contextlib.suppress(UnknownStudyError):
+                states = {cell.id: cell.state for cell in study_status(store, study.name).cells}
+    planned = plan(study, data_dirs=data_dirs, measured=device)
+    return planned, {cell.id: states.get(cell.id, "new") for cell in planned.cells}
+
+
+def format_plan(planned, states: dict[str, str], *, num_devices: int = 1) -> str:
+    """The plan as a table, then totals and warnings."""
+    header = (
+        "cell", "mode", "depth", "width", "params N", "tokens D", "FLOPs C", "tok/param", "steps", "epochs",
+        "gpus", "time", "state",
+    )  # fmt: skip
+    rows = [header]
+    for cell in planned.cells:
+        rows.append(
+            (
+                cell.id,
+                "mid" if cell.mode == "mid-training" else "pre",
+                str(cell.axes["depth"]),
+                str(cell.width),
+                _si(cell.num_params),
+                _si(cell.num_tokens),
+                f"{cell.flops:.2e}",
+                f"{cell.tokens_per_param:.1f}",
+                str(cell.num_steps),
+                "?" if cell.epochs is None else f"{cell.epochs:.2f}",
+                "-" if planned.device_type == "cpu" else str(cell.gpus),
+                _duration(cell.eta_s),
+                states.get(cell.id, "new"),
+            )
+        )
+    lines = _table(rows)
+    todo = [cell for cell in planned.cells if states.get(cell.id) != CellState.DONE.value]
+    if planned.device_type == "cpu":
+        wall_s, where = sum(cell.eta_s for cell in todo), "one cell at a time on the CPU"
+    else:
+        wall_s = sum(cell.eta_s * cell.gpus for cell in todo) / max(num_devices, 1)
+        where = f"on {num_devices} GPU(s)"
+    measured = any(cell.eta_measured for cell in planned.cells)
+    basis = "speed measured on this machine" if measured else "a default speed (nothing measured here yet)"
+    lines.append(
+        f"study {planned.study.name} ({planned.study.mode}): {len(planned.cells)} cells, "
+        f"{planned.total_flops:.2e} FLOPs, {planned.device_hours:.2f} device-hours; "
+        f"{len(todo)} to train, about {_duration(wall_s)} {where} ({basis})"
+    )
+    unprepared = [stage for stage, ready in planned.prepared.items() if not ready]
+    if unprepared:
+        lines.append(
+            f"data not prepared yet ({', '.join(unprepared)}): epochs unknown; `nanostudy run` prepares it"
+        )
+    lines += [f"warning: {warning}" for warning in planned.warnings]
+    return "\n".join(lines)
+
+
+def _si(number: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(number) >= scale:
+            return f"{number / scale:.3g}{suffix}"
+    return f"{number:.3g}"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
 # -- printing ---------------------------------------------------------------------------------------------
 
 
 def format_status(status: StudyStatus) -> str:
     """The summary table: one line per cell, then the counts."""
     header = ("cell", "mode", "depth", "flops", "seed", "state", "step", "val_bpb", "tries", "eta")
-    rows = [header] + [_row(cell) for cell in status.cells]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
+    lines = _table([header] + [_row(cell) for cell in status.cells])
     counts = ", ".join(f"{n} {state}" for state, n in status.counts.items() if n)
     eta = f"; ETA {_duration(status.eta_s)}" if status.eta_s else ""
     lines.append(
@@ -240,6 +339,31 @@ def _cmd_run(args) -> int:
     return result.exit_code
 
 
+def _cmd_plan(args) -> int:
+    from runner.study import StudyError
+
+    try:
+        planned, states = plan_study(Path(args.study), db=args.db, data_root=args.data_root)
+    except StudyError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"nanostudy plan: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = planned.to_dict()
+        for cell in out["cells"]:
+            cell["state"] = states[cell["id"]]
+        print(json.dumps(out, indent=1))
+        return 0
+    num_devices = 1
+    if planned.device_type == "cuda":
+        num_devices = len(GpuPool(nvml=load_nvml(), restrict=None, visible_devices=None).usable) or 1
+    print(format_plan(planned, states, num_devices=num_devices))
+    return 0
+
+
 def _resolve(study: str, db: str | None) -> tuple[Store, str]:
     """STUDY as a study file (its name, its database unless --db) or as a study name (needs --db, or a
     nanostudy.db in the current directory)."""
@@ -288,6 +412,17 @@ def _cmd_cancel(args) -> int:
 
 
 def register(subparsers) -> None:
+    plan_parser = subparsers.add_parser(
+        "plan",
+        help="the cells a study would train: N, D, C, steps, epochs, ETA (runs nothing)",
+        description="Expand the study into cells and print their numbers and an ETA; changes nothing.",
+    )
+    plan_parser.add_argument("study", help="the study file (YAML)")
+    plan_parser.add_argument("--db", help="database file or URL (default: nanostudy.db beside the study)")
+    plan_parser.add_argument("--data-root", type=Path, dest="data_root", help="where prepared data lives")
+    plan_parser.add_argument("--json", action="store_true", help="the plan as one JSON object")
+    plan_parser.set_defaults(func=_cmd_plan)
+
     run = subparsers.add_parser(
         "run",
         help="plan the study and train every cell on the free GPUs (or the CPU)",

@@ -34,7 +34,7 @@ from nanogpt.shards import (
     write_manifest,
     write_shard,
 )
-from nanogpt.tokenizer import Tokenizer, load_tokenizer
+from nanogpt.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from runner.data.sources import (
     SourceError,
     SourceSpec,
@@ -123,21 +123,32 @@ def resolve_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = Tru
     return tokenizer.with_chat_tokens() if config.source.is_chat else tokenizer
 
 
-def trained_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = True) -> Tokenizer:
-    """A BPE trained on the source's training documents (never its validation ones), cached by inputs."""
+def _bpe_recipe(config: PrepareConfig) -> dict:
+    """Everything that decides a trained tokenizer: it is cached under a hash of this."""
     from nanogpt.tokenizer import GPT4_PATTERN
-    from runner.data.bpe import capped_texts, train_bpe
 
-    vocab_size = bpe_vocab_size(config.tokenizer)
-    recipe = {
+    return {
         "source": config.source.to_dict(),
         "fingerprint": fingerprint(config.source),
-        "vocab_size": vocab_size,
+        "vocab_size": bpe_vocab_size(config.tokenizer),
         "train_bytes": config.tokenizer_train_bytes,
         "val_fraction": config.val_fraction,
         "pattern": GPT4_PATTERN,
     }
-    directory = Path(root) / "tokenizers" / f"bpe{vocab_size}-{_digest(recipe)[:12]}"
+
+
+def _trained_tokenizer_dir(config: PrepareConfig, root: Path, recipe: dict | None = None) -> Path:
+    recipe = recipe or _bpe_recipe(config)
+    return Path(root) / "tokenizers" / f"bpe{recipe['vocab_size']}-{_digest(recipe)[:12]}"
+
+
+def trained_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = True) -> Tokenizer:
+    """A BPE trained on the source's training documents (never its validation ones), cached by inputs."""
+    from runner.data.bpe import capped_texts, train_bpe
+
+    recipe = _bpe_recipe(config)
+    vocab_size = recipe["vocab_size"]
+    directory = _trained_tokenizer_dir(config, root, recipe)
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory)
     texts = (
@@ -287,6 +298,32 @@ class _State:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def data_dir_for(config: PrepareConfig, tokenizer: Tokenizer, *, root: str | os.PathLike) -> tuple[Path, str]:
+    """The data directory `config` prepares into with this (resolved) tokenizer, and its identity."""
+    data_id = identity(config, tokenizer)
+    return Path(root) / f"{config.source.name}-{tokenizer.name.replace('+', '-')}-{data_id[:12]}", data_id
+
+
+def find_prepared(config: PrepareConfig, *, root: str | os.PathLike) -> Path | None:
+    """The data directory of `config` if it is prepared already, else None; trains, reads and writes
+    nothing beyond finding the source's files (for `nanostudy plan`)."""
+    try:
+        if config.tokenizer.startswith("bpe:"):
+            directory = _trained_tokenizer_dir(config, Path(root))
+            if not (directory / "tokenizer.json").is_file():
+                return None
+            tokenizer = load_tokenizer(directory)
+        else:
+            tokenizer = load_tokenizer(config.tokenizer)
+        tokenizer = tokenizer.with_chat_tokens() if config.source.is_chat else tokenizer
+        data_dir, data_id = data_dir_for(config, tokenizer, root=root)
+        if not (data_dir / MANIFEST_NAME).is_file() or read_manifest(data_dir).identity != data_id:
+            return None
+    except (TokenizerError, ShardError, SourceError, OSError):
+        return None
+    return data_dir
+
+
 def prepare(
     config: PrepareConfig,
     *,
@@ -303,8 +340,7 @@ def prepare(
     root = Path(root)
     check_source(config.source)
     tokenizer = resolve_tokenizer(config, root=root, progress=progress)
-    data_id = identity(config, tokenizer)
-    data_dir = root / f"{config.source.name}-{tokenizer.name.replace('+', '-')}-{data_id[:12]}"
+    data_dir, data_id = data_dir_for(config, tokenizer, root=root)
     if (data_dir / MANIFEST_NAME).is_file():
         manifest = read_manifest(data_dir)
         if manifest.identity == data_id:
