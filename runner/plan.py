@@ -60,7 +60,9 @@ MEMORY_BUDGET_FRAC = 0.9  # of a GPU's memory, as the trainer's batch-size probe
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Throughput:
     """How fast this machine trains: FLOP/s per device, measured on finished cells (the store), by model
-    shape (`model_shape`). A shape never measured uses the median of the others."""
+    shape (`model_shape`). A shape never measured takes the speed of the nearest depth measured with the
+    same aspect ratio, head size and context (small models reach a smaller share of the peak, so a speed
+    is never carried across those), else the default."""
 
     device_type: Literal["cuda", "cpu"]
     device_name: str
@@ -71,8 +73,10 @@ class Throughput:
         """(FLOP/s per device, measured?) for a model shape."""
         if shape in self.flops_per_s:
             return self.flops_per_s[shape], True
-        if self.flops_per_s:
-            return statistics.median(self.flops_per_s.values()), True
+        alike = [other for other in self.flops_per_s if other[1:] == shape[1:]]
+        if alike:
+            nearest = min(alike, key=lambda other: (abs(other[0] - shape[0]), other[0]))
+            return self.flops_per_s[nearest], False
         return DEFAULT_FLOPS_PER_S[self.device_type], False
 
 
@@ -92,7 +96,7 @@ class PlannedCell:
     gpus: int
     epochs: float | None  # passes over the training data; None until the data is prepared
     eta_s: float
-    eta_measured: bool  # from this machine's measured speed (else DEFAULT_FLOPS_PER_S)
+    eta_measured: bool  # from the speed this machine reached on this very shape (else estimated)
 
     @property
     def tokens_per_param(self) -> float:
@@ -186,6 +190,11 @@ def plan(
         if cell.epochs is not None and cell.epochs > 1
     ]
     warnings += planner.warnings
+    if study.eval.preset or study.eval.bundle or study.eval.gauntlet_every:
+        warnings.append(
+            f"{study.where('eval')}: eval.preset/bundle/gauntlet_every: the in-context benchmarks are not run "
+            "by this version; cells measure validation loss and bits per byte only"
+        )
     return Plan(
         study=study,
         cells=tuple(cells),

@@ -75,6 +75,8 @@ def run_study(
     with StudyLock(lock_path(store, study.name), study.name):
         data_dirs = prepare_data(study, root=data_root or default_data_root(), log=log)
         planned = plan(study, data_dirs=data_dirs)
+        for warning in planned.warnings:
+            log(f"warning: {warning}")
         runs_root = Path(runs_dir) if runs_dir else Path(study_path).resolve().parent / "runs" / study.name
         record = upsert_study(store, name=study.name, path=str(study_path), spec=study.to_dict())
         assert record.id is not None
@@ -223,8 +225,12 @@ def format_plan(planned, states: dict[str, str], *, num_devices: int = 1) -> str
     else:
         wall_s = sum(cell.eta_s * cell.gpus for cell in todo) / max(num_devices, 1)
         where = f"on {num_devices} GPU(s)"
-    measured = any(cell.eta_measured for cell in planned.cells)
-    basis = "speed measured on this machine" if measured else "a default speed (nothing measured here yet)"
+    measured = sum(cell.eta_measured for cell in planned.cells)
+    basis = (
+        f"{measured} of {len(planned.cells)} cells at the speed their shape reached on this machine"
+        if measured
+        else "at an assumed speed: no cell of these shapes has finished on this machine yet"
+    )
     lines.append(
         f"study {planned.study.name} ({planned.study.mode}): {len(planned.cells)} cells, "
         f"{planned.total_flops:.2e} FLOPs, {planned.device_hours:.2f} device-hours; "

@@ -447,7 +447,7 @@ def _as_number(doc: _Document, key: str, value: Any, *, positive: bool = True) -
         doc.add(key, f"expected a number, got {_kind(value)} ({value!r})")
         return None
     if not math.isfinite(value) or (positive and value <= 0):
-        doc.add(key, f"must be a positive number, got {value!r}")
+        doc.add(key, f"must be a positive number, got {value:g}")
         return None
     return float(value)
 
@@ -749,8 +749,11 @@ def _parse_run_sections(
         problem = _probe(config)
         if problem is not None and accepted:
             key, message = problem
-            study_key = next((s for c, s in origin.items() if _names(key, c)), where)
-            doc.add(study_key, message)
+            config_key = next((c for c in origin if _names(key, c)), None)
+            study_key = origin[config_key] if config_key else where
+            # A rule between keys names them all ("warmup_frac + cooldown_frac"): keep that in the message.
+            rest = key.removeprefix(config_key or "").strip()
+            doc.add(study_key, f"{study_key.rsplit('.', 1)[-1]} {rest}: {message}" if rest else message)
             for key in accepted:
                 config_key = ".".join(_config_path(section, key))
                 origin.pop(config_key, None)
