@@ -1,0 +1,207 @@
+"""Study files: the shipped studies load; every problem is reported at once as `path:LINE: key: message`."""
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner.study import StudyError, cell_config, load, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD = """\
+name: tiny
+mode: pretraining
+data:
+  source: {name: python-source, max_bytes: 1MB}
+  tokenizer: bpe:300
+grid:
+  depth: [1, 2]
+  flops: [1e9, 3e9]
+  seed: [0, 1]
+model:
+  aspect_ratio: 16
+  head_dim: 16
+  sequence_len: 32
+train:
+  total_batch_tokens: 256
+  device: cpu
+"""
+
+
+def problems(text: str, name: str = "s.yaml") -> list[str]:
+    with pytest.raises(StudyError) as caught:
+        parse(textwrap.dedent(text), path=name)
+    return list(caught.value.problems)
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing needle."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "isoflop", "midtrain"])
+def test_the_shipped_studies_load(name):
+    study = load(ROOT / "studies" / f"{name}.yaml")
+    assert study.name == name
+    assert study.grid.depth and study.grid.flops
+    assert all(isinstance(c, float) for c in study.grid.flops)
+
+
+def test_isoflop_is_the_classic_sweep():
+    study = load(ROOT / "studies" / "isoflop.yaml")
+    assert study.grid.depth == (6, 8, 10, 12, 14)
+    assert study.grid.flops == (1e18, 2e18, 3e18, 6e18)
+    assert study.data.source.name == "fineweb-edu" and study.data.tokenizer == "gpt2"
+
+
+def test_midtrain_example_is_mode_all_on_the_task_mixture():
+    study = load(ROOT / "studies" / "midtrain.yaml")
+    assert study.mode == "all" and study.mid_training.data.source.name == "task-mixture"
+    assert study.mid_training.horizon == {"target_tokens": 200_000_000}
+
+
+def test_numbers_with_an_exponent_read_as_numbers():
+    study = parse(GOOD.replace("[1e9, 3e9]", "[1e9, 3.5E+9]"))
+    assert study.grid.flops == (1e9, 3.5e9)
+    assert parse(GOOD + "checkpoint: {every_steps: 1e3}\n").training["checkpoint"]["every_steps"] == 1000
+
+
+def test_points_are_listed_budget_by_budget():
+    points = parse(GOOD).grid.points()
+    assert [(p["flops"], p["depth"], p["seed"]) for p in points[:4]] == [
+        (1e9, 1, 0),
+        (1e9, 1, 1),
+        (1e9, 2, 0),
+        (1e9, 2, 1),
+    ]
+    assert len(points) == 8
+
+
+def test_every_problem_at_once_with_its_line():
+    text = """\
+    name: bad
+    seed: 3
+    data:
+      source: python-source
+      tokenizer: bpe:512
+    grid:
+      depth: [2, 4, 4]
+      flops: [1e12, -2e12]
+      seed: []
+    optim:
+      matrix_lrr: 0.02
+    schedule:
+      warmup_frac: 0.6
+      cooldown_frac: 0.6
+    retry:
+      max_attempts: 0
+    resources:
+      executor: kubernetes
+    """
+    found = problems(text, "bad.yaml")
+    body = textwrap.dedent(text)
+    expected = [
+        ("seed: 3", "seed: not a key here; it belongs in grid.seed"),
+        ("depth: [2, 4, 4]", "grid.depth: duplicate value 4"),
+        ("flops: [1e12", "grid.flops[1]: must be a positive number, got -2e+12"),
+        ("seed: []", "grid.seed: empty; give at least one value"),
+        ("matrix_lrr", "optim.matrix_lrr: unknown key (did you mean 'matrix_lr'?)"),
+        ("warmup_frac: 0.6", "schedule.warmup_frac: warmup_frac + cooldown_frac: must be <= 1"),
+        ("max_attempts: 0", "retry.max_attempts: must be positive, got 0"),
+        ("executor: kubernetes", "resources.executor: must be one of local, slurm, got 'kubernetes'"),
+    ]
+    assert len(found) == len(expected)
+    for (needle, message), problem in zip(expected, found, strict=True):
+        assert problem.startswith(f"bad.yaml:{line_of(body, needle)}: {message}"), problem
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines():
+    text = GOOD + "model:\n  aspect_ratio: 8\n"
+    [problem] = problems(text)
+    assert problem == f"s.yaml:{len(text.splitlines()) - 1}: model: given twice (first at line 10)"
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle", "message"),
+    [
+        (("[1, 2]", "[]"), "depth:", "grid.depth: empty; give at least one value"),
+        (("[1e9, 3e9]", "[0]"), "flops:", "grid.flops[0]: must be a positive number, got 0"),
+        (("[1e9, 3e9]", "[1e9, big]"), "flops:", "grid.flops[1]: expected a number, got a string ('big')"),
+        (("[1, 2]", "[1, 2.5]"), "depth:", "grid.depth[1]: expected an integer, got a number (2.5)"),
+        (("mode: pretraining", "mode: finetune"), "mode:", "mode: must be one of pretraining, mid-training"),
+        (("bpe:300", "bpe:many"), "tokenizer:", "data.tokenizer: 'bpe:many' should be bpe:<vocab size>"),
+        (
+            ("python-source, max", "pythn-source, max"),
+            "source:",
+            "data.source: unknown source 'pythn-source'; choose one of",
+        ),
+        (("  head_dim: 16", "  head_dim: 16\n  depth: 3"), "depth: 3", "model.depth: not a key here"),
+        (
+            ("  sequence_len: 32", "  sequence_len: 30"),
+            "total_batch_tokens",
+            "train.total_batch_tokens: 256 tokens per step is not a multiple of sequence_len × gpus_per_cell",
+        ),
+    ],
+)
+def test_single_problems_name_the_line_and_key(edit, needle, message):
+    text = GOOD.replace(*edit)
+    assert text != GOOD
+    found = problems(text)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"s.yaml:{line_of(text, needle)}: {message}"), found[0]
+
+
+def test_mode_rules():
+    [problem] = problems(GOOD.replace("mode: pretraining", "mode: all"))
+    assert problem == "s.yaml:2: mode: mode all needs a mid_training section (its data and horizon)"
+    mid = "mid_training:\n  data: {source: {name: local, paths: x.jsonl, format: chat}}\n  tokens: 1000\n"
+    [problem] = problems(GOOD + mid)
+    assert problem.startswith(
+        f"s.yaml:{line_of(GOOD + mid, 'mid_training')}: mid_training: mode is pretraining"
+    )
+    found = problems(GOOD.replace("mode: pretraining", "mode: mid-training") + mid)
+    assert any("mid_training: mode mid-training needs init_from" in p for p in found)
+    assert any(
+        p.startswith("s.yaml:3: data: mode mid-training trains on mid_training.data only") for p in found
+    )
+    both = mid.replace("tokens: 1000", "tokens: 1000\n  steps: 10")
+    found = problems(GOOD.replace("mode: pretraining", "mode: all") + both)
+    assert any(
+        "give exactly one horizon: flops, tokens or steps; tokens and steps are given" in p for p in found
+    )
+
+
+def test_mode_all_builds_both_stages_of_each_point():
+    mid = "mid_training:\n  data: {source: {name: local, paths: x.jsonl, format: chat}}\n  steps: 7\n"
+    mid += "  optim: {matrix_lr: 0.01}\n"
+    study = parse(GOOD.replace("mode: pretraining", "mode: all") + mid)
+    axes = study.grid.points()[0]
+    pre = cell_config(study, axes, mode="pretraining", train_dir="d")
+    child = cell_config(study, axes, mode="mid-training", train_dir="m")
+    assert pre["train"]["target_flops"] == 1e9 and pre["mode"] == "pretraining"
+    assert child["train"]["num_steps"] == 7 and child["train"]["target_flops"] is None
+    assert child["mode"] == "mid-training" and child["init_from"] is None  # the runner fills it in
+    assert child["model"] == pre["model"]  # the same shape as the checkpoint it starts from
+    assert (pre["optim"]["matrix_lr"], child["optim"]["matrix_lr"]) == (0.02, 0.01)
+
+
+def test_lr_multiplier_axis_scales_every_learning_rate():
+    study = parse(GOOD.replace("  seed: [0, 1]", "  seed: [0]\n  lr_multiplier: [0.5, 2]"))
+    low, high = (
+        cell_config(study, axes, mode="pretraining", train_dir="d") for axes in study.grid.points()[:2]
+    )
+    for key in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr"):
+        assert high["optim"][key] == pytest.approx(4 * low["optim"][key])
+
+
+def test_a_missing_file_and_bad_yaml_are_reported_with_the_path(tmp_path):
+    with pytest.raises(StudyError) as caught:
+        load(tmp_path / "nope.yaml")
+    assert caught.value.problems == (f"{tmp_path / 'nope.yaml'}: no such study file",)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ngrid: [1,\n")
+    with pytest.raises(StudyError) as caught:
+        load(broken)
+    assert re.match(rf"{re.escape(str(broken))}:\d+: YAML: ", caught.value.problems[0])
