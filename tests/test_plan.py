@@ -1,0 +1,144 @@
+"""The planner: cells, their ids, and N, D, C from the model itself; `nanostudy plan`."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from data_fixtures import write_text_corpus
+from test_study import GOOD
+
+from nanogpt.model import GPT, GPTConfig
+from runner.cli import main
+from runner.data.prepare import PrepareConfig, find_prepared, prepare
+from runner.plan import Throughput, cell_id, plan
+from runner.study import parse
+
+ROOT = Path(__file__).resolve().parents[1]
+MID = "mid_training:\n  data: {source: {name: local, paths: x.jsonl, format: chat}}\n  steps: 7\n"
+
+
+def _ids(text: str) -> dict[tuple, str]:
+    return {(c.mode, c.axes["depth"], c.axes["flops"], c.axes["seed"]): c.id for c in plan(parse(text)).cells}
+
+
+def test_numbers_come_from_the_model_and_the_horizon_from_the_budget():
+    planned = plan(parse(GOOD))
+    assert len(planned.cells) == 8
+    for cell in planned.cells:
+        with torch.device("meta"):
+            model = GPT(GPTConfig(depth=cell.axes["depth"], aspect_ratio=16, head_dim=16, sequence_len=32,
+                                  vocab_size=300))  # fmt: skip
+        assert cell.num_params == model.num_scaling_params()
+        assert cell.flops_per_token == model.estimate_flops()
+        assert cell.width == 16 * cell.axes["depth"]
+        assert cell.num_steps == max(1, round(cell.axes["flops"] / (cell.flops_per_token * 256)))
+        assert cell.num_tokens == cell.num_steps * 256
+        assert cell.flops == cell.flops_per_token * cell.num_tokens
+        assert cell.flops == pytest.approx(cell.axes["flops"], rel=0.5 / cell.num_steps + 1e-9)
+        assert cell.config["train"]["target_flops"] == cell.axes["flops"]
+        assert cell.epochs is None  # no data directory given
+
+
+def test_ids_are_stable_and_only_new_settings_make_new_cells():
+    base = _ids(GOOD)
+    assert len(set(base.values())) == 8 and all(len(i) == 12 for i in base.values())
+    assert _ids(GOOD) == base
+    # One more depth: the old cells keep their ids.
+    more = _ids(GOOD.replace("depth: [1, 2]", "depth: [1, 2, 3]"))
+    assert {k: v for k, v in more.items() if k in base} == base and len(more) == 12
+    # Settings that cannot change what a cell trains leave the ids alone...
+    same = GOOD.replace(
+        "  device: cpu", "  device: cpu\n  compile: false\n  log_every: 10\n  device_batch_size: 2"
+    )
+    assert _ids(same + "checkpoint: {every_steps: 5}\nwandb: {mode: offline}\n") == base
+    # ...and any that can gives every cell a new id.
+    changed = _ids(GOOD + "optim: {matrix_lr: 0.03}\n")
+    assert set(changed.values()).isdisjoint(base.values())
+    assert set(_ids(GOOD.replace("bpe:300", "bpe:400")).values()).isdisjoint(base.values())
+
+
+def test_the_id_ignores_data_paths_but_not_the_data():
+    config = {"model": {"depth": 1}, "data": {"train_dir": "/a"}, "train": {"num_steps": 1}}
+    moved = {**config, "data": {"train_dir": "/elsewhere"}}
+    assert cell_id(config, data={"source": "x"}) == cell_id(moved, data={"source": "x"})
+    assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "y"})
+    assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "x"}, parent_id="p")
+
+
+def test_mode_all_gives_each_point_a_child_after_its_parent():
+    cells = plan(parse(GOOD.replace("mode: pretraining", "mode: all") + MID)).cells
+    assert [c.mode for c in cells[:2]] == ["pretraining", "mid-training"] and len(cells) == 16
+    for parent, child in zip(cells[::2], cells[1::2], strict=True):
+        assert child.parent_id == parent.id and parent.parent_id is None
+        assert child.axes == parent.axes and child.num_params == parent.num_params
+        assert child.num_steps == 7 and child.config["init_from"] is None
+
+
+def test_auto_gpus_take_the_fewest_whose_memory_holds_the_model():
+    text = GOOD.replace("  device: cpu\n", "") + "resources: {gpus_per_cell: auto}\n"
+    study = parse(text)
+    small = plan(study, measured=Throughput(device_type="cuda", device_name="H100", memory_bytes=80 * 2**30))
+    assert {cell.gpus for cell in small.cells} == {1}
+    tight = plan(study, measured=Throughput(device_type="cuda", device_name="H100", memory_bytes=10_000))
+    assert {cell.gpus for cell in tight.cells} == {8}  # nothing fits: the most, with a warning
+    assert any("does not fit on 8 GPUs" in warning for warning in tight.warnings)
+
+
+def test_measured_speed_is_used_for_the_same_shape_and_nearest_depth_only():
+    study = parse(GOOD)
+    shape = (1, 16, 16, 32)
+    fast = Throughput(device_type="cpu", device_name="x", flops_per_s={shape: 1e12})
+    cells = plan(study, measured=fast).cells
+    by_depth = {c.axes["depth"]: c for c in cells}
+    assert by_depth[1].eta_measured and not by_depth[2].eta_measured
+    assert by_depth[1].eta_s == pytest.approx(by_depth[1].flops / 1e12 + 8.0)
+    assert by_depth[2].eta_s == pytest.approx(by_depth[2].flops / 1e12 + 8.0)  # nearest depth, same shape
+    other = Throughput(device_type="cpu", device_name="x", flops_per_s={(1, 64, 128, 1024): 1e12})
+    assert not any(cell.eta_measured for cell in plan(study, measured=other).cells)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan-data")
+    write_text_corpus(root / "corpus")
+    study_text = GOOD.replace(
+        "{name: python-source, max_bytes: 1MB}", f"{{name: local, paths: '{root}/corpus/*.txt'}}"
+    )
+    path = root / "tiny.yaml"
+    path.write_text(study_text)
+    return path, root / "data"
+
+
+def test_find_prepared_sees_only_prepared_data(prepared):
+    path, data_root = prepared
+    config = parse(path.read_text(), path=path).data
+    assert find_prepared(config, root=data_root) is None  # nothing trained, nothing prepared
+    result = prepare(config, root=data_root, progress=False)
+    assert find_prepared(config, root=data_root) == result.data_dir
+    other = PrepareConfig(source=config.source, tokenizer=config.tokenizer, val_fraction=0.2)
+    assert find_prepared(other, root=data_root) is None
+
+
+def test_plan_command_prints_the_table_and_json_and_changes_nothing(prepared, capsys):
+    path, data_root = prepared
+    prepare(parse(path.read_text(), path=path).data, root=data_root, progress=False)
+    assert main(["plan", str(path), "--data-root", str(data_root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:6] == ["cell", "mode", "depth", "width", "params", "N"]
+    rows = out[1:9]
+    assert all(row.split()[1] == "pre" and row.split()[-1] == "new" for row in rows)
+    assert out[9].startswith("study tiny (pretraining): 8 cells,") and "8 to train" in out[9]
+    assert not (path.parent / "nanostudy.db").exists()
+    assert main(["plan", str(path), "--data-root", str(data_root), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["study"] == "tiny" and len(planned["cells"]) == 8
+    assert all(cell["epochs"] is not None and cell["epochs"] > 0 for cell in planned["cells"])
+    assert {cell["state"] for cell in planned["cells"]} == {"new"}
+
+
+def test_plan_command_reports_an_invalid_study_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("[1, 2]", "[0, 2]"))
+    assert main(["plan", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"{path}:7: grid.depth[0]: must be positive, got 0")
