@@ -275,3 +275,21 @@ def test_prepare_task_mixture_keeps_its_own_validation_split(tmp_path, tokenizer
     train_tokens, train_mask = open_shard(manifest.shard_paths("train")[0])
     answers = tokenizer.decode(train_tokens[train_mask == 1])
     assert "####" in answers and "Answer with the letter" not in answers
+
+
+def test_adding_a_file_to_a_data_files_glob_prepares_again(tmp_path):
+    """Neither the data directory nor the trained tokenizer may be reused once the files have changed."""
+    from data_fixtures import sentence, write_parquet
+
+    files = tmp_path / "fw"
+    write_parquet(files / "000.parquet", [{"text": sentence(i, 30)} for i in range(40)])
+    source = SourceSpec(name="fineweb-edu", data_files=str(files / "*.parquet"))
+    config = PrepareConfig(source=source, tokenizer="bpe:300", shard_tokens=100_000, val_fraction=0.1)
+    first = prepare(config, root=tmp_path / "data", num_workers=1, progress=False)
+    assert prepare(config, root=tmp_path / "data", num_workers=1, progress=False).status == "already prepared"
+    write_parquet(files / "001.parquet", [{"text": f"a new file {sentence(i, 30)}"} for i in range(40)])
+    second = prepare(config, root=tmp_path / "data", num_workers=1, progress=False)
+    assert second.status == "prepared" and second.data_dir != first.data_dir
+    assert second.manifest.source["documents"] == 80 and first.manifest.source["documents"] == 40
+    assert len(list((tmp_path / "data" / "tokenizers").iterdir())) == 2
+    assert second.manifest.tokenizer.hash != first.manifest.tokenizer.hash

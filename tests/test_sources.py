@@ -19,6 +19,7 @@ from runner.data.sources import (
     SourceError,
     SourceSpec,
     check_source,
+    fingerprint,
     iter_documents,
     parse_bytes,
     python_source_files,
@@ -178,3 +179,78 @@ def test_real_gsm8k_rows_and_counts(tmp_path):
     counts = Counter((d.split, "####" in d.messages[-1].content) for d in iter_documents(spec))
     assert counts[("train", True)] == 7_473 and counts[("val", True)] == 1_319
     assert SMOLTALK_VAL_ROWS == 5_000
+
+
+def test_data_files_glob_picks_the_builder_from_the_files_matched(tmp_path):
+    rows = [{"text": f"doc {i}"} for i in range(3)]
+    write_parquet(tmp_path / "pq" / "part-0", rows)  # no extension on the glob: `dir/*` holds parquet
+    write_parquet(tmp_path / "pq" / "part-1.parquet", rows)
+    (tmp_path / "pq" / "part-0").rename(tmp_path / "pq" / "part-0.parquet")
+    spec = SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "pq" / "*"))
+    assert [d.text for d in iter_documents(spec)] == [r["text"] for r in rows] * 2
+    write_jsonl(tmp_path / "pq" / "extra.jsonl", rows)
+    with pytest.raises(SourceError, match="matches both parquet and jsonl"):
+        check_source(spec)
+    (tmp_path / "pq" / "notes.md").write_text("hello")
+    with pytest.raises(SourceError, match=r"notes\.md, which is neither"):
+        list(iter_documents(SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "pq" / "*.md"))))
+
+
+def test_errors_while_streaming_name_the_source_and_the_option(tmp_path):
+    write_parquet(tmp_path / "good" / "a.parquet", [{"text": "fine"}])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jsonl").write_bytes((tmp_path / "good" / "a.parquet").read_bytes())
+    spec = SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "bad" / "*.jsonl"))
+    with pytest.raises(
+        SourceError, match=r"fineweb-edu: data_files '.*bad/\*\.jsonl': reading row 1 failed"
+    ) as e:
+        list(iter_documents(spec))
+    assert "check that the files are intact" in str(e.value) and "\n" not in str(e.value)
+    # A task-mixture subset read from a local folder: the error names datasets.<subset>.
+    datasets = {
+        "smoltalk": str(smoltalk_folder(tmp_path)),
+        "mmlu": str(mmlu_folder(tmp_path)),
+        "gsm8k": str(gsm8k_folder(tmp_path)),
+    }
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n{broken\n')
+    with pytest.raises(SourceError, match=r"task-mixture: datasets\.gsm8k '.*gsm8k' \(test\): reading row"):
+        list(iter_documents(SourceSpec.from_dict({"name": "task-mixture", "datasets": datasets})))
+
+
+def test_check_source_names_missing_files_and_folders(tmp_path):
+    with pytest.raises(SourceError, match=r"data_files: '.*nothing/\*\.parquet' matches no files"):
+        check_source(SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "nothing" / "*.parquet")))
+    datasets = {"gsm8k": str(tmp_path / "no-gsm8k"), "mmlu": str(mmlu_folder(tmp_path))}
+    with pytest.raises(SourceError, match=r"datasets\.gsm8k: '.*no-gsm8k' is not an existing folder"):
+        check_source(SourceSpec.from_dict({"name": "task-mixture", "datasets": datasets}))
+
+
+def test_fingerprint_covers_local_files_of_every_source(tmp_path):
+    """Adding, growing or touching a file the source reads changes the fingerprint (and so the data
+    directory and any tokenizer trained on it); hub ids are fingerprinted by the spec alone."""
+    write_parquet(tmp_path / "fw" / "000.parquet", [{"text": "one"}])
+    owt = tmp_path / "owt"
+    write_jsonl(owt / "train.jsonl", [{"text": "one"}])
+    mixture = {
+        "smoltalk": str(smoltalk_folder(tmp_path)),
+        "mmlu": "cais/mmlu",  # a hub id: nothing local to fingerprint
+        "gsm8k": str(gsm8k_folder(tmp_path)),
+    }
+    specs = {
+        "data_files": SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "fw" / "*.parquet")),
+        "dataset": SourceSpec(name="openwebtext", dataset=str(owt)),
+        "datasets": SourceSpec.from_dict({"name": "task-mixture", "datasets": mixture}),
+    }
+    before = {key: fingerprint(spec) for key, spec in specs.items()}
+    assert all(before.values()) and fingerprint(SourceSpec(name="fineweb-edu")) == {}
+    assert set(before["datasets"]) == {"smoltalk", "gsm8k"}
+    write_parquet(tmp_path / "fw" / "001.parquet", [{"text": "two"}])
+    write_jsonl(owt / "more" / "train-2.jsonl", [{"text": "two"}])
+    (tmp_path / "gsm8k" / "test.jsonl").write_text((tmp_path / "gsm8k" / "test.jsonl").read_text() + "\n")
+    after = {key: fingerprint(spec) for key, spec in specs.items()}
+    assert all(after[key] != before[key] for key in specs), after
+    assert after["datasets"]["smoltalk"] == before["datasets"]["smoltalk"]
+    # Hidden files (a .git folder, datasets' caches) are not data.
+    (owt / ".cache").mkdir()
+    (owt / ".cache" / "lock").write_text("x")
+    assert fingerprint(specs["dataset"]) == after["dataset"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.tokenizer import ChatMessage
-from runner.data.sources import Document, SourceError, SourceSpec, load_hub_dataset
+from runner.data.sources import Document, SourceError, SourceSpec, iter_rows, load_hub_dataset
 
 LETTERS = "ABCDEFGHIJ"
 SMOLTALK_VAL_ROWS = 5_000
@@ -112,21 +112,35 @@ def _rows(part: SubsetSplit, override: str | None):
     return load_hub_dataset(path, config=_config_for(path, part.config), split=part.split)
 
 
-def _count_rows(dataset, part: SubsetSplit) -> int:
+def _read(dataset, part: SubsetSplit, override: str | None) -> Iterator[dict]:
+    """The split's rows, with an error naming the subset and its option should the files fail to read."""
+    if override is not None:
+        where = f"task-mixture: datasets.{part.subset} {override!r} ({part.split})"
+        advice = "check the folder's files"
+    else:
+        where = f"task-mixture: {part.subset} {part.hub_id} ({part.split})"
+        advice = (
+            f"check the network, or download it elsewhere and give `datasets: {{{part.subset}: <folder>}}`"
+        )
+    return iter_rows(dataset, where=where, advice=advice)
+
+
+def _count_rows(dataset, part: SubsetSplit, override: str | None = None) -> int:
     splits = getattr(dataset.info, "splits", None) or {}
     if part.split in splits and splits[part.split].num_examples:
         count = splits[part.split].num_examples
     else:  # local files carry no split sizes: count them (one cheap extra pass)
-        count = sum(1 for _ in dataset)
+        count = sum(1 for _ in _read(dataset, part, override))
     return count if part.max_rows is None else min(count, part.max_rows)
 
 
-def _take(dataset, part: SubsetSplit, num_rows: int, where: str) -> Iterator[Document]:
+def _take(dataset, part: SubsetSplit, num_rows: int, override: str | None) -> Iterator[Document]:
     """`num_rows` conversations: whole passes over the subset, then a prefix (weights above 1 repeat rows)."""
     convert, taken = CONVERTERS[part.subset], 0
+    where = f"{override or part.hub_id} {part.split}"
     while taken < num_rows:
         taken_before = taken
-        for number, row in enumerate(dataset, start=1):
+        for number, row in enumerate(_read(dataset, part, override), start=1):
             if taken == num_rows or (part.max_rows is not None and number > part.max_rows):
                 break
             yield Document(messages=convert(row, where=f"{where} row {number}"), split=None)
@@ -157,13 +171,13 @@ def _split_stream(parts: Iterable[SubsetSplit], spec: SourceSpec, *, split: str)
     streams, counts = [], []
     for part in parts:
         weight = weights.get(part.subset, 1.0) if split == "train" else 1.0
-        dataset = _rows(part, overrides.get(part.subset))
-        rows = _count_rows(dataset, part)
+        override = overrides.get(part.subset)
+        dataset = _rows(part, override)
+        rows = _count_rows(dataset, part, override)
         if rows == 0:
             raise SourceError(f"task-mixture: {part.subset} ({part.hub_id} {part.split}) has no rows")
         num_rows = round(weight * rows)
-        where = f"{overrides.get(part.subset) or part.hub_id} {part.split}"
-        streams.append(_take(dataset, part, num_rows, where))
+        streams.append(_take(dataset, part, num_rows, override))
         counts.append(num_rows)
     for document in interleave(streams, counts, seed=spec.seed):
         yield Document(messages=document.messages, split=split)

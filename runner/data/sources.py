@@ -196,16 +196,12 @@ def check_source(spec: SourceSpec) -> None:
     """Fail fast, before any tokenizer work, on files that do not exist."""
     if spec.name == "local":
         local_files(spec)
-    elif spec.data_files is not None and not glob.glob(os.path.expanduser(spec.data_files), recursive=True):
-        raise SourceError(f"data_files: {spec.data_files!r} matches no files")
-    elif (
-        spec.dataset is not None
-        and spec.dataset.startswith((".", "/", "~"))
-        and not Path(spec.dataset).exists()
-    ):
+    elif spec.data_files is not None:
+        data_files_builder(spec.data_files)
+    elif spec.dataset is not None and _looks_local(spec.dataset) and local_folder(spec.dataset) is None:
         raise SourceError(f"dataset: {spec.dataset!r} is not an existing folder")
     for subset, path in spec.datasets:
-        if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        if _looks_local(path) and local_folder(path) is None:
             raise SourceError(f"datasets.{subset}: {path!r} is not an existing folder")
 
 
@@ -222,22 +218,56 @@ def estimate_bytes(spec: SourceSpec) -> int | None:
 
 
 def fingerprint(spec: SourceSpec) -> dict:
-    """What the spec alone does not pin down: which files a local or python-source corpus holds now."""
+    """What the spec alone does not pin down: which local files the source reads now (their paths, sizes
+    and modification times), so that changed files make a new data directory and a new trained tokenizer.
+    Hub datasets are pinned by their id and config alone."""
     if spec.name == "python-source":
         files = python_source_files()
-        digest = hashlib.sha256()
-        for path in files:
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return {"python": sys.version, "files": len(files), "listing_sha256": digest.hexdigest()}
+        return {"python": sys.version, "files": len(files), "listing_sha256": _listing_digest(files)}
     if spec.name == "local":
-        digest = hashlib.sha256()
         files = local_files(spec)
-        for path in files:
-            stat = os.stat(path)
-            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return {"files": len(files), "listing_sha256": digest.hexdigest()}
-    return {}
+        return {"files": len(files), "listing_sha256": _listing_digest(files)}
+    folders = dict(spec.datasets)
+    if spec.dataset is not None:
+        folders["dataset"] = spec.dataset
+    out = {}
+    if spec.data_files is not None:
+        files = data_files_list(spec.data_files)
+        out["data_files"] = {"files": len(files), "listing_sha256": _listing_digest(files)}
+    for key, value in sorted(folders.items()):
+        folder = local_folder(value)
+        if folder is not None:
+            files = folder_files(folder)
+            out[key] = {"files": len(files), "listing_sha256": _listing_digest(files)}
+    return out
+
+
+def _listing_digest(files: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~"))
+
+
+def local_folder(value: str) -> Path | None:
+    """The folder a `dataset` / `datasets.<subset>` value names, if it is one (datasets reads an existing
+    folder before it asks the hub), else None."""
+    folder = Path(value).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def folder_files(folder: Path) -> list[str]:
+    """Every file under a local dataset folder, sorted; hidden ones (.git, .cache) are not data."""
+    found = []
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found += [os.path.join(directory, f) for f in files if not f.startswith(".")]
+    return sorted(found)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -357,31 +387,99 @@ def _parquet_rows(path: str, columns: list[str]) -> Iterator[dict]:
 # Hugging Face datasets
 
 
+_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def data_files_list(pattern: str) -> list[str]:
+    """The files a `data_files` glob matches now, sorted (`**` recurses; folders are skipped)."""
+    return sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+
+
+def data_files_builder(pattern: str) -> tuple[str, list[str]]:
+    """The `datasets` builder for the files the glob matches (by their extension, not the glob's: `dir/*`
+    may hold parquet) and the files."""
+    files = data_files_list(pattern)
+    if not files:
+        raise SourceError(f"data_files: {pattern!r} matches no files; check the path or glob")
+    builders = {}
+    for path in files:
+        name = path.lower()
+        for compression in _COMPRESSIONS:
+            name = name.removesuffix(compression)
+        builders.setdefault(_BUILDERS.get(Path(name).suffix), path)
+    if None in builders:
+        raise SourceError(
+            f"data_files: {pattern!r} matches {builders[None]}, which is neither .parquet nor .jsonl/.json; "
+            "give a glob of parquet or jsonl files only"
+        )
+    if len(builders) > 1:
+        raise SourceError(
+            f"data_files: {pattern!r} matches both parquet and jsonl files ({', '.join(builders.values())}); "
+            "give a glob that matches one kind"
+        )
+    return next(iter(builders)), files
+
+
 def load_hub_dataset(path: str, *, config: str | None, split: str, data_files: str | None = None):
     """`datasets.load_dataset(..., streaming=True)`, with an error that says what to do offline."""
     import datasets
 
     try:
         if data_files is not None:
-            builder = "parquet" if data_files.endswith(".parquet") else "json"
-            files = sorted(glob.glob(os.path.expanduser(data_files), recursive=True))
-            if not files:
-                raise SourceError(f"data_files: {data_files!r} matches no files")
+            builder, files = data_files_builder(data_files)
             return datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
-        return datasets.load_dataset(path, name=config, split=split, streaming=True)
+        folder = local_folder(path)
+        return datasets.load_dataset(
+            str(folder) if folder else path, name=config, split=split, streaming=True
+        )
     except SourceError:
         raise
     except Exception as e:  # datasets raises many kinds (connection, missing config, bad files)
         raise SourceError(
-            f"dataset {path!r} (config {config}, split {split}) could not be loaded: {type(e).__name__}: "
-            f"{str(e)[:200]}. Without access to the Hugging Face hub, download it elsewhere and give "
+            f"dataset {path!r} (config {config}, split {split}) could not be loaded: {_brief(e)}. Without "
+            "access to the Hugging Face hub, download it elsewhere and give "
             "`dataset: <local folder>` or `data_files: <glob of parquet/jsonl files>`"
         ) from None
+
+
+def iter_rows(dataset, *, where: str, advice: str) -> Iterator[dict]:
+    """The rows of a streamed dataset. Streaming reads the files only now, so a bad file (a parquet file
+    read as JSON, a truncated download, a lost connection) fails here, not at load time: name the source."""
+    rows = iter(dataset)
+    number = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise SourceError(f"{where}: reading row {number + 1} failed: {_brief(e)}; {advice}") from None
+        number += 1
+        yield row
+
+
+def _brief(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def _hub_text(spec: SourceSpec) -> Iterator[Document]:
     path = spec.dataset or HUB_IDS[spec.name]
     config = spec.config or (None if spec.dataset or spec.data_files else DEFAULT_CONFIGS.get(spec.name))
     dataset = load_hub_dataset(path, config=config, split="train", data_files=spec.data_files)
-    for number, row in enumerate(dataset, start=1):
+    if spec.data_files is not None:
+        where = f"{spec.name}: data_files {spec.data_files!r}"
+        advice = "check that the files are intact parquet or jsonl files in the hub's schema"
+    elif spec.dataset is not None:
+        where = f"{spec.name}: dataset {spec.dataset!r}"
+        advice = "check the dataset's files (or its network access), or give `data_files: <glob>`"
+    else:
+        where = f"{spec.name}: {path} (config {config})"
+        advice = (
+            "check the network, or download the files elsewhere and give `data_files: <glob>` or "
+            "`dataset: <local folder>`"
+        )
+    rows = iter_rows(dataset, where=where, advice=advice)
+    for number, row in enumerate(rows, start=1):
         yield _row_document(row, spec, where=f"{spec.data_files or path} row {number}")
