@@ -1,0 +1,251 @@
+"""`nanostudy run / status / cancel` end to end on the CPU: a study file in, data prepared, real trainers,
+every result in the database; run again and nothing is trained twice; a new axis value adds only its cells."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_fixtures import sentence, write_text_corpus
+from runner_fixtures import wait_for
+
+from runner.cli import main
+from store import open_store
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = """\
+name: cli
+mode: {mode}
+data:
+  source: {{name: local, paths: '{corpus}/*.txt'}}
+  tokenizer: bpe:300
+  val_fraction: 0.1
+grid:
+  depth: {depths}
+  flops: [2e8]
+  seed: [0]
+model:
+  aspect_ratio: 16
+  head_dim: 16
+  sequence_len: 32
+train:
+  total_batch_tokens: 256
+  device_batch_size: 8
+  device: cpu
+  compile: false
+eval:
+  every_steps: null
+  val_tokens: 512
+retry:
+  max_attempts: 1
+"""
+
+MID = """\
+mid_training:
+  data:
+    source: {{name: local, paths: '{chats}', format: chat}}
+    val_fraction: 0.2
+  steps: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli-corpus")
+    write_text_corpus(root / "text", num_files=60)
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": sentence(i)},
+                {"role": "assistant", "content": sentence(i + 1)},
+            ]
+        }
+        for i in range(80)
+    ]
+    (root / "chats.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def _study(tmp_path: Path, corpus: Path, *, depths: str = "[1, 2]", mode: str = "pretraining") -> Path:
+    text = STUDY.format(mode=mode, corpus=corpus / "text", depths=depths)
+    if mode == "all":
+        text += MID.format(chats=corpus / "chats.jsonl")
+    path = tmp_path / "cli.yaml"
+    path.write_text(text)
+    return path
+
+
+def _run(path: Path, tmp_path: Path, *extra: str) -> int:
+    return main(["run", str(path), "--data-root", str(tmp_path / "data"), *extra])
+
+
+def _status(path: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["status", str(path), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _attempts(status: dict) -> dict[str, int]:
+    return {cell["id"]: cell["attempts"] for cell in status["cells"]}
+
+
+def test_run_trains_every_cell_once_and_a_new_depth_adds_only_its_cell(tmp_path, corpus, capsys):
+    path = _study(tmp_path, corpus)
+    assert _run(path, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "study cli: 2 cells: 2 done; 100% of FLOPs" in out
+    status = _status(path, capsys)
+    assert status["study"] == "cli" and status["counts"]["done"] == 2
+    keys = {
+        "id",
+        "state",
+        "depth",
+        "flops",
+        "seed",
+        "mode",
+        "attempts",
+        "step",
+        "tokens",
+        "val_loss",
+        "val_bpb",
+    }
+    for cell in status["cells"]:
+        assert keys <= set(cell)
+        assert cell["state"] == "done" and cell["mode"] == "pretraining" and cell["attempts"] == 1
+        assert cell["step"] == cell["steps_total"] > 0 and cell["tokens"] == 256 * cell["step"]
+        assert cell["val_bpb"] > 0 and cell["val_loss"] > 0
+        events = (tmp_path / "runs" / "cli" / cell["id"] / "events.jsonl").read_text().splitlines()
+        assert json.loads(events[-1])["status"] == "done"
+    first = _attempts(status)
+
+    # Again: nothing to do, nothing trained.
+    assert _run(path, tmp_path) == 0
+    assert _attempts(_status(path, capsys)) == first
+
+    # One more depth: one new cell; the finished ones keep their ids and are not retrained.
+    path = _study(tmp_path, corpus, depths="[1, 2, 3]")
+    assert _run(path, tmp_path) == 0
+    after = _attempts(_status(path, capsys))
+    assert len(after) == 3 and {k: after[k] for k in first} == first
+    [new] = set(after) - set(first)
+    assert after[new] == 1
+
+    # The store holds every step of every cell once.
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        from store import train_curve
+
+        for cell_id in after:
+            steps = [point.step for point in train_curve(store, cell_id)]
+            assert steps == sorted(set(steps)) and steps[-1] == len(steps)
+
+
+def test_cancel_reaches_the_running_runner_and_rerun_resumes_the_cell(tmp_path, corpus, capsys):
+    path = _study(tmp_path, corpus, depths="[1]")
+    path.write_text(
+        path.read_text().replace("flops: [2e8]", "flops: [3e10]") + "checkpoint: {every_steps: 20}\n"
+    )
+    assert main(["cancel", str(path)]) == 2  # no database yet
+    assert "no nanostudy database here yet" in capsys.readouterr().err
+    command = [sys.executable, "-m", "runner.cli", "run", str(path), "--data-root", str(tmp_path / "data")]
+    runner = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: _running_step(tmp_path) >= 30, timeout_s=180, what="the cell to train 30 steps")
+        assert main(["cancel", str(path)]) == 0
+        assert "cancelled 1 running cell(s) (the runner stops their trainers)" in capsys.readouterr().out
+        assert runner.wait(timeout=120) == 1  # not every cell is done
+    finally:
+        runner.kill()
+    output = runner.stdout.read()
+    assert "cancelled through the store; stopping its trainer" in output
+    [cell] = _status(path, capsys)["cells"]
+    assert cell["state"] == "cancelled" and cell["attempts"] == 1 and cell["step"] >= 30
+
+    assert _run(path, tmp_path) == 1  # a cancelled cell stays cancelled
+    assert _status(path, capsys)["cells"][0]["attempts"] == 1
+    assert _run(path, tmp_path, "--rerun", "cancelled") == 0
+    [cell] = _status(path, capsys)["cells"]
+    assert cell["state"] == "done" and cell["attempts"] == 2
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        from store import attempts_of, train_curve
+
+        second = attempts_of(store, cell["id"])[1]
+        assert second.resume_step is not None and second.resume_step >= 20  # resumed, not restarted
+        steps = [point.step for point in train_curve(store, cell["id"])]
+        assert steps == list(range(1, cell["steps_total"] + 1))
+
+
+def _running_step(tmp_path: Path) -> int:
+    db = tmp_path / "nanostudy.db"
+    if not db.exists():
+        return 0
+    with open_store(db, create=False) as store:
+        from store import cell_statuses, get_study
+
+        study = get_study(store, "cli")
+        if study is None:
+            return 0
+        return max((s.steps_done for s in cell_statuses(store, study.id)), default=0)
+
+
+def test_mode_all_mid_trains_each_cell_from_its_own_final_checkpoint(tmp_path, corpus, capsys):
+    path = _study(tmp_path, corpus, depths="[1]", mode="all")
+    assert _run(path, tmp_path) == 0
+    status = _status(path, capsys)
+    pre = next(cell for cell in status["cells"] if cell["mode"] == "pretraining")
+    mid = next(cell for cell in status["cells"] if cell["mode"] == "mid-training")
+    assert mid["parent_id"] == pre["id"] and mid["state"] == pre["state"] == "done" and mid["step"] == 4
+    runs = tmp_path / "runs" / "cli"
+    start = json.loads((runs / mid["id"] / "events.jsonl").read_text().splitlines()[0])
+    final = (
+        runs / pre["id"] / "checkpoints" / (runs / pre["id"] / "checkpoints" / "LATEST").read_text().strip()
+    )
+    assert start["init_from"] == str(final.resolve()) and start["mode"] == "mid-training"
+    # The mid-training data was tokenized with the pretraining tokenizer plus the chat markers.
+    manifests = sorted((tmp_path / "data").glob("local-*/manifest.json"))
+    tokenizers = {json.loads(m.read_text())["tokenizer"]["name"] for m in manifests}
+    assert tokenizers == {"bpe300"} or tokenizers == {"bpe300", "bpe300+chat"}
+
+
+def test_an_invalid_study_exits_2_and_starts_nothing(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\ngrid: {depth: [1], flops: [0]}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "runner.cli", "run", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}:1: data: missing; mode pretraining needs the pretraining data (source and tokenizer)",
+        f"{path}:2: grid.flops[0]: must be a positive number, got 0",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def _nvml_gpus() -> int:
+    from runner.gpus import discover, load_nvml
+
+    nvml = load_nvml()
+    return len(discover(nvml)) if nvml is not None else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_nvml_gpus() == 0, reason="needs a GPU that NVML sees")
+def test_run_puts_cells_on_free_gpus(tmp_path, corpus, capsys):
+    path = _study(tmp_path, corpus)
+    path.write_text(
+        path.read_text().replace("  device: cpu\n", "").replace("compile: false", "compile: true")
+    )
+    assert _run(path, tmp_path) == 0
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        from store import attempts_of
+
+        for cell in _status(path, capsys)["cells"]:
+            [attempt] = attempts_of(store, cell["id"])
+            assert attempt.gpus is not None and attempt.num_gpus == 1
+            start = json.loads(
+                (tmp_path / "runs" / "cli" / cell["id"] / "events.jsonl").read_text().split("\n")[0]
+            )
+            assert start["device"]["type"] == "cuda" and start["device"]["count"] == 1
