@@ -114,7 +114,13 @@ class Tokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """`encode` as a uint32 array, straight from tiktoken's buffer (no Python list in between)."""
-        return self._encoding.encode_to_numpy(text, disallowed_special=())
+        try:
+            return self._encoding.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud800", which a JSON escape can produce) is not UTF-8. tiktoken's
+            # encode_ordinary replaces it with U+FFFD; encode_to_numpy does not, so do the same here.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return self._encoding.encode_to_numpy(text, disallowed_special=())
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 8) -> list[list[int]]:
         return self._encoding.encode_ordinary_batch(texts, num_threads=num_threads)

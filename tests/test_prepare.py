@@ -293,3 +293,34 @@ def test_adding_a_file_to_a_data_files_glob_prepares_again(tmp_path):
     assert second.manifest.source["documents"] == 80 and first.manifest.source["documents"] == 40
     assert len(list((tmp_path / "data" / "tokenizers").iterdir())) == 2
     assert second.manifest.tokenizer.hash != first.manifest.tokenizer.hash
+
+
+def test_lone_surrogates_prepare_and_errors_name_the_file(tmp_path, tokenizer_dir, monkeypatch):
+    # json.dumps writes "\ud800" as the escape `\ud800`, which parses back to a lone surrogate: it must
+    # tokenize (as U+FFFD, as encode() does), not crash.
+    write_jsonl(
+        tmp_path / "rows.jsonl", [{"text": f"document {i} with \ud800 a lone surrogate"} for i in range(30)]
+    )
+    assert "\\ud800" in (tmp_path / "rows.jsonl").read_text()
+    source = SourceSpec(name="local", paths=(str(tmp_path / "rows.jsonl"),))
+    config = PrepareConfig(source=source, tokenizer=str(tokenizer_dir), val_fraction=0.2)
+    result = prepare(config, root=tmp_path / "data", num_workers=2, progress=False)
+    assert "\ufffd a lone surrogate" in split_documents(result.data_dir, "train")[0]
+    # Whatever fails while tokenizing, even in a worker process, the error names the file and line.
+    from nanogpt.tokenizer import Tokenizer
+
+    def broken(self, text):
+        raise RuntimeError("tokenizer exploded")
+
+    monkeypatch.setattr(Tokenizer, "encode_array", broken)
+    with pytest.raises(SourceError, match=r"rows\.jsonl:1: could not be tokenized .*tokenizer exploded"):
+        prepare(config, root=tmp_path / "other", num_workers=1, progress=False)
+
+
+def test_unreadable_local_files_are_named(tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(SourceError, match=r"latin1\.jsonl:2: not UTF-8"):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "latin1.jsonl"),))))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(SourceError, match=r"broken\.parquet: not a readable parquet file"):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "broken.parquet"),))))

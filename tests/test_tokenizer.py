@@ -149,3 +149,11 @@ def test_pickles_for_worker_processes():
     tokenizer = tiny_tokenizer()
     clone = pickle.loads(pickle.dumps(tokenizer))
     assert clone.hash == tokenizer.hash and clone.encode("abcab") == tokenizer.encode("abcab")
+
+
+def test_encode_array_handles_lone_surrogates_as_encode_does():
+    tokenizer = tiny_tokenizer()
+    for text in ["\ud800", "a\udfffb abc", "ok \ud83d\ude00 pair"]:
+        array = tokenizer.encode_array(text)
+        assert array.dtype == np.uint32 and array.tolist() == tokenizer.encode(text)
+    assert tokenizer.decode(tokenizer.encode_array("x\ud800y")) == "x\ufffdy"

@@ -143,7 +143,8 @@ def _take(dataset, part: SubsetSplit, num_rows: int, override: str | None) -> It
         for number, row in enumerate(_read(dataset, part, override), start=1):
             if taken == num_rows or (part.max_rows is not None and number > part.max_rows):
                 break
-            yield Document(messages=convert(row, where=f"{where} row {number}"), split=None)
+            row_where = f"{where} row {number}"
+            yield Document(messages=convert(row, where=row_where), split=None, where=row_where)
             taken += 1
         if taken == taken_before:
             raise SourceError(f"task-mixture: {where} produced no rows on a second pass")
@@ -180,7 +181,7 @@ def _split_stream(parts: Iterable[SubsetSplit], spec: SourceSpec, *, split: str)
         streams.append(_take(dataset, part, num_rows, override))
         counts.append(num_rows)
     for document in interleave(streams, counts, seed=spec.seed):
-        yield Document(messages=document.messages, split=split)
+        yield Document(messages=document.messages, split=split, where=document.where)
 
 
 def iter_task_mixture(spec: SourceSpec) -> Iterator[Document]:

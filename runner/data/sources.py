@@ -19,7 +19,7 @@ import re
 import sys
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from nanogpt.tokenizer import ChatMessage
@@ -154,6 +154,7 @@ class Document:
     text: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     split: str | None = None  # set by sources with their own validation split; else held out by hash
+    where: str | None = field(default=None, compare=False)  # `file:line` or `dataset row n`, for errors
 
     @property
     def num_bytes(self) -> int:
@@ -304,7 +305,7 @@ def _python_source() -> Iterator[Document]:
         if not text.strip() or digest in seen:
             continue  # empty __init__.py files and vendored copies would only repeat themselves
         seen.add(digest)
-        yield Document(text=text)
+        yield Document(text=text, where=path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -332,7 +333,7 @@ def _local(spec: SourceSpec) -> Iterator[Document]:
             rows = _parquet_rows(path, [spec.messages_field if spec.format == "chat" else spec.text_field])
         else:
             try:
-                yield Document(text=Path(path).read_text(encoding="utf-8"))
+                yield Document(text=Path(path).read_text(encoding="utf-8"), where=path)
             except UnicodeDecodeError:
                 raise SourceError(
                     f"{path}: not UTF-8 text; local sources read .txt, .jsonl and .parquet"
@@ -349,15 +350,19 @@ def _row_document(row: dict, spec: SourceSpec, *, where: str) -> Document:
     if spec.format == "chat":
         from runner.data.chat import messages_from_rows
 
-        return Document(messages=messages_from_rows(row[key], where=where))
+        return Document(messages=messages_from_rows(row[key], where=where), where=where)
     if not isinstance(row[key], str):
         raise SourceError(f"{where}: field {key!r} is {type(row[key]).__name__}, not text")
-    return Document(text=row[key])
+    return Document(text=row[key], where=where)
 
 
 def _jsonl_rows(path: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SourceError(f"{path}:{number}: not UTF-8 text; JSON lines must be UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -370,17 +375,25 @@ def _jsonl_rows(path: str) -> Iterator[dict]:
 
 
 def _parquet_rows(path: str, columns: list[str]) -> Iterator[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{path}: not a readable parquet file ({_brief(e)})") from None
     missing = [c for c in columns if c not in parquet.schema_arrow.names]
     if missing:
         raise SourceError(
             f"{path}: no column {missing[0]!r} (columns: {', '.join(parquet.schema_arrow.names)}); "
             "set text_field"
         )
-    for batch in parquet.iter_batches(columns=columns, batch_size=1024):
-        yield from batch.to_pylist()
+    batches = parquet.iter_batches(columns=columns, batch_size=1024)
+    yield from iter_rows(
+        (row for batch in batches for row in batch.to_pylist()),
+        where=path,
+        advice="the file is damaged; replace it",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,6 +466,8 @@ def iter_rows(dataset, *, where: str, advice: str) -> Iterator[dict]:
             row = next(rows)
         except StopIteration:
             return
+        except SourceError:
+            raise
         except Exception as e:
             raise SourceError(f"{where}: reading row {number + 1} failed: {_brief(e)}; {advice}") from None
         number += 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanogpt.tokenizer import Tokenizer
-from runner.data.sources import Document
+from runner.data.sources import Document, SourceError
 
 CHUNK_DOCUMENTS = 512
 CHUNK_BYTES = 1 << 20  # big enough to amortise inter-process traffic, small enough to keep workers even
@@ -49,13 +49,19 @@ def tokenize_chunk(tokenizer: Tokenizer, documents: list[Document], val_fraction
     for document in documents:
         val = is_validation(document, val_fraction)
         num_bytes += document.num_bytes
-        if document.messages is not None:
-            doc_ids, doc_mask = tokenizer.encode_chat(list(document.messages))
-            ids[val].append(np.array(doc_ids, dtype=np.uint32))
-            masks[val].append(np.array(doc_mask, dtype=np.uint8))
-        else:
-            # Arrays straight from tiktoken: converting Python lists would cost a third of the encoding time.
-            ids[val] += [eot, tokenizer.encode_array(document.text)]
+        try:
+            if document.messages is not None:
+                doc_ids, doc_mask = tokenizer.encode_chat(list(document.messages))
+                ids[val].append(np.array(doc_ids, dtype=np.uint32))
+                masks[val].append(np.array(doc_mask, dtype=np.uint8))
+            else:
+                # Arrays straight from tiktoken: Python lists would cost a third of the encoding time.
+                ids[val] += [eot, tokenizer.encode_array(document.text)]
+        except Exception as e:  # in a worker process: say which document, or the user cannot find it
+            raise SourceError(
+                f"{document.where or 'a document'}: could not be tokenized with {tokenizer.name} "
+                f"({type(e).__name__}: {str(e)[:200]})"
+            ) from None
 
     def join(arrays: list[np.ndarray], dtype) -> np.ndarray:
         return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
