@@ -220,7 +220,7 @@ class Manifest:
     tokenizer: TokenizerInfo
     splits: dict[str, tuple[ShardInfo, ...]]
     has_mask: bool
-    source: dict  # the source spec as prepared, for humans and for `nanostudy prepare --status`
+    source: dict  # the source spec as prepared, its fingerprint and document/byte counts (for humans)
 
     @property
     def tokenizer_dir(self) -> Path:

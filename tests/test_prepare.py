@@ -104,6 +104,18 @@ def test_interrupted_prepare_resumes_to_identical_shards(tmp_path, corpus, token
     assert _shard_bytes(third.data_dir) == _shard_bytes(whole.data_dir)
 
 
+def test_a_lost_carry_file_restarts_the_preparation(tmp_path, corpus, tokenizer_dir, monkeypatch, capsys):
+    monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)
+    config = local_config(corpus, tokenizer_dir)
+    whole = prepare(config, root=tmp_path / "a", num_workers=1, progress=False)
+    first = prepare(config, root=tmp_path / "b", num_workers=1, progress=False, stop_after_shards=2)
+    (carry,) = (first.data_dir / ".prepare").glob("carry-*.npz")
+    carry.unlink()
+    again = prepare(config, root=tmp_path / "b", num_workers=1, progress=False)
+    assert f"{carry} is missing or unreadable" in capsys.readouterr().err
+    assert again.status == "prepared" and _shard_bytes(again.data_dir) == _shard_bytes(whole.data_dir)
+
+
 def test_worker_processes_give_the_same_bytes(tmp_path, corpus, tokenizer_dir, monkeypatch):
     monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)  # give both workers chunks
     config = local_config(corpus, tokenizer_dir)
@@ -125,8 +137,16 @@ def test_state_of_another_preparation_is_refused(tmp_path, corpus, tokenizer_dir
 def test_empty_corpus_and_empty_validation(tmp_path, tokenizer_dir):
     (tmp_path / "empty.jsonl").write_text("")
     source = SourceSpec(name="local", paths=(str(tmp_path / "empty.jsonl"),))
-    with pytest.raises(SourceError, match="produced no documents"):
+    with pytest.raises(SourceError, match="local: empty corpus: it produced no documents"):
         prepare(PrepareConfig(source=source, tokenizer=str(tokenizer_dir)), root=tmp_path, progress=False)
+    # Documents without text are skipped, so a corpus of them is empty too (not shards of end-of-text).
+    write_jsonl(tmp_path / "blank.jsonl", [{"text": ""}] * 50)
+    source = SourceSpec(name="local", paths=(str(tmp_path / "blank.jsonl"),))
+    assert list(iter_documents(source)) == []
+    for tokenizer in (str(tokenizer_dir), "bpe:300"):
+        with pytest.raises(SourceError, match="empty corpus"):
+            prepare(PrepareConfig(source=source, tokenizer=tokenizer), root=tmp_path, progress=False)
+    assert not (tmp_path / "tokenizers").exists() or not list((tmp_path / "tokenizers").iterdir())
     write_jsonl(tmp_path / "one.jsonl", [{"text": "a single short document"}])
     source = SourceSpec(name="local", paths=(str(tmp_path / "one.jsonl"),))
     with pytest.raises(SourceError, match="the val split is empty"):
@@ -139,6 +159,10 @@ def test_bad_config_values():
         PrepareConfig(source=source, tokenizer="bpe:big")
     with pytest.raises(ValueError, match="val_fraction"):
         PrepareConfig(source=source, tokenizer="gpt2", val_fraction=1.5)
+    with pytest.raises(ValueError, match="val_fraction: 0 would leave the validation split of python-source"):
+        PrepareConfig(source=source, tokenizer="gpt2", val_fraction=0)
+    # task-mixture brings its own validation split, so it needs no fraction.
+    PrepareConfig(source=SourceSpec(name="task-mixture"), tokenizer="gpt2", val_fraction=0)
     with pytest.raises(ValueError, match="unknown key 'shards'"):
         PrepareConfig.from_dict({"source": "python-source", "tokenizer": "gpt2", "shards": 3})
 

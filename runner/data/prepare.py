@@ -66,6 +66,12 @@ class PrepareConfig:
             raise ValueError(f"shard_tokens: must be positive, got {self.shard_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.val_fraction == 0 and self.source.name != "task-mixture":
+            # Only task-mixture brings its own validation split; elsewhere nothing would be held out.
+            raise ValueError(
+                f"val_fraction: 0 would leave the validation split of {self.source.name} empty (the trainer "
+                "needs one); give a fraction such as 0.01"
+            )
         if self.tokenizer.startswith("bpe:"):
             bpe_vocab_size(self.tokenizer)
 
@@ -151,20 +157,26 @@ def trained_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = Tru
     directory = _trained_tokenizer_dir(config, root, recipe)
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory)
-    texts = (
-        doc.text if doc.text is not None else "\n".join(m.content for m in doc.messages)
-        for doc in iter_documents(config.source)
-        if not is_validation(doc, config.val_fraction)
-    )
+    num_texts = 0
+
+    def texts():
+        nonlocal num_texts
+        for doc in iter_documents(config.source):
+            if not is_validation(doc, config.val_fraction):
+                num_texts += 1
+                yield doc.text if doc.text is not None else "\n".join(m.content for m in doc.messages)
+
     start_s = time.perf_counter()
     if progress:
         print(f"tokenizer: training bpe:{vocab_size} on {config.source.name} ...", file=sys.stderr)
     tokenizer = train_bpe(
-        capped_texts(texts, config.tokenizer_train_bytes),
+        capped_texts(texts(), config.tokenizer_train_bytes),
         vocab_size=vocab_size,
         metadata={"trained_on": recipe},
         progress=progress,
     )
+    if num_texts == 0:
+        raise _empty_corpus(config)
     tokenizer.save(directory)
     if progress:
         print(f"tokenizer: {directory} ({time.perf_counter() - start_s:.1f} s)", file=sys.stderr)
@@ -246,14 +258,26 @@ class _State:
         self.identity = identity
 
     def load(self, writers: dict[str, _SplitWriter]) -> tuple[int, int, int]:
-        """Restore the writers; returns (documents consumed, bytes consumed, checkpoint number)."""
+        """Restore the writers; returns (documents consumed, bytes consumed, checkpoint number).
+
+        A state that cannot be read back (a crash between its files, a deleted carry file) is dropped and
+        the preparation starts over: it rewrites the same shards, so nothing is lost but time."""
         if not self.path.is_file():
             return 0, 0, 0
-        state = json.loads(self.path.read_text())
+        try:
+            state = json.loads(self.path.read_text())
+            carry_path = self.dir / f"carry-{state['checkpoint']}.npz"
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return self._restart(f"{self.path} is unreadable")
         if state.get("identity") != self.identity:
             raise ShardError(
                 f"{self.path}: belongs to a different preparation; delete {self.dir} and run again"
             )
+        try:
+            with np.load(carry_path) as carry:
+                carried = {split: (carry[f"{split}_tokens"], carry[f"{split}_mask"]) for split in writers}
+        except (OSError, ValueError, KeyError) as e:
+            return self._restart(f"{carry_path} is missing or unreadable ({type(e).__name__})")
         for split, writer in writers.items():
             for entry in state["splits"][split]:
                 info = ShardInfo(**entry)
@@ -262,10 +286,13 @@ class _State:
                         f"{writer.data_dir / info.file}: differs from {self.path}; delete {self.dir}"
                     )
                 writer.shards.append(info)
-        with np.load(self.dir / f"carry-{state['checkpoint']}.npz") as carry:
-            for split, writer in writers.items():
-                writer.add(carry[f"{split}_tokens"], carry[f"{split}_mask"])
+            writer.add(*carried[split])
         return state["documents"], state["bytes"], state["checkpoint"]
+
+    def _restart(self, reason: str) -> tuple[int, int, int]:
+        print(f"prepare: {reason}; preparing {self.dir.parent} from the start", file=sys.stderr)
+        self.clear()
+        return 0, 0, 0
 
     def save(
         self, writers: dict[str, _SplitWriter], *, documents: int, num_bytes: int, checkpoint: int
@@ -381,7 +408,7 @@ def prepare(
                 return PrepareResult(data_dir=data_dir, status="interrupted", manifest=None)
     bar.close()
     if documents_done == 0:
-        raise SourceError(f"source {config.source.name}: produced no documents; check its files and options")
+        raise _empty_corpus(config)
     for writer in writers.values():
         writer.write_rest()
     for split, writer in writers.items():
@@ -416,6 +443,13 @@ def prepare(
     write_manifest(manifest)
     state.clear()
     return PrepareResult(data_dir=data_dir, status="prepared", manifest=read_manifest(data_dir))
+
+
+def _empty_corpus(config: PrepareConfig) -> SourceError:
+    return SourceError(
+        f"source {config.source.name}: empty corpus: it produced no documents with text (empty ones are "
+        "skipped); check its files and options"
+    )
 
 
 def _progress_bar(source: SourceSpec, *, initial: int, enabled: bool):

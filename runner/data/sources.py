@@ -183,12 +183,15 @@ def iter_documents(spec: SourceSpec) -> Iterator[Document]:
         documents = iter_task_mixture(spec)
     else:
         documents = _hub_text(spec)
-    num_bytes = 0
-    for num_documents, document in enumerate(documents):
+    num_documents = num_bytes = 0
+    for document in documents:
+        if document.text == "":
+            continue  # an empty document would be a lone end-of-text token, teaching nothing
         if spec.max_documents is not None and num_documents >= spec.max_documents:
             return
         if spec.max_bytes is not None and num_bytes >= spec.max_bytes:
             return
+        num_documents += 1
         num_bytes += document.num_bytes
         yield document
 
