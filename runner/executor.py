@@ -49,6 +49,7 @@ LOGS_DIR = "logs"
 # Every trainer process carries this variable (workers inherit it from torchrun): after a runner restart,
 # processes of an attempt whose launcher is gone are found by it, and only then signalled.
 MARKER_ENV = "NANOSTUDY_ATTEMPT"
+INDUCTOR_CACHE_DIR = Path.home() / ".cache" / "nanostudy" / "inductor"
 LAUNCHERS = ("auto", "torchrun")  # auto: plain python for one process, torchrun for several
 # Tolerance when comparing a process's start time with the recorded one (psutil derives it from clock
 # ticks since boot, which can differ in the last digits between reads).
@@ -197,6 +198,9 @@ class LocalExecutor:
         if spec is not None and spec.origin is not None:
             root = str(Path(spec.origin).resolve().parents[1])
             env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # Cells of one shape compile the same graphs: one persistent compile cache for all of them (torch's
+        # default lives in /tmp, which a reboot empties).
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE_DIR))
         if request.gpus is None:
             env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU, even on a machine whose GPUs we may not use
             threads = self.cpu_threads or max(1, (os.cpu_count() or 1) // request.num_procs)
