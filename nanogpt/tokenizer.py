@@ -1,10 +1,11 @@
 """Tokenizers: GPT-2 through tiktoken, or a byte-level BPE we trained, saved in tiktoken's format.
 
 `load_tokenizer(spec)` takes
-- `"gpt2"`: tiktoken's GPT-2 encoding (offline when `TIKTOKEN_CACHE_DIR` holds its files, see
-  docs/data.md), or
+- `"gpt2"`: tiktoken's GPT-2 encoding (offline from `NANOSTUDY_GPT2_DIR`, or when `TIKTOKEN_CACHE_DIR`
+  holds its files, see docs/data.md), or
 - the path of a directory: one holding `tokenizer.json` + `tokenizer.tiktoken` (a tokenizer we trained or
-  saved with `Tokenizer.save`), or one holding GPT-2's `gpt2.tiktoken`.
+  saved with `Tokenizer.save`), or one holding GPT-2's files: `gpt2.tiktoken`, `vocab.bpe` +
+  `encoder.json`, or those in tiktoken's cache layout (named by the SHA-1 of their download address).
 
 Every tokenizer here is a tiktoken `Encoding` plus what training and evaluation need around it: the
 end-of-text id, a content hash that shards record, each token's byte length (for bits-per-byte, so that
@@ -29,6 +30,19 @@ CHAT_SPECIALS = (IM_START, IM_END)
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_RANKS = "tokenizer.tiktoken"
 GPT2_RANKS = "gpt2.tiktoken"
+# GPT-2's original files, and the names tiktoken's cache gives them: the SHA-1 of their download address
+# (tiktoken/load.py, read_file_cached). r50k_base.tiktoken holds the same ranks as gpt2.tiktoken.
+GPT2_VOCAB_BPE, GPT2_ENCODER_JSON = "vocab.bpe", "encoder.json"
+CACHED_VOCAB_BPE = "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
+CACHED_ENCODER_JSON = "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"
+CACHED_R50K_RANKS = "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
+GPT2_FILES_HELP = (
+    "give as the tokenizer the path of a directory holding gpt2.tiktoken (or that file), or vocab.bpe + "
+    "encoder.json, or tiktoken's cache files (vocab.bpe saved as "
+    f"{CACHED_VOCAB_BPE} and encoder.json as {CACHED_ENCODER_JSON}, or r50k_base.tiktoken as "
+    f"{CACHED_R50K_RANKS}); or set NANOSTUDY_GPT2_DIR to such a directory; or set TIKTOKEN_CACHE_DIR to a "
+    "directory holding tiktoken's cache files; see docs/data.md"
+)
 TOKENIZER_FORMAT_VERSION = 1
 
 # GPT-2's split pattern (tiktoken's r50k_base); written out so that loading never needs tiktoken_ext.
@@ -253,10 +267,57 @@ def read_ranks(path: str | os.PathLike) -> dict[bytes, int]:
 
 
 def _gpt2_from_ranks_file(path: Path) -> Tokenizer:
-    ranks = read_ranks(path)
+    return _gpt2_tokenizer(read_ranks(path), path)
+
+
+def _gpt2_tokenizer(ranks: dict[bytes, int], where: Path) -> Tokenizer:
     if len(ranks) != 50256:
-        raise TokenizerError(f"{path}: {len(ranks)} ranks, GPT-2 has 50,256 (+ end-of-text)")
+        raise TokenizerError(f"{where}: {len(ranks)} ranks, GPT-2 has 50,256 (+ end-of-text)")
     return Tokenizer(name="gpt2", pattern=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+
+
+def _gpt2_from_dir(directory: Path) -> Tokenizer | None:
+    """GPT-2 from a directory of its files under their own names or tiktoken's cache names; None if the
+    directory holds none of them."""
+    for name in (GPT2_RANKS, CACHED_R50K_RANKS):
+        if (directory / name).is_file():
+            return _gpt2_from_ranks_file(directory / name)
+    for vocab_bpe, encoder_json in (
+        (GPT2_VOCAB_BPE, GPT2_ENCODER_JSON),
+        (CACHED_VOCAB_BPE, CACHED_ENCODER_JSON),
+    ):
+        if (directory / vocab_bpe).is_file() and (directory / encoder_json).is_file():
+            ranks = _ranks_from_data_gym(directory / vocab_bpe, directory / encoder_json)
+            return _gpt2_tokenizer(ranks, directory / vocab_bpe)
+    return None
+
+
+def _ranks_from_data_gym(vocab_bpe: Path, encoder_json: Path) -> dict[bytes, int]:
+    """GPT-2's original merges file as tiktoken ranks, as tiktoken's data_gym_to_mergeable_bpe_ranks does
+    (without its download cache): the 256 bytes in GPT-2's order (printable first), then one token per
+    merge in file order; the encoder file must agree."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    byte_order = printable + others
+    char_to_byte = {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+    def decode(token: str) -> bytes:
+        return bytes(char_to_byte[c] for c in token)
+
+    ranks = {bytes([b]): rank for rank, b in enumerate(byte_order)}
+    try:
+        for line in vocab_bpe.read_text(encoding="utf-8").split("\n")[1:-1]:
+            first, second = line.split()
+            ranks[decode(first) + decode(second)] = len(ranks)
+        encoder = {decode(k): v for k, v in json.loads(encoder_json.read_text(encoding="utf-8")).items()}
+    except (ValueError, KeyError) as e:  # includes UnicodeDecodeError and JSONDecodeError
+        raise TokenizerError(f"{vocab_bpe}: not GPT-2's vocab.bpe / encoder.json pair ({e})") from None
+    encoder.pop(EOT.encode(), None)
+    if encoder != ranks:
+        raise TokenizerError(
+            f"{vocab_bpe}: does not match {encoder_json}; they must come from the same release"
+        )
+    return ranks
 
 
 def _gpt2_from_tiktoken() -> Tokenizer:
@@ -265,10 +326,7 @@ def _gpt2_from_tiktoken() -> Tokenizer:
     except Exception as e:  # tiktoken raises requests/urllib errors of several kinds when offline
         raise TokenizerError(
             "tokenizer gpt2: tiktoken could not load GPT-2's vocabulary "
-            f"({type(e).__name__}: {str(e)[:120]}). Without a network, give the path of a directory holding "
-            "gpt2.tiktoken as the tokenizer, or set TIKTOKEN_CACHE_DIR to a directory holding tiktoken's "
-            "cached files (vocab.bpe as 6d1cbeee0f20b3d9449abfede4726ed8212e3aee, encoder.json as "
-            "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6); see docs/data.md"
+            f"({type(e).__name__}: {str(e)[:120]}). Without a network, {GPT2_FILES_HELP}"
         ) from None
     # tiktoken keeps the ranks and pattern as attributes without a public accessor.
     return Tokenizer(
@@ -280,27 +338,38 @@ def _gpt2_from_tiktoken() -> Tokenizer:
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """`"gpt2"`, or a directory holding `tokenizer.json` + `tokenizer.tiktoken` or `gpt2.tiktoken`."""
+    """`"gpt2"`, or a directory holding `tokenizer.json` + `tokenizer.tiktoken` or GPT-2's files (under
+    their own names or in tiktoken's cache layout), or a `gpt2.tiktoken` file."""
     if str(spec) == "gpt2":
         gpt2_dir = os.environ.get("NANOSTUDY_GPT2_DIR")
-        if gpt2_dir and (Path(gpt2_dir) / GPT2_RANKS).is_file():
-            return _gpt2_from_ranks_file(Path(gpt2_dir) / GPT2_RANKS)
+        if gpt2_dir:
+            tokenizer = _gpt2_from_dir(Path(gpt2_dir)) if Path(gpt2_dir).is_dir() else None
+            if tokenizer is None:
+                raise TokenizerError(
+                    f"NANOSTUDY_GPT2_DIR={gpt2_dir}: holds none of GPT-2's files (gpt2.tiktoken, "
+                    "vocab.bpe + encoder.json, or tiktoken's cache files); point it at a directory that "
+                    "does, or unset it"
+                )
+            return tokenizer
         return _gpt2_from_tiktoken()
     path = Path(spec)
-    if path.is_file() and path.name == GPT2_RANKS:
+    if path.is_file() and path.name in (GPT2_RANKS, CACHED_R50K_RANKS):
         return _gpt2_from_ranks_file(path)
     if not path.is_dir():
         raise TokenizerError(
             f"tokenizer {str(spec)!r}: neither 'gpt2' nor an existing directory; give 'gpt2', a directory "
-            "written by `nanostudy tokenizer train`, or a directory holding gpt2.tiktoken"
+            "written by `nanostudy tokenizer train`, or a directory holding GPT-2's files (gpt2.tiktoken, "
+            "vocab.bpe + encoder.json, or tiktoken's cache files)"
         )
     if (path / TOKENIZER_JSON).is_file():
         return _load_saved(path)
-    if (path / GPT2_RANKS).is_file():
-        return _gpt2_from_ranks_file(path / GPT2_RANKS)
-    raise TokenizerError(
-        f"{path}: holds neither {TOKENIZER_JSON} + {TOKENIZER_RANKS} (a trained tokenizer) nor {GPT2_RANKS}"
-    )
+    tokenizer = _gpt2_from_dir(path)
+    if tokenizer is None:
+        raise TokenizerError(
+            f"{path}: holds neither {TOKENIZER_JSON} + {TOKENIZER_RANKS} (a trained tokenizer) nor GPT-2's "
+            f"files; for GPT-2, {GPT2_FILES_HELP}"
+        )
+    return tokenizer
 
 
 def _load_saved(directory: Path) -> Tokenizer:

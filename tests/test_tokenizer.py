@@ -58,6 +58,35 @@ def test_gpt2_through_tiktoken_cache(tmp_path, monkeypatch):
     assert tokenizer.hash == load_tokenizer(GPT2_DIR).hash
 
 
+@needs_gpt2
+@pytest.mark.parametrize(
+    "files",
+    [
+        {
+            "6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "vocab.bpe",
+            "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "encoder.json",
+        },
+        {"0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4": "gpt2.tiktoken"},  # tiktoken's r50k_base cache file
+        {"vocab.bpe": "vocab.bpe", "encoder.json": "encoder.json"},  # GPT-2's original release
+    ],
+    ids=["tiktoken-cache-gpt2", "tiktoken-cache-r50k", "original-files"],
+)
+def test_gpt2_from_a_directory_of_its_files_in_any_layout(tmp_path, monkeypatch, files):
+    for name, original in files.items():
+        (tmp_path / name).write_bytes((GPT2_DIR / original).read_bytes())
+    expected = load_tokenizer(GPT2_DIR)
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.hash == expected.hash and tokenizer.encode("Hello world") == [15496, 995]
+    monkeypatch.setenv("NANOSTUDY_GPT2_DIR", str(tmp_path))
+    assert load_tokenizer("gpt2").hash == expected.hash
+
+
+def test_gpt2_dir_variable_without_files_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOSTUDY_GPT2_DIR", str(tmp_path))
+    with pytest.raises(TokenizerError, match=r"NANOSTUDY_GPT2_DIR=.*holds none of GPT-2's files"):
+        load_tokenizer("gpt2")
+
+
 def test_gpt2_offline_without_files_says_what_to_provide(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty cache, and no network here
     monkeypatch.delenv("NANOSTUDY_GPT2_DIR", raising=False)
@@ -65,15 +94,19 @@ def test_gpt2_offline_without_files_says_what_to_provide(tmp_path, monkeypatch):
     try:
         load_tokenizer("gpt2")
     except TokenizerError as e:
-        assert "gpt2.tiktoken" in str(e) and "TIKTOKEN_CACHE_DIR" in str(e)
+        message = str(e)
     else:
         pytest.skip("tiktoken reached the network, so the offline error cannot be exercised here")
+    # Every way to provide the files: a directory (any layout), NANOSTUDY_GPT2_DIR, TIKTOKEN_CACHE_DIR.
+    for way in ["gpt2.tiktoken", "vocab.bpe + encoder.json", "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"]:
+        assert way in message
+    assert "NANOSTUDY_GPT2_DIR" in message and "TIKTOKEN_CACHE_DIR" in message and "\n" not in message
 
 
 def test_unknown_spec(tmp_path):
     with pytest.raises(TokenizerError, match="neither 'gpt2' nor an existing directory"):
         load_tokenizer("gpt3")
-    with pytest.raises(TokenizerError, match="holds neither"):
+    with pytest.raises(TokenizerError, match=r"holds neither .* nor GPT-2's files; for GPT-2, give"):
         load_tokenizer(tmp_path)
 
 
