@@ -190,6 +190,19 @@ class Tokenizer:
             metadata=self.metadata,
         )
 
+    def without_chat_tokens(self) -> "Tokenizer":
+        """The tokenizer with `<|im_start|>` and `<|im_end|>` removed: for `with_chat_tokens()`'s result,
+        the one it was applied to (the trainer checks mid-training data against a pretraining checkpoint)."""
+        if not any(s in self.special_tokens for s in CHAT_SPECIALS):
+            return self
+        return Tokenizer(
+            name=self.name.removesuffix("+chat"),
+            pattern=self.pattern,
+            mergeable_ranks=self.mergeable_ranks,
+            special_tokens={k: v for k, v in self.special_tokens.items() if k not in CHAT_SPECIALS},
+            metadata=self.metadata,
+        )
+
     def encode_chat(self, messages: list[ChatMessage]) -> tuple[list[int], list[int]]:
         """Render a conversation as `<|im_start|>role\\ncontent<|im_end|>\\n` per message.
 

@@ -35,7 +35,7 @@ from nanogpt.events import EVENTS_NAME, EventWriter
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.schedule import lr_multiplier, muon_momentum
-from nanogpt.shards import ShardError, read_manifest
+from nanogpt.shards import MANIFEST_NAME, ShardError, read_manifest
 from nanogpt.tokenizer import TokenizerError, load_tokenizer
 
 EXIT_DONE, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED = 0, 1, 2, 3, 143
@@ -455,6 +455,33 @@ class Trainer:
                     f"{self.runtime.world_size}; resume with the same number (optimizer shards and data "
                     "positions are per rank)"
                 )
+            self._check_checkpoint_tokenizer(self.resume_dir, self.resume_meta, may_add_chat_tokens=False)
+        if self.init_meta is not None:
+            self._check_checkpoint_tokenizer(self.init_dir, self.init_meta, may_add_chat_tokens=True)
+
+    def _check_checkpoint_tokenizer(self, directory: Path, meta: dict, *, may_add_chat_tokens: bool) -> None:
+        """Weights mean something only with the tokenizer they were trained with: the data must use that
+        one, or, starting mid-training, that one with the chat markers appended (gpt2 → gpt2+chat)."""
+        saved, ours = meta.get("tokenizer") or {}, self.manifest.tokenizer
+        if saved.get("hash") in (None, ours.hash):
+            return
+        if may_add_chat_tokens:
+            data_tokenizer = load_tokenizer(self.manifest.tokenizer_dir)
+            base = data_tokenizer.without_chat_tokens()
+            if (
+                base.hash == saved["hash"]
+                and base.with_chat_tokens().hash == data_tokenizer.hash == ours.hash
+            ):
+                return
+        raise InputError(
+            f"{self.manifest.data_dir / MANIFEST_NAME}: tokenizer {ours.name} ({ours.hash[:12]}), but "
+            f"{directory / ckpt.META_NAME} was trained with {saved.get('name')} ({saved['hash'][:12]}); "
+            + (
+                "mid-training data must use the pretraining run's tokenizer (chat tokens may be appended)"
+                if may_add_chat_tokens
+                else "resume with the data the run was trained on"
+            )
+        )
 
     def _model_config(self) -> GPTConfig:
         """The configured shape with the data's vocabulary; mid-training without `model` takes the shape of
@@ -580,12 +607,23 @@ class Trainer:
         if self.data_epochs > 1:
             self.warnings.append(f"the run needs {self.data_epochs:.2f} epochs of {config.data.train_dir}")
 
+        data_tokenizer = self.manifest.tokenizer
+        val_tokenizer = self.val_loader.manifest.tokenizer
+        if val_tokenizer.hash != data_tokenizer.hash:
+            raise InputError(
+                f"{self.val_loader.manifest.data_dir / MANIFEST_NAME}: validation data made with tokenizer "
+                f"{val_tokenizer.name} ({val_tokenizer.hash[:12]}), the training data in "
+                f"{self.manifest.data_dir / MANIFEST_NAME} with {data_tokenizer.name} "
+                f"({data_tokenizer.hash[:12]}); prepare both with one tokenizer"
+            )
         tokenizer_spec = config.data.tokenizer or self.manifest.tokenizer_dir
         tokenizer = load_tokenizer(tokenizer_spec)
-        if tokenizer.vocab_size != self.gpt_config.vocab_size:
+        if tokenizer.hash != data_tokenizer.hash:  # the same vocabulary size is not the same tokenizer
             raise InputError(
-                f"{tokenizer_spec}: tokenizer of {tokenizer.vocab_size} tokens, the model has "
-                f"{self.gpt_config.vocab_size}"
+                f"{tokenizer_spec}: tokenizer {tokenizer.name} ({tokenizer.hash[:12]}, "
+                f"{tokenizer.vocab_size} tokens) is not the one the shards were made with, "
+                f"{data_tokenizer.name} ({data_tokenizer.hash[:12]}, {data_tokenizer.vocab_size} tokens) in "
+                f"{self.manifest.data_dir / MANIFEST_NAME}; leave data.tokenizer unset to use the data's own"
             )
         self.token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(runtime.device)
 

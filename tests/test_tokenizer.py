@@ -190,3 +190,10 @@ def test_encode_array_handles_lone_surrogates_as_encode_does():
         array = tokenizer.encode_array(text)
         assert array.dtype == np.uint32 and array.tolist() == tokenizer.encode(text)
     assert tokenizer.decode(tokenizer.encode_array("x\ud800y")) == "x\ufffdy"
+
+
+def test_without_chat_tokens_undoes_with_chat_tokens():
+    base = tiny_tokenizer()
+    chat = base.with_chat_tokens()
+    assert chat.without_chat_tokens().hash == base.hash and chat.without_chat_tokens().name == "tiny"
+    assert base.without_chat_tokens() is base

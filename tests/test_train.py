@@ -237,6 +237,47 @@ def test_mid_training_data_may_add_chat_tokens_within_the_padded_vocabulary(tmp_
     assert ckpt.read_meta(final)["model_config"]["vocab_size"] == 259
 
 
+def other_byte_tokenizer():
+    """Another tokenizer of the same 257 ids (another split pattern): a vocabulary size proves nothing."""
+    from nanogpt.tokenizer import EOT, GPT4_PATTERN, Tokenizer
+
+    base = byte_tokenizer()
+    return Tokenizer(
+        name="bytes", pattern=GPT4_PATTERN, mergeable_ranks=base.mergeable_ranks, special_tokens={EOT: 256}
+    )
+
+
+@pytest.mark.parametrize("chat_tokens", [False, True], ids=["same-vocab", "plus-chat-tokens"])
+def test_mid_training_refuses_data_of_another_tokenizer(tmp_path, finished_run, capsys, chat_tokens):
+    """Only the pretraining tokenizer itself, or it with the chat markers appended, may start from it."""
+    tokenizer = other_byte_tokenizer().with_chat_tokens() if chat_tokens else other_byte_tokenizer()
+    chat_data = make_data_dir(tmp_path / "chat", with_mask=True, tokenizer=tokenizer)
+    config = tiny_config(chat_data, mode="mid-training", init_from=str(finished_run), train={"num_steps": 2})
+    del config["model"]
+    run_dir = tmp_path / "mid"
+    assert run(write_run(run_dir, config)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{chat_data / 'manifest.json'}: tokenizer bytes" in err, err
+    assert "step_000012/meta.json was trained with bytes" in err
+    assert "mid-training data must use the pretraining run's tokenizer" in err
+    assert not (run_dir / "events.jsonl").exists()
+
+
+def test_a_tokenizer_or_validation_data_other_than_the_shards_is_refused(tmp_path, data_dir, capsys):
+    other = other_byte_tokenizer().save(tmp_path / "other-tokenizer")
+    config = tiny_config(data_dir, data={"tokenizer": str(other)})
+    assert run(write_run(tmp_path / "a", config)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{other}: tokenizer bytes" in err, err
+    assert "is not the one the shards were made with, bytes" in err and str(data_dir / "manifest.json") in err
+    val_data = make_data_dir(tmp_path / "val", tokenizer=other_byte_tokenizer())
+    config = tiny_config(data_dir, data={"val_dir": str(val_data)})
+    assert run(write_run(tmp_path / "b", config)) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{val_data / 'manifest.json'}: validation data made with" in err, err
+    assert not (tmp_path / "a" / "events.jsonl").exists() and not (tmp_path / "b" / "events.jsonl").exists()
+
+
 def test_hparam_scaling_rules():
     config = tiny_config(Path("unused"), optim={"weight_decay": 0.2, "reference_batch_tokens": 64})
     from nanogpt.config import RunConfig
@@ -297,6 +338,11 @@ def too_few_tokens(run_dir, data_dir, config):
     return str(data_dir), "fewer than one step needs"
 
 
+def data_of_another_tokenizer(run_dir, data_dir, config):
+    make_data_dir(data_dir, tokenizer=other_byte_tokenizer())  # the same vocabulary size
+    return "step_000012/meta.json was trained with bytes", "resume with the data the run was trained on"
+
+
 def missing_data(run_dir, data_dir, config):
     shutil.rmtree(data_dir)
     return str(data_dir / "manifest.json"), "no manifest"
@@ -311,6 +357,7 @@ def missing_data(run_dir, data_dir, config):
         other_world_size,
         bad_shard_header,
         too_few_tokens,
+        data_of_another_tokenizer,
         missing_data,
     ],
 )
