@@ -2,6 +2,7 @@
 chat masks, trained BPE tokenizers that tiktoken encodes exactly as Hugging Face does, and clear errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -348,3 +349,11 @@ def test_unreadable_local_files_are_named(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(SourceError, match=r"broken\.parquet: not a readable parquet file"):
         list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "broken.parquet"),))))
+
+
+def test_progress_bar_shows_megabytes_and_documents_per_second(tmp_path, corpus, tokenizer_dir, capsys):
+    prepare(local_config(corpus, tokenizer_dir), root=tmp_path, num_workers=1, progress=True)
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("prepare local: 100%"), final
+    assert re.search(r"\d+\.\d\d MB/s, [\d,]+ docs/s, \d+ shards\]$", final), final

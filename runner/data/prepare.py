@@ -389,7 +389,7 @@ def prepare(
     documents = itertools.islice(iter_documents(config.source), documents_done, None)
     with TokenizePool(tokenizer, val_fraction=config.val_fraction, num_workers=num_workers) as pool:
         bar = _progress_bar(config.source, initial=bytes_done, enabled=progress)
-        start_s, documents_at_start = time.perf_counter(), documents_done
+        start_s, documents_at_start, bytes_at_start = time.perf_counter(), documents_done, bytes_done
         for chunk in pool.imap(chunked(documents)):
             writers["train"].add(chunk.train_tokens, chunk.train_mask)
             writers["val"].add(chunk.val_tokens, chunk.val_mask)
@@ -401,8 +401,12 @@ def prepare(
                 state.save(writers, documents=documents_done, num_bytes=bytes_done, checkpoint=checkpoint)
                 written_now += written
             bar.update(chunk.num_bytes)
-            rate = (documents_done - documents_at_start) / max(time.perf_counter() - start_s, 1e-9)
-            bar.set_postfix_str(f"{rate:,.0f} docs/s, {sum(len(w.shards) for w in writers.values())} shards")
+            elapsed_s = max(time.perf_counter() - start_s, 1e-9)
+            bar.set_postfix_str(
+                f"{(bytes_done - bytes_at_start) / elapsed_s / 1e6:.2f} MB/s, "
+                f"{(documents_done - documents_at_start) / elapsed_s:,.0f} docs/s, "
+                f"{sum(len(w.shards) for w in writers.values())} shards"
+            )
             if stop_after_shards is not None and written_now >= stop_after_shards:
                 bar.close()
                 return PrepareResult(data_dir=data_dir, status="interrupted", manifest=None)
@@ -455,9 +459,12 @@ def _empty_corpus(config: PrepareConfig) -> SourceError:
 def _progress_bar(source: SourceSpec, *, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    # Bytes of source text drive the bar, so tqdm's rate reads in MB/s and its ETA is in time.
+    # Bytes of source text drive the bar, so its ETA is in time. The rates are our postfix (always MB/s,
+    # where tqdm's own would switch between kB/s and MB/s), then documents/s and shards.
+    total = estimate_bytes(source)
+    counts = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
     return tqdm(
-        total=estimate_bytes(source),
+        total=total,
         initial=initial,
         unit="B",
         unit_scale=True,
@@ -466,4 +473,5 @@ def _progress_bar(source: SourceSpec, *, initial: int, enabled: bool):
         file=sys.stderr,
         disable=not enabled,
         dynamic_ncols=True,
+        bar_format=(counts if total is not None else "{desc}: {n_fmt} [{elapsed}") + "{postfix}]",
     )
