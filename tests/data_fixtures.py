@@ -6,6 +6,7 @@ from pathlib import Path
 
 SHARED = Path(os.environ.get("NANOSTUDY_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 GSM8K_DIR = SHARED / "gsm8k"
+GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 
 WORDS = [
     "the",

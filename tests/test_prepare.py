@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from data_fixtures import write_jsonl, write_text_corpus
+from data_fixtures import GPT2_DIR, write_jsonl, write_text_corpus
 
 from nanogpt.data import TokenLoader
 from nanogpt.shards import ShardError, open_shard, read_manifest, verify_shards
@@ -357,3 +357,31 @@ def test_progress_bar_shows_megabytes_and_documents_per_second(tmp_path, corpus,
     final = err.replace("\r", "\n").strip().splitlines()[-1]
     assert final.startswith("prepare local: 100%"), final
     assert re.search(r"\d+\.\d\d MB/s, [\d,]+ docs/s, \d+ shards\]$", final), final
+
+
+@pytest.mark.skipif(
+    not (GPT2_DIR / "gpt2.tiktoken").is_file(),
+    reason=f"GPT-2 vocabulary not found at {GPT2_DIR} (set NANOSTUDY_SHARED to the shared data folder)",
+)
+def test_chat_data_with_gpt2_gets_the_chat_ids_after_its_vocabulary(tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]}
+        for i in range(40)
+    ]
+    write_jsonl(tmp_path / "chat.jsonl", rows)
+    source = SourceSpec(name="local", paths=(str(tmp_path / "chat.jsonl"),), format="chat")
+    config = PrepareConfig(source=source, tokenizer=str(GPT2_DIR), val_fraction=0.2)
+    manifest = prepare(config, root=tmp_path / "data", num_workers=1, progress=False).manifest
+    info = manifest.tokenizer
+    assert (info.name, info.vocab_size, info.eot_id) == ("gpt2+chat", 50_259, 50_256)
+    assert info.special_tokens == {"<|endoftext|>": 50_256, IM_START: 50_257, IM_END: 50_258}
+    assert manifest.data_dir.name.startswith("local-gpt2-chat-")
+    tokenizer = load_tokenizer(manifest.tokenizer_dir)
+    assert (
+        tokenizer.hash == info.hash and tokenizer.without_chat_tokens().hash == load_tokenizer(GPT2_DIR).hash
+    )
+    tokens, mask = open_shard(manifest.shard_paths("train")[0])
+    assert tokens.dtype == np.uint16  # 50,259 ids fit in 16 bits
+    num_documents = int((tokens == 50_256).sum())
+    assert int((tokens == 50_257).sum()) == int((tokens == 50_258).sum()) == 2 * num_documents > 0
+    assert set(tokens[mask == 1].tolist()) - set(range(50_256)) == {50_258}  # the assistant's closing marker

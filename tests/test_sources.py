@@ -1,7 +1,9 @@
 """Sources: options and their validation, local files, python-source, hub datasets read from local files."""
 
 import json
+import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from data_fixtures import (
@@ -254,3 +256,77 @@ def test_fingerprint_covers_local_files_of_every_source(tmp_path):
     (owt / ".cache").mkdir()
     (owt / ".cache" / "lock").write_text("x")
     assert fingerprint(specs["dataset"]) == after["dataset"]
+
+
+def test_hub_sources_pass_their_config_to_load_dataset(tmp_path, monkeypatch):
+    """fineweb-edu streams sample-10BT unless told otherwise; `config` and `dataset` reach load_dataset."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, **kwargs):
+        calls.append((path, kwargs))
+        return [{"text": f"row of {path}"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    folder = tmp_path / "owt"
+    folder.mkdir()
+    cases = [
+        (SourceSpec(name="fineweb-edu"), ("HuggingFaceFW/fineweb-edu", "sample-10BT")),
+        (
+            SourceSpec(name="fineweb-edu", config="CC-MAIN-2024-10"),
+            ("HuggingFaceFW/fineweb-edu", "CC-MAIN-2024-10"),
+        ),
+        (SourceSpec(name="openwebtext"), ("Skylion007/openwebtext", None)),
+        (SourceSpec(name="openwebtext", dataset=str(folder)), (str(folder), None)),  # a folder: no default
+        (
+            SourceSpec(name="fineweb-edu", dataset=str(folder), config="sample-100BT"),
+            (str(folder), "sample-100BT"),
+        ),
+    ]
+    for spec, (path, config) in cases:
+        calls.clear()
+        assert [d.text for d in iter_documents(spec)] == [f"row of {path}"]
+        assert calls == [(path, {"name": config, "split": "train", "streaming": True})], spec
+
+
+def test_a_hub_stream_failing_midway_names_the_source(monkeypatch):
+    import datasets
+
+    def rows():
+        yield {"text": "first"}
+        raise ConnectionError("Read timed out")
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kwargs: rows())
+    documents = iter_documents(SourceSpec(name="fineweb-edu"))
+    assert next(documents).text == "first"
+    with pytest.raises(
+        SourceError,
+        match=r"fineweb-edu: HuggingFaceFW/fineweb-edu \(config sample-10BT\): "
+        r"reading row 2 failed: ConnectionError: Read timed out; check the network",
+    ):
+        next(documents)
+
+
+def test_task_mixture_caps_smoltalk_validation_at_5000_rows(tmp_path):
+    datasets = {
+        "smoltalk": str(smoltalk_folder(tmp_path, num_train=4, num_test=SMOLTALK_VAL_ROWS + 7)),
+        "mmlu": str(mmlu_folder(tmp_path, num_train=3, num_val=2)),
+        "gsm8k": str(gsm8k_folder(tmp_path, num_train=3, num_test=2)),
+    }
+    spec = SourceSpec.from_dict({"name": "task-mixture", "datasets": datasets})
+    counts = Counter(
+        (d.split, d.messages[0].content.split()[0]) for d in iter_documents(spec)
+    )  # SmolTalk questions start with "Question"
+    assert counts[("val", "Question")] == SMOLTALK_VAL_ROWS == 5_000
+    assert counts[("train", "Question")] == 4  # the training split has no cap
+
+
+def test_python_source_includes_site_packages():
+    import sysconfig
+
+    files = python_source_files()
+    paths = {key: str(Path(value).resolve()) for key, value in sysconfig.get_paths().items()}
+    assert any(f.startswith(paths["stdlib"] + os.sep) for f in files)
+    # tiktoken, a dependency of nanostudy, is installed in site-packages (purelib or platlib).
+    assert any(os.path.join(paths[key], "tiktoken", "core.py") in files for key in ("purelib", "platlib"))
