@@ -192,8 +192,8 @@ def plan(
     warnings += planner.warnings
     if study.eval.preset or study.eval.bundle or study.eval.gauntlet_every:
         warnings.append(
-            f"{study.where('eval')}: eval.preset/bundle/gauntlet_every: the in-context benchmarks are not run "
-            "by this version; cells measure validation loss and bits per byte only"
+            f"{study.where('eval')}: eval.preset/bundle/gauntlet_every: the in-context benchmarks are not "
+            "run by this version; cells measure validation loss and bits per byte only"
         )
     return Plan(
         study=study,
