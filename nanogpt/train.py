@@ -35,7 +35,7 @@ from nanogpt.events import EVENTS_NAME, EventWriter
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.schedule import lr_multiplier, muon_momentum
-from nanogpt.shards import MANIFEST_NAME, ShardError, read_manifest
+from nanogpt.shards import MANIFEST_NAME, ShardError, read_manifest, tokens_available
 from nanogpt.tokenizer import TokenizerError, load_tokenizer
 
 EXIT_DONE, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED = 0, 1, 2, 3, 143
@@ -593,13 +593,19 @@ class Trainer:
             seed=config.seed,
         )
         self.train_loader = TokenLoader(config.data.train_dir, split="train", **common)
-        self.val_loader = TokenLoader(config.data.val_dir or config.data.train_dir, split="val", **common)
+        # Validation batches are the training micro-batch, unless the validation split is smaller than one
+        # of those on every rank (a small corpus, a micro-batch the probe made large): then as many whole
+        # sequences per rank as it holds.
+        val_dir = config.data.val_dir or config.data.train_dir
+        val_tokens = tokens_available(val_dir, "val")
+        val_batch = max(1, min(device_batch_size, (val_tokens // runtime.world_size - 1) // seq_len))
+        self.val_loader = TokenLoader(val_dir, split="val", **{**common, "batch_size": val_batch})
         if self.resume_meta is not None:
             try:
                 self.train_loader.load_state_dict(self.resume_meta["rank_states"][runtime.rank]["loader"])
             except ValueError as e:
                 raise InputError(f"{self.resume_dir / ckpt.META_NAME}: {e}") from None
-        tokens_per_val_batch = device_batch_size * seq_len * runtime.world_size
+        tokens_per_val_batch = val_batch * seq_len * runtime.world_size
         self.val_batches = min(
             max(1, config.eval.val_tokens // tokens_per_val_batch), self.val_loader.blocks_per_epoch
         )

@@ -80,7 +80,12 @@ def decide_outcome(
     if not exited.from_trainer and trace.stopped_at_checkpoint:
         return AttemptOutcome.INTERRUPTED, "the trainer stopped after a checkpoint (SIGTERM or max_seconds)"
     if exited.from_trainer and exited.code == EXIT_BAD_INPUT:
-        return AttemptOutcome.FAILED, _join("bad config or input", error_tail)
+        # The trainer's one-line error is its last line on stderr: lead with it, so a summary shows it.
+        lines = (error_tail or "").strip().splitlines()
+        detail = lines[-1].removeprefix("error: ") if lines else None
+        return AttemptOutcome.FAILED, _join(
+            f"bad config or input: {detail}" if detail else "bad config or input", error_tail
+        )
     if exited.code is None:
         what = "the trainer ended while no runner watched it, without an end event"
     else:

@@ -105,9 +105,16 @@ def test_failure_reasons_say_what_happened():
     )
     assert reason == "the trainer exited without an end event (killed by SIGKILL)"
     _, reason = decide_outcome(
-        _trace(), Exited(code=2, from_trainer=True), stop_requested=False, error_tail="x"
+        _trace(),
+        Exited(code=2, from_trainer=True),
+        stop_requested=False,
+        error_tail="warn\nerror: c.json: bad",
     )
-    assert reason == "bad config or input\nx"
+    assert reason == "bad config or input: c.json: bad\nwarn\nerror: c.json: bad"
+    _, reason = decide_outcome(
+        _trace(), Exited(code=2, from_trainer=True), stop_requested=False, error_tail=None
+    )
+    assert reason == "bad config or input"
     end = {"kind": "end", "status": "error", "message": "ValueError: bad"}
     _, reason = decide_outcome(
         _trace(START, end), Exited(code=1, from_trainer=True), stop_requested=False, error_tail=None

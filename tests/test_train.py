@@ -522,3 +522,17 @@ def test_gpu_run_with_compile_bf16_and_probed_batch(tmp_path, data_dir):
     if start["device"]["peak_flops"] is not None:
         assert all(0 < e["mfu"] < 1 for e in steps)
     assert steps[-1]["loss"] < steps[0]["loss"] - 2 and events[-1]["status"] == "done"
+
+
+def test_a_validation_split_smaller_than_one_micro_batch_is_read_in_smaller_batches(tmp_path):
+    """The micro-batch is sized for training (on a GPU, by probing memory); a validation split smaller than
+    one micro-batch is still evaluated, in as many whole sequences as it holds."""
+    data = make_data_dir(tmp_path / "data", train_tokens=20_000, val_tokens=100)
+    config = tiny_config(data, train={"num_steps": 2, "device_batch_size": 8}, eval={"val_tokens": 10_000})
+    assert run(write_run(tmp_path / "run", config)) == EXIT_DONE  # 8 × 32 + 1 tokens > 100
+    [val] = [event for event in events_of(tmp_path / "run") if event["kind"] == "val"]
+    assert val["val_tokens"] == 3 * 32  # (100 - 1) // 32 whole sequences
+    assert math.isfinite(val["val_loss"]) and math.isfinite(val["val_bpb"])
+    # One sequence it cannot hold is still bad input, named.
+    tiny = make_data_dir(tmp_path / "tiny", train_tokens=20_000, val_tokens=20)
+    assert run(write_run(tmp_path / "run2", tiny_config(tiny))) == EXIT_BAD_INPUT
