@@ -1,4 +1,4 @@
-"""MuonAdamW: Muon for the hidden matrices, AdamW for everything else, sharded over ranks (ZeRO-2).
+"""MuonAdamW: Muon for the hidden matrices, AdamW for everything else, sharded over ranks (ZeRO-2 style).
 
 One class serves 1..N ranks; a single process is world_size == 1 and runs the same code. `step()`:
 
@@ -14,6 +14,15 @@ r-th contiguous slice. A Muon group's matrices of one shape are stacked into a (
 with zero matrices to a multiple of world_size, and rank r owns whole matrices [r*K'/W, (r+1)*K'/W)
 (orthogonalization needs a whole matrix). Optimizer state per rank is therefore about 1/world_size of
 the total; `state_bytes()` reports it.
+
+Gradients. `step()` consumes them: as it launches a parameter's (or a stack's) reduce-scatter it sets
+`p.grad = None`, so the reduction's input (for AdamW a view of the old `p.grad`, or a zero-padded copy;
+for Muon the stacked matrices) is the only full copy left, and each input is freed once its update has
+read this rank's reduced shard (Muon's stack is reused as the all-gather buffer, then freed). During
+`step()` a rank thus holds about one set of full gradients (plus, briefly, one stack's copy) and its
+reduced shards; after `step()` it holds no gradients at all, only its 1/world_size of the optimizer
+state. Between backward and `step()` each rank still holds full gradients: backward accumulates them
+over the micro-batches, and reducing per micro-batch would change the arithmetic.
 
 Param groups (dicts; the keys below and nothing else):
 
@@ -40,6 +49,7 @@ tensors between ranks (`_Collectives`); on CUDA the two update kernels run under
 
 import functools
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -351,22 +361,27 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Phase 1: every reduction in flight before any update waits on one.
-        reductions = []
+        # Phase 1: every reduction in flight before any update waits on one. Each launch takes its
+        # parameters' gradients out of `p.grad` (set to None), so the full gradients are held once, by the
+        # reductions' inputs, never twice.
+        reductions: deque[tuple[dict[str, Any], _AdamWShard | _MuonStack, _Pending]] = deque()
         for group, shards in zip(self.param_groups, self._shards, strict=True):
             for shard in shards:
                 launch = self._reduce_adamw if isinstance(shard, _AdamWShard) else self._reduce_muon
                 reductions.append((group, shard, launch(shard)))
-        # Phase 2: update each shard as its reduction lands; its gather overlaps the next update.
-        gathers = []
-        for group, shard, reduced in reductions:
+        # Phase 2: update each shard as its reduction lands; its gather overlaps the next update. Popping
+        # each reduction frees its input (AdamW) as soon as its update is launched.
+        gathers: deque[Callable[[], None]] = deque()
+        while reductions:
+            group, shard, reduced = reductions.popleft()
             if isinstance(shard, _AdamWShard):
                 gathers.append(self._update_adamw(group, shard, reduced))
             else:
                 gathers.append(self._update_muon(group, shard, reduced))
-        # Phase 3: write the gathered parameters back.
-        for finish in gathers:
-            finish()
+            del reduced
+        # Phase 3: write the gathered parameters back, freeing each gather buffer once it is copied.
+        while gathers:
+            gathers.popleft()()
         return loss
 
     def _reduce_adamw(self, shard: _AdamWShard) -> _Pending:
@@ -378,6 +393,7 @@ class MuonAdamW(torch.optim.Optimizer):
         )
         if shard.padded_numel != p.numel():
             grad = torch.cat([grad, grad.new_zeros(shard.padded_numel - p.numel())])
+        p.grad = None  # the reduction's input holds the gradient (a view of it when unpadded) from here on
         return self._comm.reduce_scatter_mean(grad)
 
     def _update_adamw(
@@ -423,6 +439,9 @@ class MuonAdamW(torch.optim.Optimizer):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stack.params]
         torch.stack(grads, out=stacked[: len(grads)])
         stacked[len(grads) :].zero_()
+        del grads
+        for p in stack.params:  # the stack holds them now: one full copy, not two
+            p.grad = None
         return self._comm.reduce_scatter_mean(stacked)
 
     def _update_muon(self, group: dict[str, Any], stack: _MuonStack, reduced: _Pending) -> Callable[[], None]:

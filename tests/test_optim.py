@@ -147,9 +147,10 @@ def test_muon_step_matches_reference(nesterov):
     gen = torch.Generator().manual_seed(3)
     for _ in range(4):
         _set_grads([ours], gen)
+        grads = [o.grad for o in ours]  # step() takes them out of .grad
         opt.step()
-        for p, o, buf in zip(ref, ours, bufs, strict=True):
-            _reference_muon_step(p, o.grad, buf, **hyper)
+        for p, g, buf in zip(ref, grads, bufs, strict=True):
+            _reference_muon_step(p, g, buf, **hyper)
     for r, o in zip(ref, ours, strict=True):
         torch.testing.assert_close(o.detach(), r, rtol=1e-5, atol=1e-6)
 
@@ -223,6 +224,37 @@ def test_compiled_kernels_match_eager_on_cuda():
         torch.testing.assert_close(c, e, rtol=0, atol=2e-4)  # bf16 orthogonalization, fused differently
     for c, e in zip(compiled[4:], eager[4:], strict=True):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
+
+
+# --- memory ---
+
+
+def test_step_consumes_the_gradients_and_never_holds_two_copies():
+    """One process: each full gradient is held once during step() (by .grad or by its reduction's input,
+    never both), and after step() by nothing; only the optimizer state is left."""
+    held = worker.memory_scenario()
+    assert held["grad_bytes"] == 0 and held["inputs_alive_after_step"] == 0
+    assert held["peak_gradient_bytes"] == held["full_gradient_bytes"]  # no padding at world_size 1
+    assert held["state_bytes"] == MuonAdamW(worker.build_groups(worker.build_params())).state_bytes()
+
+
+@pytest.mark.slow
+def test_two_ranks_each_hold_about_half_the_gradient_and_state_bytes_after_step():
+    """Gradients and optimizer state held per rank after step(): 2 gloo ranks against 1 process. The
+    state is sharded, the gradients are freed, so each rank holds about half (one rank owns 3 of the 5
+    stacked (16, 24) matrices, the other 2). During step() a rank holds one full set of gradients, plus the
+    zero padding of its reductions' inputs."""
+    world_size = 2
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(worker.spawn_memory_entry, args=(world_size, _free_port(), out_dir), nprocs=world_size)
+        ranks = [torch.load(Path(out_dir) / f"memory{r}.pt", weights_only=True) for r in range(world_size)]
+    one = worker.memory_scenario()
+    held_one = one["grad_bytes"] + one["state_bytes"]
+    held = [r["grad_bytes"] + r["state_bytes"] for r in ranks]
+    assert all(r["grad_bytes"] == 0 and r["inputs_alive_after_step"] == 0 for r in ranks), ranks
+    assert max(held) <= 0.6 * held_one and sum(held) <= 1.01 * held_one, (held, held_one)
+    for r in ranks:
+        assert r["full_gradient_bytes"] <= r["peak_gradient_bytes"] <= 1.15 * r["full_gradient_bytes"], r
 
 
 # --- state ---
