@@ -539,7 +539,24 @@ class MuonAdamW(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load the shard `state_dict()` saved on this rank of a run with the same world size and groups."""
+        """Load the shard `state_dict()` saved on this rank of a run with the same world size and groups.
+
+        ValueError (starting "optimizer state:") for a shard that does not fit, or is malformed; then
+        nothing has been loaded.
+        """
+        try:
+            self._check_state_dict(state_dict)
+        except (KeyError, IndexError, TypeError, AttributeError) as e:  # not what state_dict() writes
+            raise ValueError(f"optimizer state: malformed ({type(e).__name__}: {e})") from None
+        for saved, shards in zip(state_dict["groups"], self._shards, strict=True):
+            for entry, shard in zip(saved["shards"], shards, strict=True):
+                for name, t in _state_tensors(shard).items():
+                    t.copy_(entry[name])
+                if isinstance(shard, _AdamWShard):
+                    shard.step = entry["step"]
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check everything before copying anything, so a mismatch leaves this optimizer untouched."""
         expected = {"format": STATE_DICT_FORMAT, "rank": self._comm.rank, "world_size": self._comm.world_size}
         for key, want in expected.items():
             if state_dict.get(key) != want:
@@ -552,7 +569,6 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError(
                 f"optimizer state: {len(saved_groups)} param groups saved, this optimizer has {have}"
             )
-        # Check everything before copying anything, so a mismatch leaves this optimizer untouched.
         for i, (saved, group, shards) in enumerate(
             zip(saved_groups, self.param_groups, self._shards, strict=True)
         ):
@@ -568,17 +584,16 @@ class MuonAdamW(torch.optim.Optimizer):
                 )
             for j, (entry, shard) in enumerate(zip(saved["shards"], shards, strict=True)):
                 for name, t in _state_tensors(shard).items():
-                    if tuple(entry[name].shape) != tuple(t.shape):
+                    saved_tensor = entry[name]
+                    if not isinstance(saved_tensor, Tensor):
+                        raise ValueError(f"optimizer state: param group {i} shard {j} {name} is not a tensor")
+                    if saved_tensor.shape != t.shape:
                         raise ValueError(
                             f"optimizer state: param group {i} shard {j} {name} has shape "
-                            f"{tuple(entry[name].shape)}, this optimizer has {tuple(t.shape)}"
+                            f"{tuple(saved_tensor.shape)}, this optimizer has {tuple(t.shape)}"
                         )
-        for saved, shards in zip(saved_groups, self._shards, strict=True):
-            for entry, shard in zip(saved["shards"], shards, strict=True):
-                for name, t in _state_tensors(shard).items():
-                    t.copy_(entry[name])
-                if isinstance(shard, _AdamWShard):
-                    shard.step = int(entry["step"])
+                if isinstance(shard, _AdamWShard) and type(entry["step"]) is not int:
+                    raise ValueError(f"optimizer state: param group {i} shard {j} step is {entry['step']!r}")
 
 
 def _state_tensors(shard: _AdamWShard | _MuonStack) -> dict[str, Tensor]:

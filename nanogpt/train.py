@@ -541,6 +541,10 @@ class Trainer:
         source = self.resume_dir or self.init_dir
         if source is not None:
             state = ckpt.load_model_state(source, runtime.device)
+            if not isinstance(state, dict):
+                raise ckpt.CheckpointError(
+                    f"{source / ckpt.MODEL_NAME}: holds a {type(state).__name__}, not a model's state_dict"
+                )
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:
@@ -630,9 +634,12 @@ class Trainer:
         self.hparams = effective_hparams(config, self.gpt_config)
         self.optimizer = build_optimizer(self.model, config, self.hparams)
         if self.resume_meta is not None:
-            self.optimizer.load_state_dict(
-                ckpt.load_optim_state(self.resume_dir, runtime.rank, runtime.device)
-            )
+            optim_state = ckpt.load_optim_state(self.resume_dir, runtime.rank, runtime.device)
+            try:
+                self.optimizer.load_state_dict(optim_state)
+            except ValueError as e:
+                where = self.resume_dir / ckpt.optim_name(runtime.rank)
+                raise ckpt.CheckpointError(f"{where}: does not fit this run's optimizer ({e})") from None
 
     # -- training -----------------------------------------------------------------------------------------
 

@@ -318,6 +318,30 @@ def test_load_state_dict_rejects_a_different_layout():
     assert not wider.state_dict()["groups"][0]["shards"][0]["momentum_buffer"].any()
 
 
+def test_load_state_dict_refuses_a_malformed_shard_with_a_value_error():
+    opt = MuonAdamW(_mixed(_leaves(MIXED_SHAPES)))
+    saved = opt.state_dict()
+    muon, adamw = saved["groups"]
+
+    def with_entry(group, index, **change):
+        entry = {k: v for k, v in {**group["shards"][index], **change}.items() if v is not None}
+        return {**group, "shards": [*group["shards"][:index], entry, *group["shards"][index + 1 :]]}
+
+    cases = [
+        ({k: v for k, v in saved.items() if k != "groups"}, r"malformed \(KeyError: 'groups'\)"),
+        ({**saved, "groups": [muon, {"kind": "adamw"}]}, r"malformed \(KeyError: 'num_params'\)"),
+        ({**saved, "groups": [muon, with_entry(adamw, 1, step=None)]}, r"malformed \(KeyError: 'step'\)"),
+        ({**saved, "groups": [muon, with_entry(adamw, 1, step=1.5)]}, r"group 1 shard 1 step is 1\.5"),
+        (
+            {**saved, "groups": [with_entry(muon, 0, momentum_buffer=[0.0]), adamw]},
+            r"group 0 shard 0 momentum_buffer is not a tensor",
+        ),
+    ]
+    for state, message in cases:
+        with pytest.raises(ValueError, match=f"^optimizer state: .*{message}"):
+            opt.load_state_dict(state)
+
+
 def test_state_bytes_counts_the_moments_and_momentum():
     params = _leaves(MIXED_SHAPES)
     opt = MuonAdamW(_mixed(params))

@@ -322,7 +322,8 @@ def changed_shape(run_dir, data_dir, config):
 
 def other_world_size(run_dir, data_dir, config):
     meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
-    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"world_size": 2}))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"world_size": 2, "rank_states": meta["rank_states"] * 2}))
     return "step_000012/meta.json", "written by 2 processes, this run has 1"
 
 
@@ -348,6 +349,44 @@ def missing_data(run_dir, data_dir, config):
     return str(data_dir / "manifest.json"), "no manifest"
 
 
+def manifest_not_utf8(run_dir, data_dir, config):
+    (data_dir / "manifest.json").write_bytes(b'{"format_version": 1, "name": "\xff\xfe"}')
+    return str(data_dir / "manifest.json"), "not valid UTF-8 JSON"
+
+
+def optimizer_shard_of_another_shape(run_dir, data_dir, config):
+    path = run_dir / "checkpoints" / "step_000012" / "optim_rank0.pt"
+    state = torch.load(path, weights_only=True)
+    shard = state["groups"][1]["shards"][0]  # the embedding's AdamW moments
+    shard["exp_avg"] = shard["exp_avg"][:-1].clone()
+    torch.save(state, path)
+    return "step_000012/optim_rank0.pt: does not fit this run's optimizer", "exp_avg has shape"
+
+
+def _meta_without(key):
+    def breakage(run_dir, data_dir, config):
+        meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        del meta["rank_states"][0][key]
+        meta_path.write_text(json.dumps(meta))
+        return "step_000012/meta.json", f"rank_states[0] has no {key!r} state"
+
+    breakage.__name__ = f"rank_state_without_{key}"
+    return breakage
+
+
+def model_of_another_shape(run_dir, data_dir, config):
+    """meta.json says depth 2 width 32 (as configured), model.pt holds width 64 weights."""
+    wider = GPT(GPTConfig(depth=2, aspect_ratio=32, head_dim=16, sequence_len=32, vocab_size=257))
+    torch.save(wider.state_dict(), run_dir / "checkpoints" / "step_000012" / "model.pt")
+    return "step_000012/model.pt: does not fit the model", "size mismatch"
+
+
+def model_not_a_state_dict(run_dir, data_dir, config):
+    torch.save(torch.zeros(3), run_dir / "checkpoints" / "step_000012" / "model.pt")
+    return "step_000012/model.pt", "holds a Tensor, not a model's state_dict"
+
+
 @pytest.mark.parametrize(
     "breakage",
     [
@@ -359,7 +398,14 @@ def missing_data(run_dir, data_dir, config):
         too_few_tokens,
         data_of_another_tokenizer,
         missing_data,
+        manifest_not_utf8,
+        optimizer_shard_of_another_shape,
+        _meta_without("loader"),
+        _meta_without("rng"),
+        model_of_another_shape,
+        model_not_a_state_dict,
     ],
+    ids=lambda breakage: breakage.__name__,
 )
 def test_bad_input_is_one_line_and_damages_nothing(tmp_path, finished_run, data_dir, capsys, breakage):
     """A finished run directory and its data, broken one way; resuming it must fail cleanly."""
