@@ -31,7 +31,7 @@ import torch.distributed as dist
 from nanogpt import checkpoint as ckpt
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
-from nanogpt.events import EVENTS_NAME, EventWriter
+from nanogpt.events import EVENTS_NAME, EventWriter, read_events
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.schedule import lr_multiplier, muon_momentum
@@ -643,6 +643,36 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------------------------
 
+    @property
+    def finished(self) -> bool:
+        """The newest checkpoint is the final one: the run has nothing left to train."""
+        return self.resume_meta is not None and self.resume_meta["step"] >= self.total_steps
+
+    def report_finished(self) -> int:
+        """A finished run started again: say so in one line and write nothing, so that its `end` event
+        stays its last. Only when a crash came between the final checkpoint and the `end` event is that
+        `end` written now (the runner needs it to see the run done)."""
+        meta = self.resume_meta
+        if self.runtime.master:
+            path = self.run_dir / EVENTS_NAME
+            events, _ = read_events(path)
+            if not events or events[-1]["kind"] != "end":
+                val_loss, val_bpb = meta.get("last_val", (None, None))
+                with EventWriter(path) as writer:
+                    writer.write(
+                        "end",
+                        status="done",
+                        message=None,
+                        step=meta["step"],
+                        tokens=meta.get("tokens", 0),
+                        flops=meta.get("flops", 0.0),
+                        elapsed_s=meta.get("elapsed_s"),
+                        val_loss=val_loss,
+                        val_bpb=val_bpb,
+                    )
+            print(f"{self.run_dir}: already done at step {meta['step']}", flush=True)
+        return EXIT_DONE
+
     def train(self) -> int:
         """The loop, from step 0 or the checkpoint's step to the horizon; returns the exit code."""
         config, runtime = self.config, self.runtime
@@ -898,6 +928,8 @@ def run(config_path: str | os.PathLike) -> int:
         except Exception as e:
             error = e
         agree_on_setup(error, runtime)
+        if trainer.finished:
+            return trainer.report_finished()
         return trainer.train()
     except ConfigError as e:
         _report(f"{config_path}: {e}")

@@ -199,6 +199,32 @@ def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tmp_path, data_
     assert sorted(losses(tmp_path)) == list(range(1, 13))
 
 
+def test_a_finished_run_started_again_says_so_and_writes_nothing(tmp_path, finished_run, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    assert run(run_dir / "config.json") == EXIT_DONE
+    out, err = capsys.readouterr()
+    assert out == f"{run_dir}: already done at step 12\n" and err == ""
+    assert snapshot(run_dir) == before  # events.jsonl still ends with its one `end`
+
+
+def test_a_run_that_died_before_its_end_event_gets_it_when_started_again(tmp_path, finished_run, capsys):
+    """Killed between the final checkpoint and `end`: started again, it writes the `end` only."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_text("".join(lines[:-1]))
+    assert run(run_dir / "config.json") == EXIT_DONE
+    assert capsys.readouterr().out == f"{run_dir}: already done at step 12\n"
+    original, now = events_of(finished_run), events_of(run_dir)
+    assert [e["kind"] for e in now] == [e["kind"] for e in original]
+    keys = ("status", "message", "step", "tokens", "flops", "val_loss", "val_bpb")
+    assert {k: now[-1][k] for k in keys} == {k: original[-1][k] for k in keys}
+    assert now[-1]["elapsed_s"] == original[-2]["elapsed_s"]  # the final checkpoint's
+
+
 def test_mid_training_starts_from_the_pretrained_weights_with_masked_loss(tmp_path, finished_run):
     chat_data = make_data_dir(tmp_path / "chat", with_mask=True)
     config = tiny_config(chat_data, mode="mid-training", init_from=str(finished_run), train={"num_steps": 4})
