@@ -399,8 +399,9 @@ class _StopRequest:
 
 
 # Config sections that decide the trajectory: a run directory's checkpoint resumes only under the same ones.
-# Data paths may change (a moved directory); the loader checks that the data itself is the same.
-TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed")
+# Data paths may change (a moved directory); the loader checks that the data itself is the same. `device`
+# and `compile` may change too (docs/training.md says what that costs); `dtype` may not.
+TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed", "dtype")
 # ... except these, which a resumed session may change.
 RESUME_MUTABLE_KEYS = ("train.max_seconds", "train.device_batch_size")
 

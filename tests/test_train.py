@@ -346,6 +346,11 @@ def changed_shape(run_dir, data_dir, config):
     return "step_000012/meta.json", "model.depth: 2 in the checkpoint, 3 now"
 
 
+def changed_dtype(run_dir, data_dir, config):
+    config["dtype"] = "bfloat16"
+    return "step_000012/meta.json", "the run's config changed since this checkpoint (dtype: 'auto' in the"
+
+
 def other_world_size(run_dir, data_dir, config):
     meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -419,6 +424,7 @@ def model_not_a_state_dict(run_dir, data_dir, config):
         corrupt_config,
         unknown_key,
         changed_shape,
+        changed_dtype,
         other_world_size,
         bad_shard_header,
         too_few_tokens,
