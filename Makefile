@@ -10,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STUDY ?= studies/quickstart.yaml
 
-.PHONY: help setup quickstart test test-fast lint format bench-cpu clean
+.PHONY: help setup quickstart test test-fast lint format clean
 
 help:
 	@echo "make quickstart   set up, then run the quickstart study (CPU-sized, offline)"

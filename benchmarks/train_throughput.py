@@ -56,7 +56,7 @@ def measure_matmul_flops(n: int = 8192, reps: int = 20) -> float:
 
 def run(
     name: str,
-    build: Callable[[], tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[], None], int]],
+    build: Callable[[int], tuple[Callable[[torch.Tensor, torch.Tensor], None], Callable[[], None], int]],
     *,
     micro_batch: int,
     seq_len: int,
@@ -66,7 +66,9 @@ def run(
     timed_steps: int,
     matmul_flops: float,
 ) -> Result:
-    """`build()` returns (loss_fn(x, y) doing forward+backward, optimizer_step(), flops_per_token)."""
+    """`build(grad_accum)` returns (loss_and_backward(x, y), optimizer_step(), flops_per_token); the
+    backward of each of the grad_accum micro-batches is of its loss / grad_accum, so that a step's gradient
+    is that of the mean loss over the total batch."""
     torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     grad_accum = total_batch // (micro_batch * seq_len)
@@ -74,7 +76,7 @@ def run(
     gen = torch.Generator(device="cuda").manual_seed(0)
     data = torch.randint(0, vocab_size, (8, micro_batch, seq_len + 1), device="cuda", generator=gen)
     t0 = time.perf_counter()
-    loss_and_backward, optimizer_step, flops_per_token = build()
+    loss_and_backward, optimizer_step, flops_per_token = build(grad_accum)
     t_first_step = time.perf_counter()
 
     def step(i: int) -> None:
@@ -109,16 +111,16 @@ def run(
 
 
 def build_reference(seq_len: int):
-    def build():
+    def build(grad_accum: int):
         model = RefGPT(RefConfig(block_size=seq_len)).cuda()
         optimizer = model.make_optimizer()
         compiled = torch.compile(model)
-        accum_scale = {"value": 1.0}
+        accum_scale = 1.0 / grad_accum  # each micro-batch's mean loss, averaged over the step's
 
         def loss_and_backward(x, y):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = compiled(x, y)
-            (loss * accum_scale["value"]).backward()
+            (loss * accum_scale).backward()
 
         def optimizer_step():
             optimizer.step()

@@ -34,6 +34,7 @@ LATEST_NAME = "LATEST"
 META_NAME = "meta.json"
 MODEL_NAME = "model.pt"
 FORMAT_VERSION = 1
+RANK_STATE_KEYS = ("loader", "rng")  # what every rank's entry in meta.json's rank_states holds
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
@@ -240,6 +241,13 @@ def read_meta(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     for key in ("step", "world_size", "model_config", "rank_states"):
         if key not in meta:
             raise CheckpointError(f"{path}: missing key {key!r}")
+    world_size, rank_states = meta["world_size"], meta["rank_states"]
+    if not isinstance(rank_states, list) or len(rank_states) != world_size:
+        raise CheckpointError(f"{path}: rank_states must list one entry per rank ({world_size!r} ranks)")
+    for rank, state in enumerate(rank_states):
+        for key in RANK_STATE_KEYS:
+            if not isinstance(state, dict) or not isinstance(state.get(key), dict):
+                raise CheckpointError(f"{path}: rank_states[{rank}] has no {key!r} state")
     return meta
 
 

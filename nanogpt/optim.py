@@ -1,4 +1,4 @@
-"""MuonAdamW: Muon for the hidden matrices, AdamW for everything else, sharded over ranks (ZeRO-2).
+"""MuonAdamW: Muon for the hidden matrices, AdamW for everything else, sharded over ranks (ZeRO-2 style).
 
 One class serves 1..N ranks; a single process is world_size == 1 and runs the same code. `step()`:
 
@@ -14,6 +14,15 @@ r-th contiguous slice. A Muon group's matrices of one shape are stacked into a (
 with zero matrices to a multiple of world_size, and rank r owns whole matrices [r*K'/W, (r+1)*K'/W)
 (orthogonalization needs a whole matrix). Optimizer state per rank is therefore about 1/world_size of
 the total; `state_bytes()` reports it.
+
+Gradients. `step()` consumes them: as it launches a parameter's (or a stack's) reduce-scatter it sets
+`p.grad = None`, so the reduction's input (for AdamW a view of the old `p.grad`, or a zero-padded copy;
+for Muon the stacked matrices) is the only full copy left, and each input is freed once its update has
+read this rank's reduced shard (Muon's stack is reused as the all-gather buffer, then freed). During
+`step()` a rank thus holds about one set of full gradients (plus, briefly, one stack's copy) and its
+reduced shards; after `step()` it holds no gradients at all, only its 1/world_size of the optimizer
+state. Between backward and `step()` each rank still holds full gradients: backward accumulates them
+over the micro-batches, and reducing per micro-batch would change the arithmetic.
 
 Param groups (dicts; the keys below and nothing else):
 
@@ -40,6 +49,7 @@ tensors between ranks (`_Collectives`); on CUDA the two update kernels run under
 
 import functools
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -351,22 +361,27 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Phase 1: every reduction in flight before any update waits on one.
-        reductions = []
+        # Phase 1: every reduction in flight before any update waits on one. Each launch takes its
+        # parameters' gradients out of `p.grad` (set to None), so the full gradients are held once, by the
+        # reductions' inputs, never twice.
+        reductions: deque[tuple[dict[str, Any], _AdamWShard | _MuonStack, _Pending]] = deque()
         for group, shards in zip(self.param_groups, self._shards, strict=True):
             for shard in shards:
                 launch = self._reduce_adamw if isinstance(shard, _AdamWShard) else self._reduce_muon
                 reductions.append((group, shard, launch(shard)))
-        # Phase 2: update each shard as its reduction lands; its gather overlaps the next update.
-        gathers = []
-        for group, shard, reduced in reductions:
+        # Phase 2: update each shard as its reduction lands; its gather overlaps the next update. Popping
+        # each reduction frees its input (AdamW) as soon as its update is launched.
+        gathers: deque[Callable[[], None]] = deque()
+        while reductions:
+            group, shard, reduced = reductions.popleft()
             if isinstance(shard, _AdamWShard):
                 gathers.append(self._update_adamw(group, shard, reduced))
             else:
                 gathers.append(self._update_muon(group, shard, reduced))
-        # Phase 3: write the gathered parameters back.
-        for finish in gathers:
-            finish()
+            del reduced
+        # Phase 3: write the gathered parameters back, freeing each gather buffer once it is copied.
+        while gathers:
+            gathers.popleft()()
         return loss
 
     def _reduce_adamw(self, shard: _AdamWShard) -> _Pending:
@@ -378,6 +393,7 @@ class MuonAdamW(torch.optim.Optimizer):
         )
         if shard.padded_numel != p.numel():
             grad = torch.cat([grad, grad.new_zeros(shard.padded_numel - p.numel())])
+        p.grad = None  # the reduction's input holds the gradient (a view of it when unpadded) from here on
         return self._comm.reduce_scatter_mean(grad)
 
     def _update_adamw(
@@ -423,6 +439,9 @@ class MuonAdamW(torch.optim.Optimizer):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in stack.params]
         torch.stack(grads, out=stacked[: len(grads)])
         stacked[len(grads) :].zero_()
+        del grads
+        for p in stack.params:  # the stack holds them now: one full copy, not two
+            p.grad = None
         return self._comm.reduce_scatter_mean(stacked)
 
     def _update_muon(self, group: dict[str, Any], stack: _MuonStack, reduced: _Pending) -> Callable[[], None]:
@@ -520,7 +539,24 @@ class MuonAdamW(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load the shard `state_dict()` saved on this rank of a run with the same world size and groups."""
+        """Load the shard `state_dict()` saved on this rank of a run with the same world size and groups.
+
+        ValueError (starting "optimizer state:") for a shard that does not fit, or is malformed; then
+        nothing has been loaded.
+        """
+        try:
+            self._check_state_dict(state_dict)
+        except (KeyError, IndexError, TypeError, AttributeError) as e:  # not what state_dict() writes
+            raise ValueError(f"optimizer state: malformed ({type(e).__name__}: {e})") from None
+        for saved, shards in zip(state_dict["groups"], self._shards, strict=True):
+            for entry, shard in zip(saved["shards"], shards, strict=True):
+                for name, t in _state_tensors(shard).items():
+                    t.copy_(entry[name])
+                if isinstance(shard, _AdamWShard):
+                    shard.step = entry["step"]
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check everything before copying anything, so a mismatch leaves this optimizer untouched."""
         expected = {"format": STATE_DICT_FORMAT, "rank": self._comm.rank, "world_size": self._comm.world_size}
         for key, want in expected.items():
             if state_dict.get(key) != want:
@@ -533,7 +569,6 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError(
                 f"optimizer state: {len(saved_groups)} param groups saved, this optimizer has {have}"
             )
-        # Check everything before copying anything, so a mismatch leaves this optimizer untouched.
         for i, (saved, group, shards) in enumerate(
             zip(saved_groups, self.param_groups, self._shards, strict=True)
         ):
@@ -549,17 +584,16 @@ class MuonAdamW(torch.optim.Optimizer):
                 )
             for j, (entry, shard) in enumerate(zip(saved["shards"], shards, strict=True)):
                 for name, t in _state_tensors(shard).items():
-                    if tuple(entry[name].shape) != tuple(t.shape):
+                    saved_tensor = entry[name]
+                    if not isinstance(saved_tensor, Tensor):
+                        raise ValueError(f"optimizer state: param group {i} shard {j} {name} is not a tensor")
+                    if saved_tensor.shape != t.shape:
                         raise ValueError(
                             f"optimizer state: param group {i} shard {j} {name} has shape "
-                            f"{tuple(entry[name].shape)}, this optimizer has {tuple(t.shape)}"
+                            f"{tuple(saved_tensor.shape)}, this optimizer has {tuple(t.shape)}"
                         )
-        for saved, shards in zip(saved_groups, self._shards, strict=True):
-            for entry, shard in zip(saved["shards"], shards, strict=True):
-                for name, t in _state_tensors(shard).items():
-                    t.copy_(entry[name])
-                if isinstance(shard, _AdamWShard):
-                    shard.step = int(entry["step"])
+                if isinstance(shard, _AdamWShard) and type(entry["step"]) is not int:
+                    raise ValueError(f"optimizer state: param group {i} shard {j} step is {entry['step']!r}")
 
 
 def _state_tensors(shard: _AdamWShard | _MuonStack) -> dict[str, Tensor]:

@@ -290,9 +290,9 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
             "finish): run `nanostudy prepare`"
         )
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(f"{path}: not valid JSON ({e}); delete it and prepare again") from None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{path}: not valid UTF-8 JSON ({e}); delete it and prepare again") from None
     version = _require(raw, "format_version", int, path)
     if version != MANIFEST_FORMAT_VERSION:
         raise ShardError(f"{path}: manifest format {version}, this code reads {MANIFEST_FORMAT_VERSION}")

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from nanogpt import checkpoint as ckpt
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
-from nanogpt.events import EVENTS_NAME, EventWriter
+from nanogpt.events import EVENTS_NAME, EventWriter, read_events
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.schedule import lr_multiplier, muon_momentum
@@ -399,8 +399,9 @@ class _StopRequest:
 
 
 # Config sections that decide the trajectory: a run directory's checkpoint resumes only under the same ones.
-# Data paths may change (a moved directory); the loader checks that the data itself is the same.
-TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed")
+# Data paths may change (a moved directory); the loader checks that the data itself is the same. `device`
+# and `compile` may change too (docs/training.md says what that costs); `dtype` may not.
+TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed", "dtype")
 # ... except these, which a resumed session may change.
 RESUME_MUTABLE_KEYS = ("train.max_seconds", "train.device_batch_size")
 
@@ -541,6 +542,10 @@ class Trainer:
         source = self.resume_dir or self.init_dir
         if source is not None:
             state = ckpt.load_model_state(source, runtime.device)
+            if not isinstance(state, dict):
+                raise ckpt.CheckpointError(
+                    f"{source / ckpt.MODEL_NAME}: holds a {type(state).__name__}, not a model's state_dict"
+                )
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:
@@ -636,11 +641,44 @@ class Trainer:
         self.hparams = effective_hparams(config, self.gpt_config)
         self.optimizer = build_optimizer(self.model, config, self.hparams)
         if self.resume_meta is not None:
-            self.optimizer.load_state_dict(
-                ckpt.load_optim_state(self.resume_dir, runtime.rank, runtime.device)
-            )
+            optim_state = ckpt.load_optim_state(self.resume_dir, runtime.rank, runtime.device)
+            try:
+                self.optimizer.load_state_dict(optim_state)
+            except ValueError as e:
+                where = self.resume_dir / ckpt.optim_name(runtime.rank)
+                raise ckpt.CheckpointError(f"{where}: does not fit this run's optimizer ({e})") from None
 
     # -- training -----------------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """The newest checkpoint is the final one: the run has nothing left to train."""
+        return self.resume_meta is not None and self.resume_meta["step"] >= self.total_steps
+
+    def report_finished(self) -> int:
+        """A finished run started again: say so in one line and write nothing, so that its `end` event
+        stays its last. Only when a crash came between the final checkpoint and the `end` event is that
+        `end` written now (the runner needs it to see the run done)."""
+        meta = self.resume_meta
+        if self.runtime.master:
+            path = self.run_dir / EVENTS_NAME
+            events, _ = read_events(path)
+            if not events or events[-1]["kind"] != "end":
+                val_loss, val_bpb = meta.get("last_val", (None, None))
+                with EventWriter(path) as writer:
+                    writer.write(
+                        "end",
+                        status="done",
+                        message=None,
+                        step=meta["step"],
+                        tokens=meta.get("tokens", 0),
+                        flops=meta.get("flops", 0.0),
+                        elapsed_s=meta.get("elapsed_s"),
+                        val_loss=val_loss,
+                        val_bpb=val_bpb,
+                    )
+            print(f"{self.run_dir}: already done at step {meta['step']}", flush=True)
+        return EXIT_DONE
 
     def train(self) -> int:
         """The loop, from step 0 or the checkpoint's step to the horizon; returns the exit code."""
@@ -897,6 +935,8 @@ def run(config_path: str | os.PathLike) -> int:
         except Exception as e:
             error = e
         agree_on_setup(error, runtime)
+        if trainer.finished:
+            return trainer.report_finished()
         return trainer.train()
     except ConfigError as e:
         _report(f"{config_path}: {e}")

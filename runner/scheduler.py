@@ -9,6 +9,7 @@ from runner.executor import Exited, describe_exit
 from runner.ingest import AttemptTrace
 from store import AttemptOutcome
 
+EXIT_DONE = 0  # nanogpt.train: done (also a run found already done, which writes no events)
 EXIT_BAD_INPUT = 2  # nanogpt.train: bad config or input, nothing written
 EXIT_STOPPED = 143  # nanogpt.train: stopped on request after writing a checkpoint
 
@@ -56,6 +57,8 @@ def decide_outcome(
     """How an attempt ended, from its events first and its exit code second.
 
     - An `end` event decides: done, diverged, or error (failed, with the trainer's message and stderr).
+    - No event at all and exit 0: the trainer found its run already done (its final checkpoint and `end`
+      were written by an earlier attempt) and wrote nothing: done.
     - No `end`, and we asked it to stop, or it exited 143, or (exit code unknown or a launcher's) its last
       event is a checkpoint taken on the way out: interrupted, resumable from that checkpoint; this does
       not count as a failure.
@@ -70,6 +73,8 @@ def decide_outcome(
             return AttemptOutcome.DIVERGED, end.get("message") or "diverged"
         message = end.get("message") or "the trainer reported an error"
         return AttemptOutcome.FAILED, _join(message, error_tail)
+    if trace.start is None and trace.last_kind is None and exited.code == EXIT_DONE:
+        return AttemptOutcome.DONE, None
     if stop_requested:
         return AttemptOutcome.INTERRUPTED, "stopped by the runner"
     if exited.from_trainer and exited.code == EXIT_STOPPED:

@@ -7,6 +7,8 @@ in any order and one rank's mean and the ranks' reduce-scatter mean are the same
 """
 
 import io
+import weakref
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,65 @@ def run_scenario(num_parts: int, orth_dtype: torch.dtype, process_group: Any = N
         "resume_max_abs_diff": resume_diff,
         "state_dict": opt.state_dict(),
     }
+
+
+def _storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors` (a view and its base count once)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def memory_scenario(process_group: Any = None) -> dict[str, int]:
+    """One step of the scenario's optimizer; the bytes of gradients and optimizer state a rank holds.
+
+    `peak_gradient_bytes` is the largest amount of full-size gradient memory (the parameters' `.grad`
+    plus every reduce-scatter input still alive) seen at the launch of any reduce-scatter; `grad_bytes`
+    and `state_bytes` are what the parameters' `.grad` and the optimizer's state hold after `step()`.
+    """
+    params = build_params()
+    opt = MuonAdamW(build_groups(params), process_group=process_group, orth_dtype=torch.float32)
+    set_grads(params, 0, opt.rank, opt.world_size, opt.world_size)
+    for p in params.values():  # a gradient of its own, as backward leaves it (not a view of all parts)
+        p.grad = p.grad.clone()
+    inputs: list[weakref.ref] = []
+    peak = 0
+    reduce_scatter_mean = opt._comm.reduce_scatter_mean
+
+    def tracked(full: torch.Tensor):
+        nonlocal peak
+        inputs.append(weakref.ref(full))
+        alive = [t for ref in inputs if (t := ref()) is not None]
+        grads = [p.grad for p in params.values() if p.grad is not None]
+        peak = max(peak, _storage_bytes(alive + grads))
+        return reduce_scatter_mean(full)
+
+    opt._comm.reduce_scatter_mean = tracked
+    opt.step()
+    state = [t for group in opt.state_dict()["groups"] for entry in group["shards"] for t in entry.values()]
+    return {
+        "full_gradient_bytes": sum(p.numel() * p.element_size() for p in params.values()),
+        "peak_gradient_bytes": peak,
+        "grad_bytes": _storage_bytes(p.grad for p in params.values() if p.grad is not None),
+        "state_bytes": _storage_bytes(t for t in state if isinstance(t, torch.Tensor)),
+        "inputs_alive_after_step": sum(ref() is not None for ref in inputs),
+    }
+
+
+def spawn_memory_entry(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """torch.multiprocessing.spawn target: run the memory scenario and save rank's numbers."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=120),
+    )
+    try:
+        torch.save(memory_scenario(), Path(out_dir) / f"memory{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def spawn_entry(rank: int, world_size: int, port: int, out_dir: str) -> None:

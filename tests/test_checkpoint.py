@@ -89,6 +89,14 @@ def test_damaged_checkpoints_are_errors_naming_the_file(tmp_path):
     meta_path.write_text(json.dumps(meta | {"format_version": 99}))
     with pytest.raises(ckpt.CheckpointError, match=r"meta\.json: checkpoint format 99"):
         ckpt.read_meta(path)
+    for key in ("loader", "rng"):
+        states = [{k: v for k, v in meta["rank_states"][0].items() if k != key}]
+        meta_path.write_text(json.dumps(meta | {"rank_states": states}))
+        with pytest.raises(ckpt.CheckpointError, match=rf"meta\.json: rank_states\[0\] has no '{key}' state"):
+            ckpt.read_meta(path)
+    meta_path.write_text(json.dumps(meta | {"rank_states": []}))
+    with pytest.raises(ckpt.CheckpointError, match=r"meta\.json: rank_states must list one entry per rank"):
+        ckpt.read_meta(path)
     meta_path.write_text("{not json")
     with pytest.raises(ckpt.CheckpointError, match=r"meta\.json: not valid JSON"):
         ckpt.read_meta(path)

@@ -147,9 +147,10 @@ def test_muon_step_matches_reference(nesterov):
     gen = torch.Generator().manual_seed(3)
     for _ in range(4):
         _set_grads([ours], gen)
+        grads = [o.grad for o in ours]  # step() takes them out of .grad
         opt.step()
-        for p, o, buf in zip(ref, ours, bufs, strict=True):
-            _reference_muon_step(p, o.grad, buf, **hyper)
+        for p, g, buf in zip(ref, grads, bufs, strict=True):
+            _reference_muon_step(p, g, buf, **hyper)
     for r, o in zip(ref, ours, strict=True):
         torch.testing.assert_close(o.detach(), r, rtol=1e-5, atol=1e-6)
 
@@ -225,6 +226,37 @@ def test_compiled_kernels_match_eager_on_cuda():
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
 
 
+# --- memory ---
+
+
+def test_step_consumes_the_gradients_and_never_holds_two_copies():
+    """One process: each full gradient is held once during step() (by .grad or by its reduction's input,
+    never both), and after step() by nothing; only the optimizer state is left."""
+    held = worker.memory_scenario()
+    assert held["grad_bytes"] == 0 and held["inputs_alive_after_step"] == 0
+    assert held["peak_gradient_bytes"] == held["full_gradient_bytes"]  # no padding at world_size 1
+    assert held["state_bytes"] == MuonAdamW(worker.build_groups(worker.build_params())).state_bytes()
+
+
+@pytest.mark.slow
+def test_two_ranks_each_hold_about_half_the_gradient_and_state_bytes_after_step():
+    """Gradients and optimizer state held per rank after step(): 2 gloo ranks against 1 process. The
+    state is sharded, the gradients are freed, so each rank holds about half (one rank owns 3 of the 5
+    stacked (16, 24) matrices, the other 2). During step() a rank holds one full set of gradients, plus the
+    zero padding of its reductions' inputs."""
+    world_size = 2
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(worker.spawn_memory_entry, args=(world_size, _free_port(), out_dir), nprocs=world_size)
+        ranks = [torch.load(Path(out_dir) / f"memory{r}.pt", weights_only=True) for r in range(world_size)]
+    one = worker.memory_scenario()
+    held_one = one["grad_bytes"] + one["state_bytes"]
+    held = [r["grad_bytes"] + r["state_bytes"] for r in ranks]
+    assert all(r["grad_bytes"] == 0 and r["inputs_alive_after_step"] == 0 for r in ranks), ranks
+    assert max(held) <= 0.6 * held_one and sum(held) <= 1.01 * held_one, (held, held_one)
+    for r in ranks:
+        assert r["full_gradient_bytes"] <= r["peak_gradient_bytes"] <= 1.15 * r["full_gradient_bytes"], r
+
+
 # --- state ---
 
 
@@ -284,6 +316,30 @@ def test_load_state_dict_rejects_a_different_layout():
         wider.load_state_dict(saved)
     assert saved["groups"][0]["shards"][0]["momentum_buffer"].any()
     assert not wider.state_dict()["groups"][0]["shards"][0]["momentum_buffer"].any()
+
+
+def test_load_state_dict_refuses_a_malformed_shard_with_a_value_error():
+    opt = MuonAdamW(_mixed(_leaves(MIXED_SHAPES)))
+    saved = opt.state_dict()
+    muon, adamw = saved["groups"]
+
+    def with_entry(group, index, **change):
+        entry = {k: v for k, v in {**group["shards"][index], **change}.items() if v is not None}
+        return {**group, "shards": [*group["shards"][:index], entry, *group["shards"][index + 1 :]]}
+
+    cases = [
+        ({k: v for k, v in saved.items() if k != "groups"}, r"malformed \(KeyError: 'groups'\)"),
+        ({**saved, "groups": [muon, {"kind": "adamw"}]}, r"malformed \(KeyError: 'num_params'\)"),
+        ({**saved, "groups": [muon, with_entry(adamw, 1, step=None)]}, r"malformed \(KeyError: 'step'\)"),
+        ({**saved, "groups": [muon, with_entry(adamw, 1, step=1.5)]}, r"group 1 shard 1 step is 1\.5"),
+        (
+            {**saved, "groups": [with_entry(muon, 0, momentum_buffer=[0.0]), adamw]},
+            r"group 0 shard 0 momentum_buffer is not a tensor",
+        ),
+    ]
+    for state, message in cases:
+        with pytest.raises(ValueError, match=f"^optimizer state: .*{message}"):
+            opt.load_state_dict(state)
 
 
 def test_state_bytes_counts_the_moments_and_momentum():

@@ -87,6 +87,10 @@ FINAL = {"kind": "checkpoint", "step": 9, "final": True}
         ((START, STEP), Exited(code=None, from_trainer=False), False, AttemptOutcome.FAILED),
         ((START, STEP, CHECKPOINT), Exited(code=-9, from_trainer=True), False, AttemptOutcome.FAILED),
         ((), Exited(code=2, from_trainer=True), False, AttemptOutcome.FAILED),
+        # A run found already done writes no events and exits 0 (torchrun: 0 when every rank did).
+        ((), Exited(code=0, from_trainer=True), False, AttemptOutcome.DONE),
+        ((), Exited(code=0, from_trainer=False), False, AttemptOutcome.DONE),
+        ((START, STEP), Exited(code=0, from_trainer=True), False, AttemptOutcome.FAILED),
     ],
 )
 def test_decide_outcome(events, exited, stop, expected):

@@ -145,7 +145,10 @@ def test_manifest_problems(tmp_path):
     with pytest.raises(ShardError, match="missing key 'hash'"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ShardError, match="not valid JSON"):
+    with pytest.raises(ShardError, match="not valid UTF-8 JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(json.dumps(raw).encode("utf-16"))
+    with pytest.raises(ShardError, match=r"manifest\.json: not valid UTF-8 JSON"):
         read_manifest(tmp_path)
 
 

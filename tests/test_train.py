@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -21,10 +22,12 @@ from nanogpt import checkpoint as ckpt
 from nanogpt.data import TokenLoader
 from nanogpt.events import read_events, validate
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.optim import MuonAdamW
 from nanogpt.train import (
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,
     EXIT_DONE,
+    EXIT_ERROR,
     EXIT_STOPPED,
     effective_hparams,
     peak_flops,
@@ -153,6 +156,21 @@ def test_horizon_from_a_flop_budget_and_an_automatic_micro_batch(tmp_path, data_
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_000007"]  # the final one only
 
 
+@pytest.mark.parametrize(("target_tokens", "num_steps"), [(1380, 5), (100, 1)])  # 5.4 and 0.4 steps
+def test_horizon_from_a_token_budget(tmp_path, data_dir, target_tokens, num_steps):
+    """steps = round(target_tokens / total_batch_tokens), at least one."""
+    config = tiny_config(
+        data_dir, train={"num_steps": None, "target_tokens": target_tokens}, checkpoint={"every_steps": None}
+    )
+    assert run(write_run(tmp_path, config)) == EXIT_DONE
+    events = events_of(tmp_path)
+    start, end = events[0], events[-1]
+    assert start["total_steps"] == num_steps and start["total_tokens"] == num_steps * 256
+    assert sorted(losses(tmp_path)) == list(range(1, num_steps + 1))
+    assert end["status"] == "done" and end["step"] == num_steps and end["tokens"] == num_steps * 256
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [f"step_{num_steps:06d}"]
+
+
 def test_resume_is_bit_identical(tmp_path, finished_run, data_dir):
     """N steps straight vs N/2, then a new process resuming from the N/2 checkpoint for the other N/2."""
     resumed = tmp_path / "resumed"
@@ -185,6 +203,30 @@ def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, data_dir):
     assert ckpt.list_checkpoints(tmp_path) == []  # a diverged state is not worth keeping
 
 
+def test_an_exception_mid_run_ends_it_with_an_error_event_and_exit_1(tmp_path, data_dir, monkeypatch, capsys):
+    calls = []
+    real_step = MuonAdamW.step
+
+    def failing_step(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure\nsecond line")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MuonAdamW, "step", failing_step)
+    assert run(write_run(tmp_path, tiny_config(data_dir))) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: injected failure" in err  # unexpected: the whole traceback
+    events = events_of(tmp_path)
+    for event in events:
+        validate(event)
+    assert [e["kind"] for e in events] == ["start", "step", "step", "end"]
+    end = events[-1]
+    assert end["status"] == "error" and end["message"] == "RuntimeError: injected failure"  # one line
+    assert end["step"] == 2 and end["tokens"] == 2 * 256 and end["val_loss"] is None
+    assert ckpt.list_checkpoints(tmp_path) == []
+
+
 def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tmp_path, data_dir):
     config = tiny_config(data_dir, train={"max_seconds": 1e-6})
     assert run(write_run(tmp_path, config)) == EXIT_STOPPED
@@ -197,6 +239,32 @@ def test_max_seconds_stops_with_a_checkpoint_and_the_run_resumes(tmp_path, data_
     events = events_of(tmp_path)
     assert [e["kind"] for e in events].count("start") == 2 and events[-1]["status"] == "done"
     assert sorted(losses(tmp_path)) == list(range(1, 13))
+
+
+def test_a_finished_run_started_again_says_so_and_writes_nothing(tmp_path, finished_run, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    assert run(run_dir / "config.json") == EXIT_DONE
+    out, err = capsys.readouterr()
+    assert out == f"{run_dir}: already done at step 12\n" and err == ""
+    assert snapshot(run_dir) == before  # events.jsonl still ends with its one `end`
+
+
+def test_a_run_that_died_before_its_end_event_gets_it_when_started_again(tmp_path, finished_run, capsys):
+    """Killed between the final checkpoint and `end`: started again, it writes the `end` only."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "events.jsonl").write_text("".join(lines[:-1]))
+    assert run(run_dir / "config.json") == EXIT_DONE
+    assert capsys.readouterr().out == f"{run_dir}: already done at step 12\n"
+    original, now = events_of(finished_run), events_of(run_dir)
+    assert [e["kind"] for e in now] == [e["kind"] for e in original]
+    keys = ("status", "message", "step", "tokens", "flops", "val_loss", "val_bpb")
+    assert {k: now[-1][k] for k in keys} == {k: original[-1][k] for k in keys}
+    assert now[-1]["elapsed_s"] == original[-2]["elapsed_s"]  # the final checkpoint's
 
 
 def test_mid_training_starts_from_the_pretrained_weights_with_masked_loss(tmp_path, finished_run):
@@ -320,9 +388,15 @@ def changed_shape(run_dir, data_dir, config):
     return "step_000012/meta.json", "model.depth: 2 in the checkpoint, 3 now"
 
 
+def changed_dtype(run_dir, data_dir, config):
+    config["dtype"] = "bfloat16"
+    return "step_000012/meta.json", "the run's config changed since this checkpoint (dtype: 'auto' in the"
+
+
 def other_world_size(run_dir, data_dir, config):
     meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
-    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"world_size": 2}))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(meta | {"world_size": 2, "rank_states": meta["rank_states"] * 2}))
     return "step_000012/meta.json", "written by 2 processes, this run has 1"
 
 
@@ -348,18 +422,64 @@ def missing_data(run_dir, data_dir, config):
     return str(data_dir / "manifest.json"), "no manifest"
 
 
+def manifest_not_utf8(run_dir, data_dir, config):
+    (data_dir / "manifest.json").write_bytes(b'{"format_version": 1, "name": "\xff\xfe"}')
+    return str(data_dir / "manifest.json"), "not valid UTF-8 JSON"
+
+
+def optimizer_shard_of_another_shape(run_dir, data_dir, config):
+    path = run_dir / "checkpoints" / "step_000012" / "optim_rank0.pt"
+    state = torch.load(path, weights_only=True)
+    shard = state["groups"][1]["shards"][0]  # the embedding's AdamW moments
+    shard["exp_avg"] = shard["exp_avg"][:-1].clone()
+    torch.save(state, path)
+    return "step_000012/optim_rank0.pt: does not fit this run's optimizer", "exp_avg has shape"
+
+
+def _meta_without(key):
+    def breakage(run_dir, data_dir, config):
+        meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        del meta["rank_states"][0][key]
+        meta_path.write_text(json.dumps(meta))
+        return "step_000012/meta.json", f"rank_states[0] has no {key!r} state"
+
+    breakage.__name__ = f"rank_state_without_{key}"
+    return breakage
+
+
+def model_of_another_shape(run_dir, data_dir, config):
+    """meta.json says depth 2 width 32 (as configured), model.pt holds width 64 weights."""
+    wider = GPT(GPTConfig(depth=2, aspect_ratio=32, head_dim=16, sequence_len=32, vocab_size=257))
+    torch.save(wider.state_dict(), run_dir / "checkpoints" / "step_000012" / "model.pt")
+    return "step_000012/model.pt: does not fit the model", "size mismatch"
+
+
+def model_not_a_state_dict(run_dir, data_dir, config):
+    torch.save(torch.zeros(3), run_dir / "checkpoints" / "step_000012" / "model.pt")
+    return "step_000012/model.pt", "holds a Tensor, not a model's state_dict"
+
+
 @pytest.mark.parametrize(
     "breakage",
     [
         corrupt_config,
         unknown_key,
         changed_shape,
+        changed_dtype,
         other_world_size,
         bad_shard_header,
         too_few_tokens,
         data_of_another_tokenizer,
         missing_data,
+        manifest_not_utf8,
+        optimizer_shard_of_another_shape,
+        _meta_without("loader"),
+        _meta_without("rng"),
+        model_of_another_shape,
+        model_not_a_state_dict,
     ],
+    ids=lambda breakage: breakage.__name__,
 )
 def test_bad_input_is_one_line_and_damages_nothing(tmp_path, finished_run, data_dir, capsys, breakage):
     """A finished run directory and its data, broken one way; resuming it must fail cleanly."""
@@ -487,8 +607,31 @@ def test_two_ranks_train_shard_the_optimizer_and_resume_exactly(tmp_path, data_d
     assert losses(resumed) == {s: loss[s] for s in range(7, 13)}
 
 
+def wandb_records(path: Path):
+    """The records of an offline run's `.wandb` file, as W&B's protobuf `Record`s. The file is a LevelDB
+    log (what `wandb sync` uploads): a 7-byte header (":W&B", 0xBEE1, version), then 32 KiB blocks of
+    chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
 @pytest.mark.slow
-def test_wandb_offline_writes_a_local_run(tmp_path, data_dir):
+def test_wandb_offline_run_holds_every_step_and_val_metric(tmp_path, data_dir):
     config = tiny_config(data_dir, wandb={"mode": "offline", "project": "nanostudy-test", "name": "tiny"})
     wandb_dir = tmp_path / "wandb-root"
     wandb_dir.mkdir()
@@ -497,7 +640,37 @@ def test_wandb_offline_writes_a_local_run(tmp_path, data_dir):
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == EXIT_DONE, out.stderr[-3000:]
     runs = list((wandb_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list(wandb_dir.rglob("*"))
+    assert len(runs) == 1, list(wandb_dir.rglob("*"))
+    (log_file,) = runs[0].glob("*.wandb")
+    history: dict[int, dict] = {}
+    summary: dict[str, object] = {}
+    for record in wandb_records(log_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            row = {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                for item in record.history.item
+            }
+            history[row["_step"]] = row
+        elif kind == "summary":
+            summary.update({i.key: json.loads(i.value_json) for i in record.summary.update if i.key})
+        elif kind == "run":
+            assert record.run.project == "nanostudy-test" and record.run.display_name == "tiny"
+    events = events_of(tmp_path / "run")
+    steps = [e for e in events if e["kind"] == "step"]
+    vals = [e for e in events if e["kind"] == "val"]
+    assert sorted(history) == [e["step"] for e in steps] == list(range(1, 13))
+    for e in steps:
+        row = history[e["step"]]
+        for key in ("loss", "lr", "lr_frac", "tokens", "flops", "tok_per_s"):
+            assert row[f"step/{key}"] == pytest.approx(e[key], rel=1e-12), (e["step"], key)
+        assert "step/mfu" not in row  # null on the CPU: not logged
+    assert [e["step"] for e in vals] == [6, 12]
+    for e in vals:
+        row = history[e["step"]]
+        for key in ("val_loss", "val_bpb", "val_tokens"):
+            assert row[f"val/{key}"] == pytest.approx(e[key], rel=1e-12), (e["step"], key)
+    assert summary["status"] == "done"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""The throughput benchmark's reference recipe trains what nanoGPT trains: with gradient accumulation, a
+step's gradient is that of the mean loss over the total batch (checked on the CPU with a tiny model)."""
+
+import dataclasses
+import warnings
+from typing import ClassVar
+
+import pytest
+import torch
+
+from benchmarks import train_throughput
+from benchmarks.reference_gpt2 import RefConfig, RefGPT
+
+
+class TinyRef(RefGPT):
+    """The reference model at a few thousand parameters, on the CPU (its `.cuda()` is a no-op)."""
+
+    built: ClassVar[list["TinyRef"]] = []
+
+    def __init__(self, config: RefConfig):
+        super().__init__(dataclasses.replace(config, n_layer=1, n_head=2, n_embd=16, vocab_size=64))
+        TinyRef.built.append(self)
+
+    def cuda(self):
+        return self
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2, 4])
+def test_reference_gradient_is_that_of_the_mean_loss_over_the_total_batch(monkeypatch, grad_accum):
+    monkeypatch.setattr(train_throughput, "RefGPT", TinyRef)
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    seq_len, micro_batch = 8, 2
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (grad_accum * micro_batch, seq_len + 1), generator=gen)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    torch.manual_seed(0)
+    whole = TinyRef(RefConfig(block_size=seq_len))
+    whole(x, y).backward()  # the mean over every token of the step, in one pass
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast("cuda") without CUDA is disabled: float32 here
+        loss_and_backward, _, _ = train_throughput.build_reference(seq_len)(grad_accum)
+        accumulated = TinyRef.built[-1]
+        for k in range(grad_accum):
+            rows = slice(k * micro_batch, (k + 1) * micro_batch)
+            loss_and_backward(x[rows], y[rows])
+    for (name, a), b in zip(accumulated.named_parameters(), whole.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
