@@ -146,7 +146,7 @@ def test_run_trains_every_cell_once_and_a_new_depth_adds_only_its_cell(tmp_path,
 def test_cancel_reaches_the_running_runner_and_rerun_resumes_the_cell(tmp_path, corpus, capsys):
     path = _study(tmp_path, corpus, depths="[1]")
     path.write_text(
-        path.read_text().replace("flops: [2e8]", "flops: [3e10]") + "checkpoint: {every_steps: 20}\n"
+        path.read_text().replace("flops: [2e8]", "flops: [6e9]") + "checkpoint: {every_steps: 20}\n"
     )
     assert main(["cancel", str(path)]) == 2  # no database yet
     assert "no nanostudy database here yet" in capsys.readouterr().err
