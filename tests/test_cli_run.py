@@ -11,7 +11,7 @@ from data_fixtures import sentence, write_text_corpus
 from runner_fixtures import wait_for
 
 from runner.cli import main
-from store import open_store
+from store import StoreNotFoundError, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -179,10 +179,11 @@ def test_cancel_reaches_the_running_runner_and_rerun_resumes_the_cell(tmp_path, 
 
 
 def _running_step(tmp_path: Path) -> int:
-    db = tmp_path / "nanostudy.db"
-    if not db.exists():
+    try:
+        store = open_store(tmp_path / "nanostudy.db", create=False)
+    except StoreNotFoundError:  # the runner has not created the database (or its tables) yet
         return 0
-    with open_store(db, create=False) as store:
+    with store:
         from store import cell_statuses, get_study
 
         study = get_study(store, "cli")
