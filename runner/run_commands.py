@@ -27,7 +27,17 @@ from pathlib import Path
 from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, rerun, study_status
 from runner.gpus import GpuPool, load_nvml, parse_gpu_list
 from runner.lock import StudyLock, StudyLockedError, lock_path
-from store import CellMode, CellState, NewCell, Store, add_cells, default_db_path, open_store, upsert_study
+from store import (
+    CellMode,
+    CellState,
+    NewCell,
+    Store,
+    StoreNotFoundError,
+    add_cells,
+    default_db_path,
+    open_store,
+    upsert_study,
+)
 
 RERUN_CHOICES = ("failed", "diverged", "cancelled")
 
@@ -185,10 +195,15 @@ def plan_study(study_path: Path, *, db: str | None = None, data_root: Path | Non
     states: dict[str, str] = {}
     db_path = db or default_db_path(study_path)
     if "://" in str(db_path) or Path(db_path).is_file():
-        with open_store(db_path, create=False) as store:
-            device = measured_throughput(store, device)
-            with contextlib.suppress(UnknownStudyError):
-                states = {cell.id: cell.state for cell in study_status(store, study.name).cells}
+        try:
+            store = open_store(db_path, create=False)
+        except StoreNotFoundError:  # a runner is creating it this moment: nothing recorded yet
+            store = None
+        if store is not None:
+            with store:
+                device = measured_throughput(store, device)
+                with contextlib.suppress(UnknownStudyError):
+                    states = {cell.id: cell.state for cell in study_status(store, study.name).cells}
     planned = plan(study, data_dirs=data_dirs, measured=device)
     return planned, {cell.id: states.get(cell.id, "new") for cell in planned.cells}
 
