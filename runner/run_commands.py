@@ -126,23 +126,26 @@ def run_study(
     return RunResult(study_name=study.name, interrupted=interrupted, all_done=all_done), store
 
 
-def prepare_data(study, *, root: Path, log) -> dict[str, Path]:
+def prepare_data(
+    study, *, root: Path, log, progress: bool | None = None, num_workers: int | None = None
+) -> dict[str, Path]:
     """Prepare the study's data once (a prepared directory is found again): {stage: data directory}."""
     from runner.data.prepare import prepare
     from runner.study import mid_training_data
 
     dirs: dict[str, Path] = {}
-    progress = sys.stderr.isatty()
+    progress = sys.stderr.isatty() if progress is None else progress
+    options = dict(root=root, progress=progress, num_workers=num_workers)
     if study.data is not None:
-        dirs["pretraining"] = _prepared(prepare(study.data, root=root, progress=progress), log)
+        dirs["pretraining"] = _prepared(prepare(study.data, **options), log)
     if study.mid_training is not None:
         config = mid_training_data(study, pretraining_data_dir=dirs.get("pretraining"))
-        dirs["mid-training"] = _prepared(prepare(config, root=root, progress=progress), log)
+        dirs["mid-training"] = _prepared(prepare(config, **options), log)
     return dirs
 
 
 def _prepared(result, log) -> Path:
-    log(f"data: {result.status}: {result.data_dir}")
+    log(f"{result.status}: {result.data_dir}")
     return Path(result.data_dir)
 
 

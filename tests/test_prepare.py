@@ -3,6 +3,7 @@ chat masks, trained BPE tokenizers that tiktoken encodes exactly as Hugging Face
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,12 +253,32 @@ def test_cli_prepare_study_file_and_errors(tmp_path, corpus, tokenizer_dir, caps
         f"  source: {{name: local, paths: ['{corpus[0]}/*.txt']}}\n"
         f"  tokenizer: {tokenizer_dir}\n"
         "  val_fraction: 0.1\n"
+        "grid: {depth: [1], flops: [1e9]}\n"
     )
     root = ["--root", str(tmp_path / "data"), "--quiet", "--workers", "1"]
-    assert _cli(["prepare", str(study), *root]) == 0
+    assert _cli(["prepare", str(study), *root]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.startswith("prepared: ")
     assert _cli(["prepare", str(study), *root]) == 0
     assert capsys.readouterr().out.startswith("already prepared: ")
+    # Mode all: both stages, the mid-training data with the pretraining tokenizer plus the chat markers.
+    chats = tmp_path / "chats.jsonl"
+    turns = [
+        [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]
+        for i in range(40)
+    ]
+    chats.write_text("".join(json.dumps({"messages": turn}) + "\n" for turn in turns))
+    source = f"{{name: local, paths: '{chats}', format: chat}}"
+    mid = f"mid_training:\n  data: {{source: {source}, val_fraction: 0.2}}\n"
+    study.write_text(study.read_text().replace("name: demo", "name: demo\nmode: all") + mid + "  steps: 3\n")
+    assert _cli(["prepare", str(study), *root]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("already prepared: ") and lines[1].startswith("prepared: ")
+    manifest = json.loads((Path(lines[1].split(": ", 1)[1]) / "manifest.json").read_text())
+    assert manifest["has_mask"] and "<|im_start|>" in manifest["tokenizer"]["special_tokens"]
+    # A study with a problem is reported with its line, and nothing is prepared.
+    study.write_text(study.read_text().replace("flops: [1e9]", "flops: [-1]"))
+    assert _cli(["prepare", str(study), *root]) == 2
+    assert f"{study}:" in capsys.readouterr().err
     assert _cli(["prepare", "--source", "wikipedia", *root]) == 2
     assert "unknown source 'wikipedia'" in capsys.readouterr().err
     assert _cli(["prepare", "--source", "local", "--set", f"paths={tmp_path}/nothing/*.txt", *root]) == 2

@@ -62,6 +62,9 @@ def _data_section(args) -> dict:
 def _cmd_prepare(args) -> int:
     from runner.data.prepare import PrepareConfig, prepare
 
+    flags = (args.source, args.set, args.tokenizer, args.shard_tokens, args.val_fraction)
+    if args.study and not any(flag is not None for flag in flags):
+        return _prepare_study(args)
     config = PrepareConfig.from_dict(_data_section(args))
     start_s = time.perf_counter()
     result = prepare(config, root=args.root, num_workers=args.workers, progress=not args.quiet)
@@ -73,6 +76,22 @@ def _cmd_prepare(args) -> int:
         f"train {manifest.num_tokens('train'):,} tokens in {len(manifest.shards('train'))} shards; "
         f"val {manifest.num_tokens('val'):,} tokens; {time.perf_counter() - start_s:.1f} s"
     )
+    return 0
+
+
+def _prepare_study(args) -> int:
+    """Every stage's data of a study, as `nanostudy run` prepares it (mid-training data in mode `all` with the
+    pretraining tokenizer); the study file is validated first."""
+    from runner.run_commands import prepare_data
+    from runner.study import StudyError, load
+
+    try:
+        study = load(args.study)
+    except StudyError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    prepare_data(study, root=args.root, log=print, progress=not args.quiet, num_workers=args.workers)
     return 0
 
 
