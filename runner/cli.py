@@ -9,7 +9,16 @@ import sys
 COMMAND_MODULES = [
     "runner.data.commands",
     "runner.run_commands",
+    "reports.commands",
 ]
+# Work that follows a command and belongs to another package, wired here, in the composition root, so that
+# no runner module imports the reports (DESIGN: runner -> store, nanogpt; reports -> store): `nanostudy run`
+# ends by writing the study's HTML report. Each hook, "module:function", is called as function(args,
+# exit_code) after the command returns; it is imported only then, and whatever it raises is a warning that
+# never changes the command's exit code.
+AFTER_COMMAND = {
+    "run": "reports.commands:report_after_run",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,10 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("nanostudy: interrupted", file=sys.stderr)
         return 130
+    if args.command in AFTER_COMMAND:
+        _after(AFTER_COMMAND[args.command], args, code)
+    return code
+
+
+def _after(hook: str, args: argparse.Namespace, code: int) -> None:
+    module, function = hook.split(":")
+    try:
+        getattr(importlib.import_module(module), function)(args, code)
+    except (Exception, KeyboardInterrupt) as error:
+        print(f"nanostudy {args.command}: warning: {hook} failed: {error!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""The reports' commands.
+
+    nanostudy report STUDY [-o FILE.html] [--format html|png|svg] [--db URL] [--metric bpb|loss] [--boot N]
+
+STUDY is the study file (its `name:`; the database beside it unless --db), or the study's name with --db (or
+with a nanostudy.db in the current directory). This module is imported by every `nanostudy` command to
+register its parsers, so it imports nothing heavy at module level: Altair, vl-convert and scipy are loaded
+by the command that uses them.
+"""
+
+import sys
+from pathlib import Path
+
+from store import StoreNotFoundError, default_db_path, get_study, open_store
+
+
+class StudyArgumentError(ValueError):
+    """STUDY names no study file and no database was found for it."""
+
+
+def resolve_study(study: str, db: str | None) -> tuple[str, str, Path]:
+    """(study name, database, folder the study file is in) for a STUDY argument.
+
+    The name comes from the study file's `name:` key, read with PyYAML: the reports may not import the
+    runner's study loader (DESIGN's import directions), and the name is all the report needs of the file.
+    """
+    path = Path(study)
+    if path.is_file():
+        import yaml
+
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise StudyArgumentError(f"{path}: not a readable study file ({error})") from error
+        name = doc.get("name") if isinstance(doc, dict) else None
+        if not isinstance(name, str) or not name:
+            raise StudyArgumentError(f"{path}: the study file has no 'name'")
+        return name, str(db or default_db_path(path)), path.resolve().parent
+    if path.suffix in (".yaml", ".yml"):
+        raise StudyArgumentError(f"{path}: no such study file")
+    return study, db or "nanostudy.db", Path.cwd()
+
+
+def default_output(folder: Path, name: str, fmt: str) -> Path:
+    """`<study dir>/reports/<study>.html`, or the folder `<study dir>/reports/<study>-png/` for PNG files."""
+    return folder / "reports" / (f"{name}.html" if fmt == "html" else f"{name}-{fmt}")
+
+
+def make_report(
+    study: str,
+    *,
+    db: str | None = None,
+    out: Path | None = None,
+    fmt: str = "html",
+    metric: str = "bpb",
+    n_boot: int = 1000,
+    log=print,
+) -> list[str]:
+    """Write the report of STUDY (see the module docstring); returns what it left out. Raises
+    StudyArgumentError, StoreNotFoundError, `reports.data.UnknownStudyError`."""
+    from reports.report import write_report
+
+    name, database, folder = resolve_study(study, db)
+    with open_store(database, create=False) as store:
+        record = get_study(store, name)
+        if record is not None and not Path(study).is_file() and Path(record.path).parent.is_dir():
+            folder = Path(record.path).resolve().parent
+        target = out or default_output(folder, name, fmt)
+        result = write_report(store, name, target, fmt=fmt, metric=metric, n_boot=n_boot)
+    for line in result.left_out:
+        log(f"left out: {line}")
+    where = result.paths[0] if fmt == "html" else f"{len(result.paths)} {fmt.upper()} files in {target}"
+    log(f"report: {where}")
+    return result.left_out
+
+
+def _cmd_report(args) -> int:
+    from reports.data import UnknownStudyError
+
+    def err(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    try:
+        make_report(
+            args.study, db=args.db, out=args.output, fmt=args.format, metric=args.metric, n_boot=args.boot,
+            log=lambda line: (err if line.startswith("left out") else print)(line),
+        )  # fmt: skip
+    except (StudyArgumentError, StoreNotFoundError, UnknownStudyError) as error:
+        err(f"nanostudy report: error: {error}")
+        return 2
+    return 0
+
+
+def report_after_run(args, exit_code: int) -> None:
+    """`nanostudy run`'s last step (wired in runner/cli.py): the report of the study it ran, at the default
+    place. Only after a run that finished (exit 0, or 1 with cells failed); a failure here is a warning."""
+    if exit_code not in (0, 1):
+        return
+    try:
+        make_report(args.study, db=args.db, log=lambda line: print(line, flush=True))
+    except Exception as error:  # the run's outcome stands whatever happens to its report
+        print(f"nanostudy run: warning: the report was not written: {error}", file=sys.stderr)
+
+
+def register_report(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report",
+        help="the scaling report of a study: one offline HTML file (or its charts as PNG/SVG)",
+        description=(
+            "Fit the study's scaling laws and write a self-contained HTML report: summary, isoflop curves, "
+            "N*(C), D*(C), L*(C), the parametric fit, training curves, evals, throughput, every cell."
+        ),
+    )
+    report.add_argument("study", help="the study file, or the study's name with --db")
+    report.add_argument("--db", help="database file or URL (default: nanostudy.db beside the study)")
+    report.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the HTML file, or the folder for --format png/svg (default: reports/ beside the study file)",
+    )
+    report.add_argument(
+        "--format", choices=("html", "png", "svg"), default="html", help="png/svg: one file per chart"
+    )
+    report.add_argument(
+        "--metric", choices=("bpb", "loss"), default="bpb", help="fit validation bits per byte or loss"
+    )
+    report.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the intervals")
+    report.set_defaults(func=_cmd_report)
+
+
+def register(subparsers) -> None:
+    register_report(subparsers)

@@ -1,0 +1,218 @@
+"""The HTML report: every section from a realistic store, bad input said and survived, the CLI, the hook that
+writes it after `nanostudy run`, and PNG/SVG export. The browser half is tests/test_report_browser.py."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, sparse_study, standin_fits
+
+import reports.report
+from reports.data import attempt_hours, read_study, thin
+from reports.report import build_report, write_report
+from runner.cli import main
+from store import Attempt, Executor
+
+SECTIONS = ("summary", "isoflop", "optimum", "parametric", "training", "evals", "throughput", "cells")
+CHARTS = (
+    "isoflop",
+    "n-opt",
+    "d-opt",
+    "loss-opt",
+    "parametric",
+    "residuals",
+    "training",
+    "evals",
+    "throughput",
+)
+
+
+@pytest.fixture(scope="module")
+def study_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("report") / "nanostudy.db"
+    build_study(db).close()
+    return db
+
+
+@pytest.fixture
+def store(study_db: Path):
+    from store import open_store
+
+    with open_store(study_db, create=False) as store:
+        yield store
+
+
+def _specs(html: str) -> dict[str, dict]:
+    """The Vega-Lite spec of each chart, by chart name."""
+    found = re.findall(r'data-name="([^"]+)" data-spec="(spec-\d+)"', html)
+    specs = {}
+    for name, spec_id in found:
+        match = re.search(rf'<script type="application/json" id="{spec_id}">(.*?)</script>', html, re.S)
+        specs[name] = json.loads(match.group(1))
+    return specs
+
+
+def _values(spec: dict) -> list[dict]:
+    return [row for rows in spec.get("datasets", {}).values() for row in rows] + spec.get("data", {}).get(
+        "values", []
+    )
+
+
+def test_every_section_and_chart_from_a_realistic_study(store, tmp_path: Path) -> None:
+    fits = standin_fits(store, "synthetic")
+    result = write_report(store, "synthetic", tmp_path / "r.html", fits=fits)
+    html = (tmp_path / "r.html").read_text()
+    assert result.left_out == []
+    for anchor in SECTIONS:
+        assert f'<section id="{anchor}">' in html
+    specs = _specs(html)
+    assert tuple(specs) == CHARTS
+    # Offline: the only scripts are inline; nothing refers to a server.
+    assert not re.search(r"<script[^>]+src=", html)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    assert "vegaEmbed" in html and len(html) < 3_000_000
+    # The summary: counts, GPU-hours from the attempts, the laws, recommendations for larger budgets.
+    assert "<b>12</b> done" in html and "<b>1</b> failed" in html and "<b>1</b> diverged" in html
+    hours = sum(budget / 4e14 for budget in BUDGETS) * len(DEPTHS) / 3600
+    hours += (BUDGETS[2] / 4e14 / 4 + BUDGETS[1] / 4e14 / 2) / 3600  # the failed and the diverged cell
+    assert f"{hours:,.2f} GPU-hours" in html
+    assert "e = 0.4" in html and "α (exponent of N)" in html
+    assert f"{max(BUDGETS) * 10:.2g} (10× the largest)" in html
+    # The numbers on the chart are the fit's: each isoflop minimum sits where the fit put it.
+    minima = [row for row in _values(specs["isoflop"]) if row["kind"] == "min"]
+    assert sorted(row["N"] for row in minima) == pytest.approx(
+        sorted(p.n_opt for p in fits.isoflop.parabolas)
+    )
+    law_rows = [row for row in _values(specs["n-opt"]) if row["series"] == "power law (95% band)"]
+    assert all(row["y"] == pytest.approx(float(fits.isoflop.n_opt(row["C"]))) for row in law_rows)
+    # Every cell is in the table, the failed one with its reason.
+    assert html.count('<tr class="') == 14
+    assert "CUDA out of memory" in html and "training loss is nan at step 20" in html
+
+
+def test_no_finished_cell_says_what_is_missing_and_renders_the_rest(tmp_path: Path) -> None:
+    store = empty_study(tmp_path / "empty.db")
+    fits = standin_fits(store, "empty")
+    result = write_report(store, "empty", tmp_path / "empty.html", fits=fits)
+    html = (tmp_path / "empty.html").read_text()
+    assert any("no finished pretraining cell" in line for line in result.left_out)
+    assert any("downstream evaluations" in line for line in result.left_out)
+    assert "What this report leaves out" in html and "no finished pretraining cell" in html
+    assert tuple(_specs(html)) == ("training", "throughput")  # the failed cell's steps are still shown
+    assert "<b>0</b> done" in html and "<b>1</b> failed" in html and "<b>3</b> pending" in html
+
+
+def test_budgets_with_too_few_points_are_named(tmp_path: Path) -> None:
+    store = sparse_study(tmp_path / "sparse.db")
+    fits = standin_fits(store, "sparse")
+    result = write_report(store, "sparse", tmp_path / "sparse.html", fits=fits)
+    html = (tmp_path / "sparse.html").read_text()
+    skipped = [line for line in result.left_out if line.startswith("isoflop:")]
+    assert skipped and "1e+18" in skipped[0]
+    assert any("power laws of N*, D*, L*: need the minima of 2 budgets" in line for line in result.left_out)
+    assert "isoflop" in _specs(html)  # the budget that has enough points is drawn
+
+
+def test_fits_that_fail_leave_a_report_without_them(store, tmp_path: Path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise ValueError("the optimiser did not converge")
+
+    monkeypatch.setattr(reports.report, "_fit_study", broken)
+    result = write_report(store, "synthetic", tmp_path / "r.html", n_boot=10)
+    assert any("the optimiser did not converge" in line for line in result.left_out)
+    assert "training" in _specs((tmp_path / "r.html").read_text())
+
+
+def test_charts_export_as_png_and_svg(store, tmp_path: Path) -> None:
+    fits = standin_fits(store, "synthetic")
+    report = build_report(read_study(store, "synthetic"), fits)
+    charts = report.charts()[:2]
+    report = reports.report.Report(
+        title=report.title, data=report.data, fits=fits, sections=[], left_out=[]
+    )  # two charts are enough to test the two formats
+    report.sections.append(
+        reports.report.Section(anchor="x", title="x", charts=[(n, c, "") for n, c in charts])
+    )
+    pngs = reports.report.export_charts(report, tmp_path / "png", "png")
+    svgs = reports.report.export_charts(report, tmp_path / "svg", "svg")
+    assert [p.name for p in pngs] == ["01-isoflop.png", "02-n-opt.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    assert [p.name for p in svgs] == ["01-isoflop.svg", "02-n-opt.svg"]
+    assert all("<svg" in p.read_text()[:200] for p in svgs)
+
+
+def test_gpu_and_cpu_hours_from_attempts() -> None:
+    def attempt(start: float, end: float | None, gpus: int, heartbeat: float | None = None) -> Attempt:
+        return Attempt(
+            cell_id="c", number=1, executor=Executor.LOCAL, host="h", num_gpus=gpus, started_at=start,
+            heartbeat_at=heartbeat or start, ended_at=end,
+        )  # fmt: skip
+
+    attempts = [attempt(0, 3600, 8), attempt(0, 1800, 0), attempt(0, None, 2, heartbeat=900)]
+    gpu_hours, cpu_hours = attempt_hours(attempts, now=10_000)
+    assert gpu_hours == pytest.approx(8 + 0.5) and cpu_hours == pytest.approx(0.5)
+
+
+def test_thin_keeps_first_and_last() -> None:
+    assert thin(list(range(1000)), 5) == [0, 250, 500, 749, 999]
+    assert thin([1, 2], 5) == [1, 2]
+
+
+# -- the command line -------------------------------------------------------------------------------------
+
+
+def _study_file(folder: Path, name: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\nmode: pretraining\n")
+    return path
+
+
+def test_nanostudy_report_writes_beside_the_study(tmp_path: Path, monkeypatch, capsys) -> None:
+    build_study(tmp_path / "nanostudy.db").close()
+    monkeypatch.setattr(reports.report, "_fit_study", lambda store, name, **_: standin_fits(store, name))
+    study = _study_file(tmp_path, "synthetic")
+    assert main(["report", str(study), "--boot", "20"]) == 0
+    assert (tmp_path / "reports" / "synthetic.html").is_file()
+    assert f"report: {tmp_path / 'reports' / 'synthetic.html'}" in capsys.readouterr().out
+    assert (
+        main(["report", "synthetic", "--db", str(tmp_path / "nanostudy.db"), "-o", str(tmp_path / "x.html")])
+        == 0
+    )
+    assert (tmp_path / "x.html").is_file()
+    assert main(["report", str(study), "--format", "svg", "-o", str(tmp_path / "svg")]) == 0
+    assert len(list((tmp_path / "svg").glob("*.svg"))) == len(CHARTS)
+
+
+def test_nanostudy_report_bad_input(tmp_path: Path, capsys) -> None:
+    assert main(["report", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such study file" in capsys.readouterr().err
+    study = _study_file(tmp_path, "nothing")
+    assert main(["report", str(study)]) == 2
+    assert "nanostudy report: error:" in capsys.readouterr().err  # no database beside it
+    empty_study(tmp_path / "nanostudy.db").close()
+    assert main(["report", str(study)]) == 2
+    assert "study 'nothing' is not in the database" in capsys.readouterr().err
+
+
+def test_run_writes_the_report_and_keeps_its_exit_code(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`nanostudy run` ends with the report (runner/cli.py's hook); a report that fails is a warning only."""
+    import runner.run_commands
+
+    empty_study(tmp_path / "nanostudy.db", name="ran").close()
+    study = _study_file(tmp_path, "ran")
+    monkeypatch.setattr(runner.run_commands, "_cmd_run", lambda args: 1)  # the run: one cell failed
+    monkeypatch.setattr(reports.report, "_fit_study", lambda store, name, **_: standin_fits(store, name))
+    assert main(["run", str(study)]) == 1
+    assert (tmp_path / "reports" / "ran.html").is_file()
+    assert "report: " in capsys.readouterr().out
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reports.report, "write_report", broken)
+    assert main(["run", str(study)]) == 1
+    assert "warning: the report was not written: disk full" in capsys.readouterr().err
+    monkeypatch.setattr(runner.run_commands, "_cmd_run", lambda args: 2)  # an invalid study: no report
+    assert main(["run", str(study)]) == 2
+    assert "report" not in capsys.readouterr().err
