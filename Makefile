@@ -10,12 +10,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STUDY ?= studies/quickstart.yaml
 
-.PHONY: help setup quickstart test test-fast lint format clean
+.PHONY: help setup quickstart test test-fast lint format browser clean
 
 help:
 	@echo "make quickstart   set up, then run the quickstart study (CPU-sized, offline)"
 	@echo "make test         set up, lint, then run the test suite"
 	@echo "make lint|format  ruff check / ruff format"
+	@echo "make browser      install Debian's chromium for the report's browser test (needs root or sudo)"
 
 $(CURDIR)/.tools/uv/bin/uv:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(CURDIR)/.tools/uv uv
@@ -42,6 +43,10 @@ format: setup
 
 test: setup lint
 	$(VENV)/bin/pytest -q
+
+# The report's browser test skips without /usr/bin/chromium; CI (.ci/run) installs it first.
+browser:
+	bash scripts/install-chromium.sh
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
