@@ -1,0 +1,199 @@
+"""The scaling-law fits of a study, shared by the report, the TUI and `nanostudy fit` (docs/fits.md).
+
+    fits = fit_study(store, "isoflop")            # or fit_points(points_from_table("chinchilla.csv", ...))
+    fits.isoflop.n_opt.exponent, fits.parametric.alpha, fits.parametric.ci["alpha"], fits.prediction
+
+Both Chinchilla approaches, each with 95% bootstrap intervals over resampled cells:
+- isoflop (approach 2, `reports.isoflop`): per FLOP budget a parabola of the loss in ln N, its minimum
+  N*(C), D*(C), L*(C), whether it lies inside the sampled N, and power laws over budgets;
+- parametric (approach 3, `reports.parametric`): L(N, D) = E + A/N^α + B/D^β by Huber loss from 4,500
+  starts, and the compute-optimal allocation it implies;
+- a prediction check: the law refitted without the largest budget predicts that budget's best loss.
+
+Reads the store, never writes it. Deterministic for a given seed, whatever the number of CPUs.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from reports.intervals import Interval, percentile_interval
+from reports.isoflop import IsoflopFit, Parabola, PowerLaw, fit_isoflop
+from reports.lbfgs import Workers
+from reports.parametric import ParametricFit, fit_parametric
+from reports.points import (
+    METRICS,
+    Point,
+    check_metric,
+    flops_per_token_model,
+    points_from_store,
+    points_from_table,
+    store_points,
+)
+from store import Store
+
+__all__ = [
+    "METRICS",
+    "Interval",
+    "IsoflopFit",
+    "Parabola",
+    "ParametricFit",
+    "Point",
+    "PowerLaw",
+    "PredictionCheck",
+    "StudyFits",
+    "fit_parametric",
+    "fit_points",
+    "fit_study",
+    "points_from_store",
+    "points_from_table",
+]
+
+# N grid of the law's minimum along one isoflop: this many points, this far beyond the sampled N.
+_ISOFLOP_GRID_POINTS = 2001
+_ISOFLOP_GRID_REACH = 1e3
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictionCheck:
+    """The largest budget held out: its best loss as predicted by the fit without it, and as measured."""
+
+    budget: float
+    predicted: float
+    predicted_ci: Interval
+    measured: float
+    method: str  # how each number was obtained, in words
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyFits:
+    study: str | None  # None for points that came from elsewhere (`fit_points`)
+    metric: str
+    points: list[Point]
+    isoflop: IsoflopFit | None
+    parametric: ParametricFit | None
+    prediction: PredictionCheck | None
+    problems: list[str]  # what could not be fitted, and why
+
+
+def fit_study(
+    store: Store, study_name: str, *, metric: str = "bpb", n_boot: int = 1000, seed: int = 0
+) -> StudyFits:
+    """Every fit of the study's done pretraining cells (see `fit_points`)."""
+    points, problems = store_points(store, study_name, metric=metric)
+    fits = fit_points(points, metric=metric, n_boot=n_boot, seed=seed)
+    return StudyFits(
+        study=study_name,
+        metric=metric,
+        points=fits.points,
+        isoflop=fits.isoflop,
+        parametric=fits.parametric,
+        prediction=fits.prediction,
+        problems=problems + fits.problems,
+    )
+
+
+def fit_points(
+    points: Sequence[Point], *, metric: str = "bpb", n_boot: int = 1000, seed: int = 0
+) -> StudyFits:
+    """Both approaches and the prediction check on the points; what cannot be fitted is in `problems`."""
+    check_metric(metric)
+    points = list(points)
+    problems: list[str] = []
+    isoflop = fit_isoflop(points, metric=metric, n_boot=n_boot, seed=seed) if points else None
+    if isoflop is not None:
+        problems += isoflop.skipped
+        problems += [f"budget {p.budget:.3g}: {p.advice}" for p in isoflop.parabolas if p.advice]
+        problems += [
+            f"budget {p.budget:.3g}: {p.n_points} points; the bootstrap needs 4 or more for an interval"
+            for p in isoflop.parabolas
+            if p.n_boot == 0 and n_boot > 0
+        ]
+        if isoflop.n_opt is None:
+            problems.append("power laws over budgets need minima at 2 or more budgets")
+    with Workers() as workers:
+        parametric = _try_parametric(points, n_boot, seed, workers, problems, what="parametric fit")
+        prediction = _prediction(points, isoflop, n_boot, seed, workers, problems)
+    if not points:
+        problems.insert(0, "no points to fit")
+    return StudyFits(
+        study=None,
+        metric=metric,
+        points=points,
+        isoflop=isoflop,
+        parametric=parametric,
+        prediction=prediction,
+        problems=problems,
+    )
+
+
+def _try_parametric(points, n_boot, seed, workers, problems, *, what) -> ParametricFit | None:
+    try:
+        return fit_parametric(points, n_boot=n_boot, seed=seed, workers=workers)
+    except ValueError as error:
+        problems.append(f"{what}: {error}")
+        return None
+
+
+def _prediction(points, isoflop, n_boot, seed, workers, problems) -> PredictionCheck | None:
+    """Refit without the largest budget and predict its best loss (the parametric law, else the isoflop
+    L*(C) power law); measured is that budget's parabola minimum when interior, else its lowest loss."""
+    budgets = sorted({p.budget for p in points})
+    if len(budgets) < 3:
+        problems.append(f"prediction check: needs 3 or more budgets (one held out), got {len(budgets)}")
+        return None
+    held_out = budgets[-1]
+    train = [p for p in points if p.budget < held_out]
+    measured, measured_how = _measured_best(points, isoflop, held_out)
+    law = _try_parametric(train, n_boot, seed, workers, problems, what="prediction check")
+    if law is not None:
+        predicted, boot = _law_minimum_along_isoflop(law, points, held_out)
+        return PredictionCheck(
+            budget=held_out,
+            predicted=predicted,
+            predicted_ci=percentile_interval(boot),
+            measured=measured,
+            method=(
+                f"parametric fit without budget {held_out:.3g} ({len(train)} points): the law's lowest "
+                f"loss along that isoflop, D = C / (FLOPs per token at N); measured: {measured_how}"
+            ),
+        )
+    train_isoflop = fit_isoflop(train, metric=isoflop.metric, n_boot=n_boot, seed=seed)
+    if train_isoflop.loss_opt is None:
+        problems.append("prediction check: neither law could be fitted without the largest budget")
+        return None
+    power_law = train_isoflop.loss_opt
+    return PredictionCheck(
+        budget=held_out,
+        predicted=float(power_law(held_out)),
+        predicted_ci=power_law.band(held_out),
+        measured=measured,
+        method=(
+            f"isoflop L*(C) power law over the {len(train_isoflop.parabolas)} budgets below {held_out:.3g}, "
+            f"extrapolated; measured: {measured_how}"
+        ),
+    )
+
+
+def _measured_best(points, isoflop, budget) -> tuple[float, str]:
+    parabola = next((p for p in isoflop.parabolas if p.budget == budget), None) if isoflop else None
+    if parabola is not None and parabola.interior:
+        return parabola.loss_opt, "the minimum of that budget's parabola"
+    lowest = min(p.loss for p in points if p.budget == budget)
+    return lowest, "the lowest loss among that budget's cells"
+
+
+def _law_minimum_along_isoflop(law: ParametricFit, points, budget) -> tuple[float, np.ndarray]:
+    """min over N of L̂(N, C / fpt(N)) for the fit and for each resample, fpt from the cells' FLOPs."""
+    log_n = np.log([p.n for p in points])
+    reach = np.log(_ISOFLOP_GRID_REACH)
+    n = np.exp(np.linspace(log_n.min() - reach, log_n.max() + reach, _ISOFLOP_GRID_POINTS))
+    d = budget / flops_per_token_model(points)(n)
+    predicted = float(np.min(law.loss(n, d)))
+    if len(law.boot) == 0:
+        return predicted, np.array([])
+    e, a, b, alpha, beta = (column[:, None] for column in law.boot.T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        boot = np.min(e + a / np.power(n, alpha) + b / np.power(d, beta), axis=1)
+    return predicted, boot

@@ -1,0 +1,186 @@
+"""The data every fit reads: one `Point` (N, D, C, loss, budget) per trained cell or per row of a table.
+
+From the store: the done pretraining cells of a study, N = the model's `num_scaling_params()` and C = its
+`estimate_flops()` per token × D, both recorded by the planner (never recomputed here), D = the tokens the
+cell trained, and the loss = its final validation bits per byte (`metric="bpb"`, comparable across
+tokenizers) or loss in nats per token (`metric="loss"`).
+
+From a CSV table (papers' data, other tools' results): named columns for N, D, the loss and optionally C;
+every bad value is reported as `FILE:LINE: column 'NAME': problem`, all of them at once.
+"""
+
+import csv
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from store import CellMode, CellState, Store, cell_statuses, get_study
+
+# metric name → the cell column holding its final value
+METRICS = {"bpb": "val_bpb", "loss": "val_loss"}
+_MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Point:
+    n: float  # N: the cell's num_scaling_params
+    d: float  # D: tokens trained
+    c: float  # C: FLOPs trained = flops_per_token × D (6·N·D for a table without a FLOPs column)
+    loss: float  # the chosen metric
+    budget: float  # the grid's FLOP budget; isoflop curves are grouped by it
+    cell_id: str | None = None  # the cell, or `FILE:LINE` for a table row
+    depth: int | None = None
+
+    @property
+    def flops_per_token(self) -> float:
+        return self.c / self.d
+
+
+def flops_per_token_model(points: Sequence[Point]) -> Callable[[np.ndarray], np.ndarray]:
+    """FLOPs per token as a function of N, following the points' own C / D: a line of ln(C / D / N) in
+    ln N fitted over the points (exactly 6·N for points with C = 6·N·D; attention FLOPs make small models
+    cost more per parameter, which the line captures)."""
+    log_n = np.log([p.n for p in points])
+    log_ratio = np.log([p.flops_per_token / p.n for p in points])
+    if len(np.unique(log_n)) < 2:
+        slope, intercept = 0.0, float(log_ratio.mean())
+    else:
+        slope, intercept = (float(v) for v in np.polyfit(log_n, log_ratio, 1))
+    return lambda n: np.asarray(n) * np.exp(intercept + slope * np.log(n))
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    return metric
+
+
+def points_from_store(store: Store, study_name: str, *, metric: str = "bpb") -> list[Point]:
+    """The study's done pretraining cells that have a final value of `metric`, in grid order."""
+    return store_points(store, study_name, metric=metric)[0]
+
+
+def store_points(store: Store, study_name: str, *, metric: str = "bpb") -> tuple[list[Point], list[str]]:
+    """`points_from_store` and a line for each kind of done cell left out (no value of the metric)."""
+    column = METRICS[check_metric(metric)]
+    study = get_study(store, study_name)
+    if study is None or study.id is None:
+        raise ValueError(f"study {study_name!r} is not in the database")
+    points, missing = [], []
+    for cell in cell_statuses(store, study.id):
+        if cell.state is not CellState.DONE or cell.mode is not CellMode.PRETRAINING:
+            continue
+        value = getattr(cell, column)
+        if value is None or not value > 0 or cell.num_tokens <= 0 or cell.flops <= 0:
+            missing.append(cell.id)
+            continue
+        points.append(
+            Point(
+                n=float(cell.num_params),
+                d=float(cell.num_tokens),
+                c=float(cell.flops),
+                loss=float(value),
+                budget=float(cell.flops_budget),
+                cell_id=cell.id,
+                depth=cell.depth,
+            )
+        )
+    problems = []
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        problems.append(f"{len(missing)} done cell(s) have no final {column} and are left out: {shown}")
+    return points, problems
+
+
+def points_from_table(
+    path: str | Path, *, n_col: str, d_col: str, loss_col: str, flops_col: str | None = None
+) -> list[Point]:
+    """One point per data row of a CSV file with a header row; C = 6·N·D without a FLOPs column.
+
+    Each point's budget is its C rounded to 2 significant digits, so the rows of one isoflop curve group
+    together. Raises ValueError listing every problem as `FILE:LINE: column 'NAME': ...` (a missing,
+    non-numeric, non-finite or non-positive value, or an unknown column name).
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:
+            numbered = _numbered_rows(csv.reader(file))
+            rows = [(line, row) for line, row in numbered if any(cell.strip() for cell in row)]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except csv.Error as error:
+        raise ValueError(f"{path}: not a CSV file ({error})") from None
+    if not rows:
+        raise ValueError(f"{path}: empty (a header row naming the columns, then one row per run)")
+    header_line, header = rows[0]
+    names = [name.strip() for name in header]
+    wanted = {"n": n_col, "d": d_col, "loss": loss_col} | ({"c": flops_col} if flops_col else {})
+    columns = {}
+    for key, name in wanted.items():
+        if names.count(name) != 1:
+            found = "no" if name not in names else "more than one"
+            raise ValueError(
+                f"{path}:{header_line}: {found} column named {name!r} (columns: {', '.join(names)})"
+            )
+        columns[key] = names.index(name)
+    if len(rows) == 1:
+        raise ValueError(f"{path}: no data rows after the header")
+    points, problems = [], []
+    for line, row in rows[1:]:
+        values = {}
+        for key, index in columns.items():
+            value, problem = _positive(row[index] if index < len(row) else "")
+            if problem:
+                problems.append(f"{path}:{line}: column {wanted[key]!r}: {problem}")
+            values[key] = value
+        if any(value is None for value in values.values()):
+            continue
+        c = values.get("c") or 6.0 * values["n"] * values["d"]
+        points.append(
+            Point(
+                n=values["n"],
+                d=values["d"],
+                c=c,
+                loss=values["loss"],
+                budget=float(f"{c:.1e}"),
+                cell_id=f"{path.name}:{line}",
+            )
+        )
+    if problems:
+        raise ValueError(_join_problems(problems))
+    return points
+
+
+def _numbered_rows(reader) -> Iterator[tuple[int, list[str]]]:
+    # The line a row starts on: reader.line_num is the line it ended on (a quoted field may span lines).
+    start = 1
+    for row in reader:
+        yield start, row
+        start = reader.line_num + 1
+
+
+def _positive(text: str) -> tuple[float | None, str | None]:
+    text = text.strip()
+    if not text:
+        return None, "missing value"
+    try:
+        value = float(text)
+    except ValueError:
+        return None, f"not a number: {text!r}"
+    if not math.isfinite(value):
+        return None, f"not a finite number: {text!r}"
+    if value <= 0:
+        return None, f"must be positive, got {text}"
+    return value, None
+
+
+def _join_problems(problems: list[str]) -> str:
+    shown = problems[:_MAX_LISTED_PROBLEMS]
+    if len(problems) > len(shown):
+        shown.append(f"... and {len(problems) - len(shown)} more problem(s)")
+    return "\n".join(shown)
