@@ -261,12 +261,15 @@ def _prediction(fits: Any) -> str:
     check = fits.prediction
     if check is None:
         return ""
-    inside = check.predicted_ci[0] <= check.measured <= check.predicted_ci[1]
+    low, high = check.predicted_ci
+    verdict = ""
+    if math.isfinite(low) and math.isfinite(high):
+        verdict = f" ({'inside' if low <= check.measured <= high else 'outside'} the interval)"
     return (
         f"<p>Prediction check ({esc(check.method)}): fitted without the largest budget "
         f"({check.budget:.2g} FLOPs), the best loss there was predicted as <b>{check.predicted:.4f}</b> "
         f"{_ci(check.predicted_ci, '.4f')}; measured <b>{check.measured:.4f}</b> "
-        f"({'inside' if inside else 'outside'} the interval).</p>\n"
+        f"{verdict}.</p>\n"
     )
 
 
@@ -294,7 +297,8 @@ def _optimum_section(fits: Any, label: str) -> Section:
     section = Section(anchor="optimum", title="Compute-optimal N*, D* and L*")
     iso = fits.isoflop if fits is not None else None
     if iso is None or not iso.parabolas:
-        section.left_out.append("N*(C), D*(C), L*(C): no isoflop parabola was fitted")
+        if fits is not None and fits.points:  # with no points at all, the isoflop section said it already
+            section.left_out.append("N*(C), D*(C), L*(C): no isoflop parabola was fitted")
         return section
     if iso.n_opt is None:
         section.left_out.append(
@@ -336,10 +340,9 @@ def _parametric_section(fits: Any, label: str) -> Section:
     section = Section(anchor="parametric", title="Parametric fit L(N, D)")
     par = fits.parametric if fits is not None else None
     if par is None:
-        reasons = [
-            line for line in (fits.problems if fits is not None else []) if "parametric" in line.lower()
-        ]
-        section.left_out += reasons or ["parametric fit: not fitted (too few finished cells)"]
+        if fits is not None and fits.points:
+            reasons = [line for line in fits.problems if "parametric" in line.lower()]
+            section.left_out += reasons or ["parametric fit: not fitted (too few finished cells)"]
         return section
     section.html = (
         f"<p>L(N, D) = {par.E:.3g} + {par.A:.3g}/N<sup>{par.alpha:.3f}</sup> + "
@@ -446,8 +449,8 @@ def _no_points(data: StudyData, fits: Any) -> str:
 
 
 def _ci(interval: Sequence[float] | None, fmt: str) -> str:
-    if interval is None:
-        return "-"
+    if interval is None or not all(math.isfinite(value) for value in interval):
+        return "-"  # a bootstrap that could not bound it
     low, high = interval
     if fmt == "si":
         return f"[{si(low)}, {si(high)}]"
