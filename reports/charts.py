@@ -105,7 +105,7 @@ def isoflop_chart(points: Sequence[Any], parabolas: Sequence[Any], *, metric_lab
             }
         )
     base = alt.Chart(_data(rows)).encode(
-        x=alt.X("N:Q").scale(type="log").axis(format=FORMAT_SI).title("parameters N"),
+        x=alt.X("N:Q").scale(type="log", nice=False, padding=12).axis(format=FORMAT_SI).title("parameters N"),
         y=alt.Y("loss:Q").scale(zero=False).title(metric_label),
         color=_budget_color(order),
     )
@@ -305,7 +305,7 @@ def residuals_chart(points: Sequence[Any], residuals: Sequence[float]) -> alt.La
         for p, r in zip(points, residuals, strict=True)
     ]
     base = alt.Chart(_data(rows)).encode(
-        x=alt.X("N:Q").scale(type="log").axis(format=FORMAT_SI).title("parameters N")
+        x=alt.X("N:Q").scale(type="log", nice=False, padding=12).axis(format=FORMAT_SI).title("parameters N")
     )
     zero = alt.Chart(_data([{"zero": 0.0}])).mark_rule(color="gray").encode(y="zero:Q")
     dots = base.mark_point(filled=True, size=60).encode(

@@ -80,6 +80,10 @@ def _cmd_report(args) -> int:
     def err(line: str) -> None:
         print(line, file=sys.stderr)
 
+    if args.boot < 0:
+        err(f"nanostudy report: error: --boot must be >= 0, got {args.boot}")
+        return 2
+
     try:
         make_report(
             args.study, db=args.db, out=args.output, fmt=args.format, metric=args.metric, n_boot=args.boot,

@@ -154,6 +154,13 @@ def build_report(data: StudyData, fits: Any, *, metric: str = "bpb", fit_error: 
         _cells_section(data),
     ]
     left_out = [line for section in sections for line in section.left_out]
+    # The fits' own problems that no section took up (e.g. a budget too small for a bootstrap interval, the
+    # prediction check); grid advice has a notice of its own.
+    advice = {_advice_line(p) for p in _parabolas(fits) if p.advice}
+    problems = list(fits.problems) if fits is not None else []
+    if fits is not None and not fits.points:  # one line said it; keep only why cells were left out
+        problems = [line for line in problems if "left out" in line]
+    left_out += [line for line in problems if line not in left_out and line not in advice]
     summary = _summary_section(data, fits, label, left_out)
     return Report(
         title=f"nanostudy report: {data.study.name}",
@@ -178,7 +185,7 @@ def _summary_section(data: StudyData, fits: Any, label: str, left_out: list[str]
     )
     body += notice("What this report leaves out", left_out)
     if fits is not None:
-        advice = [p.advice for p in (fits.isoflop.parabolas if fits.isoflop else []) if p.advice]
+        advice = [_advice_line(p) for p in _parabolas(fits) if p.advice]
         body += notice("Grid advice", advice, kind="advice")
         body += _laws_table(fits, label)
         body += _recommendations(data, fits)
@@ -283,7 +290,7 @@ def _isoflop_section(data: StudyData, fits: Any, label: str, fit_error: str | No
         parabolas = []
     else:
         parabolas = fits.isoflop.parabolas
-        section.left_out += [f"isoflop: {line}" for line in fits.isoflop.skipped]
+        section.left_out += fits.isoflop.skipped
     section.html = (
         "<p>Each budget's cells, the parabola fitted to loss against ln N, and its minimum (diamond) with "
         "the 95% interval of N* (bar). A minimum at the edge of the sampled sizes is not trusted: the grid "
@@ -300,10 +307,6 @@ def _optimum_section(fits: Any, label: str) -> Section:
         if fits is not None and fits.points:  # with no points at all, the isoflop section said it already
             section.left_out.append("N*(C), D*(C), L*(C): no isoflop parabola was fitted")
         return section
-    if iso.n_opt is None:
-        section.left_out.append(
-            f"power laws of N*, D*, L*: need the minima of 2 budgets or more, have {len(iso.parabolas)}"
-        )
     budgets = [p.budget for p in iso.parabolas]
     c_range = (min(budgets) / 2, max(budgets) * max(LARGER_BUDGETS))
     par = fits.parametric
@@ -430,6 +433,15 @@ def _cell_row(cell: CellRow) -> str:
     reason = (cell.reason or "").splitlines()[0] if cell.reason else ""
     state = esc(cell.state)
     return f'<tr class="{state}" data-state="{state}">{cells}<td class="reason">{esc(reason)}</td></tr>\n'
+
+
+def _parabolas(fits: Any) -> list[Any]:
+    return fits.isoflop.parabolas if fits is not None and fits.isoflop is not None else []
+
+
+def _advice_line(parabola: Any) -> str:
+    """As `reports.fit` words it among its problems, so that the two are told apart."""
+    return f"budget {parabola.budget:.3g}: {parabola.advice}"
 
 
 # -- formatting -------------------------------------------------------------------------------------------

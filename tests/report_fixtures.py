@@ -11,10 +11,7 @@ import math
 import random
 from contextlib import ExitStack
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
-
-import numpy as np
 
 from store import (
     AttemptOutcome,
@@ -34,7 +31,7 @@ from store import (
 TRUE_LAW = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 BYTES_PER_TOKEN = 4.2  # bits per byte = loss / ln 2 / bytes per token
 BUDGETS = (1e17, 3e17, 1e18)
-DEPTHS = (4, 8, 12, 16)
+DEPTHS = (6, 8, 10, 12)
 NUM_STEPS = 40
 EVAL_TASKS = ("arc_easy", "hellaswag")
 GPU = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "count": 1}
@@ -79,7 +76,7 @@ def build_study(db: Path, name: str = "synthetic", *, evals: bool = True) -> Sto
     rng = random.Random(0)
     clock = FakeClock()
     grid = [(budget, depth, "done") for budget in BUDGETS for depth in DEPTHS]
-    grid += [(BUDGETS[2], 20, "failed"), (BUDGETS[1], 20, "diverged")]
+    grid += [(BUDGETS[2], 16, "failed"), (BUDGETS[1], 16, "diverged")]
     cells = {f"c{int(budget / 1e16):03d}d{depth:02d}": (budget, depth, end) for budget, depth, end in grid}
     add_cells(
         store, study_id, [_new_cell(cell_id, budget, depth) for cell_id, (budget, depth, _) in cells.items()]
@@ -96,7 +93,7 @@ def empty_study(db: Path, name: str = "empty") -> Store:
     add_cells(store, study_id, [_new_cell(f"e{depth}", 1e17, depth) for depth in DEPTHS])
     clock = FakeClock()
     with clock.patch():
-        _train(store, clock, random.Random(1), "e4", 1e17, 4, "failed", evals=False)
+        _train(store, clock, random.Random(1), f"e{DEPTHS[0]}", 1e17, DEPTHS[0], "failed", evals=False)
     return store
 
 
@@ -199,113 +196,3 @@ def _train(
 
 def _bpb(loss: float) -> float:
     return loss / math.log(2) / BYTES_PER_TOKEN
-
-
-# -- stand-ins for reports.fit's objects (docs/internals.md, "reports/fit.py"), until the real one lands --
-
-
-class StandInPowerLaw:
-    def __init__(self, cs, ys):
-        slope, intercept = np.polyfit(np.log(cs), np.log(ys), 1)
-        self.k, self.exponent = float(np.exp(intercept)), float(slope)
-        self.k_ci, self.exponent_ci = (
-            (self.k * 0.8, self.k * 1.25),
-            (self.exponent - 0.03, self.exponent + 0.03),
-        )
-
-    def __call__(self, c):
-        return self.k * np.asarray(c, dtype=float) ** self.exponent
-
-    def band(self, c):
-        c = np.asarray(c, dtype=float)
-        spread = 1.05 * (c / 1e17) ** 0.04
-        return self(c) / spread, self(c) * spread
-
-
-def standin_fits(store: Store, study_name: str, *, metric: str = "bpb") -> SimpleNamespace:
-    """Objects with the attributes of `reports.fit.StudyFits`, fitted with numpy (no bootstrap)."""
-    from store import CellState, cells_of, get_study
-
-    study = get_study(store, study_name)
-    cells = [c for c in cells_of(store, study.id, states=[CellState.DONE]) if c.val_bpb is not None]
-    points = [
-        SimpleNamespace(
-            n=c.num_params, d=c.num_tokens, c=c.flops, loss=c.val_bpb if metric == "bpb" else c.val_loss,
-            budget=c.flops_budget, cell_id=c.id, depth=c.depth,
-        )
-        for c in cells
-    ]  # fmt: skip
-    parabolas, skipped = [], []
-    for budget in sorted({p.budget for p in points}):
-        group = [p for p in points if p.budget == budget]
-        if len(group) < 3:
-            skipped.append(f"budget {budget:.2g}: {len(group)} done cell(s), a parabola needs 3")
-            continue
-        x = np.log([p.n for p in group])
-        c2, c1, c0 = np.polyfit(x, [p.loss for p in group], 2)
-        n_opt = float(np.exp(-c1 / (2 * c2)))
-        loss_opt = float(c0 - c1 * c1 / (4 * c2))
-        d_opt = budget / (6 * n_opt)
-        parabolas.append(
-            SimpleNamespace(
-                budget=budget, n_points=len(group), coeffs=(c2, c1, c0), n_opt=n_opt,
-                n_opt_ci=(n_opt * 0.8, n_opt * 1.25), d_opt=d_opt, d_opt_ci=(d_opt * 0.8, d_opt * 1.25),
-                loss_opt=loss_opt, loss_opt_ci=(loss_opt * 0.99, loss_opt * 1.01),
-                interior=min(x) < math.log(n_opt) < max(x), advice=None, outlier=None,
-            )
-        )  # fmt: skip
-    laws = [None, None, None]
-    if len(parabolas) >= 2:
-        cs = [p.budget for p in parabolas]
-        laws = [
-            StandInPowerLaw(cs, [getattr(p, a) for p in parabolas]) for a in ("n_opt", "d_opt", "loss_opt")
-        ]
-    isoflop = None
-    if points:
-        isoflop = SimpleNamespace(
-            metric=metric,
-            parabolas=parabolas,
-            skipped=skipped,
-            n_opt=laws[0],
-            d_opt=laws[1],
-            loss_opt=laws[2],
-        )
-    parametric = _standin_parametric(points, metric) if len(points) >= 5 else None
-    problems = [] if points else ["no done pretraining cell has a final validation value"]
-    if points and parametric is None:
-        problems.append(f"parametric fit: {len(points)} points, needs 5")
-    return SimpleNamespace(
-        study=study_name, metric=metric, points=points, isoflop=isoflop if points else None,
-        parametric=parametric, prediction=None, problems=problems,
-    )  # fmt: skip
-
-
-def _standin_parametric(points, metric: str) -> SimpleNamespace:
-    scale = 1 / math.log(2) / BYTES_PER_TOKEN if metric == "bpb" else 1.0
-    law = TRUE_LAW
-    E, A, B, alpha, beta = law["E"] * scale, law["A"] * scale, law["B"] * scale, law["alpha"], law["beta"]
-
-    def loss(n, d):
-        return E + A / np.asarray(n, dtype=float) ** alpha + B / np.asarray(d, dtype=float) ** beta
-
-    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
-    a, b = beta / (alpha + beta), alpha / (alpha + beta)
-
-    def optimal(c):
-        n = G * (c / 6) ** a
-        return n, c / (6 * n)
-
-    def optimal_ci(c):
-        n, d = optimal(c)
-        return {
-            "n": (n * 0.7, n * 1.4),
-            "d": (d * 0.7, d * 1.4),
-            "tokens_per_param": (d / n * 0.5, d / n * 2),
-        }
-
-    values = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta, "a": a, "b": b}
-    return SimpleNamespace(
-        **values, ci={k: (v * 0.9, v * 1.1) for k, v in values.items()}, n_points=len(points), n_boot=0,
-        residuals=[math.log(p.loss) - math.log(float(loss(p.n, p.d))) for p in points],
-        loss=loss, optimal=optimal, optimal_ci=optimal_ci,
-    )  # fmt: skip

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, sparse_study, standin_fits
+from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, sparse_study
 
 import reports.report
 from reports.data import attempt_hours, read_study, thin
+from reports.fit import fit_study
 from reports.report import build_report, write_report
 from runner.cli import main
 from store import Attempt, Executor
@@ -28,11 +29,24 @@ CHARTS = (
 )
 
 
+# Bootstrap resamples in these tests: enough for intervals, few enough for seconds.
+N_BOOT = 20
+
+
 @pytest.fixture(scope="module")
 def study_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("report") / "nanostudy.db"
     build_study(db).close()
     return db
+
+
+@pytest.fixture(scope="module")
+def fits(study_db: Path):
+    """reports.fit's fits of the synthetic study, made once (the parametric fit's starts take seconds)."""
+    from store import open_store
+
+    with open_store(study_db, create=False) as store:
+        return fit_study(store, "synthetic", n_boot=N_BOOT)
 
 
 @pytest.fixture
@@ -59,8 +73,7 @@ def _values(spec: dict) -> list[dict]:
     )
 
 
-def test_every_section_and_chart_from_a_realistic_study(store, tmp_path: Path) -> None:
-    fits = standin_fits(store, "synthetic")
+def test_every_section_and_chart_from_a_realistic_study(store, fits, tmp_path: Path) -> None:
     result = write_report(store, "synthetic", tmp_path / "r.html", fits=fits)
     html = (tmp_path / "r.html").read_text()
     assert result.left_out == []
@@ -77,7 +90,7 @@ def test_every_section_and_chart_from_a_realistic_study(store, tmp_path: Path) -
     hours = sum(budget / 4e14 for budget in BUDGETS) * len(DEPTHS) / 3600
     hours += (BUDGETS[2] / 4e14 / 4 + BUDGETS[1] / 4e14 / 2) / 3600  # the failed and the diverged cell
     assert f"{hours:,.2f} GPU-hours" in html
-    assert "e = 0.4" in html and "α (exponent of N)" in html
+    assert f"e = {fits.isoflop.n_opt.exponent:.3f}" in html and f"{fits.parametric.alpha:.4g}" in html
     assert f"{max(BUDGETS) * 10:.2g} (10× the largest)" in html
     # The numbers on the chart are the fit's: each isoflop minimum sits where the fit put it.
     minima = [row for row in _values(specs["isoflop"]) if row["kind"] == "min"]
@@ -93,8 +106,7 @@ def test_every_section_and_chart_from_a_realistic_study(store, tmp_path: Path) -
 
 def test_no_finished_cell_says_what_is_missing_and_renders_the_rest(tmp_path: Path) -> None:
     store = empty_study(tmp_path / "empty.db")
-    fits = standin_fits(store, "empty")
-    result = write_report(store, "empty", tmp_path / "empty.html", fits=fits)
+    result = write_report(store, "empty", tmp_path / "empty.html", n_boot=N_BOOT)
     html = (tmp_path / "empty.html").read_text()
     assert any("no finished pretraining cell" in line for line in result.left_out)
     assert any("downstream evaluations" in line for line in result.left_out)
@@ -105,12 +117,11 @@ def test_no_finished_cell_says_what_is_missing_and_renders_the_rest(tmp_path: Pa
 
 def test_budgets_with_too_few_points_are_named(tmp_path: Path) -> None:
     store = sparse_study(tmp_path / "sparse.db")
-    fits = standin_fits(store, "sparse")
-    result = write_report(store, "sparse", tmp_path / "sparse.html", fits=fits)
+    result = write_report(store, "sparse", tmp_path / "sparse.html", n_boot=N_BOOT)
     html = (tmp_path / "sparse.html").read_text()
-    skipped = [line for line in result.left_out if line.startswith("isoflop:")]
-    assert skipped and "1e+18" in skipped[0]
-    assert any("power laws of N*, D*, L*: need the minima of 2 budgets" in line for line in result.left_out)
+    assert any(line.startswith("budget 1e+18: 1 point(s)") for line in result.left_out)
+    assert any("power laws over budgets need minima at 2 or more" in line for line in result.left_out)
+    assert "budget 1e+18: 1 point(s)" in html and "What this report leaves out" in html
     assert "isoflop" in _specs(html)  # the budget that has enough points is drawn
 
 
@@ -124,8 +135,7 @@ def test_fits_that_fail_leave_a_report_without_them(store, tmp_path: Path, monke
     assert "training" in _specs((tmp_path / "r.html").read_text())
 
 
-def test_charts_export_as_png_and_svg(store, tmp_path: Path) -> None:
-    fits = standin_fits(store, "synthetic")
+def test_charts_export_as_png_and_svg(store, fits, tmp_path: Path) -> None:
     report = build_report(read_study(store, "synthetic"), fits)
     charts = report.charts()[:2]
     report = reports.report.Report(
@@ -168,13 +178,13 @@ def _study_file(folder: Path, name: str) -> Path:
     return path
 
 
-def test_nanostudy_report_writes_beside_the_study(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_nanostudy_report_writes_beside_the_study(fits, tmp_path: Path, monkeypatch, capsys) -> None:
     build_study(tmp_path / "nanostudy.db").close()
-    monkeypatch.setattr(reports.report, "_fit_study", lambda store, name, **_: standin_fits(store, name))
     study = _study_file(tmp_path, "synthetic")
-    assert main(["report", str(study), "--boot", "20"]) == 0
+    assert main(["report", str(study), "--boot", str(N_BOOT)]) == 0  # with reports.fit, end to end
     assert (tmp_path / "reports" / "synthetic.html").is_file()
     assert f"report: {tmp_path / 'reports' / 'synthetic.html'}" in capsys.readouterr().out
+    monkeypatch.setattr(reports.report, "_fit_study", lambda *args, **kwargs: fits)  # the same, made once
     assert (
         main(["report", "synthetic", "--db", str(tmp_path / "nanostudy.db"), "-o", str(tmp_path / "x.html")])
         == 0
@@ -185,6 +195,8 @@ def test_nanostudy_report_writes_beside_the_study(tmp_path: Path, monkeypatch, c
 
 
 def test_nanostudy_report_bad_input(tmp_path: Path, capsys) -> None:
+    assert main(["report", "x", "--boot", "-1"]) == 2
+    assert "--boot must be >= 0" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing.yaml")]) == 2
     assert "no such study file" in capsys.readouterr().err
     study = _study_file(tmp_path, "nothing")
@@ -202,7 +214,6 @@ def test_run_writes_the_report_and_keeps_its_exit_code(tmp_path: Path, monkeypat
     empty_study(tmp_path / "nanostudy.db", name="ran").close()
     study = _study_file(tmp_path, "ran")
     monkeypatch.setattr(runner.run_commands, "_cmd_run", lambda args: 1)  # the run: one cell failed
-    monkeypatch.setattr(reports.report, "_fit_study", lambda store, name, **_: standin_fits(store, name))
     assert main(["run", str(study)]) == 1
     assert (tmp_path / "reports" / "ran.html").is_file()
     assert "report: " in capsys.readouterr().out

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from report_fixtures import build_study, empty_study, standin_fits
+from report_fixtures import build_study, empty_study
 
 from reports.report import write_report
 
@@ -76,7 +76,7 @@ def _open(browser, path: Path):
 def test_every_chart_renders_offline_with_a_clean_console(browser, tmp_path: Path) -> None:
     store = build_study(tmp_path / "nanostudy.db")
     out = tmp_path / "synthetic.html"
-    write_report(store, "synthetic", out, fits=standin_fits(store, "synthetic"))
+    write_report(store, "synthetic", out, n_boot=100)  # with reports.fit
     page, console, requests, blocked = _open(browser, out)
 
     charts = page.evaluate(
@@ -110,7 +110,7 @@ def test_every_chart_renders_offline_with_a_clean_console(browser, tmp_path: Pat
 def test_a_study_with_nothing_finished_renders_what_it_has(browser, tmp_path: Path) -> None:
     store = empty_study(tmp_path / "nanostudy.db")
     out = tmp_path / "empty.html"
-    write_report(store, "empty", out, fits=standin_fits(store, "empty"))
+    write_report(store, "empty", out)
     page, console, requests, blocked = _open(browser, out)
     assert page.locator("div.chart[data-rendered=true]").count() == 2
     assert "no finished pretraining cell" in page.inner_text(".notice")
