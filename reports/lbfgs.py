@@ -36,7 +36,8 @@ _ARMIJO_C1 = 1e-4
 class BatchResult:
     x: np.ndarray  # (S, P) the minimizer found from each start
     f: np.ndarray  # (S,) the objective there
-    converged: np.ndarray  # (S,) bool: met a tolerance (else ran out of iterations or line search)
+    converged: np.ndarray  # (S,) bool: met a tolerance or its line search found nothing lower (the
+    # minimum to machine precision); False: ran out of iterations, or its values overflowed
     num_iter: np.ndarray  # (S,) iterations done
     num_evals: int  # batched objective calls (each over a subset of the rows)
 
@@ -47,15 +48,17 @@ def minimize_batched(
     *,
     max_iter: int = 1000,
     history: int = 10,
-    gtol: float = 1e-10,
-    ftol: float = 1e-13,
+    gtol: float = 1e-5,
+    ftol: float = 2.2e-9,
+    ftol_floor: float = 1.0,
     max_backtracks: int = 40,
 ) -> BatchResult:
     """Minimize from every row of `x0` (S, P) independently; see the module docstring.
 
     A row stops when its largest gradient component is at most `gtol`, when an iteration lowers its
-    objective by at most `ftol` × max(|f|, 1e-300) (relative), or when its line search finds no lower
-    point (the minimum to machine precision, in practice). Non-finite values count as "not lower".
+    objective by at most `ftol` × max(|f|, `ftol_floor`), or when its line search finds no lower point
+    (the minimum to machine precision, in practice). Non-finite values count as "not lower". The defaults
+    are scipy's L-BFGS-B defaults (gtol 1e-5, ftol 2.2e-9 relative to max(|f|, 1)).
     """
     x = np.array(x0, dtype=np.float64, copy=True)
     num_rows, num_params = x.shape
@@ -66,10 +69,10 @@ def minimize_batched(
     y_hist = np.zeros((history, num_rows, num_params))
     rho = np.zeros((history, num_rows))  # 0 marks an empty or skipped slot: the two loops ignore it
     gamma = np.zeros(num_rows)  # initial inverse-Hessian scale; 0 until the first stored pair
-    converged = ~np.isfinite(f) | (np.abs(g).max(axis=1) <= gtol)
+    finite = np.isfinite(f) & np.isfinite(g).all(axis=1)
+    converged = finite & (np.abs(g).max(axis=1) <= gtol)
     num_iter = np.zeros(num_rows, dtype=np.int64)
-    active = rows[~converged & np.isfinite(f)]
-    stopped = ~np.isfinite(f)
+    active = rows[finite & ~converged]
     num_evals = 1
     for iteration in range(max_iter):
         if active.size == 0:
@@ -87,7 +90,20 @@ def minimize_batched(
             gamma[active[reset]] = 0.0
             slope[reset] = -np.einsum("kp,kp->k", g[active][reset], g[active][reset])
         # With no curvature information yet the first step is one unit long (as scipy's L-BFGS-B does).
-        step = np.where(gamma[active] > 0, 1.0, 1.0 / np.maximum(np.linalg.norm(direction, axis=1), 1e-300))
+        with np.errstate(over="ignore", divide="ignore"):
+            length = np.sqrt(np.einsum("kp,kp->k", direction, direction))
+            step = np.where(gamma[active] > 0, 1.0, 1.0 / length)
+        # A row whose direction cannot be scaled (an overflowing gradient) has nowhere to go: it stops.
+        movable = np.isfinite(step) & (step > 0) & np.isfinite(direction).all(axis=1)
+        if not movable.all():
+            active, direction, slope, step = (
+                active[movable],
+                direction[movable],
+                slope[movable],
+                step[movable],
+            )
+            if active.size == 0:
+                break
         new_x, new_f, new_g, found, evals = _backtrack(
             objective, active, x[active], f[active], direction, slope, step, max_backtracks
         )
@@ -98,19 +114,23 @@ def minimize_batched(
         y = new_g - g[active]
         sy = np.einsum("kp,kp->k", s, y)
         yy = np.einsum("kp,kp->k", y, y)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            new_rho, new_gamma = 1.0 / sy, sy / yy
+        # Keep a pair only with positive curvature that the two loops can use without overflowing.
         keep = found & (sy > 1e-12 * np.sqrt(yy * np.einsum("kp,kp->k", s, s)))
+        keep &= np.isfinite(new_rho) & np.isfinite(new_gamma) & (new_gamma > 0)
         s_hist[slot, active] = np.where(keep[:, None], s, 0.0)
         y_hist[slot, active] = np.where(keep[:, None], y, 0.0)
-        rho[slot, active] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
-        gamma[active] = np.where(keep, sy / np.where(keep, yy, 1.0), gamma[active])
+        rho[slot, active] = np.where(keep, new_rho, 0.0)
+        gamma[active] = np.where(keep, new_gamma, gamma[active])
         moved = active[found]
         x[moved], f[moved], g[moved] = new_x[found], new_f[found], new_g[found]
         small_gradient = np.abs(g[active]).max(axis=1) <= gtol
-        small_decrease = found & (old_f - f[active] <= ftol * np.maximum(np.abs(old_f), 1e-300))
+        small_decrease = found & (old_f - f[active] <= ftol * np.maximum(np.abs(old_f), ftol_floor))
         done = small_gradient | small_decrease | ~found
-        converged[active] = small_gradient | small_decrease | ~found
+        converged[active] = done
         active = active[~done]
-    return BatchResult(x=x, f=f, converged=converged & ~stopped, num_iter=num_iter, num_evals=num_evals)
+    return BatchResult(x=x, f=f, converged=converged, num_iter=num_iter, num_evals=num_evals)
 
 
 def _two_loop(

@@ -7,13 +7,13 @@ Huber loss (δ = 1e-3) of ln L against logsumexp(a − α ln N, b − β ln D, e
     α, β ∈ {0, 0.5, …, 2},  e ∈ {−1, −0.5, …, 1},  a, b ∈ {0, 5, …, 25}      (5·5·5·6·6 = 4,500 starts)
 
 and keep the best. The 4,500 minimizations run together, vectorized (`reports.lbfgs`) and split over
-worker processes; the best is then polished with scipy's L-BFGS-B at tight tolerances.
+worker processes, and stop at scipy's default tolerances; the `BOOT_STARTS` best distinct minima are then
+refined at tight tolerances, and the best of them polished once more with scipy's L-BFGS-B.
 
 Bootstrap: each resample draws the points (cells) with replacement, as weights on the same points, and is
-refitted from a smaller set of starts: the full fit's best and up to `BOOT_STARTS - 1` other distinct local
-minima the full grid found, ranked by objective. Starting there finds the resample's minimum in every basin
-the full grid reached, at 8 starts rather than 4,500. The 95% intervals are the 2.5th and 97.5th
-percentiles over the resamples.
+refitted from a few starts rather than 4,500: the full fit's best and every other refined minimum whose
+objective is at most `_RIVAL_FACTOR` (2) times the best's, a basin a resample might prefer. The 95%
+intervals are the 2.5th and 97.5th percentiles over the resamples.
 
 Compute-optimal allocation under C = 6·N·D (Hoffmann et al., eq. 4):
     N_opt(C) = G·(C/6)^a,  D_opt(C) = G⁻¹·(C/6)^b,  G = (αA / (βB))^(1/(α+β)),  a = β/(α+β),  b = α/(α+β).
@@ -41,8 +41,13 @@ MIN_POINTS = 6  # five parameters; fewer points cannot pin them down
 CI_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 # Below this many (rows × points), one process is faster than starting workers.
 _PARALLEL_MIN_WORK = 400_000
-# Tolerances of the batched L-BFGS: relative decrease per iteration and largest gradient component.
-_FTOL, _GTOL = 1e-10, 1e-10
+# The 4,500 starts stop at scipy's default tolerances, as the papers' fits do; the few best distinct
+# minima are then refined at tight ones (a relative decrease of 1e-10 per iteration, or a gradient of
+# 1e-10), and so is every bootstrap resample, which starts at those minima.
+_GRID_TOLERANCES = {"ftol": 2.2e-9, "ftol_floor": 1.0, "gtol": 1e-5}
+_TIGHT_TOLERANCES = {"ftol": 1e-10, "ftol_floor": 1e-300, "gtol": 1e-10}
+# A distinct minimum is a bootstrap start when its objective is at most this many times the best's.
+_RIVAL_FACTOR = 2.0
 
 
 def start_grid() -> np.ndarray:
@@ -132,9 +137,16 @@ def fit_parametric(
     try:
         objective = HuberObjective.of(n, d, loss)
         grid = start_grid()
-        found = _minimize(objective, objective.to_centred(grid), pool)
-        best = _polish(objective, found.x[int(np.argmin(found.f))])
-        boot = _bootstrap(objective, best, _other_minima(found), n_boot, seed, pool)
+        found = _minimize(objective, objective.to_centred(grid), pool, **_GRID_TOLERANCES)
+        candidates = _distinct_minima(found)
+        polished = _minimize(objective, candidates, pool, **_TIGHT_TOLERANCES)
+        best = _polish(objective, polished.x[int(np.argmin(polished.f))])
+        best_f = _value(objective, best)
+        # Other basins whose minimum is close enough to the best that a resample might prefer them.
+        rivals = polished.x[
+            (polished.f <= _RIVAL_FACTOR * best_f) & (np.abs(polished.x - best).max(axis=1) > 1e-3)
+        ]
+        boot = _bootstrap(objective, np.vstack([best, rivals]), n_boot, seed, pool)
     finally:
         if not isinstance(workers, Workers):
             pool.close()
@@ -153,17 +165,16 @@ def fit_parametric(
         n_boot=len(boot),
         residuals=np.log(loss) - objective.predict_log(theta),
         boot=boot,
-        objective=float(objective(best[None, :], np.zeros(1, dtype=np.int64))[0][0]),
+        objective=best_f,
         num_starts=len(grid),
     )
 
 
-def _minimize(objective: HuberObjective, x0: np.ndarray, pool: Workers) -> BatchResult:
+def _minimize(objective: HuberObjective, x0: np.ndarray, pool: Workers, **options) -> BatchResult:
     """Every row of x0 minimized, in chunks over the workers (per-row weights travel with their chunk)."""
     work = len(x0) * len(objective.log_loss)
     num_chunks = min(pool.max_workers, len(x0)) if work >= _PARALLEL_MIN_WORK else 1
     bounds = np.linspace(0, len(x0), num_chunks + 1).astype(int)
-    options = {"ftol": _FTOL, "gtol": _GTOL}
     tasks = []
     for start, stop in itertools.pairwise(bounds):
         weights = None if objective.weights is None else objective.weights[start:stop]
@@ -178,15 +189,18 @@ def _minimize(objective: HuberObjective, x0: np.ndarray, pool: Workers) -> Batch
     )
 
 
+def _value(objective: HuberObjective, x: np.ndarray) -> float:
+    return float(objective(x[None, :], np.zeros(1, dtype=np.int64))[0][0])
+
+
 def _polish(objective: HuberObjective, x: np.ndarray) -> np.ndarray:
-    """scipy's L-BFGS-B from the best start's end point at tight tolerances; kept only if lower."""
+    """scipy's L-BFGS-B from the best end point at tight tolerances; kept only if lower."""
     row = np.zeros(1, dtype=np.int64)
 
     def value_and_gradient(v: np.ndarray) -> tuple[float, np.ndarray]:
         f, g = objective(v[None, :], row)
         return float(f[0]), g[0]
 
-    start_f = value_and_gradient(x)[0]
     result = minimize(
         value_and_gradient,
         x,
@@ -194,29 +208,24 @@ def _polish(objective: HuberObjective, x: np.ndarray) -> np.ndarray:
         method="L-BFGS-B",
         options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
     )
-    return result.x if np.isfinite(result.fun) and result.fun < start_f else x
+    return result.x if np.isfinite(result.fun) and result.fun < _value(objective, x) else x
 
 
-def _other_minima(found: BatchResult) -> np.ndarray:
-    """Up to BOOT_STARTS − 1 distinct end points after the best, lowest objective first."""
+def _distinct_minima(found: BatchResult) -> np.ndarray:
+    """Up to BOOT_STARTS distinct end points with the lowest objective, lowest first."""
     order = np.argsort(found.f)
-    kept: list[np.ndarray] = [found.x[order[0]]]
-    for i in order[1:]:
+    kept: list[np.ndarray] = []
+    for i in order:
         if not np.isfinite(found.f[i]) or len(kept) == BOOT_STARTS:
             break
         # Distinct: more than 1e-3 apart in some centred coordinate (ln terms or exponents).
         if all(np.abs(found.x[i] - other).max() > 1e-3 for other in kept):
             kept.append(found.x[i])
-    return np.array(kept[1:]).reshape(-1, 5)
+    return np.array(kept)
 
 
 def _bootstrap(
-    objective: HuberObjective,
-    best: np.ndarray,
-    others: np.ndarray,
-    n_boot: int,
-    seed: int,
-    pool: Workers,
+    objective: HuberObjective, starts: np.ndarray, n_boot: int, seed: int, pool: Workers
 ) -> np.ndarray:
     """(n_boot, 5) rows of E, A, B, alpha, beta, one per resample (see the module docstring)."""
     if n_boot == 0:
@@ -226,16 +235,16 @@ def _bootstrap(
     draws = rng.integers(0, num_points, size=(n_boot, num_points))
     counts = np.zeros((n_boot, num_points))
     np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
-    starts = np.vstack([best[None, :], others])
     per_resample = len(starts)
     x0 = np.tile(starts, (n_boot, 1))
     weights = np.repeat(counts, per_resample, axis=0)
-    found = _minimize(objective.with_weights(weights), x0, pool)
+    found = _minimize(objective.with_weights(weights), x0, pool, **_TIGHT_TOLERANCES)
     f = found.f.reshape(n_boot, per_resample)
     x = found.x.reshape(n_boot, per_resample, 5)
     chosen = x[np.arange(n_boot), np.argmin(f, axis=1)]
     theta = objective.from_centred(chosen)
-    return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 3:]])
+    with np.errstate(over="ignore"):  # a resample whose law runs off to infinity keeps its infinity
+        return np.column_stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), np.exp(theta[:, 1]), theta[:, 3:]])
 
 
 def _derived(params: np.ndarray) -> np.ndarray:

@@ -1,0 +1,518 @@
+"""The scaling-law fits (reports/fit.py): known laws recovered from synthetic data, the isoflop checks,
+the prediction check, bad tables, `nanostudy fit`, and a study read from a real store."""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from reports.fit import Point, fit_parametric, fit_points, fit_study, points_from_store, points_from_table
+from reports.fit_command import register_fit
+from reports.huber import HuberObjective
+from reports.isoflop import fit_isoflop
+from reports.lbfgs import Workers, minimize_batched
+from reports.parametric import start_grid
+from store import (
+    AttemptOutcome,
+    CellMode,
+    CellState,
+    Executor,
+    NewCell,
+    add_cells,
+    claim,
+    end_attempt,
+    open_store,
+    transition,
+    upsert_study,
+)
+
+# Hoffmann et al.'s fitted law (approach 3), the usual ground truth of synthetic tests.
+TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+def true_loss(n, d, law=TRUE):
+    return law["E"] + law["A"] / np.power(n, law["alpha"]) + law["B"] / np.power(d, law["beta"])
+
+
+def true_optimum(c: float, law=TRUE) -> float:
+    """N minimizing the law along C = 6·N·D (closed form, Hoffmann et al. eq. 4)."""
+    alpha, beta = law["alpha"], law["beta"]
+    g = (alpha * law["A"] / (beta * law["B"])) ** (1 / (alpha + beta))
+    return g * (c / 6) ** (beta / (alpha + beta))
+
+
+def isoflop_points(
+    budgets, *, per_budget=9, spread=1.0, noise=0.0, seed=0, law=TRUE, depth=False
+) -> list[Point]:
+    """Points on isoflop curves centred on each budget's true optimum, ± `spread` in ln N, with
+    multiplicative log-normal noise."""
+    rng = np.random.default_rng(seed)
+    points = []
+    for c in budgets:
+        for i, n in enumerate(true_optimum(c, law) * np.exp(np.linspace(-spread, spread, per_budget))):
+            d = c / (6 * n)
+            loss = (
+                float(true_loss(n, d, law) * math.exp(rng.normal(0, noise)))
+                if noise
+                else true_loss(n, d, law)
+            )
+            points.append(
+                Point(
+                    n=n,
+                    d=d,
+                    c=c,
+                    loss=float(loss),
+                    budget=c,
+                    cell_id=f"c{c:.0e}-{i}",
+                    depth=i + 2 if depth else None,
+                )
+            )
+    return points
+
+
+# ------------------------------------------------------------------------------------- the optimizer
+
+
+def test_batched_lbfgs_matches_scipy_on_rosenbrock() -> None:
+    def rosenbrock(x, rows):
+        a, b = x[:, 0], x[:, 1]
+        f = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+        g = np.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)], axis=1)
+        return f, g
+
+    starts = np.array([[-1.2, 1.0], [2.0, 2.0], [0.0, 0.0], [-3.0, 5.0]])
+    result = minimize_batched(rosenbrock, starts, gtol=1e-12, ftol=0.0)
+    assert result.converged.all()
+    np.testing.assert_allclose(result.x, np.ones_like(starts), atol=1e-6)
+    for start, found in zip(starts, result.x, strict=True):
+        reference = minimize(lambda v: rosenbrock(v[None], None)[0][0], start, method="L-BFGS-B").x
+        np.testing.assert_allclose(found, reference, atol=1e-3)
+
+
+def test_huber_gradient_matches_finite_differences() -> None:
+    points = isoflop_points([1e19, 1e20, 1e21], per_budget=5, noise=0.01)
+    weights = np.random.default_rng(1).integers(0, 3, size=(3, len(points))).astype(float)
+    objective = HuberObjective.of(
+        [p.n for p in points], [p.d for p in points], [p.loss for p in points], weights
+    )
+    x = objective.to_centred(
+        np.array([[6.0, 6.0, 0.5, 0.3, 0.3], [5.0, 7.0, 0.4, 0.4, 0.25], [6.5, 5.5, 0.6, 0.35, 0.3]])
+    )
+    rows = np.arange(3)
+    f, g = objective(x, rows)
+    for j in range(5):
+        step = np.zeros(5)
+        step[j] = 1e-7
+        numeric = (objective(x + step, rows)[0] - objective(x - step, rows)[0]) / 2e-7
+        np.testing.assert_allclose(g[:, j], numeric, rtol=1e-4, atol=1e-9)
+    # The weighted objective is the unweighted one over the points repeated by their weights.
+    repeated = np.repeat(np.arange(len(points)), weights[0].astype(int))
+    plain = HuberObjective.of(
+        [points[i].n for i in repeated], [points[i].d for i in repeated], [points[i].loss for i in repeated]
+    )
+    theta = objective.from_centred(x[:1])
+    assert plain(plain.to_centred(theta), rows[:1])[0][0] == pytest.approx(f[0], rel=1e-12)
+
+
+def test_start_grid_is_hoffmanns() -> None:
+    grid = start_grid()
+    assert grid.shape == (4500, 5)
+    assert sorted(set(grid[:, 2])) == [-1.0, -0.5, 0.0, 0.5, 1.0]  # e = ln E
+    assert sorted(set(grid[:, 0])) == [0, 5, 10, 15, 20, 25]  # a = ln A
+    assert sorted(set(grid[:, 3])) == [0, 0.5, 1.0, 1.5, 2.0]  # alpha
+
+
+# ------------------------------------------------------------------------------------- parametric
+
+
+def test_parametric_fit_recovers_a_known_law_inside_its_intervals() -> None:
+    points = isoflop_points(np.logspace(18, 21, 7), per_budget=9, spread=1.2, noise=0.002, seed=3)
+    fit = fit_parametric(points, n_boot=100, seed=0)
+    assert fit.n_points == len(points) and fit.n_boot == 100 and fit.num_starts == 4500
+    assert pytest.approx(TRUE["E"], rel=0.03) == fit.E
+    assert fit.alpha == pytest.approx(TRUE["alpha"], rel=0.1)
+    assert fit.beta == pytest.approx(TRUE["beta"], rel=0.1)
+    assert pytest.approx(TRUE["A"], rel=0.5) == fit.A and pytest.approx(TRUE["B"], rel=0.5) == fit.B
+    for name, value in TRUE.items():
+        low, high = fit.ci[name]
+        assert low <= value <= high, f"{name}: {value} outside [{low}, {high}]"
+    true_a = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.ci["a"][0] <= true_a <= fit.ci["a"][1]
+    assert fit.a + fit.b == pytest.approx(1.0)
+    # Residuals are ln L − ln L̂ in input order: about the noise, nothing systematic.
+    assert fit.residuals.shape == (len(points),)
+    assert np.abs(fit.residuals).max() < 0.01
+
+
+def test_compute_optimal_allocation_minimizes_the_law() -> None:
+    points = isoflop_points(np.logspace(18, 21, 5), per_budget=7)
+    fit = fit_parametric(points, n_boot=20)
+    c = 1e23
+    n_opt, d_opt = fit.optimal(c)
+    assert 6 * n_opt * d_opt == pytest.approx(c)
+    assert n_opt == pytest.approx(true_optimum(c), rel=0.02)
+    for factor in (0.9, 1.1):  # any other split of the same C is worse
+        assert fit.loss(n_opt, d_opt) < fit.loss(n_opt * factor, d_opt / factor)
+    ci = fit.optimal_ci(c)
+    assert ci["n"][0] <= n_opt <= ci["n"][1]
+    assert ci["tokens_per_param"][0] <= d_opt / n_opt <= ci["tokens_per_param"][1]
+    arrays = fit.optimal(np.array([1e22, 1e23]))
+    assert arrays[0].shape == (2,) and arrays[0][1] == pytest.approx(n_opt)
+    low, high = fit.loss_ci(np.array([1e9]), np.array([2e10]))
+    assert low[0] <= fit.loss(1e9, 2e10) <= high[0]
+
+
+def test_parametric_fit_refuses_too_few_points() -> None:
+    with pytest.raises(ValueError, match="at least 6 points"):
+        fit_parametric(isoflop_points([1e20], per_budget=5), n_boot=0)
+
+
+@pytest.mark.slow
+def test_parametric_fit_does_not_depend_on_the_number_of_worker_processes() -> None:
+    # 4,500 starts × 100 points is enough work to run in two processes.
+    points = isoflop_points(np.logspace(18, 21, 10), per_budget=10, noise=0.003)
+    with Workers(2) as two:
+        parallel = fit_parametric(points, n_boot=200, seed=5, workers=two)
+    single = fit_parametric(points, n_boot=200, seed=5, workers=1)
+    assert (parallel.E, parallel.A, parallel.B, parallel.alpha, parallel.beta) == (
+        single.E,
+        single.A,
+        single.B,
+        single.alpha,
+        single.beta,
+    )
+    np.testing.assert_array_equal(parallel.boot, single.boot)
+
+
+# ------------------------------------------------------------------------------------- isoflop
+
+
+def parabola_points(budget, n_opt, *, loss_opt=3.0, curvature=0.2, n_values, depths=None, ids=None):
+    return [
+        Point(
+            n=n,
+            d=budget / (6 * n),
+            c=budget,
+            loss=loss_opt + curvature * math.log(n / n_opt) ** 2,
+            budget=budget,
+            cell_id=ids[i] if ids else f"b{budget:.0e}-{i}",
+            depth=depths[i] if depths else None,
+        )
+        for i, n in enumerate(n_values)
+    ]
+
+
+def test_isoflop_minima_and_power_laws_are_recovered() -> None:
+    budgets = [1e18, 1e19, 1e20, 1e21]
+    points = []
+    for budget in budgets:
+        n_opt = 0.1 * budget**0.5  # N* ∝ C^0.5, so D* = C / (6·N*) ∝ C^0.5 too
+        n_values = n_opt * np.exp(np.linspace(-1.5, 1.2, 6))
+        points += parabola_points(budget, n_opt, loss_opt=10 * budget**-0.05, n_values=n_values)
+    fit = fit_isoflop(points, n_boot=50)
+    assert fit.skipped == [] and len(fit.parabolas) == 4
+    for budget, parabola in zip(budgets, fit.parabolas, strict=True):
+        assert parabola.budget == budget and parabola.interior and parabola.advice is None
+        assert parabola.n_opt == pytest.approx(0.1 * budget**0.5, rel=1e-6)
+        assert parabola.d_opt == pytest.approx(budget / (6 * parabola.n_opt), rel=1e-6)
+        assert parabola.loss_opt == pytest.approx(10 * budget**-0.05, rel=1e-9)
+        assert parabola.outlier is None and parabola.n_points == 6
+        assert parabola(parabola.n_opt) == pytest.approx(parabola.loss_opt)
+        low, high = parabola.n_opt_ci
+        assert low <= parabola.n_opt <= high
+    assert fit.n_opt.exponent == pytest.approx(0.5, abs=1e-6)
+    assert fit.d_opt.exponent == pytest.approx(0.5, abs=1e-6)
+    assert fit.loss_opt.exponent == pytest.approx(-0.05, abs=1e-6)
+    assert fit.n_opt(1e22) == pytest.approx(0.1 * 1e11, rel=1e-5)
+    low, high = fit.n_opt.band(np.array([1e22]))
+    assert low[0] <= fit.n_opt(1e22) <= high[0]
+
+
+def test_d_opt_follows_the_cells_own_flops_per_token() -> None:
+    # Cells spending 20% more FLOPs per token than 6·N (attention): D* = C / (7.2·N*), not C / (6·N*).
+    points = [
+        Point(n=p.n, d=p.budget / (7.2 * p.n), c=p.budget, loss=p.loss, budget=p.budget, cell_id=p.cell_id)
+        for p in parabola_points(1e20, 1e8, n_values=np.geomspace(3e7, 3e8, 5))
+    ]
+    (parabola,) = fit_isoflop(points, n_boot=0).parabolas
+    assert parabola.d_opt == pytest.approx(1e20 / (7.2 * 1e8), rel=1e-9)
+
+
+def test_a_minimum_outside_the_sampled_depths_says_which_depths_to_add() -> None:
+    depths = [2, 4, 6, 8]
+    n_values = [1e5 * d**3 for d in depths]  # N ∝ depth³
+    above = parabola_points(1e18, 3e8, n_values=n_values, depths=depths)  # N* beyond depth 8
+    below = parabola_points(1e19, 1e5, n_values=n_values, depths=depths)  # N* below depth 2
+    inside = parabola_points(1e20, 1e7, n_values=n_values, depths=depths)
+    fit = fit_isoflop(above + below + inside, n_boot=20)
+    by_budget = {p.budget: p for p in fit.parabolas}
+    assert not by_budget[1e18].interior
+    assert "above the largest" in by_budget[1e18].advice
+    assert "add deeper models, e.g. depth 10, 12" in by_budget[1e18].advice
+    assert not by_budget[1e19].interior
+    assert "below the smallest" in by_budget[1e19].advice and "depth 1" in by_budget[1e19].advice
+    assert by_budget[1e20].interior and by_budget[1e20].advice is None
+    fits = fit_points(above + below + inside, n_boot=20)
+    assert any(line.startswith("budget 1e+18: minimum at N") for line in fits.problems)
+
+
+def test_budgets_with_fewer_than_three_points_are_reported_not_fitted() -> None:
+    points = parabola_points(1e18, 1e7, n_values=[1e6, 1e7])
+    points += parabola_points(1e19, 1e7, n_values=[1e6, 1e6, 1e8])  # 3 points, 2 distinct N
+    points += parabola_points(1e20, 1e7, n_values=[1e6, 1e7, 1e8])
+    fit = fit_isoflop(points, n_boot=20)
+    assert [p.budget for p in fit.parabolas] == [1e20]
+    assert len(fit.skipped) == 2
+    assert fit.skipped[0].startswith("budget 1e+18: 2 point(s)") and "at least 3" in fit.skipped[0]
+    assert fit.skipped[1].startswith("budget 1e+19: 3 point(s), 2 distinct N")
+    assert fit.n_opt is None  # one budget: no power law
+    # Three points give a minimum but no bootstrap interval.
+    assert all(math.isnan(v) for v in fit.parabolas[0].n_opt_ci)
+    fits = fit_points(points, n_boot=20)
+    assert fit.skipped[0] in fits.problems
+    assert any("needs 4 or more for an interval" in line for line in fits.problems)
+
+
+def test_concave_budget_is_skipped() -> None:
+    points = parabola_points(1e18, 1e7, curvature=-0.1, n_values=[1e6, 1e7, 1e8, 1e9])
+    fit = fit_isoflop(points, n_boot=0)
+    assert fit.parabolas == [] and "not convex" in fit.skipped[0]
+
+
+def test_one_outlier_is_left_out() -> None:
+    points = parabola_points(1e19, 1e7, n_values=np.geomspace(1e6, 1e8, 7))
+    bad = points[2]
+    points[2] = Point(n=bad.n, d=bad.d, c=bad.c, loss=bad.loss + 0.5, budget=bad.budget, cell_id="bad-cell")
+    (parabola,) = fit_isoflop(points, n_boot=20).parabolas
+    assert parabola.outlier == "bad-cell" and parabola.n_points == 6
+    assert parabola.n_opt == pytest.approx(1e7, rel=1e-6)
+    # Small noise is not an outlier.
+    rng = np.random.default_rng(0)
+    noisy = [
+        Point(n=p.n, d=p.d, c=p.c, loss=p.loss + rng.normal(0, 0.002), budget=p.budget, cell_id=p.cell_id)
+        for p in parabola_points(1e19, 1e7, n_values=np.geomspace(1e6, 1e8, 7))
+    ]
+    assert fit_isoflop(noisy, n_boot=0).parabolas[0].outlier is None
+
+
+# ------------------------------------------------------------------------------------- prediction check
+
+
+def test_prediction_check_predicts_the_held_out_budget() -> None:
+    budgets = np.logspace(18, 21, 4)
+    points = isoflop_points(budgets, per_budget=7, spread=0.8, noise=0.001, seed=1)
+    fits = fit_points(points, n_boot=50)
+    check = fits.prediction
+    assert check is not None and check.budget == budgets[-1]
+    true_best = float(true_loss(true_optimum(budgets[-1]), budgets[-1] / (6 * true_optimum(budgets[-1]))))
+    assert check.predicted == pytest.approx(true_best, rel=0.005)
+    assert check.measured == pytest.approx(true_best, rel=0.005)
+    assert check.predicted_ci[0] < check.predicted < check.predicted_ci[1]
+    assert check.method.startswith("parametric fit without budget 1e+21")
+    assert fits.isoflop is not None and fits.parametric is not None
+
+
+def test_prediction_check_needs_three_budgets() -> None:
+    fits = fit_points(isoflop_points([1e19, 1e20], per_budget=5), n_boot=10)
+    assert fits.prediction is None
+    assert any(line.startswith("prediction check: needs 3 or more budgets") for line in fits.problems)
+
+
+# ------------------------------------------------------------------------------------- tables
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_points_from_table(tmp_path: Path) -> None:
+    table = write_csv(
+        tmp_path / "runs.csv", ["params,tokens,loss,flops", "1e8,2e9,3.1,1.3e18", "", "2e8,1e9,3.2,1.2e18"]
+    )
+    points = points_from_table(table, n_col="params", d_col="tokens", loss_col="loss")
+    assert [(p.n, p.d, p.loss) for p in points] == [(1e8, 2e9, 3.1), (2e8, 1e9, 3.2)]
+    assert points[0].c == pytest.approx(6 * 1e8 * 2e9) and points[0].budget == 1.2e18
+    assert [p.cell_id for p in points] == ["runs.csv:2", "runs.csv:4"]
+    with_flops = points_from_table(table, n_col="params", d_col="tokens", loss_col="loss", flops_col="flops")
+    assert [p.c for p in with_flops] == [1.3e18, 1.2e18] and with_flops[0].budget == 1.3e18
+
+
+def test_bad_table_rows_name_file_line_and_column(tmp_path: Path) -> None:
+    table = write_csv(
+        tmp_path / "bad.csv",
+        [
+            "N,D,L",
+            "1e8,2e9,3.1",
+            "1e8,,3.0",
+            "-5,2e9,3.0",
+            "1e8,2e9,abc",
+            "1e8,0,3",
+            "1e8,2e9,inf",
+            "1e8,2e9",
+        ],
+    )
+    with pytest.raises(ValueError) as raised:
+        points_from_table(table, n_col="N", d_col="D", loss_col="L")
+    lines = str(raised.value).splitlines()
+    assert lines == [
+        f"{table}:3: column 'D': missing value",
+        f"{table}:4: column 'N': must be positive, got -5",
+        f"{table}:5: column 'L': not a number: 'abc'",
+        f"{table}:6: column 'D': must be positive, got 0",
+        f"{table}:7: column 'L': not a finite number: 'inf'",
+        f"{table}:8: column 'L': missing value",
+    ]
+
+
+def test_bad_table_files(tmp_path: Path) -> None:
+    table = write_csv(tmp_path / "t.csv", ["N,D,loss", "1,2,3"])
+    with pytest.raises(ValueError, match=r"t.csv:1: no column named 'L' \(columns: N, D, loss\)"):
+        points_from_table(table, n_col="N", d_col="D", loss_col="L")
+    with pytest.raises(ValueError, match="no such file"):
+        points_from_table(tmp_path / "missing.csv", n_col="N", d_col="D", loss_col="L")
+    with pytest.raises(ValueError, match="no data rows"):
+        points_from_table(write_csv(tmp_path / "h.csv", ["N,D,L"]), n_col="N", d_col="D", loss_col="L")
+    (tmp_path / "bin.csv").write_bytes(b"N,D,L\n\xff\xfe,1,2\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        points_from_table(tmp_path / "bin.csv", n_col="N", d_col="D", loss_col="L")
+
+
+# ------------------------------------------------------------------------------------- nanostudy fit
+
+
+def run_fit(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="nanostudy")
+    register_fit(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["fit", *argv])
+    return args.func(args)
+
+
+def table_of(points: list[Point], path: Path) -> Path:
+    return write_csv(
+        path,
+        ["model_size,tokens,loss"] + [f"{float(p.n)!r},{float(p.d)!r},{float(p.loss)!r}" for p in points],
+    )
+
+
+def test_fit_command_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = table_of(isoflop_points(np.logspace(18, 21, 4), per_budget=6, noise=0.002), tmp_path / "t.csv")
+    code = run_fit(
+        [str(table), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--json", "--boot", "50"]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    names = ["E", "A", "B", "alpha", "beta", "a", "b"]
+    assert set(out) == {*names, "ci", "n_points"}
+    assert set(out["ci"]) == set(names)
+    assert all(
+        len(out["ci"][name]) == 2 and out["ci"][name][0] <= out[name] <= out["ci"][name][1] for name in names
+    )
+    assert out["n_points"] == 24 and out["alpha"] == pytest.approx(TRUE["alpha"], rel=0.2)
+
+
+def test_fit_command_readable_output_and_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = table_of(isoflop_points(np.logspace(18, 21, 4), per_budget=6, noise=0.002), tmp_path / "t.csv")
+    assert run_fit([str(table), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "parametric: L(N, D) = E + A/N^alpha + B/D^beta" in out
+    assert "isoflop minima" in out and "prediction check, budget 1e+21 held out" in out
+    bad = write_csv(tmp_path / "bad.csv", ["model_size,tokens,loss", "1e8,2e9,", "1e8,2e9,3"])
+    assert run_fit([str(bad), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--json"]) == 2
+    assert f"{bad}:2: column 'loss': missing value" in capsys.readouterr().err
+    assert run_fit([str(bad), "--n", "size", "--d", "tokens", "--loss", "loss"]) == 2
+    assert "no column named 'size'" in capsys.readouterr().err
+    few = write_csv(tmp_path / "few.csv", ["model_size,tokens,loss", "1e8,2e9,3", "2e8,1e9,3"])
+    assert run_fit([str(few), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--json"]) == 1
+    assert "at least 6 points" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- from the store
+
+
+def test_fit_study_reads_done_pretraining_cells(tmp_path: Path) -> None:
+    law = {"E": 0.8, "A": 60.0, "B": 300.0, "alpha": 0.33, "beta": 0.3}
+    budgets = [1e15, 1e16, 1e17]
+    with open_store(tmp_path / "nanostudy.db") as store:
+        study = upsert_study(store, name="iso", path="iso.yaml", spec={})
+        cells, losses = [], {}
+        for budget in budgets:
+            for depth in (2, 4, 6, 8, 10):
+                n = 20_000 * depth**3
+                flops_per_token = int(6.6 * n)  # attention adds 10%
+                tokens = int(budget / flops_per_token)
+                cell_id = f"b{budget:.0e}-d{depth}"
+                cells.append(
+                    NewCell(
+                        id=cell_id,
+                        mode=CellMode.PRETRAINING,
+                        depth=depth,
+                        flops_budget=budget,
+                        seed=0,
+                        num_params=n,
+                        num_tokens=tokens,
+                        flops_per_token=flops_per_token,
+                        steps_total=10,
+                        config={},
+                    )
+                )
+                losses[cell_id] = float(true_loss(n, tokens, law))
+        cells.append(
+            NewCell(
+                id="mid",
+                mode=CellMode.MID_TRAINING,
+                parent_cell_id="b1e+17-d10",
+                depth=10,
+                flops_budget=1e17,
+                seed=0,
+                num_params=20_000_000,
+                num_tokens=1000,
+                flops_per_token=132_000_000,
+                steps_total=10,
+                config={},
+            )
+        )
+        add_cells(store, study.id, cells)
+        for cell in cells:
+            attempt = claim(store, cell.id, executor=Executor.LOCAL, host="h")
+            if cell.id == "b1e+16-d4":  # failed: left out
+                end_attempt(store, attempt.id, AttemptOutcome.FAILED)
+            elif cell.id == "b1e+16-d6":  # done without a validation: left out, and said so
+                end_attempt(store, attempt.id, AttemptOutcome.DONE)
+            elif cell.id == "b1e+17-d2":  # still running: left out
+                pass
+            else:
+                value = losses.get(cell.id, 0.5)
+                end_attempt(store, attempt.id, AttemptOutcome.DONE, val_bpb=value, val_loss=3 * value)
+        assert transition(store, "b1e+17-d2", CellState.RUNNING, CellState.CANCELLED)
+
+        points = points_from_store(store, "iso")
+        assert len(points) == 12 and "mid" not in {p.cell_id for p in points}
+        by_id = {p.cell_id: p for p in points}
+        p = by_id["b1e+15-d4"]
+        assert (p.n, p.depth, p.budget, p.loss) == (20_000 * 64, 4, 1e15, losses["b1e+15-d4"])
+        assert p.c == pytest.approx(p.flops_per_token * p.d) and p.flops_per_token == int(6.6 * p.n)
+        assert points_from_store(store, "iso", metric="loss")[0].loss == pytest.approx(3 * points[0].loss)
+
+        fits = fit_study(store, "iso", n_boot=30)
+        assert fits.study == "iso" and fits.metric == "bpb" and len(fits.points) == 12
+        assert fits.problems[0] == "1 done cell(s) have no final val_bpb and are left out: b1e+16-d6"
+        assert [p.budget for p in fits.isoflop.parabolas] == budgets
+        assert fits.parametric is not None and fits.parametric.n_points == 12
+        with pytest.raises(ValueError, match="study 'nope' is not in the database"):
+            fit_study(store, "nope")
+        with pytest.raises(ValueError, match="metric must be one of"):
+            points_from_store(store, "iso", metric="ppl")
+
+
+@pytest.mark.slow
+def test_default_bootstrap_is_a_thousand_resamples() -> None:
+    fits = fit_points(isoflop_points(np.logspace(18, 21, 4), per_budget=7, noise=0.002))
+    assert fits.parametric.n_boot == 1000
+    assert all(p.n_boot > 900 for p in fits.isoflop.parabolas)
