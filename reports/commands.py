@@ -1,6 +1,7 @@
 """The reports' commands.
 
     nanostudy report STUDY [-o FILE.html] [--format html|png|svg] [--db URL] [--metric bpb|loss] [--boot N]
+    nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--json]     (reports/fit_command.py)
 
 STUDY is the study file (its `name:`; the database beside it unless --db), or the study's name with --db (or
 with a nanostudy.db in the current directory). This module is imported by every `nanostudy` command to
@@ -11,6 +12,7 @@ by the command that uses them.
 import sys
 from pathlib import Path
 
+from reports.fit_command import register_fit
 from store import StoreNotFoundError, default_db_path, get_study, open_store
 
 
@@ -135,3 +137,4 @@ def register_report(subparsers) -> None:
 
 def register(subparsers) -> None:
     register_report(subparsers)
+    register_fit(subparsers)

@@ -1,7 +1,6 @@
 """The scaling-law fits (reports/fit.py): known laws recovered from synthetic data, the isoflop checks,
 the prediction check, bad tables, `nanostudy fit`, and a study read from a real store."""
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -11,11 +10,11 @@ import pytest
 from scipy.optimize import minimize
 
 from reports.fit import Point, fit_parametric, fit_points, fit_study, points_from_store, points_from_table
-from reports.fit_command import register_fit
 from reports.huber import HuberObjective
 from reports.isoflop import fit_isoflop
 from reports.lbfgs import Workers, minimize_batched
 from reports.parametric import start_grid
+from runner import cli
 from store import (
     AttemptOutcome,
     CellMode,
@@ -386,10 +385,8 @@ def test_bad_table_files(tmp_path: Path) -> None:
 
 
 def run_fit(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nanostudy")
-    register_fit(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["fit", *argv])
-    return args.func(args)
+    """`nanostudy fit ARGV` through the real command line (runner/cli.py → reports/commands.py)."""
+    return cli.main(["fit", *argv])
 
 
 def table_of(points: list[Point], path: Path) -> Path:
