@@ -57,6 +57,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _finite(*values: Any) -> bool:
+    return all(isinstance(v, int | float | np.generic) and np.isfinite(v) for v in values)
+
+
+def _bounded(rows: list[dict[str, Any]], series: str) -> bool:
+    """Whether any row of the series has a finite interval (low, high)."""
+    return any(_finite(row.get("low"), row.get("high")) for row in rows if row["series"] == series)
+
+
 def _log_grid(low: float, high: float, num: int = NUM_LINE_POINTS) -> np.ndarray:
     return np.geomspace(low, high, num)
 
@@ -144,7 +153,8 @@ def isoflop_chart(points: Sequence[Any], parabolas: Sequence[Any], *, metric_lab
             ]
         )
     )
-    return alt.layer(fits, interval, cells, minima).properties(
+    layers = [fits, interval] if any(_finite(row.get("N_low"), row.get("N_high")) for row in rows) else [fits]
+    return alt.layer(*layers, cells, minima).properties(
         width=WIDTH, height=HEIGHT, title="Isoflop curves: loss against model size at each FLOP budget"
     )
 
@@ -212,13 +222,13 @@ def optimum_chart(
             ]
         )
     )
-    # Only layers with data: an empty one makes Vega warn of an infinite extent.
-    layers = [bars, dots]
-    if law is not None:
-        layers = [band, line, *layers]
-    if parametric is not None:
-        layers.insert(-2, dashed)
-    return alt.layer(*layers).properties(width=SMALL_WIDTH, height=SMALL_HEIGHT, title=title)
+    # Only layers with data: an empty one (or intervals the bootstrap could not bound) makes Vega warn of
+    # an infinite extent.
+    layers = [band] if _bounded(rows, "power law (95% band)") else []
+    layers += [line] if law is not None else []
+    layers += [dashed] if parametric is not None else []
+    layers += [bars] if _bounded(rows, "isoflop minima") else []
+    return alt.layer(*layers, dots).properties(width=SMALL_WIDTH, height=SMALL_HEIGHT, title=title)
 
 
 # -- the parametric fit -----------------------------------------------------------------------------------

@@ -336,7 +336,9 @@ def _optimum_section(fits: Any, label: str) -> Section:
 
 
 def _law_text(law: Any) -> str:
-    return f"fit: {law.k:.3g} · C^{law.exponent:.3f}, exponent 95% interval {_ci(law.exponent_ci, '.3f')}"
+    interval = _ci(law.exponent_ci, ".3f")
+    bounded = f"95% interval {interval}" if interval != "-" else "no interval (too few resampled minima)"
+    return f"fit: {law.k:.3g} · C^{law.exponent:.3f}, exponent {bounded}"
 
 
 def _parametric_section(fits: Any, label: str) -> Section:
@@ -403,7 +405,7 @@ def _throughput_section(data: StudyData) -> Section:
 
 def _cells_section(data: StudyData) -> Section:
     header = ("cell", "mode", "depth", "budget", "seed", "state", "N", "D", "C", "steps", "val loss",
-              "val bpb", "tries", "device", "GPU-h", "tok/s", "MFU", "reason")  # fmt: skip
+              "val bpb", "tries", "device", "hours", "tok/s", "MFU", "reason")  # fmt: skip
     rows = "".join(_cell_row(cell) for cell in data.cells)
     head = "".join(
         f"<th{' class=text' if i in (0, 1, 5, 13, 17) else ''}>{esc(h)}</th>" for i, h in enumerate(header)
@@ -425,7 +427,7 @@ def _cell_row(cell: CellRow) -> str:
         charts.flops_label(cell.budget_flops), cell.seed, cell.state, si(cell.num_params),
         si(cell.num_tokens), f"{cell.flops:.2e}", f"{cell.steps_done}/{cell.steps_total}",
         _num(cell.val_loss, ".4f"), _num(cell.val_bpb, ".4f"), cell.num_attempts, cell.device or "-",
-        f"{cell.gpu_hours:.2f}", _num(cell.tok_per_s, ",.0f"), _num(cell.mfu, ".1%"),
+        _hours(cell), _num(cell.tok_per_s, ",.0f"), _num(cell.mfu, ".1%"),
     )  # fmt: skip
     cells = "".join(
         f"<td{' class=text' if i in (0, 1, 5, 13) else ''}>{esc(v)}</td>" for i, v in enumerate(values)
@@ -433,6 +435,13 @@ def _cell_row(cell: CellRow) -> str:
     reason = (cell.reason or "").splitlines()[0] if cell.reason else ""
     state = esc(cell.state)
     return f'<tr class="{state}" data-state="{state}">{cells}<td class="reason">{esc(reason)}</td></tr>\n'
+
+
+def _hours(cell: CellRow) -> str:
+    """GPU-hours, or CPU-hours for a cell trained on the CPU."""
+    if cell.cpu_hours > 0 and cell.gpu_hours == 0:
+        return f"{cell.cpu_hours:.2f} CPU"
+    return f"{cell.gpu_hours:.2f} GPU"
 
 
 def _parabolas(fits: Any) -> list[Any]:

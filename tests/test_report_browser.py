@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from report_fixtures import build_study, empty_study
+from report_fixtures import build_study, empty_study, sparse_study
 
 from reports.report import write_report
 
@@ -107,12 +107,22 @@ def test_every_chart_renders_offline_with_a_clean_console(browser, tmp_path: Pat
     page.close()
 
 
-def test_a_study_with_nothing_finished_renders_what_it_has(browser, tmp_path: Path) -> None:
-    store = empty_study(tmp_path / "nanostudy.db")
+def test_bad_input_renders_what_it_has(browser, tmp_path: Path) -> None:
+    """No finished cell; budgets with too few points for a parabola or a bootstrap interval."""
+    store = empty_study(tmp_path / "empty.db")
     out = tmp_path / "empty.html"
     write_report(store, "empty", out)
     page, console, requests, blocked = _open(browser, out)
     assert page.locator("div.chart[data-rendered=true]").count() == 2
     assert "no finished pretraining cell" in page.inner_text(".notice")
     assert console == [] and blocked == [] and requests == [out.as_uri()]
+    page.close()
+
+    store = sparse_study(tmp_path / "sparse.db")
+    out = tmp_path / "sparse.html"
+    write_report(store, "sparse", out, n_boot=20)
+    page, console, requests, blocked = _open(browser, out)
+    assert page.locator("div.chart[data-rendered=true]").count() == 6  # isoflop, 3 optima, curves, speed
+    assert "budget 1e+18: 1 point(s)" in page.inner_text(".notice")
+    assert console == [] and blocked == [] and requests == [out.as_uri()]  # no interval: no empty layer
     page.close()
