@@ -114,7 +114,7 @@ def fit_points(
             problems.append("power laws over budgets need minima at 2 or more budgets")
     with Workers() as workers:
         parametric = _try_parametric(points, n_boot, seed, workers, problems, what="parametric fit")
-        prediction = _prediction(points, isoflop, n_boot, seed, workers, problems)
+        prediction = _prediction(points, isoflop, metric, n_boot, seed, workers, problems)
     if not points:
         problems.insert(0, "no points to fit")
     return StudyFits(
@@ -136,7 +136,7 @@ def _try_parametric(points, n_boot, seed, workers, problems, *, what) -> Paramet
         return None
 
 
-def _prediction(points, isoflop, n_boot, seed, workers, problems) -> PredictionCheck | None:
+def _prediction(points, isoflop, metric, n_boot, seed, workers, problems) -> PredictionCheck | None:
     """Refit without the largest budget and predict its best loss (the parametric law, else the isoflop
     L*(C) power law); measured is that budget's parabola minimum when interior, else its lowest loss."""
     budgets = sorted({p.budget for p in points})
@@ -159,7 +159,7 @@ def _prediction(points, isoflop, n_boot, seed, workers, problems) -> PredictionC
                 f"loss along that isoflop, D = C / (FLOPs per token at N); measured: {measured_how}"
             ),
         )
-    train_isoflop = fit_isoflop(train, metric=isoflop.metric, n_boot=n_boot, seed=seed)
+    train_isoflop = fit_isoflop(train, metric=metric, n_boot=n_boot, seed=seed)
     if train_isoflop.loss_opt is None:
         problems.append("prediction check: neither law could be fitted without the largest budget")
         return None

@@ -99,7 +99,7 @@ def fit_isoflop(
     by_budget: dict[float, list[Point]] = defaultdict(list)
     for point in points:
         by_budget[point.budget].append(point)
-    tokens_per_flop = flops_per_token_model(points)
+    flops_per_token = flops_per_token_model(points)
     depth_of = _depth_model(points)
     rng = np.random.default_rng(seed)
     parabolas, skipped, boot_minima = [], [], []
@@ -126,13 +126,13 @@ def fit_isoflop(
         x_opt, loss_opt = _minima(coeffs[None, :])[0]
         boot_minima.append((budget, x_opt, loss_opt, boot))
         parabolas.append(
-            _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, tokens_per_flop, depth_of)
+            _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of)
         )
-    laws = _power_laws(boot_minima, tokens_per_flop)
+    laws = _power_laws(boot_minima, flops_per_token)
     return IsoflopFit(metric=metric, parabolas=parabolas, skipped=skipped, **laws)
 
 
-def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, tokens_per_flop, depth_of):
+def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of) -> Parabola:
     n_range = (kept[0].n, kept[-1].n)
     interior = bool(math.log(n_range[0]) <= x_opt <= math.log(n_range[1]))
     n_opt, boot_n = math.exp(x_opt), np.exp(boot[:, 0])
@@ -142,8 +142,8 @@ def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, tokens_per_f
         coeffs=(float(coeffs[0]), float(coeffs[1]), float(coeffs[2])),
         n_opt=n_opt,
         n_opt_ci=percentile_interval(boot_n),
-        d_opt=float(budget / tokens_per_flop(n_opt)),
-        d_opt_ci=percentile_interval(budget / tokens_per_flop(boot_n)),
+        d_opt=float(budget / flops_per_token(n_opt)),
+        d_opt_ci=percentile_interval(budget / flops_per_token(boot_n)),
         loss_opt=float(loss_opt),
         loss_opt_ci=percentile_interval(boot[:, 1]),
         interior=interior,
@@ -211,7 +211,7 @@ def _without_outlier(group: list[Point]) -> tuple[list[Point], Point | None]:
     return group, None
 
 
-def _power_laws(boot_minima, tokens_per_flop) -> dict[str, PowerLaw | None]:
+def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
     """N*, D*, L* power laws over the budgets with a minimum, with resampled fits."""
     if len(boot_minima) < 2:
         return {"n_opt": None, "d_opt": None, "loss_opt": None}
@@ -222,7 +222,7 @@ def _power_laws(boot_minima, tokens_per_flop) -> dict[str, PowerLaw | None]:
     boot_n = np.exp(boot[..., 0])
     series = {
         "n_opt": (n_opt, boot_n),
-        "d_opt": (budgets / tokens_per_flop(n_opt), budgets / tokens_per_flop(boot_n)),
+        "d_opt": (budgets / flops_per_token(n_opt), budgets / flops_per_token(boot_n)),
         "loss_opt": (loss_opt, boot[..., 1]),
     }
     laws = {}

@@ -20,6 +20,7 @@ cut the same way whatever the number of processes, so results do not depend on i
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 
@@ -226,7 +227,14 @@ class Workers:
             return [fn(task) for task in tasks]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.max_workers, mp_context=get_context("spawn"))
-        return list(self._pool.map(fn, tasks))
+        try:
+            return list(self._pool.map(fn, tasks))
+        except BrokenProcessPool:
+            # The workers could not start, e.g. a script without `if __name__ == "__main__":`, which spawned
+            # processes import again: do the work here (the result is the same, only slower).
+            self.close()
+            self.max_workers = 1
+            return [fn(task) for task in tasks]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -513,3 +513,21 @@ def test_default_bootstrap_is_a_thousand_resamples() -> None:
     fits = fit_points(isoflop_points(np.logspace(18, 21, 4), per_budget=7, noise=0.002))
     assert fits.parametric.n_boot == 1000
     assert all(p.n_boot > 900 for p in fits.isoflop.parabolas)
+
+
+def test_the_benchmarks_naive_objective_is_ours() -> None:
+    """benchmarks/fit_speed.py times a scipy loop on a textbook objective: it must be the same function."""
+    from benchmarks.fit_speed import naive_objective, synthetic_points
+
+    points = synthetic_points(40)
+    log_n, log_d, log_loss = (np.log([getattr(p, k) for p in points]) for k in ("n", "d", "loss"))
+    objective = HuberObjective.of([p.n for p in points], [p.d for p in points], [p.loss for p in points])
+    for theta in ([6.0, 6.0, 0.5, 0.34, 0.28], [1.0, 12.0, 0.0, 0.5, 1.0]):
+        f, g = naive_objective(np.array(theta), log_n, log_d, log_loss)
+        ours_f, ours_g = objective(objective.to_centred(np.array([theta])), np.zeros(1, dtype=np.int64))
+        assert f == pytest.approx(ours_f[0], rel=1e-9)
+        # Our gradient is in centred coordinates: d/dα there = d/dα + m_N · d/da in the original ones.
+        expected = g.copy()
+        expected[3] += objective.mean_log_n * g[0]
+        expected[4] += objective.mean_log_d * g[1]
+        np.testing.assert_allclose(ours_g[0], expected, rtol=1e-7, atol=1e-12)
