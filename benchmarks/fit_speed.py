@@ -6,18 +6,20 @@ The data: `--points` synthetic runs on isoflop curves (10 budgets, 1e18..1e22 FL
 around its optimum) from Hoffmann et al.'s law L = 1.69 + 406.4/N^0.34 + 410.7/D^0.28 with 0.5% log-normal
 noise, fixed seed.
 
-1. Full fit: the Huber-loss fit from the full grid of 4,500 starts. Ours: `fit_parametric(points,
-   n_boot=0)`, the starts as one vectorized L-BFGS over worker processes, then the refinement of the best
-   minima. Naive: `scipy.optimize.minimize(method="L-BFGS-B")` from each start in a Python loop, on the
-   textbook objective (logsumexp, scipy.special.huber) with its analytic gradient (the papers' code uses
-   finite differences, slower still: timed on `--naive-fd-starts` starts and extrapolated).
-2. Bootstrap: `--boot` resamples of the points. Ours: `fit_parametric(n_boot=...)` minus the full fit,
-   same process pool. Naive: for each resample, the same draws and the same starts (the full fit's best
-   and its distinct minima within 2x of the best), one scipy call per start on the resampled points, at
-   the tight tolerances ours uses for resamples (scipy's defaults would not move from the start).
+1. Full fit: the Huber-loss fit from the full grid of 4,500 starts. Ours: the fit phase of
+   `fit_parametric` (the starts as one vectorized L-BFGS over worker processes, then the refinement of
+   the best minima). Naive: `scipy.optimize.minimize(method="L-BFGS-B")` from each start in a Python loop,
+   on the textbook objective (logsumexp, scipy.special.huber) with its analytic gradient (the papers' code
+   uses finite differences, slower still: timed on `--naive-fd-starts` starts and extrapolated).
+2. Bootstrap: `--boot` resamples of the points. Ours: the bootstrap phase of `fit_parametric`. Naive: for
+   each resample, the same draws and the same starts (the full fit's best and its distinct minima within
+   2x of the best), one scipy call per start on the resampled points, at the tight tolerances ours uses
+   for resamples (scipy's defaults would not move from the start).
 
-Ours is timed cold (the first call, which starts the worker processes) and warm. Both sides must agree:
-the best objective and parameters, and the bootstrap intervals, are compared.
+Ours runs `--repeats` times in one process pool (`ParametricFit.seconds` splits each run into its phases):
+the full fit held against the target is the first, cold one (it starts the worker processes); the
+bootstrap is the median. Both sides must agree: the best objective and parameters, and the bootstrap
+intervals, are compared. The machine is shared: the load average is printed at the start and the end.
 Targets (issue 5): full fit <= 5 s, bootstrap <= 60 s on a 2-core machine.
 """
 
@@ -144,6 +146,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=250)
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of ours (the first one cold)")
     parser.add_argument(
         "--naive-starts", type=int, default=None, help="naive full fit on every k-th start only"
     )
@@ -164,18 +167,22 @@ def main() -> None:
         flush=True,
     )
 
+    # Ours, `--repeats` times in one process pool: the first call starts the workers (cold).
+    runs = []
     with Workers() as workers:
-        start = time.perf_counter()
-        ours = fit_parametric(points, n_boot=0, workers=workers)
-        full_cold_s = time.perf_counter() - start
-        start = time.perf_counter()
-        fit_parametric(points, n_boot=0, workers=workers)
-        full_warm_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ours_boot = fit_parametric(points, n_boot=args.boot, seed=args.seed, workers=workers)
-        boot_s = time.perf_counter() - start - full_warm_s
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            ours_boot = fit_parametric(points, n_boot=args.boot, seed=args.seed, workers=workers)
+            runs.append({**ours_boot.seconds, "total": time.perf_counter() - start})
+    ours = ours_boot
+    full_cold_s = runs[0]["fit"]
+    full_warm_s = float(np.median([run["fit"] for run in runs[1:]])) if len(runs) > 1 else full_cold_s
+    boot_s = float(np.median([run["bootstrap"] for run in runs]))
     print(
-        f"ours: full fit {full_cold_s:.2f} s cold, {full_warm_s:.2f} s warm; bootstrap {boot_s:.2f} s",
+        f"ours: full fit {full_cold_s:.2f} s cold (workers starting), {full_warm_s:.2f} s warm; "
+        f"bootstrap {boot_s:.2f} s (median of {len(runs)}: "
+        + ", ".join(f"{run['bootstrap']:.2f}" for run in runs)
+        + ")",
         flush=True,
     )
 
@@ -213,8 +220,8 @@ def main() -> None:
         "starts": len(grid),
         "resamples": args.boot,
         "cpus": len(os.sched_getaffinity(0)),
-        "load_average": load[0],
-        "ours": {"full_cold_s": full_cold_s, "full_warm_s": full_warm_s, "bootstrap_s": boot_s},
+        "load_average": [load[0], os.getloadavg()[0]],
+        "ours": {"full_cold_s": full_cold_s, "full_warm_s": full_warm_s, "bootstrap_s": boot_s, "runs": runs},
         "naive": {
             "full_s": naive_full_s,
             "full_measured": step == 1,
@@ -242,6 +249,7 @@ def main() -> None:
         naive_low, naive_high = naive_ci[name]
         print(f"{name:<22}{o:>10.5g}{n:>10.5g}   95% CI ours [{low:.4g}, {high:.4g}]", end="")
         print(f" naive [{naive_low:.4g}, {naive_high:.4g}]")
+    print(f"load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     verdict = "met" if result["targets_met"] else "MISSED"
     print(f"\ntargets (full <= {TARGET_FULL_S:g} s, bootstrap <= {TARGET_BOOT_S:g} s): {verdict}")
     if args.json:

@@ -21,6 +21,7 @@ Compute-optimal allocation under C = 6·N·D (Hoffmann et al., eq. 4):
 
 import itertools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class ParametricFit:
     boot: np.ndarray = field(repr=False)  # (n_boot, 5): E, A, B, alpha, beta of each resample
     objective: float  # the Huber loss at the optimum
     num_starts: int  # starting points of the full fit
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of "fit" and "bootstrap"
 
     @property
     def a(self) -> float:
@@ -137,6 +139,7 @@ def fit_parametric(
     try:
         objective = HuberObjective.of(n, d, loss)
         grid = start_grid()
+        started = time.perf_counter()
         found = _minimize(objective, objective.to_centred(grid), pool, **_GRID_TOLERANCES)
         candidates = _distinct_minima(found)
         polished = _minimize(objective, candidates, pool, **_TIGHT_TOLERANCES)
@@ -146,7 +149,9 @@ def fit_parametric(
         rivals = polished.x[
             (polished.f <= _RIVAL_FACTOR * best_f) & (np.abs(polished.x - best).max(axis=1) > 1e-3)
         ]
+        fitted = time.perf_counter()
         boot = _bootstrap(objective, np.vstack([best, rivals]), n_boot, seed, pool)
+        seconds = {"fit": fitted - started, "bootstrap": time.perf_counter() - fitted}
     finally:
         if not isinstance(workers, Workers):
             pool.close()
@@ -167,6 +172,7 @@ def fit_parametric(
         boot=boot,
         objective=best_f,
         num_starts=len(grid),
+        seconds=seconds,
     )
 
 
