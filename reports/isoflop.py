@@ -1,9 +1,12 @@
 """Chinchilla approach 2: per FLOP budget, a parabola of the loss in ln N; its minimum gives N*(C), D*(C).
 
 For each budget with at least 3 points (3 distinct N) the loss is fitted as c2·x² + c1·x + c0 with
-x = ln N, by least squares. With 4 or more points one outlier may be left out: the point whose deleted
+x = ln N, by least squares. With 5 or more points one outlier may be left out: the point whose deleted
 residual (its distance from the parabola fitted to the others) is largest is dropped when that distance
 exceeds both OUTLIER_SPREAD × the others' residual scatter and OUTLIER_FRACTION × the budget's median loss.
+With 4 points the other 3 fit a parabola exactly, so there is no scatter to judge a point by, and a real
+curve's honest edge point (real curves are not exact parabolas in ln N) would be taken for an outlier:
+nothing is left out then.
 
 The minimum is at x* = −c1 / (2·c2) (only when c2 > 0), so N* = e^x*, L* = c0 − c1² / (4·c2), and
 D* = C / (FLOPs per token at N*), the FLOPs per token following the cells' own (a log-log line of
@@ -191,7 +194,7 @@ def _resample_weights(rng: np.random.Generator, num_points: int, n_boot: int) ->
 
 def _without_outlier(group: list[Point]) -> tuple[list[Point], Point | None]:
     """The budget's points less its one outlier, if it has one (rule in the module docstring)."""
-    if len(group) < MIN_POINTS + 1:
+    if len(group) < MIN_POINTS + 2:  # the others need a residual degree of freedom (module docstring)
         return group, None
     x = np.log([p.n for p in group])
     y = np.array([p.loss for p in group])
@@ -204,7 +207,7 @@ def _without_outlier(group: list[Point]) -> tuple[list[Point], Point | None]:
     worst = int(np.nanargmax(deleted))
     others = np.delete(np.arange(len(group)), worst)
     fitted_others = (fits[worst, 0] * x[others] + fits[worst, 1]) * x[others] + fits[worst, 2]
-    dof = max(len(others) - 3, 1)
+    dof = len(others) - 3
     scatter = math.sqrt(float(np.sum((y[others] - fitted_others) ** 2)) / dof)
     if deleted[worst] > max(OUTLIER_SPREAD * scatter, OUTLIER_FRACTION * float(np.median(y))):
         return [group[i] for i in others], group[worst]

@@ -531,3 +531,18 @@ def test_the_benchmarks_naive_objective_is_ours() -> None:
         expected[3] += objective.mean_log_n * g[0]
         expected[4] += objective.mean_log_d * g[1]
         np.testing.assert_allclose(ours_g[0], expected, rtol=1e-7, atol=1e-12)
+
+
+def test_four_points_keep_every_point() -> None:
+    """The quickstart's 7.5e10 curve: 4 depths, an honest but asymmetric U. The other 3 points of any one
+    fit a parabola exactly, so no point can be judged an outlier, and none is left out."""
+    sizes = (4_864, 14_336, 33_024, 65_536)
+    losses = (3.112, 2.940, 2.958, 3.149)
+    points = [
+        Point(n=n, d=7.5e10 / (6 * n), c=7.5e10, loss=loss, budget=7.5e10, cell_id=f"d{depth}")
+        for depth, (n, loss) in enumerate(zip(sizes, losses, strict=True), 1)
+    ]
+    (parabola,) = fit_isoflop(points, n_boot=50).parabolas
+    assert parabola.outlier is None and parabola.n_points == 4
+    assert parabola.interior and sizes[1] < parabola.n_opt < sizes[2]
+    assert parabola.n_opt_ci[0] < parabola.n_opt < parabola.n_opt_ci[1]
