@@ -8,6 +8,12 @@ A batch of prompts of different lengths is left-padded so that every row's last 
 same position and the batch decodes in lockstep. The padding is masked out of attention, and with rotary
 embeddings attention depends only on relative positions, so a row's logits do not depend on how much
 padding it got (up to float rounding). Rows that have stopped keep decoding, unseen, until all have.
+
+On a GPU, decoding one token at a time is bound by the launch of a few hundred small kernels per step,
+not by arithmetic. `Decoder` removes that cost: it keeps a `StaticKVCache` of the model's whole context,
+whose position lives on the device, so a one-token step has fixed shapes and never waits for the host;
+the step is captured once in a CUDA graph and replayed (the static-cache pattern of gpt-fast and of
+Hugging Face's StaticCache). The chat engine (nanogpt/chat_engine.py) keeps one per batch size.
 """
 
 from __future__ import annotations
@@ -67,21 +73,12 @@ class KVCache:
     ) -> KVCache:
         """A cache shaped for `model`, on its device; dtype defaults to the autocast dtype when autocast
         is on (what the keys and values are computed in), else to the model's."""
-        weight = model.lm_head.weight
-        if dtype is None:
-            autocast = torch.is_autocast_enabled(weight.device.type)
-            dtype = torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
-        config = model.config
-        return cls(
-            num_layers=config.n_layer,
-            batch_size=batch_size,
-            num_heads=config.n_head,
-            head_dim=config.head_dim,
-            max_len=max_len,
-            device=weight.device,
-            dtype=dtype,
-            pad_lengths=pad_lengths,
-        )
+        shape = _cache_shape(model, batch_size=batch_size, max_len=max_len, dtype=dtype)
+        return cls(**shape, pad_lengths=pad_lengths)
+
+    def positions(self, num_new: int) -> slice:
+        """The positions of the next `num_new` tokens, to index per-position tables (the rotary angles)."""
+        return slice(self.pos, self.pos + num_new)
 
     def attn_mask(self, num_new: int) -> torch.Tensor:
         """Which keys the next `num_new` queries may attend to: (B, 1, num_new, pos + num_new), True = attend.
@@ -108,6 +105,142 @@ class KVCache:
     def advance(self, num_new: int) -> None:
         """Called by the model once every layer has stored the new positions."""
         self.pos += num_new
+
+
+class StaticKVCache(KVCache):
+    """A KVCache whose position is also a device tensor, and whose keys and values are returned whole.
+
+    Every call the model makes on it (`positions`, `attn_mask`, `update`, `advance`) has shapes that do
+    not depend on the position and reads the position only on the device, so a one-token step can be
+    captured in a CUDA graph and replayed at every later position. Attention runs over all `max_len`
+    positions; those not written yet are masked out. The host copy `pos` serves the bounds checks; a
+    replayed graph advances only the device copy, so whoever replays one advances `pos` itself.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        device = self.k.device
+        self.pos_t = torch.zeros((), dtype=torch.long, device=device)  # == pos, on the device
+        self._arange = torch.arange(self.max_len, device=device)
+
+    def reset(self, pad_lengths: Sequence[int]) -> None:
+        """Start a new batch of sequences in place (a captured graph keeps reading these same tensors).
+
+        Old keys and values stay: a position is always written before any query may attend to it."""
+        if len(pad_lengths) != self.batch_size or not all(0 <= n < self.max_len for n in pad_lengths):
+            raise ValueError(
+                f"pad_lengths must be {self.batch_size} integers in [0, {self.max_len}), got {pad_lengths}"
+            )
+        self.pad_lengths.copy_(torch.tensor(list(pad_lengths)))
+        self.pos_t.zero_()
+        self.pos = 0
+
+    def positions(self, num_new: int) -> torch.Tensor:  # type: ignore[override]
+        return self.pos_t + self._arange[:num_new]
+
+    def attn_mask(self, num_new: int) -> torch.Tensor:
+        if self.pos + num_new > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {num_new} positions exceed max_len {self.max_len}")
+        q_pos = self.positions(num_new)[:, None]  # (T, 1)
+        k_pos = self._arange[None, :]  # (1, max_len)
+        not_padding = k_pos >= self.pad_lengths[:, None, None]  # (B, 1, max_len)
+        mask = ((k_pos <= q_pos) & not_padding) | (k_pos == q_pos)  # (B, T, max_len)
+        return mask[:, None]
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at the current positions; return all (B, nh, max_len, hs)."""
+        positions = self.positions(k.size(2))
+        self.k[layer_idx].index_copy_(2, positions, k.to(self.k.dtype))
+        self.v[layer_idx].index_copy_(2, positions, v.to(self.v.dtype))
+        return self.k[layer_idx], self.v[layer_idx]
+
+    def advance(self, num_new: int) -> None:
+        self.pos += num_new
+        self.pos_t += num_new
+
+
+class Decoder:
+    """Prefill and one-token decode steps for a fixed batch size over a StaticKVCache of the model's whole
+    context (sequence_len positions), reusable for one batch after another.
+
+    With `cuda_graph=True` (a CUDA model) the decode step is captured once, here, in a CUDA graph and
+    replayed: one launch instead of a few hundred per token. Without it the same step runs eagerly (on the
+    CPU, or to compare). Not thread-safe: one generation at a time.
+    """
+
+    def __init__(self, model: GPT, batch_size: int, *, cuda_graph: bool = False) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.vocab_size = model.config.vocab_size
+        self.cache = StaticKVCache(
+            **_cache_shape(model, batch_size=batch_size, max_len=model.config.sequence_len, dtype=None)
+        )
+        device = self.cache.k.device
+        self._next_ids = torch.zeros((batch_size, 1), dtype=torch.long, device=device)  # the graph's input
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if cuda_graph:
+            if device.type != "cuda":
+                raise ValueError(f"Decoder: a CUDA graph needs a CUDA model, this one is on {device}")
+            self._capture()
+
+    @torch.no_grad()
+    def _step_logits(self) -> torch.Tensor:
+        return self.model(self._next_ids, kv_cache=self.cache)[:, -1, : self.vocab_size]
+
+    def _capture(self) -> None:
+        # Warm up on a side stream first (cuBLAS and attention pick their kernels and workspaces outside
+        # the graph), as torch.cuda.graphs' documentation prescribes; then capture one step. The cache's
+        # contents written meanwhile are junk, and reset() makes them unreachable.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step_logits()
+        torch.cuda.current_stream().wait_stream(stream)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._logits = self._step_logits()
+        self.cache.reset([0] * self.batch_size)
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, pad_lengths: Sequence[int]) -> torch.Tensor:
+        """Start a batch: its left-padded prompts idx (B, T) in one eager forward; logits (B, vocab_size)."""
+        self.cache.reset(pad_lengths)
+        return self.model(idx, kv_cache=self.cache)[:, -1, : self.vocab_size]
+
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,); logits (B, vocab_size), valid until the next call."""
+        if self.cache.pos + 1 > self.cache.max_len:
+            raise ValueError(f"KV cache full: all {self.cache.max_len} positions are used")
+        self._next_ids.copy_(next_ids.view(-1, 1))
+        if self._graph is None:
+            return self._step_logits()
+        self._graph.replay()
+        self.cache.pos += 1  # the graph advanced the device copy
+        return self._logits
+
+
+def _cache_shape(model: GPT, *, batch_size: int, max_len: int, dtype: torch.dtype | None) -> dict:
+    """KVCache's constructor arguments for `model`, on its device; dtype defaults to the autocast dtype
+    when autocast is on (what the keys and values are computed in), else to the model's."""
+    weight = model.lm_head.weight
+    if dtype is None:
+        autocast = torch.is_autocast_enabled(weight.device.type)
+        dtype = torch.get_autocast_dtype(weight.device.type) if autocast else weight.dtype
+    config = model.config
+    return dict(
+        num_layers=config.n_layer,
+        batch_size=batch_size,
+        num_heads=config.n_head,
+        head_dim=config.head_dim,
+        max_len=max_len,
+        device=weight.device,
+        dtype=dtype,
+    )
 
 
 def sample_next_token(
@@ -148,6 +281,7 @@ def generate(
     top_p: float | None = None,
     stop_tokens: Sequence[int] = (),
     seed: int | None = None,
+    decoder: Decoder | None = None,
 ) -> Iterator[int]: ...
 
 
@@ -162,6 +296,7 @@ def generate(
     top_p: float | None = None,
     stop_tokens: Sequence[int] = (),
     seed: int | None = None,
+    decoder: Decoder | None = None,
 ) -> Iterator[list[int | None]]: ...
 
 
@@ -175,6 +310,7 @@ def generate(
     top_p: float | None = None,
     stop_tokens: Sequence[int] = (),
     seed: int | None = None,
+    decoder: Decoder | None = None,
 ) -> Iterator[int] | Iterator[list[int | None]]:
     """Stream new tokens for one prompt (yields ints) or a batch of prompts (yields one list per step).
 
@@ -184,10 +320,18 @@ def generate(
     global generator. Arguments are checked here, at the call; the model runs as the iterator is
     consumed, under the caller's autocast and device. The longest prompt plus max_new_tokens - 1 must fit
     the model's sequence_len: callers trim the prompt.
+
+    `decoder`: a `Decoder` of this model for this many prompts, to decode over its static cache (and its
+    CUDA graph); by default a KVCache sized for this call is made and the steps run eagerly.
     """
     single = isinstance(prompt_tokens, list) and all(isinstance(t, int) for t in prompt_tokens)
     prompts = [prompt_tokens] if single else prompt_tokens
     _check_arguments(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens)
+    if decoder is not None and (decoder.model is not model or decoder.batch_size != len(prompts)):
+        raise ValueError(
+            f"generate: the decoder is for a batch of {decoder.batch_size} on another model or batch size "
+            f"({len(prompts)} prompts)"
+        )
     rows = _generate_rows(
         model,
         [list(p) for p in prompts],
@@ -197,6 +341,7 @@ def generate(
         top_p=top_p,
         stop_tokens=frozenset(stop_tokens),
         seed=seed,
+        decoder=decoder,
     )
     return (row[0] for row in rows) if single else rows
 
@@ -253,6 +398,7 @@ def _generate_rows(
     top_p: float | None,
     stop_tokens: frozenset[int],
     seed: int | None,
+    decoder: Decoder | None,
 ) -> Iterator[list[int | None]]:
     if max_new_tokens == 0:
         return
@@ -260,20 +406,25 @@ def _generate_rows(
     longest = max(len(p) for p in prompts)
     pad_lengths = [longest - len(p) for p in prompts]
     idx = torch.tensor([[_PAD_ID] * n + p for n, p in zip(pad_lengths, prompts, strict=True)], device=device)
-    # The last sampled token is yielded but never fed back, hence the - 1.
-    cache = KVCache.for_model(
-        model, batch_size=len(prompts), max_len=longest + max_new_tokens - 1, pad_lengths=pad_lengths
-    )
+    if decoder is None:
+        # The last sampled token is yielded but never fed back, hence the - 1.
+        cache = KVCache.for_model(
+            model, batch_size=len(prompts), max_len=longest + max_new_tokens - 1, pad_lengths=pad_lengths
+        )
+        logits = _last_logits(model, idx, cache)  # prefill
+        step = lambda next_ids: _last_logits(model, next_ids[:, None], cache)
+    else:
+        logits = decoder.prefill(idx, pad_lengths)
+        step = decoder.step
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     done = [False] * len(prompts)
-    logits = _last_logits(model, idx, cache)  # prefill
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         next_ids = sample_next_token(
             logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
         new = next_ids.tolist()
         yield [None if stopped else token for stopped, token in zip(done, new, strict=True)]
         done = [stopped or token in stop_tokens for stopped, token in zip(done, new, strict=True)]
-        if all(done) or step == max_new_tokens - 1:
+        if all(done) or i == max_new_tokens - 1:
             return
-        logits = _last_logits(model, next_ids[:, None], cache)
+        logits = step(next_ids)

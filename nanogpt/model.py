@@ -294,7 +294,8 @@ class GPT(nn.Module):
             pos = kv_cache.pos
             if pos + T > self.cos.size(1):
                 raise ValueError(f"position {pos + T} is beyond sequence_len {self.cos.size(1)}")
-            cos_sin = self.cos[:, pos : pos + T], self.sin[:, pos : pos + T]
+            positions = kv_cache.positions(T)  # a slice, or a tensor of positions (StaticKVCache)
+            cos_sin = self.cos[:, positions], self.sin[:, positions]
             attn_mask = kv_cache.attn_mask(T)  # (B, 1, T, pos + T), once for all layers
 
         x = norm(self.transformer.wte(idx))  # (B, T, n_embd)

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from nanogpt.engine import KVCache, generate, sample_next_token
+from nanogpt.engine import Decoder, KVCache, StaticKVCache, generate, sample_next_token
 from nanogpt.model import GPT, GPTConfig
 
 VOCAB = 100
@@ -118,6 +118,37 @@ def test_top_k_and_top_p_restrict_the_support():
     assert everything[0] / 4000 == pytest.approx(0.05, abs=0.015)
 
 
+@torch.no_grad()
+def test_static_cache_logits_equal_full_recompute_and_it_can_be_reused(model):
+    """The CUDA-graph-ready cache: positions on the device, attention over every position, reset in place."""
+    cache = StaticKVCache(
+        num_layers=2, batch_size=1, num_heads=model.config.n_head, head_dim=16, max_len=48, device="cpu"
+    )
+    for seed in (20, 21):  # the second sequence reuses the cache, stale keys and values included
+        tokens = prompt(30, seed=seed)
+        expected = full_logits(model, tokens)
+        cache.reset([0])
+        for start, end in [(0, 9), (9, 16), *((t, t + 1) for t in range(16, 30))]:
+            logits = model(torch.tensor([tokens[start:end]]), kv_cache=cache)[0, :, :VOCAB]
+            torch.testing.assert_close(logits, expected[start:end], atol=1e-5, rtol=1e-5)
+        assert cache.pos == 30 and int(cache.pos_t) == 30
+
+
+def test_decoder_generates_what_the_dynamic_cache_generates(model):
+    prompts = [prompt(7, seed=22), prompt(3, seed=23), prompt(11, seed=24)]
+    expected = list(generate(model, prompts, max_new_tokens=12, temperature=0.0))
+    decoder = Decoder(model, batch_size=3)
+    assert not decoder.captured  # no CUDA graph on the CPU: the same step, eagerly
+    for _ in range(2):  # reused
+        assert list(generate(model, prompts, max_new_tokens=12, temperature=0.0, decoder=decoder)) == expected
+    sampled = lambda d: list(generate(model, prompts, max_new_tokens=12, temperature=1.0, seed=5, decoder=d))
+    assert sampled(decoder) == sampled(None)
+    with pytest.raises(ValueError, match="decoder is for a batch of 3"):
+        generate(model, prompts[:2], max_new_tokens=4, decoder=decoder)
+    with pytest.raises(ValueError, match="CUDA graph needs a CUDA model"):
+        Decoder(model, batch_size=1, cuda_graph=True)
+
+
 # --- generate -------------------------------------------------------------------------------------
 
 
@@ -203,3 +234,28 @@ def test_cached_decoding_under_bf16_autocast_on_gpu():
         assert rel < 2e-2
         new = list(generate(model, [[1, 2, 3], [4, 5, 6, 7, 8]], max_new_tokens=20, temperature=0.0))
     assert len(new) == 20 and all(0 <= t < 1000 for row in new for t in row)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decoder_generates_what_eager_decoding_generates():
+    torch.manual_seed(0)
+    config = GPTConfig(depth=4, vocab_size=1000, sequence_len=256, aspect_ratio=64, head_dim=64)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device="cuda")
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.param_groups()["matrix"]:
+            p.normal_(0.0, 1.0 / math.sqrt(p.size(1)))
+        for p in model.parameters():
+            p.data = p.data.to(torch.bfloat16)  # as the chat engine runs a model on a GPU
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    eager = list(generate(model, prompts, max_new_tokens=40, temperature=0.0, decoder=Decoder(model, 2)))
+    decoder = Decoder(model, 2, cuda_graph=True)
+    assert decoder.captured
+    for _ in range(2):
+        graphed = list(generate(model, prompts, max_new_tokens=40, temperature=0.0, decoder=decoder))
+        assert graphed == eager
+    sampled = lambda d: list(generate(model, prompts, max_new_tokens=40, temperature=1.0, seed=3, decoder=d))
+    assert sampled(decoder) == sampled(Decoder(model, 2))
