@@ -46,12 +46,16 @@ class PromptTooLongError(ValueError):
     """The conversation does not fit the model's context."""
 
 
-class SamplingError(ValueError):
-    """A sampling setting out of range; `param` names it (the message starts with it too)."""
+class RequestError(ValueError):
+    """A field of a request that is wrong; `param` names it (the message starts with it too)."""
 
     def __init__(self, param: str, message: str):
         super().__init__(f"{param}: {message}")
         self.param = param
+
+
+class SamplingError(RequestError):
+    """A sampling setting out of range."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,6 +87,50 @@ class Sampling:
             raise SamplingError("stop", f"must be at most 4 non-empty strings, got {stop!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise SamplingError("seed", f"must be an integer in [0, 2^63), got {self.seed!r}")
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MESSAGE_KEYS = {"role", "content", "name"}
+
+
+def messages_from_json(value: Any, *, param: str = "messages") -> list[ChatMessage]:
+    """Messages as JSON gives them, `[{"role": ..., "content": ...}, ...]`, checked: role system, user or
+    assistant ("developer" is OpenAI's newer name for system); content a string or a list of text parts
+    (`{"type": "text", "text": ...}`); "name" is allowed and ignored. RequestError names the bad field."""
+    if not isinstance(value, list) or not value:
+        raise RequestError(param, "must be a non-empty list of {role, content} objects")
+    messages = []
+    for i, raw in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(raw, dict):
+            raise RequestError(where, "must be an object with role and content")
+        unknown = sorted(set(raw) - MESSAGE_KEYS)
+        if unknown:
+            raise RequestError(f"{where}.{unknown[0]}", "unknown field (a message has role, content, name)")
+        role = raw.get("role")
+        if role not in ROLES:
+            raise RequestError(f"{where}.role", f"must be one of system, user, assistant; got {role!r}")
+        messages.append(
+            ChatMessage(role=ROLES[role], content=_content(raw.get("content"), f"{where}.content"))
+        )
+    return messages
+
+
+def _content(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for j, part in enumerate(value):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise RequestError(f"{where}[{j}]", "only text parts are supported: {type: text, text: ...}")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise RequestError(where, f"must be a string or a list of text parts, got {type(value).__name__}")
 
 
 def _is_int(value: Any) -> bool:
