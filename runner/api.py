@@ -17,18 +17,22 @@ from runner.lock import is_locked, lock_path
 from store import (
     Attempt,
     AttemptOutcome,
+    CellMode,
     CellState,
     Store,
     Study,
     attempts_of,
     cell_statuses,
+    default_db_path,
     end_attempt,
     get_cell,
     get_study,
+    open_store,
     study_summary,
     train_curve,
     transition,
 )
+from store import best_checkpoint as _best_checkpoint
 from store import list_studies as _list_studies
 
 CANCEL_REASON = "cancelled by the user"
@@ -120,6 +124,54 @@ class CancelResult:
     stopping: tuple[str, ...]  # running cells, now cancelled; their trainers are being stopped
     stopped_here: tuple[str, ...]  # of those, the ones whose trainer this call signalled (no runner active)
     unchanged: tuple[str, ...]  # done, failed or diverged (already finished), or already cancelled
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BestCheckpoint:
+    """The checkpoint to talk to: a done cell's final checkpoint."""
+
+    cell_id: str
+    mode: str  # "pretraining" | "mid-training"
+    depth: int
+    flops: float  # the cell's FLOP budget
+    val_bpb: float | None
+    step: int
+    path: Path  # the checkpoint directory
+
+
+def best_checkpoint(store: Store, name: str) -> BestCheckpoint | None:
+    """The checkpoint the TUI's chat, `nanostudy chat` and `nanostudy serve` load for a study: the final
+    checkpoint of store.best_checkpoint's cell (done mid-training cells first, else any done cell; the
+    largest FLOP budget; the lowest val bpb). None while no cell qualifies."""
+    study = _study(store, name)
+    assert study.id is not None
+    found = _best_checkpoint(store, study.id, prefer_mode=CellMode.MID_TRAINING)
+    if found is None:
+        return None
+    cell, checkpoint = found
+    assert cell.run_dir is not None, f"done cell {cell.id} has no run directory"
+    return BestCheckpoint(
+        cell_id=cell.id,
+        mode=cell.mode.value,
+        depth=cell.depth,
+        flops=cell.flops_budget,
+        val_bpb=cell.val_bpb,
+        step=checkpoint.step,
+        path=(Path(cell.run_dir) / checkpoint.path).resolve(),
+    )
+
+
+def open_study(study: str, db: str | None = None) -> tuple[Store, str]:
+    """STUDY as the commands take it: a study file (its name; its database unless `db`), or a study's name
+    (in `db`, else in nanostudy.db in the current directory). Raises StoreNotFoundError (a
+    FileNotFoundError) when that database does not exist, StudyError (a ValueError) for a bad file."""
+    path = Path(study)
+    if path.is_file():
+        from runner.study import load
+
+        name = load(path).name
+        return open_store(db or default_db_path(path), create=False), name
+    return open_store(db or "nanostudy.db", create=False), study
 
 
 def list_studies(store: Store) -> list[StudyOverview]:

@@ -10,6 +10,8 @@ COMMAND_MODULES = [
     "runner.data.commands",
     "runner.run_commands",
     "reports.commands",
+    "runner.chat_commands",
+    "runner.eval_commands",
 ]
 # Work that follows a command and belongs to another package, wired here, in the composition root, so that
 # no runner module imports the reports (DESIGN: runner -> store, nanogpt; reports -> store): `nanostudy run`

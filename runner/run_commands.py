@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, rerun, study_status
+from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, open_study, rerun, study_status
 from runner.gpus import GpuPool, load_nvml, parse_gpu_list
 from runner.lock import StudyLock, StudyLockedError, lock_path
 from store import (
@@ -73,10 +73,11 @@ def run_study(
 
     `nvml`: "auto" loads NVML (none found: the CPU); tests pass a fake, or None for the CPU."""
     from runner.data.commands import default_data_root
+    from runner.eval_commands import ensure_bundles
     from runner.executor import LocalExecutor
     from runner.plan import plan
     from runner.run import CellLaunch, LoopOptions, StudyLoop
-    from runner.study import load
+    from runner.study import GAUNTLET_KEYS, load
 
     study = load(study_path)
     if study.resources.executor != "local":
@@ -87,6 +88,7 @@ def run_study(
         planned = plan(study, data_dirs=data_dirs)
         for warning in planned.warnings:
             log(f"warning: {warning}")
+        ensure_bundles([cell.config for cell in planned.cells], log=log)
         runs_root = Path(runs_dir) if runs_dir else Path(study_path).resolve().parent / "runs" / study.name
         record = upsert_study(store, name=study.name, path=str(study_path), spec=study.to_dict())
         assert record.id is not None
@@ -106,7 +108,12 @@ def run_study(
             store,
             record.id,
             {
-                cell.id: CellLaunch(cell_id=cell.id, num_gpus=cell.gpus, run_dir=runs_root / cell.id)
+                cell.id: CellLaunch(
+                    cell_id=cell.id,
+                    num_gpus=cell.gpus,
+                    run_dir=runs_root / cell.id,
+                    gauntlet={key: cell.config["eval"][key] for key in GAUNTLET_KEYS},
+                )
                 for cell in planned.cells
             },
             executor=LocalExecutor(launcher=launcher, env=trainer_env),
@@ -391,13 +398,7 @@ def _cmd_plan(args) -> int:
 def _resolve(study: str, db: str | None) -> tuple[Store, str]:
     """STUDY as a study file (its name, its database unless --db) or as a study name (needs --db, or a
     nanostudy.db in the current directory)."""
-    path = Path(study)
-    if path.is_file():
-        from runner.study import load
-
-        name = load(path).name
-        return open_store(db or default_db_path(path), create=False), name
-    return open_store(db or "nanostudy.db", create=False), study
+    return open_study(study, db)
 
 
 def _cmd_status(args) -> int:
