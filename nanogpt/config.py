@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nanogpt.gauntlet.tasks import resolve as resolve_preset  # the task table: no torch
+
 CONFIG_NAME = "config.json"
 MODES = ("pretraining", "mid-training")
 
@@ -155,11 +157,26 @@ class ScheduleSection:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EvalSection:
+    """Validation loss, and the in-context benchmarks of the eval gauntlet (docs/evals.md)."""
+
     every_steps: int | None = 250  # validation every N steps; always after the last step; None: last only
     val_tokens: int = 10_485_760  # tokens per validation (rounded down to whole batches, at least one)
+    preset: str | None = None  # the gauntlet's tasks: "core", "quick", "chat" or "task,task"; None: off
+    bundle: str | None = None  # the eval data folder; None: $NANOSTUDY_EVAL_BUNDLE or ~/.cache/nanostudy/...
+    gauntlet_every: int | None = None  # the gauntlet every N steps; always after the last; None: last only
+    max_examples: int | None = None  # examples per task; None: the preset's default (quick: 100; else all)
 
     def __post_init__(self) -> None:
-        _check_positive_int(self, "every_steps", "val_tokens")
+        _check_positive_int(self, "every_steps", "val_tokens", "gauntlet_every", "max_examples")
+        if self.preset is None:
+            for key in ("gauntlet_every", "max_examples"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: the eval gauntlet is off; set eval.preset to run it")
+            return
+        try:
+            resolve_preset(self.preset)
+        except ValueError as e:
+            raise ValueError(f"preset: {e}") from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

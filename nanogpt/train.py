@@ -32,6 +32,9 @@ from nanogpt import checkpoint as ckpt
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
 from nanogpt.events import EVENTS_NAME, EventWriter, read_events
+from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
+from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
+from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.schedule import lr_multiplier, muon_momentum
@@ -637,6 +640,10 @@ class Trainer:
                 f"{self.manifest.data_dir / MANIFEST_NAME}; leave data.tokenizer unset to use the data's own"
             )
         self.token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(runtime.device)
+        self.tokenizer = tokenizer
+        self.gauntlet = (
+            self._prepare_gauntlet() if config.eval.preset is not None and not self.finished else None
+        )
 
         self.hparams = effective_hparams(config, self.gpt_config)
         self.optimizer = build_optimizer(self.model, config, self.hparams)
@@ -647,6 +654,22 @@ class Trainer:
             except ValueError as e:
                 where = self.resume_dir / ckpt.optim_name(runtime.rank)
                 raise ckpt.CheckpointError(f"{where}: does not fit this run's optimizer ({e})") from None
+
+    def _prepare_gauntlet(self) -> Gauntlet:
+        """The eval gauntlet's tasks, read and tokenized once for every evaluation of the run. Few-shot
+        examples use seed 0 whatever the run's seed, so every cell of a study reads the same prompts. A
+        missing bundle folder stops the run here (exit 2); a task without its file, or with malformed rows,
+        is only left out, with a warning in the start event."""
+        section = self.config.eval
+        bundle = resolve_bundle(section.bundle)
+        try:
+            gauntlet = prepare_gauntlet(
+                section.preset, bundle, self.tokenizer, max_examples=section.max_examples
+            )
+        except BundleError as e:
+            raise ConfigError(f"eval.bundle: {e}") from None
+        self.warnings.extend(gauntlet.warnings)
+        return gauntlet
 
     # -- training -----------------------------------------------------------------------------------------
 
@@ -737,6 +760,7 @@ class Trainer:
     def _loop(self, stop: _StopRequest) -> int:
         config, runtime = self.config, self.runtime
         every_val, every_ckpt = config.eval.every_steps, config.checkpoint.every_steps
+        every_gauntlet = config.eval.gauntlet_every
         max_seconds = config.train.max_seconds
         peak = self.device["peak_flops"]
         while self.step < self.total_steps:
@@ -771,6 +795,14 @@ class Trainer:
             stopping = stop_votes > 0 and not last
             if last or stopping or (every_ckpt is not None and self.step % every_ckpt == 0):
                 self._checkpoint(final=last)
+            # After the checkpoint, so that a failing benchmark never costs the trained weights; never on the
+            # way out of a stop (the runner reads a stop from the last event being a checkpoint).
+            if (
+                self.gauntlet is not None
+                and not stopping
+                and (last or (every_gauntlet is not None and self.step % every_gauntlet == 0))
+            ):
+                self._run_gauntlet()
             if stopping:
                 return EXIT_STOPPED
         self._end("done", None)
@@ -823,6 +855,17 @@ class Trainer:
         self.model.train()
         self.last_val = (val_loss, val_bpb)
         self._emit("val", **self._counters(), val_loss=val_loss, val_bpb=val_bpb, val_tokens=val_tokens)
+
+    def _run_gauntlet(self) -> None:
+        """The eval gauntlet on the current weights, every rank scoring its share; rank 0 writes one `eval`
+        event per task and per average."""
+        runtime = self.runtime
+        with runtime.autocast():
+            result = run_gauntlet(
+                self.model, self.gauntlet, self.tokenizer, rank=runtime.rank, world_size=runtime.world_size
+            )
+        for event in result.events():
+            self._emit("eval", step=self.step, **event)
 
     def _checkpoint(self, *, final: bool) -> None:
         runtime = self.runtime
@@ -895,6 +938,8 @@ class _WandbLog:
                 if key not in ("v", "kind", "time", "step") and isinstance(value, int | float)
             }
             self.run.log(metrics, step=event["step"])
+        elif event["kind"] == "eval" and event["score"] is not None:
+            self.run.log({f"eval/{event['task']}": event["score"]}, step=event["step"])
         elif event["kind"] == "end":
             self.run.summary["status"] = event["status"]
 

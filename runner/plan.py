@@ -10,8 +10,9 @@ prepares or writes anything.
 
 A cell's id is a hash of its resolved trainer config with the data's identity (its source, tokenizer and
 preparation settings, never a path) in place of the data directory, and with the settings that cannot
-change what a cell trains or measures left out (`NOT_IN_ID`). So the id is the same before and after the
-data is prepared and on every machine, and editing one axis of a study adds cells and keeps the others.
+change what a cell trains left out (`NOT_IN_ID`: paths, speed settings, and the eval gauntlet, which only
+measures). So the id is the same before and after the data is prepared and on every machine, and editing
+one axis of a study adds cells and keeps the others.
 """
 
 import dataclasses
@@ -29,7 +30,7 @@ from nanogpt.config import RunConfig
 from nanogpt.shards import epochs_needed, read_manifest
 from nanogpt.tokenizer import CHAT_SPECIALS, load_tokenizer
 from runner.data.prepare import PrepareConfig, bpe_vocab_size
-from runner.study import PRETRAINING_TOKENIZER, Study, StudyError, cell_config
+from runner.study import GAUNTLET_KEYS, PRETRAINING_TOKENIZER, Study, StudyError, cell_config
 from store import CellState, Store, attempts_of, cells_of, list_studies, train_curve
 
 ID_LENGTH = 12
@@ -46,6 +47,9 @@ NOT_IN_ID = (
     "log_every",
     "checkpoint",
     "wandb",
+    # The eval gauntlet measures a cell without changing what it trains: adding a preset to a finished
+    # study does not retrain it (`nanostudy eval STUDY` scores its final checkpoints instead).
+    *(f"eval.{key}" for key in GAUNTLET_KEYS),
 )
 # When the store has no measurement for this machine: rough training speeds, FLOP/s per device. A GPU at
 # about 40% of an H100's dense bf16 peak; a laptop-class CPU core pair in float32 (what the quickstart's
@@ -190,11 +194,6 @@ def plan(
         if cell.epochs is not None and cell.epochs > 1
     ]
     warnings += planner.warnings
-    if study.eval.preset or study.eval.bundle or study.eval.gauntlet_every:
-        warnings.append(
-            f"{study.where('eval')}: eval.preset/bundle/gauntlet_every: the in-context benchmarks are not "
-            "run by this version; cells measure validation loss and bits per byte only"
-        )
     return Plan(
         study=study,
         cells=tuple(cells),

@@ -27,8 +27,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nanogpt.config import RunConfig
 from runner.executor import CONFIG_NAME, Executor, Exited, Handle, LaunchRequest, describe_exit
@@ -66,6 +67,10 @@ class CellLaunch:
     cell_id: str
     num_gpus: int  # processes (one per GPU) the planner asked for; the CPU always runs one
     run_dir: Path  # used when the store has no run directory for the cell yet
+    # The study's current eval gauntlet keys (runner.study.GAUNTLET_KEYS), applied over the stored config
+    # at each launch: they are not part of the cell id, so a cell recorded before the study changed them
+    # would otherwise keep the old ones.
+    gauntlet: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_gpus < 1:
@@ -383,6 +388,9 @@ class StudyLoop:
         cell = get_cell(self.store, cell_id)
         assert cell is not None
         config = dict(cell.config)
+        launch = self.launches.get(cell_id)
+        if launch is not None and launch.gauntlet:
+            config["eval"] = {**config.get("eval", {}), **launch.gauntlet}
         if cell.mode is CellMode.MID_TRAINING:
             parent = get_cell(self.store, cell.parent_cell_id or "")
             checkpoint = final_checkpoint(self.store, cell.parent_cell_id or "")

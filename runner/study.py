@@ -69,7 +69,10 @@ TOP_LEVEL_KEYS = (
 # Study `train` keys that are top-level keys of the trainer's config.
 _TRAIN_TOP_LEVEL = ("device", "dtype", "compile", "log_every")
 _HORIZON_KEYS = ("target_flops", "target_tokens", "num_steps")
-_GAUNTLET_KEYS = ("preset", "bundle", "gauntlet_every")
+# The eval gauntlet's keys of the trainer's `eval` section: they decide what a cell measures, not what it
+# trains, so they stay out of the cell id (runner.plan.NOT_IN_ID) and the runner applies the study's current
+# values at each launch.
+GAUNTLET_KEYS = ("preset", "bundle", "gauntlet_every", "max_examples")
 # Keys people reach for in the wrong place, and where they belong.
 _MOVED = {
     "seed": "grid.seed",
@@ -108,7 +111,7 @@ def _run_sections() -> dict[str, tuple[str, ...]]:
         "train": tuple(k for k in _field_names(TrainSection) if k not in _HORIZON_KEYS) + _TRAIN_TOP_LEVEL,
         "optim": _field_names(OptimSection),
         "schedule": _field_names(ScheduleSection),
-        "eval": _field_names(EvalSection) + _GAUNTLET_KEYS,
+        "eval": _field_names(EvalSection),
         "checkpoint": _field_names(CheckpointSection),
         "wandb": tuple(k for k in _field_names(WandbSection) if k != "name"),
     }
@@ -178,11 +181,13 @@ class MidTraining:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EvalSettings:
-    """Evaluation beyond the trainer's validation loss: read by the eval gauntlet."""
+    """The study's eval gauntlet settings (its `eval` section's gauntlet keys, which are the trainer's own
+    `eval.*` keys; docs/evals.md). `nanostudy eval STUDY` defaults to them."""
 
-    preset: str | None = None  # a named task suite
-    bundle: str | None = None  # a directory holding the tasks' data
-    gauntlet_every: int | None = None  # steps between gauntlet runs; None: the final checkpoint only
+    preset: str | None = None  # "core", "quick", "chat" or a comma-separated list of task names
+    bundle: str | None = None  # the folder of the tasks' data, as the study file gives it
+    gauntlet_every: int | None = None  # steps between gauntlet runs; None: after the last step only
+    max_examples: int | None = None  # examples per task; None: the preset's default
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -331,7 +336,20 @@ def cell_config(
         config["optim"][key] *= multiplier
     config["init_from"] = init_from
     config["wandb"]["name"] = None  # the planner names the run after the cell
+    if config["eval"]["preset"] is not None:
+        config["eval"]["bundle"] = str(bundle_dir(study, config["eval"]["bundle"]))
     return config
+
+
+def bundle_dir(study: Study, bundle: str | None) -> Path:
+    """The eval bundle folder a study's cells read: `bundle` relative to the study file's folder, or the
+    default ($NANOSTUDY_EVAL_BUNDLE, else ~/.cache/nanostudy/eval_bundle), made absolute."""
+    from nanogpt.gauntlet.bundle import resolve_bundle  # no torch, but not the runner's import-time set
+
+    if bundle is None:
+        return resolve_bundle(None).resolve()
+    path = Path(bundle).expanduser()
+    return (path if path.is_absolute() else Path(study.path).resolve().parent / path).resolve()
 
 
 def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -732,8 +750,6 @@ def _parse_run_sections(
             continue
         accepted: dict[str, Any] = {}
         for key in _unknown_keys(doc, where, values, allowed[section]):
-            if section == "eval" and key in _GAUNTLET_KEYS:
-                continue  # not the trainer's: EvalSettings
             path = _config_path(section, key)
             problem = _probe(_nested(path, values[key]))
             if problem is not None:
@@ -773,18 +789,6 @@ def _without(config: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
         inner = inner.get(part, {})
     inner.pop(path[-1], None)
     return {k: v for k, v in out.items() if v != {}}
-
-
-def _parse_eval_settings(doc: _Document, raw: Any) -> EvalSettings:
-    if not isinstance(raw, dict):
-        return EvalSettings()  # reported by the trainer-settings pass
-    values: dict[str, Any] = {}
-    for key in ("preset", "bundle"):
-        if raw.get(key) is not None:
-            values[key] = _as_str(doc, f"eval.{key}", raw[key])
-    if raw.get("gauntlet_every") is not None:
-        values["gauntlet_every"] = _as_int(doc, "eval.gauntlet_every", raw["gauntlet_every"], minimum=1)
-    return EvalSettings(**{k: v for k, v in values.items() if v is not None})
 
 
 def _parse_resources(doc: _Document, raw: Any) -> Resources:
@@ -848,9 +852,6 @@ def _parse_mid_training(doc: _Document, raw: Any, mode: str) -> tuple[MidTrainin
     known = ("data", *_MID_HORIZONS, "init_from", *_MID_OVERRIDABLE)
     present = _unknown_keys(doc, "mid_training", raw, known)
     overrides, origin = _parse_run_sections(doc, raw, "mid_training.", _MID_OVERRIDABLE)
-    for key in _GAUNTLET_KEYS:
-        if isinstance(raw.get("eval"), dict) and key in raw["eval"]:
-            doc.add(f"mid_training.eval.{key}", "the eval gauntlet is set once, in the study's eval section")
     horizons = {}
     for key in _MID_HORIZONS:
         if key in present:
@@ -1010,7 +1011,7 @@ def parse(text: str, *, path: str | os.PathLike = "<study>") -> Study:
         grid=grid,
         training=training,
         mid_training=mid_training,
-        eval=_parse_eval_settings(doc, raw.get("eval")),
+        eval=EvalSettings(**{key: training.get("eval", {}).get(key) for key in GAUNTLET_KEYS}),
         resources=_parse_resources(doc, raw.get("resources")),
         retry=_parse_retry(doc, raw.get("retry")),
         wandb=wandb,

@@ -27,7 +27,7 @@ from store.engine import (
     default_db_path,
     open_store,
 )
-from store.metrics import ingest, ingest_offset, rewind
+from store.metrics import add_evals, ingest, ingest_offset, rewind
 from store.queries import (
     CellStatus,
     StudySummary,
@@ -86,6 +86,7 @@ __all__ = [
     "TrainPoint",
     "ValPoint",
     "add_cells",
+    "add_evals",
     "attempts_of",
     "best_cell",
     "best_checkpoint",

@@ -17,7 +17,17 @@ from sqlalchemy.engine import Connection
 
 from store.cells import lock_cell_state
 from store.engine import Store, insert_ignoring_duplicates, now, upsert
-from store.schema import Attempt, Cell, Checkpoint, CheckpointKind, Eval, IngestOffset, TrainMetric, ValMetric
+from store.schema import (
+    Attempt,
+    Cell,
+    CellState,
+    Checkpoint,
+    CheckpointKind,
+    Eval,
+    IngestOffset,
+    TrainMetric,
+    ValMetric,
+)
 from store.values import clean_json, clean_rows
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
@@ -109,6 +119,36 @@ def ingest(
                 "updated_at": stamp,
             }
             upsert(conn, _offsets, row, keys=("cell_id", "path"))
+
+
+def add_evals(store: Store, cell_id: str, evals: Rows) -> int:
+    """Add eval rows to a done cell from outside its trainer (`nanostudy eval` scoring its final checkpoint);
+    returns how many were new.
+
+    A done cell's results are final and this changes none of them: rows are keyed by (cell, step, task) and
+    inserted with ON CONFLICT DO NOTHING, so a key already stored keeps its row and only new keys are
+    added. No other writer touches a done cell's rows (`ingest` refuses them), so this is safe while a
+    runner works on the same study. Refused (ValueError) for a cell that is not done: a live cell's evals
+    come from its trainer's events, and a row added now could shadow one its trainer writes later. Rows are
+    mappings with keys from EVAL_FIELDS; a malformed row raises ValueError and nothing is written.
+    """
+    rows = clean_rows(
+        _evals, evals, allowed=EVAL_FIELDS, required=frozenset({"step", "task"}), fixed={"cell_id": cell_id}
+    )
+    with store.write() as conn:
+        locked = sa.select(_cells.c.state).where(_cells.c.id == cell_id).with_for_update()
+        state = conn.execute(locked).scalar()
+        if state is None:
+            raise ValueError(f"cell {cell_id}: not in the database")
+        if state is not CellState.DONE:
+            raise ValueError(
+                f"cell {cell_id}: is {state.value}; evals are added from outside only to done cells (a live "
+                "cell's come from its trainer's events)"
+            )
+        count = sa.select(sa.func.count()).select_from(_evals).where(_evals.c.cell_id == cell_id)
+        before = conn.execute(count).scalar_one()
+        insert_ignoring_duplicates(conn, _evals, rows)
+        return conn.execute(count).scalar_one() - before
 
 
 def ingest_offset(store: Store, cell_id: str, events_path: str) -> int:
