@@ -373,20 +373,23 @@ def training_curves_chart(cells: Sequence[CellRow], curves: dict[str, list[Any]]
 
 
 def evals_chart(rows: Sequence[dict[str, Any]]) -> alt.FacetChart:
-    """Downstream scores against compute (log x), one panel per task, coloured by depth.
+    """Downstream scores against compute (log x), one panel per task, coloured by depth; a vertical bar of
+    ± one standard error where a row has one.
 
-    `rows`: {"task", "C", "score", "depth", "cell", "budget"}."""
-    chart = (
-        alt.Chart(_data(list(rows)))
-        .mark_point(filled=True, size=55)
-        .encode(
-            x=alt.X("C:Q").scale(type="log").axis(format=FORMAT_FLOPS).title("compute C (FLOPs)"),
-            y=alt.Y("score:Q").scale(zero=False).title("score"),
-            color=alt.Color("depth:O").scale(scheme=SCHEME),
-            tooltip=["task:N", "cell:N", "depth:O", "budget:N", alt.Tooltip("score:Q", format=".4f")],
-        )
-        .properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
+    `rows`: {"task", "C", "score", "low", "high", "depth", "cell", "budget"} (low/high may be None)."""
+    base = alt.Chart(_data(list(rows))).encode(
+        x=alt.X("C:Q").scale(type="log").axis(format=FORMAT_FLOPS).title("compute C (FLOPs)"),
+        color=alt.Color("depth:O").scale(scheme=SCHEME),
     )
+    points = base.mark_point(filled=True, size=55).encode(
+        y=alt.Y("score:Q").scale(zero=False).title("score"),
+        tooltip=["task:N", "cell:N", "depth:O", "budget:N", alt.Tooltip("score:Q", format=".4f")],
+    )
+    layers = [points]
+    if any(row.get("low") is not None for row in rows):
+        errors = base.transform_filter("isValid(datum.low)").mark_rule().encode(y="low:Q", y2="high:Q")
+        layers.insert(0, errors)
+    chart = alt.layer(*layers).properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
     return chart.facet(facet=alt.Facet("task:N", title=None), columns=3).properties(
         title="Downstream evaluations against compute"
     )

@@ -368,25 +368,46 @@ def _training_section(data: StudyData) -> Section:
     return section
 
 
+# The eval gauntlet's averages (nanogpt/gauntlet/aggregate.py), stored with "@N" when N examples per task
+# were scored: when a study has them, the chart shows them rather than a panel per task.
+_AVERAGE_TASKS = ("core_average", "chatcore_average")
+_CATEGORY_PREFIX = "category/"
+
+
+def _is_average(task: str) -> bool:
+    name = task.split("@", 1)[0]
+    return name in _AVERAGE_TASKS or name.startswith(_CATEGORY_PREFIX)
+
+
 def _evals_section(data: StudyData) -> Section:
     section = Section(anchor="evals", title="Downstream evaluations")
     cells = {cell.id: cell for cell in data.cells}
+    scored = [row for row in data.evals if row.score is not None and row.cell_id in cells]
+    averages = [row for row in scored if _is_average(row.task)]
+    note = ""
+    if averages:
+        per_task = len(scored) - len(averages)
+        note = (
+            f"The eval gauntlet's centered averages (± one standard error); the {per_task} per-task scores "
+            "behind them are in the store (<code>nanostudy eval --json</code> prints them)."
+        )
     rows = [
         {
             "task": row.task,
             "C": cells[row.cell_id].flops,
             "score": row.score,
+            "low": None if row.stderr is None else row.score - row.stderr,
+            "high": None if row.stderr is None else row.score + row.stderr,
             "depth": cells[row.cell_id].depth,
             "cell": row.cell_id,
             "budget": charts.flops_label(cells[row.cell_id].budget_flops),
         }
-        for row in data.evals
-        if row.score is not None and row.cell_id in cells
+        for row in (averages or scored)
     ]
     if not rows:
         section.left_out.append("downstream evaluations: the store has no eval scores for this study")
         return section
-    section.charts.append(("evals", charts.evals_chart(rows), ""))
+    section.charts.append(("evals", charts.evals_chart(rows), note))
     return section
 
 

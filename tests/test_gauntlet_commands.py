@@ -1,0 +1,281 @@
+"""The gauntlet around the trainer: study files plumb it to every cell (outside the cell id), the runner
+applies it at launch and fetches the bundle, `nanostudy eval` scores finished checkpoints and stores the
+scores (new rows on done cells only), and the report charts the averages."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from gauntlet_fixtures import TINY_TASKS, write_bundle
+from report_fixtures import build_study
+from trainer_fixtures import make_data_dir, tiny_config, write_run
+
+from nanogpt.events import read_events
+from nanogpt.train import EXIT_DONE, run
+from runner.cli import main
+from runner.eval_commands import ensure_bundles
+from runner.ingest import rows_of
+from runner.plan import plan
+from runner.study import StudyError, load
+from store import (
+    CellMode,
+    CellState,
+    NewCell,
+    add_cells,
+    add_evals,
+    evals_of,
+    get_study,
+    ingest,
+    open_store,
+    transition,
+    upsert_study,
+)
+
+TASKS = "copa,lambada_openai"
+
+STUDY = """\
+name: g
+mode: {mode}
+data:
+  source: {{name: local, paths: 'corpus/*.txt'}}
+  tokenizer: gpt2
+grid:
+  depth: [1, 2]
+  flops: [1e9]
+model:
+  aspect_ratio: 16
+  head_dim: 16
+  sequence_len: 32
+train:
+  total_batch_tokens: 256
+  device: cpu
+eval:
+  every_steps: null
+{eval}"""
+
+MID = """\
+mid_training:
+  data:
+    source: {name: local, paths: 'chats.jsonl', format: chat}
+  steps: 4
+  eval:
+    preset: chat
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _study(tmp_path: Path, eval_lines: str = "", *, mode: str = "pretraining", mid: str = "") -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(STUDY.format(mode=mode, eval=eval_lines) + mid)
+    return path
+
+
+# --- study files and plans -------------------------------------------------------------------------------
+
+
+def test_a_study_plumbs_the_gauntlet_to_every_cell_without_changing_the_cell_ids(tmp_path):
+    plain = plan(load(_study(tmp_path)))
+    path = _study(tmp_path, "  preset: quick\n  bundle: evals\n  gauntlet_every: 50\n  max_examples: 20\n")
+    study = load(path)
+    assert (study.eval.preset, study.eval.bundle, study.eval.gauntlet_every) == ("quick", "evals", 50)
+    planned = plan(study)
+    assert [cell.id for cell in planned.cells] == [cell.id for cell in plain.cells]
+    for cell in planned.cells:
+        assert cell.config["eval"] == {
+            "every_steps": None,
+            "val_tokens": 10_485_760,
+            "preset": "quick",
+            "bundle": str((tmp_path / "evals").resolve()),
+            "gauntlet_every": 50,
+            "max_examples": 20,
+        }
+    assert not any("gauntlet" in warning or "in-context" in warning for warning in planned.warnings)
+
+
+def test_a_bad_gauntlet_setting_is_reported_at_its_study_line(tmp_path):
+    with pytest.raises(StudyError) as caught:
+        load(_study(tmp_path, "  preset: qick\n"))
+    assert caught.value.problems == (
+        f"{tmp_path / 'g.yaml'}:18: eval.preset: unknown task 'qick' (did you mean 'quick'?)",
+    )
+    with pytest.raises(StudyError) as caught:
+        load(_study(tmp_path, "  preset: quick\n  gauntlet_every: 0\n"))
+    assert caught.value.problems == (
+        f"{tmp_path / 'g.yaml'}:19: eval.gauntlet_every: must be a positive integer, got 0",
+    )
+
+
+def test_mid_training_cells_may_run_another_preset(tmp_path):
+    (tmp_path / "chats.jsonl").write_text("")
+    study = load(_study(tmp_path, "  preset: quick\n", mode="all", mid=MID))
+    presets = {cell.mode: cell.config["eval"]["preset"] for cell in plan(study).cells}
+    assert presets == {"pretraining": "quick", "mid-training": "chat"}
+
+
+def test_the_runner_launches_a_cell_with_the_studys_current_gauntlet(tmp_path):
+    from runner.executor import LocalExecutor
+    from runner.gpus import GpuPool
+    from runner.run import CellLaunch, LoopOptions, StudyLoop
+
+    store = open_store(tmp_path / "nanostudy.db")
+    study = upsert_study(store, name="g", path="g.yaml", spec={})
+    config = tiny_config(tmp_path / "data")  # recorded before the study had a gauntlet
+    add_cells(store, study.id, [_cell("c1", config, tmp_path / "runs" / "c1")])
+    gauntlet = {"preset": "quick", "bundle": str(tmp_path), "gauntlet_every": 5, "max_examples": None}
+    launches = {
+        "c1": CellLaunch(cell_id="c1", num_gpus=1, run_dir=tmp_path / "runs" / "c1", gauntlet=gauntlet)
+    }
+    loop = StudyLoop(
+        store, study.id, launches, executor=LocalExecutor(), pool=GpuPool(nvml=None), options=LoopOptions()
+    )
+    loop._write_config("c1", tmp_path / "runs" / "c1")
+    written = json.loads((tmp_path / "runs" / "c1" / "config.json").read_text())
+    assert written["eval"] == {**config["eval"], **gauntlet}
+
+
+def test_the_bundle_is_fetched_before_a_study_runs_and_its_absence_stops_it(tmp_path, monkeypatch):
+    source = write_bundle(tmp_path / "remote", TINY_TASKS)
+    bundle = tmp_path / "bundle"
+    configs = [{"eval": {"preset": "copa,lambada_openai,hellaswag", "bundle": str(bundle)}}, {"eval": {}}]
+    monkeypatch.setenv("NANOSTUDY_EVAL_BUNDLE_URL", source.as_uri())
+    logged = []
+    ensure_bundles(configs, log=logged.append)
+    assert (bundle / "commonsense_reasoning" / "copa.jsonl").is_file()
+    assert logged[-1] == f"warning: eval bundle {bundle}: no data for hellaswag; they are not scored"
+    monkeypatch.setenv("NANOSTUDY_EVAL_BUNDLE_URL", "http://127.0.0.1:9/")
+    with pytest.raises(ValueError, match="no task of the eval gauntlet has its data there"):
+        ensure_bundles(
+            [{"eval": {"preset": "winogrande", "bundle": str(tmp_path / "empty")}}], log=logged.append
+        )
+
+
+# --- storing scores on done cells ------------------------------------------------------------------------
+
+
+def _cell(cell_id: str, config: dict, run_dir: Path) -> NewCell:
+    return NewCell(
+        id=cell_id, mode=CellMode.PRETRAINING, depth=config["model"]["depth"], flops_budget=1e9, seed=0,
+        num_params=1, num_tokens=1, flops_per_token=1, steps_total=12, config=config, run_dir=str(run_dir),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A study in a database with one done cell (its run trained here, its events ingested), one pending
+    cell, and a bundle."""
+    root = tmp_path_factory.mktemp("eval")
+    data_dir = make_data_dir(root / "data")
+    run_dir = root / "runs" / "c1"
+    config = tiny_config(data_dir)
+    assert run(write_run(run_dir, config)) == EXIT_DONE
+    db = root / "nanostudy.db"
+    store = open_store(db)
+    study = upsert_study(store, name="g", path=str(root / "g.yaml"), spec={})
+    add_cells(store, study.id, [_cell("c1", config, run_dir), _cell("c2", config, root / "runs" / "c2")])
+    transition(store, "c1", CellState.PENDING, CellState.RUNNING)
+    ingest(store, "c1", **rows_of(read_events(run_dir / "events.jsonl")[0]))
+    transition(store, "c1", CellState.RUNNING, CellState.DONE)
+    store.close()
+    return {"db": db, "run_dir": run_dir, "bundle": write_bundle(root / "bundle", TINY_TASKS)}
+
+
+def test_add_evals_adds_only_new_keys_and_only_to_done_cells(tmp_path):
+    store = open_store(tmp_path / "nanostudy.db")
+    study = upsert_study(store, name="g", path="g.yaml", spec={})
+    config = tiny_config(tmp_path)
+    add_cells(store, study.id, [_cell("c1", config, tmp_path / "c1")])
+    row = {"step": 12, "task": "copa", "score": 0.5, "metrics": {"accuracy": 0.75}, "accuracy": 0.75}
+    with pytest.raises(ValueError, match="is pending; evals are added from outside only to done cells"):
+        add_evals(store, "c1", [row])
+    transition(store, "c1", CellState.PENDING, CellState.RUNNING)
+    transition(store, "c1", CellState.RUNNING, CellState.DONE)
+    assert add_evals(store, "c1", [row]) == 1
+    assert (
+        add_evals(store, "c1", [{**row, "score": 0.9}, {**row, "task": "piqa"}]) == 1
+    )  # copa kept as it was
+    assert {(r.task, r.score) for r in evals_of(store, cell_id="c1")} == {("copa", 0.5), ("piqa", 0.5)}
+    with pytest.raises(ValueError, match="not in the database"):
+        add_evals(store, "nope", [row])
+    with pytest.raises(ValueError, match="unknown column"):
+        add_evals(store, "c1", [{**row, "task": "x", "colour": 1}])
+
+
+def test_nanostudy_eval_scores_a_checkpoint_and_stores_it_with_db(finished, capsys):
+    args = ["eval", str(finished["run_dir"]), "--tasks", TASKS, "--eval-bundle", str(finished["bundle"])]
+    assert main([*args, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "copa" in out and "lambada_openai" in out and "not stored: give --db" in out
+    with open_store(finished["db"], create=False) as store:
+        assert evals_of(store, cell_id="c1") == []
+    assert main([*args, "--db", str(finished["db"]), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)  # one entry per checkpoint scored
+    assert result["step"] == 12 and result["cell"] == "c1" and result["added"] == 4 and result["kept"] == 0
+    with open_store(finished["db"], create=False) as store:
+        rows = {(r.step, r.task): r for r in evals_of(store, cell_id="c1")}
+    assert set(rows) == {(12, "copa"), (12, "lambada_openai"), (12, "category/commonsense_reasoning"),
+                         (12, "category/language_understanding")}  # fmt: skip
+    event = next(e for e in result["events"] if e["task"] == "copa")
+    assert rows[(12, "copa")].score == pytest.approx(event["score"]) and rows[(12, "copa")].num_examples == 3
+    assert main([*args, "--db", str(finished["db"])]) == 0  # again: nothing new
+    assert "0 rows stored, 4 kept" in capsys.readouterr().out
+
+
+def test_nanostudy_eval_of_a_study_scores_every_done_cells_final_checkpoint(finished, capsys):
+    db = str(finished["db"])
+    args = ["eval", "g", "--db", db, "--eval-bundle", str(finished["bundle"]), "--device", "cpu"]
+    assert main([*args, "--tasks", "winograd"]) == 0
+    out = capsys.readouterr().out
+    assert "cell c1 (depth 2, 1.0e+09 FLOPs, step 12): category/language_understanding" in out
+    assert "c2" not in out  # pending: nothing to score
+    assert main([*args, "--tasks", "winograd"]) == 0
+    assert "cell c1: step 12 already scored on winograd; skipped" in capsys.readouterr().out
+    with open_store(db, create=False) as store:
+        tasks = {r.task for r in evals_of(store, cell_id="c1")}
+    assert {"winograd", "category/language_understanding"} <= tasks
+
+
+def test_nanostudy_eval_refuses_bad_input_in_one_line(finished, tmp_path, capsys):
+    assert main(["eval", str(finished["run_dir"]), "--tasks", "copaa"]) == 2
+    assert "unknown task 'copaa' (did you mean 'copa'?)" in capsys.readouterr().err
+    args = ["eval", str(finished["run_dir"]), "--tasks", "copa", "--device", "cpu"]
+    assert main([*args, "--eval-bundle", str(tmp_path / "nowhere")]) == 2
+    assert "no eval bundle here" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "no-run"), "--eval-bundle", str(finished["bundle"])]) == 2
+    assert "no such checkpoint or run directory" in capsys.readouterr().err
+    assert (
+        main(["eval", "nostudy", "--db", str(finished["db"]), "--eval-bundle", str(finished["bundle"])]) == 2
+    )
+    assert "study 'nostudy': not in" in capsys.readouterr().err
+
+
+# --- the report ------------------------------------------------------------------------------------------
+
+
+def test_the_report_charts_the_averages_with_their_errors(tmp_path):
+    from reports.data import read_study
+    from reports.report import _evals_section
+
+    store = build_study(tmp_path / "r.db", evals=False)
+    study = get_study(store, "synthetic")
+    rows = [
+        {"step": 10, "task": "arc_easy@100", "score": 0.2, "stderr": 0.05},
+        {"step": 10, "task": "category/world_knowledge@100", "score": 0.2, "stderr": 0.05},
+        {"step": 10, "task": "core_average@100", "score": 0.1, "stderr": 0.02},
+    ]
+    done = next(cell for cell in read_study(store, "synthetic").cells if cell.state == "done")
+    assert study is not None and add_evals(store, done.id, rows) == 3
+    section = _evals_section(read_study(store, "synthetic"))
+    _, chart, note = section.charts[0]
+    values = chart.to_dict()["data"]["values"]
+    assert {v["task"] for v in values} == {"category/world_knowledge@100", "core_average@100"}
+    core = next(v for v in values if v["task"] == "core_average@100")
+    assert (core["low"], core["high"]) == pytest.approx((0.08, 0.12))
+    assert "1 per-task scores" in note
