@@ -33,7 +33,14 @@ from nanogpt.gauntlet.data import (
     is_correct,
     load_task,
 )
-from nanogpt.gauntlet.scoring import DEFAULT_BATCH_TOKENS, Request, generate_greedy, score_requests
+from nanogpt.gauntlet.scoring import (
+    DEFAULT_BATCH_TOKENS,
+    MAX_GENERATION_ROWS,
+    PAD_MULTIPLE,
+    Request,
+    generate_greedy,
+    score_requests,
+)
 from nanogpt.gauntlet.tasks import (
     CHAT_CATEGORY,
     CHAT_CHOICE,
@@ -210,9 +217,8 @@ def run_gauntlet(
             t0 = time.time()
             mine = [k for k in range(len(task.items)) if k % world_size == rank]
             results = np.zeros((len(task.items), _RESULT_COLUMNS))
-            results[mine] = _score_task(
-                model, task, [task.items[k] for k in mine], tokenizer, max_batch_tokens
-            )
+            items = [task.items[k] for k in mine]
+            results[mine] = score_items(model, task.spec, items, tokenizer, max_batch_tokens=max_batch_tokens)
             local.append(results)
             seconds[task.spec.name] = time.time() - t0
     finally:
@@ -251,15 +257,20 @@ def run_gauntlet(
     )
 
 
-def _score_task(
+def score_items(
     model: torch.nn.Module,
-    task: PreparedTask,
+    spec: TaskSpec,
     items: Sequence[ChoiceItem | GenerationItem],
     tokenizer: Tokenizer,
-    max_batch_tokens: int,
+    *,
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    pad_multiple: int = PAD_MULTIPLE,
+    max_generation_rows: int = MAX_GENERATION_ROWS,
 ) -> np.ndarray:
-    """This rank's items' results: (len(items), _RESULT_COLUMNS)."""
-    spec = task.spec
+    """The results of some of a task's items, one row each: (scored, right, right by the summed
+    log-likelihood, context truncated). The batching arguments change the speed, never the decisions
+    (benchmarks/eval_throughput.py scores one example at a time with max_batch_tokens=1, pad_multiple=1,
+    max_generation_rows=1)."""
     results = np.zeros((len(items), _RESULT_COLUMNS))
     if not items:
         return results
@@ -274,6 +285,7 @@ def _score_task(
             decode=tokenizer.decode,
             stop_strings=spec.stop_strings,
             stop_tokens=stop_tokens,
+            max_rows=max_generation_rows,
         )
         for row, (item, output) in enumerate(zip(items, outputs, strict=True)):
             text = tokenizer.decode([t for t in output if t not in stop_tokens])
@@ -285,7 +297,7 @@ def _score_task(
         for item in items
         for context, continuation in zip(item.contexts, item.continuations, strict=True)
     ]
-    scored = score_requests(model, requests, max_batch_tokens=max_batch_tokens)
+    scored = score_requests(model, requests, max_batch_tokens=max_batch_tokens, pad_multiple=pad_multiple)
     position = 0
     for row, item in enumerate(items):
         options = scored[position : position + len(item.contexts)]

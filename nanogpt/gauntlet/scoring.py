@@ -14,6 +14,7 @@ be scored (None), and its example is left out of the task and counted.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from nanogpt.engine import generate
@@ -74,14 +75,15 @@ def score_requests(
         rows = max(1, max_batch_tokens // bucket)
         batch = prepared[start : start + rows]
         start += len(batch)
-        x = torch.zeros((len(batch), bucket), dtype=torch.long)
-        targets = torch.full((len(batch), bucket), -1, dtype=torch.long)
+        x = np.zeros((len(batch), bucket), dtype=np.int64)
+        targets = np.full((len(batch), bucket), -1, dtype=np.int64)
         for row, (_, tokens, cont_start, _) in enumerate(batch):
             n = len(tokens) - 1
-            x[row, :n] = torch.tensor(tokens[:-1])
+            x[row, :n] = tokens[:-1]
             # Target j is tokens[j + 1]: the continuation's tokens are targets cont_start - 1 .. n - 1.
-            targets[row, cont_start - 1 : n] = torch.tensor(tokens[cont_start:])
-        x, targets = x.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            targets[row, cont_start - 1 : n] = tokens[cont_start:]
+        x = torch.from_numpy(x).to(device, non_blocking=True)
+        targets = torch.from_numpy(targets).to(device, non_blocking=True)
         logits = forward(x)  # (B, T, padded vocab), float32
         rows_idx, cols_idx = (targets >= 0).nonzero(as_tuple=True)
         picked = logits[rows_idx, cols_idx].float()  # (M, vocab): continuation positions only

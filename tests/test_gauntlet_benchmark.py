@@ -1,0 +1,26 @@
+"""benchmarks/eval_throughput.py works: its tiny CPU mode runs the whole measurement on a small bundle (the
+GPU numbers come from the same code with a depth-12 model)."""
+
+import json
+
+from gauntlet_fixtures import TINY_TASKS, write_bundle
+
+from benchmarks import eval_throughput
+
+
+def test_the_eval_throughput_benchmark_runs_end_to_end_on_the_cpu(tmp_path, capsys):
+    bundle = write_bundle(tmp_path / "bundle", TINY_TASKS)
+    out = tmp_path / "eval.json"
+    summary = eval_throughput.main(
+        ["--tiny", "--eval-bundle", str(bundle), "--reference-examples", "2", "--json", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(summary))
+    assert summary["num_tasks"] == 4 and summary["num_examples"] == 3 + 3 + 3 + 2
+    assert [t["task"] for t in summary["tasks"]] == ["copa", "winograd", "lambada_openai", "svamp"]
+    assert all(t["sampled"] == 2 and t["agreement"] == 1.0 for t in summary["tasks"])  # same decisions
+    assert summary["batched_s"] > 0 and summary["speedup"] > 0
+    assert summary["one_at_a_time_s_estimated"] == sum(
+        t["one_at_a_time_estimate_s"] for t in summary["tasks"]
+    )
+    printed = capsys.readouterr().out
+    assert "speedup:" in printed and "whole preset:" in printed
