@@ -368,15 +368,16 @@ def _training_section(data: StudyData) -> Section:
     return section
 
 
-# The eval gauntlet's averages (nanogpt/gauntlet/aggregate.py), stored with "@N" when N examples per task
-# were scored: when a study has them, the chart shows them rather than a panel per task.
+# The eval gauntlet's averages (nanogpt/gauntlet/tasks.py, average_name): `core_average`,
+# `category/<name>`, `chatcore_average`, under a preset's prefix (`quick/`) and with "@N" when N examples
+# per task were scored. When a study has them, the chart shows them rather than a panel per task.
 _AVERAGE_TASKS = ("core_average", "chatcore_average")
-_CATEGORY_PREFIX = "category/"
+_CATEGORY = "category/"
 
 
 def _is_average(task: str) -> bool:
     name = task.split("@", 1)[0]
-    return name in _AVERAGE_TASKS or name.startswith(_CATEGORY_PREFIX)
+    return name.rsplit("/", 1)[-1] in _AVERAGE_TASKS or _CATEGORY in name
 
 
 def _evals_section(data: StudyData) -> Section:

@@ -150,12 +150,15 @@ def store_scores(store: Store, cell_id: str, step: int, result) -> tuple[int, in
 
 
 def headline(result) -> str:
-    """The result's main average in one phrase, e.g. `core_average 0.1234 ± 0.0101`."""
+    """The result's main average in one phrase, e.g. `core_average 0.1234 ± 0.0101`; without averages (a
+    list of tasks), each task's centered score."""
+    from nanogpt.gauntlet.tasks import average_name
+
     if not result.aggregates:
-        scored = ", ".join(f"{s.name} {s.centered:.4f}" for s in result.scores) or "nothing scored"
-        return scored
+        return ", ".join(f"{s.name} {s.centered:.4f}" for s in result.scores) or "nothing scored"
     main = result.aggregates[-1]
-    return f"{main.name} {main.score:.4f} ± {main.stderr:.4f}"
+    name = average_name(result.preset, main.name, result.max_examples)
+    return f"{name} {main.score:.4f} ± {main.stderr:.4f}"
 
 
 def eval_study(

@@ -25,8 +25,32 @@ def write_bundle(root: Path, tasks: dict[str, list]) -> Path:
     return root
 
 
-# Rows short enough for the trainer's tiny model (a 32-byte context with the byte tokenizer).
+# Rows short enough for the trainer's tiny model (a 32-byte context with the byte tokenizer): every task of
+# the quick preset but jeopardy (so that one is unavailable), and svamp for generation.
 TINY_TASKS = {
+    "arc_easy": [
+        {"query": "Question: the cat sees?", "choices": ["ball", "book", "bread", "sky"], "gold": 0},
+        {"query": "Question: a dog likes?", "choices": ["ball", "river", "bread", "sky"], "gold": 1},
+        {"query": "Question: one bird takes?", "choices": ["ball", "book", "bread", "sky"], "gold": 2},
+    ],
+    "piqa": [
+        {"query": "Goal: see", "choices": ["the cat.", "a dog."], "gold": 0},
+        {"query": "Goal: find", "choices": ["the ball.", "sky."], "gold": 0},
+        {"query": "Goal: help", "choices": ["sky.", "her brother."], "gold": 1},
+    ],
+    "simple_arithmetic_nospaces": [
+        {"context": "1+1=", "continuation": "2"},
+        {"context": "2+3=", "continuation": "5"},
+        {"context": "4+4=", "continuation": "8"},
+    ],
+    "bigbench_operators": [
+        {"context": "2 op 3 =", "continuation": "5"},
+        {"context": "1 op 1 =", "continuation": "2"},
+    ],
+    "boolq": [
+        {"query": "Passage: the cat sees.\nQuestion: sees?", "choices": ["no", "yes"], "gold": 1},
+        {"query": "Passage: a dog.\nQuestion: cat?", "choices": ["no", "yes"], "gold": 0},
+    ],
     "copa": [
         {"query": "the cat sees", "choices": ["the ball.", "a dog."], "gold": 0},
         {"query": "a dog likes", "choices": ["the river.", "sky."], "gold": 1},

@@ -100,10 +100,10 @@ def test_the_bootstrap_agrees_with_the_propagated_standard_errors():
     )
 
 
-def test_a_result_becomes_one_event_per_task_and_average_named_with_the_example_cap():
+def test_a_result_becomes_one_event_per_task_and_average_named_with_the_preset_and_cap():
     scores = [_score("copa", "commonsense_reasoning", 0.5, [1, 1, 1, 0])]
     result = GauntletResult(
-        preset="copa,hellaswag",
+        preset="quick",
         max_examples=4,
         scores=scores,
         aggregates=aggregate(scores, missing={"language_understanding": ["hellaswag"]}, num_resamples=0),
@@ -112,12 +112,12 @@ def test_a_result_becomes_one_event_per_task_and_average_named_with_the_example_
         seconds={"copa": 1.5, "total": 2.0},
     )
     events = {event["task"]: event for event in result.events()}
-    assert list(events) == ["copa@4", "hellaswag@4", "category/commonsense_reasoning@4"]
+    assert list(events) == ["copa@4", "hellaswag@4", "quick/category/commonsense_reasoning@4"]
     copa = events["copa@4"]
     assert copa["score"] == pytest.approx(0.5)  # centered (0.75 - 0.5) / 0.5
     assert copa["metrics"]["accuracy"] == 0.75 and copa["metrics"]["num_examples"] == 4
     assert copa["metrics"]["stderr"] == pytest.approx(math.sqrt(0.75 * 0.25 / 4) / 0.5)
-    assert copa["metrics"]["preset"] == "copa,hellaswag" and copa["metrics"]["baseline"] == 0.5
+    assert copa["metrics"]["preset"] == "quick" and copa["metrics"]["baseline"] == 0.5
     assert events["hellaswag@4"]["score"] is None
     assert "not in the eval bundle" in events["hellaswag@4"]["metrics"]["skipped"]
-    assert events["category/commonsense_reasoning@4"]["metrics"]["parts"] == ["copa"]
+    assert events["quick/category/commonsense_reasoning@4"]["metrics"]["parts"] == ["copa"]

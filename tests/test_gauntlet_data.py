@@ -24,7 +24,16 @@ from nanogpt.gauntlet.data import (
     select_examples,
 )
 from nanogpt.gauntlet.evaluate import prepare
-from nanogpt.gauntlet.tasks import ANSWER_DELIMITER, CORE_TASKS, PRESETS, TASKS, resolve, result_name
+from nanogpt.gauntlet.tasks import (
+    ANSWER_DELIMITER,
+    CORE_TASKS,
+    PRESETS,
+    TASKS,
+    average_name,
+    has_averages,
+    resolve,
+    result_name,
+)
 
 needs_real_bundle = pytest.mark.skipif(
     not (REAL_BUNDLE / "README.md").is_file(),
@@ -97,7 +106,12 @@ def test_presets_and_named_lists_resolve_and_unknown_names_are_refused():
         resolve("arc_esay")
     with pytest.raises(ValueError, match="twice"):
         resolve("copa,copa")
-    assert result_name("copa", None) == "copa" and result_name("core_average", 100) == "core_average@100"
+    assert result_name("copa", None) == "copa" and result_name("copa", 100) == "copa@100"
+    assert average_name("core", "core_average", None) == "core_average"
+    assert average_name("core", "category/world_knowledge", 50) == "category/world_knowledge@50"
+    assert average_name("quick", "core_average", 100) == "quick/core_average@100"
+    assert average_name("chat", "chatcore_average", None) == "chatcore_average"
+    assert not has_averages("arc_easy,copa") and has_averages("quick")
 
 
 # --- few-shot prompts ------------------------------------------------------------------------------------

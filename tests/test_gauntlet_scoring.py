@@ -27,11 +27,11 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _run(tmp_path, tasks, pairs, *, extra=None, tokenizer=None, sequence_len=64):
+def _run(tmp_path, tasks, pairs, *, extra=None, tokenizer=None, sequence_len=64, preset=None):
     tokenizer = tokenizer or byte_tokenizer()
     bundle = write_bundle(tmp_path / "bundle", tasks)
     model = SuccessorLM(successors(pairs, extra), vocab_size=tokenizer.vocab_size, sequence_len=sequence_len)
-    gauntlet = prepare(",".join(tasks), bundle, tokenizer)
+    gauntlet = prepare(preset or ",".join(tasks), bundle, tokenizer)
     return run_gauntlet(model, gauntlet, tokenizer), model, bundle
 
 
@@ -206,10 +206,17 @@ def test_chat_choice_scores_the_letters_and_chat_generation_the_number(tmp_path)
     ]
     # The assistant's turn opens with "assistant\n": after "\n" the model says B.
     result, _, _ = _run(
-        tmp_path / "a", {"chat_arc_easy": arc}, {"\n": "B"}, tokenizer=tokenizer, sequence_len=128
+        tmp_path / "a",
+        {"chat_arc_easy": arc},
+        {"\n": "B"},
+        tokenizer=tokenizer,
+        sequence_len=128,
+        preset="chat",
     )
     assert _by_name(result)["chat_arc_easy"].correct.tolist() == [True, False]
-    assert [a.name for a in result.aggregates] == ["chatcore_average"]
+    (chatcore,) = result.aggregates  # over the one chat task with data; the others are missing
+    assert chatcore.name == "chatcore_average" and chatcore.score == pytest.approx((0.5 - 0.25) / 0.75)
+    assert chatcore.missing == ("chat_arc_challenge", "chat_mmlu", "chat_gsm8k")
     gsm8k = [{"context": "5+7?", "answer": "12"}, {"context": "6+7?", "answer": "13"}]
     pairs = {"\n": "1", "1": "2"}
     result, _, _ = _run(

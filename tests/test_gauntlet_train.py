@@ -17,12 +17,25 @@ from runner.ingest import rows_of
 from store import CellMode, NewCell, add_cells, evals_of, ingest, open_store, upsert_study
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = "copa,lambada_openai,winograd,svamp,hellaswag"  # hellaswag has no file here: unavailable
-TASK_NAMES = ["copa", "lambada_openai", "winograd", "svamp", "hellaswag"]
+PRESET = "quick"  # jeopardy has no file in the tiny bundle: unavailable
+TASK_NAMES = [
+    "arc_easy@100",
+    "jeopardy@100",
+    "copa@100",
+    "piqa@100",
+    "lambada_openai@100",
+    "winograd@100",
+    "simple_arithmetic_nospaces@100",
+    "bigbench_operators@100",
+    "boolq@100",
+]
 AVERAGES = [
-    "category/commonsense_reasoning",
-    "category/language_understanding",
-    "category/symbolic_problem_solving",
+    "quick/category/world_knowledge@100",
+    "quick/category/commonsense_reasoning@100",
+    "quick/category/language_understanding@100",
+    "quick/category/symbolic_problem_solving@100",
+    "quick/category/reading_comprehension@100",
+    "quick/core_average@100",
 ]
 
 
@@ -59,13 +72,18 @@ def test_the_trainer_scores_the_gauntlet_every_n_steps_and_after_the_last(gauntl
     for step in (5, 10, 12):
         assert [e["task"] for e in evals if e["step"] == step] == TASK_NAMES + AVERAGES
     final = {e["task"]: e for e in evals if e["step"] == 12}
-    copa = final["copa"]
+    copa = final["copa@100"]
     assert copa["score"] == pytest.approx((copa["metrics"]["accuracy"] - 0.5) / 0.5)
     assert copa["metrics"]["num_examples"] == 3 and copa["metrics"]["preset"] == PRESET
     assert copa["metrics"]["stderr"] >= 0 and "accuracy_sum" in copa["metrics"]
-    assert final["hellaswag"]["score"] is None and "unavailable" in final["hellaswag"]["metrics"]["skipped"]
-    assert final["category/language_understanding"]["metrics"]["missing"] == ["hellaswag"]
-    assert any("hellaswag" in warning for warning in events[0]["warnings"])  # the start event says so
+    jeopardy = final["jeopardy@100"]
+    assert jeopardy["score"] is None and "unavailable" in jeopardy["metrics"]["skipped"]
+    assert final["quick/category/world_knowledge@100"]["metrics"]["parts"] == ["arc_easy"]
+    assert final["quick/core_average@100"]["metrics"]["missing"] == ["jeopardy"]
+    core = final["quick/core_average@100"]["score"]
+    categories = [final[name]["score"] for name in AVERAGES[:-1]]
+    assert core == pytest.approx(sum(categories) / 5)
+    assert any("jeopardy" in warning for warning in events[0]["warnings"])  # the start event says so
     # The last scores come after the final checkpoint (never at the cost of the weights), before `end`.
     kinds = [e["kind"] for e in events]
     last_checkpoint = len(kinds) - 1 - kinds[::-1].index("checkpoint")
@@ -84,12 +102,12 @@ def test_the_runner_stores_the_eval_events_per_task_and_step(tmp_path, gauntlet_
     ingest(store, "c1", **rows_of(events))
     rows = evals_of(store, cell_id="c1")
     assert len(rows) == 3 * (len(TASK_NAMES) + len(AVERAGES))
-    copa = next(r for r in rows if r.step == 12 and r.task == "copa")
+    copa = next(r for r in rows if r.step == 12 and r.task == "copa@100")
     assert copa.preset == PRESET and copa.num_examples == 3 and copa.centered == copa.score
     assert copa.accuracy is not None and copa.stderr is not None and copa.metrics["baseline"] == 0.5
-    average = next(r for r in rows if r.step == 12 and r.task == "category/language_understanding")
+    average = next(r for r in rows if r.step == 12 and r.task == "quick/core_average@100")
     assert average.score is not None and average.stderr is not None
-    assert next(r for r in rows if r.task == "hellaswag").score is None
+    assert next(r for r in rows if r.task == "jeopardy@100").score is None
 
 
 def test_scores_in_training_equal_the_finished_checkpoints(gauntlet_run, bundle):

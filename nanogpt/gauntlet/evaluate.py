@@ -7,7 +7,8 @@
 Sharding: with world_size > 1 each rank scores every world_size-th example of each task, and one
 all-reduce of the per-example results gives every rank the whole picture (the default process group).
 Tasks whose file is missing are reported as unavailable; tasks with malformed rows as skipped, with the
-rows named; neither is scored, and the averages say which tasks they lack.
+rows named; neither is scored, and the averages say which tasks they lack. Averages (categories,
+core_average, chatcore_average) come with the named presets only (tasks.average_name).
 """
 
 import math
@@ -48,6 +49,8 @@ from nanogpt.gauntlet.tasks import (
     MULTIPLE_CHOICE,
     SCHEMA,
     TaskSpec,
+    average_name,
+    has_averages,
     resolve,
     result_name,
 )
@@ -175,7 +178,8 @@ class GauntletResult:
                 "missing": list(result.missing),
                 "seconds": self.seconds.get("total"),
             }
-            out.append({"task": result_name(result.name, cap), "score": result.score, "metrics": metrics})
+            name = average_name(self.preset, result.name, cap)
+            out.append({"task": name, "score": result.score, "metrics": metrics})
         return out
 
     def table(self) -> str:
@@ -191,7 +195,8 @@ class GauntletResult:
                 f"{name:<34} {'-':>6} {'-':>9} {'-':>9} {'-':>9}  ({why.split(' (')[0].split(':')[0]})"
             )
         for result in self.aggregates:
-            lines.append(f"{result.name:<34} {'':>6} {'':>9} {result.score:>9.4f} {result.stderr:>9.4f}")
+            name = average_name(self.preset, result.name, self.max_examples)
+            lines.append(f"{name:<34} {'':>6} {'':>9} {result.score:>9.4f} {result.stderr:>9.4f}")
         return "\n".join(lines)
 
 
@@ -249,7 +254,9 @@ def run_gauntlet(
         preset=gauntlet.preset,
         max_examples=gauntlet.max_examples,
         scores=scored_scores,
-        aggregates=aggregate(scored_scores, missing=missing, num_resamples=num_resamples),
+        aggregates=aggregate(scored_scores, missing=missing, num_resamples=num_resamples)
+        if has_averages(gauntlet.preset)
+        else [],
         skipped=dict(gauntlet.skipped)
         | {s.name: "no example fits the model's context" for s in scores if s.num_examples == 0},
         specs=gauntlet.specs,

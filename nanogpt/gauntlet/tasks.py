@@ -241,6 +241,21 @@ def resolve(preset: str) -> tuple[tuple[TaskSpec, ...], int | None]:
 
 
 def result_name(task: str, max_examples: int | None) -> str:
-    """The name a score is stored under: the task's, with `@N` when only N examples per task were scored
-    (quick's scores are not the full task's and must not share its row in the store)."""
+    """The name a task's score is stored under: the task's, with `@N` when only N examples per task were
+    scored (quick's scores are not the full task's and must not share its row in the store)."""
     return task if max_examples is None else f"{task}@{max_examples}"
+
+
+# Averages exist for the named presets only: a category's or core_average's value depends on which tasks it
+# averages, so each preset's carry its name (core's none), and a list of task names gets per-task scores.
+_AVERAGE_PREFIX = {"core": "", "quick": "quick/", "chat": ""}
+
+
+def has_averages(preset: str) -> bool:
+    return preset in _AVERAGE_PREFIX
+
+
+def average_name(preset: str, average: str, max_examples: int | None) -> str:
+    """The name an average is stored under: `core_average`, `category/world_knowledge` for core;
+    `quick/core_average@100` for quick; `chatcore_average` for chat; `@N` as for a task."""
+    return result_name(_AVERAGE_PREFIX[preset] + average, max_examples)
