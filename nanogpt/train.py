@@ -858,11 +858,17 @@ class Trainer:
 
     def _run_gauntlet(self) -> None:
         """The eval gauntlet on the current weights, every rank scoring its share; rank 0 writes one `eval`
-        event per task and per average."""
+        event per task and per average. A forward holds at most the training micro-batch's tokens, which
+        are known to fit (with their backward) in this device's memory."""
         runtime = self.runtime
         with runtime.autocast():
             result = run_gauntlet(
-                self.model, self.gauntlet, self.tokenizer, rank=runtime.rank, world_size=runtime.world_size
+                self.model,
+                self.gauntlet,
+                self.tokenizer,
+                rank=runtime.rank,
+                world_size=runtime.world_size,
+                max_batch_tokens=self.device_batch_size * self.gpt_config.sequence_len,
             )
         for event in result.events():
             self._emit("eval", step=self.step, **event)
