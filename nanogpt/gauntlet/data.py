@@ -37,6 +37,7 @@ from nanogpt.gauntlet.tasks import (
 from nanogpt.tokenizer import ChatMessage, Tokenizer
 
 LETTERS = string.ascii_uppercase[:10]  # chat_choice answers: as runner/data/chat.py's MMLU conversations
+_PUNCTUATION = frozenset(string.punctuation)
 MAX_PROBLEMS_SHOWN = 5
 
 
@@ -337,7 +338,7 @@ def build_items(
 
 def normalize_answer(text: str) -> str:
     """SQuAD's normalization: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

@@ -244,21 +244,21 @@ def run_gauntlet(
                 extra=more,
             )
         )
+    skipped = dict(gauntlet.skipped)
+    skipped |= {s.name: "no example fits the model's context" for s in scores if s.num_examples == 0}
+    scores = [score for score in scores if score.num_examples > 0]
     missing: dict[str, list[str]] = {}
     for spec in gauntlet.specs:
-        if spec.name in gauntlet.skipped and (spec.core or spec.category == CHAT_CATEGORY):
+        if spec.name in skipped and (spec.core or spec.category == CHAT_CATEGORY):
             missing.setdefault(spec.category, []).append(spec.name)
-    scored_scores = [score for score in scores if score.num_examples > 0]
+    averages = has_averages(gauntlet.preset)
     seconds["total"] = time.time() - t_start
     return GauntletResult(
         preset=gauntlet.preset,
         max_examples=gauntlet.max_examples,
-        scores=scored_scores,
-        aggregates=aggregate(scored_scores, missing=missing, num_resamples=num_resamples)
-        if has_averages(gauntlet.preset)
-        else [],
-        skipped=dict(gauntlet.skipped)
-        | {s.name: "no example fits the model's context" for s in scores if s.num_examples == 0},
+        scores=scores,
+        aggregates=aggregate(scores, missing=missing, num_resamples=num_resamples) if averages else [],
+        skipped=skipped,
         specs=gauntlet.specs,
         seconds=seconds,
     )
