@@ -266,3 +266,31 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time_on_a_real_model()
     for prompt, tokens in zip(prompts, batched, strict=True):
         alone = list(generate(model, prompt, max_new_tokens=6, temperature=0.0, top_k=None))
         assert tokens == alone
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_a_gpu_in_bf16_the_scores_and_generations_match_the_cpus():
+    torch.manual_seed(0)
+    config = GPTConfig(depth=2, vocab_size=100, sequence_len=48, aspect_ratio=16, head_dim=16)
+    cpu = GPT(config)
+    cpu.init_weights()
+    for p in cpu.parameters():
+        p.normal_(0.0, 0.3)
+    gpu = GPT(config).cuda()
+    gpu.init_weights()
+    gpu.load_state_dict(cpu.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    requests = [
+        Request(context=tuple(torch.randint(0, 100, (20,), generator=gen).tolist()), continuation=(5, 6, 7))
+        for _ in range(20)
+    ]
+    expected = score_requests(cpu, requests)
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        got = score_requests(gpu, requests)
+        tokens = generate_greedy(
+            gpu, [r.context for r in requests[:4]], max_new_tokens=4, decode=lambda ids: ""
+        )
+    for a, b in zip(expected, got, strict=True):
+        assert b.logprob == pytest.approx(a.logprob, rel=0.05, abs=0.05)
+    assert all(len(row) == 4 for row in tokens)

@@ -220,7 +220,7 @@ def test_bpe_tiktoken_matches_huggingface_and_covers_every_byte():
 
 def test_prepare_python_source_with_trained_bpe(tmp_path):
     source = SourceSpec(name="python-source", max_bytes=400_000)
-    config = PrepareConfig(source=source, tokenizer="bpe:512", shard_tokens=50_000, val_fraction=0.05)
+    config = PrepareConfig(source=source, tokenizer="bpe:512", shard_tokens=50_000, val_fraction=0.3)
     result = prepare(config, root=tmp_path, num_workers=1, progress=False)
     manifest = result.manifest
     assert manifest.tokenizer.vocab_size == 512 and manifest.tokenizer.name == "bpe512"
