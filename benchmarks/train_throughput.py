@@ -5,10 +5,15 @@
 Prints, for each: tokens/s, MFU against the H100's 989 TFLOP/s dense bf16 peak and against a bf16
 8192^3 matmul measured here first, compile/start-up seconds and peak memory; then the ratio ours/ref.
 Both train on the same random tokens with the same total batch (gradient accumulation to reach it).
+
+`--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
+(nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
+`--profile-dir`, keeps the summary and the Chrome trace there.
 """
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -141,7 +146,7 @@ def make_run_dir(args: argparse.Namespace) -> Path:
     data_dir, run_dir = root / "data", root / "run"
     data_dir.mkdir()
     run_dir.mkdir()
-    num_steps = args.warmup_steps + args.timed_steps
+    num_steps = args.warmup_steps + args.timed_steps + args.profile_steps
     rng = np.random.default_rng(0)
     splits = {}
     sizes = {"train": (num_steps + 1) * args.total_batch + 1, "val": 4 * args.total_batch}
@@ -179,6 +184,11 @@ def make_run_dir(args: argparse.Namespace) -> Path:
         "eval": {"every_steps": None, "val_tokens": args.total_batch},
         "compile": True,
     }
+    if args.profile_steps:
+        config["profile"] = {
+            "start_step": args.warmup_steps + args.timed_steps,
+            "num_steps": args.profile_steps,
+        }
     (run_dir / "config.json").write_text(json.dumps(config))
     return run_dir
 
@@ -196,7 +206,11 @@ def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["kind"] == "start")
     steps = [e for e in events if e["kind"] == "step"]
-    timed = [e["step_s"] for e in steps[args.warmup_steps :]]
+    timed = [e["step_s"] for e in steps[args.warmup_steps : args.warmup_steps + args.timed_steps]]
+    if args.profile_steps:
+        print((run_dir / "profile" / "summary.txt").read_text())
+        if args.profile_dir:
+            shutil.copytree(run_dir / "profile", args.profile_dir, dirs_exist_ok=True)
     steady_s = sorted(timed)[len(timed) // 2]
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
@@ -225,6 +239,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of ours after")
+    parser.add_argument("--profile-dir", help="keep the profile (summary and trace) in this folder")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"

@@ -194,6 +194,20 @@ class WandbSection:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ProfileSection:
+    """torch.profiler over `num_steps` steps after the first `start_step` (nanogpt/profiling.py)."""
+
+    start_step: int | None = None  # None: no profile
+    num_steps: int = 3
+    trace: bool = True  # also write the Chrome trace (trace.json.gz)
+
+    def __post_init__(self) -> None:
+        if self.start_step is not None and self.start_step < 0:
+            raise ValueError(f"start_step: must be >= 0, got {self.start_step!r}")
+        _check_positive_int(self, "num_steps")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunConfig:
     model: ModelSection | None = None  # required for pretraining; mid-training reads it from init_from
     data: DataSection
@@ -210,6 +224,7 @@ class RunConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
 
     def __post_init__(self) -> None:
         _check_positive_int(self, "log_every")

@@ -37,6 +37,7 @@ from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
 from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
+from nanogpt.profiling import StepProfiler, phase
 from nanogpt.schedule import lr_multiplier, muon_momentum
 from nanogpt.shards import MANIFEST_NAME, ShardError, read_manifest, tokens_available
 from nanogpt.tokenizer import TokenizerError, load_tokenizer
@@ -381,15 +382,26 @@ def device_info(runtime: Runtime, compiled: bool) -> dict[str, Any]:
 
 
 class _StopRequest:
-    """SIGTERM/SIGINT set a flag that the loop acts on at the next step boundary; a second signal kills."""
+    """SIGTERM/SIGINT set a flag that the loop acts on at the next step boundary; a second signal kills.
+
+    A repeat within DUPLICATE_SIGNAL_S of the first is the same request delivered twice, not a second one:
+    Slurm signals every process of a job step (at its time limit, or `scancel --signal=TERM`), and torchrun,
+    one of those processes, forwards the signal it got to its workers as well."""
+
+    DUPLICATE_SIGNAL_S = 3.0
 
     def __init__(self):
         self.requested = False
+        self._first_at: float | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signum, signal.SIG_DFL)
+        now = time.monotonic()
+        if self._first_at is None:
+            self.requested, self._first_at = True, now
+        elif now - self._first_at > self.DUPLICATE_SIGNAL_S:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def __enter__(self) -> "_StopRequest":
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -717,6 +729,13 @@ class Trainer:
         self.session_start = time.time()
         self.events = EventWriter(self.run_dir / EVENTS_NAME) if runtime.master else None
         self.wandb = None
+        self.profiler = StepProfiler(
+            start_step=config.profile.start_step,
+            num_steps=config.profile.num_steps,
+            trace=config.profile.trace,
+            run_dir=self.run_dir,
+            enabled=runtime.master,
+        )
         try:
             if runtime.master and config.wandb.mode != "disabled":
                 self.wandb = _WandbLog(config, self.run_dir)
@@ -727,6 +746,7 @@ class Trainer:
             self._end("error", f"{type(e).__name__}: {e}".splitlines()[0])
             raise
         finally:
+            self.profiler.finish()
             if self.wandb is not None:
                 self.wandb.finish()
             if self.events is not None:
@@ -764,6 +784,7 @@ class Trainer:
         max_seconds = config.train.max_seconds
         peak = self.device["peak_flops"]
         while self.step < self.total_steps:
+            self.profiler.before_step(self.step)
             loss_sum, num_targets, lr_frac, step_s = self._train_step()
             out_of_time = max_seconds is not None and time.time() - self.session_start > max_seconds
             # One small all-reduce per step: the loss (for the log and the divergence check) and the vote to
@@ -772,6 +793,7 @@ class Trainer:
             loss_sum, stop_votes = _all_reduce(stats.to(runtime.device), runtime).tolist()
             loss = loss_sum / num_targets
             self.step += 1
+            self.profiler.after_step(self.step, step_s)
             last = self.step == self.total_steps
             if not math.isfinite(loss) or self.step % config.log_every == 0 or last:
                 tok_per_s = config.train.total_batch_tokens / step_s
@@ -814,30 +836,34 @@ class Trainer:
         target token of the step on all ranks, however the loss mask spreads them."""
         runtime = self.runtime
         t0 = time.time()
-        batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
-        if self.manifest.has_mask:
-            # Loss-masked data (mid-training): the number of targets varies by micro-batch and rank.
-            count = torch.stack([(y >= 0).sum() for _, y in batches]).sum().double()
-            num_targets = _all_reduce(count, runtime).clamp(min=1)
-        else:
-            num_targets = torch.tensor(float(self.config.train.total_batch_tokens), device=runtime.device)
+        with phase("data"):
+            batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
+            if self.manifest.has_mask:
+                # Loss-masked data (mid-training): the number of targets varies by micro-batch and rank.
+                count = torch.stack([(y >= 0).sum() for _, y in batches]).sum().double()
+                num_targets = _all_reduce(count, runtime).clamp(min=1)
+            else:
+                num_targets = torch.tensor(float(self.config.train.total_batch_tokens), device=runtime.device)
         # MuonAdamW averages gradients over the ranks, so each rank's share is multiplied by world_size.
         scale = runtime.world_size / num_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
         for x, y in batches:
-            with runtime.autocast():
-                loss = self.forward(x, y, reduction="sum")
-            (loss * scale).backward()
-            loss_sum += loss.detach()
+            with phase("forward_backward"):
+                with runtime.autocast():
+                    loss = self.forward(x, y, reduction="sum")
+                (loss * scale).backward()
+                loss_sum += loss.detach()
         lr_frac = lr_multiplier(self.step, self.total_steps, self.config.schedule)
         momentum = muon_momentum(self.step, self.config.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_frac
             if group["kind"] == "muon":
                 group["momentum"] = momentum
-        self.optimizer.step()
-        self.model.zero_grad(set_to_none=True)
-        loss_value = loss_sum.item()  # waits for the step to finish: the time below is the step's
+        with phase("optimizer"):
+            self.optimizer.step()
+            self.model.zero_grad(set_to_none=True)
+        with phase("sync"):
+            loss_value = loss_sum.item()  # waits for the step to finish: the time below is the step's
         return loss_value, float(num_targets), lr_frac, time.time() - t0
 
     def _counters(self) -> dict[str, Any]:

@@ -47,6 +47,7 @@ NOT_IN_ID = (
     "log_every",
     "checkpoint",
     "wandb",
+    "profile",
     # The eval gauntlet measures a cell without changing what it trains: adding a preset to a finished
     # study does not retrain it (`nanostudy eval STUDY` scores its final checkpoints instead).
     *(f"eval.{key}" for key in GAUNTLET_KEYS),

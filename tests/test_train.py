@@ -2,6 +2,7 @@
 input, several ranks (torchrun + gloo), W&B offline. Runs use a depth-2, width-32 model on a byte-level
 synthetic corpus (tests/trainer_fixtures.py); a step takes milliseconds."""
 
+import gzip
 import hashlib
 import json
 import math
@@ -709,3 +710,42 @@ def test_a_validation_split_smaller_than_one_micro_batch_is_read_in_smaller_batc
     # One sequence it cannot hold is still bad input, named.
     tiny = make_data_dir(tmp_path / "tiny", train_tokens=20_000, val_tokens=20)
     assert run(write_run(tmp_path / "run2", tiny_config(tiny))) == EXIT_BAD_INPUT
+
+
+def test_a_profiled_window_reports_each_phase_and_leaves_the_trajectory_unchanged(
+    tmp_path, finished_run, data_dir
+):
+    config = tiny_config(data_dir, profile={"start_step": 3, "num_steps": 2})
+    assert run(write_run(tmp_path, config)) == EXIT_DONE
+    assert losses(tmp_path) == losses(finished_run)  # exactly: profiling observes, it changes nothing
+    summary = json.loads((tmp_path / "profile" / "summary.json").read_text())
+    assert summary["steps"] == [4, 5] and summary["time_base"] == "host"
+    grad_accum = events_of(tmp_path)[0]["grad_accum"]
+    phases = summary["phases"]
+    assert set(phases) == {"data", "forward_backward", "optimizer", "sync"}
+    assert phases["forward_backward"]["count"] == 2 * grad_accum
+    assert all(phases[name]["count"] == 2 for name in ("data", "optimizer", "sync"))
+    assert phases["forward_backward"]["host_s"] > phases["data"]["host_s"] > 0
+    # The phases happen inside the two steps' wall time.
+    assert sum(p["host_s"] for p in phases.values()) <= sum(summary["step_s"]) * 1.05
+    assert summary["categories"]["matmul"] > 0
+    assert summary["top"] and all(row["self_s"] > 0 for row in summary["top"])
+    text = (tmp_path / "profile" / "summary.txt").read_text()
+    assert text.startswith("profiled steps 4-5 (2)") and "forward_backward" in text
+    with gzip.open(tmp_path / "profile" / "trace.json.gz") as f:
+        trace = json.load(f)
+    assert any(e.get("name") == "nanostudy.optimizer" for e in trace["traceEvents"])
+
+
+def test_a_profile_window_past_the_end_writes_what_it_saw_and_a_bad_one_is_refused(
+    tmp_path, data_dir, capsys
+):
+    config = tiny_config(data_dir, profile={"start_step": 11, "num_steps": 5, "trace": False})
+    assert run(write_run(tmp_path / "late", config)) == EXIT_DONE
+    summary = json.loads((tmp_path / "late" / "profile" / "summary.json").read_text())
+    assert summary["steps"] == [12]
+    assert not (tmp_path / "late" / "profile" / "trace.json.gz").exists()
+    config = tiny_config(data_dir, profile={"start_step": -1})
+    assert run(write_run(tmp_path / "bad", config)) == EXIT_BAD_INPUT
+    assert "profile.start_step: must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "events.jsonl").exists()

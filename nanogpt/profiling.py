@@ -1,0 +1,168 @@
+"""Where a training step's time goes: torch.profiler over a few steps of a real run (config key `profile`).
+
+The trainer marks the phases of each step with `record_function` (`PHASES`); this module starts the
+profiler before step `start_step + 1`, stops it after `num_steps` steps and writes, on rank 0, into
+`RUN_DIR/profile/`:
+
+- `summary.json`: the profiled steps and their wall times, each phase's host and device seconds, device
+  time by kernel category (matmul, attention, fused elementwise, communication, memory, other) and the
+  top operators by self device time (self host time on the CPU);
+- `summary.txt`: the same as tables, for a person;
+- `trace.json.gz`: the Chrome/Perfetto trace (with `trace: true`).
+
+Phase times nest as the step does: `forward_backward` and `optimizer` are launched from the host, so on a
+GPU their host seconds are launch time and their device seconds the kernels they queued; `sync` is the
+host waiting for the device at the end of the step.
+"""
+
+import gzip
+import json
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+PROFILE_DIR = "profile"
+PHASES = ("data", "forward_backward", "optimizer", "sync")
+PHASE_PREFIX = "nanostudy."
+# Kernel (or, on the CPU, operator) names → category, first match wins; lower-case substrings.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("communication", ("nccl", "all_reduce", "allreduce", "reduce_scatter", "all_gather", "gloo")),
+    ("attention", ("flash", "fmha", "attention", "scaled_dot_product", "sdpa")),
+    (
+        "matmul",
+        ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "aten::mm", "aten::addmm", "aten::bmm", "matmul"),
+    ),
+    ("memory", ("memcpy", "memset", "aten::copy_", "aten::fill_", "aten::zero_")),
+    ("fused elementwise", ("triton",)),
+)
+TOP_OPERATORS = 25
+
+
+def phase(name: str) -> record_function:
+    """The context manager that marks one phase of a step (a no-op unless the profiler runs)."""
+    assert name in PHASES, name
+    return record_function(PHASE_PREFIX + name)
+
+
+def category_of(name: str) -> str:
+    lowered = name.lower()
+    for category, needles in CATEGORIES:
+        if any(needle in lowered for needle in needles):
+            return category
+    return "other"
+
+
+class StepProfiler:
+    """Profiles steps `start_step + 1 … start_step + num_steps` of a run (1-based, as `step` events count).
+
+    A run resumed past `start_step` profiles nothing; a run that ends (or stops) inside the window writes
+    what it recorded. `enabled` is False on every rank but rank 0.
+    """
+
+    def __init__(self, *, start_step: int | None, num_steps: int, trace: bool, run_dir: Path, enabled: bool):
+        self.start_step = start_step
+        self.num_steps = num_steps
+        self.trace = trace
+        self.directory = run_dir / PROFILE_DIR
+        self.enabled = enabled and start_step is not None
+        self._profiler: profile | None = None
+        self._steps: list[tuple[int, float]] = []
+
+    @property
+    def active(self) -> bool:
+        return self._profiler is not None
+
+    def before_step(self, steps_done: int) -> None:
+        if self.enabled and not self.active and steps_done == self.start_step:
+            activities = [ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(ProfilerActivity.CUDA)
+            self._profiler = profile(activities=activities)
+            self._profiler.__enter__()
+
+    def after_step(self, step: int, step_s: float) -> None:
+        if not self.active:
+            return
+        self._steps.append((step, step_s))
+        if len(self._steps) == self.num_steps:
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop the profiler (if it runs) and write the summary; idempotent."""
+        if self._profiler is None:
+            return
+        profiler, self._profiler = self._profiler, None
+        profiler.__exit__(None, None, None)
+        self.enabled = False
+        on_device = any(a == ProfilerActivity.CUDA for a in profiler.activities)
+        summary = summarize(profiler.key_averages(), self._steps, on_device=on_device)
+        if self.directory.exists():
+            shutil.rmtree(self.directory)  # one window per run directory: a rerun replaces it
+        self.directory.mkdir(parents=True)
+        (self.directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.directory / "summary.txt").write_text(format_summary(summary))
+        if self.trace:
+            raw = self.directory / "trace.json"
+            profiler.export_chrome_trace(str(raw))
+            with raw.open("rb") as source, gzip.open(self.directory / "trace.json.gz", "wb") as target:
+                shutil.copyfileobj(source, target)
+            raw.unlink()
+
+
+def summarize(averages: Iterable[Any], steps: list[tuple[int, float]], *, on_device: bool) -> dict[str, Any]:
+    """The profile as plain numbers (seconds). `averages`: the profiler's `key_averages()`."""
+    averages = list(averages)
+    phases = {}
+    for event in averages:
+        if event.key.startswith(PHASE_PREFIX):
+            phases[event.key.removeprefix(PHASE_PREFIX)] = {
+                "count": event.count,
+                "host_s": event.cpu_time_total / 1e6,
+                "device_s": event.device_time_total / 1e6,
+            }
+    operators = [e for e in averages if not e.key.startswith(PHASE_PREFIX)]
+    self_time = (lambda e: e.self_device_time_total) if on_device else (lambda e: e.self_cpu_time_total)
+    by_category: dict[str, float] = defaultdict(float)
+    for event in operators:
+        by_category[category_of(event.key)] += self_time(event) / 1e6
+    top = sorted(operators, key=self_time, reverse=True)[:TOP_OPERATORS]
+    return {
+        "time_base": "device" if on_device else "host",  # what `categories` and `top` measure
+        "steps": [step for step, _ in steps],
+        "step_s": [seconds for _, seconds in steps],
+        "phases": {name: phases[name] for name in PHASES if name in phases},
+        "categories": dict(sorted(by_category.items(), key=lambda item: -item[1])),
+        "top": [
+            {"name": e.key, "count": e.count, "self_s": self_time(e) / 1e6, "category": category_of(e.key)}
+            for e in top
+            if self_time(e) > 0
+        ],
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    steps = summary["steps"]
+    total_step_s = sum(summary["step_s"])
+    lines = [
+        f"profiled steps {steps[0]}-{steps[-1]} ({len(steps)}), {total_step_s:.4f} s of wall time"
+        if steps
+        else "no step finished inside the profile window",
+        "",
+        f"{'phase':<18}{'count':>8}{'host s':>12}{'device s':>12}",
+    ]
+    for name, numbers in summary["phases"].items():
+        lines.append(f"{name:<18}{numbers['count']:>8}{numbers['host_s']:>12.4f}{numbers['device_s']:>12.4f}")
+    base = summary["time_base"]
+    total = sum(summary["categories"].values()) or 1.0
+    lines += ["", f"{'category':<20}{base + ' s':>12}{'share':>8}"]
+    for name, seconds in summary["categories"].items():
+        lines.append(f"{name:<20}{seconds:>12.4f}{seconds / total:>8.1%}")
+    lines += ["", f"{'operator':<70}{'count':>8}{'self ' + base + ' s':>16}"]
+    for row in summary["top"]:
+        lines.append(f"{row['name'][:69]:<70}{row['count']:>8}{row['self_s']:>16.5f}")
+    return "\n".join(lines) + "\n"
