@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU measurement that docs/benchmarks.md records, one after another on one GPU, each bounded in time;
+# logs and JSON results go to OUT_DIR. Run from the project's root with the project importable.
+#
+#   benchmarks/gpu_all.sh OUT_DIR                      # all steps, in this order
+#   benchmarks/gpu_all.sh OUT_DIR generate eval        # only these
+#
+# Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), profile (where a step's time
+# goes), generate (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a
+# study of small cells: per-cell overhead and GPU-busy fraction). A step that fails or runs out of time is
+# reported and the next one runs. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
+shift
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests train profile generate eval overhead)
+mkdir -p "$out"
+gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
+bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
+py=${PYTHON:-python}
+
+run_step() {  # name, seconds, command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout --signal=TERM --kill-after=20 "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc after $((SECONDS - t0)) s (log: $out/$name.log)"
+  tail -n 25 "$out/$name.log"
+}
+
+for step in "${steps[@]}"; do
+  case $step in
+    tests) run_step tests 300 "$py" -m pytest -q -m gpu -p no:cacheprovider ;;
+    train) run_step train 240 "$py" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --json "$out/train.json" ;;
+    profile)
+      run_step profile 180 "$py" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
+        --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;
+    generate) run_step generate 180 "$py" -m benchmarks.generate_throughput --json "$out/generate.json" ;;
+    eval)
+      run_step eval 300 "$py" -m benchmarks.eval_throughput --eval-bundle "$bundle" --tokenizer "$gpt2" \
+        --json "$out/eval.json" ;;
+    overhead)
+      run_step overhead 540 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
+        --json "$out/overhead.json" ;;
+    *) echo "unknown step: $step (steps: tests train profile generate eval overhead)" >&2; exit 2 ;;
+  esac
+done
