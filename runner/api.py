@@ -12,24 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.executor import Handle, LocalExecutor, Running
+from runner.executor import Handle, LocalExecutor, Running, log_paths
 from runner.lock import is_locked, lock_path
 from store import (
     Attempt,
     AttemptOutcome,
+    Cell,
     CellMode,
     CellState,
+    Checkpoint,
     Store,
     Study,
+    attempt_counts,
     attempts_of,
     cell_statuses,
     default_db_path,
     end_attempt,
     get_cell,
     get_study,
+    latest_train_points,
+    open_attempts,
     open_store,
+    ranked_checkpoints,
     study_summary,
-    train_curve,
     transition,
 )
 from store import best_checkpoint as _best_checkpoint
@@ -72,6 +77,9 @@ class CellProgress:
     val_loss: float | None
     val_bpb: float | None
     eta_s: float | None  # until this cell is done, from measured speed; None when unknown or finished
+    tok_per_s: float | None = None  # of its newest training step
+    mfu: float | None = None  # of its newest training step, in [0, 1]; None on the CPU
+    gpus: str | None = None  # a running cell's CUDA_VISIBLE_DEVICES ("" on the CPU); None when not running
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -111,6 +119,9 @@ class StudyStatus:
                     "val_loss": cell.val_loss,
                     "val_bpb": cell.val_bpb,
                     "eta_s": cell.eta_s,
+                    "tok_per_s": cell.tok_per_s,
+                    "mfu": cell.mfu,
+                    "gpus": cell.gpus,
                     "reason": cell.reason,
                 }
                 for cell in self.cells
@@ -146,9 +157,19 @@ def best_checkpoint(store: Store, name: str) -> BestCheckpoint | None:
     study = _study(store, name)
     assert study.id is not None
     found = _best_checkpoint(store, study.id, prefer_mode=CellMode.MID_TRAINING)
-    if found is None:
-        return None
-    cell, checkpoint = found
+    return None if found is None else _as_best(*found)
+
+
+def checkpoint_candidates(store: Store, name: str) -> list[BestCheckpoint]:
+    """Every done cell's final checkpoint, best first by `best_checkpoint`'s rule (its choice leads when
+    there is one; cells without a val bpb come last): the list the TUI's chat offers to choose from."""
+    study = _study(store, name)
+    assert study.id is not None
+    ranked = ranked_checkpoints(store, study.id, prefer_mode=CellMode.MID_TRAINING)
+    return [_as_best(cell, checkpoint) for cell, checkpoint in ranked]
+
+
+def _as_best(cell: Cell, checkpoint: Checkpoint) -> BestCheckpoint:
     assert cell.run_dir is not None, f"done cell {cell.id} has no run directory"
     return BestCheckpoint(
         cell_id=cell.id,
@@ -161,17 +182,62 @@ def best_checkpoint(store: Store, name: str) -> BestCheckpoint | None:
     )
 
 
-def open_study(study: str, db: str | None = None) -> tuple[Store, str]:
-    """STUDY as the commands take it: a study file (its name; its database unless `db`), or a study's name
-    (in `db`, else in nanostudy.db in the current directory). Raises StoreNotFoundError (a
-    FileNotFoundError) when that database does not exist, StudyError (a ValueError) for a bad file."""
+def resolve_study(study: str, db: str | None = None) -> tuple[str, str]:
+    """(database, study name) for STUDY as the commands take it, without opening anything: a study file
+    (its `name`; the database beside it unless `db`), or a study's name (in `db`, else in nanostudy.db in
+    the current directory). StudyError (a ValueError) for a bad study file."""
     path = Path(study)
     if path.is_file():
         from runner.study import load
 
-        name = load(path).name
-        return open_store(db or default_db_path(path), create=False), name
-    return open_store(db or "nanostudy.db", create=False), study
+        return str(db or default_db_path(path)), load(path).name
+    return str(db or "nanostudy.db"), study
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogTail:
+    path: Path  # RUN_DIR/logs/attempt_N.out or .err
+    lines: tuple[str, ...]  # its last lines
+
+
+LOG_TAIL_BYTES = 64 << 10  # enough for the last lines of any log; a log may be gigabytes
+
+
+def log_tail(store: Store, cell_id: str, *, num_lines: int = 40) -> list[LogTail]:
+    """The last `num_lines` of the cell's newest attempt's stdout and stderr (where the executor writes
+    them), each file that exists and is not empty; [] for a cell never started."""
+    cell = get_cell(store, cell_id)
+    attempts = attempts_of(store, cell_id)
+    if cell is None or cell.run_dir is None or not attempts:
+        return []
+    tails = []
+    for path in log_paths(Path(cell.run_dir), attempts[-1].number):
+        lines = _last_lines(path, num_lines)
+        if lines:
+            tails.append(LogTail(path=path, lines=lines))
+    return tails
+
+
+def _last_lines(path: Path, num_lines: int) -> tuple[str, ...]:
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, 2)
+            file.seek(max(0, size - LOG_TAIL_BYTES))
+            text = file.read().decode("utf-8", errors="replace")
+    except OSError:  # not there (yet), or unreadable: nothing to show
+        return ()
+    lines = text.splitlines()
+    if size > LOG_TAIL_BYTES:
+        lines = lines[1:]  # the first line read is probably cut
+    return tuple(lines[-num_lines:])
+
+
+def open_study(study: str, db: str | None = None) -> tuple[Store, str]:
+    """STUDY as the commands take it: a study file (its name; its database unless `db`), or a study's name
+    (in `db`, else in nanostudy.db in the current directory). Raises StoreNotFoundError (a
+    FileNotFoundError) when that database does not exist, StudyError (a ValueError) for a bad file."""
+    target, name = resolve_study(study, db)
+    return open_store(target, create=False), name
 
 
 def list_studies(store: Store) -> list[StudyOverview]:
@@ -202,15 +268,23 @@ def study_status(store: Store, name: str) -> StudyStatus:
     """
     study = _study(store, name)
     statuses = cell_statuses(store, study.id)
+    # A handful of queries whatever the number of cells: the TUI polls this every second.
+    latest = latest_train_points(store, study.id)
+    num_attempts = attempt_counts(store, study.id)
+    gpus = {attempt.cell_id: attempt.gpus or "" for attempt in open_attempts(store, study.id)}
     speeds: dict[str, float] = {}  # cell -> seconds per step, measured
     flops_done = seconds_done = 0.0
     for status in statuses:
-        if status.steps_done > 0 and status.state in (CellState.RUNNING, CellState.PENDING, CellState.DONE):
-            last = train_curve(store, status.id, after_step=status.steps_done - 1)
-            if last and last[-1].elapsed_s:
-                speeds[status.id] = last[-1].elapsed_s / last[-1].step
-                flops_done += status.flops * status.steps_done / status.steps_total
-                seconds_done += last[-1].elapsed_s
+        last = latest.get(status.id)
+        if (
+            status.steps_done > 0
+            and status.state in (CellState.RUNNING, CellState.PENDING, CellState.DONE)
+            and last is not None
+            and last.elapsed_s
+        ):
+            speeds[status.id] = last.elapsed_s / last.step
+            flops_done += status.flops * status.steps_done / status.steps_total
+            seconds_done += last.elapsed_s
     flop_rate = flops_done / seconds_done if seconds_done > 0 else None
     cells = []
     remaining_s: float | None = 0.0
@@ -234,7 +308,7 @@ def study_status(store: Store, name: str) -> StudyStatus:
                 flops=status.flops_budget,
                 seed=status.seed,
                 num_params=status.num_params,
-                attempts=len(attempts_of(store, status.id)),
+                attempts=num_attempts.get(status.id, 0),
                 step=status.steps_done,
                 steps_total=status.steps_total,
                 tokens=status.tokens_seen,
@@ -242,6 +316,9 @@ def study_status(store: Store, name: str) -> StudyStatus:
                 val_loss=status.val_loss,
                 val_bpb=status.val_bpb,
                 eta_s=eta_s,
+                tok_per_s=None if status.id not in latest else latest[status.id].tok_per_s,
+                mfu=None if status.id not in latest else latest[status.id].mfu,
+                gpus=gpus.get(status.id) if status.state is CellState.RUNNING else None,
             )
         )
     summary = study_summary(store, study.id)

@@ -10,6 +10,7 @@ write SQL of their own: a new need is a new named function here.
 """
 
 from store.attempts import (
+    attempt_counts,
     attempts_of,
     claim,
     end_attempt,
@@ -40,6 +41,8 @@ from store.queries import (
     evals_of,
     final_checkpoint,
     latest_checkpoint,
+    latest_train_points,
+    ranked_checkpoints,
     study_summary,
     train_curve,
     val_curve,
@@ -87,6 +90,7 @@ __all__ = [
     "ValPoint",
     "add_cells",
     "add_evals",
+    "attempt_counts",
     "attempts_of",
     "best_cell",
     "best_checkpoint",
@@ -106,9 +110,11 @@ __all__ = [
     "ingest_offset",
     "latest_checkpoint",
     "latest_fits",
+    "latest_train_points",
     "list_studies",
     "open_attempts",
     "open_store",
+    "ranked_checkpoints",
     "record_launch",
     "rewind",
     "save_fit",

@@ -152,6 +152,18 @@ def attempts_of(store: Store, cell_id: str) -> list[Attempt]:
         return list(session.exec(query).all())
 
 
+def attempt_counts(store: Store, study_id: int) -> dict[str, int]:
+    """How many attempts each cell of the study has had, in one GROUP BY; cells never tried are absent."""
+    query = (
+        sa.select(_attempts.c.cell_id, sa.func.count())
+        .join(_cells, _cells.c.id == _attempts.c.cell_id)
+        .where(_cells.c.study_id == study_id)
+        .group_by(_attempts.c.cell_id)
+    )
+    with store.read() as conn:
+        return {cell_id: count for cell_id, count in conn.execute(query)}
+
+
 def open_attempts(store: Store, study_id: int | None = None) -> list[Attempt]:
     """Attempts not yet ended (their trainers may still be alive), optionally of one study only."""
     query = select(Attempt).where(col(Attempt.ended_at).is_(None))

@@ -147,6 +147,19 @@ def cell_statuses(store: Store, study_id: int) -> list[CellStatus]:
         return [CellStatus._make(row) for row in conn.execute(query)]
 
 
+def latest_train_points(store: Store, study_id: int) -> dict[str, TrainPoint]:
+    """Each cell's newest training step (the one its `steps_done` names), in one join: the speed, MFU and
+    elapsed time of every cell for a status view, without a query per cell. Cells with no step are absent.
+    """
+    query = (
+        sa.select(_train.c.cell_id, *(_train.c[name] for name in TrainPoint._fields))
+        .join(_cells, sa.and_(_cells.c.id == _train.c.cell_id, _cells.c.steps_done == _train.c.step))
+        .where(_cells.c.study_id == study_id)
+    )
+    with store.read() as conn:
+        return {cell_id: TrainPoint._make(point) for cell_id, *point in conn.execute(query)}
+
+
 def train_curve(store: Store, cell_id: str, *, after_step: int | None = None) -> list[TrainPoint]:
     """The cell's training metrics by step; with `after_step`, only newer points (for polling)."""
     query = sa.select(*(_train.c[name] for name in TrainPoint._fields)).where(_train.c.cell_id == cell_id)
@@ -225,6 +238,34 @@ def best_checkpoint(
     store: Store, study_id: int, *, prefer_mode: CellMode = CellMode.MID_TRAINING
 ) -> tuple[Cell, Checkpoint] | None:
     """`best_cell`'s rule over the done cells that have a final checkpoint, with that checkpoint."""
+    finals = _final_checkpoints(store, study_id)
+    best = _best([cell for cell, _ in finals.values()], prefer_mode)
+    return finals[best.id] if best is not None else None
+
+
+def ranked_checkpoints(
+    store: Store, study_id: int, *, prefer_mode: CellMode = CellMode.MID_TRAINING
+) -> list[tuple[Cell, Checkpoint]]:
+    """Every done cell that has a final checkpoint, with it, best first by `best_cell`'s rule: scored cells
+    first, of `prefer_mode` first, larger FLOP budgets first, then the lower val bpb. The first one is
+    `best_checkpoint`'s; the rest are the alternatives a person may pick instead (the TUI's chat)."""
+
+    def rank(pair: tuple[Cell, Checkpoint]) -> tuple:
+        cell = pair[0]
+        return (
+            cell.val_bpb is None,
+            cell.mode != prefer_mode,
+            -cell.flops_budget,
+            math.inf if cell.val_bpb is None else cell.val_bpb,
+            math.inf if cell.val_loss is None else cell.val_loss,
+            cell.id,
+        )
+
+    return sorted(_final_checkpoints(store, study_id).values(), key=rank)
+
+
+def _final_checkpoints(store: Store, study_id: int) -> dict[str, tuple[Cell, Checkpoint]]:
+    """Done cells of the study with their newest final checkpoint, by cell id."""
     query = (
         select(Cell, Checkpoint)
         .join(Checkpoint, col(Checkpoint.cell_id) == col(Cell.id))
@@ -235,9 +276,7 @@ def best_checkpoint(
     )
     with store.session() as session:
         # Ordered by step, so a cell's newest final checkpoint is the one kept.
-        finals = {cell.id: (cell, checkpoint) for cell, checkpoint in session.exec(query).all()}
-    best = _best([cell for cell, _ in finals.values()], prefer_mode)
-    return finals[best.id] if best is not None else None
+        return {cell.id: (cell, checkpoint) for cell, checkpoint in session.exec(query).all()}
 
 
 def _best(cells: list[Cell], prefer_mode: CellMode) -> Cell | None:

@@ -33,6 +33,7 @@ from store import (
     Store,
     StoreNotFoundError,
     add_cells,
+    attempt_counts,
     attempts_of,
     best_cell,
     best_checkpoint,
@@ -50,9 +51,11 @@ from store import (
     ingest_offset,
     latest_checkpoint,
     latest_fits,
+    latest_train_points,
     list_studies,
     open_attempts,
     open_store,
+    ranked_checkpoints,
     record_launch,
     rewind,
     save_fit,
@@ -675,8 +678,36 @@ def test_best_cell_prefers_mode_then_largest_budget_then_lowest_bpb(store: Store
     assert best_cell(store, study_id).id == "mid"
     assert best_cell(store, study_id, prefer_mode=CellMode.PRETRAINING).id == "big-b"
     assert best_checkpoint(store, study_id)[1].path == "mid/final"
+    # The alternatives, best first: the preferred mode, then the larger budget, then the lower bpb.
+    ranked = ranked_checkpoints(store, study_id)
+    assert [cell.id for cell, _ in ranked] == ["mid", "big-a", "small-best"]
+    assert ranked[0] == best_checkpoint(store, study_id)
+    by_pretraining = ranked_checkpoints(store, study_id, prefer_mode=CellMode.PRETRAINING)
+    assert [cell.id for cell, _ in by_pretraining] == ["big-a", "small-best", "mid"]
     assert set(val_curves(store, study_id)) == {"small-best", "big-a", "big-b", "mid"}
     assert best_cell(store, _study(store, "empty")) is None
+
+
+def test_batched_status_reads_match_the_per_cell_ones(store: Store) -> None:
+    """latest_train_points and attempt_counts: what train_curve and attempts_of give cell by cell, in one
+    query each, for this study only."""
+    study_id, other_id = _study(store), _study(store, "other")
+    add_cells(store, study_id, [_cell(f"c{i}", seed=i) for i in range(3)])
+    add_cells(store, other_id, [_cell("elsewhere")])
+    for cell_id, steps in (("c0", 5), ("c1", 2), ("elsewhere", 4)):
+        attempt = claim(store, cell_id, executor=Executor.LOCAL, host="h")
+        rows = [{"step": s, "tokens": 10 * s, "loss": 1.0 / s, "tok_per_s": 100.0 * s} for s in range(1, 6)]
+        ingest(store, cell_id, attempt_id=attempt.id, train=rows[:steps])
+    end_attempt(store, attempts_of(store, "c1")[-1].id, AttemptOutcome.FAILED)
+    assert transition(store, "c1", CellState.FAILED, CellState.PENDING)
+    claim(store, "c1", executor=Executor.LOCAL, host="h")
+
+    latest = latest_train_points(store, study_id)
+    assert set(latest) == {"c0", "c1"}  # c2 never stepped; "elsewhere" is another study's
+    for cell_id in latest:
+        assert latest[cell_id] == train_curve(store, cell_id)[-1]
+    assert latest["c0"].tok_per_s == 500.0 and latest["c1"].step == 2
+    assert attempt_counts(store, study_id) == {"c0": 1, "c1": 2}
 
 
 def test_fits_keep_history_and_latest_wins(store: Store) -> None:
