@@ -4,7 +4,8 @@ Everything acts through the store. A runner that is running the study notices a 
 (it reads every cell's state each `poll_s`): a pending cell cancelled here is never started, a running cell
 cancelled here has its attempt closed here and its trainer stopped by that runner (one SIGTERM: the trainer
 checkpoints and exits), a cell retried here is started when a GPU is free. When no runner holds the study,
-`cancel` stops the trainer of a running cell itself, if it runs on this machine.
+`cancel` stops the trainer of a running cell itself: a process of this machine, or a Slurm job that one of
+the study's attempts recorded (`scancel`).
 """
 
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.executor import Handle, LocalExecutor, Running, log_paths
+from runner.executor import Executor, Handle, Running, executor_for, log_paths
 from runner.lock import is_locked, lock_path
 from store import (
     Attempt,
@@ -350,7 +351,7 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             raise ValueError(f"study {name!r} has no cell {cell_id!r}")
     runner_active = is_locked(lock_path(store, study.name))
     cancelled, stopping, stopped_here, unchanged = [], [], [], []
-    to_stop: list[tuple[LocalExecutor, Handle]] = []
+    to_stop: list[tuple[Executor, Handle]] = []
     for status in statuses:
         if status.state is CellState.PENDING and transition(
             store, status.id, CellState.PENDING, CellState.CANCELLED, reason=CANCEL_REASON
@@ -365,7 +366,7 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             continue
         stopping.append(status.id)
         if not runner_active:
-            executor = LocalExecutor()
+            executor = executor_for(attempt)
             handle = executor.adopt(attempt, _run_dir(store, status.id))
             if handle is not None:
                 executor.cancel(handle)

@@ -1,11 +1,15 @@
 """Executors: start a cell's trainer, watch it, stop it, and find it again after the runner restarts.
 
-The interface is small so that a Slurm executor can sit beside the local one:
+The interface is small so that the Slurm executor (runner/slurm/executor.py) sits beside the local one:
 
     handle = executor.submit(request)          # start the trainer; Handle names the process (or job)
     executor.poll(handle)                      # Running() or Exited(code)
     executor.cancel(handle)                    # ask it to stop: it checkpoints and exits; forced later
     executor.adopt(attempt, run_dir)           # a restarted runner finds a live trainer again, or None
+
+and three small ones for bookkeeping: `pids` (this machine's processes of an attempt, which the GPU pool
+must not count as someone else's), `forget` (drop an ended attempt) and `error_tail` (its stderr's last
+lines).
 
 The local executor starts each trainer in its own session (a Ctrl-C at the runner's terminal does not reach
 it; the runner forwards the stop itself), with CUDA_VISIBLE_DEVICES set to the chosen GPU indices exactly as
@@ -104,6 +108,11 @@ class Handle:
     job_id: str | None = None
     launcher: str = "python"  # python | torchrun | adopted (a process found again: exit code unknown)
 
+    @property
+    def where(self) -> str:
+        """How the log names it: 'pid 1234' or 'Slurm job 56'."""
+        return f"Slurm job {self.job_id}" if self.job_id is not None else f"pid {self.pid}"
+
 
 @dataclass(frozen=True, slots=True)
 class Running:
@@ -118,6 +127,7 @@ class Exited:
 
     code: int | None
     from_trainer: bool
+    job_state: str | None = None  # a batch job's final state (COMPLETED, TIMEOUT, CANCELLED, ...)
 
 
 class Executor(Protocol):
@@ -193,11 +203,7 @@ class LocalExecutor:
         env = dict(os.environ)
         env.update(self.extra_env)
         env[MARKER_ENV] = request.marker
-        # The trainer runs the very code this runner is running.
-        spec = importlib.util.find_spec("nanogpt")
-        if spec is not None and spec.origin is not None:
-            root = str(Path(spec.origin).resolve().parents[1])
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = trainer_pythonpath(env.get("PYTHONPATH"))
         # Cells of one shape compile the same graphs: one persistent compile cache for all of them (torch's
         # default lives in /tmp, which a reboot empties).
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE_DIR))
@@ -346,6 +352,24 @@ class LocalExecutor:
         return Handle(
             attempt_id=attempt.id, pid=main.pid, pid_start_time=main.create_time(), launcher="adopted"
         )
+
+
+def executor_for(attempt: Attempt) -> Executor:
+    """An executor that can find an attempt's trainer again and stop it (`nanostudy cancel` with no runner):
+    a process of this machine, or the attempt's Slurm job. SlurmError when Slurm cannot be reached."""
+    if attempt.executor is ExecutorKind.SLURM:
+        from runner.slurm.executor import SlurmExecutor  # it builds on this module
+        from runner.slurm.settings import SlurmSettings
+
+        return SlurmExecutor(SlurmSettings(poll_s=1.0))
+    return LocalExecutor()
+
+
+def trainer_pythonpath(current: str | None) -> str:
+    """PYTHONPATH with this checkout first: the trainer runs the very code this runner is running."""
+    spec = importlib.util.find_spec("nanogpt")
+    root = str(Path(spec.origin).resolve().parents[1]) if spec is not None and spec.origin else None
+    return os.pathsep.join(p for p in (root, current) if p)
 
 
 def verified_process(pid: int, start_time: float) -> psutil.Process | None:

@@ -33,6 +33,7 @@ class AttemptTrace:
     last_kind: str | None = None
     last_checkpoint_final: bool | None = None  # of the last event, when it is a checkpoint
     last_step: int | None = None
+    num_checkpoints: int = 0  # written during this attempt
 
     @property
     def stopped_at_checkpoint(self) -> bool:
@@ -46,7 +47,9 @@ class AttemptTrace:
         self.last_checkpoint_final = bool(event.get("final")) if kind == "checkpoint" else None
         if isinstance(event.get("step"), int):
             self.last_step = event["step"]
-        if kind == "start":
+        if kind == "checkpoint":
+            self.num_checkpoints += 1
+        elif kind == "start":
             self.start, self.end = dict(event), None
         elif kind == "end":
             self.end = dict(event)

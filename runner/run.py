@@ -6,8 +6,9 @@ Each turn (every `poll_s`):
    its failed attempts number fewer than `retry.max_attempts` (it resumes from its last checkpoint);
 2. read every cell's state (one SELECT): a running cell of ours that is no longer running was cancelled
    through the store (`nanostudy cancel`, the TUI), so its trainer is told to stop;
-3. start pending cells, largest first, on free GPUs (or one at a time on the CPU); a mid-training cell
-   waits until its parent is done and starts from the parent's final checkpoint as the store records it;
+3. start pending cells, largest first, on free GPUs (or one at a time on the CPU; or, with no GPU pool,
+   as batch jobs that the cluster's queue places); a mid-training cell waits until its parent is done and
+   starts from the parent's final checkpoint as the store records it;
 4. every `heartbeat_s`, a heartbeat for all open attempts.
 
 The loop ends when none of our trainers runs and no cell can start. The runner is the only writer of the
@@ -127,7 +128,7 @@ class StudyLoop:
         launches: Mapping[str, CellLaunch],
         *,
         executor: Executor,
-        pool: GpuPool,
+        pool: GpuPool | None,
         options: LoopOptions,
         fresh_budget: frozenset[str] = frozenset(),
         log: Callable[[str], None] = print,
@@ -146,7 +147,7 @@ class StudyLoop:
         self._signals = _Signals()
         self._waiting_logged = False
         self._labels: dict[str, str] = {}
-        if not pool.cpu:
+        if pool is not None and not pool.cpu:
             too_big = {c.cell_id: c.num_gpus for c in self.launches.values() if c.num_gpus > len(pool.usable)}
             if too_big:
                 cell_id, num_gpus = next(iter(too_big.items()))
@@ -304,7 +305,7 @@ class StudyLoop:
                 and (states[parent].state if parent in states else None) is not CellState.DONE
             ):
                 continue
-            num_gpus = 1 if self.pool.cpu else launch.num_gpus
+            num_gpus = 1 if self.pool is None or self.pool.cpu else launch.num_gpus
             candidates.append(Candidate(cell_id=status.id, flops=status.flops, num_gpus=num_gpus))
         return candidates
 
@@ -312,12 +313,11 @@ class StudyLoop:
         candidates = self._runnable(states)
         if not candidates:
             return
-        capacity = 1 if self.pool.cpu else (self.options.max_parallel or len(self.pool.usable))
-        slots = capacity - len(self._active)
+        slots = self._capacity(len(candidates)) - len(self._active)
         if slots <= 0:
             return
         free = None
-        if not self.pool.cpu:
+        if self.pool is not None and not self.pool.cpu:
             assigned = {gpu for active in self._active.values() for gpu in active.gpus or ()}
             ours = {pid for active in self._active.values() for pid in self.executor.pids(active.handle)}
             free = self.pool.free(assigned=assigned, our_pids=ours)
@@ -330,6 +330,15 @@ class StudyLoop:
         for candidate, gpus in chosen:
             self._waiting_logged = False
             self._launch(candidate.cell_id, gpus)
+
+    def _capacity(self, num_ready: int) -> int:
+        """Cells at once: one on the CPU; as many as GPUs (or max_parallel); without a pool (a cluster's
+        queue places the jobs) max_parallel, or every cell that is ready."""
+        if self.pool is None:
+            return self.options.max_parallel or len(self._active) + num_ready
+        if self.pool.cpu:
+            return 1
+        return self.options.max_parallel or len(self.pool.usable)
 
     def _launch(self, cell_id: str, gpus: tuple[int, ...] | None) -> None:
         cell = get_cell(self.store, cell_id)
@@ -377,10 +386,9 @@ class StudyLoop:
             attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
         )
         where = "the CPU" if gpus is None else f"GPU {','.join(map(str, gpus))}"
+        started = f"started on {where}" if handle.job_id is None else f"submitted to {self.executor.host}"
         resumed = f", resuming from step {resume_step}" if resume_step else ""
-        self.log(
-            f"{self._name(cell_id)}: attempt {attempt.number} started on {where} (pid {handle.pid}{resumed})"
-        )
+        self.log(f"{self._name(cell_id)}: attempt {attempt.number} {started} ({handle.where}{resumed})")
 
     def _write_config(self, cell_id: str, run_dir: Path) -> None:
         """RUN_DIR/config.json from the planned config; a mid-training cell gets its parent's final
@@ -428,20 +436,25 @@ class StudyLoop:
             handle = self.executor.adopt(attempt, run_dir)
             gpus = tuple(int(gpu) for gpu in attempt.gpus.split(",")) if attempt.gpus else None
             if handle is not None:
-                if (handle.pid, handle.pid_start_time) != (attempt.pid, attempt.pid_start_time):
+                recorded = (attempt.pid, attempt.pid_start_time, attempt.job_id)
+                if (handle.pid, handle.pid_start_time, handle.job_id) != recorded:
                     record_launch(
-                        self.store, attempt.id, pid=handle.pid, pid_start_time=handle.pid_start_time
+                        self.store,
+                        attempt.id,
+                        pid=handle.pid,
+                        pid_start_time=handle.pid_start_time,
+                        job_id=handle.job_id,
                     )
                 tail.pump()
                 self._active[attempt.id] = _Active(
                     attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
                 )
                 self.log(
-                    f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} (pid {handle.pid})"
+                    f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} ({handle.where})"
                 )
                 continue
             tail.pump()
-            if attempt.pid is None and tail.trace.start is None:
+            if attempt.pid is None and attempt.job_id is None and tail.trace.start is None:
                 end_attempt(
                     self.store,
                     attempt.id,
@@ -452,7 +465,12 @@ class StudyLoop:
                     f"{self._name(attempt.cell_id)}: attempt {attempt.number} never started; pending again"
                 )
                 continue
-            gone = Handle(attempt_id=attempt.id, pid=attempt.pid, pid_start_time=attempt.pid_start_time)
+            gone = Handle(
+                attempt_id=attempt.id,
+                pid=attempt.pid,
+                pid_start_time=attempt.pid_start_time,
+                job_id=attempt.job_id,
+            )
             self._finish(
                 _Active(attempt=attempt, handle=gone, tail=tail, run_dir=run_dir, gpus=gpus),
                 Exited(code=None, from_trainer=False),

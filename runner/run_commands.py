@@ -3,6 +3,7 @@
     nanostudy plan studies/isoflop.yaml [--db URL] [--json]
     nanostudy run studies/isoflop.yaml [--db URL] [--runs-dir DIR] [--gpus 0,2,3] [--max-parallel N]
                                        [--rerun failed|diverged|cancelled] [--launcher auto|torchrun]
+                                       [--executor local|slurm]
     nanostudy status studies/isoflop.yaml [--json]
     nanostudy cancel studies/isoflop.yaml [--cell ID]
 
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, open_study, rerun, study_status
+from runner.executor import LocalExecutor
 from runner.gpus import GpuPool, load_nvml, parse_gpu_list
 from runner.lock import StudyLock, StudyLockedError, lock_path
+from runner.slurm.commands import SlurmError
 from store import (
     CellMode,
     CellState,
@@ -64,6 +67,7 @@ def run_study(
     max_parallel: int | None = None,
     rerun_states: frozenset[CellState] = frozenset(),
     launcher: str = "auto",
+    executor: str | None = None,
     data_root: Path | None = None,
     nvml: object | None = "auto",
     trainer_env: dict[str, str] | None = None,
@@ -71,17 +75,21 @@ def run_study(
 ) -> tuple[RunResult, Store]:
     """Plan, record and run the study; the caller prints the summary from the returned store.
 
-    `nvml`: "auto" loads NVML (none found: the CPU); tests pass a fake, or None for the CPU."""
+    `executor` overrides the study's resources.executor. `nvml`: "auto" loads NVML (none found: the CPU);
+    tests pass a fake, or None for the CPU. With executor slurm, the cluster is checked (runner.slurm.
+    preflight) before anything is recorded or submitted; SlurmError says what is wrong."""
     from runner.data.commands import default_data_root
     from runner.eval_commands import ensure_bundles
-    from runner.executor import LocalExecutor
     from runner.plan import plan
     from runner.run import CellLaunch, LoopOptions, StudyLoop
     from runner.study import GAUNTLET_KEYS, load
 
-    study = load(study_path)
-    if study.resources.executor != "local":
-        raise ValueError(f"{study.where('resources.executor')}: resources.executor: only 'local' runs today")
+    study = load(study_path, executor=executor)
+    runs_root = Path(runs_dir) if runs_dir else Path(study_path).resolve().parent / "runs" / study.name
+    if study.resources.executor == "slurm":
+        cell_executor, pool = _slurm_executor(study, runs_root, trainer_env=trainer_env, log=log)
+    else:
+        cell_executor, pool = None, None
     store = open_store(db or default_db_path(study_path))
     with StudyLock(lock_path(store, study.name), study.name):
         data_dirs = prepare_data(study, root=data_root or default_data_root(), log=log)
@@ -89,7 +97,6 @@ def run_study(
         for warning in planned.warnings:
             log(f"warning: {warning}")
         ensure_bundles([cell.config for cell in planned.cells], log=log)
-        runs_root = Path(runs_dir) if runs_dir else Path(study_path).resolve().parent / "runs" / study.name
         record = upsert_study(store, name=study.name, path=str(study_path), spec=study.to_dict())
         assert record.id is not None
         cells = [new_cell(cell, runs_root) for cell in planned.cells]
@@ -98,12 +105,14 @@ def run_study(
         moved = rerun(store, record.id, set(rerun_states)) if rerun_states else []
         if moved:
             log(f"--rerun: {len(moved)} cell(s) back to pending")
-        pool = GpuPool(
-            nvml=load_nvml() if nvml == "auto" else nvml,
-            restrict=gpus,
-            visible_devices=None if gpus else os.environ.get("CUDA_VISIBLE_DEVICES"),
-        )
-        log(f"devices: {pool.describe()}")
+        if cell_executor is None:
+            cell_executor = LocalExecutor(launcher=launcher, env=trainer_env)
+            pool = GpuPool(
+                nvml=load_nvml() if nvml == "auto" else nvml,
+                restrict=gpus,
+                visible_devices=None if gpus else os.environ.get("CUDA_VISIBLE_DEVICES"),
+            )
+            log(f"devices: {pool.describe()}")
         loop = StudyLoop(
             store,
             record.id,
@@ -116,7 +125,7 @@ def run_study(
                 )
                 for cell in planned.cells
             },
-            executor=LocalExecutor(launcher=launcher, env=trainer_env),
+            executor=cell_executor,
             pool=pool,
             options=LoopOptions(
                 max_parallel=max_parallel or study.resources.max_parallel,
@@ -131,6 +140,22 @@ def run_study(
     ids = {cell.id for cell in planned.cells}
     all_done = all(cell.state == CellState.DONE.value for cell in status.cells if cell.id in ids)
     return RunResult(study_name=study.name, interrupted=interrupted, all_done=all_done), store
+
+
+def _slurm_executor(study, runs_root: Path, *, trainer_env: dict[str, str] | None, log):
+    """The Slurm executor for the study, after the checks that must pass before anything is submitted; no
+    GPU pool (the cluster's queue places the jobs)."""
+    from runner.slurm.executor import SlurmExecutor
+    from runner.slurm.preflight import check_cluster
+
+    settings = study.resources.slurm
+    for warning in check_cluster(settings, runs_dir=runs_root, problem=study.problem):
+        log(f"warning: {warning}")
+    executor = SlurmExecutor(settings, env=trainer_env)
+    device = "GPU" if settings.gpus_per_node else "CPU"
+    nodes = f"{settings.nodes} node(s) × {settings.processes_per_node} {device} process(es)"
+    log(f"devices: Slurm cluster {executor.host}, {nodes} per cell")
+    return executor, None
 
 
 def prepare_data(
@@ -350,6 +375,7 @@ def _cmd_run(args) -> int:
             max_parallel=args.max_parallel,
             rerun_states=rerun_states,
             launcher=args.launcher,
+            executor=args.executor,
             data_root=args.data_root,
             log=_log,
         )
@@ -357,7 +383,7 @@ def _cmd_run(args) -> int:
         for problem in error.problems:
             print(problem, file=sys.stderr)
         return 2
-    except StudyLockedError as error:
+    except (StudyLockedError, SlurmError) as error:
         print(f"nanostudy run: {error}", file=sys.stderr)
         return 2
     except ValueError as error:
@@ -423,7 +449,7 @@ def _cmd_cancel(args) -> int:
         store, name = _resolve(args.study, args.db)
         with store:
             result = cancel(store, name, cell_id=args.cell, wait_s=args.wait)
-    except (UnknownStudyError, FileNotFoundError, ValueError) as error:
+    except (UnknownStudyError, FileNotFoundError, ValueError, SlurmError) as error:
         print(f"nanostudy cancel: error: {error}", file=sys.stderr)
         return 2
     if result.cancelled:
@@ -469,6 +495,11 @@ def register(subparsers) -> None:
         choices=("auto", "torchrun"),
         default="auto",
         help="auto: plain python for one process per cell, torchrun for several; torchrun: always",
+    )
+    run.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        help="where cells train: this machine, or Slurm batch jobs (default: the study's resources.executor)",
     )
     run.add_argument("--data-root", type=Path, dest="data_root", help="where prepared data lives")
     run.set_defaults(func=_cmd_run)

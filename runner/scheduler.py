@@ -12,6 +12,9 @@ from store import AttemptOutcome
 EXIT_DONE = 0  # nanogpt.train: done (also a run found already done, which writes no events)
 EXIT_BAD_INPUT = 2  # nanogpt.train: bad config or input, nothing written
 EXIT_STOPPED = 143  # nanogpt.train: stopped on request after writing a checkpoint
+# Slurm's final job states that are not the trainer's doing: the cell goes back to pending and resumes
+# from its last checkpoint in a new job (a TIMEOUT only when the job wrote one: else it can never finish).
+REQUEUE_JOB_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,9 +62,12 @@ def decide_outcome(
     - An `end` event decides: done, diverged, or error (failed, with the trainer's message and stderr).
     - No event at all and exit 0: the trainer found its run already done (its final checkpoint and `end`
       were written by an earlier attempt) and wrote nothing: done.
-    - No `end`, and we asked it to stop, or it exited 143, or (exit code unknown or a launcher's) its last
-      event is a checkpoint taken on the way out: interrupted, resumable from that checkpoint; this does
-      not count as a failure.
+    - No `end`, and we asked it to stop: interrupted, resumable from its last checkpoint; not a failure.
+    - A Slurm job that ended TIMEOUT, PREEMPTED or NODE_FAIL: interrupted likewise (a TIMEOUT that wrote
+      no checkpoint is failed: the next job would time out at the same place); CANCELLED by someone else
+      (scancel outside nanostudy): failed, so that it is retried per policy and no more.
+    - No `end`, and it exited 143, or (exit code unknown or a launcher's) its last event is a checkpoint
+      taken on the way out: interrupted, resumable from that checkpoint.
     - Anything else is a crash: failed, with the last lines of stderr as the reason.
     """
     end = trace.end
@@ -77,6 +83,8 @@ def decide_outcome(
         return AttemptOutcome.DONE, None
     if stop_requested:
         return AttemptOutcome.INTERRUPTED, "stopped by the runner"
+    if exited.job_state is not None and (decided := _decide_job_state(trace, exited.job_state, error_tail)):
+        return decided
     if exited.from_trainer and exited.code == EXIT_STOPPED:
         return (
             AttemptOutcome.INTERRUPTED,
@@ -91,11 +99,32 @@ def decide_outcome(
         return AttemptOutcome.FAILED, _join(
             f"bad config or input: {detail}" if detail else "bad config or input", error_tail
         )
-    if exited.code is None:
+    if exited.job_state is not None:
+        what = f"the Slurm job ended {exited.job_state} without an end event ({describe_exit(exited.code)})"
+    elif exited.code is None:
         what = "the trainer ended while no runner watched it, without an end event"
     else:
         what = f"the trainer exited without an end event ({describe_exit(exited.code)})"
     return AttemptOutcome.FAILED, _join(what, error_tail)
+
+
+def _decide_job_state(
+    trace: AttemptTrace, job_state: str, error_tail: str | None
+) -> tuple[AttemptOutcome, str | None] | None:
+    """The outcome a Slurm job's final state decides by itself (see decide_outcome), or None."""
+    if job_state == "TIMEOUT" and not trace.num_checkpoints:
+        return AttemptOutcome.FAILED, _join(
+            "the Slurm job reached its time limit before writing a checkpoint; raise resources.slurm.time "
+            "or checkpoint.every_steps",
+            error_tail,
+        )
+    if job_state in REQUEUE_JOB_STATES:
+        return AttemptOutcome.INTERRUPTED, (
+            f"the Slurm job ended {job_state}; the cell resumes from its last checkpoint in a new job"
+        )
+    if job_state == "CANCELLED":
+        return AttemptOutcome.FAILED, _join("the Slurm job was cancelled outside nanostudy", error_tail)
+    return None
 
 
 def retry_budget_left(*, failures: int, max_attempts: int) -> bool:

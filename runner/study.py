@@ -38,6 +38,7 @@ from nanogpt.config import (
 from nanogpt.shards import ShardError, read_manifest
 from runner.data.prepare import PrepareConfig
 from runner.data.sources import SourceSpec, parse_bytes
+from runner.slurm.settings import SlurmSettings, parse_settings
 
 MODES = ("pretraining", "mid-training", "all")
 EXECUTORS = ("local", "slurm")
@@ -195,7 +196,7 @@ class Resources:
     executor: Literal["local", "slurm"] = "local"
     gpus_per_cell: int | Literal["auto"] = 1  # "auto": 1, or more when the model's memory needs them
     max_parallel: int | None = None  # cells at once; None: as many as the GPUs allow
-    slurm: Mapping[str, Any] = field(default_factory=dict)  # free-form, for the Slurm executor
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)  # executor slurm: runner/slurm/settings.py
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -206,6 +207,14 @@ class Resources:
             )
         if self.max_parallel is not None and not _is_int(self.max_parallel, minimum=1):
             raise ValueError(f"resources.max_parallel: must be a positive integer, got {self.max_parallel!r}")
+
+    @property
+    def processes_per_cell(self) -> int:
+        """The trainer's world size: gpus_per_cell here ('auto' counts 1 until the planner decides), or a
+        Slurm job's nodes × processes per node."""
+        if self.executor == "slurm":
+            return self.slurm.processes_per_cell
+        return self.gpus_per_cell if self.gpus_per_cell != "auto" else 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -254,7 +263,7 @@ class Study:
             "grid": {axis: list(getattr(self.grid, axis)) for axis in AXES},
             "training": copy.deepcopy(dict(self.training)),
             "eval": dataclasses.asdict(self.eval),
-            "resources": {**dataclasses.asdict(self.resources), "slurm": dict(self.resources.slurm)},
+            "resources": {**dataclasses.asdict(self.resources), "slurm": self.resources.slurm.to_dict()},
             "retry": dataclasses.asdict(self.retry),
             "wandb": dataclasses.asdict(self.wandb),
             "mid_training": None,
@@ -791,7 +800,8 @@ def _without(config: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v != {}}
 
 
-def _parse_resources(doc: _Document, raw: Any) -> Resources:
+def _parse_resources(doc: _Document, raw: Any, *, executor: str | None = None) -> Resources:
+    """The `resources` section; `executor` (`nanostudy run --executor`) overrides the study's."""
     raw = _as_mapping(doc, "resources", raw) if raw is not None else {}
     if raw is None:
         return Resources()
@@ -810,12 +820,20 @@ def _parse_resources(doc: _Document, raw: Any) -> Resources:
         elif key == "max_parallel":
             if value is not None and (value := _as_int(doc, where, value, minimum=1)) is None:
                 continue
-        elif (
-            key == "slurm" and (value := _as_mapping(doc, where, value if value is not None else {})) is None
-        ):
-            continue
+        elif key == "slurm":
+            _as_mapping(doc, where, value if value is not None else {})
+            continue  # parsed below, once gpus_per_cell (the default GPUs per node) is known
         values[key] = value
-    return Resources(**values)
+    if executor is not None:
+        values["executor"] = executor
+    gpus = values.get("gpus_per_cell", 1)
+    slurm, problems = parse_settings(
+        raw.get("slurm") if isinstance(raw.get("slurm"), dict) else {},
+        default_gpus_per_node=gpus if isinstance(gpus, int) else 1,
+    )
+    for key, message in problems:
+        doc.add(f"resources.slurm.{key}", message)
+    return Resources(**values, slurm=slurm)
 
 
 def _parse_retry(doc: _Document, raw: Any) -> Retry:
@@ -952,8 +970,9 @@ def _settle_mid_tokenizer(
 # Loading
 
 
-def load(path: str | os.PathLike) -> Study:
-    """Parse and check a study file; raises StudyError with every problem found."""
+def load(path: str | os.PathLike, *, executor: str | None = None) -> Study:
+    """Parse and check a study file; raises StudyError with every problem found. `executor` overrides
+    resources.executor (`nanostudy run --executor slurm`)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -961,10 +980,10 @@ def load(path: str | os.PathLike) -> Study:
         raise StudyError([f"{path}: no such study file"]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise StudyError([f"{path}: cannot be read ({e})"]) from None
-    return parse(text, path=path)
+    return parse(text, path=path, executor=executor)
 
 
-def parse(text: str, *, path: str | os.PathLike = "<study>") -> Study:
+def parse(text: str, *, path: str | os.PathLike = "<study>", executor: str | None = None) -> Study:
     """`load` for a study given as text (`path` names it in the problems)."""
     doc = _Document(Path(path), text)
     if doc.problems:
@@ -1012,7 +1031,7 @@ def parse(text: str, *, path: str | os.PathLike = "<study>") -> Study:
         training=training,
         mid_training=mid_training,
         eval=EvalSettings(**{key: training.get("eval", {}).get(key) for key in GAUNTLET_KEYS}),
-        resources=_parse_resources(doc, raw.get("resources")),
+        resources=_parse_resources(doc, raw.get("resources"), executor=executor),
         retry=_parse_retry(doc, raw.get("retry")),
         wandb=wandb,
         lines=dict(doc.lines),
@@ -1058,6 +1077,12 @@ def _study_key(config_key: str, stage: str, origin: Mapping[str, str], mid_origi
     return section if section in _run_sections() else "grid"
 
 
+def _world_size_name(study: Study) -> str:
+    if study.resources.executor == "slurm":
+        return "slurm.nodes × processes per node"
+    return "gpus_per_cell"
+
+
 def _batch_problem(
     config: Mapping[str, Any],
     study: Study,
@@ -1070,14 +1095,14 @@ def _batch_problem(
     model = config["model"]
     if model is None:
         return None  # mode mid-training: the checkpoint's sequence_len, checked by the trainer
-    gpus = study.resources.gpus_per_cell if study.resources.gpus_per_cell != "auto" else 1
+    gpus = study.resources.processes_per_cell
     total, seq_len = config["train"]["total_batch_tokens"], model["sequence_len"]
     batch_key = _study_key("train.total_batch_tokens", stage, origin, mid_origin)
     if batch_key == "train" and "model.sequence_len" in origin:
         batch_key = origin["model.sequence_len"]
     if total % (seq_len * gpus):
         return batch_key, (
-            f"{total:,} tokens per step is not a multiple of sequence_len × gpus_per_cell "
+            f"{total:,} tokens per step is not a multiple of sequence_len × {_world_size_name(study)} "
             f"= {seq_len} × {gpus}"
         )
     sequences, micro = total // (seq_len * gpus), config["train"]["device_batch_size"]

@@ -9,7 +9,7 @@ with this script as the interpreter). What it does comes from the JSON file name
 Behaviours: done, crash (steps, then an exception on stderr, exit 1, no end event), error (end error,
 exit 1), diverged (end diverged, exit 3), bad_input (one line on stderr, exit 2, nothing written),
 hang (steps until SIGTERM, then a checkpoint and exit 143, like the real trainer's stop), slow (like done,
-with 0.1 s per step and a checkpoint every 5 steps).
+with FAKE_TRAINER_STEP_S (0.1) seconds per step and a checkpoint every 5 steps).
 """
 
 import json
@@ -23,6 +23,7 @@ from nanogpt.events import EventWriter
 
 NUM_STEPS = 4
 SLOW_STEPS = 40
+SLOW_STEP_S = float(os.environ.get("FAKE_TRAINER_STEP_S", "0.1"))
 
 
 def main() -> int:
@@ -36,7 +37,14 @@ def main() -> int:
     )
     behaviours = plan.get(cell_id, ["done"])
     behaviour = behaviours[min(int(attempt), len(behaviours)) - 1]
-    keys = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "OMP_NUM_THREADS", "NANOSTUDY_ATTEMPT")
+    keys = (
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "OMP_NUM_THREADS",
+        "NANOSTUDY_ATTEMPT",
+        "SLURM_JOB_ID",
+        "SLURMD_NODENAME",
+    )
     (run_dir / f"env_attempt_{attempt}.json").write_text(json.dumps({k: os.environ.get(k) for k in keys}))
     if behaviour == "bad_input":
         print(f"error: {config_path}: train.num_steps: must be positive", file=sys.stderr)
@@ -81,7 +89,7 @@ def main() -> int:
                 )
                 return 1
             if behaviour in ("hang", "slow"):
-                time.sleep(0.1 if behaviour == "slow" else 0.05)
+                time.sleep(SLOW_STEP_S if behaviour == "slow" else 0.05)
                 if stop:
                     _checkpoint(events, run_dir, step, final=False)
                     return 143

@@ -1,0 +1,186 @@
+"""The Slurm executor: each attempt is one batch job; the runner stays on the login node and watches.
+
+It implements runner.executor.Executor, so the runner's loop is the same for both engines:
+
+- submit: write `RUN_DIR/slurm/attempt_N.sbatch` (runner.slurm.script) and `sbatch` it; the job id is the
+  handle, recorded in the attempt.
+- poll: one `squeue` for all our jobs every `poll_s`; a job that has ended is looked up once with `sacct`
+  (accounting) or `scontrol show job` for its final state and exit code. Slurm's final state travels in
+  `Exited.job_state`; runner.scheduler.decide_outcome maps it (with the events) to the cell's state.
+  A controller that does not answer for a while is waited out: the job counts as running meanwhile.
+- cancel: `scancel --signal=TERM` reaches every process of the job's step once (torchrun forwards one more,
+  which the trainer takes for the same request), so the trainer checkpoints and exits; a job still there
+  `stop_grace_s` later, or one that has not started, is cancelled outright. Only job ids this executor
+  submitted or adopted are ever cancelled.
+- adopt: the recorded job id, if Slurm still knows it under our job name; else (the runner died between
+  sbatch and the database write) the job found by that name.
+
+The attempt's `host` is the cluster's name, so a runner restarted on another login node of the same
+cluster adopts the jobs too.
+"""
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.executor import (
+    INDUCTOR_CACHE_DIR,
+    MARKER_ENV,
+    Exited,
+    Handle,
+    LaunchRequest,
+    Running,
+    error_tail,
+    log_paths,
+    trainer_pythonpath,
+)
+from runner.slurm import commands
+from runner.slurm.commands import JobInfo, SlurmError
+from runner.slurm.script import batch_script, job_name, script_path
+from runner.slurm.settings import SlurmSettings
+from store import Attempt
+from store import Executor as ExecutorKind
+
+
+@dataclass(slots=True)
+class _Job:
+    job_id: str
+    info: JobInfo | None = None  # the latest state seen
+    stop_deadline: float | None = None  # set by cancel(); cancelled outright after it
+    killed: bool = False
+    gone: bool = False  # Slurm no longer knows the job: ended, how is unknown
+
+    @property
+    def ended(self) -> bool:
+        return self.gone or (self.info is not None and self.info.final)
+
+
+class SlurmExecutor:
+    kind = ExecutorKind.SLURM
+
+    def __init__(
+        self,
+        settings: SlurmSettings,
+        *,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        stop_grace_s: float = 180.0,
+    ):
+        config = commands.cluster_config()
+        self.settings = settings
+        self.python = settings.python or python
+        self.extra_env = dict(env or {})
+        self.stop_grace_s = stop_grace_s
+        self.host = config.get("ClusterName") or "slurm"
+        self.accounting = commands.has_accounting(config)
+        self._jobs: dict[int, _Job] = {}
+        self._refreshed_at = float("-inf")
+
+    # -- starting --------------------------------------------------------------------------------------
+
+    def environment(self, request: LaunchRequest) -> dict[str, str]:
+        """The variables the script exports (sbatch passes the runner's own environment too)."""
+        env = {
+            MARKER_ENV: request.marker,
+            "PYTHONPATH": trainer_pythonpath(os.environ.get("PYTHONPATH")),
+            "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE_DIR)),
+        }
+        if not self.settings.gpus_per_node:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            env["OMP_NUM_THREADS"] = "1"
+        return {**env, **self.extra_env}
+
+    def submit(self, request: LaunchRequest) -> Handle:
+        """Write the attempt's script and sbatch it; SlurmError (sbatch's message) when Slurm refuses it."""
+        path = script_path(request.run_dir, request.attempt_number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log_paths(request.run_dir, request.attempt_number)[0].parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            batch_script(request, self.settings, python=self.python, env=self.environment(request))
+        )
+        job_id = commands.submit(path)
+        self._jobs[request.attempt_id] = _Job(job_id=job_id)
+        self._refreshed_at = float("-inf")
+        return Handle(attempt_id=request.attempt_id, job_id=job_id, launcher="sbatch")
+
+    # -- watching --------------------------------------------------------------------------------------
+
+    def poll(self, handle: Handle) -> Running | Exited:
+        job = self._jobs[handle.attempt_id]
+        self._refresh()
+        if job.stop_deadline is not None and not job.killed and time.monotonic() >= job.stop_deadline:
+            job.killed = True
+            with contextlib.suppress(SlurmError):
+                commands.cancel(job.job_id)
+        if job.gone:
+            return Exited(code=None, from_trainer=False)
+        if job.info is None or not job.info.final:
+            return Running()
+        code = -job.info.signal if job.info.signal else job.info.exit_code
+        return Exited(code=code, from_trainer=False, job_state=job.info.state)
+
+    def _refresh(self) -> None:
+        """Every `poll_s`: one squeue for all our jobs; sacct/scontrol for those that ended or left it."""
+        watched = [job for job in self._jobs.values() if not job.ended]
+        if time.monotonic() - self._refreshed_at < self.settings.poll_s or not watched:
+            return
+        try:
+            seen = commands.queued(job.job_id for job in watched)
+            for job in watched:
+                info = seen.get(job.job_id)
+                if info is None or info.final:
+                    # Ended (or gone from squeue): the final state and exit code from sacct or scontrol.
+                    info = commands.finished(job.job_id, accounting=self.accounting)
+                    job.gone = info is None  # ended long ago on a cluster without accounting
+                job.info = info
+        except SlurmError:
+            return  # the controller is busy or restarting: the jobs run on; ask again next time
+        self._refreshed_at = time.monotonic()
+
+    def pids(self, handle: Handle) -> set[int]:
+        return set()  # nothing of a batch job runs on this machine's GPUs
+
+    def forget(self, handle: Handle) -> None:
+        self._jobs.pop(handle.attempt_id, None)
+
+    def error_tail(self, run_dir: Path, attempt_number: int) -> str | None:
+        return error_tail(log_paths(run_dir, attempt_number)[1])
+
+    # -- stopping --------------------------------------------------------------------------------------
+
+    def cancel(self, handle: Handle) -> None:
+        """Ask the job to stop: SIGTERM to its step (the trainer checkpoints and exits), outright when it
+        has not started; poll() cancels it outright after `stop_grace_s`."""
+        job = self._jobs[handle.attempt_id]
+        if job.stop_deadline is not None:
+            return
+        job.stop_deadline = time.monotonic() + self.stop_grace_s
+        started = job.info is not None and job.info.state not in ("PENDING", "CONFIGURING")
+        try:
+            commands.cancel(job.job_id, signal="TERM" if started else None)
+        except SlurmError:
+            job.stop_deadline = time.monotonic()  # try the outright cancel at the next poll
+        self._refreshed_at = float("-inf")
+
+    # -- finding again ---------------------------------------------------------------------------------
+
+    def adopt(self, attempt: Attempt, run_dir: Path) -> Handle | None:
+        """The attempt's job, running or ended, if Slurm knows it under the attempt's job name; None when
+        Slurm knows no such job (never submitted, or ended and forgotten)."""
+        assert attempt.id is not None
+        name = job_name(attempt.cell_id, attempt.number)
+        info = None
+        if attempt.job_id is not None:
+            info = commands.queued([attempt.job_id]).get(attempt.job_id) or commands.finished(
+                attempt.job_id, accounting=self.accounting
+            )
+        else:
+            found = commands.named(name)
+            info = max(found, key=lambda job: int(job.job_id)) if found else None
+        if info is None or info.name != name:
+            return None
+        self._jobs[attempt.id] = _Job(job_id=info.job_id, info=info)
+        return Handle(attempt_id=attempt.id, job_id=info.job_id, launcher="adopted")
