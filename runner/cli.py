@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "reports.commands",
     "runner.chat_commands",
     "runner.eval_commands",
+    # The terminal UI, registered here like the reports: a package the runner itself may not import.
+    "tui.commands",
 ]
 # Work that follows a command and belongs to another package, wired here, in the composition root, so that
 # no runner module imports the reports (DESIGN: runner -> store, nanogpt; reports -> store): `nanostudy run`

@@ -32,6 +32,8 @@ RUNNER_TOP_LEVEL_NANOGPT = {
     "nanogpt.shards",
     "nanogpt.tokenizer",
 }
+# The runner's public API, the only runner modules the TUI may import (DESIGN: tui -> runner's public API).
+TUI_RUNNER_MODULES = {"runner", "runner.api", "runner.gpus"}
 # Third-party libraries nanogpt may import at module level; `wandb` only inside a function.
 NANOGPT_THIRD_PARTY = {"torch", "numpy", "tiktoken"}
 NANOGPT_LAZY_THIRD_PARTY = {"wandb"}
@@ -88,6 +90,8 @@ def test_import_directions(package: str) -> None:
                 lazy_ok = head in NANOGPT_LAZY_THIRD_PARTY and not top_level
                 if head not in NANOGPT_THIRD_PARTY and not lazy_ok:
                     problems.append(f"{rel}: imports {module} (nanogpt uses torch, numpy, tiktoken only)")
+            if package == "tui" and head == "runner" and module not in TUI_RUNNER_MODULES:
+                problems.append(f"{rel}: imports {module} (the TUI uses runner.api and runner.gpus only)")
             if package in {"store", "tui", "reports"} and head == "torch":
                 problems.append(f"{rel}: imports torch")
             if package == "nanogpt" and path.stem in TORCH_FREE_NANOGPT and head == "torch":
@@ -96,8 +100,8 @@ def test_import_directions(package: str) -> None:
 
 
 def test_light_packages_do_not_load_torch() -> None:
-    """The CLI, store, reports and TUI start without paying for torch."""
-    names = ["runner", "runner.cli", "store", "reports", "tui"]
+    """The CLI, store, reports and TUI (every screen) start without paying for torch."""
+    names = ["runner", "runner.cli", "store", "reports", "tui", "tui.app"]
     names += [
         f"nanogpt.{stem}" for stem in sorted(TORCH_FREE_NANOGPT) if (ROOT / "nanogpt" / f"{stem}.py").exists()
     ]
