@@ -10,13 +10,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STUDY ?= studies/quickstart.yaml
 
-.PHONY: help setup quickstart test test-fast lint format browser clean
+.PHONY: help setup quickstart test test-fast lint format browser slurm clean
 
 help:
 	@echo "make quickstart   set up, then run the quickstart study (CPU-sized, offline)"
 	@echo "make test         set up, lint, then run the test suite"
 	@echo "make lint|format  ruff check / ruff format"
 	@echo "make browser      install Debian's chromium for the report's browser test (needs root or sudo)"
+	@echo "make slurm        install Debian's Slurm for the Slurm executor's tests (needs root or sudo)"
 
 $(CURDIR)/.tools/uv/bin/uv:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(CURDIR)/.tools/uv uv
@@ -47,6 +48,10 @@ test: setup lint
 # The report's browser test skips without /usr/bin/chromium; CI (.ci/run) installs it first.
 browser:
 	bash scripts/install-chromium.sh
+
+# The Slurm executor's tests (tests/test_slurm.py) skip without Slurm; CI (.ci/run) installs it first.
+slurm:
+	bash scripts/install-slurm.sh
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"

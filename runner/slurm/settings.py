@@ -16,6 +16,7 @@
 reports them at their lines with the study's other problems.
 """
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,7 +82,9 @@ def parse_settings(
 
     for key, value in raw.items():
         if key not in KEYS:
-            bad(key, f"unknown key; the slurm keys are {', '.join(KEYS)}")
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KEYS)}"
+            bad(key, f"unknown key ({hint})")
         elif value is None:
             continue
         elif key in ("partition", "account", "qos", "python"):
