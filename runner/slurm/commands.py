@@ -154,12 +154,13 @@ def named(name: str) -> list[JobInfo]:
 
 def finished(job_id: str, *, accounting: bool) -> JobInfo | None:
     """An ended job's state and exit code, from sacct where the cluster keeps accounting, else from
-    `scontrol show job`; None when Slurm no longer knows the job."""
+    `scontrol show job` (also when the accounting database has not caught up yet); None when Slurm no
+    longer knows the job."""
     if accounting:
         fields = "--format=JobID,State,ExitCode,JobName,Reason"
         result = run(["sacct", "--noheader", "--parsable2", "--allocations", "-j", job_id, fields])
-        if result.returncode == 0:
-            return parse_sacct(result.stdout).get(job_id)
+        if result.returncode == 0 and (info := parse_sacct(result.stdout).get(job_id)) is not None:
+            return info
     result = run(["scontrol", "show", "job", "--oneliner", job_id])
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
