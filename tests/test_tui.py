@@ -169,7 +169,7 @@ def test_cell_detail_shows_curves_evals_attempts_reason_and_log(demo):
             assert attempts.get_row_at(0)[5] == "killed by signal 9"
             assert attempts.get_row_at(1)[5] == "CUDA out of memory"
             log = text_of(app, "#log-text")
-            assert "attempt_2.err" in log and "CUDA out of memory" in log and "step 10 loss 3.9" in log
+            assert "logs/attempt_2.err" in log and "CUDA out of memory" in log and "step 10 loss 3.9" in log
             assert screen.train_steps == list(range(1, 11)) and screen.val_bpb == []
             await pilot.press("escape")
             await until(pilot, lambda: isinstance(app.screen, StudyScreen))
@@ -404,6 +404,8 @@ def test_chat_loads_the_best_checkpoint_and_streams_replies(demo, tmp_path, monk
             assert screen.checkpoint.cell_id == "mid-d4"  # mid-trained first, although its bpb is the highest
             assert "cell mid-d4 (mid-training, depth 4, 1e15 FLOPs, val bpb 1.4000)" in text_of(app, "#model")
             assert text_of(app, "#status").startswith("ready on CPU: mid-d4/step_000200 (chat model")
+            assert text_of(app, "#model").endswith("chat model on CPU")
+            assert screen.query_one("#max-tokens", Input).value == "128"  # the model's context
 
             prompt = screen.query_one("#prompt", Input)
             prompt.value = "hello there model"
@@ -421,7 +423,7 @@ def test_chat_loads_the_best_checkpoint_and_streams_replies(demo, tmp_path, monk
             assert reply == "3 messages, t=0.5 k=7: and again"  # the chat model sees the conversation
             sent = requests(log)
             assert [m["role"] for m in sent[-1]["messages"]] == ["user", "assistant", "user"]
-            assert sent[-1]["max_tokens"] == 128  # 256 asked, capped at the model's context
+            assert sent[-1]["max_tokens"] == 128  # 256 by default, lowered to the model's context
             assert sent[-1]["messages"][1]["content"] == full
 
             await pilot.press("ctrl+n")  # a new conversation

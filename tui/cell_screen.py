@@ -92,7 +92,6 @@ class CellScreen(PollingScreen):
     def on_mount(self) -> None:
         self.query_one("#evals", DataTable).add_columns("task", "step", "score", "accuracy")
         self.query_one("#attempts", DataTable).add_columns("#", "outcome", "exit", "host", "GPUs", "reason")
-        super().on_mount()
 
     def read(self) -> CellDetail:
         # A new attempt may have rewound the curves (a resume drops the steps after its checkpoint).
@@ -181,7 +180,7 @@ class CellScreen(PollingScreen):
             return
         parts = []
         for tail in detail.logs:
-            parts.append(f"[b]{tail.path}[/]")
+            parts.append(f"[b]{tail.path.parent.name}/{tail.path.name}[/]")  # under the run directory
             parts.extend(escape(line) for line in tail.lines[-12:])
         self.query_one("#log-text", Static).update("\n".join(parts))
 

@@ -167,6 +167,14 @@ class ChatScreen(Screen):
             )
             context = event.get("context_tokens")
             self._status(f"ready on {where}: {event.get('model')} ({what}; context {context} tokens)")
+            if self.checkpoint is not None:
+                described = describe_checkpoint(self.checkpoint)
+                self.query_one("#model", Static).update(
+                    f"[b]chat[/] {described}  │  {event.get('mode')} model on {where}"
+                )
+            max_tokens = self.query_one("#max-tokens", Input)
+            if isinstance(context, int) and max_tokens.value.isdigit() and int(max_tokens.value) > context:
+                max_tokens.value = str(context)
             prompt = self.query_one("#prompt", Input)
             prompt.disabled = False
             prompt.focus()

@@ -66,7 +66,6 @@ class GpuScreen(PollingScreen):
         table = self.query_one(DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
-        super().on_mount()
 
     def read(self) -> GpuReading:
         nvml = self.app.nvml()

@@ -15,6 +15,10 @@ from tui.source import StoreProblem
 
 
 class PollingScreen(Screen):
+    """Subclasses implement `read` and `show` (and may override `show_problem`). Textual calls `on_mount`
+    of every class in the MRO, subclass first: a subclass's own `on_mount` sets its widgets up, then this
+    one starts polling; neither calls super()."""
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._poll_worker: Worker | None = None

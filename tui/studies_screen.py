@@ -36,7 +36,6 @@ class StudiesScreen(PollingScreen):
         table = self.query_one(DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
-        super().on_mount()
 
     def read(self) -> list[api.StudyOverview]:
         return self.app.source.read(api.list_studies)

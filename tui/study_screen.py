@@ -97,7 +97,6 @@ class StudyScreen(PollingScreen):
         table = self.query_one(DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
-        super().on_mount()
 
     def read(self) -> api.StudyStatus:
         return self.app.source.read(api.study_status, self.study)

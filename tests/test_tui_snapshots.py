@@ -1,0 +1,86 @@
+"""Snapshots of the TUI's screens at a fixed terminal size (pytest-textual-snapshot): the demo study, a
+failed cell's detail, the GPUs of a fake machine, a chat after one reply. A change to what a screen shows
+fails here until the snapshot is regenerated (`pytest tests/test_tui_snapshots.py --snapshot-update`)
+and the new SVG is looked at. Polling is slowed to one read per screen, so every frame is the same.
+"""
+
+import pytest
+from test_tui import fake_chat, until
+from textual.widgets import DataTable, Input
+from tui_fixtures import STUDY, TelemetryNvml, demo_study
+
+from tui.app import NanostudyApp
+from tui.cell_screen import CellScreen
+from tui.chat_screen import ChatScreen
+from tui.gpu_screen import GpuScreen
+from tui.study_screen import StudyScreen
+
+SIZE = (150, 42)
+FOREIGN_PID = 9_999_999  # above Linux's pid_max: never a live process, so its name is always "?"
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_CHAT_LOAD_S", "0")
+    demo = demo_study(tmp_path)
+    return NanostudyApp(
+        str(demo.db),
+        STUDY,
+        poll_s=3600,
+        nvml_loader=lambda: TelemetryNvml(2, foreign={1: [FOREIGN_PID]}),
+        chat_command=fake_chat(),
+        hostname="here",
+    )
+
+
+async def study_shown(pilot) -> None:
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+    await pilot.pause()
+
+
+def test_study_screen(snap_compare, app):
+    assert snap_compare(app, terminal_size=SIZE, run_before=study_shown)
+
+
+def test_cell_detail_of_a_failed_cell(snap_compare, app):
+    async def run_before(pilot) -> None:
+        await study_shown(pilot)
+        table = pilot.app.screen.query_one(DataTable)
+        table.move_cursor(row=table.get_row_index("d4-c16"))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, CellScreen) and pilot.app.screen.cell)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_gpu_screen(snap_compare, app):
+    async def run_before(pilot) -> None:
+        await study_shown(pilot)
+        await pilot.press("g")
+        await until(
+            pilot,
+            lambda: (
+                isinstance(pilot.app.screen, GpuScreen) and pilot.app.screen.query_one(DataTable).row_count
+            ),
+        )
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_chat_after_one_reply(snap_compare, app):
+    async def run_before(pilot) -> None:
+        await study_shown(pilot)
+        await pilot.press("t")
+        screen = await until(
+            pilot, lambda: isinstance(pilot.app.screen, ChatScreen) and pilot.app.screen.ready
+        )
+        screen = pilot.app.screen
+        screen.query_one("#prompt", Input).value = "What is a scaling law?"
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.generating is None and screen.reply is None)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
