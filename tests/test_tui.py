@@ -105,7 +105,7 @@ def test_study_screen_shows_totals_heatmap_and_every_cell(demo):
             )
             assert app.screen.query_one(DataTable).row_count == 6
             running = row(app, "d2-c16")
-            assert running[5] == "[bold cyan]running[/]" and running[7] == "40/200"
+            assert running[5] == "running" and running[7] == "40/200"
             assert running[11:15] == [
                 "12.00k",
                 "41%",
