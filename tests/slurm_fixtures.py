@@ -30,6 +30,7 @@ NODES = ("n1", "n2")
 GPUS_PER_NODE = 2
 CPUS_PER_NODE = 2
 PARTITION = "debug"
+URGENT = "urgent"  # a partition of higher priority tier: its jobs preempt (cancel) the debug partition's
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=sched_min_interval=100000
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 GresTypes=gpu
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
@@ -110,7 +113,8 @@ MinJobAge=600
 InactiveLimit=0
 Waittime=0
 {chr(10).join(nodes)}
-PartitionName={PARTITION} Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
+PartitionName={PARTITION} Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName={URGENT} Nodes={",".join(NODES)} MaxTime=INFINITE State=UP PriorityTier=10
 """
     (root / "slurm.conf").write_text(conf)
     (root / "gres.conf").write_text("\n".join(gres) + "\n")

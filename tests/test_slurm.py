@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from data_fixtures import write_text_corpus
 from runner_fixtures import ROOT, add_tiny_cells, kill9, new_study, wait_for, write_plan
-from slurm_fixtures import job_nodes, running_cluster, slurm_loop, squeue_state, why_no_slurm
+from slurm_fixtures import URGENT, job_nodes, running_cluster, slurm_loop, squeue_state, why_no_slurm
 from trainer_fixtures import make_data_dir
 
 from nanogpt.events import read_events
@@ -213,6 +213,27 @@ def test_a_job_scancelled_outside_nanostudy_fails_and_is_retried(study):
     assert get_cell(study.store, "c").state is CellState.DONE
 
 
+def test_a_preempted_job_is_submitted_again_and_resumes_from_its_checkpoint(study):
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
+    plan = write_plan(study.root, {"c": ["hang", "done"]})
+    runner = _runner(study, CPU, "--fake", str(plan))
+    try:
+        job_id = wait_for(lambda: _job_of(study, "c", 1), timeout_s=60, what="attempt 1's job id")
+        wait_for(lambda: get_cell(study.store, "c").steps_done >= 3, timeout_s=60, what="steps of attempt 1")
+        urgent = ["sbatch", f"--partition={URGENT}", "--nodes=2", "--exclusive", "--output=/dev/null"]
+        subprocess.run([*urgent, "--wrap=sleep 1"], check=True, capture_output=True)
+        assert runner.wait(timeout=120) == 0
+    finally:
+        kill9(runner.pid)
+    first, second = attempts_of(study.store, "c")
+    assert first.outcome is AttemptOutcome.INTERRUPTED and "ended PREEMPTED" in first.reason
+    events, _ = read_events(study.runs / "c" / "events.jsonl")
+    stop_checkpoint = next(e["step"] for e in events if e["kind"] == "checkpoint")  # the one SIGTERM wrote
+    assert second.resume_step == stop_checkpoint and second.job_id != job_id
+    assert second.outcome is AttemptOutcome.DONE
+    assert [p.step for p in train_curve(study.store, "c")] == list(range(1, stop_checkpoint + 1))
+
+
 def test_a_killed_runner_is_restarted_and_readopts_its_running_job(study):
     add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
     plan = write_plan(study.root, {"c": ["slow"]})
@@ -261,6 +282,7 @@ def test_nanostudy_cancel_scancels_our_job_when_no_runner_holds_the_study(study)
     job_id = wait_for(lambda: _job_of(study, "c", 1), timeout_s=60, what="attempt 1's job id")
     other = wait_for(lambda: _job_of(study, "other", 1), timeout_s=60, what="the other job's id")
     wait_for(lambda: get_cell(study.store, "c").steps_done >= 1, timeout_s=60, what="steps")
+    wait_for(lambda: squeue_state(other) == "RUNNING", timeout_s=60, what="the other job to run")
     runner.send_signal(signal.SIGKILL)
     runner.wait(timeout=10)
     from runner.api import cancel

@@ -158,8 +158,11 @@ class SlurmExecutor:
         if job.stop_deadline is not None:
             return
         job.stop_deadline = time.monotonic() + self.stop_grace_s
-        started = job.info is not None and job.info.state not in ("PENDING", "CONFIGURING")
         try:
+            info = (
+                commands.queued([job.job_id]).get(job.job_id) or job.info
+            )  # fresh: it may have just started
+            started = info is not None and info.state not in ("PENDING", "CONFIGURING")
             commands.cancel(job.job_id, signal="TERM" if started else None)
         except SlurmError:
             job.stop_deadline = time.monotonic()  # try the outright cancel at the next poll
