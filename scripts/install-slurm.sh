@@ -35,4 +35,4 @@ if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null; then
     echo "install-slurm: apt-get install slurmctld slurmd slurm-client failed; the Slurm tests will skip" >&2
     exit 1
 fi
-echo "install-slurm: $(sbatch --version 2>/dev/null)"
+echo "install-slurm: $(slurmctld -V 2>/dev/null)"
