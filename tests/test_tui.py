@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Input, Static
 from tui_fixtures import STUDY, TelemetryNvml, demo_study
 
 from runner.cli import main
-from store import CellState, get_cell, ingest, open_store, upsert_study
+from store import CellState, cell_statuses, get_cell, ingest, open_store, upsert_study
 from tui.app import NanostudyApp
 from tui.cell_screen import CellScreen
 from tui.chat_screen import ChatScreen
@@ -624,3 +624,54 @@ def test_the_benchmark_runs_tiny(tmp_path):
     result = json.loads(out.read_text())
     assert result["cells"] == 30 and len(result["big_first_frame_s"]) == 1
     assert result["empty_median_s"] > 0 and result["big_median_s"] > 0 and result["ratio"] > 0
+
+
+def test_watching_and_cancelling_under_a_live_runner(tmp_path):
+    """A real runner process (the study loop over fake trainers, which step for a few seconds) writes the
+    store while the TUI reads it: progress shows as it happens, and a cell cancelled from the TUI is
+    stopped by that runner, which goes on with the other cell."""
+    from runner_fixtures import add_tiny_cells, new_study, write_plan
+    from trainer_fixtures import make_data_dir
+
+    data = make_data_dir(tmp_path / "data", train_tokens=4_000, val_tokens=1_000)
+    store, study_id = new_study(tmp_path / "nanostudy.db")
+    add_tiny_cells(store, study_id, data, tmp_path / "runs", [{"id": "first"}, {"id": "second", "depth": 2}])
+    store.close()
+    plan = write_plan(tmp_path, {"first": ["slow"], "second": ["slow"]})
+    runner = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "runner_fixtures.py"), str(tmp_path / "nanostudy.db"), "tiny",
+         "--fake", str(plan)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    async def scenario():
+        app = make_app(tmp_path / "nanostudy.db", study="tiny")
+        async with app.run_test(size=SIZE) as pilot:
+            running = await until(
+                pilot,
+                lambda: next(
+                    (c for c in app.screen.status.cells if c.state == "running" and c.step >= 2), None
+                ),
+                what="a cell stepping under the runner",
+            )
+            assert "runner active" in text_of(app, "#totals")
+            step = running.step
+            await until(pilot, lambda: int(row(app, running.id)[7].split("/")[0]) > step, what="more steps")
+            cursor_to(app, running.id)
+            await pilot.press("c")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: row(app, running.id)[5] == "cancelled", what="the cell cancelled")
+            other = "second" if running.id == "first" else "first"
+            await until(pilot, lambda: row(app, other)[5] == "done", timeout_s=60, what="the other cell done")
+
+    try:
+        run(scenario)
+        assert runner.wait(timeout=60) == 0, runner.stdout.read()  # the loop ended: every cell finished
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        states = {cell.id: cell.state for cell in cell_statuses(store, study_id)}
+    assert sorted(states.values()) == [CellState.CANCELLED, CellState.DONE]
