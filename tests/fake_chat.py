@@ -6,7 +6,8 @@
 - Otherwise `ready` after FAKE_CHAT_LOAD_S seconds (default 0.1); mode "chat" when the path contains
   "mid", else "base". Each generate request is answered word by word, FAKE_CHAT_TOKEN_S apart (default
   0.01), with "<n> messages, t=<temperature> k=<top_k>: <the last message>"; a cancel stops it between two
-  words (finish_reason "cancelled"); exit ends the process.
+  words (finish_reason "cancelled"); exit ends the process. A last message "too long" is refused with a
+  non-fatal error event, as a conversation longer than the context is.
 - With FAKE_CHAT_LOG set, every request received is appended to that file as a JSON line.
 """
 
@@ -40,6 +41,10 @@ def read_requests(requests: queue.Queue) -> None:
 def generate(request: dict, requests: queue.Queue, pending: list) -> bool:
     """Stream one reply; False when an exit request came meanwhile."""
     messages = request["messages"]
+    if messages[-1]["content"] == "too long":
+        message = "the conversation is 200 tokens, more than the model's context (128)"
+        emit({"event": "error", "id": request["id"], "message": message, "fatal": False})
+        return True
     text = f"{len(messages)} messages, t={request.get('temperature')} k={request.get('top_k')}: "
     text += messages[-1]["content"]
     emit({"event": "start", "id": request["id"], "prompt_tokens": len(text)})

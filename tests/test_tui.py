@@ -428,6 +428,13 @@ def test_chat_loads_the_best_checkpoint_and_streams_replies(demo, tmp_path, monk
 
             await pilot.press("ctrl+n")  # a new conversation
             assert await send(pilot, app, "fresh") == "1 messages, t=0.5 k=7: fresh"
+            # Refused by the process (longer than the context): said so, and left out of the conversation.
+            assert (
+                await send(pilot, app, "too long")
+                == "(refused: the conversation is 200 tokens, more than the model's context (128))"
+            )
+            assert [m["role"] for m in screen.history] == ["user", "assistant"]
+            assert await send(pilot, app, "after") == "3 messages, t=0.5 k=7: after"
 
             screen.query_one("#temperature", Input).value = "9"
             await send_refused(pilot, app, "too hot")
@@ -502,6 +509,9 @@ def test_chat_stays_responsive_while_the_model_loads_and_can_stop_a_reply(demo, 
             await pilot.press("escape")
             await until(pilot, lambda: screen.generating is None, what="the stopped reply")
             assert "(stopped)" in text_of(app, "#status") and isinstance(app.screen, ChatScreen)
+            # What was said stays in the conversation, as far as it got.
+            assert [m["role"] for m in screen.history] == ["user", "assistant"]
+            assert 0 < len(screen.history[-1]["content"].split()) < 11
             assert len(str(list(screen.query(".model"))[-1].content).split()) < 11
 
     run(scenario)

@@ -137,8 +137,9 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, group="chat-load")
     def _start_process(self, checkpoint: api.BestCheckpoint) -> None:
         """Off the UI thread: stop the old process, look for a free GPU, start the new one."""
-        if self.process is not None:
-            self.process.close()
+        old, self.process = self.process, None  # from now on the old one's events (its exit) are ignored
+        if old is not None:
+            old.close()
         placement = choose_placement(self.app.nvml())
         process = ChatProcess(self.app.chat_command(checkpoint.path, placement.device), placement.env)
         # Set before it starts, so that its first event already finds it current.
@@ -160,11 +161,10 @@ class ChatScreen(Screen):
         if kind == "ready":
             self.ready = event
             where = self.placement.label if self.placement else event.get("device")
-            what = (
-                "chat model: the conversation is kept"
-                if event.get("mode") == "chat"
-                else ("base model: each message is continued as plain text")
-            )
+            if event.get("mode") == "chat":
+                what = "chat model: the conversation is kept"
+            else:
+                what = "base model: each message is continued as plain text"
             context = event.get("context_tokens")
             self._status(f"ready on {where}: {event.get('model')} ({what}; context {context} tokens)")
             if self.checkpoint is not None:
@@ -193,7 +193,8 @@ class ChatScreen(Screen):
         text = event.get("text", self.reply_text)
         if self.reply is not None:
             self.reply.update(text)
-        if self.ready and self.ready.get("mode") == "chat" and event.get("finish_reason") != "cancelled":
+        if self.ready and self.ready.get("mode") == "chat":
+            # A stopped reply stays in the conversation as far as it got, as in `nanostudy chat`.
             self.history.append({"role": "assistant", "content": text})
         reason = {"stop": "", "length": " (cut at max tokens)", "cancelled": " (stopped)"}.get(
             event.get("finish_reason"), ""
@@ -213,6 +214,9 @@ class ChatScreen(Screen):
         if event.get("id") is not None and event.get("id") == self.generating:
             if self.history and self.history[-1]["role"] == "user":
                 self.history.pop()  # the refused message is not part of the conversation
+            if self.reply is not None:
+                self.reply.update(f"(refused: {event.get('message')})")
+            self._status("Ctrl+N starts a new conversation")
             self.generating, self.reply, self.reply_text = None, None, ""
 
     def _on_exit(self, event: dict[str, Any]) -> None:
@@ -301,9 +305,9 @@ class ChatScreen(Screen):
             self._load(checkpoint)
 
     def on_unmount(self) -> None:
-        if self.process is not None:
-            self.process.close(timeout_s=2.0)
-            self.process = None
+        process, self.process = self.process, None
+        if process is not None:
+            process.close(timeout_s=2.0)
 
     def _status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)
