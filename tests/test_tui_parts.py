@@ -66,6 +66,11 @@ def test_occupants_tell_our_trainers_from_foreign_processes():
     assert who(_gpu(0, (101,))) == ["cell c0"]  # named once, by its GPUs and by its worker
     assert who(_gpu(1, (201, 300))) == ["cell c1", "foreign pid 300 (python)"]
     assert who(_gpu(2, ())) == []
+    # From the list of studies there is no study to tell ours by: processes are named, not judged.
+    assert occupants(_gpu(1, (201, 300)), None, ancestors=parents.get, process_name=str) == [
+        "pid 201 (201)",
+        "pid 300 (300)",
+    ]
 
 
 def test_the_chat_model_goes_to_a_free_gpu_else_the_cpu():

@@ -11,7 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
 from tui.format import UNKNOWN, sparkline
-from tui.gpu_telemetry import GpuSample, History, Ours, occupants, psutil_ancestors, psutil_name, sample
+from tui.gpu_telemetry import GpuSample, History, occupants, psutil_ancestors, psutil_name, sample
 from tui.polling import PollingScreen
 from tui.source import StoreProblem, ours_on_host
 
@@ -72,7 +72,7 @@ class GpuScreen(PollingScreen):
         if nvml is None:
             return GpuReading(samples=None, occupants={}, store_problem=None)
         samples = sample(nvml)
-        ours, problem = Ours(cells_by_gpu={}, cells_by_pid={}), None
+        ours, problem = None, None
         if self.study is not None:
             try:
                 ours = self.app.source.read(ours_on_host, self.study, self.app.hostname)

@@ -95,10 +95,17 @@ class Ours:
 
 
 def occupants(
-    gpu: GpuSample, ours: Ours, *, ancestors: Callable[[int], list[int]], process_name: Callable[[int], str]
+    gpu: GpuSample,
+    ours: Ours | None,
+    *,
+    ancestors: Callable[[int], list[int]],
+    process_name: Callable[[int], str],
 ) -> list[str]:
     """Who runs on the GPU: our cell (by its attempt's GPUs) and every process that is not one of our
-    trainers or their children, as 'foreign pid N (name)'."""
+    trainers or their children, as 'foreign pid N (name)'. With no study to tell ours (`ours` None),
+    every process is 'pid N (name)'."""
+    if ours is None:
+        return [f"pid {pid} ({process_name(pid)})" for pid in gpu.pids]
     found = []
     if gpu.index in ours.cells_by_gpu:
         found.append(f"cell {ours.cells_by_gpu[gpu.index]}")
