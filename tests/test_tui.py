@@ -685,3 +685,47 @@ def test_watching_and_cancelling_under_a_live_runner(tmp_path):
     with open_store(tmp_path / "nanostudy.db", create=False) as store:
         states = {cell.id: cell.state for cell in cell_statuses(store, study_id)}
     assert sorted(states.values()) == [CellState.CANCELLED, CellState.DONE]
+
+
+def test_the_real_command_in_a_terminal_shows_a_message_not_a_traceback(tmp_path):
+    """`nanostudy tui` as a process on a pseudo-terminal, on a database that does not exist: the message is
+    on the screen, `q` quits with exit code 0, and no traceback is ever printed."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "tui", "demo", "--db", str(tmp_path / "none.db")],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, start_new_session=True,
+        env={**os.environ, "TERM": "xterm-256color"},
+    )  # fmt: skip
+    os.close(slave)
+    screen = b""
+
+    def read_until(done, timeout_s: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done():
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:  # the terminal closed: the process has ended
+                    return
+
+    try:
+        read_until(lambda: b"no nanostudy database here yet" in screen, timeout_s=60)
+        assert b"no nanostudy database here yet" in screen
+        os.write(master, b"q")
+        assert process.wait(timeout=30) == 0
+        read_until(lambda: False, timeout_s=0.5)
+        assert b"Traceback" not in screen
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
