@@ -23,6 +23,9 @@ EVENTS_NAME = "events.jsonl"
 END_STATUSES = ("done", "diverged", "error")
 
 COMMON_FIELDS = {"v": "int", "kind": "str", "time": "float"}
+# Fields added to a kind after its schema version was fixed: events written before may lack them (readers
+# say what an absent one means).
+LATER_FIELDS = {"checkpoint": {"stopping"}}
 SCHEMA: dict[str, dict[str, str]] = {
     # Once per process start (a resumed run appends another `start` with resumed_from set).
     "start": {
@@ -81,6 +84,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "tokens": "int",
         "flops": "float",
         "final": "bool",  # the run's last step
+        "stopping": "bool",  # taken on the way out of a stop (SIGTERM, max_seconds): the trainer exits next
         "elapsed_s": "float?",
     },
     # The last event of a run that will not continue (an interrupted run writes none: it is resumable).
@@ -132,6 +136,8 @@ def validate(event: Any) -> None:
     fields = COMMON_FIELDS | SCHEMA[kind]
     for name, spec in fields.items():
         if name not in event:
+            if name in LATER_FIELDS.get(kind, ()):
+                continue
             raise ValueError(f"{kind} event: missing field {name!r}")
         value = event[name]
         nullable = spec.endswith("?")

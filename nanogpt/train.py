@@ -816,9 +816,9 @@ class Trainer:
                 self._validate()
             stopping = stop_votes > 0 and not last
             if last or stopping or (every_ckpt is not None and self.step % every_ckpt == 0):
-                self._checkpoint(final=last)
+                self._checkpoint(final=last, stopping=stopping)
             # After the checkpoint, so that a failing benchmark never costs the trained weights; never on the
-            # way out of a stop (the runner reads a stop from the last event being a checkpoint).
+            # way out of a stop (the runner reads a stop from the last event being a stopping checkpoint).
             if (
                 self.gauntlet is not None
                 and not stopping
@@ -899,7 +899,7 @@ class Trainer:
         for event in result.events():
             self._emit("eval", step=self.step, **event)
 
-    def _checkpoint(self, *, final: bool) -> None:
+    def _checkpoint(self, *, final: bool, stopping: bool) -> None:
         runtime = self.runtime
         counters = self._counters()
         meta = {
@@ -925,7 +925,9 @@ class Trainer:
             world_size=runtime.world_size,
             keep_last=self.config.checkpoint.keep_last,
         )
-        self._emit("checkpoint", **counters, path=os.path.relpath(path, self.run_dir), final=final)
+        self._emit(
+            "checkpoint", **counters, path=os.path.relpath(path, self.run_dir), final=final, stopping=stopping
+        )
 
     def _end(self, status: str, message: str | None) -> None:
         val_loss, val_bpb = self.last_val

@@ -32,19 +32,28 @@ class AttemptTrace:
     end: dict[str, Any] | None = None
     last_kind: str | None = None
     last_checkpoint_final: bool | None = None  # of the last event, when it is a checkpoint
+    last_checkpoint_stopping: bool | None = None  # ditto: taken on the way out of a stop
     last_step: int | None = None
     num_checkpoints: int = 0  # written during this attempt
 
     @property
     def stopped_at_checkpoint(self) -> bool:
         """The attempt's last event is a non-final checkpoint and it wrote no `end`: the trainer stopped on
-        request (SIGTERM, max_seconds), which is resumable, rather than crashing."""
-        return self.end is None and self.last_kind == "checkpoint" and self.last_checkpoint_final is False
+        request (SIGTERM, max_seconds), which is resumable, rather than crashing. A trainer killed just after
+        a periodic checkpoint leaves the same last event, but without `stopping`."""
+        return (
+            self.end is None
+            and self.last_kind == "checkpoint"
+            and self.last_checkpoint_final is False
+            and bool(self.last_checkpoint_stopping)
+        )
 
     def see(self, event: Mapping[str, Any]) -> None:
         kind = event.get("kind")
         self.last_kind = kind
         self.last_checkpoint_final = bool(event.get("final")) if kind == "checkpoint" else None
+        # Absent: a trainer from before the field, whose non-final last checkpoint was most likely a stop's.
+        self.last_checkpoint_stopping = bool(event.get("stopping", True)) if kind == "checkpoint" else None
         if isinstance(event.get("step"), int):
             self.last_step = event["step"]
         if kind == "checkpoint":

@@ -91,7 +91,7 @@ def main() -> int:
             if behaviour in ("hang", "slow"):
                 time.sleep(SLOW_STEP_S if behaviour == "slow" else 0.05)
                 if stop:
-                    _checkpoint(events, run_dir, step, final=False)
+                    _checkpoint(events, run_dir, step, final=False, stopping=True)
                     return 143
                 if behaviour == "slow" and step % 5 == 0 and step < num_steps:
                     _checkpoint(events, run_dir, step, final=False)
@@ -115,10 +115,13 @@ def _counters(step: int) -> dict:
     return {"step": step, "tokens": 256 * step, "flops": 1e6 * step, "elapsed_s": 0.01 * step}
 
 
-def _checkpoint(events: EventWriter, run_dir: Path, step: int, *, final: bool) -> None:
+def _checkpoint(
+    events: EventWriter, run_dir: Path, step: int, *, final: bool, stopping: bool = False
+) -> None:
     path = run_dir / "checkpoints" / f"step_{step:06d}"
     path.mkdir(parents=True, exist_ok=True)
-    events.write("checkpoint", **_counters(step), path=str(path.relative_to(run_dir)), final=final)
+    relative = str(path.relative_to(run_dir))
+    events.write("checkpoint", **_counters(step), path=relative, final=final, stopping=stopping)
 
 
 def _start_fields(config_path: Path, first: int) -> dict:

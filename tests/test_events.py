@@ -33,11 +33,9 @@ def test_valid_events_pass():
     validate(event("step", **STEP))
     validate(event("end", **END))
     validate(event("eval", step=10, task="hellaswag", score=0.3, metrics={"n": 100}))
-    validate(
-        event(
-            "checkpoint", step=3, path="checkpoints/step_000003", tokens=1, flops=1.0, final=True, elapsed_s=2
-        )
-    )
+    checkpoint = dict(step=3, path="checkpoints/step_000003", tokens=1, flops=1.0, final=True, elapsed_s=2)
+    validate(event("checkpoint", **checkpoint, stopping=False))
+    validate(event("checkpoint", **checkpoint))  # `stopping` came later: older trainers' events lack it
 
 
 @pytest.mark.parametrize(
@@ -52,6 +50,10 @@ def test_valid_events_pass():
             "field 'loss' is nan; write non-finite numbers as null",
         ),
         (event("step", **STEP, extra=1), "step event: unknown field 'extra'"),
+        (
+            event("checkpoint", step=3, path="c", tokens=1, flops=1.0, final=True, elapsed_s=2, stopping=1),
+            "field 'stopping' must be bool",
+        ),
         (
             event("end", **(END | {"status": "interrupted"})),
             "status 'interrupted' is not one of done, diverged",

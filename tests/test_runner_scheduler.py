@@ -46,7 +46,9 @@ def _trace(*events: dict) -> AttemptTrace:
 
 START = {"kind": "start"}
 STEP = {"kind": "step", "step": 7}
-CHECKPOINT = {"kind": "checkpoint", "step": 7, "final": False}
+CHECKPOINT = {"kind": "checkpoint", "step": 7, "final": False, "stopping": True}
+PERIODIC = {"kind": "checkpoint", "step": 7, "final": False, "stopping": False}
+OLD_TRAINERS = {"kind": "checkpoint", "step": 7, "final": False}  # written before `stopping` existed
 FINAL = {"kind": "checkpoint", "step": 9, "final": True}
 
 
@@ -85,6 +87,15 @@ FINAL = {"kind": "checkpoint", "step": 9, "final": True}
         ((START, CHECKPOINT, STEP), Exited(code=1, from_trainer=False), False, AttemptOutcome.FAILED),
         ((START, STEP, CHECKPOINT), Exited(code=None, from_trainer=False), False, AttemptOutcome.INTERRUPTED),
         ((START, STEP), Exited(code=None, from_trainer=False), False, AttemptOutcome.FAILED),
+        # Killed (unwatched, or under torchrun) just after a periodic checkpoint: a crash, not a stop.
+        ((START, STEP, PERIODIC), Exited(code=None, from_trainer=False), False, AttemptOutcome.FAILED),
+        ((START, STEP, PERIODIC), Exited(code=1, from_trainer=False), False, AttemptOutcome.FAILED),
+        (
+            (START, STEP, OLD_TRAINERS),
+            Exited(code=None, from_trainer=False),
+            False,
+            AttemptOutcome.INTERRUPTED,
+        ),
         ((START, STEP, CHECKPOINT), Exited(code=-9, from_trainer=True), False, AttemptOutcome.FAILED),
         ((), Exited(code=2, from_trainer=True), False, AttemptOutcome.FAILED),
         # A run found already done writes no events and exits 0 (torchrun: 0 when every rank did).

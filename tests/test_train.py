@@ -88,6 +88,7 @@ def test_a_run_writes_every_event_with_sane_fields(finished_run, data_dir):
     assert [e["step"] for e in events if e["kind"] == "step"] == list(range(1, 13))
     assert [e["step"] for e in events if e["kind"] == "val"] == [6, 12]
     assert [(e["step"], e["final"]) for e in events if e["kind"] == "checkpoint"] == [(6, False), (12, True)]
+    assert not any(e["stopping"] for e in events if e["kind"] == "checkpoint")
 
     start, end = events[0], events[-1]
     model = GPT(GPTConfig(depth=2, aspect_ratio=16, head_dim=16, sequence_len=32, vocab_size=257))
@@ -562,6 +563,7 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_matches_a_straight_run(tm
     assert "end" not in [e["kind"] for e in events]
     stopped_at = max(losses(stopped))
     assert stopped_at < 400 and events[-1]["kind"] == "checkpoint" and events[-1]["step"] == stopped_at
+    assert events[-1]["stopping"] is True
     assert ckpt.latest_checkpoint(stopped).name == f"step_{stopped_at:06d}"
 
     resumed = subprocess.run(
