@@ -105,5 +105,5 @@ def test_resolve_study_opens_nothing(tmp_path, monkeypatch):
     assert api.resolve_study(str(study_file)) == (str(ROOT / "studies" / "nanostudy.db"), "quickstart")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [not, a, name]\n")
-    with pytest.raises(ValueError, match="bad.yaml"):
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
         api.resolve_study(str(bad))
