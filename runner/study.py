@@ -124,13 +124,18 @@ def _run_sections() -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Grid:
-    """The swept axes. Empty `aspect_ratio` / `lr_multiplier`: not swept (model.aspect_ratio, 1)."""
+    """The swept axes. Empty `aspect_ratio` / `lr_multiplier`: not swept (model.aspect_ratio, 1).
+
+    `depth_by_flops` (grid.depth written as a mapping budget → depths): each budget trains only its own
+    depths, so that a study can centre every isoflop curve on its expected optimum and leave out the cells
+    its data cannot feed; `depth` is then every depth of any budget."""
 
     depth: tuple[int, ...] = ()
     flops: tuple[float, ...] = ()
     seed: tuple[int, ...] = (0,)
     aspect_ratio: tuple[int, ...] = ()
     lr_multiplier: tuple[float, ...] = ()
+    depth_by_flops: tuple[tuple[float, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         for axis in AXES:
@@ -144,10 +149,14 @@ class Grid:
         """Every combination, budget by budget, as axis -> value (only the axes the study sweeps, plus
         `seed` always and `depth`/`flops` when given)."""
         axes = [axis for axis in AXES if getattr(self, axis)]
-        return [
+        points = [
             dict(zip(axes, values, strict=True))
             for values in itertools.product(*(getattr(self, a) for a in axes))
         ]
+        if not self.depth_by_flops:
+            return points
+        depths = dict(self.depth_by_flops)
+        return [p for p in points if p["depth"] in depths.get(p["flops"], ())]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -550,11 +559,15 @@ def _parse_grid(doc: _Document, raw: Any, mode: str) -> Grid:
     if raw is None:
         return Grid()
     axes: dict[str, tuple] = {}
+    depth_by_budget = None
     for axis in _unknown_keys(doc, "grid", raw, AXES):
         if mode == "mid-training" and axis in ("depth", "flops", "aspect_ratio"):
             doc.add(
                 f"grid.{axis}", "mode mid-training takes the model from mid_training.init_from; remove it"
             )
+            continue
+        if axis == "depth" and isinstance(raw[axis], dict):
+            depth_by_budget = raw[axis]
             continue
         axes[axis] = _parse_axis(doc, axis, raw[axis])
     for axis in required:
@@ -562,7 +575,42 @@ def _parse_grid(doc: _Document, raw: Any, mode: str) -> Grid:
             doc.add("grid", f"missing grid.{axis}")
     if not axes.get("seed", (0,)):
         axes.pop("seed")  # reported already; keep the default so the other checks go on
+    if depth_by_budget is not None:
+        by_flops = _parse_depth_by_budget(doc, depth_by_budget, axes.get("flops", ()))
+        axes["depth_by_flops"] = by_flops
+        axes["depth"] = tuple(sorted({d for _, depths in by_flops for d in depths}))
     return Grid(**axes)
+
+
+def _parse_depth_by_budget(
+    doc: _Document, raw: Mapping[str, Any], budgets: tuple[float, ...]
+) -> tuple[tuple[float, tuple[int, ...]], ...]:
+    """grid.depth as `{budget: [depths]}`: one key per budget of grid.flops, each a list of depths."""
+    found: dict[float, tuple[int, ...]] = {}
+    listed = ", ".join(map(_budget, budgets))
+    for key, value in raw.items():
+        item = f"grid.depth.{key}"
+        try:
+            budget = float(key)
+        except ValueError:
+            doc.add(item, f"{key!r} is not a FLOP budget; the keys of grid.depth are budgets of grid.flops")
+            continue
+        if budget not in budgets:
+            doc.add(item, f"budget {key} is not one of grid.flops ({listed})")
+            continue
+        if budget in found:
+            doc.add(item, f"budget {_budget(budget)} is given twice")
+            continue
+        found[budget] = _parse_axis(doc, f"depth.{key}", value)
+    missing = [b for b in budgets if b not in found]
+    if missing and budgets:
+        doc.add("grid.depth", f"no depths for budget {', '.join(map(_budget, missing))}; give each its own")
+    return tuple((b, found[b]) for b in budgets if found.get(b))
+
+
+def _budget(flops: float) -> str:
+    """1e+18 → '1e18', 1.5e+16 → '1.5e16': as a study file writes a budget."""
+    return f"{flops:.4g}".replace("e+0", "e").replace("e+", "e")
 
 
 def _parse_tokenizer(doc: _Document, key: str, value: Any, *, inherit: bool) -> str | None:

@@ -79,6 +79,31 @@ def test_points_are_listed_budget_by_budget():
     assert len(points) == 8
 
 
+def test_depths_per_budget_give_each_isoflop_curve_its_own_models():
+    study = parse(GOOD.replace("  depth: [1, 2]\n", "  depth:\n    3e9: [3, 2]\n    1e9: [2, 1]\n"))
+    assert study.grid.depth == (1, 2, 3)
+    points = [(p["flops"], p["depth"]) for p in study.grid.points() if p["seed"] == 0]
+    assert points == [(1e9, 1), (1e9, 2), (3e9, 2), (3e9, 3)]  # budget by budget; never (1e9, 3)
+    assert len(study.grid.points()) == 8  # × two seeds
+
+
+def test_depths_per_budget_must_name_each_budget_once_with_valid_depths():
+    text = GOOD.replace(
+        "  depth: [1, 2]\n", "  depth:\n    1e9: [1, 0]\n    2e9: [1]\n    1.0e9: [2]\n    big: [3]\n"
+    )
+    found = problems(text, "per.yaml")
+    expected = [
+        ("  depth:", "grid.depth: no depths for budget 3e9; give each its own"),
+        ("1e9: [1, 0]", "grid.depth.1e9[1]: must be positive, got 0"),
+        ("2e9: [1]", "grid.depth.2e9: budget 2e9 is not one of grid.flops (1e9, 3e9)"),
+        ("1.0e9: [2]", "grid.depth.1.0e9: budget 1e9 is given twice"),
+        ("big: [3]", "grid.depth.big: 'big' is not a FLOP budget"),
+    ]
+    assert len(found) == len(expected), found
+    for (needle, message), problem in zip(expected, found, strict=True):
+        assert problem.startswith(f"per.yaml:{line_of(text, needle)}: {message}"), problem
+
+
 def test_every_problem_at_once_with_its_line():
     text = """\
     name: bad
