@@ -41,7 +41,7 @@ def line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
-@pytest.mark.parametrize("name", ["quickstart", "isoflop", "midtrain"])
+@pytest.mark.parametrize("name", ["quickstart", "isoflop", "midtrain", "h100-isoflop"])
 def test_the_shipped_studies_load(name):
     study = load(ROOT / "studies" / f"{name}.yaml")
     assert study.name == name
