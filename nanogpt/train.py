@@ -612,7 +612,11 @@ class Trainer:
             device=runtime.device,
             seed=config.seed,
         )
-        self.train_loader = TokenLoader(config.data.train_dir, split="train", **common)
+        # Each step's block of the stream holds the step's sequences whatever the number of ranks and
+        # micro-batches (nanogpt/data.py), so runs on 1 and N GPUs with one total batch read the same tokens.
+        self.train_loader = TokenLoader(
+            config.data.train_dir, split="train", micro_batches=self.grad_accum, **common
+        )
         # Validation batches are the training micro-batch, unless the validation split is smaller than one
         # of those on every rank (a small corpus, a micro-batch the probe made large): then as many whole
         # sequences per rank as it holds.
@@ -629,7 +633,7 @@ class Trainer:
         self.val_batches = min(
             max(1, config.eval.val_tokens // tokens_per_val_batch), self.val_loader.blocks_per_epoch
         )
-        self.data_epochs = self.train_loader.epochs_for(self.total_steps * self.grad_accum)
+        self.data_epochs = self.train_loader.epochs_for(self.total_steps)
         if self.data_epochs > 1:
             self.warnings.append(f"the run needs {self.data_epochs:.2f} epochs of {config.data.train_dir}")
 
@@ -739,7 +743,7 @@ class Trainer:
         try:
             if runtime.master and config.wandb.mode != "disabled":
                 self.wandb = _WandbLog(config, self.run_dir)
-            self._emit("start", **self._start_fields())
+            self._emit("start", **self._start_fields(), optim_state_bytes=self._optim_state_bytes())
             with _StopRequest() as stop:
                 return self._loop(stop)
         except Exception as e:
@@ -776,6 +780,13 @@ class Trainer:
             optim=self.hparams,
             warnings=self.warnings,
         )
+
+    def _optim_state_bytes(self) -> list[int]:
+        """Every rank's `MuonAdamW.state_bytes()`, by rank (a collective: every rank calls it)."""
+        runtime = self.runtime
+        sizes = torch.zeros(runtime.world_size, dtype=torch.int64, device=runtime.device)
+        sizes[runtime.rank] = self.optimizer.state_bytes()
+        return [int(n) for n in _all_reduce(sizes, runtime).tolist()]
 
     def _loop(self, stop: _StopRequest) -> int:
         config, runtime = self.config, self.runtime

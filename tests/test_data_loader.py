@@ -56,7 +56,7 @@ def test_shapes_targets_and_disjoint_ranks(tmp_path):
         TokenLoader(data, split="train", batch_size=2, seq_len=8, rank=r, world_size=3) for r in range(3)
     ]
     assert loaders[0].tokens_per_epoch == tokens_available(data, "train") == 2001
-    assert loaders[0].blocks_per_epoch == 2001 // (3 * 17)
+    assert loaders[0].blocks_per_epoch == 2001 // (3 * 2 * 8 + 1)
     seen = []
     for _ in range(loaders[0].blocks_per_epoch):
         for loader in loaders:
@@ -65,10 +65,48 @@ def test_shapes_targets_and_disjoint_ranks(tmp_path):
             flat_x, flat_y = x.flatten(), y.flatten()
             # Targets are the inputs shifted by one stream position (tokens equal their positions).
             assert torch.equal(flat_y[:-1], flat_x[1:]) and flat_y[-1] == flat_x[-1] + 1
-            seen.append(set(flat_x.tolist()) | {int(flat_y[-1])})
+            seen.append(set(flat_x.tolist()))
     union = set().union(*seen)
-    assert len(union) == sum(len(s) for s in seen)  # no token read twice by any rank in an epoch
+    assert len(union) == sum(len(s) for s in seen)  # no input token read twice by any rank in an epoch
     assert all(loader.epoch == 1 for loader in loaders)
+
+
+def _step_tokens(data, *, world_size, micro_batches, batch_size, steps, seed=3):
+    """The (input, target) pairs of each step, over every rank and micro-batch, as a sorted list."""
+    loaders = [
+        TokenLoader(
+            data,
+            split="train",
+            batch_size=batch_size,
+            seq_len=8,
+            rank=r,
+            world_size=world_size,
+            micro_batches=micro_batches,
+            seed=seed,
+        )
+        for r in range(world_size)
+    ]
+    out = []
+    for _ in range(steps):
+        pairs = []
+        for loader in loaders:
+            for _ in range(micro_batches):
+                x, y = loader.next_batch()
+                pairs += list(zip(x.flatten().tolist(), y.flatten().tolist(), strict=True))
+        out.append(sorted(pairs))
+    return out
+
+
+def test_a_steps_tokens_do_not_depend_on_how_it_is_split_into_ranks_and_micro_batches(tmp_path):
+    """12 sequences per step read as 1 rank × 1 × 12, 1 × 4 × 3, 2 × 3 × 2, 3 × 2 × 2, 4 × 1 × 3, 6 × 2 × 1:
+    the same tokens at every step, over more than an epoch (2001 // 97 = 20 steps), so runs on 1 and N
+    GPUs with one total batch train on the same data."""
+    data = make_data_dir(tmp_path)
+    splits = [(1, 1, 12), (1, 4, 3), (2, 3, 2), (3, 2, 2), (4, 1, 3), (6, 2, 1)]
+    runs = [_step_tokens(data, world_size=w, micro_batches=g, batch_size=b, steps=25) for w, g, b in splits]
+    assert all(run == runs[0] for run in runs[1:])
+    assert len({tuple(step) for step in runs[0]}) == 20  # the 21st step starts the next epoch's order
+    assert runs[0] != _step_tokens(data, world_size=1, micro_batches=1, batch_size=12, steps=25, seed=4)
 
 
 def test_training_order_is_seeded_and_changes_per_epoch(tmp_path):
@@ -101,11 +139,45 @@ def test_resume_is_exact(tmp_path):
     assert second.epoch == reference.epoch == 2
 
 
+def test_resume_within_a_step_is_exact(tmp_path):
+    data = make_data_dir(tmp_path)
+    reference = TokenLoader(data, split="train", batch_size=3, seq_len=10, micro_batches=4, seed=5)
+    expected = [reference.next_batch() for _ in range(10)]
+    first = TokenLoader(data, split="train", batch_size=3, seq_len=10, micro_batches=4, seed=5)
+    for _ in range(6):  # a step and a half
+        first.next_batch()
+    second = TokenLoader(data, split="train", batch_size=3, seq_len=10, micro_batches=4, seed=5)
+    second.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert (second.step_in_epoch, second.micro_batch) == (1, 2)
+    for x_expected, _ in expected[6:]:
+        assert torch.equal(second.next_batch()[0], x_expected)
+
+
 def test_resume_with_other_geometry_is_refused(tmp_path):
     data = make_data_dir(tmp_path)
     state = TokenLoader(data, split="train", batch_size=3, seq_len=10).state_dict()
     with pytest.raises(ValueError, match="batch_size is 3 in the checkpoint but 4 now"):
         TokenLoader(data, split="train", batch_size=4, seq_len=10).load_state_dict(state)
+    with pytest.raises(ValueError, match="micro_batches is 1 in the checkpoint but 2 now"):
+        TokenLoader(data, split="train", batch_size=3, seq_len=10, micro_batches=2).load_state_dict(state)
+
+
+def test_a_state_of_the_earlier_layout_resumes_only_where_it_reads_the_same_tokens(tmp_path):
+    """Layout 1 (no `layout` key) gave each rank and micro-batch a block of B×T + 1 tokens: the same
+    tokens as now with one process and one micro-batch per step, other tokens otherwise."""
+    data = make_data_dir(tmp_path)
+    single = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
+    for _ in range(7):
+        single.next_batch()
+    old = {
+        k: v for k, v in single.state_dict().items() if k not in ("layout", "micro_batch", "micro_batches")
+    }
+    resumed = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
+    resumed.load_state_dict(old)
+    assert torch.equal(resumed.next_batch()[0], single.next_batch()[0])
+    two = TokenLoader(data, split="train", batch_size=3, seq_len=10, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="data layout of an earlier version"):
+        two.load_state_dict({**two.state_dict(), "layout": 1})
 
 
 def test_val_reads_in_order_from_start(tmp_path):

@@ -282,7 +282,7 @@ def test_mid_training_starts_from_the_pretrained_weights_with_masked_loss(tmp_pa
     init = ckpt.latest_checkpoint(finished_run)
     model = GPT(GPTConfig(**ckpt.read_meta(init)["model_config"]))
     model.load_state_dict(ckpt.load_model_state(init, "cpu"))
-    loader = TokenLoader(chat_data, split="train", batch_size=4, seq_len=32)
+    loader = TokenLoader(chat_data, split="train", batch_size=4, seq_len=32, micro_batches=2)
     total, count = 0.0, 0
     with torch.no_grad():
         for _ in range(2):  # grad_accum
