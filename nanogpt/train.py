@@ -225,7 +225,12 @@ def effective_hparams(config: RunConfig, gpt_config: GPTConfig) -> dict[str, flo
     }
 
 
-def build_optimizer(model: GPT, config: RunConfig, hparams: dict[str, float]) -> MuonAdamW:
+def build_optimizer(
+    model: GPT, config: RunConfig, hparams: dict[str, float], orth_dtype: torch.dtype = torch.bfloat16
+) -> MuonAdamW:
+    """MuonAdamW over the model's parameter groups. Muon orthogonalizes in `orth_dtype`: the trainer passes
+    the run's dtype, so a bf16 run does it in bf16 (stable there, and fast) and a float32 run stays float32
+    throughout, which keeps runs on different numbers of ranks within float32 rounding of each other."""
     optim = config.optim
     adamw = {"kind": "adamw", "betas": (optim.adam_beta1, optim.adam_beta2), "eps": optim.adam_eps}
     kinds = {
@@ -246,7 +251,7 @@ def build_optimizer(model: GPT, config: RunConfig, hparams: dict[str, float]) ->
         if params:
             groups.append({"params": params, "name": name, **kinds[name], "initial_lr": kinds[name]["lr"]})
     process_group = dist.group.WORLD if dist.is_initialized() else None
-    return MuonAdamW(groups, process_group=process_group)
+    return MuonAdamW(groups, process_group=process_group, orth_dtype=orth_dtype)
 
 
 def probe_device_batch_size(
@@ -619,20 +624,24 @@ class Trainer:
         )
         # Validation batches are the training micro-batch, unless the validation split is smaller than one
         # of those on every rank (a small corpus, a micro-batch the probe made large): then as many whole
-        # sequences per rank as it holds.
+        # sequences per rank as it holds. A validation is one block of the loader, read in val_batches
+        # micro-batches per rank: like a training step, the tokens it reads depend only on how many there
+        # are, not on the number of ranks or the micro-batch.
         val_dir = config.data.val_dir or config.data.train_dir
         val_tokens = tokens_available(val_dir, "val")
-        val_batch = max(1, min(device_batch_size, (val_tokens // runtime.world_size - 1) // seq_len))
-        self.val_loader = TokenLoader(val_dir, split="val", **{**common, "batch_size": val_batch})
+        val_batch = max(1, min(device_batch_size, (val_tokens - 1) // (runtime.world_size * seq_len)))
+        tokens_per_val_batch = val_batch * seq_len * runtime.world_size
+        self.val_batches = max(
+            1, min(config.eval.val_tokens // tokens_per_val_batch, (val_tokens - 1) // tokens_per_val_batch)
+        )
+        self.val_loader = TokenLoader(
+            val_dir, split="val", micro_batches=self.val_batches, **{**common, "batch_size": val_batch}
+        )
         if self.resume_meta is not None:
             try:
                 self.train_loader.load_state_dict(self.resume_meta["rank_states"][runtime.rank]["loader"])
             except ValueError as e:
                 raise InputError(f"{self.resume_dir / ckpt.META_NAME}: {e}") from None
-        tokens_per_val_batch = val_batch * seq_len * runtime.world_size
-        self.val_batches = min(
-            max(1, config.eval.val_tokens // tokens_per_val_batch), self.val_loader.blocks_per_epoch
-        )
         self.data_epochs = self.train_loader.epochs_for(self.total_steps)
         if self.data_epochs > 1:
             self.warnings.append(f"the run needs {self.data_epochs:.2f} epochs of {config.data.train_dir}")
@@ -662,7 +671,7 @@ class Trainer:
         )
 
         self.hparams = effective_hparams(config, self.gpt_config)
-        self.optimizer = build_optimizer(self.model, config, self.hparams)
+        self.optimizer = build_optimizer(self.model, config, self.hparams, orth_dtype=runtime.dtype)
         if self.resume_meta is not None:
             optim_state = ckpt.load_optim_state(self.resume_dir, runtime.rank, runtime.device)
             try:
