@@ -227,3 +227,73 @@ def test_the_executor_sets_the_environment_and_signals_once(tmp_path):
     assert status == Exited(code=-9, from_trainer=True)
     assert (tmp_path / "sigterms").read_text() == "1"
     assert os.path.exists(tmp_path / "logs" / "attempt_2.err")
+
+
+def _simulate(cells: list[Candidate], duration_s: dict[str, float], num_gpus: int) -> list[tuple]:
+    """The runner's placement over time, as StudyLoop applies `assign`: a pass at the start and after every
+    cell's end, with every GPU not held by a running cell free. Checks at each pass that no GPU is given
+    twice and that no GPU is left idle while a waiting cell would fit on the idle ones (backfill).
+    Returns (start, end, cell, gpus) per cell."""
+    pending = list(cells)
+    running: dict[str, tuple[float, tuple[int, ...]]] = {}
+    placed = []
+    now = 0.0
+    while pending or running:
+        held = {gpu for _, gpus in running.values() for gpu in gpus}
+        free = [gpu for gpu in range(num_gpus) if gpu not in held]
+        chosen = assign(pending, free_gpus=free, slots=num_gpus - len(running))
+        for cell, gpus in chosen:
+            assert gpus is not None and len(gpus) == cell.num_gpus and not set(gpus) & held, (cell, gpus)
+            held |= set(gpus)
+            running[cell.cell_id] = (now + duration_s[cell.cell_id], gpus)
+            placed.append((now, now + duration_s[cell.cell_id], cell.cell_id, gpus))
+            pending.remove(cell)
+        idle = num_gpus - len(held)
+        assert not any(cell.num_gpus <= idle for cell in pending), (now, idle, pending)
+        now = min(end for end, _ in running.values())
+        running = {cell_id: run for cell_id, run in running.items() if run[0] > now}
+    return placed
+
+
+def _busy_fraction(placed: list[tuple], num_gpus: int) -> float:
+    wall_s = max(end for _, end, _, _ in placed) - min(start for start, _, _, _ in placed)
+    return sum((end - start) * len(gpus) for start, end, _, gpus in placed) / (num_gpus * wall_s)
+
+
+def test_a_study_of_eight_one_gpu_and_two_four_gpu_cells_keeps_eight_gpus_busy():
+    """Issue 11's study on an 8-GPU machine: the four-GPU cells (the larger models) start first on all 8
+    GPUs; as each ends, four one-GPU cells take its GPUs. No GPU ever holds two cells, and every GPU stays
+    busy until the cells run out: only the tail, where one-GPU cells of different lengths end at different
+    times, leaves GPUs idle."""
+    big = [_cell(f"big{i}", 8e18, num_gpus=4) for i in range(2)]
+    small = [_cell(f"small{i}", 1e18) for i in range(8)]
+    durations = {"big0": 100.0, "big1": 120.0} | {f"small{i}": 30.0 + i for i in range(8)}
+    placed = _simulate(big + small, durations, num_gpus=8)
+    by_cell = {cell: (start, gpus) for start, _, cell, gpus in placed}
+    assert by_cell["big0"] == (0.0, (0, 1, 2, 3)) and by_cell["big1"] == (0.0, (4, 5, 6, 7))
+    # big0's GPUs go to the four largest one-GPU cells at 100 s, big1's to the others at 120 s.
+    assert {cell for cell, (start, _) in by_cell.items() if start == 100.0} == {f"small{i}" for i in range(4)}
+    assert {cell for cell, (start, _) in by_cell.items() if start == 120.0} == {
+        f"small{i}" for i in range(4, 8)
+    }
+    for gpu in range(8):  # each GPU: one four-GPU cell, then one one-GPU cell straight after it
+        timeline = sorted((start, end) for start, end, _, gpus in placed if gpu in gpus)
+        assert len(timeline) == 2 and timeline[0][1] == timeline[1][0], (gpu, timeline)
+    # All 8 GPUs busy until the first one-GPU cell ends (130 s); the last ends at 157 s:
+    # (4 × 100 + 4 × 120 + Σ(30..37)) / (8 × 157) = 0.91.
+    one_gpu_s = sum(30.0 + i for i in range(8))
+    expected = (4 * 100 + 4 * 120 + one_gpu_s) / (8 * (120 + 37))
+    assert _busy_fraction(placed, 8) == pytest.approx(expected)
+
+
+def test_smaller_four_gpu_cells_wait_for_four_free_gpus_while_one_gpu_cells_backfill():
+    """The other order: the one-GPU cells are the larger and start first on all 8 GPUs. A four-GPU cell
+    waits until four are free at once; meanwhile no GPU is double-booked (checked at every pass)."""
+    big = [_cell(f"big{i}", 1e18, num_gpus=4) for i in range(2)]
+    small = [_cell(f"small{i}", 8e18) for i in range(8)]
+    durations = {"big0": 50.0, "big1": 50.0} | {f"small{i}": 10.0 * (i + 1) for i in range(8)}
+    placed = _simulate(big + small, durations, num_gpus=8)
+    starts = {cell: (start, gpus) for start, _, cell, gpus in placed}
+    assert all(starts[f"small{i}"][0] == 0.0 for i in range(8))
+    assert starts["big0"] == (40.0, (0, 1, 2, 3))  # the fourth one-GPU cell ends at 40 s
+    assert starts["big1"] == (80.0, (4, 5, 6, 7))
