@@ -301,3 +301,53 @@ def test_gpu_selection_with_a_fake_nvml(study, tmp_path):
     assert all(e["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" for e in env.values())
     assert [a.gpus for a in attempts_of(study.store, "two")] == ["2,3"]
     assert attempts_of(study.store, "two")[0].num_gpus == 2
+
+
+def test_eight_one_gpu_and_two_four_gpu_cells_on_a_fake_8_gpu_machine(study, tmp_path, monkeypatch):
+    """Issue 11's placement with real processes (fake trainers of 40 steps × 0.1 s) on a fake 8-GPU NVML:
+    the two four-GPU cells start together on all 8 GPUs; as each ends, four one-GPU cells take its GPUs
+    in the next pass. No GPU ever holds two attempts at once. Printed: the GPU-busy fraction (GPU-seconds
+    held by attempts over 8 × the study's wall time), the per-cell overhead (an attempt's wall time less
+    its 4 s of steps) and how long a GPU waits between two cells (measured here: 98%, 0.17 s, 0.08 s)."""
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.1")
+    specs = [{"id": f"big{i}", "flops": 8e9} for i in range(2)]
+    specs += [{"id": f"small{i}", "flops": 1e9} for i in range(8)]
+    _cells(study, specs)
+    plan = write_plan(tmp_path, {spec["id"]: ["slow"] for spec in specs})
+    pool = GpuPool(nvml=FakeNvml(num_gpus=8))
+    loop = make_loop(
+        study.store,
+        study.id,
+        python=fake_python(tmp_path),
+        plan=plan,
+        pool=pool,
+        num_gpus={"big0": 4, "big1": 4},
+    )
+    assert loop.run() is False
+    assert set(_states(study).values()) == {CellState.DONE}
+    runs = {}  # cell -> (start, end, gpus)
+    for spec in specs:
+        [attempt] = attempts_of(study.store, spec["id"])
+        gpus = tuple(int(g) for g in attempt.gpus.split(","))
+        assert attempt.num_gpus == len(gpus) == (4 if spec["id"].startswith("big") else 1)
+        runs[spec["id"]] = (attempt.started_at, attempt.ended_at, gpus)
+    assert sorted(runs["big0"][2] + runs["big1"][2]) == list(range(8))
+    first_start = min(start for start, _, _ in runs.values())
+    waits = []
+    for gpu in range(8):
+        timeline = sorted((start, end, cell) for cell, (start, end, gpus) in runs.items() if gpu in gpus)
+        # Each GPU: the four-GPU cell it was given at the start, then one one-GPU cell, never overlapping.
+        assert [cell[:3] for _, _, cell in timeline] == ["big", "sma"], (gpu, timeline)
+        (big_start, big_end, _), (small_start, _, _) = timeline
+        assert big_start - first_start < 1.5 and big_end <= small_start < big_end + 1.5, (gpu, timeline)
+        waits.append(small_start - big_end)
+    last_end = max(end for _, end, _ in runs.values())
+    busy = sum((end - start) * len(gpus) for start, end, gpus in runs.values()) / (
+        8 * (last_end - first_start)
+    )
+    overhead = [(end - start) - 40 * 0.1 for start, end, _ in runs.values()]
+    print(
+        f"GPU-busy {busy:.1%}; per-cell overhead mean {sum(overhead) / len(overhead):.2f} s "
+        f"(max {max(overhead):.2f}); GPUs' wait between cells mean {sum(waits) / len(waits):.2f} s"
+    )
+    assert busy > 0.8  # two waves of 4 s cells: below that, GPUs sat idle for a second or more between them
