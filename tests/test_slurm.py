@@ -1,7 +1,8 @@
 """The Slurm executor against a real Slurm: a private cluster of two nodes on this machine (slurm_fixtures).
 
 A CPU study through `nanostudy run` to the end; a 2-node × 2-process cell whose four ranks rendezvous;
-fake GPUs reaching the job; a job scancelled behind nanostudy's back (failed, then retried); a runner
+fake GPUs reaching the job; a job scancelled behind nanostudy's back (failed, then retried); a preempted
+job and one that reaches its time limit (each resumed from its SIGTERM checkpoint in a new job); a runner
 killed with SIGKILL and restarted (its job re-adopted by id, and by name when the id was never recorded);
 sbatch refusing a job (a clear error; the cell failed with the reason, retried after the fix); a bad
 partition and an unreachable controller stopped before anything is submitted.
@@ -29,7 +30,16 @@ from runner.run import LoopOptions
 from runner.slurm.commands import SlurmError
 from runner.slurm.preflight import check_cluster
 from runner.slurm.settings import parse_settings
-from store import AttemptOutcome, CellState, attempts_of, cell_statuses, claim, get_cell, train_curve
+from store import (
+    AttemptOutcome,
+    CellState,
+    attempts_of,
+    cell_statuses,
+    claim,
+    get_cell,
+    train_curve,
+    val_curve,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -232,6 +242,37 @@ def test_a_preempted_job_is_submitted_again_and_resumes_from_its_checkpoint(stud
     assert second.resume_step == stop_checkpoint and second.job_id != job_id
     assert second.outcome is AttemptOutcome.DONE
     assert [p.step for p in train_curve(study.store, "c")] == list(range(1, stop_checkpoint + 1))
+
+
+def test_a_job_at_its_time_limit_checkpoints_and_its_cell_resumes_in_a_new_job(study):
+    """resources.slurm.time of 1 minute (Slurm's least): at the limit Slurm sends SIGTERM, the trainer
+    checkpoints and exits, the job ends TIMEOUT, and the cell resumes from that checkpoint in a new job.
+    Slurm's controller checks time limits every 30 s, so the first job runs 60-90 s."""
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
+    plan = write_plan(study.root, {"c": ["hang", "done"]})
+    runner = _runner(study, {**CPU, "time": "1"}, "--fake", str(plan))
+    try:
+        assert runner.wait(timeout=240) == 0
+    finally:
+        kill9(runner.pid)
+    first, second = attempts_of(study.store, "c")
+    assert "#SBATCH --time=1" in (study.runs / "c" / "slurm" / "attempt_1.sbatch").read_text()
+    assert squeue_state(first.job_id) == "TIMEOUT"
+    assert first.outcome is AttemptOutcome.INTERRUPTED
+    assert first.reason.startswith("the Slurm job ended TIMEOUT; the cell resumes from its last checkpoint")
+    assert first.ended_at - first.started_at >= 60  # the limit, not some other end
+    events, _ = read_events(study.runs / "c" / "events.jsonl")
+    starts = [e for e in events if e["kind"] == "start"]
+    [stop] = [e for e in events if e["kind"] == "checkpoint" and not e["final"]]
+    assert stop["stopping"] is True  # written on the way out of the SIGTERM, the attempt's only one
+    assert second.job_id != first.job_id and second.outcome is AttemptOutcome.DONE
+    assert second.resume_step == stop["step"] > 4  # a minute of steps: attempt 2 ("done", 4) has none left
+    assert [s["resumed_from"] for s in starts] == [None, stop["path"]]
+    assert second.start_event["resumed_from"] == stop["path"]
+    assert get_cell(study.store, "c").state is CellState.DONE
+    # Each step once, none lost or doubled across the two jobs; the final validation once.
+    assert [p.step for p in train_curve(study.store, "c")] == list(range(1, stop["step"] + 1))
+    assert [p.step for p in val_curve(study.store, "c")] == [stop["step"]]
 
 
 def test_a_killed_runner_is_restarted_and_readopts_its_running_job(study):
