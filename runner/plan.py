@@ -430,11 +430,12 @@ class _Planner:
     def _gpus(
         self, model: Mapping[str, Any], numbers: _ModelNumbers, total_batch_tokens: int, ident: str
     ) -> int:
-        """gpus_per_cell (on Slurm: nodes × processes per node), or for "auto" the fewest GPUs (1, 2, 4, 8)
-        that split the batch into whole sequences and whose memory holds the model by memory_bytes_needed."""
+        """gpus_per_cell (its entry for the model's depth when given per depth; on Slurm: nodes × processes
+        per node), or for "auto" the fewest GPUs (1, 2, 4, 8) that split the batch into whole sequences and
+        whose memory holds the model by memory_bytes_needed."""
         wanted = self.study.resources.gpus_per_cell
         if wanted != "auto" or self.study.resources.executor == "slurm":
-            return self.study.resources.processes_per_cell
+            return self.study.resources.processes_for(model["depth"])
         if self.throughput.device_type == "cpu":
             return 1
         memory = self.throughput.memory_bytes or DEFAULT_GPU_MEMORY_BYTES

@@ -203,26 +203,42 @@ class EvalSettings:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Resources:
     executor: Literal["local", "slurm"] = "local"
-    gpus_per_cell: int | Literal["auto"] = 1  # "auto": 1, or more when the model's memory needs them
+    # "auto": 1, or more when the model's memory needs them; or per depth, ((depth, gpus), ...) sorted
+    gpus_per_cell: int | Literal["auto"] | tuple[tuple[int, int], ...] = 1
     max_parallel: int | None = None  # cells at once; None: as many as the GPUs allow
     slurm: SlurmSettings = field(default_factory=SlurmSettings)  # executor slurm: runner/slurm/settings.py
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"resources.executor: must be one of {EXECUTORS}, got {self.executor!r}")
-        if self.gpus_per_cell != "auto" and not _is_int(self.gpus_per_cell, minimum=1):
+        gpus = self.gpus_per_cell
+        per_depth_ok = isinstance(gpus, tuple) and all(
+            isinstance(pair, tuple) and len(pair) == 2 and all(_is_int(n, minimum=1) for n in pair)
+            for pair in gpus
+        )
+        if gpus != "auto" and not per_depth_ok and not _is_int(gpus, minimum=1):
             raise ValueError(
-                f"resources.gpus_per_cell: must be a positive integer or 'auto', got {self.gpus_per_cell!r}"
+                "resources.gpus_per_cell: must be a positive integer, 'auto' or a mapping depth → GPUs, "
+                f"got {gpus!r}"
             )
         if self.max_parallel is not None and not _is_int(self.max_parallel, minimum=1):
             raise ValueError(f"resources.max_parallel: must be a positive integer, got {self.max_parallel!r}")
 
     @property
     def processes_per_cell(self) -> int:
-        """The trainer's world size: gpus_per_cell here ('auto' counts 1 until the planner decides), or a
-        Slurm job's nodes × processes per node."""
+        """The trainer's world size of every cell, where it does not depend on the depth."""
+        if isinstance(self.gpus_per_cell, tuple) and self.executor != "slurm":
+            raise ValueError("resources.gpus_per_cell is given per depth: ask processes_for(depth)")
+        return self.processes_for(0)
+
+    def processes_for(self, depth: int) -> int:
+        """The trainer's world size for a cell of this depth: gpus_per_cell here (its entry for the depth
+        when given per depth; 'auto' counts 1 until the planner decides), or a Slurm job's nodes ×
+        processes per node."""
         if self.executor == "slurm":
             return self.slurm.processes_per_cell
+        if isinstance(self.gpus_per_cell, tuple):
+            return dict(self.gpus_per_cell)[depth]
         return self.gpus_per_cell if self.gpus_per_cell != "auto" else 1
 
 
@@ -861,7 +877,11 @@ def _parse_resources(doc: _Document, raw: Any, *, executor: str | None = None) -
                 doc.add(where, f"must be one of {', '.join(EXECUTORS)}, got {value!r}")
                 continue
         elif key == "gpus_per_cell":
-            if value != "auto":
+            if isinstance(value, dict):
+                value = _parse_gpus_per_depth(doc, value)
+                if value is None:
+                    continue
+            elif value != "auto":
                 value = _as_int(doc, where, value, minimum=1)
                 if value is None:
                     continue
@@ -882,6 +902,48 @@ def _parse_resources(doc: _Document, raw: Any, *, executor: str | None = None) -
     for key, message in problems:
         doc.add(f"resources.slurm.{key}", message)
     return Resources(**values, slurm=slurm)
+
+
+def _parse_gpus_per_depth(doc: _Document, raw: dict) -> tuple[tuple[int, int], ...] | None:
+    """resources.gpus_per_cell as `{depth: gpus}` (a study mixing one-GPU and many-GPU cells)."""
+    pairs = []
+    for key, value in raw.items():
+        where = f"resources.gpus_per_cell.{key}"
+        if not str(key).isdigit() or int(key) < 1:  # the YAML loader gives mapping keys as strings
+            doc.add(where, f"{key!r} is not a depth; the keys of gpus_per_cell are depths of grid.depth")
+            continue
+        gpus = _as_int(doc, where, value, minimum=1)
+        if gpus is not None:
+            pairs.append((int(key), gpus))
+    if len(pairs) != len(raw):
+        return None
+    if not pairs:
+        doc.add("resources.gpus_per_cell", "empty; give the GPUs of every depth of grid.depth")
+        return None
+    return tuple(sorted(pairs))
+
+
+def _check_gpus_per_depth(doc: _Document, study: "Study") -> None:
+    """A per-depth gpus_per_cell names exactly the depths of the grid, and only for the local executor."""
+    gpus = study.resources.gpus_per_cell
+    if not isinstance(gpus, tuple):
+        return
+    if study.resources.executor == "slurm":
+        doc.add(
+            "resources.gpus_per_cell",
+            "GPUs per depth are for the local executor; on Slurm a cell's processes are slurm.nodes × "
+            "gpus_per_node",
+        )
+        return
+    given, grid = {depth for depth, _ in gpus}, set(study.grid.depth)
+    if study.mode != "mid-training" and grid - given:
+        missing = ", ".join(map(str, sorted(grid - given)))
+        doc.add("resources.gpus_per_cell", f"no GPUs for depth {missing} of grid.depth; give every depth")
+    if study.mode != "mid-training" and given - grid:
+        extra = ", ".join(map(str, sorted(given - grid)))
+        doc.add("resources.gpus_per_cell", f"depth {extra} is not in grid.depth")
+    if study.mode == "mid-training":
+        doc.add("resources.gpus_per_cell", "GPUs per depth need grid.depth; mode mid-training has none")
 
 
 def _parse_retry(doc: _Document, raw: Any) -> Retry:
@@ -1085,6 +1147,8 @@ def parse(text: str, *, path: str | os.PathLike = "<study>", executor: str | Non
         lines=dict(doc.lines),
     )
     if not doc.problems:
+        _check_gpus_per_depth(doc, study)
+    if not doc.problems:
         _check_cells(doc, study, origin, mid_origin)
     if doc.problems:
         raise StudyError([message for _, message in sorted(doc.problems, key=lambda p: p[0])])
@@ -1143,7 +1207,7 @@ def _batch_problem(
     model = config["model"]
     if model is None:
         return None  # mode mid-training: the checkpoint's sequence_len, checked by the trainer
-    gpus = study.resources.processes_per_cell
+    gpus = study.resources.processes_for(model["depth"])
     total, seq_len = config["train"]["total_batch_tokens"], model["sequence_len"]
     batch_key = _study_key("train.total_batch_tokens", stage, origin, mid_origin)
     if batch_key == "train" and "model.sequence_len" in origin:

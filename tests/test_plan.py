@@ -85,6 +85,12 @@ def test_auto_gpus_take_the_fewest_whose_memory_holds_the_model():
     assert any("does not fit on 8 GPUs" in warning for warning in tight.warnings)
 
 
+def test_gpus_given_per_depth_go_to_each_cell_of_that_depth():
+    text = GOOD.replace("  device: cpu\n", "") + "resources:\n  gpus_per_cell: {1: 1, 2: 4}\n"
+    cells = plan(parse(text), measured=Throughput(device_type="cuda", device_name="H100")).cells
+    assert {(cell.axes["depth"], cell.gpus) for cell in cells} == {(1, 1), (2, 4)}
+
+
 def test_measured_speed_is_used_for_the_same_shape_and_nearest_depth_only():
     study = parse(GOOD)
     shape = (1, 16, 16, 32)

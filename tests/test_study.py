@@ -230,3 +230,25 @@ def test_a_missing_file_and_bad_yaml_are_reported_with_the_path(tmp_path):
     with pytest.raises(StudyError) as caught:
         load(broken)
     assert re.match(rf"{re.escape(str(broken))}:\d+: YAML: ", caught.value.problems[0])
+
+
+def test_gpus_per_cell_may_be_given_per_depth():
+    """One study of one-GPU and four-GPU cells (issue 11): every depth of the grid names its GPUs."""
+    study = parse(GOOD + "resources:\n  gpus_per_cell: {1: 1, 2: 4}\n")
+    assert study.resources.gpus_per_cell == ((1, 1), (2, 4))
+    assert [study.resources.processes_for(depth) for depth in (1, 2)] == [1, 4]
+    with pytest.raises(ValueError, match="per depth"):
+        study.resources.processes_per_cell  # noqa: B018
+    text = GOOD + "resources:\n  gpus_per_cell: {1: 1, 3: 2}\n"
+    line = line_of(text, "gpus_per_cell")
+    assert problems(text) == [
+        f"s.yaml:{line}: resources.gpus_per_cell: no GPUs for depth 2 of grid.depth; give every depth",
+        f"s.yaml:{line}: resources.gpus_per_cell: depth 3 is not in grid.depth",
+    ]
+    [problem] = problems(GOOD + "resources:\n  gpus_per_cell: {1: 1, 2: 0}\n")
+    assert "resources.gpus_per_cell.2: must be positive, got 0" in problem
+    # The batch must split over each depth's GPUs: 256 tokens are 8 sequences of 32, not a multiple of 3.
+    [problem] = problems(GOOD + "resources:\n  gpus_per_cell: {1: 1, 2: 3}\n")
+    assert "256 tokens per step is not a multiple of sequence_len × gpus_per_cell = 32 × 3" in problem
+    [problem] = problems(GOOD + "resources:\n  gpus_per_cell: {1: 1, deep: 4}\n")
+    assert "resources.gpus_per_cell.deep: 'deep' is not a depth" in problem
