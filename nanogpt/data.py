@@ -1,15 +1,16 @@
 """The training and validation loader over a prepared data directory (see nanogpt/shards.py).
 
-The split's shards form one token stream. Each optimizer step takes one *block* of the stream: its
-S = world_size × micro_batches × batch_size sequences of seq_len tokens, plus the one token that is the
-last sequence's last target, so S × T + 1 tokens. Rank r owns the r-th contiguous run of
-micro_batches × batch_size sequences in the block and its k-th micro-batch is the k-th run of batch_size
-sequences of those (inputs are B×T consecutive tokens, targets the same shifted by one). So the tokens of
-a step depend only on S and T, never on how the step is split into ranks and micro-batches: a run on 1
-GPU and one on 8 with the same total batch read the same tokens at every step, and no input token is read
-by two ranks. The training split visits its blocks in a seeded random order that changes every epoch; the
-validation split always reads its blocks in order from the start, so every evaluation sees the same
-tokens. Targets whose loss-mask byte is 0 become -1, which the model's loss ignores.
+The split's shards form one token stream, cut into *sequences* of seq_len (T) input tokens: sequence i
+holds the stream's tokens [i·T, (i+1)·T) as inputs and the same shifted by one as targets, so every token
+is an input exactly once per epoch. An epoch is an order of the sequences: a seeded permutation that
+changes every epoch for the training split (so a step mixes sequences from all over the corpus, however
+the corpus was ordered when it was prepared), the stream's own order for the validation split (so every
+evaluation sees the same tokens). Optimizer step s takes the next S = world_size × micro_batches ×
+batch_size sequences of that order; rank r owns the r-th run of micro_batches × batch_size of them and its
+k-th micro-batch is the k-th run of batch_size sequences of those. So the tokens of a step depend only on
+S and T, never on how the step is split into ranks and micro-batches: a run on 1 GPU and one on 8 with the
+same total batch read the same tokens at every step, and no sequence is read by two ranks. Targets whose
+loss-mask byte is 0 become -1, which the model's loss ignores.
 """
 
 import os
@@ -30,7 +31,9 @@ from nanogpt.shards import (
 
 __all__ = ["TokenLoader", "epochs_needed", "tokens_available"]
 
-LAYOUT = 2  # the block layout above; 1: a block of world_size × (B×T + 1) tokens per micro-batch
+# The layout above. Earlier versions read contiguous blocks: 1, world_size × (B×T + 1) tokens per
+# micro-batch in a shuffled order of blocks; 2, one block of S×T + 1 tokens per step.
+LAYOUT = 3
 
 
 class TokenLoader:
@@ -75,19 +78,20 @@ class TokenLoader:
         # _starts[i] is the stream offset of shard i's first token.
         self._starts = np.cumsum([0] + [len(t) for t in self._tokens])
         self.tokens_per_epoch = int(self._starts[-1])
-        self.window_tokens = batch_size * seq_len + 1  # one micro-batch's inputs and its last target
-        self.block_tokens = world_size * micro_batches * batch_size * seq_len + 1
-        self.blocks_per_epoch = self.tokens_per_epoch // self.block_tokens
+        # The last sequence's last target is one token past its inputs.
+        self.sequences_per_epoch = max(0, self.tokens_per_epoch - 1) // seq_len
+        self.sequences_per_step = world_size * micro_batches * batch_size
+        self.blocks_per_epoch = self.sequences_per_epoch // self.sequences_per_step  # optimizer steps
         if self.blocks_per_epoch == 0:
             raise ShardError(
                 f"{self.manifest.data_dir}: the {split} split holds {self.tokens_per_epoch:,} tokens, "
                 f"fewer than one step needs ({world_size} ranks × {micro_batches} micro-batches × "
-                f"{batch_size} × {seq_len} + 1 = {self.block_tokens:,}); "
-                "prepare more data or use a smaller batch"
+                f"{batch_size} sequences × {seq_len} + 1 = "
+                f"{self.sequences_per_step * seq_len + 1:,}); prepare more data or use a smaller batch"
             )
         self.epoch = 0
         self.step_in_epoch = 0
-        self.micro_batch = 0  # the next micro-batch of the current block
+        self.micro_batch = 0  # the next micro-batch of the current step
         self._order: np.ndarray | None = None
         self._pin = self.device.type == "cuda"
 
@@ -108,13 +112,15 @@ class TokenLoader:
         repeats data)."""
         return num_steps / self.blocks_per_epoch
 
-    def _block_order(self) -> np.ndarray:
+    def _sequence_order(self) -> np.ndarray:
+        """This epoch's order of the sequences (uint32 where it fits: 4 bytes a sequence on every rank)."""
         if self._order is None:
+            count = self.sequences_per_epoch
             if self.shuffle:
-                rng = np.random.default_rng([self.seed, self.epoch])
-                self._order = rng.permutation(self.blocks_per_epoch)
+                order = np.random.default_rng([self.seed, self.epoch]).permutation(count)
             else:
-                self._order = np.arange(self.blocks_per_epoch)
+                order = np.arange(count)
+            self._order = order.astype(np.uint32) if count < 2**32 else order
         return self._order
 
     def _read(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -134,21 +140,24 @@ class TokenLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), both int64 of shape (B, T); y is -1 where the target's loss mask is 0."""
-        block = int(self._block_order()[self.step_in_epoch])
-        sequence = (self.rank * self.micro_batches + self.micro_batch) * self.batch_size
+        first = self.step_in_epoch * self.sequences_per_step
+        first += (self.rank * self.micro_batches + self.micro_batch) * self.batch_size
+        sequences = self._sequence_order()[first : first + self.batch_size]
         self.micro_batch += 1
         if self.micro_batch == self.micro_batches:
             self.micro_batch = 0
             self.step_in_epoch += 1
             if self.step_in_epoch == self.blocks_per_epoch:
                 self.epoch, self.step_in_epoch, self._order = self.epoch + 1, 0, None
-        start = block * self.block_tokens + sequence * self.seq_len
-        tokens, mask = self._read(start, self.window_tokens)
-        x = torch.from_numpy(tokens[:-1]).view(self.batch_size, self.seq_len)
-        targets = tokens[1:].copy()
-        if mask is not None:
-            targets[mask[1:] == 0] = -1
-        y = torch.from_numpy(targets).view(self.batch_size, self.seq_len)
+        T = self.seq_len
+        reads = [self._read(int(i) * T, T + 1) for i in sequences]
+        tokens = np.stack([r[0] for r in reads])  # (B, T + 1)
+        x = torch.from_numpy(tokens[:, :-1].copy())
+        targets = tokens[:, 1:].copy()
+        if reads[0][1] is not None:
+            mask = np.stack([r[1] for r in reads])
+            targets[mask[:, 1:] == 0] = -1
+        y = torch.from_numpy(targets)
         if self._pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -177,14 +186,13 @@ class TokenLoader:
     def load_state_dict(self, state: dict) -> None:
         # Resuming with another geometry or dataset would silently read different tokens: refuse.
         mine = self.state_dict()
-        if state.get("layout", 1) != LAYOUT and (self.world_size, self.micro_batches) != (1, 1):
-            # Layout 1 gave every rank and micro-batch its own block of B×T + 1 tokens; with one process
-            # and one micro-batch per step the two layouts read the same tokens.
+        if state.get("layout", 1) != LAYOUT:
             raise ValueError(
-                "loader state: the checkpoint was written with the data layout of an earlier version, "
-                "which reads other tokens with several ranks or micro-batches: it cannot resume exactly"
+                f"loader state: the checkpoint was written with data layout {state.get('layout', 1)} (an "
+                f"earlier version read contiguous blocks of the stream), this version reads layout {LAYOUT} "
+                "(shuffled sequences): the run cannot resume exactly; finish it with the version that "
+                "started it, or start it again"
             )
-        state = {"micro_batches": 1, "micro_batch": 0, **state}
         for key in (
             "split",
             "seed",

@@ -1,5 +1,6 @@
 """TokenLoader: shapes, targets, masks, disjoint ranks, epochs, exact resume, validation from the start."""
 
+import itertools
 import json
 
 import numpy as np
@@ -56,19 +57,26 @@ def test_shapes_targets_and_disjoint_ranks(tmp_path):
         TokenLoader(data, split="train", batch_size=2, seq_len=8, rank=r, world_size=3) for r in range(3)
     ]
     assert loaders[0].tokens_per_epoch == tokens_available(data, "train") == 2001
-    assert loaders[0].blocks_per_epoch == 2001 // (3 * 2 * 8 + 1)
-    seen = []
+    # 2000 // 8 = 250 sequences (the last token is only a target), 6 a step.
+    assert loaders[0].blocks_per_epoch == 250 // (3 * 2)
+    seen, rows = [], []
     for _ in range(loaders[0].blocks_per_epoch):
         for loader in loaders:
             x, y = loader.next_batch()
             assert x.shape == y.shape == (2, 8) and x.dtype == y.dtype == torch.int64
-            flat_x, flat_y = x.flatten(), y.flatten()
-            # Targets are the inputs shifted by one stream position (tokens equal their positions).
-            assert torch.equal(flat_y[:-1], flat_x[1:]) and flat_y[-1] == flat_x[-1] + 1
-            seen.append(set(flat_x.tolist()))
+            # A row is a sequence of the stream (tokens equal their positions): 8 consecutive positions,
+            # starting on a multiple of 8, its targets the same shifted by one.
+            for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
+                assert row_x == list(range(row_x[0], row_x[0] + 8)) and row_x[0] % 8 == 0
+                assert row_y == [t + 1 for t in row_x]
+                rows.append(row_x[0] // 8)
+            seen.append(set(x.flatten().tolist()))
     union = set().union(*seen)
     assert len(union) == sum(len(s) for s in seen)  # no input token read twice by any rank in an epoch
     assert all(loader.epoch == 1 for loader in loaders)
+    # The sequences come shuffled, not in runs of the stream: a step mixes the whole corpus.
+    jumps = sum(abs(a - b) > 1 for a, b in itertools.pairwise(rows))
+    assert rows != sorted(rows) and jumps > len(rows) // 2
 
 
 def _step_tokens(data, *, world_size, micro_batches, batch_size, steps, seed=3):
@@ -99,13 +107,13 @@ def _step_tokens(data, *, world_size, micro_batches, batch_size, steps, seed=3):
 
 def test_a_steps_tokens_do_not_depend_on_how_it_is_split_into_ranks_and_micro_batches(tmp_path):
     """12 sequences per step read as 1 rank × 1 × 12, 1 × 4 × 3, 2 × 3 × 2, 3 × 2 × 2, 4 × 1 × 3, 6 × 2 × 1:
-    the same tokens at every step, over more than an epoch (2001 // 97 = 20 steps), so runs on 1 and N
-    GPUs with one total batch train on the same data."""
+    the same tokens at every step, over more than an epoch (250 sequences // 12 = 20 steps), so runs on 1
+    and N GPUs with one total batch train on the same data."""
     data = make_data_dir(tmp_path)
     splits = [(1, 1, 12), (1, 4, 3), (2, 3, 2), (3, 2, 2), (4, 1, 3), (6, 2, 1)]
     runs = [_step_tokens(data, world_size=w, micro_batches=g, batch_size=b, steps=25) for w, g, b in splits]
     assert all(run == runs[0] for run in runs[1:])
-    assert len({tuple(step) for step in runs[0]}) == 20  # the 21st step starts the next epoch's order
+    assert len({tuple(step) for step in runs[0]}) == 25  # the next epoch groups its sequences anew
     assert runs[0] != _step_tokens(data, world_size=1, micro_batches=1, batch_size=12, steps=25, seed=4)
 
 
@@ -116,7 +124,7 @@ def test_training_order_is_seeded_and_changes_per_epoch(tmp_path):
         loader = TokenLoader(data, split="train", batch_size=1, seq_len=16, seed=seed)
         return [int(loader.next_batch()[0][0, 0]) for _ in range(steps)]
 
-    per_epoch = 2001 // 17
+    per_epoch = 2000 // 16  # sequences, one a step
     a = first_tokens(0, 2 * per_epoch)
     assert a == first_tokens(0, 2 * per_epoch)
     assert a != first_tokens(1, 2 * per_epoch)
@@ -162,22 +170,16 @@ def test_resume_with_other_geometry_is_refused(tmp_path):
         TokenLoader(data, split="train", batch_size=3, seq_len=10, micro_batches=2).load_state_dict(state)
 
 
-def test_a_state_of_the_earlier_layout_resumes_only_where_it_reads_the_same_tokens(tmp_path):
-    """Layout 1 (no `layout` key) gave each rank and micro-batch a block of B×T + 1 tokens: the same
-    tokens as now with one process and one micro-batch per step, other tokens otherwise."""
+def test_a_state_of_an_earlier_layout_is_refused(tmp_path):
+    """Layouts 1 (no `layout` key) and 2 read contiguous blocks of the stream: other tokens than the
+    shuffled sequences of now, so no exact resume from them."""
     data = make_data_dir(tmp_path)
-    single = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
-    for _ in range(7):
-        single.next_batch()
-    old = {
-        k: v for k, v in single.state_dict().items() if k not in ("layout", "micro_batch", "micro_batches")
-    }
-    resumed = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
-    resumed.load_state_dict(old)
-    assert torch.equal(resumed.next_batch()[0], single.next_batch()[0])
-    two = TokenLoader(data, split="train", batch_size=3, seq_len=10, rank=0, world_size=2)
-    with pytest.raises(ValueError, match="data layout of an earlier version"):
-        two.load_state_dict({**two.state_dict(), "layout": 1})
+    loader = TokenLoader(data, split="train", batch_size=3, seq_len=10, seed=5)
+    current = loader.state_dict()
+    layout_1 = {k: v for k, v in current.items() if k not in ("layout", "micro_batch", "micro_batches")}
+    for old, number in ((layout_1, 1), ({**current, "layout": 2}, 2)):
+        with pytest.raises(ValueError, match=f"written with data layout {number} .*cannot resume exactly"):
+            loader.load_state_dict(old)
 
 
 def test_val_reads_in_order_from_start(tmp_path):
