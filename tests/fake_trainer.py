@@ -9,7 +9,7 @@ with this script as the interpreter). What it does comes from the JSON file name
 Behaviours: done, crash (steps, then an exception on stderr, exit 1, no end event), error (end error,
 exit 1), diverged (end diverged, exit 3), bad_input (one line on stderr, exit 2, nothing written),
 hang (steps until SIGTERM, then a checkpoint and exit 143, like the real trainer's stop), slow (like done,
-with FAKE_TRAINER_STEP_S (0.1) seconds per step and a checkpoint every 5 steps).
+with FAKE_TRAINER_STEP_S (0.1) seconds per step, as its step events say, and a checkpoint every 5 steps).
 """
 
 import json
@@ -69,7 +69,7 @@ def main() -> int:
                 lr_frac=1.0,
                 tok_per_s=1e4,
                 mfu=None,
-                step_s=0.01,
+                step_s=SLOW_STEP_S if behaviour == "slow" else 0.01,
             )
             if behaviour == "diverged":
                 events.write(

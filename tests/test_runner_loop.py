@@ -24,6 +24,7 @@ from runner_fixtures import (
 )
 from trainer_fixtures import make_data_dir
 
+from benchmarks import study_overhead
 from nanogpt.events import read_events
 from runner import api
 from runner.gpus import GpuPool
@@ -351,3 +352,17 @@ def test_eight_one_gpu_and_two_four_gpu_cells_on_a_fake_8_gpu_machine(study, tmp
         f"(max {max(overhead):.2f}); GPUs' wait between cells mean {sum(waits) / len(waits):.2f} s"
     )
     assert busy > 0.8  # two waves of 4 s cells: below that, GPUs sat idle for a second or more between them
+
+    # benchmarks/study_overhead.py's arithmetic on this placement (it reads the same store and events).
+    summary = study_overhead.summarize(study.store, "tiny", study.runs)
+    assert summary["num_gpus"] == 8 and summary["wall_s"] == pytest.approx(last_end - first_start)
+    cells = {row["cell"]: row for row in summary["cells"]}
+    for cell, (start, end, gpus) in runs.items():
+        row = cells[cell]
+        assert row["train_s"] == pytest.approx(4.0) and row["wall_s"] == pytest.approx(end - start)
+        before = next(big for big in ("big0", "big1") if gpus[0] in runs[big][2])  # ran on these GPUs
+        gap = 0.0 if cell.startswith("big") else start - runs[before][1]
+        assert row["gap_s"] == pytest.approx(gap, abs=1e-9)
+        assert row["overhead_s"] == pytest.approx(end - start - 4.0 + gap)
+    expected_busy = sum(4.0 * len(gpus) for _, _, gpus in runs.values()) / (8 * (last_end - first_start))
+    assert summary["gpu_busy"] == pytest.approx(expected_busy)
