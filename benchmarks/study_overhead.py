@@ -1,9 +1,9 @@
 """What a study costs beyond training: per-cell overhead and the GPU-busy fraction of `nanostudy run`.
 
     python -m benchmarks.study_overhead [--depths 6,8,10,12] [--flops 4e15,8e15] [--json out.json]
-    python -m benchmarks.study_overhead --flops 1e16,2e16,3e16,6e16 --seeds 0,1 \
-        --grid-depth "{1e16: [6], 2e16: [6], 3e16: [6], 6e16: [6, 12]}" --gpus-per-cell "{6: 1, 12: 4}"
-                                                   # 8 one-GPU and 2 four-GPU cells on an 8-GPU machine
+    python -m benchmarks.study_overhead --flops 1.4e16,1.5e16,1.6e16,1.7e16,1.2e17 --seeds 0,1 \
+        --grid-depth "{1.4e16: [6], 1.5e16: [6], 1.6e16: [6], 1.7e16: [6], 1.2e17: [12]}" \
+        --gpus-per-cell "{6: 1, 12: 4}" --max-bytes 600MB   # 8 one-GPU, 2 four-GPU cells on 8 GPUs
 
 Writes a study of small cells (offline: python-source data, a BPE trained on it), prepares its data first
 (timed apart: it happens once per study), then runs `nanostudy run` on it as a user would and reads the
