@@ -23,6 +23,7 @@ machines require it.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -307,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"config": config, "env": MULTICAST_OFF, "warmup_steps": args.warmup_steps, "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    if not args.keep:  # the runs' checkpoints: gigabytes at depth 12
+        shutil.rmtree(root)
     return report
 
 
