@@ -617,16 +617,16 @@ class Trainer:
             device=runtime.device,
             seed=config.seed,
         )
-        # Each step's block of the stream holds the step's sequences whatever the number of ranks and
-        # micro-batches (nanogpt/data.py), so runs on 1 and N GPUs with one total batch read the same tokens.
+        # A step takes the next sequences of the epoch's order whatever the number of ranks and micro-batches
+        # (nanogpt/data.py), so runs on 1 and N GPUs with one total batch read the same tokens.
         self.train_loader = TokenLoader(
             config.data.train_dir, split="train", micro_batches=self.grad_accum, **common
         )
         # Validation batches are the training micro-batch, unless the validation split is smaller than one
         # of those on every rank (a small corpus, a micro-batch the probe made large): then as many whole
-        # sequences per rank as it holds. A validation is one block of the loader, read in val_batches
-        # micro-batches per rank: like a training step, the tokens it reads depend only on how many there
-        # are, not on the number of ranks or the micro-batch.
+        # sequences per rank as it holds. A validation is one step of the loader (the split's first
+        # sequences), read in val_batches micro-batches per rank: like a training step, the tokens it reads
+        # depend only on how many there are, not on the number of ranks or the micro-batch.
         val_dir = config.data.val_dir or config.data.train_dir
         val_tokens = tokens_available(val_dir, "val")
         val_batch = max(1, min(device_batch_size, (val_tokens - 1) // (runtime.world_size * seq_len)))

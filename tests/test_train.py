@@ -127,8 +127,8 @@ def test_validation_matches_an_independent_computation(finished_run, data_dir):
     meta = ckpt.read_meta(final)
     model = GPT(GPTConfig(**meta["model_config"]))
     model.load_state_dict(ckpt.load_model_state(final, "cpu"))
-    # eval.val_tokens = 512: the validation reads the split's first 512 + 1 tokens (one block, in 4
-    # micro-batches of 4 sequences), so one batch of 16 sequences reads the same.
+    # eval.val_tokens = 512: the validation reads the split's first 16 sequences of 32 tokens (one step of
+    # the loader, in 4 micro-batches of 4), so one batch of 16 sequences reads the same.
     loader = TokenLoader(data_dir, split="val", batch_size=16, seq_len=32)
     token_bytes = torch.tensor([1] * 256 + [0])  # byte tokens are one byte; end-of-text is none
     x, y = loader.next_batch()
@@ -631,9 +631,9 @@ def test_one_two_and_four_ranks_follow_one_loss_curve_and_each_holds_its_share_o
     same tokens (nanogpt/data.py) from the same initial weights, so the runs differ only in the order of
     float32 sums (over micro-batches, and the ranks' reduce-scatter). Muon orthogonalizes in the run's
     dtype, float32 here, so that rounding is not amplified: the losses agree to 2e-6, about 8 float32 ulps
-    at these losses (1.6-5.5; measured: at most 8.3e-7 over the 12 steps, 1.5e-7 for validation). Other
-    tokens or weights move a step's loss by far more: the same run with another seed differs by 0.002-0.16
-    per step (0.05 on average). With bf16 orthogonalization the same runs part by up to 2e-3 in 10 steps.
+    at these losses (1.6-5.5; measured: at most 1.8e-7 over the 12 steps, 1e-7 for validation). Other
+    tokens or weights move a step's loss by far more: the same run with another seed differs by 0.002-0.25
+    per step (0.09 on average). With bf16 orthogonalization the same runs part by up to 2e-3 in 12 steps.
     Optimizer state per rank falls as 1/world_size: exactly at 2 ranks, within one matrix per stack of
     same-shape matrices at 4 (two (128, 32) matrices cannot be split four ways)."""
     config = tiny_config(data_dir, **RANKS_CONFIG)
