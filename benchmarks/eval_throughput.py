@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.random_data import byte_tokenizer
 from nanogpt.gauntlet.evaluate import load_for_eval, prepare, run_gauntlet, score_items
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.tokenizer import EOT, GPT2_PATTERN, Tokenizer, load_tokenizer
+from nanogpt.tokenizer import Tokenizer, load_tokenizer
 
 DEFAULT_GPT2 = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2"
 TINY_PRESET = "copa,winograd,lambada_openai,svamp"  # one task of each type; tiny mode's default
@@ -55,12 +56,6 @@ class TaskTiming:
     @property
     def one_at_a_time_estimate_s(self) -> float:
         return self.one_at_a_time_s / max(self.sampled, 1) * self.num_examples
-
-
-def byte_tokenizer() -> Tokenizer:
-    """256 byte tokens and end-of-text: the tiny mode needs no tokenizer files."""
-    ranks = {bytes([i]): i for i in range(256)}
-    return Tokenizer(name="bytes", pattern=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
 
 
 def build_model(args: argparse.Namespace, device: str) -> tuple[GPT, Tokenizer, str]:

@@ -31,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 MULTICAST_OFF = {
     "NCCL_NVLS_ENABLE": "0",
@@ -63,60 +61,6 @@ def worker(run_dir: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # Data and configs.
-
-
-def byte_tokenizer():
-    """256 byte tokens and end-of-text (vocabulary 257): the CPU smoke run needs no tokenizer files."""
-    from nanogpt.tokenizer import EOT, GPT2_PATTERN, Tokenizer
-
-    return Tokenizer(
-        name="bytes",
-        pattern=GPT2_PATTERN,
-        mergeable_ranks={bytes([i]): i for i in range(256)},
-        special_tokens={EOT: 256},
-    )
-
-
-def make_random_data(root: Path, tokenizer_spec: str | None, *, train_tokens: int, val_tokens: int) -> Path:
-    """A prepared data directory of uniformly random tokens (GPT-2's vocabulary, or bytes when None)."""
-    from nanogpt.shards import Manifest, ShardInfo, TokenizerInfo, file_sha256, write_manifest, write_shard
-    from nanogpt.tokenizer import load_tokenizer
-
-    data_dir = root / "data"
-    data_dir.mkdir(parents=True)
-    if tokenizer_spec is None:
-        tokenizer = byte_tokenizer()
-        tokenizer.save(data_dir / "tokenizer")
-        tokenizer_path = "tokenizer"
-    else:
-        tokenizer = load_tokenizer(tokenizer_spec)
-        tokenizer_path = str(Path(tokenizer_spec).resolve())
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, num_tokens in (("train", train_tokens), ("val", val_tokens)):
-        path = data_dir / f"{split}_000.bin"
-        tokens = rng.integers(0, tokenizer.vocab_size - 1, num_tokens, dtype=np.uint16)
-        write_shard(path, tokens, tokenizer_name=tokenizer.name, tokenizer_hash=tokenizer.hash)
-        splits[split] = (ShardInfo(file=path.name, num_tokens=num_tokens, sha256=file_sha256(path)),)
-    write_manifest(
-        Manifest(
-            data_dir=data_dir,
-            format_version=1,
-            identity=f"scaling-benchmark-{tokenizer.name}-{train_tokens}",
-            tokenizer=TokenizerInfo(
-                name=tokenizer.name,
-                hash=tokenizer.hash,
-                vocab_size=tokenizer.vocab_size,
-                eot_id=tokenizer.eot_id,
-                path=tokenizer_path,
-                special_tokens=tokenizer.special_tokens,
-            ),
-            splits=splits,
-            has_mask=False,
-            source={"kind": "random-benchmark"},
-        )
-    )
-    return data_dir
 
 
 def run_config(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
@@ -295,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         block = args.total_batch + 1  # one step's tokens (nanogpt/data.py)
         tokenizer = None if args.cpu else args.gpt2_dir
+        from benchmarks.random_data import make_random_data
+
         data_dir = make_random_data(
             root, tokenizer, train_tokens=(args.steps + 1) * block, val_tokens=2 * block
         )

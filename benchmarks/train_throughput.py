@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.reference_gpt2 import RefConfig, RefGPT
@@ -138,41 +137,16 @@ def build_reference(seq_len: int):
 
 def make_run_dir(args: argparse.Namespace) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary."""
-    from nanogpt.shards import Manifest, ShardInfo, TokenizerInfo, file_sha256, write_manifest, write_shard
-    from nanogpt.tokenizer import load_tokenizer
+    from benchmarks.random_data import make_random_data
 
-    tokenizer = load_tokenizer(args.gpt2_dir)
     root = Path(tempfile.mkdtemp(prefix="nanostudy-bench-"))
-    data_dir, run_dir = root / "data", root / "run"
-    data_dir.mkdir()
-    run_dir.mkdir()
     num_steps = args.warmup_steps + args.timed_steps + args.profile_steps
-    rng = np.random.default_rng(0)
-    splits = {}
-    sizes = {"train": (num_steps + 1) * args.total_batch + 1, "val": 4 * args.total_batch}
-    for split, num_tokens in sizes.items():
-        path = data_dir / f"{split}_000.bin"
-        tokens = rng.integers(0, tokenizer.vocab_size - 1, num_tokens, dtype=np.uint16)
-        write_shard(path, tokens, tokenizer_name=tokenizer.name, tokenizer_hash=tokenizer.hash)
-        splits[split] = (ShardInfo(file=path.name, num_tokens=num_tokens, sha256=file_sha256(path)),)
-    write_manifest(
-        Manifest(
-            data_dir=data_dir,
-            format_version=1,
-            identity="benchmark",
-            tokenizer=TokenizerInfo(
-                name=tokenizer.name,
-                hash=tokenizer.hash,
-                vocab_size=tokenizer.vocab_size,
-                eot_id=tokenizer.eot_id,
-                path=str(Path(args.gpt2_dir).resolve()),
-                special_tokens={"<|endoftext|>": tokenizer.eot_id},
-            ),
-            splits=splits,
-            has_mask=False,
-            source={"kind": "random-benchmark"},
-        )
+    train_tokens = (num_steps + 1) * args.total_batch + 1
+    data_dir = make_random_data(
+        root, args.gpt2_dir, train_tokens=train_tokens, val_tokens=4 * args.total_batch
     )
+    run_dir = root / "run"
+    run_dir.mkdir()
     config = {
         "model": {"depth": args.depth, "sequence_len": args.seq_len},
         "data": {"train_dir": str(data_dir)},
