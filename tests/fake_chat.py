@@ -9,6 +9,8 @@
   words (finish_reason "cancelled"); exit ends the process. A last message "too long" is refused with a
   non-fatal error event, as a conversation longer than the context is.
 - With FAKE_CHAT_LOG set, every request received is appended to that file as a JSON line.
+- With FAKE_CHAT_HOLD set to a path, a reply pauses after its first word until that file exists (a cancel
+  still stops it), so a test can look at, or stop, a partial reply without racing the stream.
 """
 
 import json
@@ -51,16 +53,22 @@ def generate(request: dict, requests: queue.Queue, pending: list) -> bool:
     first, *rest = text.split(" ")
     words = [first, *(" " + word for word in rest)]
     sent, finish = "", "stop"
+    hold = os.environ.get("FAKE_CHAT_HOLD")
     for word in words:
         time.sleep(float(os.environ.get("FAKE_CHAT_TOKEN_S", "0.01")))
-        while not requests.empty():
-            other = requests.get()
-            if other is None or other.get("type") == "exit":
-                return False
-            if other.get("type") == "cancel":
-                finish = "cancelled"
-            else:
-                pending.append(other)
+        # After the first word, with FAKE_CHAT_HOLD: wait for its file (or a cancel or an exit).
+        while True:
+            while not requests.empty():
+                other = requests.get()
+                if other is None or other.get("type") == "exit":
+                    return False
+                if other.get("type") == "cancel":
+                    finish = "cancelled"
+                else:
+                    pending.append(other)
+            if finish == "cancelled" or not (sent and hold and not Path(hold).exists()):
+                break
+            time.sleep(0.01)
         if finish == "cancelled":
             break
         sent += word

@@ -392,6 +392,8 @@ async def send(pilot, app, text: str) -> str:
 def test_chat_loads_the_best_checkpoint_and_streams_replies(demo, tmp_path, monkeypatch):
     log = chat_log(tmp_path, monkeypatch)
     monkeypatch.setenv("FAKE_CHAT_TOKEN_S", "0.05")
+    release = tmp_path / "release"
+    monkeypatch.setenv("FAKE_CHAT_HOLD", str(release))  # the first reply waits after its first word
 
     async def scenario():
         app = make_app(demo.db)
@@ -413,6 +415,7 @@ def test_chat_loads_the_best_checkpoint_and_streams_replies(demo, tmp_path, monk
             # Token by token: a partial reply shows before the end.
             await until(pilot, lambda: screen.reply_text and screen.generating, what="the first tokens")
             partial = screen.reply_text
+            release.touch()
             await until(pilot, lambda: screen.generating is None)
             full = str(list(screen.query(".model"))[-1].content).strip()
             assert full == "1 messages, t=0.9 k=200: hello there model" and len(partial) < len(full)
@@ -483,9 +486,10 @@ def test_chat_with_another_checkpoint_a_base_model_continues_text(demo, tmp_path
     run(scenario)
 
 
-def test_chat_stays_responsive_while_the_model_loads_and_can_stop_a_reply(demo, monkeypatch):
+def test_chat_stays_responsive_while_the_model_loads_and_can_stop_a_reply(demo, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_CHAT_LOAD_S", "3")
     monkeypatch.setenv("FAKE_CHAT_TOKEN_S", "0.2")
+    monkeypatch.setenv("FAKE_CHAT_HOLD", str(tmp_path / "never"))  # the reply waits after its first word
 
     async def scenario():
         app = make_app(demo.db)
@@ -494,12 +498,10 @@ def test_chat_stays_responsive_while_the_model_loads_and_can_stop_a_reply(demo, 
             screen = await until(
                 pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.process and app.screen
             )
-            began = time.monotonic()
             temperature = screen.query_one("#temperature", Input)
             temperature.focus()
             await pilot.press("backspace", "backspace", "backspace", "0", ".", "1")
             assert temperature.value == "0.1" and screen.ready is None  # keys handled while it loads
-            assert time.monotonic() - began < 2.5
             await until(pilot, lambda: screen.ready, timeout_s=30)
             prompt = screen.query_one("#prompt", Input)
             prompt.focus()
