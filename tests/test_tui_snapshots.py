@@ -50,6 +50,10 @@ def test_cell_detail_of_a_failed_cell(snap_compare, app):
         table.move_cursor(row=table.get_row_index("d4-c16"))
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(pilot.app.screen, CellScreen) and pilot.app.screen.cell)
+        # A table sizes itself to its new rows on a later refresh (39 cells wide with the "no eval scores"
+        # row, 29 before): wait for that, not for a fixed time.
+        evals = pilot.app.screen.query_one("#evals", DataTable)
+        await until(pilot, lambda: evals.virtual_size.width >= 39)
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
