@@ -84,7 +84,13 @@ def test_chat_after_one_reply(snap_compare, app):
         screen = pilot.app.screen
         screen.query_one("#prompt", Input).value = "What is a scaling law?"
         await pilot.press("enter")
-        await until(pilot, lambda: screen.generating is None and screen.reply is None)
+        # Done: the reply is in the conversation (not merely "no reply running", as before it started).
+        await until(
+            pilot,
+            lambda: screen.generating is None and screen.reply is None and len(screen.history) == 2,
+        )
+        for field in screen.query(Input):
+            field.cursor_blink = False  # a blinking cursor is drawn or not by the clock: always draw it
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
