@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     prepare_s = time.perf_counter() - t0
     for warning in gauntlet.warnings:
         print(warning, file=sys.stderr)
+    progress(f"prepared {len(gauntlet.tasks)} tasks in {prepare_s:.1f} s")
 
     # Warm-up (CUDA context, kernels, allocator): a few examples of each task, untimed.
     with autocast:
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = run_gauntlet(model, gauntlet, tokenizer, max_batch_tokens=args.batch_tokens)
     sync(device)
     batched_s = time.perf_counter() - t0
+    progress(f"batched: the whole preset in {batched_s:.1f} s")
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
     timings = []
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         with autocast:
             together = score_items(model, task.spec, sample, tokenizer, max_batch_tokens=args.batch_tokens)
         agreement = float(np.mean(alone[:, 1] == together[:, 1])) if sample else 1.0
+        progress(f"one at a time: {task.spec.name}, {len(sample)} examples in {one_s:.1f} s")
         timings.append(
             TaskTiming(
                 task=task.spec.name,
@@ -185,6 +188,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def progress(line: str) -> None:
+    """A line on stderr as each phase ends: a run cut short by a time limit still shows how far it got."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def _print(summary: dict) -> None:

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -131,6 +132,7 @@ def measure_batch(args, model: GPT, prompts: torch.Tensor) -> tuple[list[Result]
     if device.type == "cuda":
         torch.cuda.synchronize()
     setup_s = time.perf_counter() - start
+    print(f"batch {batch_size}: decoder ready in {setup_s:.2f} s", file=sys.stderr, flush=True)
     static = "kv-cache + CUDA graph" if decoder.captured else "kv-cache, static cache (eager)"
     ways: dict[str, Callable[..., list[list[int]]]] = {
         "recompute": lambda n, **sampling: recompute(model, prompts, n, **sampling),
@@ -142,6 +144,7 @@ def measure_batch(args, model: GPT, prompts: torch.Tensor) -> tuple[list[Result]
     num_check = min(args.check_tokens, args.new_tokens)
     greedy = dict(temperature=0.0, top_k=None, top_p=None, seed=0)
     reference = ways["recompute"](num_check, **greedy)
+    print(f"batch {batch_size}: greedy reference of {num_check} tokens done", file=sys.stderr, flush=True)
     checks = {name: agreeing_prefix(way(num_check, **greedy), reference) for name, way in ways.items()}
     del checks["recompute"]
 
@@ -151,6 +154,7 @@ def measure_batch(args, model: GPT, prompts: torch.Tensor) -> tuple[list[Result]
         if args.warmup:
             timed(device, lambda way=way: way(8, seed=SEED, **SAMPLING), 1)  # kernels, allocator
         seconds, tokens = timed(device, run, args.repeats)
+        print(f"batch {batch_size}, {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
         assert all(len(row) == args.new_tokens for row in tokens)
         rate = batch_size * args.new_tokens / seconds
         base_rate = base_rate or rate  # recompute comes first
