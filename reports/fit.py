@@ -106,7 +106,9 @@ def fit_points(
         problems += isoflop.skipped
         problems += [f"budget {p.budget:.3g}: {p.advice}" for p in isoflop.parabolas if p.advice]
         problems += [
-            f"budget {p.budget:.3g}: {p.n_points} points; the bootstrap needs 4 or more for an interval"
+            f"budget {p.budget:.3g}: {p.n_points} points; the bootstrap needs 4 or more for an interval "
+            "(its minimum enters the power laws' resamples as fitted, so their intervals leave out its "
+            "uncertainty)"
             for p in isoflop.parabolas
             if p.n_boot == 0 and n_boot > 0
         ]

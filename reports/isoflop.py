@@ -20,7 +20,10 @@ have a minimum.
 Bootstrap: each resample draws, within every budget, that budget's (kept) cells with replacement, and
 refits the parabolas and the power laws; a budget whose resampled cells give no minimum (fewer than 3
 distinct N, or no convexity) drops out of that resample. A budget with only 3 points has no interval
-(NaN): resampling 3 points can only return the same parabola or none.
+(NaN): resampling 3 points can only return the same parabola or none. Its minimum still enters every
+resample of the power laws, as fitted: were it dropped there, the laws' intervals would describe the
+other budgets only while their estimates use all of them, and an estimate could fall outside its own
+interval. The laws' intervals then leave out that budget's own uncertainty (the report says so).
 """
 
 import itertools
@@ -127,7 +130,9 @@ def fit_isoflop(
         weights = _resample_weights(rng, len(kept), n_boot) if len(kept) >= MIN_POINTS_FOR_CI else None
         boot = _minima(_solve(x, y, weights)) if weights is not None else np.full((n_boot, 2), np.nan)
         x_opt, loss_opt = _minima(coeffs[None, :])[0]
-        boot_minima.append((budget, x_opt, loss_opt, boot))
+        # A budget without resamples of its own enters every resample of the laws as fitted (docstring).
+        fixed = np.tile([x_opt, loss_opt], (n_boot, 1)) if weights is None else boot
+        boot_minima.append((budget, x_opt, loss_opt, fixed))
         parabolas.append(
             _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of)
         )

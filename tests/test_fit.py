@@ -276,6 +276,30 @@ def test_budgets_with_fewer_than_three_points_are_reported_not_fitted() -> None:
     assert any("needs 4 or more for an interval" in line for line in fits.problems)
 
 
+def test_a_three_point_budget_enters_every_resample_of_the_power_laws() -> None:
+    # Noisy budgets of 5 points, and a smallest budget of 3 whose minimum lies off their trend (as in a
+    # real study, where the smallest budget's models are undertrained). Its minimum has no interval of its
+    # own, but the power laws' estimates use it, so their resamples must use it too: otherwise the
+    # intervals describe the other budgets only, and here an estimate would fall outside its interval.
+    rng = np.random.default_rng(0)
+    points = parabola_points(1e17, 1e6, loss_opt=10 * 1e17**-0.05 + 0.8, n_values=[3e5, 1e6, 3e6])
+    for budget in [1e18, 1e19, 1e20]:
+        n_opt = 0.1 * budget**0.5
+        noisy = parabola_points(
+            budget, n_opt, loss_opt=10 * budget**-0.05, n_values=n_opt * np.exp(np.linspace(-1.5, 1.5, 5))
+        )
+        points += [
+            Point(n=p.n, d=p.d, c=p.c, loss=p.loss + rng.normal(0, 0.01), budget=p.budget, cell_id=p.cell_id)
+            for p in noisy
+        ]
+    fit = fit_isoflop(points, n_boot=200)
+    assert fit.parabolas[0].n_boot == 0 and all(p.n_boot > 100 for p in fit.parabolas[1:])
+    for law in (fit.n_opt, fit.d_opt, fit.loss_opt):
+        assert len(law.boot) == 200
+        assert law.exponent_ci[0] <= law.exponent <= law.exponent_ci[1]
+        assert law.k_ci[0] <= law.k <= law.k_ci[1]
+
+
 def test_concave_budget_is_skipped() -> None:
     points = parabola_points(1e18, 1e7, curvature=-0.1, n_values=[1e6, 1e7, 1e8, 1e9])
     fit = fit_isoflop(points, n_boot=0)
