@@ -28,6 +28,7 @@ cells together (the second command above). Targets (issue): ≤ 10 s of overhead
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -78,7 +79,17 @@ def main() -> None:
     parser.add_argument("--val-tokens", type=int, default=1048576)
     parser.add_argument("--workdir", type=Path, help="default: a temporary directory")
     parser.add_argument("--json", type=Path, help="also write the per-cell numbers here")
+    parser.add_argument(
+        "--analyze", type=Path, metavar="DB", help="run nothing: measure a study already in this database"
+    )
+    parser.add_argument("--study", help="with --analyze: the study's name")
+    parser.add_argument("--runs-dir", type=Path, help="with --analyze: its run directories")
     args = parser.parse_args()
+    if args.analyze is not None:
+        if not (args.study and args.runs_dir):
+            parser.error("--analyze needs --study and --runs-dir")
+        report(args.analyze, args.study, args.runs_dir, json_path=args.json)
+        return
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nanostudy-overhead-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -110,55 +121,91 @@ def main() -> None:
     command_s = time.time() - t0
     if code != 0:
         raise SystemExit(f"nanostudy run exited {code}; see {workdir}")
-    report(workdir, prepare_s=prepare_s, command_s=command_s, json_path=args.json)
+    report(
+        workdir / "nanostudy.db",
+        "overhead",
+        workdir / "runs" / "overhead",
+        prepare_s=prepare_s,
+        command_s=command_s,
+        json_path=args.json,
+    )
 
 
 def cell_numbers(attempt, events: list[dict]) -> dict:
-    start = next(e for e in events if e["kind"] == "start")
+    """One attempt's numbers from its own events (those from its `start` on). An attempt stopped or
+    crashed before its `end` has no final or exit time; one stopped before its `start`, no train time."""
+    start = next((e for e in events if e["kind"] == "start"), None)
     steps = [e for e in events if e["kind"] == "step"]
-    end = next(e for e in events if e["kind"] == "end")
+    end = next((e for e in events if e["kind"] == "end"), None)
     step_s = [e["step_s"] for e in steps]
-    median = statistics.median(step_s)
+    median = statistics.median(step_s) if step_s else 0.0
     compile_s = sum(max(0.0, s - median) for s in step_s[:5])
+    steady = steps[5:] or steps
     return {
         "steps": len(steps),
         "step_s": median,
         "train_s": sum(step_s) - compile_s,
-        "start_s": start["time"] - attempt.started_at,
+        "start_s": start["time"] - attempt.started_at if start else None,
         "compile_s": compile_s,
-        "final_s": end["time"] - steps[-1]["time"],
-        "exit_s": attempt.ended_at - end["time"],
+        "final_s": end["time"] - steps[-1]["time"] if end and steps else None,
+        "exit_s": attempt.ended_at - end["time"] if end else None,
         "wall_s": attempt.ended_at - attempt.started_at,
-        "tok_per_s": statistics.median(e["tok_per_s"] for e in steps[5:] or steps),
-        "mfu": statistics.median((e["mfu"] or 0.0) for e in steps[5:] or steps),
-        "device_batch": start["device_batch_size"],
+        "tok_per_s": statistics.median(e["tok_per_s"] for e in steady) if steady else None,
+        "mfu": statistics.median((e["mfu"] or 0.0) for e in steady) if steady else None,
+        "device_batch": start["device_batch_size"] if start else None,
     }
 
 
+def _events_of(attempt, segments: list[list[dict]]) -> list[dict]:
+    """The events of the attempt: the segment (a `start` and what follows it) that began during it."""
+    ended = attempt.ended_at if attempt.ended_at is not None else math.inf
+    return next((seg for seg in segments if attempt.started_at <= seg[0]["time"] <= ended), [])
+
+
+def _segments(events: list[dict]) -> list[list[dict]]:
+    """The events split at each `start` (one segment per attempt that got as far as starting)."""
+    segments: list[list[dict]] = []
+    for event in events:
+        if event["kind"] == "start":
+            segments.append([])
+        if segments:
+            segments[-1].append(event)
+    return segments
+
+
 def summarize(store, study_name: str, runs_dir: Path) -> dict:
-    """Every cell's numbers (one attempt each) and the study's: wall, training, GPUs used, GPU-busy."""
+    """Every attempt's numbers and the study's: wall, training, GPUs used, GPU-busy.
+
+    A study run over several `nanostudy run` commands (stopped, then resumed) is a series of sessions: a
+    session ends with the attempts the runner stopped on its way out, and the study wall is the sum of the
+    sessions' walls (first start to last end of each), so the time between commands is not counted; nor is
+    the gap before a session's first attempt.
+    """
     from store import attempts_of, cell_statuses, get_study
 
     study = get_study(store, study_name)
     rows = []
     for status in cell_statuses(store, study.id):
-        [attempt] = attempts_of(store, status.id)
-        lines = (runs_dir / status.id / "events.jsonl").read_text().splitlines()
-        rows.append({"cell": status.id, "depth": status.depth, "flops": status.flops_budget,
-                     "started_at": attempt.started_at, "ended_at": attempt.ended_at,
-                     "gpus": attempt.gpus.split(",") if attempt.gpus else ["cpu"],
-                     **cell_numbers(attempt, [json.loads(line) for line in lines])})  # fmt: skip
+        path = runs_dir / status.id / "events.jsonl"
+        segments = _segments([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        for number, attempt in enumerate(attempts_of(store, status.id), start=1):
+            if attempt.ended_at is None:
+                continue  # still running (or its runner died): nothing to measure yet
+            rows.append({"cell": status.id, "attempt": number, "depth": status.depth,
+                         "flops": status.flops_budget, "started_at": attempt.started_at,
+                         "ended_at": attempt.ended_at, "stopped": _stopped_by_runner(attempt),
+                         "gpus": attempt.gpus.split(",") if attempt.gpus else ["cpu"],
+                         **cell_numbers(attempt, _events_of(attempt, segments))})  # fmt: skip
     rows.sort(key=lambda row: row["started_at"])
-    last_end: dict[str, float] = {}  # GPU -> when the last attempt on it ended
-    for row in rows:
-        ends = [last_end[gpu] for gpu in row["gpus"] if gpu in last_end]
-        row["gap_s"] = max(0.0, row["started_at"] - max(ends)) if ends else 0.0
-        row["overhead_s"] = row["wall_s"] - row["train_s"] + row["gap_s"]
-        last_end.update({gpu: row["ended_at"] for gpu in row["gpus"]})
-    wall_s = max(row["ended_at"] for row in rows) - rows[0]["started_at"]
-    num_gpus = len(last_end)
+    session_walls = [
+        max(r["ended_at"] for r in session) - min(r["started_at"] for r in session)
+        for session in sessions_of(rows)
+    ]
+    wall_s = sum(session_walls)
+    num_gpus = len({gpu for row in rows for gpu in row["gpus"]})
     return {
         "wall_s": wall_s,
+        "session_walls_s": session_walls,
         "train_s": sum(row["train_s"] for row in rows),
         "num_gpus": num_gpus,
         "gpu_busy": sum(row["train_s"] * len(row["gpus"]) for row in rows) / (num_gpus * wall_s),
@@ -166,36 +213,82 @@ def summarize(store, study_name: str, runs_dir: Path) -> dict:
     }
 
 
-def report(workdir: Path, *, prepare_s: float, command_s: float, json_path: Path | None) -> None:
+def sessions_of(rows: list[dict]) -> list[list[dict]]:
+    """The attempts (sorted by start) grouped by runner session, each given its gap (how long its GPUs sat
+    free before it, in its session) and overhead (wall − train + gap)."""
+    last_end: dict[str, float] = {}  # GPU -> when the last attempt on it ended, in this session
+    sessions: list[list[dict]] = [[]]
+    stopped_at = None  # when the runner of this session stopped its trainers, once it has
+    for row in rows:
+        if stopped_at is not None and row["started_at"] >= stopped_at:  # the next command's attempts
+            sessions.append([])
+            last_end, stopped_at = {}, None
+        sessions[-1].append(row)
+        ends = [last_end[gpu] for gpu in row["gpus"] if gpu in last_end]
+        row["gap_s"] = max(0.0, row["started_at"] - max(ends)) if ends else 0.0
+        row["overhead_s"] = row["wall_s"] - row["train_s"] + row["gap_s"]
+        last_end.update({gpu: row["ended_at"] for gpu in row["gpus"]})
+        if row["stopped"]:
+            stopped_at = max(stopped_at or 0.0, row["ended_at"])
+    return [session for session in sessions if session]
+
+
+def _stopped_by_runner(attempt) -> bool:
+    # runner.scheduler's reason for a trainer it stopped on its way out (Ctrl-C, SIGTERM)
+    return (attempt.reason or "").startswith("stopped by the runner")
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report(
+    db: Path,
+    study_name: str,
+    runs_dir: Path,
+    *,
+    prepare_s: float | None = None,
+    command_s: float | None = None,
+    json_path: Path | None = None,
+) -> None:
     sys.path.insert(0, str(ROOT))
     from store import open_store
 
-    with open_store(workdir / "nanostudy.db", create=False) as store:
-        summary = summarize(store, "overhead", workdir / "runs" / "overhead")
+    with open_store(db, create=False) as store:
+        summary = summarize(store, study_name, runs_dir)
     rows, wall_s, train_s = summary["cells"], summary["wall_s"], summary["train_s"]
     num_gpus, busy = summary["num_gpus"], summary["gpu_busy"]
 
-    print(f"\n{'cell':12} {'d':>3} {'GPUs':>4} {'FLOPs':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} "
+    print(f"\n{'cell':12} {'try':>3} {'d':>3} {'GPUs':>4} {'FLOPs':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} "
           f"{'train':>7} {'start':>6} {'compile':>7} {'final':>6} {'exit':>5} {'gap':>5} "
           f"{'overhead':>8}")  # fmt: skip
     for row in rows:
         print(
-            f"{row['cell']:12} {row['depth']:3d} {len(row['gpus']):4d} {row['flops']:8.1e} {row['steps']:6d} "
-            f"{row['tok_per_s']:10,.0f} {row['mfu']:6.1%} {row['train_s']:7.1f} {row['start_s']:6.1f} "
-            f"{row['compile_s']:7.1f} "
-            f"{row['final_s']:6.1f} {row['exit_s']:5.1f} {row['gap_s']:5.1f} {row['overhead_s']:8.1f}"
+            f"{row['cell']:12} {row['attempt']:3d} {row['depth']:3d} {len(row['gpus']):4d} "
+            f"{row['flops']:8.1e} {row['steps']:6d} {_num(row['tok_per_s'], '10,.0f')} "
+            f"{_num(row['mfu'], '6.1%')} "
+            f"{row['train_s']:7.1f} {_num(row['start_s'], '6.1f')} {row['compile_s']:7.1f} "
+            f"{_num(row['final_s'], '6.1f')} {_num(row['exit_s'], '5.1f')} {row['gap_s']:5.1f} "
+            f"{row['overhead_s']:8.1f}"
         )
-    mean = {key: statistics.mean(row[key] for row in rows) for key in
-            ("start_s", "compile_s", "final_s", "exit_s", "gap_s", "overhead_s")}  # fmt: skip
-    print(f"\ndata preparation (once per study, not counted below): {prepare_s:.1f} s")
-    print(f"`nanostudy run` command: {command_s:.1f} s; study wall (first start to last end): {wall_s:.1f} s")
+    num_cells = len({row["cell"] for row in rows})
+    mean = {key: statistics.mean(v for row in rows if (v := row[key]) is not None) for key in
+            ("start_s", "compile_s", "final_s", "exit_s", "gap_s")}  # fmt: skip
+    per_cell = sum(row["overhead_s"] for row in rows) / num_cells  # a cell's every attempt counts
+    if prepare_s is not None:
+        print(f"\ndata preparation (once per study, not counted below): {prepare_s:.1f} s")
+    if command_s is not None:
+        print(f"`nanostudy run` command: {command_s:.1f} s")
+    sessions = " + ".join(f"{s:.1f}" for s in summary["session_walls_s"])
+    print(f"study wall (first start to last end of each runner session): {sessions} = {wall_s:.1f} s")
     print(
-        f"cells: {len(rows)} on {num_gpus} GPU(s); pure training {train_s:.1f} s; "
+        f"cells: {num_cells} ({len(rows)} attempts) on {num_gpus} GPU(s); pure training {train_s:.1f} s; "
         f"GPU-busy {busy:.1%} (target >= 85%)"
     )
     print(
-        f"mean overhead per cell {mean['overhead_s']:.1f} s (target <= 10 s): start {mean['start_s']:.1f}, "
-        f"compile {mean['compile_s']:.1f}, final val+checkpoint {mean['final_s']:.1f}, "
+        f"mean overhead per cell {per_cell:.1f} s (target <= 10 s); per attempt: "
+        f"start {mean['start_s']:.1f}, compile {mean['compile_s']:.1f}, "
+        f"final val+checkpoint {mean['final_s']:.1f}, "
         f"exit {mean['exit_s']:.1f}, gap {mean['gap_s']:.1f}"
     )
     if json_path is not None:

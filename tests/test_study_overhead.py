@@ -1,0 +1,66 @@
+"""benchmarks/study_overhead.py's arithmetic on a study run over two runner commands (stopped, resumed)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.study_overhead import _events_of, _segments, cell_numbers, sessions_of
+
+
+def row(cell, start, end, *, train, stopped=False, gpus=("0",)):
+    return {"cell": cell, "started_at": start, "ended_at": end, "wall_s": end - start, "train_s": train,
+            "stopped": stopped, "gpus": list(gpus)}  # fmt: skip
+
+
+def test_a_stopped_runner_ends_a_session_and_the_pause_between_commands_is_not_counted() -> None:
+    rows = [
+        row("a", 0.0, 10.0, train=8.0),
+        row("b", 11.0, 15.0, train=2.0, stopped=True),  # the runner stopped here (SIGTERM)
+        row("b", 100.0, 110.0, train=7.0),  # the next command resumes it, 85 s later
+        row("c", 110.5, 120.0, train=9.0),
+    ]
+    sessions = sessions_of(rows)
+    assert [[r["cell"] for r in s] for s in sessions] == [["a", "b"], ["b", "c"]]
+    assert [r["gap_s"] for r in rows] == pytest.approx([0.0, 1.0, 0.0, 0.5])
+    assert [r["overhead_s"] for r in rows] == pytest.approx([2.0, 3.0, 3.0, 1.0])
+
+
+def test_gaps_are_per_gpu() -> None:
+    rows = [
+        row("a", 0.0, 10.0, train=9.0, gpus=("0",)),
+        row("b", 0.5, 4.0, train=3.0, gpus=("1",)),
+        row("c", 6.0, 9.0, train=3.0, gpus=("1",)),
+        row("d", 12.0, 14.0, train=2.0, gpus=("0", "1")),
+    ]
+    [session] = sessions_of(rows)
+    assert len(session) == 4
+    assert [r["gap_s"] for r in rows] == pytest.approx([0.0, 0.0, 2.0, 2.0])  # d waits for a (0) and c (1)
+
+
+def test_each_attempt_gets_the_events_from_its_own_start() -> None:
+    first = SimpleNamespace(started_at=0.0, ended_at=10.0)
+    never_started = SimpleNamespace(started_at=11.0, ended_at=12.0)
+    second = SimpleNamespace(started_at=20.0, ended_at=40.0)
+
+    def steps(first_time, step_s):
+        return [{"kind": "step", "time": first_time + i, "step_s": s, "tok_per_s": 100.0, "mfu": 0.1}
+                for i, s in enumerate(step_s)]  # fmt: skip
+
+    events = [
+        {"kind": "start", "time": 2.0, "device_batch_size": 8},
+        *steps(3.0, [5.0, 1.0, 1.0, 1.0]),
+        {"kind": "start", "time": 25.0, "device_batch_size": 8},
+        *steps(26.0, [1.0, 1.0, 1.0]),
+        {"kind": "end", "time": 30.0},
+    ]
+    segments = _segments(events)
+    assert [len(s) for s in segments] == [5, 5]
+    assert _events_of(never_started, segments) == []
+    stopped = cell_numbers(first, _events_of(first, segments))  # stopped before its end
+    assert stopped["steps"] == 4 and stopped["compile_s"] == pytest.approx(4.0)
+    assert stopped["train_s"] == pytest.approx(4.0) and stopped["start_s"] == pytest.approx(2.0)
+    assert stopped["final_s"] is None and stopped["exit_s"] is None
+    done = cell_numbers(second, _events_of(second, segments))
+    assert done["steps"] == 3 and done["train_s"] == pytest.approx(3.0)
+    assert done["final_s"] == pytest.approx(2.0) and done["exit_s"] == pytest.approx(10.0)
+    assert cell_numbers(never_started, [])["train_s"] == 0.0
