@@ -1,6 +1,6 @@
 """The reports' commands.
 
-    nanostudy report STUDY [-o FILE.html] [--format html|png|svg] [--db URL] [--metric bpb|loss] [--boot N]
+    nanostudy report STUDY [-o FILE] [--format html|png|svg|csv] [--db URL] [--metric bpb|loss] [--boot N]
     nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--json]     (reports/fit_command.py)
 
 STUDY is the study file (its `name:`; the database beside it unless --db), or the study's name with --db (or
@@ -44,8 +44,32 @@ def resolve_study(study: str, db: str | None) -> tuple[str, str, Path]:
 
 
 def default_output(folder: Path, name: str, fmt: str) -> Path:
-    """`<study dir>/reports/<study>.html`, or the folder `<study dir>/reports/<study>-png/` for PNG files."""
-    return folder / "reports" / (f"{name}.html" if fmt == "html" else f"{name}-{fmt}")
+    """`<study dir>/reports/<study>.html`, the folder `<study dir>/reports/<study>-png/` for PNG files, or
+    `<study dir>/reports/<study>-cells.csv` for the cell table."""
+    names = {"html": f"{name}.html", "csv": f"{name}-cells.csv"}
+    return folder / "reports" / names.get(fmt, f"{name}-{fmt}")
+
+
+def write_cells_csv(store, name: str, path: Path) -> None:
+    """Every cell of the study, one row each, with the columns of `reports.data.CellRow` (the report's cell
+    table): N, D, C, losses, attempts, cost and speed. Empty fields where a value is unknown. Its done
+    pretraining rows are what the report fits: `nanostudy fit FILE --n num_params --d num_tokens --loss
+    val_bpb --flops flops` on them gives the report's parametric law."""
+    import csv
+    import dataclasses
+
+    from reports.data import CellRow, read_study
+
+    columns = [field.name for field in dataclasses.fields(CellRow)]
+    rows = read_study(store, name).cells
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if (v := getattr(row, c)) is None else v for c in columns])
+    tmp.replace(path)
 
 
 def make_report(
@@ -68,6 +92,10 @@ def make_report(
         if record is not None and not Path(study).is_file() and Path(record.path).parent.is_dir():
             folder = Path(record.path).resolve().parent
         target = out or default_output(folder, name, fmt)
+        if fmt == "csv":
+            write_cells_csv(store, name, target)
+            log(f"cells: {target}")
+            return []
         result = write_report(store, name, target, fmt=fmt, metric=metric, n_boot=n_boot)
     for line in result.left_out:
         log(f"left out: {line}")
@@ -123,10 +151,13 @@ def register_report(subparsers) -> None:
         "-o",
         "--output",
         type=Path,
-        help="the HTML file, or the folder for --format png/svg (default: reports/ beside the study file)",
+        help="the HTML or CSV file, or the folder for --format png/svg (default: reports/ beside the study)",
     )
     report.add_argument(
-        "--format", choices=("html", "png", "svg"), default="html", help="png/svg: one file per chart"
+        "--format",
+        choices=("html", "png", "svg", "csv"),
+        default="html",
+        help="png/svg: one file per chart; csv: the table of every cell (no fits)",
     )
     report.add_argument(
         "--metric", choices=("bpb", "loss"), default="bpb", help="fit validation bits per byte or loss"

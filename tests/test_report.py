@@ -194,6 +194,40 @@ def test_nanostudy_report_writes_beside_the_study(fits, tmp_path: Path, monkeypa
     assert len(list((tmp_path / "svg").glob("*.svg"))) == len(CHARTS)
 
 
+def test_nanostudy_report_csv_is_the_cell_table_and_fits_like_the_store(fits, tmp_path: Path, capsys) -> None:
+    import csv
+
+    build_study(tmp_path / "nanostudy.db").close()
+    study = _study_file(tmp_path, "synthetic")
+    assert main(["report", str(study), "--format", "csv"]) == 0
+    path = tmp_path / "reports" / "synthetic-cells.csv"
+    assert f"cells: {path}" in capsys.readouterr().out
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    from store import open_store
+
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        cells = read_study(store, "synthetic").cells
+    assert [row["id"] for row in rows] == [cell.id for cell in cells]
+    for row, cell in zip(rows, cells, strict=True):
+        assert int(row["num_params"]) == cell.num_params and int(row["depth"]) == cell.depth
+        assert row["state"] == cell.state
+        assert row["val_bpb"] == ("" if cell.val_bpb is None else repr(cell.val_bpb))
+    # `nanostudy fit` on the table's done pretraining rows makes the store's own parametric fit.
+    done = tmp_path / "done.csv"
+    with done.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["state"] == "done" and r["mode"] == "pretraining")
+    columns = {"--n": "num_params", "--d": "num_tokens", "--loss": "val_bpb", "--flops": "flops"}
+    argv = ["fit", str(done), *(item for pair in columns.items() for item in pair)]
+    assert main([*argv, "--boot", "0", "--json"]) == 0
+    table_fit = json.loads(capsys.readouterr().out)
+    assert table_fit["n_points"] == len(fits.points)
+    for key in ("E", "alpha", "beta"):
+        assert table_fit[key] == pytest.approx(getattr(fits.parametric, key), rel=1e-3)
+
+
 def test_nanostudy_report_bad_input(tmp_path: Path, capsys) -> None:
     assert main(["report", "x", "--boot", "-1"]) == 2
     assert "--boot must be >= 0" in capsys.readouterr().err
