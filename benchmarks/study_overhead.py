@@ -153,6 +153,9 @@ def cell_numbers(attempt, events: list[dict]) -> dict:
         "tok_per_s": statistics.median(e["tok_per_s"] for e in steady) if steady else None,
         "mfu": statistics.median((e["mfu"] or 0.0) for e in steady) if steady else None,
         "device_batch": start["device_batch_size"] if start else None,
+        # the trainer's own set-up phases (absent from events older than the field), and before them the
+        # interpreter and imports: the rest of start_s
+        "setup_s": start.get("setup_s") if start else None,
     }
 
 
@@ -291,6 +294,14 @@ def report(
         f"final val+checkpoint {mean['final_s']:.1f}, "
         f"exit {mean['exit_s']:.1f}, gap {mean['gap_s']:.1f}"
     )
+    setups = [(row["start_s"], row["setup_s"]) for row in rows if row["setup_s"]]
+    if setups:
+        phases = {"interpreter and imports": [start - sum(setup.values()) for start, setup in setups]}
+        for _, setup in setups:
+            for name, seconds in setup.items():
+                phases.setdefault(name, []).append(seconds)
+        shown = ", ".join(f"{name} {statistics.mean(values):.1f}" for name, values in phases.items())
+        print(f"start-up, mean of {len(setups)} attempts: {shown}")
     if json_path is not None:
         json_path.write_text(
             json.dumps({"prepare_s": prepare_s, "command_s": command_s, **summary}, indent=1)

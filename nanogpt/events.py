@@ -25,7 +25,7 @@ END_STATUSES = ("done", "diverged", "error")
 COMMON_FIELDS = {"v": "int", "kind": "str", "time": "float"}
 # Fields added to a kind after its schema version was fixed: events written before may lack them (readers
 # say what an absent one means).
-LATER_FIELDS = {"checkpoint": {"stopping"}, "start": {"optim_state_bytes"}}
+LATER_FIELDS = {"checkpoint": {"stopping"}, "start": {"optim_state_bytes", "setup_s"}}
 SCHEMA: dict[str, dict[str, str]] = {
     # Once per process start (a resumed run appends another `start` with resumed_from set).
     "start": {
@@ -49,6 +49,9 @@ SCHEMA: dict[str, dict[str, str]] = {
         "data_epochs": "float",  # passes over the training split the whole run makes
         "optim": "dict",  # the effective learning rates and weight decay after the scaling rules
         "optim_state_bytes": "list",  # bytes of optimizer state each rank holds (its shard), by rank
+        # seconds of each set-up phase since the trainer's imports: runtime (config, CUDA, process group),
+        # model, batch_probe, data_and_optimizer, other (the ranks agreeing, compile's wrapper, W&B)
+        "setup_s": "dict",
         "warnings": "list",  # strings, e.g. when the run repeats data
     },
     # After an optimizer step; every `log_every` steps and after the last.

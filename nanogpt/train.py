@@ -439,21 +439,43 @@ def _config_difference(saved: dict, current: dict) -> str | None:
     return None
 
 
+class SetupClock:
+    """Seconds of each set-up phase of a run, in order, up to its `start` event: what a cell costs before
+    its first step (benchmarks/study_overhead.py reads them from the event)."""
+
+    def __init__(self, since: float | None = None) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.time() if since is None else since
+
+    def mark(self, phase: str) -> None:
+        """The phase that ends now (a phase marked twice adds up)."""
+        now = time.time()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._last, 4)
+        self._last = now
+
+
 class Trainer:
     """A run, set up in two phases free of collectives (so that a bad input on one rank cannot hang the
     others; `run` agrees between them), then `train()`. Every input check happens before anything is
     written."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, runtime: Runtime):
-        """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch."""
+    def __init__(
+        self, config: RunConfig, run_dir: Path, runtime: Runtime, *, setup_since: float | None = None
+    ):
+        """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch.
+        `setup_since`: when the run began (`run`'s entry), so that the set-up times include the runtime's."""
         self.config = config
         self.run_dir = run_dir
         self.runtime = runtime
         self.warnings: list[str] = []
+        self.setup = SetupClock(setup_since)
+        self.setup.mark("runtime")  # the config read, CUDA and the process group (init_runtime)
         self._find_checkpoints()
         self.gpt_config = self._model_config()
         self._build_model()
+        self.setup.mark("model")
         self.proposed_batch_size = self._propose_batch_size()
+        self.setup.mark("batch_probe")
 
     def _find_checkpoints(self) -> None:
         """The run's own newest checkpoint (resume), else for mid-training the one to start from."""
@@ -679,6 +701,7 @@ class Trainer:
             except ValueError as e:
                 where = self.resume_dir / ckpt.optim_name(runtime.rank)
                 raise ckpt.CheckpointError(f"{where}: does not fit this run's optimizer ({e})") from None
+        self.setup.mark("data_and_optimizer")  # and the tokenizer, the gauntlet's tasks, a checkpoint's state
 
     def _prepare_gauntlet(self) -> Gauntlet:
         """The eval gauntlet's tasks, read and tokenized once for every evaluation of the run. Few-shot
@@ -752,7 +775,14 @@ class Trainer:
         try:
             if runtime.master and config.wandb.mode != "disabled":
                 self.wandb = _WandbLog(config, self.run_dir)
-            self._emit("start", **self._start_fields(), optim_state_bytes=self._optim_state_bytes())
+            optim_state_bytes = self._optim_state_bytes()
+            self.setup.mark("other")
+            self._emit(
+                "start",
+                **self._start_fields(),
+                optim_state_bytes=optim_state_bytes,
+                setup_s=self.setup.phases,
+            )
             with _StopRequest() as stop:
                 return self._loop(stop)
         except Exception as e:
@@ -1012,6 +1042,7 @@ def _report(message: str) -> None:
 def run(config_path: str | os.PathLike) -> int:
     """Train the run whose config is at `config_path` (its directory is the run directory); returns the
     exit code."""
+    started = time.time()
     config_path = Path(config_path)
     try:
         config = RunConfig.from_json(config_path)
@@ -1023,7 +1054,7 @@ def run(config_path: str | os.PathLike) -> int:
         runtime = init_runtime(config)
         trainer, error = None, None
         try:
-            trainer = Trainer(config, config_path.parent, runtime)
+            trainer = Trainer(config, config_path.parent, runtime, setup_since=started)
         except Exception as e:
             error = e
         device_batch_size = agree_on_setup(

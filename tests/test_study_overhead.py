@@ -49,7 +49,7 @@ def test_each_attempt_gets_the_events_from_its_own_start() -> None:
     events = [
         {"kind": "start", "time": 2.0, "device_batch_size": 8},
         *steps(3.0, [5.0, 1.0, 1.0, 1.0]),
-        {"kind": "start", "time": 25.0, "device_batch_size": 8},
+        {"kind": "start", "time": 25.0, "device_batch_size": 8, "setup_s": {"runtime": 1.0, "model": 0.5}},
         *steps(26.0, [1.0, 1.0, 1.0]),
         {"kind": "end", "time": 30.0},
     ]
@@ -63,4 +63,5 @@ def test_each_attempt_gets_the_events_from_its_own_start() -> None:
     done = cell_numbers(second, _events_of(second, segments))
     assert done["steps"] == 3 and done["train_s"] == pytest.approx(3.0)
     assert done["final_s"] == pytest.approx(2.0) and done["exit_s"] == pytest.approx(10.0)
+    assert done["setup_s"] == {"runtime": 1.0, "model": 0.5} and stopped["setup_s"] is None
     assert cell_numbers(never_started, [])["train_s"] == 0.0

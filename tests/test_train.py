@@ -93,6 +93,8 @@ def test_a_run_writes_every_event_with_sane_fields(finished_run, data_dir):
     assert not any(e["stopping"] for e in events if e["kind"] == "checkpoint")
 
     start, end = events[0], events[-1]
+    phases = ["runtime", "model", "batch_probe", "data_and_optimizer", "other"]
+    assert list(start["setup_s"]) == phases and all(0 <= start["setup_s"][p] < 60 for p in phases)
     model = GPT(GPTConfig(depth=2, aspect_ratio=16, head_dim=16, sequence_len=32, vocab_size=257))
     assert start["num_params"] == sum(p.numel() for p in model.parameters())
     assert start["flops_per_token"] == model.estimate_flops()
