@@ -4,6 +4,12 @@ The model's forward takes `kv_cache=`: it writes each layer's keys and values fo
 cache, attends over everything cached so far, and advances the cache position. A prompt is prefilled in
 one forward, then each step feeds the one token just sampled.
 
+Attention always runs over all of a cache's positions, those not written yet masked out, so every step of
+a generation has the same shapes. With keys that grew by one position a step, every step was a new
+attention shape, and on a GPU a new shape can cost far more than the step itself: PyTorch's preferred
+backend for masked attention on Hopper (cuDNN) builds a graph for each new shape. Batched eager decoding
+then ran slower than recomputing the whole sequence (an H200: batch 16, 512 new tokens, > 150 s).
+
 A batch of prompts of different lengths is left-padded so that every row's last prompt token sits at the
 same position and the batch decodes in lockstep. The padding is masked out of attention, and with rotary
 embeddings attention depends only on relative positions, so a row's logits do not depend on how much
@@ -27,13 +33,17 @@ if TYPE_CHECKING:
     from nanogpt.model import GPT
 
 _PAD_ID = 0  # any valid id: padded positions are masked out of attention and their outputs dropped
+# generate() sizes its cache to a multiple of this many positions, so that calls of nearby lengths share
+# attention shapes (and whatever a GPU backend builds per shape).
+_CACHE_LEN_MULTIPLE = 64
 
 
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated up to max_len positions.
 
     `pos` is the number of positions filled (the same for every row); row b's first `pad_lengths[b]`
-    positions hold left padding, which no real token attends to.
+    positions hold left padding, which no real token attends to. Attention runs over all max_len positions,
+    those not written yet masked out: every one-token step has the same shapes, whatever its position.
     """
 
     def __init__(
@@ -60,6 +70,7 @@ class KVCache:
         self.batch_size = batch_size
         self.max_len = max_len
         self.pos = 0
+        self._arange = torch.arange(max_len, device=device)
 
     @classmethod
     def for_model(
@@ -80,27 +91,31 @@ class KVCache:
         """The positions of the next `num_new` tokens, to index per-position tables (the rotary angles)."""
         return slice(self.pos, self.pos + num_new)
 
-    def attn_mask(self, num_new: int) -> torch.Tensor:
-        """Which keys the next `num_new` queries may attend to: (B, 1, num_new, pos + num_new), True = attend.
+    def _query_positions(self, num_new: int) -> torch.Tensor:
+        return self._arange[self.pos : self.pos + num_new]
 
-        Query i (at position pos + i) sees keys at positions ≤ its own, except left padding. A padding
-        query sees itself only, so that no row of the softmax is empty (which would give NaN).
+    def attn_mask(self, num_new: int) -> torch.Tensor:
+        """Which keys the next `num_new` queries may attend to: (B, 1, num_new, max_len), True = attend.
+
+        Query i (at position pos + i) sees keys at positions ≤ its own, except left padding; positions not
+        written yet are beyond every query. A padding query sees itself only, so that no row of the
+        softmax is empty (which would give NaN).
         """
         if self.pos + num_new > self.max_len:
             raise ValueError(f"KV cache full: {self.pos} + {num_new} positions exceed max_len {self.max_len}")
-        device = self.k.device
-        q_pos = torch.arange(self.pos, self.pos + num_new, device=device)[:, None]  # (T, 1)
-        k_pos = torch.arange(self.pos + num_new, device=device)[None, :]  # (1, pos + T)
-        not_padding = k_pos >= self.pad_lengths[:, None, None]  # (B, 1, pos + T)
-        mask = ((k_pos <= q_pos) & not_padding) | (k_pos == q_pos)  # (B, T, pos + T)
+        q_pos = self._query_positions(num_new)[:, None]  # (T, 1)
+        k_pos = self._arange[None, :]  # (1, max_len)
+        not_padding = k_pos >= self.pad_lengths[:, None, None]  # (B, 1, max_len)
+        mask = ((k_pos <= q_pos) & not_padding) | (k_pos == q_pos)  # (B, T, max_len)
         return mask[:, None]
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this layer's k, v (B, nh, T, hs) at positions pos..pos+T-1; return all (B, nh, pos+T, hs)."""
+        """Store this layer's k, v (B, nh, T, hs) at positions pos..pos+T-1; return the whole cache's
+        (B, nh, max_len, hs)."""
         end = self.pos + k.size(2)
         self.k[layer_idx, :, :, self.pos : end] = k
         self.v[layer_idx, :, :, self.pos : end] = v
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+        return self.k[layer_idx], self.v[layer_idx]
 
     def advance(self, num_new: int) -> None:
         """Called by the model once every layer has stored the new positions."""
@@ -108,20 +123,17 @@ class KVCache:
 
 
 class StaticKVCache(KVCache):
-    """A KVCache whose position is also a device tensor, and whose keys and values are returned whole.
+    """A KVCache whose position is also a device tensor, read only there.
 
     Every call the model makes on it (`positions`, `attn_mask`, `update`, `advance`) has shapes that do
     not depend on the position and reads the position only on the device, so a one-token step can be
-    captured in a CUDA graph and replayed at every later position. Attention runs over all `max_len`
-    positions; those not written yet are masked out. The host copy `pos` serves the bounds checks; a
-    replayed graph advances only the device copy, so whoever replays one advances `pos` itself.
+    captured in a CUDA graph and replayed at every later position. The host copy `pos` serves the bounds
+    checks; a replayed graph advances only the device copy, so whoever replays one advances `pos` itself.
     """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        device = self.k.device
-        self.pos_t = torch.zeros((), dtype=torch.long, device=device)  # == pos, on the device
-        self._arange = torch.arange(self.max_len, device=device)
+        self.pos_t = torch.zeros((), dtype=torch.long, device=self.k.device)  # == pos, on the device
 
     def reset(self, pad_lengths: Sequence[int]) -> None:
         """Start a new batch of sequences in place (a captured graph keeps reading these same tensors).
@@ -138,14 +150,8 @@ class StaticKVCache(KVCache):
     def positions(self, num_new: int) -> torch.Tensor:  # type: ignore[override]
         return self.pos_t + self._arange[:num_new]
 
-    def attn_mask(self, num_new: int) -> torch.Tensor:
-        if self.pos + num_new > self.max_len:
-            raise ValueError(f"KV cache full: {self.pos} + {num_new} positions exceed max_len {self.max_len}")
-        q_pos = self.positions(num_new)[:, None]  # (T, 1)
-        k_pos = self._arange[None, :]  # (1, max_len)
-        not_padding = k_pos >= self.pad_lengths[:, None, None]  # (B, 1, max_len)
-        mask = ((k_pos <= q_pos) & not_padding) | (k_pos == q_pos)  # (B, T, max_len)
-        return mask[:, None]
+    def _query_positions(self, num_new: int) -> torch.Tensor:
+        return self.positions(num_new)
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) at the current positions; return all (B, nh, max_len, hs)."""
@@ -408,9 +414,9 @@ def _generate_rows(
     idx = torch.tensor([[_PAD_ID] * n + p for n, p in zip(pad_lengths, prompts, strict=True)], device=device)
     if decoder is None:
         # The last sampled token is yielded but never fed back, hence the - 1.
-        cache = KVCache.for_model(
-            model, batch_size=len(prompts), max_len=longest + max_new_tokens - 1, pad_lengths=pad_lengths
-        )
+        needed = longest + max_new_tokens - 1
+        max_len = -(-needed // _CACHE_LEN_MULTIPLE) * _CACHE_LEN_MULTIPLE
+        cache = KVCache.for_model(model, batch_size=len(prompts), max_len=max_len, pad_lengths=pad_lengths)
         logits = _last_logits(model, idx, cache)  # prefill
         step = lambda next_ids: _last_logits(model, next_ids[:, None], cache)
     else:

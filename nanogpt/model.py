@@ -137,7 +137,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             # Incremental decoding: this chunk's queries attend to the cached prefix and to themselves.
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, pos + T, hs)
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, max_len, hs), unwritten ones masked
             y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
@@ -296,7 +296,7 @@ class GPT(nn.Module):
                 raise ValueError(f"position {pos + T} is beyond sequence_len {self.cos.size(1)}")
             positions = kv_cache.positions(T)  # a slice, or a tensor of positions (StaticKVCache)
             cos_sin = self.cos[:, positions], self.sin[:, positions]
-            attn_mask = kv_cache.attn_mask(T)  # (B, 1, T, pos + T), once for all layers
+            attn_mask = kv_cache.attn_mask(T)  # (B, 1, T, max_len), once for all layers
 
         x = norm(self.transformer.wte(idx))  # (B, T, n_embd)
         device_type = idx.device.type

@@ -84,12 +84,22 @@ def test_left_padded_batch_gives_each_row_its_own_logits(model):
 
 def test_cache_mask_hides_padding_and_the_future():
     cache = KVCache(num_layers=1, batch_size=2, num_heads=1, head_dim=2, max_len=6, pad_lengths=[0, 2])
-    mask = cache.attn_mask(4)[:, 0].int()  # (B, T, T)
-    assert mask[0].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    mask = cache.attn_mask(4)[:, 0].int()  # (B, T, max_len): positions not written yet are masked too
+    assert mask[0].tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+    ]
     # Row 1: positions 0 and 1 are padding; a padding query sees only itself.
-    assert mask[1].tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    assert mask[1].tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0],
+    ]
     cache.advance(4)
-    assert cache.attn_mask(1)[1, 0].int().tolist() == [[0, 0, 1, 1, 1]]
+    assert cache.attn_mask(1)[1, 0].int().tolist() == [[0, 0, 1, 1, 1, 0]]
     with pytest.raises(ValueError, match="KV cache full"):
         cache.attn_mask(3)
 
@@ -147,6 +157,46 @@ def test_decoder_generates_what_the_dynamic_cache_generates(model):
         generate(model, prompts[:2], max_new_tokens=4, decoder=decoder)
     with pytest.raises(ValueError, match="CUDA graph needs a CUDA model"):
         Decoder(model, batch_size=1, cuda_graph=True)
+
+
+def test_batched_decoding_runs_one_fixed_shape_one_token_step_per_new_token(model, monkeypatch):
+    """Each step of a batch of prompts of different lengths feeds one token per row through one forward,
+    and every step's attention has the same shapes. Keys growing by one position a step made every step a
+    new attention shape, which on an H200 cost more than recomputing the whole sequence (a GPU backend
+    builds per shape); counting shapes catches that on the CPU."""
+    import nanogpt.model
+
+    forwards, attention = [], []
+    forward = GPT.forward
+    sdpa = nanogpt.model.F.scaled_dot_product_attention
+
+    def counting_forward(self, idx, *args, **kwargs):
+        forwards.append(tuple(idx.shape))
+        return forward(self, idx, *args, **kwargs)
+
+    def recording_sdpa(q, k, v, **kwargs):
+        mask = kwargs.get("attn_mask")
+        attention.append((tuple(q.shape), tuple(k.shape), None if mask is None else tuple(mask.shape)))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", counting_forward)
+    monkeypatch.setattr(nanogpt.model.F, "scaled_dot_product_attention", recording_sdpa)
+    prompts = [prompt(9, seed=30), prompt(2, seed=31), prompt(5, seed=32)]
+    steps = list(generate(model, prompts, max_new_tokens=30, temperature=0.0))
+    assert len(steps) == 30
+    assert forwards == [(3, 9)] + [(3, 1)] * 29  # one prefill, then one token per row per step
+    per_forward = model.config.n_layer
+    assert len(attention) == per_forward * 30
+    decode_shapes = set(attention[per_forward:])
+    assert len(decode_shapes) == 1, decode_shapes
+    (q_shape, k_shape, mask_shape) = decode_shapes.pop()
+    assert q_shape[2] == 1 and mask_shape == (3, 1, 1, k_shape[2])
+    assert k_shape[2] >= 9 + 30 - 1  # the whole cache, written or not
+    # The prefill attends over the same cache length, and a call of a nearby length shares the shapes.
+    assert {a[1] for a in attention[:per_forward]} == {k_shape}
+    attention.clear()
+    list(generate(model, [p[:-1] for p in prompts], max_new_tokens=30, temperature=0.0))
+    assert set(attention[per_forward:]) == {(q_shape, k_shape, mask_shape)}
 
 
 # --- generate -------------------------------------------------------------------------------------
