@@ -18,12 +18,19 @@ mkdir -p "$out"
 gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
 bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
 py=${PYTHON:-python}
+pyf=("$py" -X faulthandler)
+# Only the test files with GPU tests: collecting the others would import what the GPU image may lack.
+gpu_tests=$(grep -l "pytest.mark.gpu" tests/test_*.py)
 
 run_step() {  # name, seconds, command...
   local name=$1 limit=$2
   shift 2
   local t0=$SECONDS
-  timeout --signal=TERM --kill-after=20 "$limit" "$@" >"$out/$name.log" 2>&1
+  # A Python step out of time gets SIGABRT, so that faulthandler (-X faulthandler) prints where it was; the
+  # study (overhead) gets SIGTERM, which its runner handles by stopping its trainers cleanly.
+  local signal=ABRT
+  [ "$name" = overhead ] && signal=TERM
+  timeout --signal=$signal --kill-after=20 "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc after $((SECONDS - t0)) s (log: $out/$name.log)"
   tail -n 25 "$out/$name.log"
@@ -31,14 +38,16 @@ run_step() {  # name, seconds, command...
 
 for step in "${steps[@]}"; do
   case $step in
-    tests) run_step tests 300 "$py" -m pytest -q -m gpu -p no:cacheprovider ;;
-    train) run_step train 240 "$py" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --json "$out/train.json" ;;
+    tests)
+      # shellcheck disable=SC2086
+      run_step tests 300 "${pyf[@]}" -m pytest -q -m gpu -p no:cacheprovider -o faulthandler_timeout=120 $gpu_tests ;;
+    train) run_step train 240 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --json "$out/train.json" ;;
     profile)
-      run_step profile 180 "$py" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
+      run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
         --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;
-    generate) run_step generate 180 "$py" -m benchmarks.generate_throughput --json "$out/generate.json" ;;
+    generate) run_step generate 180 "${pyf[@]}" -m benchmarks.generate_throughput --json "$out/generate.json" ;;
     eval)
-      run_step eval 300 "$py" -m benchmarks.eval_throughput --eval-bundle "$bundle" --tokenizer "$gpt2" \
+      run_step eval 300 "${pyf[@]}" -m benchmarks.eval_throughput --eval-bundle "$bundle" --tokenizer "$gpt2" \
         --json "$out/eval.json" ;;
     overhead)
       run_step overhead 540 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
