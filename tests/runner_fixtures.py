@@ -1,4 +1,5 @@
-"""Helpers for the runner's tests: a store holding tiny cells, a loop over them, and a runner process.
+"""Helpers for the runner's tests: a store holding tiny cells, a loop over them, a runner process, and the
+study file of a tiny study that `nanostudy run` trains on the CPU.
 
 `python tests/runner_fixtures.py DB STUDY [--fake PLAN] [--max-attempts N]` runs the loop over the cells
 already in the database, as `nanostudy run` does after planning; the crash-safety tests start it as a
@@ -43,6 +44,34 @@ def write_plan(tmp_path: Path, plan: dict[str, list[str]]) -> Path:
     path = tmp_path / "fake-plan.json"
     path.write_text(json.dumps(plan))
     return path
+
+
+def tiny_study_yaml(name: str, corpus: Path, grid: str, *, sections: str = "", eval_lines: str = "") -> str:
+    """A study file's text: the text files `corpus/*.txt` (a 300-token BPE, a tenth for validation), the
+    `grid` lines, a model and batch small enough to train in seconds on the CPU, `eval_lines` added to its
+    eval section, one attempt a cell, and other top-level `sections` (whole lines: a mode, resources)."""
+    return f"""\
+name: {name}
+{sections}data:
+  source: {{name: local, paths: '{corpus}/*.txt'}}
+  tokenizer: bpe:300
+  val_fraction: 0.1
+grid:
+{grid}model:
+  aspect_ratio: 16
+  head_dim: 16
+  sequence_len: 32
+train:
+  total_batch_tokens: 256
+  device_batch_size: 8
+  device: cpu
+  compile: false
+eval:
+  every_steps: null
+  val_tokens: 512
+{eval_lines}retry:
+  max_attempts: 1
+"""
 
 
 def new_study(db: Path, name: str = "tiny") -> tuple[Store, int]:
@@ -111,6 +140,29 @@ def make_loop(
     executor = LocalExecutor(
         python=str(python or sys.executable), env=env, launcher=launcher, stop_grace_s=60
     )
+    return study_loop(
+        store,
+        study_id,
+        executor,
+        pool=pool or GpuPool(nvml=None),
+        options=options or LoopOptions(poll_s=0.1, heartbeat_s=1.0),
+        num_gpus=num_gpus,
+        log=log,
+    )
+
+
+def study_loop(
+    store: Store,
+    study_id: int,
+    executor,
+    *,
+    pool: GpuPool | None,
+    options: LoopOptions,
+    num_gpus: dict[str, int] | None = None,
+    log: list[str] | None = None,
+) -> StudyLoop:
+    """The runner's loop over every cell of the study with this executor: run directories from the store,
+    `num_gpus` per cell id (1 by default), each log line printed with the time and appended to `log`."""
     launches = {
         status.id: CellLaunch(
             cell_id=status.id, num_gpus=(num_gpus or {}).get(status.id, 1), run_dir=Path(".")
@@ -123,15 +175,7 @@ def make_loop(
         lines.append(message)
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
-    return StudyLoop(
-        store,
-        study_id,
-        launches,
-        executor=executor,
-        pool=pool or GpuPool(nvml=None),
-        options=options or LoopOptions(poll_s=0.1, heartbeat_s=1.0),
-        log=record,
-    )
+    return StudyLoop(store, study_id, launches, executor=executor, pool=pool, options=options, log=record)
 
 
 class FakeNvml:

@@ -19,11 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner_fixtures import TRAINER_ENV, fake_python, wait_for
+from runner_fixtures import TRAINER_ENV, fake_python, study_loop, wait_for
 
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 NODES = ("n1", "n2")
@@ -223,9 +222,8 @@ def slurm_loop(
 ):
     """The runner's loop over every cell of the study, with the Slurm executor (the fake trainer when
     `plan` is given: it runs as `python -m torch.distributed.run ... --config`, and ignores torchrun)."""
-    from runner.run import CellLaunch, LoopOptions, StudyLoop
+    from runner.run import LoopOptions
     from runner.slurm.executor import SlurmExecutor
-    from store import cell_statuses
 
     env = dict(TRAINER_ENV)
     python = sys.executable
@@ -233,24 +231,13 @@ def slurm_loop(
         env["FAKE_TRAINER_PLAN"] = str(plan)
         python = str(fake_python(root))
     executor = SlurmExecutor(settings, python=python, env=env, stop_grace_s=60)
-    launches = {
-        status.id: CellLaunch(cell_id=status.id, num_gpus=1, run_dir=Path("."))
-        for status in cell_statuses(store, study_id)
-    }
-    lines = log if log is not None else []
-
-    def record(message: str) -> None:
-        lines.append(message)
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-    return StudyLoop(
+    return study_loop(
         store,
         study_id,
-        launches,
-        executor=executor,
+        executor,
         pool=None,
         options=options or LoopOptions(poll_s=0.2, heartbeat_s=1.0),
-        log=record,
+        log=log,
     )
 
 

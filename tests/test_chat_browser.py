@@ -3,29 +3,17 @@ server on 127.0.0.1 with the mid-trained test model: type a message, watch the r
 the conversation, stop a reply, see errors and carry on. Nothing is fetched from anywhere but the server,
 and the page logs nothing to the console. Skipped, saying why, where Chromium cannot be installed."""
 
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from browser_fixtures import headless_chromium
 from chat_fixtures import REPLY, chat_checkpoints
 
 from nanogpt.chat_engine import ChatEngine
 from runner.serve import ChatServer
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DELTA_DELAY_S = 0.08  # between streamed pieces, so that the page is seen mid-reply
 
 
@@ -52,17 +40,6 @@ class SlowEngine:
         return slowly()
 
 
-def _chromium() -> Path:
-    if not CHROMIUM.exists():
-        script = ROOT / "scripts" / "install-chromium.sh"
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not CHROMIUM.exists():
-            pytest.skip(
-                f"no Chromium at {CHROMIUM} and {script.name} could not install it: {done.stderr.strip()}"
-            )
-    return CHROMIUM
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     torch.set_num_threads(1)
@@ -79,12 +56,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (uv sync)")
-    executable = _chromium()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(executable), args=ARGS)
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 LAST_REPLY = "[...document.querySelectorAll('.msg.assistant')].at(-1)"

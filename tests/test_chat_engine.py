@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from chat_fixtures import CONTEXT, REPLY, chat_checkpoints
+from chat_fixtures import CONTEXT, REPLY
 from trainer_fixtures import byte_tokenizer
 
 from nanogpt import checkpoint as ckpt
@@ -24,34 +24,24 @@ from nanogpt.tokenizer import ChatMessage
 USER = [ChatMessage(role="user", content="the cat sees a book.")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return chat_checkpoints(tmp_path_factory)
+def base(chat_runs) -> ChatEngine:
+    return ChatEngine.load(chat_runs.base)
 
 
 @pytest.fixture(scope="module")
-def base(runs) -> ChatEngine:
-    return ChatEngine.load(runs.base)
+def chat(chat_runs) -> ChatEngine:
+    return ChatEngine.load(chat_runs.chat, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def chat(runs) -> ChatEngine:
-    return ChatEngine.load(runs.chat, device="cpu")
-
-
-def test_mode_comes_from_the_checkpoint(base, chat, runs):
+def test_mode_comes_from_the_checkpoint(base, chat, chat_runs):
     assert (base.mode, chat.mode) == ("base", "chat")
     info = chat.describe()
     assert info["model"] == "chat-run/step_000060"
-    assert info["checkpoint"] == str(runs.chat / "checkpoints" / "step_000060")
+    assert info["checkpoint"] == str(chat_runs.chat / "checkpoints" / "step_000060")
     assert (info["context_tokens"], info["device"], info["dtype"]) == (CONTEXT, "cpu", "float32")
     assert not chat.cuda_graphs  # on the CPU decoding is eager
     tokenizer = chat.tokenizer
@@ -186,8 +176,8 @@ def test_a_missing_checkpoint(tmp_path):
         ChatEngine.load(tmp_path)
 
 
-def _copy_checkpoint(runs, tmp_path):
-    step = ckpt.latest_checkpoint(runs.chat)
+def _copy_checkpoint(chat_runs, tmp_path):
+    step = ckpt.latest_checkpoint(chat_runs.chat)
     copy = tmp_path / "checkpoints" / step.name
     shutil.copytree(step, copy)
     return copy
@@ -200,8 +190,8 @@ def _edit_meta(directory, edit):
     path.write_text(json.dumps(meta))
 
 
-def test_a_checkpoint_of_another_shape(runs, tmp_path):
-    copy = _copy_checkpoint(runs, tmp_path)
+def test_a_checkpoint_of_another_shape(chat_runs, tmp_path):
+    copy = _copy_checkpoint(chat_runs, tmp_path)
     _edit_meta(copy, lambda meta: meta["model_config"].update(depth=3))
     with pytest.raises(EngineError, match=r"model.pt: does not fit the model of .*meta.json \(Missing key"):
         ChatEngine.load(tmp_path)
@@ -214,8 +204,8 @@ def test_a_checkpoint_of_another_shape(runs, tmp_path):
         ChatEngine.load(copy)
 
 
-def test_the_tokenizer_must_be_the_one_it_was_trained_with(runs, tmp_path, chat):
-    copy = _copy_checkpoint(runs, tmp_path)
+def test_the_tokenizer_must_be_the_one_it_was_trained_with(chat_runs, tmp_path, chat):
+    copy = _copy_checkpoint(chat_runs, tmp_path)
     _edit_meta(copy, lambda meta: meta["config"]["data"].update(train_dir=str(tmp_path / "gone")))
     with pytest.raises(EngineError, match=r"the training data, which cannot be read .*give the tokenizer"):
         ChatEngine.load(copy)
@@ -233,8 +223,8 @@ def test_the_tokenizer_must_be_the_one_it_was_trained_with(runs, tmp_path, chat)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_a_gpu_in_bf16_with_cuda_graphs(runs, chat):
-    gpu = ChatEngine.load(runs.chat, device="cuda")
+def test_on_a_gpu_in_bf16_with_cuda_graphs(chat_runs, chat):
+    gpu = ChatEngine.load(chat_runs.chat, device="cuda")
     assert gpu.describe()["dtype"] == "bfloat16" and gpu.cuda_graphs
     reply = gpu.complete(USER, Sampling(seed=0))
     assert (reply.text, reply.finish_reason) == (REPLY, "stop")

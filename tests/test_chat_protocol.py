@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from chat_fixtures import CONTEXT, REPLY, chat_checkpoints
+from chat_fixtures import CONTEXT, REPLY
 
 from nanogpt.chat import Session
 from nanogpt.chat_engine import ChatEngine
@@ -19,27 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 HI = [{"role": "user", "content": "the cat sees a book."}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return chat_checkpoints(tmp_path_factory)
+def chat(chat_runs) -> ChatEngine:
+    return ChatEngine.load(chat_runs.chat)
 
 
 @pytest.fixture(scope="module")
-def chat(runs) -> ChatEngine:
-    return ChatEngine.load(runs.chat)
-
-
-@pytest.fixture(scope="module")
-def base(runs) -> ChatEngine:
-    return ChatEngine.load(runs.base)
+def base(chat_runs) -> ChatEngine:
+    return ChatEngine.load(chat_runs.base)
 
 
 def converse(engine: ChatEngine, *requests, end: bool = True) -> tuple[int, list[dict]]:
@@ -169,7 +158,7 @@ def _process(*args: str, stdin: str) -> tuple[int, list[dict], str]:
     return done.returncode, [json.loads(line) for line in done.stdout.splitlines()], done.stderr
 
 
-def test_the_process_over_its_pipes(runs, tmp_path):
+def test_the_process_over_its_pipes(chat_runs, tmp_path):
     requests = [
         {"id": "q", "messages": HI, "seed": 0},
         "not json",
@@ -180,7 +169,7 @@ def test_the_process_over_its_pipes(runs, tmp_path):
         },
     ]
     stdin = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
-    code, events, _ = _process(str(runs.chat), "--device", "cpu", stdin=stdin)
+    code, events, _ = _process(str(chat_runs.chat), "--device", "cpu", stdin=stdin)
     assert code == 0
     ready = events[0]
     assert ready["event"] == "ready" and ready["protocol"] == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from data_fixtures import sentence, write_text_corpus
-from runner_fixtures import wait_for
+from runner_fixtures import tiny_study_yaml, wait_for
 
 from runner.cli import main
 from store import StoreNotFoundError, open_store
@@ -16,33 +16,6 @@ from store import StoreNotFoundError, open_store
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-STUDY = """\
-name: cli
-mode: {mode}
-data:
-  source: {{name: local, paths: '{corpus}/*.txt'}}
-  tokenizer: bpe:300
-  val_fraction: 0.1
-grid:
-  depth: {depths}
-  flops: [2e8]
-  seed: [0]
-model:
-  aspect_ratio: 16
-  head_dim: 16
-  sequence_len: 32
-train:
-  total_batch_tokens: 256
-  device_batch_size: 8
-  device: cpu
-  compile: false
-eval:
-  every_steps: null
-  val_tokens: 512
-retry:
-  max_attempts: 1
-"""
 
 MID = """\
 mid_training:
@@ -71,7 +44,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _study(tmp_path: Path, corpus: Path, *, depths: str = "[1, 2]", mode: str = "pretraining") -> Path:
-    text = STUDY.format(mode=mode, corpus=corpus / "text", depths=depths)
+    grid = f"  depth: {depths}\n  flops: [2e8]\n  seed: [0]\n"
+    text = tiny_study_yaml("cli", corpus / "text", grid, sections=f"mode: {mode}\n")
     if mode == "all":
         text += MID.format(chats=corpus / "chats.jsonl")
     path = tmp_path / "cli.yaml"

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from gauntlet_fixtures import TINY_TASKS, write_bundle
 from report_fixtures import build_study
+from runner_fixtures import tiny_study_yaml
 from trainer_fixtures import make_data_dir, tiny_config, write_run
 
 from nanogpt.events import read_events
@@ -64,12 +64,7 @@ mid_training:
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _study(tmp_path: Path, eval_lines: str = "", *, mode: str = "pretraining", mid: str = "") -> Path:
@@ -282,33 +277,6 @@ def test_the_report_charts_the_averages_with_their_errors(tmp_path):
 
 # --- the whole pipeline ----------------------------------------------------------------------------------
 
-RUN_STUDY = """\
-name: gauntlet
-data:
-  source: {{name: local, paths: '{corpus}/*.txt'}}
-  tokenizer: bpe:300
-  val_fraction: 0.1
-grid:
-  depth: [1]
-  flops: [2e8]
-model:
-  aspect_ratio: 16
-  head_dim: 16
-  sequence_len: 32
-train:
-  total_batch_tokens: 256
-  device_batch_size: 8
-  device: cpu
-  compile: false
-eval:
-  every_steps: null
-  val_tokens: 512
-  preset: quick
-  bundle: bundle
-  gauntlet_every: 4
-retry:
-  max_attempts: 1
-"""
 QUICK = [
     "arc_easy@100",
     "jeopardy@100",
@@ -335,7 +303,9 @@ def test_nanostudy_run_stores_the_gauntlet_per_task_and_step_and_eval_adds_more(
     write_text_corpus(tmp_path / "corpus", num_files=30)
     write_bundle(tmp_path / "bundle", TINY_TASKS)
     study = tmp_path / "gauntlet.yaml"
-    study.write_text(RUN_STUDY.format(corpus=tmp_path / "corpus"))
+    grid = "  depth: [1]\n  flops: [2e8]\n"
+    eval_lines = "  preset: quick\n  bundle: bundle\n  gauntlet_every: 4\n"
+    study.write_text(tiny_study_yaml("gauntlet", tmp_path / "corpus", grid, eval_lines=eval_lines))
     assert main(["run", str(study), "--data-root", str(tmp_path / "data")]) == 0
     with open_store(tmp_path / "nanostudy.db", create=False) as store:
         rows = evals_of(store, study_id=get_study(store, "gauntlet").id)

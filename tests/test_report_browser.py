@@ -7,49 +7,24 @@ for a script would also fail the page). Skipped, saying why, where Chromium cann
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from browser_fixtures import headless_chromium
 from report_fixtures import build_study, empty_study, sparse_study
 
 from reports.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = ROOT / "docs" / "report.png"
 MAX_SCREENSHOT_BYTES = 500_000
 RENDERED = "[...document.querySelectorAll('div.chart')].every((d) => d.dataset.rendered)"
 
 
-def _chromium() -> Path:
-    if not CHROMIUM.exists():
-        script = ROOT / "scripts" / "install-chromium.sh"
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not CHROMIUM.exists():
-            pytest.skip(
-                f"no Chromium at {CHROMIUM} and {script.name} could not install it: {done.stderr.strip()}"
-            )
-    return CHROMIUM
-
-
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (uv sync)")
-    executable = _chromium()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(executable), args=ARGS)
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 def _open(browser, path: Path):

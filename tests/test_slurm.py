@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from data_fixtures import write_text_corpus
-from runner_fixtures import ROOT, add_tiny_cells, kill9, new_study, wait_for, write_plan
+from runner_fixtures import ROOT, add_tiny_cells, kill9, new_study, tiny_study_yaml, wait_for, write_plan
 from slurm_fixtures import URGENT, job_nodes, running_cluster, slurm_loop, squeue_state, why_no_slurm
 from trainer_fixtures import make_data_dir
 
@@ -103,36 +103,13 @@ def _job_of(study, cell_id: str, number: int) -> str | None:
 
 # -- a study through nanostudy run ------------------------------------------------------------------------
 
-STUDY = """\
-name: slurm
-data:
-  source: {{name: local, paths: '{corpus}/*.txt'}}
-  tokenizer: bpe:300
-  val_fraction: 0.1
-grid:
-  depth: [1, 2]
-  flops: [2e8]
-  seed: [0]
-model:
-  aspect_ratio: 16
-  head_dim: 16
-  sequence_len: 32
-train:
-  total_batch_tokens: 256
-  device_batch_size: 8
-  device: cpu
-  compile: false
-eval:
-  every_steps: null
-  val_tokens: 512
+SLURM = """\
 resources:
   executor: slurm
   slurm:
     partition: {partition}
     gpus_per_node: 0
     poll_s: 0.3
-retry:
-  max_attempts: 1
 """
 
 
@@ -141,7 +118,8 @@ def _study_file(tmp_path: Path, partition: str = "debug") -> Path:
     if not corpus.exists():
         write_text_corpus(corpus, num_files=60)
     path = tmp_path / "slurm.yaml"
-    path.write_text(STUDY.format(corpus=corpus, partition=partition))
+    grid = "  depth: [1, 2]\n  flops: [2e8]\n  seed: [0]\n"
+    path.write_text(tiny_study_yaml("slurm", corpus, grid, sections=SLURM.format(partition=partition)))
     return path
 
 
