@@ -659,10 +659,14 @@ def test_watching_and_cancelling_under_a_live_runner(tmp_path):
     async def scenario():
         app = make_app(tmp_path / "nanostudy.db", study="tiny")
         async with app.run_test(size=SIZE) as pilot:
+            # The screen's first poll may not have come back yet (status None): wait for it, then for a cell.
             running = await until(
                 pilot,
-                lambda: next(
-                    (c for c in app.screen.status.cells if c.state == "running" and c.step >= 2), None
+                lambda: (
+                    app.screen.status is not None
+                    and next(
+                        (c for c in app.screen.status.cells if c.state == "running" and c.step >= 2), None
+                    )
                 ),
                 what="a cell stepping under the runner",
             )
