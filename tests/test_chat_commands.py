@@ -14,8 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
-from chat_fixtures import CONTEXT, REPLY, chat_checkpoints
+from chat_fixtures import CONTEXT, REPLY
 
 from runner.api import best_checkpoint
 from runner.cli import main
@@ -35,17 +34,7 @@ from store import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return chat_checkpoints(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def chat(monkeypatch, capsys, *args: str, typed: str) -> tuple[int, str, str]:
@@ -55,11 +44,13 @@ def chat(monkeypatch, capsys, *args: str, typed: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_a_conversation_with_the_chat_model(runs, monkeypatch, capsys):
+def test_a_conversation_with_the_chat_model(chat_runs, monkeypatch, capsys):
     typed = "the cat sees a book.\n\nand then?\n/reset\n" + "a" * CONTEXT + "\nhi\n"
-    code, out, err = chat(monkeypatch, capsys, str(runs.chat), "--device", "cpu", "--seed", "0", typed=typed)
+    code, out, err = chat(
+        monkeypatch, capsys, str(chat_runs.chat), "--device", "cpu", "--seed", "0", typed=typed
+    )
     assert code == 0  # the input ended
-    assert f"loading checkpoint {runs.chat}" in err
+    assert f"loading checkpoint {chat_runs.chat}" in err
     lines = out.splitlines()
     assert lines[0] == f"chat-run/step_000060 (chat model; context {CONTEXT} tokens; cpu)"
     assert lines[1].startswith("/reset starts over")
@@ -70,11 +61,11 @@ def test_a_conversation_with_the_chat_model(runs, monkeypatch, capsys):
     assert replies[4] == REPLY
 
 
-def test_a_base_model_continues_each_line(runs, monkeypatch, capsys):
+def test_a_base_model_continues_each_line(chat_runs, monkeypatch, capsys):
     code, out, _ = chat(
         monkeypatch,
         capsys,
-        str(runs.base),
+        str(chat_runs.base),
         "--max-tokens",
         "6",
         "--temperature",
@@ -89,18 +80,18 @@ def test_a_base_model_continues_each_line(runs, monkeypatch, capsys):
     assert len(lines) == 5 and lines[4] == "you> "  # /quit: the last line was never read
 
 
-def test_bad_targets_and_options(runs, monkeypatch, capsys, tmp_path):
+def test_bad_targets_and_options(chat_runs, monkeypatch, capsys, tmp_path):
     code, _, err = chat(monkeypatch, capsys, str(tmp_path / "nowhere"), typed="")
     assert code == 2 and "neither a checkpoint directory, a run directory nor a study file" in err
     code, _, err = chat(monkeypatch, capsys, str(tmp_path), typed="")
     assert code == 2 and "holds no checkpoint" in err
-    code, _, err = chat(monkeypatch, capsys, str(runs.chat), "--temperature", "5", typed="")
+    code, _, err = chat(monkeypatch, capsys, str(chat_runs.chat), "--temperature", "5", typed="")
     assert code == 2 and "--temperature: temperature: must be a number in [0, 2], got 5.0" in err
     code, _, err = chat(monkeypatch, capsys, "tiny", "--db", str(tmp_path / "none.db"), typed="")
     assert code == 2 and "none.db" in err
 
 
-def _study_db(path: Path, runs, *, done: bool = True) -> Path:
+def _study_db(path: Path, chat_runs, *, done: bool = True) -> Path:
     """A study of two done cells as the runner records them: a pretraining cell and its mid-training
     child, whose run directories are the fixture's, each with its final checkpoint."""
     store = open_store(path)
@@ -112,12 +103,12 @@ def _study_db(path: Path, runs, *, done: bool = True) -> Path:
         store,
         study.id,
         [
-            NewCell(id="pre", mode=CellMode.PRETRAINING, config={}, run_dir=str(runs.base), **common),
+            NewCell(id="pre", mode=CellMode.PRETRAINING, config={}, run_dir=str(chat_runs.base), **common),
             NewCell(
                 id="mid",
                 mode=CellMode.MID_TRAINING,
                 config={},
-                run_dir=str(runs.chat),
+                run_dir=str(chat_runs.chat),
                 parent_cell_id="pre",
                 **common,
             ),
@@ -145,13 +136,13 @@ def _study_db(path: Path, runs, *, done: bool = True) -> Path:
     return path
 
 
-def test_a_study_means_its_best_checkpoint(runs, tmp_path, monkeypatch, capsys):
-    db = _study_db(tmp_path / "nanostudy.db", runs)
+def test_a_study_means_its_best_checkpoint(chat_runs, tmp_path, monkeypatch, capsys):
+    db = _study_db(tmp_path / "nanostudy.db", chat_runs)
     with open_store(db, create=False) as store:
         best = best_checkpoint(store, "tiny")
     # Mid-training cells first, although the pretraining cell has the lower bpb: the TUI's rule.
     assert (best.cell_id, best.mode, best.step) == ("mid", "mid-training", 60)
-    assert best.path == (runs.chat / "checkpoints" / "step_000060").resolve()
+    assert best.path == (chat_runs.chat / "checkpoints" / "step_000060").resolve()
     code, out, err = chat(monkeypatch, capsys, "tiny", "--db", str(db), "--seed", "0", typed="hi\n")
     assert code == 0 and f"model> {REPLY}" in out
     assert (
@@ -160,16 +151,16 @@ def test_a_study_means_its_best_checkpoint(runs, tmp_path, monkeypatch, capsys):
     code, _, err = chat(monkeypatch, capsys, "other", "--db", str(db), typed="")
     assert code == 2 and "no study named 'other'" in err
 
-    unfinished = _study_db(tmp_path / "unfinished.db", runs, done=False)
+    unfinished = _study_db(tmp_path / "unfinished.db", chat_runs, done=False)
     code, _, err = chat(monkeypatch, capsys, "tiny", "--db", str(unfinished), typed="")
     assert code == 2 and "study 'tiny' has no finished cell with a final checkpoint yet" in err
 
 
-def test_serve_never_takes_a_port_in_use(runs, capsys):
+def test_serve_never_takes_a_port_in_use(chat_runs, capsys):
     holder = socket.create_server(("127.0.0.1", 0))
     port = holder.getsockname()[1]
     try:
-        assert main(["serve", str(runs.chat), "--port", str(port)]) == 2
+        assert main(["serve", str(chat_runs.chat), "--port", str(port)]) == 2
         _, err = capsys.readouterr()
         assert err == f"port {port} is in use (by another process); choose --port\n"
         client = socket.create_connection(("127.0.0.1", port))  # the holder still listens
@@ -190,10 +181,10 @@ def test_serve_warns_off_loopback(tmp_path, capsys):
     assert "--port 70000: must be in 0..65535" in capsys.readouterr().err
 
 
-def test_serve_as_a_process(runs):
+def test_serve_as_a_process(chat_runs):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "serve", str(runs.chat), "--port", "0", "--device", "cpu"],
+        [sys.executable, "-m", "runner.cli", "serve", str(chat_runs.chat), "--port", "0", "--device", "cpu"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

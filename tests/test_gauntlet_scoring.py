@@ -19,12 +19,7 @@ from nanogpt.model import GPT, GPTConfig
 LETTERS = {"a": "b", "b": "c", "c": "d", "d": "e", "e": " ", " ": "x", "x": "y", "y": "z", "z": "."}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _run(tmp_path, tasks, pairs, *, extra=None, tokenizer=None, sequence_len=64, preset=None):

@@ -13,13 +13,7 @@ import torch.multiprocessing as mp
 
 from nanogpt.optim import POLAR_EXPRESS_COEFFS, MuonAdamW, orthogonalize, polar_express_schedule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _leaves(shapes, seed=0, dtype=torch.float32):
