@@ -7,23 +7,27 @@
 
 Writes a study of small cells (offline: python-source data, a BPE trained on it), prepares its data first
 (timed apart: it happens once per study), then runs `nanostudy run` on it as a user would and reads the
-database and every cell's events afterwards. For each cell:
+database and every cell's events afterwards. For each attempt of each cell:
 
 - train: pure training seconds, from the trainer's own `step` events: the sum of step_s less the part of
   the first steps above the median step (that excess is compilation and warm-up);
 - start: the attempt's start (the runner's fork) to the trainer's `start` event: interpreter, imports,
-  CUDA initialisation, model build, data, the micro-batch probe;
+  CUDA initialisation, model build, data, the micro-batch probe (the trainer times its own phases in the
+  event's `setup_s`; their means are printed, and the rest of start is the interpreter and imports);
 - compile: that excess of the first steps over the median step;
 - final: the last step event to the `end` event: the final validation and checkpoint;
 - exit: the `end` event to the attempt's end as the runner recorded it (process exit, the runner's poll);
 - gap: how long the cell's GPUs sat free before it started: its start less the latest end of an earlier
   attempt on any of its GPUs (the runner choosing and launching the next cell); 0 for a GPU's first cell.
 
-overhead = the attempt's wall time − train, plus the gap before it. GPU-busy = Σ (train × the cell's GPUs)
-/ (GPUs used × study wall), where the study wall runs from the first attempt's start to the last attempt's
-end and GPUs used are the distinct GPUs the attempts ran on (1 on the CPU). `--gpus-per-cell` and
-`--grid-depth` (YAML, as in a study file) make a study of cells of several sizes, e.g. one-GPU and four-GPU
-cells together (the second command above). Targets (issue): ≤ 10 s of overhead per cell, ≥ 85% busy.
+overhead = the attempt's wall time − train, plus the gap before it (a cell's every attempt counts toward its
+overhead). GPU-busy = Σ (train × the cell's GPUs) / (GPUs used × study wall), where the study wall runs from
+the first attempt's start to the last attempt's end of each runner session (a study stopped and resumed
+over several `nanostudy run` commands: the pause between them is not counted) and GPUs used are the
+distinct GPUs the attempts ran on (1 on the CPU). `--analyze DB --study NAME --runs-dir DIR` measures a
+study that has already run, without running anything. `--gpus-per-cell` and `--grid-depth` (YAML, as in
+a study file) make a study of cells of several sizes, e.g. one-GPU and four-GPU cells together (the second
+command above). Targets (issue): ≤ 10 s of overhead per cell, ≥ 85% busy.
 """
 
 import argparse
@@ -237,8 +241,9 @@ def sessions_of(rows: list[dict]) -> list[list[dict]]:
 
 
 def _stopped_by_runner(attempt) -> bool:
-    # runner.scheduler's reason for a trainer it stopped on its way out (Ctrl-C, SIGTERM)
-    return (attempt.reason or "").startswith("stopped by the runner")
+    from runner.scheduler import STOPPED_BY_RUNNER
+
+    return attempt.reason == STOPPED_BY_RUNNER
 
 
 def _num(value, fmt: str) -> str:

@@ -15,6 +15,8 @@ EXIT_STOPPED = 143  # nanogpt.train: stopped on request after writing a checkpoi
 # Slurm's final job states that are not the trainer's doing: the cell goes back to pending and resumes
 # from its last checkpoint in a new job (a TIMEOUT only when the job wrote one: else it can never finish).
 REQUEUE_JOB_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL"})
+# The reason of an attempt whose trainer the runner stopped on its way out (Ctrl-C, SIGTERM).
+STOPPED_BY_RUNNER = "stopped by the runner"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -82,7 +84,7 @@ def decide_outcome(
     if trace.start is None and trace.last_kind is None and exited.code == EXIT_DONE:
         return AttemptOutcome.DONE, None
     if stop_requested:
-        return AttemptOutcome.INTERRUPTED, "stopped by the runner"
+        return AttemptOutcome.INTERRUPTED, STOPPED_BY_RUNNER
     if exited.job_state is not None and (decided := _decide_job_state(trace, exited.job_state, error_tail)):
         return decided
     if exited.from_trainer and exited.code == EXIT_STOPPED:
