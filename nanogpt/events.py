@@ -49,8 +49,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "data_epochs": "float",  # passes over the training split the whole run makes
         "optim": "dict",  # the effective learning rates and weight decay after the scaling rules
         "optim_state_bytes": "list",  # bytes of optimizer state each rank holds (its shard), by rank
-        # seconds of each set-up phase since the trainer's imports: runtime (config, CUDA, process group),
-        # model, batch_probe, data_and_optimizer, other (the ranks agreeing, compile's wrapper, W&B)
+        # seconds of each set-up phase from the trainer's `run` (after its imports), in order: runtime
+        # (config, CUDA, process group), model, batch_probe, data_and_optimizer, other (ranks agreeing, W&B)
         "setup_s": "dict",
         "warnings": "list",  # strings, e.g. when the run repeats data
     },
