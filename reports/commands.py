@@ -63,7 +63,7 @@ def write_cells_csv(store, name: str, path: Path) -> None:
     columns = [field.name for field in dataclasses.fields(CellRow)]
     rows = read_study(store, name).cells
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # as the HTML report: a reader never sees half a file
     with tmp.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
