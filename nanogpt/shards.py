@@ -211,6 +211,18 @@ class TokenizerInfo:
     path: str  # where the tokenizer lives, relative to the data directory (or absolute)
     special_tokens: dict[str, int]
 
+    @classmethod
+    def of(cls, tokenizer, path: str) -> "TokenizerInfo":
+        """The manifest's record of a `nanogpt.tokenizer.Tokenizer` saved at `path`."""
+        return cls(
+            name=tokenizer.name,
+            hash=tokenizer.hash,
+            vocab_size=tokenizer.vocab_size,
+            eot_id=tokenizer.eot_id,
+            path=path,
+            special_tokens=tokenizer.special_tokens,
+        )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Manifest:

@@ -89,14 +89,7 @@ def make_chat_data_dir(path: Path, tokenizer: Tokenizer) -> Path:
             vocab_size=tokenizer.vocab_size,
         )
         splits[split] = (ShardInfo(file=name, num_tokens=len(ids), sha256=digest),)
-    info = TokenizerInfo(
-        name=tokenizer.name,
-        hash=tokenizer.hash,
-        vocab_size=tokenizer.vocab_size,
-        eot_id=tokenizer.eot_id,
-        path="tokenizer",
-        special_tokens=tokenizer.special_tokens,
-    )
+    info = TokenizerInfo.of(tokenizer, "tokenizer")
     write_manifest(
         Manifest(
             data_dir=path,

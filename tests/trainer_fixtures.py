@@ -59,14 +59,7 @@ def make_data_dir(
             vocab_size=tokenizer.vocab_size,
         )
         splits[split] = (ShardInfo(file=name, num_tokens=len(tokens), sha256=digest),)
-    info = TokenizerInfo(
-        name=tokenizer.name,
-        hash=tokenizer.hash,
-        vocab_size=tokenizer.vocab_size,
-        eot_id=tokenizer.eot_id,
-        path="tokenizer",
-        special_tokens=tokenizer.special_tokens,
-    )
+    info = TokenizerInfo.of(tokenizer, "tokenizer")
     manifest = Manifest(
         data_dir=path,
         format_version=1,

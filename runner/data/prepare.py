@@ -425,14 +425,7 @@ def prepare(
         data_dir=data_dir,
         format_version=1,
         identity=data_id,
-        tokenizer=TokenizerInfo(
-            name=tokenizer.name,
-            hash=tokenizer.hash,
-            vocab_size=tokenizer.vocab_size,
-            eot_id=tokenizer.eot_id,
-            path="tokenizer",
-            special_tokens=tokenizer.special_tokens,
-        ),
+        tokenizer=TokenizerInfo.of(tokenizer, "tokenizer"),
         splits={split: tuple(writer.shards) for split, writer in writers.items()},
         has_mask=with_mask,
         source={
