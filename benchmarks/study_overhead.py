@@ -18,16 +18,18 @@ database and every cell's events afterwards. For each attempt of each cell:
 - final: the last step event to the `end` event: the final validation and checkpoint;
 - exit: the `end` event to the attempt's end as the runner recorded it (process exit, the runner's poll);
 - gap: how long the cell's GPUs sat free before it started: its start less the latest end of an earlier
-  attempt on any of its GPUs (the runner choosing and launching the next cell); 0 for a GPU's first cell.
+  attempt on any of its GPUs (the runner choosing and launching the next cell); 0 for a GPU's first cell;
+- standby: how long it set up beside an earlier attempt still training on its GPUs (the study's
+  resources.overlap_startup): its start to that attempt's end. This part of its start costs no GPU time.
 
-overhead = the attempt's wall time − train, plus the gap before it (a cell's every attempt counts toward its
-overhead). GPU-busy = Σ (train × the cell's GPUs) / (GPUs used × study wall), where the study wall runs from
-the first attempt's start to the last attempt's end of each runner session (a study stopped and resumed
-over several `nanostudy run` commands: the pause between them is not counted) and GPUs used are the
-distinct GPUs the attempts ran on (1 on the CPU). `--analyze DB --study NAME --runs-dir DIR` measures a
-study that has already run, without running anything. `--gpus-per-cell` and `--grid-depth` (YAML, as in
-a study file) make a study of cells of several sizes, e.g. one-GPU and four-GPU cells together (the second
-command above). Targets (issue): ≤ 10 s of overhead per cell, ≥ 85% busy.
+overhead = the attempt's own GPU time (its wall time less its standby) − train, plus the gap before it (a
+cell's every attempt counts toward its overhead). GPU-busy = Σ (train × the cell's GPUs) / (GPUs used × study
+wall), where the study wall runs from the first attempt's start to the last attempt's end of each runner
+session (a study stopped and resumed over several `nanostudy run` commands: the pause between them is not
+counted) and GPUs used are the distinct GPUs the attempts ran on (1 on the CPU). `--analyze DB --study NAME
+--runs-dir DIR` measures a study that has already run, without running anything. `--gpus-per-cell` and
+`--grid-depth` (YAML, as in a study file) make a study of cells of several sizes, e.g. one-GPU and four-GPU
+cells together (the second command above). Targets (issue): ≤ 10 s of overhead per cell, ≥ 85% busy.
 """
 
 import argparse
@@ -62,6 +64,7 @@ eval:
   val_tokens: {val_tokens}
 resources:
   gpus_per_cell: {gpus_per_cell}
+  overlap_startup: {overlap}
 """
 
 
@@ -77,6 +80,11 @@ def main() -> None:
         "--gpus-per-cell", default="1", help="resources.gpus_per_cell as YAML: 1, auto, '{6: 1, 12: 4}'"
     )
     parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="resources.overlap_startup: false (a GPU's next cell starts only once its current one exits)",
+    )
     parser.add_argument("--batch", type=int, default=262144, help="total batch tokens")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--max-bytes", default="100MB")
@@ -106,6 +114,7 @@ def main() -> None:
             flops=", ".join(args.flops.split(",")),
             seeds=", ".join(args.seeds.split(",")),
             gpus_per_cell=args.gpus_per_cell,
+            overlap="false" if args.no_overlap else "true",
             seq_len=args.seq_len,
             batch=args.batch,
             val_tokens=args.val_tokens,
@@ -222,7 +231,10 @@ def summarize(store, study_name: str, runs_dir: Path) -> dict:
 
 def sessions_of(rows: list[dict]) -> list[list[dict]]:
     """The attempts (sorted by start) grouped by runner session, each given its gap (how long its GPUs sat
-    free before it, in its session) and overhead (wall − train + gap)."""
+    free before it, in its session), its standby time (how long it set up while an earlier attempt still
+    held its GPUs: resources.overlap_startup) and its overhead: the GPU time that was its own (from its
+    start, or from the end of the attempt it waited for, to its end) less its training, plus the gap. The
+    overheads and trainings of a GPU's attempts add up to its wall time."""
     last_end: dict[str, float] = {}  # GPU -> when the last attempt on it ended, in this session
     sessions: list[list[dict]] = [[]]
     stopped_at = None  # when the runner of this session stopped its trainers, once it has
@@ -232,9 +244,13 @@ def sessions_of(rows: list[dict]) -> list[list[dict]]:
             last_end, stopped_at = {}, None
         sessions[-1].append(row)
         ends = [last_end[gpu] for gpu in row["gpus"] if gpu in last_end]
-        row["gap_s"] = max(0.0, row["started_at"] - max(ends)) if ends else 0.0
-        row["overhead_s"] = row["wall_s"] - row["train_s"] + row["gap_s"]
-        last_end.update({gpu: row["ended_at"] for gpu in row["gpus"]})
+        before = max(ends) if ends else row["started_at"]
+        row["gap_s"] = max(0.0, row["started_at"] - before)
+        own_from = min(max(row["started_at"], before), row["ended_at"])
+        row["standby_s"] = own_from - row["started_at"]
+        row["overhead_s"] = row["ended_at"] - own_from - row["train_s"] + row["gap_s"]
+        for gpu in row["gpus"]:
+            last_end[gpu] = max(last_end.get(gpu, row["ended_at"]), row["ended_at"])
         if row["stopped"]:
             stopped_at = max(stopped_at or 0.0, row["ended_at"])
     return [session for session in sessions if session]
@@ -268,20 +284,21 @@ def report(
     num_gpus, busy = summary["num_gpus"], summary["gpu_busy"]
 
     print(f"\n{'cell':12} {'try':>3} {'d':>3} {'GPUs':>4} {'FLOPs':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} "
-          f"{'train':>7} {'start':>6} {'compile':>7} {'final':>6} {'exit':>5} {'gap':>5} "
+          f"{'train':>7} {'start':>6} {'standby':>7} {'compile':>7} {'final':>6} {'exit':>5} {'gap':>5} "
           f"{'overhead':>8}")  # fmt: skip
     for row in rows:
         print(
             f"{row['cell']:12} {row['attempt']:3d} {row['depth']:3d} {len(row['gpus']):4d} "
             f"{row['flops']:8.1e} {row['steps']:6d} {_num(row['tok_per_s'], '10,.0f')} "
             f"{_num(row['mfu'], '6.1%')} "
-            f"{row['train_s']:7.1f} {_num(row['start_s'], '6.1f')} {row['compile_s']:7.1f} "
+            f"{row['train_s']:7.1f} {_num(row['start_s'], '6.1f')} {row['standby_s']:7.1f} "
+            f"{row['compile_s']:7.1f} "
             f"{_num(row['final_s'], '6.1f')} {_num(row['exit_s'], '5.1f')} {row['gap_s']:5.1f} "
             f"{row['overhead_s']:8.1f}"
         )
     num_cells = len({row["cell"] for row in rows})
     mean = {key: statistics.mean(v for row in rows if (v := row[key]) is not None) for key in
-            ("start_s", "compile_s", "final_s", "exit_s", "gap_s")}  # fmt: skip
+            ("start_s", "standby_s", "compile_s", "final_s", "exit_s", "gap_s")}  # fmt: skip
     per_cell = sum(row["overhead_s"] for row in rows) / num_cells  # a cell's every attempt counts
     if prepare_s is not None:
         print(f"\ndata preparation (once per study, not counted below): {prepare_s:.1f} s")
@@ -295,7 +312,8 @@ def report(
     )
     print(
         f"mean overhead per cell {per_cell:.1f} s (target <= 10 s); per attempt: "
-        f"start {mean['start_s']:.1f}, compile {mean['compile_s']:.1f}, "
+        f"start {mean['start_s']:.1f} (of which on standby beside another cell's training "
+        f"{mean['standby_s']:.1f}), compile {mean['compile_s']:.1f}, "
         f"final val+checkpoint {mean['final_s']:.1f}, "
         f"exit {mean['exit_s']:.1f}, gap {mean['gap_s']:.1f}"
     )

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from nanogpt.events import EVENTS_NAME, EventWriter, read_events
 from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
 from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
 from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
+from nanogpt.gpu_lock import GpuLock
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.profiling import StepProfiler, phase
@@ -162,6 +164,13 @@ def agree_on_setup(error: BaseException | None, runtime: Runtime, proposal: int 
     return int(votes[world:].min())
 
 
+def _any_rank(flag: bool, runtime: Runtime) -> bool:
+    """Whether `flag` holds on any rank (a collective)."""
+    if not runtime.distributed:
+        return flag
+    return bool(_all_reduce(torch.tensor([int(flag)], device=runtime.device), runtime).item())
+
+
 class _SilentExit(Exception):
     """Another rank failed and reports why; this one just exits with the code."""
 
@@ -225,12 +234,20 @@ def effective_hparams(config: RunConfig, gpt_config: GPTConfig) -> dict[str, flo
     }
 
 
+_WORLD = object()  # build_optimizer's default process group: the job's, when there is one
+
+
 def build_optimizer(
-    model: GPT, config: RunConfig, hparams: dict[str, float], orth_dtype: torch.dtype = torch.bfloat16
+    model: GPT,
+    config: RunConfig,
+    hparams: dict[str, float],
+    orth_dtype: torch.dtype = torch.bfloat16,
+    process_group: Any = _WORLD,
 ) -> MuonAdamW:
     """MuonAdamW over the model's parameter groups. Muon orthogonalizes in `orth_dtype`: the trainer passes
     the run's dtype, so a bf16 run does it in bf16 (stable there, and fast) and a float32 run stays float32
-    throughout, which keeps runs on different numbers of ranks within float32 rounding of each other."""
+    throughout, which keeps runs on different numbers of ranks within float32 rounding of each other.
+    `process_group`: the ranks it shards over; by default all of the job's (None: this rank alone)."""
     optim = config.optim
     adamw = {"kind": "adamw", "betas": (optim.adam_beta1, optim.adam_beta2), "eps": optim.adam_eps}
     kinds = {
@@ -250,17 +267,29 @@ def build_optimizer(
     for name, params in model.param_groups().items():
         if params:
             groups.append({"params": params, "name": name, **kinds[name], "initial_lr": kinds[name]["lr"]})
-    process_group = dist.group.WORLD if dist.is_initialized() else None
+    if process_group is _WORLD:
+        process_group = dist.group.WORLD if dist.is_initialized() else None
     return MuonAdamW(groups, process_group=process_group, orth_dtype=orth_dtype)
 
 
 def probe_device_batch_size(
-    model: GPT, num_sequences: int, runtime: Runtime, num_params: int, vocab_size: int
+    model: GPT,
+    num_sequences: int,
+    runtime: Runtime,
+    num_params: int,
+    vocab_size: int,
+    *,
+    shared: bool = False,
 ) -> int:
     """The largest micro-batch (a divisor of the sequences per rank and step) whose forward and backward
     fit in GPU memory with room for the optimizer state. Probed on the eager model, which needs more
     activation memory than the compiled one, so the choice is safe. Local to this rank (no collective):
-    the caller agrees on the smallest over the ranks."""
+    the caller agrees on the smallest over the ranks.
+
+    The choice depends only on this process's own peak memory, so it is the same whether or not another
+    process shares the GPU. `shared` (a trainer on standby, see nanogpt.gpu_lock, under a memory cap that
+    leaves the other its room): a candidate that runs out of memory there might fit on the whole GPU, so
+    the probe gives up (`NeedsWholeGpu`) instead of choosing a smaller one."""
     seq_len = model.config.sequence_len
     candidates = [b for b in range(min(num_sequences, GPU_MAX_DEVICE_BATCH), 0, -1) if num_sequences % b == 0]
     total_bytes = torch.cuda.get_device_properties(runtime.device).total_memory
@@ -278,6 +307,8 @@ def probe_device_batch_size(
             peak = torch.cuda.max_memory_allocated(runtime.device)
             fits = peak + optimizer_bytes <= GPU_MEMORY_BUDGET_FRAC * total_bytes
         except torch.OutOfMemoryError:
+            if shared:
+                raise NeedsWholeGpu(f"micro-batch {batch}") from None
             fits = False
         finally:
             model.zero_grad(set_to_none=True)
@@ -291,6 +322,34 @@ def probe_device_batch_size(
             f"train.device_batch_size: even one sequence of {seq_len} tokens does not fit in memory"
         )
     return chosen
+
+
+class NeedsWholeGpu(Exception):
+    """A trainer on standby ran out of the memory it may use beside the GPU's current trainer."""
+
+
+# The share of the GPU's memory a trainer on standby leaves free beyond what the GPU's current trainer
+# already holds, for that trainer's later allocations (its validation, a checkpoint's copies).
+STANDBY_HEADROOM_FRAC = 0.10
+
+
+@contextlib.contextmanager
+def standby_memory_cap(runtime: Runtime) -> Iterator[None]:
+    """Cap this process's CUDA allocations at what it holds plus the device's free memory less
+    STANDBY_HEADROOM_FRAC of the total: beyond it, an allocation raises OutOfMemoryError here instead of
+    taking memory the other trainer may need. Released (cache emptied) on leaving."""
+    if runtime.device.type != "cuda":
+        yield
+        return
+    free, total = torch.cuda.mem_get_info(runtime.device)
+    ours = torch.cuda.memory_reserved(runtime.device)
+    fraction = min(1.0, max(0.0, ours + free - STANDBY_HEADROOM_FRAC * total) / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, runtime.device)
+    try:
+        yield
+    finally:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0, runtime.device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -460,13 +519,25 @@ class Trainer:
     written."""
 
     def __init__(
-        self, config: RunConfig, run_dir: Path, runtime: Runtime, *, setup_since: float | None = None
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        runtime: Runtime,
+        *,
+        setup_since: float | None = None,
+        gpu_lock: GpuLock | None = None,
+        standby: bool = False,
     ):
         """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch.
-        `setup_since`: when the run began (`run`'s entry), so that the set-up times include the runtime's."""
+        `setup_since`: when the run began (`run`'s entry), so that the set-up times include the runtime's.
+        `gpu_lock`: this rank's GPU lock (nanogpt.gpu_lock), taken before the first step; `standby`: some
+        rank's lock was taken by another trainer, so the set-up keeps within the memory that one leaves and
+        ends with a throwaway step that compiles everything the first steps need."""
         self.config = config
         self.run_dir = run_dir
         self.runtime = runtime
+        self.gpu_lock = gpu_lock
+        self.standby = standby
         self.warnings: list[str] = []
         self.setup = SetupClock(setup_since)
         self.setup.mark("runtime")  # the config read, CUDA and the process group (init_runtime)
@@ -617,13 +688,71 @@ class Trainer:
         elif requested != "auto":
             batch = requested
         elif runtime.device.type == "cuda":
-            batch = probe_device_batch_size(
-                self.model, self.sequences_per_rank, runtime, self.num_params, self.gpt_config.vocab_size
-            )
+            batch = self._probe_batch_size()
         else:
             batch = max(b for b in range(1, CPU_MAX_DEVICE_BATCH + 1) if self.sequences_per_rank % b == 0)
         grad_accum_for(self.sequences_per_rank, batch)  # fail here, before the ranks agree
         return batch
+
+    def _probe_batch_size(self) -> int:
+        """The probe's micro-batch; on standby probed beside the GPU's current trainer when it fits there,
+        else after waiting for the GPU (the same choice either way: see probe_device_batch_size)."""
+        model, runtime = self.model, self.runtime
+        args = (model, self.sequences_per_rank, runtime, self.num_params, self.gpt_config.vocab_size)
+        if self.standby and not (self.gpu_lock is not None and self.gpu_lock.held):
+            try:
+                with standby_memory_cap(self.runtime):
+                    return probe_device_batch_size(*args, shared=True)
+            except NeedsWholeGpu:
+                self.setup.mark("batch_probe")
+                self._wait_for_gpu()
+        return probe_device_batch_size(*args)
+
+    def _wait_for_gpu(self) -> None:
+        """Take this rank's GPU lock, waiting while another trainer trains on the GPU."""
+        if self.gpu_lock is not None and not self.gpu_lock.held:
+            self.gpu_lock.acquire()
+            self.setup.mark("gpu_wait")
+
+    def _warm_up(self) -> None:
+        """On standby: one throwaway training step (forward, backward and a step of a throwaway optimizer
+        on zeros) and one validation forward, so that torch.compile builds every graph and kernel the first
+        steps need while the GPU still trains the other cell. The weights are restored bit for bit and the
+        run's optimizer is never stepped, so the run is the same as without it; no collective, so a rank
+        that runs out of memory just leaves compilation to its first step."""
+        runtime, model = self.runtime, self.model
+        seq_len = self.gpt_config.sequence_len
+        saved = [p.detach().clone() for p in model.parameters()]
+        try:
+            with standby_memory_cap(runtime):
+                optimizer = build_optimizer(
+                    model, self.config, self.hparams, orth_dtype=runtime.dtype, process_group=None
+                )
+                x = torch.zeros((self.device_batch_size, seq_len), dtype=torch.int64, device=runtime.device)
+                scale = torch.tensor(1.0 / x.numel(), device=runtime.device)
+                with runtime.autocast():
+                    loss = self.forward(x, x, reduction="sum")
+                (loss * scale).backward()
+                optimizer.step()
+                model.zero_grad(set_to_none=True)
+                del optimizer, loss
+                xv = torch.zeros(
+                    (self.val_loader.batch_size, seq_len), dtype=torch.int64, device=runtime.device
+                )
+                model.eval()
+                with torch.no_grad(), runtime.autocast():
+                    self.forward(xv, xv, reduction="none")
+                if runtime.device.type == "cuda":
+                    torch.cuda.synchronize(runtime.device)
+        except torch.OutOfMemoryError:
+            self.warnings.append("standby: out of memory beside the GPU's other trainer; compiled at step 1")
+        finally:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for param, copy in zip(model.parameters(), saved, strict=True):
+                    param.copy_(copy)
+        self.setup.mark("warm_up")
 
     def build(self, device_batch_size: int) -> None:
         """Phase 2, with the micro-batch the ranks agreed on: data loaders, tokenizer, optimizer."""
@@ -762,6 +891,9 @@ class Trainer:
             ckpt.set_rng_state(self.resume_meta["rank_states"][runtime.rank]["rng"])
         self.forward = torch.compile(self.model, dynamic=False) if config.compile else self.model
         self.device = device_info(runtime, config.compile)
+        if self.standby:
+            self._warm_up()
+        self._wait_for_gpu()
         self.session_start = time.time()
         self.events = EventWriter(self.run_dir / EVENTS_NAME) if runtime.master else None
         self.wandb = None
@@ -1052,9 +1184,14 @@ def run(config_path: str | os.PathLike) -> int:
     runtime = None
     try:
         runtime = init_runtime(config)
+        gpu_lock = GpuLock.from_env(runtime.local_rank)
+        # On standby when any rank's GPU is taken (agreed, so that every rank warms up alike).
+        standby = _any_rank(gpu_lock is not None and not gpu_lock.try_acquire(), runtime)
         trainer, error = None, None
         try:
-            trainer = Trainer(config, config_path.parent, runtime, setup_since=started)
+            trainer = Trainer(
+                config, config_path.parent, runtime, setup_since=started, gpu_lock=gpu_lock, standby=standby
+            )
         except Exception as e:
             error = e
         device_batch_size = agree_on_setup(

@@ -44,6 +44,7 @@ from typing import Protocol
 
 import psutil
 
+from nanogpt.gpu_lock import GPU_LOCKS_ENV
 from store import Attempt
 from store import Executor as ExecutorKind
 
@@ -70,6 +71,9 @@ class LaunchRequest:
     run_dir: Path
     gpus: tuple[str, ...] | None  # CUDA_VISIBLE_DEVICES values, used exactly as given
     num_procs: int = 1
+    # One lock file per GPU, in the order of `gpus` (nanogpt.gpu_lock): the trainer trains only while it
+    # holds its GPUs' locks; empty: no lock (it trains as soon as it is set up).
+    gpu_locks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_procs < 1:
@@ -78,6 +82,8 @@ class LaunchRequest:
             raise ValueError(
                 f"cell {self.cell_id}: {self.num_procs} processes need as many GPUs, got {list(self.gpus)}"
             )
+        if self.gpu_locks and (self.gpus is None or len(self.gpu_locks) != len(self.gpus)):
+            raise ValueError(f"cell {self.cell_id}: one GPU lock per GPU, got {list(self.gpu_locks)}")
 
     @property
     def config_path(self) -> Path:
@@ -203,6 +209,9 @@ class LocalExecutor:
         env = dict(os.environ)
         env.update(self.extra_env)
         env[MARKER_ENV] = request.marker
+        env.pop(GPU_LOCKS_ENV, None)
+        if request.gpu_locks:
+            env[GPU_LOCKS_ENV] = os.pathsep.join(request.gpu_locks)
         env["PYTHONPATH"] = trainer_pythonpath(env.get("PYTHONPATH"))
         # Cells of one shape compile the same graphs: one persistent compile cache for all of them (torch's
         # default lives in /tmp, which a reboot empties).

@@ -8,7 +8,9 @@ Each turn (every `poll_s`):
    through the store (`nanostudy cancel`, the TUI), so its trainer is told to stop;
 3. start pending cells, largest first, on free GPUs (or one at a time on the CPU; or, with no GPU pool,
    as batch jobs that the cluster's queue places); a mid-training cell waits until its parent is done and
-   starts from the parent's final checkpoint as the store records it;
+   starts from the parent's final checkpoint as the store records it. With `overlap_startup`, a GPU whose
+   cell has begun training also gets the next cell *on standby* (nanogpt.gpu_lock): it sets up and
+   compiles while the GPU trains the other, and trains the moment the other's process exits;
 4. every `heartbeat_s`, a heartbeat for all open attempts.
 
 The loop ends when none of our trainers runs and no cell can start. The runner is the only writer of the
@@ -27,12 +29,14 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nanogpt.config import RunConfig
+from nanogpt.gpu_lock import default_lock_dir, lock_path
 from runner.executor import CONFIG_NAME, Executor, Exited, Handle, LaunchRequest, describe_exit
 from runner.gpus import GpuPool
 from runner.ingest import EventTail
@@ -85,6 +89,10 @@ class LoopOptions:
     rerun_diverged: bool = False  # retry diverged cells like failed ones
     poll_s: float = 0.5
     heartbeat_s: float = 5.0
+    # A GPU's next cell sets up while its current one trains (study key resources.overlap_startup); the
+    # GPUs' lock files live in gpu_lock_dir. Standby cells do not count toward max_parallel.
+    overlap_startup: bool = False
+    gpu_lock_dir: Path = field(default_factory=default_lock_dir)
 
     def __post_init__(self) -> None:
         if self.max_parallel is not None and self.max_parallel < 1:
@@ -108,6 +116,7 @@ class _Active:
     gpus: tuple[int, ...] | None
     stop_requested: bool = False
     cancelled: bool = False  # the cell left `running` under us: cancelled through the store
+    standby: bool = False  # started on GPUs another attempt trains on; False once it has them alone
 
     @property
     def cell_id(self) -> str:
@@ -313,15 +322,19 @@ class StudyLoop:
         candidates = self._runnable(states)
         if not candidates:
             return
-        slots = self._capacity(len(candidates)) - len(self._active)
-        if slots <= 0:
-            return
-        free = None
+        for active in self._active.values():
+            active.standby = active.standby and self._shares_gpus(active)
+        training = [active for active in self._active.values() if not active.standby]
+        slots = self._capacity(len(candidates)) - len(training)
+        free, standby_gpus = None, []
         if self.pool is not None and not self.pool.cpu:
-            assigned = {gpu for active in self._active.values() for gpu in active.gpus or ()}
+            holders = Counter(gpu for active in self._active.values() for gpu in active.gpus or ())
             ours = {pid for active in self._active.values() for pid in self.executor.pids(active.handle)}
-            free = self.pool.free(assigned=assigned, our_pids=ours)
-        chosen = assign(candidates, free_gpus=free, slots=slots)
+            without_others = self.pool.free(assigned=(), our_pids=ours)
+            free = [gpu for gpu in without_others if not holders[gpu]]
+            if self.options.overlap_startup:
+                standby_gpus = [gpu for gpu in without_others if gpu in self._ready_for_standby(holders)]
+        chosen = assign(candidates, free_gpus=free, slots=slots) if slots > 0 else []
         if not chosen and not self._active and not self._waiting_logged:
             self.log(
                 f"waiting for a free GPU ({len(candidates)} cell(s) ready; other processes hold the GPUs)"
@@ -330,6 +343,26 @@ class StudyLoop:
         for candidate, gpus in chosen:
             self._waiting_logged = False
             self._launch(candidate.cell_id, gpus)
+        if standby_gpus:
+            started = {candidate.cell_id for candidate, _ in chosen}
+            rest = [candidate for candidate in candidates if candidate.cell_id not in started]
+            for candidate, gpus in assign(rest, free_gpus=standby_gpus, slots=len(standby_gpus)):
+                self._launch(candidate.cell_id, gpus, standby=True)
+
+    def _shares_gpus(self, active: _Active) -> bool:
+        mine = set(active.gpus or ())
+        return any(other is not active and mine & set(other.gpus or ()) for other in self._active.values())
+
+    def _ready_for_standby(self, holders: Mapping[int, int]) -> set[int]:
+        """GPUs that one attempt of ours holds alone and trains on (its `start` event, written once it
+        holds the GPUs' locks, has arrived): each may take one cell on standby."""
+        return {
+            gpu
+            for active in self._active.values()
+            if not active.standby and active.tail.trace.start is not None
+            for gpu in active.gpus or ()
+            if holders[gpu] == 1
+        }
 
     def _capacity(self, num_ready: int) -> int:
         """Cells at once: one on the CPU; as many as GPUs (or max_parallel); without a pool (a cluster's
@@ -340,7 +373,7 @@ class StudyLoop:
             return 1
         return self.options.max_parallel or len(self.pool.usable)
 
-    def _launch(self, cell_id: str, gpus: tuple[int, ...] | None) -> None:
+    def _launch(self, cell_id: str, gpus: tuple[int, ...] | None, *, standby: bool = False) -> None:
         cell = get_cell(self.store, cell_id)
         assert cell is not None, f"cell {cell_id} vanished from the database"
         run_dir = Path(cell.run_dir) if cell.run_dir else self.launches[cell_id].run_dir
@@ -371,6 +404,7 @@ class StudyLoop:
                 run_dir=run_dir,
                 gpus=None if gpus is None else tuple(map(str, gpus)),
                 num_procs=1 if gpus is None else len(gpus),
+                gpu_locks=self._gpu_locks(gpus),
             )
             handle = self.executor.submit(request)
         except Exception as error:  # a bad config, a run directory we cannot write, a failed fork
@@ -383,12 +417,21 @@ class StudyLoop:
             self.store, attempt.id, pid=handle.pid, pid_start_time=handle.pid_start_time, job_id=handle.job_id
         )
         self._active[attempt.id] = _Active(
-            attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
+            attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus, standby=standby
         )
         where = "the CPU" if gpus is None else f"GPU {','.join(map(str, gpus))}"
+        if standby:
+            where += ", on standby until the cell training there ends"
         started = f"started on {where}" if handle.job_id is None else f"submitted to {self.executor.host}"
         resumed = f", resuming from step {resume_step}" if resume_step else ""
         self.log(f"{self._name(cell_id)}: attempt {attempt.number} {started} ({handle.where}{resumed})")
+
+    def _gpu_locks(self, gpus: tuple[int, ...] | None) -> tuple[str, ...]:
+        """With overlap_startup, every trainer on GPUs takes their locks: the one training holds them, the
+        one on standby waits for them."""
+        if gpus is None or not self.options.overlap_startup or self.pool is None:
+            return ()
+        return tuple(str(lock_path(self.options.gpu_lock_dir, gpu)) for gpu in gpus)
 
     def _write_config(self, cell_id: str, run_dir: Path) -> None:
         """RUN_DIR/config.json from the planned config; a mid-training cell gets its parent's final

@@ -131,6 +131,7 @@ def run_study(
                 max_parallel=max_parallel or study.resources.max_parallel,
                 max_attempts=study.retry.max_attempts,
                 rerun_diverged=study.retry.rerun_diverged,
+                overlap_startup=study.resources.overlap_startup,
             ),
             fresh_budget=frozenset(moved),
             log=log,

@@ -206,6 +206,8 @@ class Resources:
     # "auto": 1, or more when the model's memory needs them; or per depth, ((depth, gpus), ...) sorted
     gpus_per_cell: int | Literal["auto"] | tuple[tuple[int, int], ...] = 1
     max_parallel: int | None = None  # cells at once; None: as many as the GPUs allow
+    # local GPUs: a GPU's next cell sets up (imports, model, compile) while its current one trains
+    overlap_startup: bool = True
     slurm: SlurmSettings = field(default_factory=SlurmSettings)  # executor slurm: runner/slurm/settings.py
 
     def __post_init__(self) -> None:
@@ -223,6 +225,8 @@ class Resources:
             )
         if self.max_parallel is not None and not _is_int(self.max_parallel, minimum=1):
             raise ValueError(f"resources.max_parallel: must be a positive integer, got {self.max_parallel!r}")
+        if not isinstance(self.overlap_startup, bool):
+            raise ValueError(f"resources.overlap_startup: must be true or false, got {self.overlap_startup!r}")
 
     @property
     def processes_per_cell(self) -> int:
@@ -870,7 +874,8 @@ def _parse_resources(doc: _Document, raw: Any, *, executor: str | None = None) -
     if raw is None:
         return Resources()
     values: dict[str, Any] = {}
-    for key in _unknown_keys(doc, "resources", raw, ("executor", "gpus_per_cell", "max_parallel", "slurm")):
+    known = ("executor", "gpus_per_cell", "max_parallel", "overlap_startup", "slurm")
+    for key in _unknown_keys(doc, "resources", raw, known):
         value, where = raw[key], f"resources.{key}"
         if key == "executor":
             if value not in EXECUTORS:
@@ -888,6 +893,9 @@ def _parse_resources(doc: _Document, raw: Any, *, executor: str | None = None) -
         elif key == "max_parallel":
             if value is not None and (value := _as_int(doc, where, value, minimum=1)) is None:
                 continue
+        elif key == "overlap_startup" and not isinstance(value, bool):
+            doc.add(where, f"must be true or false, got {value!r}")
+            continue
         elif key == "slurm":
             _as_mapping(doc, where, value if value is not None else {})
             continue  # parsed below, once gpus_per_cell (the default GPUs per node) is known

@@ -10,6 +10,8 @@ Behaviours: done, crash (steps, then an exception on stderr, exit 1, no end even
 exit 1), diverged (end diverged, exit 3), bad_input (one line on stderr, exit 2, nothing written),
 hang (steps until SIGTERM, then a checkpoint and exit 143, like the real trainer's stop), slow (like done,
 with FAKE_TRAINER_STEP_S (0.1) seconds per step, as its step events say, and a checkpoint every 5 steps).
+Given GPU locks (nanogpt.gpu_lock), it "sets up" for FAKE_TRAINER_SETUP_S (0) seconds, then waits for its
+lock before its start event, as the real trainer does; its start event's setup_s says how long it waited.
 """
 
 import json
@@ -20,10 +22,12 @@ import time
 from pathlib import Path
 
 from nanogpt.events import EventWriter
+from nanogpt.gpu_lock import GpuLock
 
 NUM_STEPS = 4
 SLOW_STEPS = 40
 SLOW_STEP_S = float(os.environ.get("FAKE_TRAINER_STEP_S", "0.1"))
+SETUP_S = float(os.environ.get("FAKE_TRAINER_SETUP_S", "0"))
 
 
 def main() -> int:
@@ -50,12 +54,19 @@ def main() -> int:
         print(f"error: {config_path}: train.num_steps: must be positive", file=sys.stderr)
         return 2
 
+    setup_s = {}
+    lock = GpuLock.from_env(0)
+    if lock is not None:
+        time.sleep(SETUP_S)
+        waited = time.time()
+        lock.acquire()
+        setup_s["gpu_wait"] = time.time() - waited
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     with EventWriter(run_dir / "events.jsonl") as events:
         checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
         first = int(checkpoints[-1].name.split("_")[1]) if checkpoints else 0
-        events.write("start", **_start_fields(config_path, first))
+        events.write("start", **_start_fields(config_path, first), setup_s=setup_s)
         step = first
         num_steps = SLOW_STEPS if behaviour == "slow" else NUM_STEPS
         while step < num_steps or behaviour == "hang":

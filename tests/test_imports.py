@@ -23,12 +23,13 @@ ALLOWED_OURS = {
     "reports": {"reports", "store"},
     "tui": {"tui", "store", "runner"},
 }
-# nanogpt modules the runner may import at module level: the config/event schema and the data format,
-# none of which import torch. Anything else of nanogpt (the model) only inside a function.
+# nanogpt modules the runner may import at module level: the config/event schema, the data format and the
+# GPU lock protocol, none of which import torch. Anything else of nanogpt (the model) only inside a function.
 RUNNER_TOP_LEVEL_NANOGPT = {
     "nanogpt",
     "nanogpt.config",
     "nanogpt.events",
+    "nanogpt.gpu_lock",
     "nanogpt.shards",
     "nanogpt.tokenizer",
 }
@@ -38,7 +39,7 @@ TUI_RUNNER_MODULES = {"runner", "runner.api", "runner.gpus"}
 NANOGPT_THIRD_PARTY = {"torch", "numpy", "tiktoken"}
 NANOGPT_LAZY_THIRD_PARTY = {"wandb"}
 # nanogpt modules that must stay free of torch so the runner can import them cheaply.
-TORCH_FREE_NANOGPT = {"config", "events", "shards", "tokenizer"}
+TORCH_FREE_NANOGPT = {"config", "events", "gpu_lock", "shards", "tokenizer"}
 STDLIB = set(sys.stdlib_module_names)
 
 

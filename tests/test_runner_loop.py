@@ -2,6 +2,7 @@
 every way an attempt can end, retries, cancel, GPU selection, restarts. The real trainer's turn is in
 tests/test_runner.py."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -366,3 +367,64 @@ def test_eight_one_gpu_and_two_four_gpu_cells_on_a_fake_8_gpu_machine(study, tmp
         assert row["overhead_s"] == pytest.approx(end - start - 4.0 + gap)
     expected_busy = sum(4.0 * len(gpus) for _, _, gpus in runs.values()) / (8 * (last_end - first_start))
     assert summary["gpu_busy"] == pytest.approx(expected_busy)
+
+
+def test_with_overlap_startup_a_gpus_next_cell_sets_up_while_the_current_one_trains(
+    study, tmp_path, monkeypatch
+):
+    """Six cells on a fake 2-GPU machine; each trainer takes 1 s to set up and 2 s to train (fake trainers
+    that honour the GPU lock). A GPU's next cell starts while its current one trains, waits for the lock,
+    and trains the moment the other exits: on each GPU no two cells ever train at once, at most two
+    attempts live at once, and the GPU waits between two trainings far less than one set-up."""
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.05")
+    monkeypatch.setenv("FAKE_TRAINER_SETUP_S", "1.0")
+    specs = [{"id": f"c{i}", "flops": (6 - i) * 1e9} for i in range(6)]
+    _cells(study, specs)
+    plan = write_plan(tmp_path, {spec["id"]: ["slow"] for spec in specs})
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, overlap_startup=True, gpu_lock_dir=tmp_path / "locks")
+    log: list[str] = []
+    loop = make_loop(
+        study.store,
+        study.id,
+        python=fake_python(tmp_path),
+        plan=plan,
+        pool=GpuPool(nvml=FakeNvml(num_gpus=2)),
+        options=options,
+        log=log,
+    )
+    assert loop.run() is False
+    assert set(_states(study).values()) == {CellState.DONE}
+    assert sum("on standby" in line for line in log) >= 2
+    by_gpu: dict[str, list] = {"0": [], "1": []}
+    for spec in specs:
+        [attempt] = attempts_of(study.store, spec["id"])
+        events = read_events(study.runs / spec["id"] / "events.jsonl")[0]
+        start = next(e for e in events if e["kind"] == "start")
+        env = json.loads((study.runs / spec["id"] / "env_attempt_1.json").read_text())
+        by_gpu[attempt.gpus].append(
+            (start["time"], events[-1]["time"], attempt.started_at, attempt.ended_at, start["setup_s"])
+        )
+        assert env["CUDA_VISIBLE_DEVICES"] == attempt.gpus
+    gaps = []
+    for gpu, cells in by_gpu.items():
+        cells.sort()
+        assert len(cells) == 3, (gpu, cells)
+        for (_, before_end, _, before_exit, _), (train_start, _, launched, _, setup_s) in itertools.pairwise(
+            cells
+        ):
+            assert train_start >= before_end  # one training at a time
+            assert launched < before_exit  # it was started while the other trained
+            assert setup_s["gpu_wait"] > 0
+            gaps.append(train_start - before_end)
+        # Never three attempts of one GPU alive at once.
+        assert cells[2][2] >= cells[0][3], (gpu, cells)
+    assert max(gaps) < 0.8, gaps  # without overlap: at least the 1 s set-up, plus the runner's poll
+
+    # benchmarks/study_overhead.py counts a standby cell's set-up beside the other's training as no overhead.
+    summary = study_overhead.summarize(study.store, "tiny", study.runs)
+    rows = summary["cells"]
+    assert sum(row["standby_s"] > 1.0 for row in rows) == 4
+    for gpu in ("0", "1"):
+        mine = [row for row in rows if row["gpus"] == [gpu]]
+        wall = max(row["ended_at"] for row in mine) - min(row["started_at"] for row in mine)
+        assert sum(row["train_s"] + row["overhead_s"] for row in mine) == pytest.approx(wall)

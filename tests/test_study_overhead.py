@@ -37,6 +37,20 @@ def test_gaps_are_per_gpu() -> None:
     assert [r["gap_s"] for r in rows] == pytest.approx([0.0, 0.0, 2.0, 2.0])  # d waits for a (0) and c (1)
 
 
+def test_an_attempt_on_standby_counts_only_the_gpu_time_after_the_one_it_waited_for() -> None:
+    rows = [
+        row("a", 0.0, 30.0, train=25.0),
+        row("b", 20.0, 55.0, train=22.0),  # set up beside a from 20 s, trained from a's end at 30 s
+        row("c", 56.0, 60.0, train=3.0),  # after a 1 s gap
+    ]
+    assert len(sessions_of(rows)) == 1
+    assert [r["standby_s"] for r in rows] == pytest.approx([0.0, 10.0, 0.0])
+    assert [r["gap_s"] for r in rows] == pytest.approx([0.0, 0.0, 1.0])
+    assert [r["overhead_s"] for r in rows] == pytest.approx([5.0, 3.0, 2.0])
+    # The GPU's wall time is its trainings plus the overheads, standby or not.
+    assert sum(r["train_s"] + r["overhead_s"] for r in rows) == pytest.approx(60.0)
+
+
 def test_each_attempt_gets_the_events_from_its_own_start() -> None:
     first = SimpleNamespace(started_at=0.0, ended_at=10.0)
     never_started = SimpleNamespace(started_at=11.0, ended_at=12.0)

@@ -23,6 +23,7 @@ from nanogpt import checkpoint as ckpt
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
 from nanogpt.events import read_events, validate
+from nanogpt.gpu_lock import GPU_LOCKS_ENV, GpuLock
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.train import (
@@ -570,6 +571,68 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_matches_a_straight_run(tm
     assert resumed.returncode == EXIT_DONE, resumed.stderr
     assert events_of(stopped)[-1]["status"] == "done"
     assert losses(stopped) == losses(straight)  # every step, before and after the stop, bit for bit
+
+
+def blocked_on_flock(pid: int) -> bool:
+    """Whether process `pid` waits for a flock (/proc/locks lists a blocked request as "-> FLOCK")."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("-> FLOCK" in line and line.split()[5] == str(pid) for line in lines)
+
+
+@pytest.mark.slow
+def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_alone(
+    tmp_path, data_dir, finished_run
+):
+    """A trainer whose GPU lock another process holds sets up, takes a throwaway warm-up step and waits,
+    writing nothing; once the lock is free it trains, and every loss and the final weights are bit for bit
+    those of the same run without a lock."""
+    lock = GpuLock(tmp_path / "locks" / "gpu0.lock")
+    assert lock.try_acquire()
+    run_dir = tmp_path / "standby"
+    command = [
+        sys.executable,
+        "-m",
+        "nanogpt.train",
+        "--config",
+        str(write_run(run_dir, tiny_config(data_dir))),
+    ]
+    env = {**SUBPROCESS_ENV, GPU_LOCKS_ENV: str(lock.path)}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not blocked_on_flock(proc.pid):
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() else "timeout"
+        )
+        time.sleep(0.05)
+    assert not (run_dir / "events.jsonl").exists() and ckpt.latest_checkpoint(run_dir) is None
+    time.sleep(0.5)
+    lock.release()
+    assert proc.wait(timeout=120) == EXIT_DONE, proc.stderr.read()
+
+    start = events_of(run_dir)[0]
+    assert (
+        list(start["setup_s"])[-3:] == ["warm_up", "gpu_wait", "other"] and start["setup_s"]["gpu_wait"] > 0.4
+    )
+    assert "warm_up" not in events_of(finished_run)[0]["setup_s"]
+    assert losses(run_dir) == losses(finished_run) and losses(run_dir, "val", "val_loss") == losses(
+        finished_run, "val", "val_loss"
+    )
+    ours, theirs = (ckpt.load_model_state(ckpt.latest_checkpoint(d), "cpu") for d in (run_dir, finished_run))
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    assert lock.try_acquire()  # the trainer's exit let it go
+
+
+def test_the_gpu_lock_variable_names_one_file_per_local_rank(tmp_path):
+    paths = [tmp_path / "gpu3.lock", tmp_path / "gpu5.lock"]
+    environ = {GPU_LOCKS_ENV: os.pathsep.join(map(str, paths))}
+    assert GpuLock.from_env(1, environ).path == paths[1]
+    assert GpuLock.from_env(0, {}) is None
+    with pytest.raises(ValueError, match="none for local rank 2"):
+        GpuLock.from_env(2, environ)
+    first, second = GpuLock(paths[0]), GpuLock(paths[0])
+    assert first.try_acquire() and not second.try_acquire()
+    first.release()
+    assert second.try_acquire() and second.try_acquire()  # taking a held lock again is a no-op
 
 
 def torchrun(config_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
