@@ -226,7 +226,9 @@ class Resources:
         if self.max_parallel is not None and not _is_int(self.max_parallel, minimum=1):
             raise ValueError(f"resources.max_parallel: must be a positive integer, got {self.max_parallel!r}")
         if not isinstance(self.overlap_startup, bool):
-            raise ValueError(f"resources.overlap_startup: must be true or false, got {self.overlap_startup!r}")
+            raise ValueError(
+                f"resources.overlap_startup: must be true or false, got {self.overlap_startup!r}"
+            )
 
     @property
     def processes_per_cell(self) -> int:

@@ -124,6 +124,7 @@ def test_every_problem_at_once_with_its_line():
       max_attempts: 0
     resources:
       executor: kubernetes
+      overlap_startup: sometimes
     """
     found = problems(text, "bad.yaml")
     body = textwrap.dedent(text)
@@ -136,6 +137,7 @@ def test_every_problem_at_once_with_its_line():
         ("warmup_frac: 0.6", "schedule.warmup_frac: warmup_frac + cooldown_frac: must be <= 1"),
         ("max_attempts: 0", "retry.max_attempts: must be positive, got 0"),
         ("executor: kubernetes", "resources.executor: must be one of local, slurm, got 'kubernetes'"),
+        ("overlap_startup", "resources.overlap_startup: must be true or false, got 'sometimes'"),
     ]
     assert len(found) == len(expected)
     for (needle, message), problem in zip(expected, found, strict=True):
@@ -236,6 +238,8 @@ def test_gpus_per_cell_may_be_given_per_depth():
     """One study of one-GPU and four-GPU cells (issue 11): every depth of the grid names its GPUs."""
     study = parse(GOOD + "resources:\n  gpus_per_cell: {1: 1, 2: 4}\n")
     assert study.resources.gpus_per_cell == ((1, 1), (2, 4))
+    assert study.resources.overlap_startup is True
+    assert parse(GOOD + "resources:\n  overlap_startup: false\n").resources.overlap_startup is False
     assert [study.resources.processes_for(depth) for depth in (1, 2)] == [1, 4]
     with pytest.raises(ValueError, match="per depth"):
         study.resources.processes_per_cell  # noqa: B018
