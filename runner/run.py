@@ -116,7 +116,6 @@ class _Active:
     gpus: tuple[int, ...] | None
     stop_requested: bool = False
     cancelled: bool = False  # the cell left `running` under us: cancelled through the store
-    standby: bool = False  # started on GPUs another attempt trains on; False once it has them alone
 
     @property
     def cell_id(self) -> str:
@@ -322,9 +321,7 @@ class StudyLoop:
         candidates = self._runnable(states)
         if not candidates:
             return
-        for active in self._active.values():
-            active.standby = active.standby and self._shares_gpus(active)
-        training = [active for active in self._active.values() if not active.standby]
+        training = [active for active in self._active.values() if not self._on_standby(active)]
         slots = self._capacity(len(candidates)) - len(training)
         free, standby_gpus = None, []
         if self.pool is not None and not self.pool.cpu:
@@ -333,7 +330,8 @@ class StudyLoop:
             without_others = self.pool.free(assigned=(), our_pids=ours)
             free = [gpu for gpu in without_others if not holders[gpu]]
             if self.options.overlap_startup:
-                standby_gpus = [gpu for gpu in without_others if gpu in self._ready_for_standby(holders)]
+                ready = self._ready_for_standby(training, holders)
+                standby_gpus = [gpu for gpu in without_others if gpu in ready]
         chosen = assign(candidates, free_gpus=free, slots=slots) if slots > 0 else []
         if not chosen and not self._active and not self._waiting_logged:
             self.log(
@@ -349,17 +347,22 @@ class StudyLoop:
             for candidate, gpus in assign(rest, free_gpus=standby_gpus, slots=len(standby_gpus)):
                 self._launch(candidate.cell_id, gpus, standby=True)
 
-    def _shares_gpus(self, active: _Active) -> bool:
+    def _on_standby(self, active: _Active) -> bool:
+        """Whether an attempt started earlier still holds one of the attempt's GPUs (it waits for them)."""
         mine = set(active.gpus or ())
-        return any(other is not active and mine & set(other.gpus or ()) for other in self._active.values())
+        return any(
+            other.attempt.started_at < active.attempt.started_at and mine & set(other.gpus or ())
+            for other in self._active.values()
+        )
 
-    def _ready_for_standby(self, holders: Mapping[int, int]) -> set[int]:
-        """GPUs that one attempt of ours holds alone and trains on (its `start` event, written once it
-        holds the GPUs' locks, has arrived): each may take one cell on standby."""
+    @staticmethod
+    def _ready_for_standby(training: list[_Active], holders: Mapping[int, int]) -> set[int]:
+        """GPUs that one training attempt of ours holds alone and trains on (its `start` event, written
+        once it holds the GPUs' locks, has arrived): each may take one cell on standby."""
         return {
             gpu
-            for active in self._active.values()
-            if not active.standby and active.tail.trace.start is not None
+            for active in training
+            if active.tail.trace.start is not None
             for gpu in active.gpus or ()
             if holders[gpu] == 1
         }
@@ -417,7 +420,7 @@ class StudyLoop:
             self.store, attempt.id, pid=handle.pid, pid_start_time=handle.pid_start_time, job_id=handle.job_id
         )
         self._active[attempt.id] = _Active(
-            attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus, standby=standby
+            attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
         )
         where = "the CPU" if gpus is None else f"GPU {','.join(map(str, gpus))}"
         if standby:
