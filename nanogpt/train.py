@@ -697,8 +697,13 @@ class Trainer:
     def _probe_batch_size(self) -> int:
         """The probe's micro-batch; on standby probed beside the GPU's current trainer when it fits there,
         else after waiting for the GPU (the same choice either way: see probe_device_batch_size)."""
-        model, runtime = self.model, self.runtime
-        args = (model, self.sequences_per_rank, runtime, self.num_params, self.gpt_config.vocab_size)
+        args = (
+            self.model,
+            self.sequences_per_rank,
+            self.runtime,
+            self.num_params,
+            self.gpt_config.vocab_size,
+        )
         if self.standby and not (self.gpu_lock is not None and self.gpu_lock.held):
             try:
                 with standby_memory_cap(self.runtime):
@@ -706,6 +711,7 @@ class Trainer:
             except NeedsWholeGpu:
                 self.setup.mark("batch_probe")
                 self._wait_for_gpu()
+                self.standby = False  # the GPU is ours now: the first step compiles, no warm-up needed
         return probe_device_batch_size(*args)
 
     def _wait_for_gpu(self) -> None:
