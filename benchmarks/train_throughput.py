@@ -135,8 +135,9 @@ def build_reference(seq_len: int):
     return build
 
 
-def make_run_dir(args: argparse.Namespace) -> Path:
-    """A run directory with its config, over shards of random tokens in GPT-2's vocabulary."""
+def make_run_dir(args: argparse.Namespace, micro_batch: int | None) -> Path:
+    """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
+    None lets the trainer choose it from memory, as a user's run does."""
     from benchmarks.random_data import make_random_data
 
     root = Path(tempfile.mkdtemp(prefix="nanostudy-bench-"))
@@ -153,7 +154,7 @@ def make_run_dir(args: argparse.Namespace) -> Path:
         "train": {
             "num_steps": num_steps,
             "total_batch_tokens": args.total_batch,
-            "device_batch_size": args.ours_micro_batch,
+            "device_batch_size": micro_batch,
         },
         "eval": {"every_steps": None, "val_tokens": args.total_batch},
         "compile": True,
@@ -167,12 +168,12 @@ def make_run_dir(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
+def run_ours(args: argparse.Namespace, micro_batch: int | None, matmul_flops: float) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args)
+    run_dir = make_run_dir(args, micro_batch)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     code = train.run(run_dir / "config.json")
@@ -201,6 +202,20 @@ def run_ours(args: argparse.Namespace, matmul_flops: float) -> Result:
     )
 
 
+def parse_micro_batches(text: str) -> list[int | None]:
+    """'32,64' -> [32, 64]; 'auto' -> None (the trainer's own choice from memory)."""
+    values: list[int | None] = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "auto":
+            values.append(None)
+        elif item.isdigit() and int(item) > 0:
+            values.append(int(item))
+        else:
+            raise SystemExit(f"--ours-micro-batch: {item!r} is neither a positive integer nor 'auto'")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=12)
@@ -209,7 +224,11 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=50257)
     parser.add_argument("--gpt2-dir", default="../shared/tokenizers/gpt2", help="holds gpt2.tiktoken")
     parser.add_argument("--ref-micro-batch", type=int, default=32)
-    parser.add_argument("--ours-micro-batch", type=int, default=32)
+    parser.add_argument(
+        "--ours-micro-batch",
+        default="32",
+        help="comma-separated micro-batches, one run of ours each; 'auto' lets the trainer choose",
+    )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
     parser.add_argument("--skip-reference", action="store_true")
@@ -236,7 +255,9 @@ def main() -> None:
                   micro_batch=args.ref_micro_batch, **common)  # fmt: skip
         results.append(ref)
         torch.cuda.empty_cache()
-    results.append(run_ours(args, matmul_flops))
+    for micro_batch in parse_micro_batches(args.ours_micro_batch):
+        results.append(run_ours(args, micro_batch, matmul_flops))
+        torch.cuda.empty_cache()
 
     print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"measured bf16 matmul 8192^3: {matmul_flops / 1e12:.0f} TFLOP/s")
@@ -248,9 +269,10 @@ def main() -> None:
             f"{r.name:44} {r.micro_batch:5d} {r.grad_accum:5d} {r.tokens_per_s:10,.0f} {r.mfu_989:7.1%} "
             f"{r.mfu_measured:7.1%} {r.startup_s:8.1f} {r.peak_mem_gib:9.1f}"
         )
-    if len(results) == 2:
-        ratio = results[1].tokens_per_s / results[0].tokens_per_s
-        print(f"\nratio ours / reference (tokens/s): {ratio:.2f}x")
+    if not args.skip_reference:
+        for r in results[1:]:
+            ratio = r.tokens_per_s / results[0].tokens_per_s
+            print(f"\nratio ours (micro-batch {r.micro_batch}) / reference (tokens/s): {ratio:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_flops": matmul_flops, "results": [asdict(r) for r in results]}, f, indent=2)

@@ -47,3 +47,11 @@ def test_reference_gradient_is_that_of_the_mean_loss_over_the_total_batch(monkey
             loss_and_backward(x[rows], y[rows])
     for (name, a), b in zip(accumulated.named_parameters(), whole.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_micro_batch_list_reads_integers_and_auto_and_names_a_bad_value():
+    assert train_throughput.parse_micro_batches("32, 64,auto") == [32, 64, None]
+    with pytest.raises(SystemExit, match="'0' is neither"):
+        train_throughput.parse_micro_batches("32,0")
+    with pytest.raises(SystemExit, match="'x' is neither"):
+        train_throughput.parse_micro_batches("x")
