@@ -129,7 +129,13 @@ def main(argv: list[str] | None = None) -> dict:
     sync(device)
     t0 = time.perf_counter()
     with autocast:
-        result = run_gauntlet(model, gauntlet, tokenizer, max_batch_tokens=args.batch_tokens)
+        result = run_gauntlet(
+            model,
+            gauntlet,
+            tokenizer,
+            max_batch_tokens=args.batch_tokens,
+            on_task=lambda name, s: progress(f"batched: {name} in {s:.1f} s"),
+        )
     sync(device)
     batched_s = time.perf_counter() - t0
     progress(f"batched: the whole preset in {batched_s:.1f} s")

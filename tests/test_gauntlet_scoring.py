@@ -159,6 +159,22 @@ def test_schema_scores_the_one_continuation_after_each_context_option(tmp_path):
     assert len(model.calls) == 1
 
 
+def test_run_gauntlet_reports_each_task_as_its_scoring_ends(tmp_path):
+    rows = {
+        "copa": [{"query": "abcde", "choices": ["xyz.", "qrs."], "gold": 0}],
+        "lambada_openai": [{"context": "abcde", "continuation": "xyz."}],
+    }
+    bundle = write_bundle(tmp_path / "bundle", rows)
+    tokenizer = byte_tokenizer()
+    model = SuccessorLM(successors(LETTERS), vocab_size=tokenizer.vocab_size, sequence_len=64)
+    gauntlet = prepare("lambada_openai,copa", bundle, tokenizer)
+    reported = []
+    result = run_gauntlet(model, gauntlet, tokenizer, on_task=lambda name, s: reported.append((name, s)))
+    assert [name for name, _ in reported] == [task.spec.name for task in gauntlet.tasks]
+    assert sorted(name for name, _ in reported) == ["copa", "lambada_openai"]
+    assert dict(reported) == {name: s for name, s in result.seconds.items() if name != "total"}
+
+
 def test_language_modeling_needs_the_exact_greedy_continuation(tmp_path):
     rows = [
         {"context": "abcde", "continuation": "xyz."},  # " xyz.": each token the likeliest

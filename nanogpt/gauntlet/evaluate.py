@@ -13,7 +13,7 @@ core_average, chatcore_average) come with the named presets only (tasks.average_
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,9 +209,11 @@ def run_gauntlet(
     world_size: int = 1,
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     num_resamples: int = 1000,
+    on_task: Callable[[str, float], None] | None = None,
 ) -> GauntletResult:
     """Score the model on every prepared task (this rank's share of each when world_size > 1; every rank
-    must call it) and aggregate. The model is put in eval mode for the run and restored after."""
+    must call it) and aggregate. The model is put in eval mode for the run and restored after.
+    `on_task(name, seconds)` is called as each task's scoring ends (progress for a long preset)."""
     was_training = model.training
     model.eval()
     t_start = time.time()
@@ -226,6 +228,8 @@ def run_gauntlet(
             results[mine] = score_items(model, task.spec, items, tokenizer, max_batch_tokens=max_batch_tokens)
             local.append(results)
             seconds[task.spec.name] = time.time() - t0
+            if on_task is not None:
+                on_task(task.spec.name, seconds[task.spec.name])
     finally:
         model.train(was_training)
     scores = []
