@@ -6,14 +6,14 @@
 #   benchmarks/gpu_all.sh OUT_DIR generate eval        # only these
 #
 # Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), profile (where a step's time
-# goes), generate (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a
+# goes, by torch.profiler), breakdown (the same by taking parts away, beside candidate changes), generate (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a
 # study of small cells: per-cell overhead and GPU-busy fraction). A step that fails or runs out of time is
 # reported and the next one runs. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests train profile generate eval overhead)
+[ ${#steps[@]} -eq 0 ] && steps=(tests train profile breakdown generate eval overhead)
 mkdir -p "$out"
 gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
 bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
@@ -45,6 +45,7 @@ for step in "${steps[@]}"; do
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
         --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;
+    breakdown) run_step breakdown 240 "${pyf[@]}" -m benchmarks.train_breakdown --json "$out/breakdown.json" ;;
     generate) run_step generate 180 "${pyf[@]}" -m benchmarks.generate_throughput --json "$out/generate.json" ;;
     eval)
       run_step eval 300 "${pyf[@]}" -m benchmarks.eval_throughput --eval-bundle "$bundle" --tokenizer "$gpt2" \
@@ -52,6 +53,6 @@ for step in "${steps[@]}"; do
     overhead)
       run_step overhead 540 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
         --json "$out/overhead.json" ;;
-    *) echo "unknown step: $step (steps: tests train profile generate eval overhead)" >&2; exit 2 ;;
+    *) echo "unknown step: $step (steps: tests train profile breakdown generate eval overhead)" >&2; exit 2 ;;
   esac
 done

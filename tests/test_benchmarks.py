@@ -55,3 +55,32 @@ def test_micro_batch_list_reads_integers_and_auto_and_names_a_bad_value():
         train_throughput.parse_micro_batches("32,0")
     with pytest.raises(SystemExit, match="'x' is neither"):
         train_throughput.parse_micro_batches("x")
+
+
+def test_breakdown_matmul_floor_covers_every_matmul_of_the_flop_count():
+    from benchmarks import train_breakdown
+    from nanogpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(depth=2, vocab_size=300, sequence_len=32, aspect_ratio=32, head_dim=16))
+    tokens = 3 * 32
+    shapes = train_breakdown.matmul_shapes(model, tokens)
+    assert len(shapes) == 3 * (6 * 2 + 1)  # q, k, v, proj, fc, mlp proj per layer, and lm_head
+    assert train_breakdown.matmul_flops(shapes) == 6 * model.num_scaling_params() * tokens
+
+
+def test_breakdown_fused_qkv_candidate_computes_the_same_attention():
+    from benchmarks import train_breakdown
+    from nanogpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(depth=1, vocab_size=300, sequence_len=16, aspect_ratio=32, head_dim=16))
+    model.init_weights()
+    attn = model.transformer.h[0].attn
+    for linear in (attn.c_q, attn.c_k, attn.c_v, attn.c_proj):
+        torch.nn.init.normal_(linear.weight, std=0.2)  # c_proj starts at zero: give it a signal
+    x = torch.randn(2, 16, attn.n_head * attn.head_dim)
+    cos_sin = model.cos[:, :16], model.sin[:, :16]
+    expected = attn(x, cos_sin)
+    fused = train_breakdown.fused_qkv_forward(attn, x, cos_sin)
+    assert expected.abs().mean() > 0.01
+    torch.testing.assert_close(fused, expected)

@@ -1,0 +1,286 @@
+"""Where a training step's time goes, by taking parts away, and what candidate changes would buy; one run.
+
+    python -m benchmarks.train_breakdown [--depth 12] [--micro-batch 32] [--json out.json]
+    python -m benchmarks.train_breakdown --device cpu --depth 1 --seq-len 64 --micro-batch 2 --no-compile
+
+Times one micro-batch's forward and backward (bf16 autocast, compiled as the trainer compiles it, random
+tokens, CUDA events, the median of `--reps` after warm-up) of:
+
+- full: the model as the trainer calls it (`reduction="sum"`, loss scaled);
+- trunk: the blocks alone (embedding to the final norm; the loss is the sum of the output), so that
+  full - trunk is the head: lm_head, soft-cap, padding mask and cross-entropy;
+- head: lm_head and the loss alone, on a random final hidden state;
+- head, plain loss: the same without soft-cap and padding mask (their cost, by difference);
+- fused qkv: the model with the three attention projections in one matmul (the weights concatenated in the
+  forward, so Muon still sees three matrices): a candidate;
+- full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
+
+and, uncompiled: the optimizer step (MuonAdamW over the model's groups, once per step, so its share of a
+step is its time over grad_accum micro-batches), and the floors: every matmul of the model's forward and
+backward run alone at its shape (its FLOPs are 6·N per token, checked against `estimate_flops()`), and
+the causal attention kernel (SDPA) forward and backward alone. Prints each time, its tokens/s, and the
+gap between the full micro-batch and the floors: the time spent neither in matmuls nor in attention.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nanogpt.config import RunConfig
+from nanogpt.model import GPT, CausalSelfAttention, GPTConfig, apply_rotary_emb, norm
+from nanogpt.train import build_optimizer, effective_hparams
+
+
+def timed(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) -> float:
+    """Median seconds of fn() over reps calls after warmup calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fused_qkv_forward(self: CausalSelfAttention, x, cos_sin, kv_cache=None, attn_mask=None):
+    """CausalSelfAttention.forward with q, k and v from one matmul over the concatenated weights."""
+    B, T, C = x.size()
+    weight = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+    q, k, v = F.linear(x, weight).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+    q, k = norm(q), norm(k)
+    cos, sin = cos_sin
+    q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+def trunk(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The model's forward up to the final norm (GPT.forward without the head), for the sum as a loss."""
+    T = idx.size(1)
+    cos_sin = model.cos[:, :T], model.sin[:, :T]
+    x = norm(model.transformer.wte(idx))
+    if torch.is_autocast_enabled(idx.device.type):
+        x = x.to(torch.get_autocast_dtype(idx.device.type))
+    for block in model.transformer.h:
+        x = block(x, cos_sin)
+    return norm(x).float().sum()
+
+
+def head_loss(model: GPT, hidden: torch.Tensor, targets: torch.Tensor, plain: bool) -> torch.Tensor:
+    """lm_head and the loss as GPT.forward computes them, or (plain) a bf16 matmul and cross-entropy only."""
+    logits = model.lm_head(hidden)
+    if plain:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    logits = model._softcap(logits.float())
+    vocab = model.config.vocab_size
+    if model.config.padded_vocab_size != vocab:
+        is_token = torch.arange(logits.size(-1), device=logits.device) < vocab
+        logits = logits.masked_fill(~is_token, float("-inf"))
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+
+
+def matmul_shapes(model: GPT, tokens: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matmul of one micro-batch's forward and backward: for each weight (out, in), the
+    forward (tokens × in) @ (in × out), the input's gradient (tokens × out) @ (out × in) and the weight's
+    gradient (out × tokens) @ (tokens × in)."""
+    shapes = []
+    for weight in [*model.param_groups()["matrix"], model.lm_head.weight]:
+        out_features, in_features = weight.shape
+        shapes += [
+            (tokens, in_features, out_features),
+            (tokens, out_features, in_features),
+            (out_features, tokens, in_features),
+        ]
+    return shapes
+
+
+def matmul_flops(shapes: list[tuple[int, int, int]]) -> int:
+    return sum(2 * m * k * n for m, k, n in shapes)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--vocab-size", type=int, default=50257)
+    parser.add_argument("--micro-batch", type=int, default=32)
+    parser.add_argument("--total-batch", type=int, default=524288, help="tokens per optimizer step")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--no-compile", action="store_false", dest="compile")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to leave out (e.g. 'double,fused_qkv')"
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    compile_ = torch.compile if args.compile else (lambda f, **_: f)
+
+    torch.manual_seed(0)
+    config = GPTConfig(depth=args.depth, vocab_size=args.vocab_size, sequence_len=args.seq_len)
+    model = GPT(config).to(device)
+    model.init_weights()
+    B, T = args.micro_batch, args.seq_len
+    tokens = B * T
+    grad_accum = max(1, args.total_batch // tokens)
+
+    def batch(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randint(0, config.vocab_size, (b, T + 1), device=device)
+        return x[:, :-1], x[:, 1:]
+
+    x, y = batch(B)
+    scale = torch.tensor(1.0 / tokens, device=device)
+    rows: list[dict] = []
+
+    def record(name: str, seconds: float, num_tokens: int = tokens, compile_s: float | None = None) -> None:
+        rows.append(
+            {"part": name, "ms": seconds * 1e3, "tokens_per_s": num_tokens / seconds, "compile_s": compile_s}
+        )
+        print(f"{name:40} {seconds * 1e3:9.2f} ms", flush=True)
+
+    def fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            with autocast:
+                loss = fn()
+            (loss * scale).backward()
+
+        return step
+
+    def measure(name: str, step: Callable[[], None], num_tokens: int = tokens) -> None:
+        t0 = time.perf_counter()
+        step()  # compiles
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compile_s = time.perf_counter() - t0
+        record(name, timed(step, device, args.reps, args.warmup), num_tokens, compile_s)
+        model.zero_grad(set_to_none=True)
+
+    full = compile_(model, dynamic=False)
+    measure("full", fwd_bwd(lambda: full(x, y, reduction="sum")))
+    if "trunk" not in skip:
+        compiled_trunk = compile_(trunk, dynamic=False)
+        measure("trunk (no head)", fwd_bwd(lambda: compiled_trunk(model, x)))
+    if "head" not in skip:
+        hidden = torch.randn(B, T, config.n_embd, device=device, dtype=dtype, requires_grad=True)
+        compiled_head = compile_(head_loss, dynamic=False)
+        measure("head (lm_head + loss)", fwd_bwd(lambda: compiled_head(model, hidden, y, False)))
+        measure("head, plain loss (no softcap, mask)", fwd_bwd(lambda: compiled_head(model, hidden, y, True)))
+    if "double" not in skip:
+        x2, y2 = batch(2 * B)
+        measure(
+            f"full at micro-batch {2 * B} (candidate)",
+            fwd_bwd(lambda: full(x2, y2, reduction="sum")),
+            2 * tokens,
+        )
+        del x2, y2
+
+    if "fused_qkv" not in skip:
+        original = CausalSelfAttention.forward
+        CausalSelfAttention.forward = fused_qkv_forward
+        try:
+            fused = compile_(model, dynamic=False)
+            torch._dynamo.reset()
+            measure("fused qkv (candidate)", fwd_bwd(lambda: fused(x, y, reduction="sum")))
+        finally:
+            CausalSelfAttention.forward = original
+            torch._dynamo.reset()
+    # The optimizer step, once per `grad_accum` micro-batches, as the trainer builds it.
+    run_config = RunConfig.from_dict(
+        {
+            "model": {"depth": args.depth, "sequence_len": T},
+            "data": {"train_dir": "unused"},
+            "train": {"num_steps": 1, "total_batch_tokens": grad_accum * tokens},
+        }
+    )
+    hparams = effective_hparams(run_config, config)
+    optimizer = build_optimizer(model, run_config, hparams, orth_dtype=dtype, process_group=None)
+    with autocast:
+        loss = model(x, y, reduction="sum")
+    (loss * scale).backward()
+    optimizer_s = timed(optimizer.step, device, args.reps, args.warmup)
+    record(f"optimizer step / {grad_accum} micro-batches", optimizer_s / grad_accum)
+    model.zero_grad(set_to_none=True)
+    del optimizer
+
+    # Floors: the model's matmuls alone, and the attention kernel alone.
+    shapes = matmul_shapes(model, tokens)
+    per_shape = {}
+    for shape in set(shapes):
+        a = torch.randn(shape[0], shape[1], device=device, dtype=dtype)
+        b = torch.randn(shape[1], shape[2], device=device, dtype=dtype)
+        per_shape[shape] = timed(lambda a=a, b=b: torch.mm(a, b), device, args.reps, args.warmup)
+    matmul_s = sum(per_shape[s] for s in shapes)
+    flops = matmul_flops(shapes)
+    record("floor: every matmul alone", matmul_s)
+    q, k, v = (
+        torch.randn(B, config.n_head, T, config.head_dim, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(3)
+    )
+    grad = torch.randn(B, config.n_head, T, config.head_dim, device=device, dtype=dtype)
+
+    def attention() -> None:
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
+
+    attention_s = timed(attention, device, args.reps, args.warmup) * config.n_layer
+    record(f"floor: attention alone (x{config.n_layer} layers)", attention_s)
+
+    full_s = rows[0]["ms"] / 1e3
+    step_s = grad_accum * full_s + optimizer_s
+    summary = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "depth": args.depth,
+        "n_embd": config.n_embd,
+        "micro_batch": B,
+        "seq_len": T,
+        "grad_accum": grad_accum,
+        "matmul_flops_per_token": flops / tokens,
+        "estimate_flops_per_token": model.estimate_flops(),
+        "matmul_tflops_alone": flops / matmul_s / 1e12,
+        "other_ms": (full_s - matmul_s - attention_s) * 1e3,
+        "step_s_estimated": step_s,
+        "tokens_per_s_estimated": grad_accum * tokens / step_s,
+        "rows": rows,
+    }
+    print(
+        f"\ndevice {summary['device']}, torch {summary['torch']}; depth {args.depth}, n_embd {config.n_embd},"
+    )
+    print(f"micro-batch {B} x {T} tokens, {grad_accum} per step of {grad_accum * tokens:,} tokens\n")
+    print(f"{'part':40} {'ms':>9} {'tok/s':>12} {'of full':>8} {'compile s':>10}")
+    for row in rows:
+        share = row["ms"] / rows[0]["ms"]
+        compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+        print(f"{row['part']:40} {row['ms']:9.2f} {row['tokens_per_s']:12,.0f} {share:8.1%} {compile_s:>10}")
+    rate, per_token = summary["matmul_tflops_alone"], flops / tokens / 1e6
+    print(f"\nmatmuls alone: {rate:.0f} TFLOP/s over {per_token:.0f} MFLOP/token")
+    print(f"full - matmuls - attention (norms, rotary, activations, loss): {summary['other_ms']:.2f} ms")
+    print(f"step estimate: {step_s * 1e3:.1f} ms = {summary['tokens_per_s_estimated']:,.0f} tokens/s")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
