@@ -14,6 +14,8 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - fused qkv: the model with the three attention projections in one matmul (the weights concatenated in the
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
+- with `--autotune`, full under torch.compile's max-autotune (Triton matmuls with the elementwise work
+  fused in, chosen per shape against cuBLAS): a candidate, at minutes of compilation;
 
 and, uncompiled: the optimizer step (MuonAdamW over the model's groups, once per step, so its share of a
 step is its time over grad_accum micro-batches), and the floors: every matmul of the model's forward and
@@ -128,6 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--skip", default="", help="comma-separated parts to leave out (e.g. 'double,fused_qkv')"
     )
+    parser.add_argument(
+        "--autotune",
+        action="store_true",
+        help="also the full model under torch.compile's max-autotune-no-cudagraphs (minutes to compile)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             CausalSelfAttention.forward = original
             torch._dynamo.reset()
+
     # The optimizer step, once per `grad_accum` micro-batches, as the trainer builds it.
     run_config = RunConfig.from_dict(
         {
@@ -245,6 +253,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     attention_s = timed(attention, device, args.reps, args.warmup) * config.n_layer
     record(f"floor: attention alone (x{config.n_layer} layers)", attention_s)
+
+    if args.autotune:  # last: its compilation takes minutes, and every other row is printed by then
+        torch._dynamo.reset()
+        tuned = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False)
+        measure("full, max-autotune (candidate)", fwd_bwd(lambda: tuned(x, y, reduction="sum")))
 
     full_s = rows[0]["ms"] / 1e3
     step_s = grad_accum * full_s + optimizer_s
