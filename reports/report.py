@@ -70,8 +70,9 @@ class Report:
             body += f'<div class="charts">\n{figures}</div>\n' if figures else ""
             rendered.append((section.anchor, section.title, body))
         generated = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.data.read_at))
+        study_file, database = shown_path(self.data.study.path), shown_path(self.data.database)
         meta = (
-            f"study file {esc(self.data.study.path)} · database {esc(self.data.database)} · "
+            f"study file {esc(study_file)} · database {esc(database)} · "
             f"generated {generated} by <code>nanostudy report</code>"
         )
         return page(title=self.title, meta=meta, sections=rendered)
@@ -510,3 +511,15 @@ def si(number: float) -> str:
         if abs(number) >= scale:
             return f"{number / scale:.3g}{suffix}"
     return f"{number:.3g}"
+
+
+def shown_path(path: str) -> str:
+    """A path as the report shows it: relative to the working directory when it lies under it, so that a
+    report committed beside its study names no one's home folder; anything else (a URL) as given."""
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        return path
+    try:
+        return str(candidate.relative_to(Path.cwd()))
+    except ValueError:
+        return path

@@ -181,8 +181,12 @@ def _study_file(folder: Path, name: str) -> Path:
 def test_nanostudy_report_writes_beside_the_study(fits, tmp_path: Path, monkeypatch, capsys) -> None:
     build_study(tmp_path / "nanostudy.db").close()
     study = _study_file(tmp_path, "synthetic")
+    monkeypatch.chdir(tmp_path)
     assert main(["report", str(study), "--boot", str(N_BOOT)]) == 0  # with reports.fit, end to end
-    assert (tmp_path / "reports" / "synthetic.html").is_file()
+    html = (tmp_path / "reports" / "synthetic.html").read_text()
+    # Paths under the working directory are shown relative to it: a committed report names no home folder.
+    assert "study file synthetic.yaml · database nanostudy.db · " in html
+    assert str(tmp_path) not in html
     assert f"report: {tmp_path / 'reports' / 'synthetic.html'}" in capsys.readouterr().out
     monkeypatch.setattr(reports.report, "_fit_study", lambda *args, **kwargs: fits)  # the same, made once
     assert (
