@@ -117,6 +117,27 @@ def test_run_trains_every_cell_once_and_a_new_depth_adds_only_its_cell(tmp_path,
             assert steps == sorted(set(steps)) and steps[-1] == len(steps)
 
 
+def test_relative_paths_on_the_command_line_reach_the_trainers(tmp_path, corpus, capsys, monkeypatch):
+    # A trainer runs in its run directory: a relative --data-root, --runs-dir or study path must reach it
+    # resolved, or every cell fails with "no manifest" for data that was prepared.
+    _study(tmp_path, corpus, depths="[1]")
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "cli.yaml", "--data-root", "data", "--runs-dir", "runs-here"]
+    assert main(argv) == 0
+    assert "study cli: 1 cells: 1 done; 100% of FLOPs" in capsys.readouterr().out
+    [run_dir] = (tmp_path / "runs-here").iterdir()
+    assert json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])["status"] == "done"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert Path(config["data"]["train_dir"]).is_absolute()
+    status = _status(tmp_path / "cli.yaml", capsys)
+    assert status["counts"]["done"] == 1
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        from store import cells_of, get_study
+
+        [cell] = cells_of(store, get_study(store, "cli").id)
+        assert Path(cell.run_dir) == run_dir and Path(cell.run_dir).is_absolute()
+
+
 def test_cancel_reaches_the_running_runner_and_rerun_resumes_the_cell(tmp_path, corpus, capsys):
     path = _study(tmp_path, corpus, depths="[1]")
     path.write_text(
