@@ -14,6 +14,8 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - fused qkv: the model with the three attention projections in one matmul (the weights concatenated in the
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
+- on a GPU, full with the cuDNN attention backend compiled in: a candidate (the attention floor is also
+  timed under each backend: flash, cuDNN, memory-efficient);
 - with `--autotune`, full under torch.compile's max-autotune (Triton matmuls with the elementwise work
   fused in, chosen per shape against cuBLAS): a candidate, at minutes of compilation;
 
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanogpt.config import RunConfig
 from nanogpt.model import GPT, CausalSelfAttention, GPTConfig, apply_rotary_emb, norm
@@ -253,6 +256,32 @@ def main(argv: list[str] | None = None) -> dict:
 
     attention_s = timed(attention, device, args.reps, args.warmup) * config.n_layer
     record(f"floor: attention alone (x{config.n_layer} layers)", attention_s)
+    if device.type == "cuda" and "backends" not in skip:
+        # The same kernel call under each of PyTorch's attention backends: the default picks one of them.
+        for backend in (
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+        ):
+            try:
+                with sdpa_kernel(backend):
+                    seconds = timed(attention, device, args.reps, args.warmup) * config.n_layer
+            except RuntimeError as error:  # this backend does not take these inputs here
+                print(f"attention backend {backend.name}: unavailable ({str(error).splitlines()[0]})")
+                continue
+            record(f"  attention alone, {backend.name.lower()}", seconds)
+        if "cudnn" not in skip:
+            torch._dynamo.reset()
+            try:  # compiled under the backend, so that its kernel is the one in the graph
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    cudnn_model = compile_(model, dynamic=False)
+                    measure(
+                        "full, cuDNN attention (candidate)",
+                        fwd_bwd(lambda: cudnn_model(x, y, reduction="sum")),
+                    )
+            except RuntimeError as error:
+                print(f"full, cuDNN attention: failed ({str(error).splitlines()[0]})")
+            torch._dynamo.reset()
 
     if args.autotune:  # last: its compilation takes minutes, and every other row is printed by then
         torch._dynamo.reset()
