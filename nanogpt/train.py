@@ -1024,23 +1024,32 @@ class Trainer:
         target token of the step on all ranks, however the loss mask spreads them."""
         runtime = self.runtime
         t0 = time.time()
+        loader = self.train_loader
         with phase("data"):
-            batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
             if self.manifest.has_mask:
-                # Loss-masked data (mid-training): the number of targets varies by micro-batch and rank.
+                # Loss-masked data (mid-training): the number of targets varies by micro-batch and rank, and
+                # the gradient's scale needs the step's total before the first backward.
+                batches = [loader.next_batch() for _ in range(self.grad_accum)]
                 count = torch.stack([(y >= 0).sum() for _, y in batches]).sum().double()
                 num_targets = _all_reduce(count, runtime).clamp(min=1)
+                upcoming = iter(batches)
             else:
+                # Read lazily: each micro-batch is read while the GPU runs the one before, as nanoGPT does.
+                upcoming = (loader.next_batch() for _ in range(self.grad_accum))
                 num_targets = torch.tensor(float(self.config.train.total_batch_tokens), device=runtime.device)
+            x, y = next(upcoming)
         # MuonAdamW averages gradients over the ranks, so each rank's share is multiplied by world_size.
         scale = runtime.world_size / num_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
-        for x, y in batches:
+        for k in range(self.grad_accum):
             with phase("forward_backward"):
                 with runtime.autocast():
                     loss = self.forward(x, y, reduction="sum")
                 (loss * scale).backward()
                 loss_sum += loss.detach()
+            if k + 1 < self.grad_accum:
+                with phase("data"):  # the kernels above are queued on the GPU: the host reads meanwhile
+                    x, y = next(upcoming)
         lr_frac = lr_multiplier(self.step, self.total_steps, self.config.schedule)
         momentum = muon_momentum(self.step, self.config.optim)
         for group in self.optimizer.param_groups:
