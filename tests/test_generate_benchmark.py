@@ -23,3 +23,13 @@ def test_the_tiny_run(tmp_path, capsys):
     assert agreement["agreeing_prefix"] == {b: {m: 16 for m in methods[1:]} for b in ("1", "2")}
     printed = capsys.readouterr().out
     assert "| 2 | kv-cache, static cache (eager) |" in printed and "the 5× target" in printed
+
+
+def test_the_timed_model_is_a_bf16_copy_and_the_checked_one_stays_float32():
+    args = generate_throughput.parse_args(["--tiny"])
+    check_model = generate_throughput.build_model(args, torch.device("cpu"))
+    timed = generate_throughput.to_bfloat16(check_model)
+    assert {p.dtype for p in check_model.parameters()} == {torch.float32}
+    assert {p.dtype for p in timed.parameters()} == {torch.bfloat16}
+    for (name, p32), p16 in zip(check_model.named_parameters(), timed.parameters(), strict=True):
+        assert torch.equal(p16, p32.to(torch.bfloat16)), name
