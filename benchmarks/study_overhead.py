@@ -282,6 +282,8 @@ def report(
         summary = summarize(store, study_name, runs_dir)
     rows, wall_s, train_s = summary["cells"], summary["wall_s"], summary["train_s"]
     num_gpus, busy = summary["num_gpus"], summary["gpu_busy"]
+    on_cpu = all(row["gpus"] == ["cpu"] for row in rows)
+    where = "the CPU" if on_cpu else f"{num_gpus} GPU(s)"
 
     print(f"\n{'cell':12} {'try':>3} {'d':>3} {'GPUs':>4} {'FLOPs':>8} {'steps':>6} {'tok/s':>10} {'MFU':>6} "
           f"{'train':>7} {'start':>6} {'standby':>7} {'compile':>7} {'final':>6} {'exit':>5} {'gap':>5} "
@@ -307,7 +309,7 @@ def report(
     sessions = " + ".join(f"{s:.1f}" for s in summary["session_walls_s"])
     print(f"study wall (first start to last end of each runner session): {sessions} = {wall_s:.1f} s")
     print(
-        f"cells: {num_cells} ({len(rows)} attempts) on {num_gpus} GPU(s); pure training {train_s:.1f} s; "
+        f"cells: {num_cells} ({len(rows)} attempts) on {where}; pure training {train_s:.1f} s; "
         f"GPU-busy {busy:.1%} (target >= 85%)"
     )
     print(
