@@ -41,7 +41,7 @@ for step in "${steps[@]}"; do
   case $step in
     tests)
       # shellcheck disable=SC2086
-      run_step tests 300 "${pyf[@]}" -m pytest -q -m gpu -p no:cacheprovider -o faulthandler_timeout=120 $gpu_tests ;;
+      run_step tests 300 "${pyf[@]}" -m pytest -q -m gpu -p no:cacheprovider -o faulthandler_timeout=120 --tb=short -rfE $gpu_tests ;;
     train) run_step train 240 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --json "$out/train.json" ;;
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \

@@ -302,6 +302,7 @@ def test_on_a_gpu_in_bf16_the_scores_and_generations_match_the_cpus():
         tokens = generate_greedy(
             gpu, [r.context for r in requests[:4]], max_new_tokens=4, decode=lambda ids: ""
         )
-    for a, b in zip(expected, got, strict=True):
-        assert b.logprob == pytest.approx(a.logprob, rel=0.05, abs=0.05)
-    assert all(len(row) == 4 for row in tokens)
+    pairs = [(round(a.logprob, 3), round(b.logprob, 3)) for a, b in zip(expected, got, strict=True)]
+    off = [(a, b) for a, b in pairs if b != pytest.approx(a, rel=0.05, abs=0.05)]
+    assert not off, f"(CPU float32, GPU bf16) log-likelihoods apart: {off} of {pairs}"
+    assert [len(row) for row in tokens] == [4] * 4
