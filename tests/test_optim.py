@@ -190,11 +190,15 @@ def test_a_missing_gradient_counts_as_zero(kind):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_compiled_kernels_match_eager_on_cuda():
+    """The compiled update kernels compute what the eager ones do. AdamW is float32 throughout, so they agree
+    to rounding. Muon orthogonalizes in bf16, where the two place their roundings differently and part by
+    up to 8e-4 over 6 steps (seen with the CPU inductor), so each is held against float32
+    orthogonalization instead: the compiled one may be no further from it than bf16 puts the eager one."""
     import torch._dynamo.utils
 
     shapes = [(64, 96), (64, 96), (64, 96), (96, 64), (100, 64), (7,), ()]
     compiled = [p.detach().cuda().requires_grad_() for p in _leaves(shapes)]
-    eager = _clones(compiled)
+    eager, exact, start = _clones(compiled), _clones(compiled), _clones(compiled)
 
     def groups(params):
         return [
@@ -202,20 +206,30 @@ def test_compiled_kernels_match_eager_on_cuda():
             {"params": params[4:], "kind": "adamw", "lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.01},
         ]
 
-    opts = [MuonAdamW(groups(compiled)), MuonAdamW(groups(eager), compile_kernels=False)]
+    opts = [
+        MuonAdamW(groups(compiled)),
+        MuonAdamW(groups(eager), compile_kernels=False),
+        MuonAdamW(groups(exact), compile_kernels=False, orth_dtype=torch.float32),
+    ]
     gen = torch.Generator().manual_seed(8)
     for step in range(6):
         if step == 2:
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        _set_grads([compiled, eager], gen)
+        _set_grads([compiled, eager, exact], gen)
         for o in opts:
             for group in o.param_groups:
                 group["lr"] = group["initial_lr"] * (1 - step / 10)
             o.step()
     # A new learning rate every step must not recompile.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
-    for c, e in zip(compiled[:4], eager[:4], strict=True):
-        torch.testing.assert_close(c, e, rtol=0, atol=2e-4)  # bf16 orthogonalization, fused differently
+
+    def rms(t):
+        return t.detach().float().pow(2).mean().sqrt().item()
+
+    for c, e, x, s in zip(compiled[:4], eager[:4], exact[:4], start[:4], strict=True):
+        moved, eager_error, compiled_error = rms(x - s), rms(e - x), rms(c - x)
+        assert eager_error < 0.03 * moved  # bf16 orthogonalization: about 1% of the way the matrix moved
+        assert compiled_error <= 1.5 * eager_error, (compiled_error, eager_error, moved)
     for c, e in zip(compiled[4:], eager[4:], strict=True):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
 
