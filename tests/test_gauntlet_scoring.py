@@ -286,8 +286,9 @@ def test_on_a_gpu_in_bf16_the_scores_and_generations_match_the_cpus():
     config = GPTConfig(depth=2, vocab_size=100, sequence_len=48, aspect_ratio=16, head_dim=16)
     cpu = GPT(config)
     cpu.init_weights()
-    for p in cpu.parameters():
-        p.normal_(0.0, 0.3)
+    with torch.no_grad():
+        for p in cpu.parameters():
+            p.normal_(0.0, 0.3)
     gpu = GPT(config).cuda()
     gpu.init_weights()
     gpu.load_state_dict(cpu.state_dict())
