@@ -8,7 +8,8 @@
 # Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), profile (where a step's time
 # goes, by torch.profiler), breakdown (the same by taking parts away, beside candidate changes), generate
 # (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a study of small
-# cells: per-cell overhead and GPU-busy fraction). A step that fails or runs out of time is
+# cells: per-cell overhead and GPU-busy fraction; overhead_serial, not in the default list: the same study
+# without the overlapped start-up). A step that fails or runs out of time is
 # reported and the next one runs. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
@@ -30,7 +31,7 @@ run_step() {  # name, seconds, command...
   # A Python step out of time gets SIGABRT, so that faulthandler (-X faulthandler) prints where it was; the
   # study (overhead) gets SIGTERM, which its runner handles by stopping its trainers cleanly.
   local signal=ABRT
-  [ "$name" = overhead ] && signal=TERM
+  [[ "$name" = overhead* ]] && signal=TERM
   timeout --signal=$signal --kill-after=20 "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc after $((SECONDS - t0)) s (log: $out/$name.log)"
@@ -54,6 +55,11 @@ for step in "${steps[@]}"; do
     overhead)
       run_step overhead 540 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
         --json "$out/overhead.json" ;;
-    *) echo "unknown step: $step (steps: tests train profile breakdown generate eval overhead)" >&2; exit 2 ;;
+    overhead_serial)  # the same study with resources.overlap_startup off, for the comparison
+      run_step overhead_serial 590 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
+        --no-overlap --json "$out/overhead_serial.json" ;;
+    *)
+      echo "unknown step: $step (steps: tests train profile breakdown generate eval overhead overhead_serial)" >&2
+      exit 2 ;;
   esac
 done
