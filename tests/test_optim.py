@@ -234,6 +234,63 @@ def test_compiled_kernels_match_eager_on_cuda():
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
 
 
+def test_the_update_kernels_compile_whole_and_compute_the_eager_update():
+    """The kernels that MuonAdamW compiles on CUDA, compiled here by the CPU inductor: they trace as one
+    graph each (fullgraph, so a graph break is an error here as on a GPU), take their scalars as tensors,
+    and compute the eager update: AdamW to rounding, Muon within bf16's reach of float32
+    orthogonalization (the test of the compiled CUDA kernels holds them to the same relation)."""
+    import torch._dynamo.utils
+
+    from nanogpt.optim import _compiled, adamw_update, muon_update
+
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(3, 64, 96, generator=gen)
+    params = {way: start.clone() for way in ("compiled", "eager", "exact")}
+    buffers = {way: torch.zeros_like(start) for way in params}
+    flat = torch.randn(5000, generator=gen)
+    adam = {way: [flat.clone(), torch.zeros(5000), torch.zeros(5000)] for way in ("compiled", "eager")}
+    muon_kernel, adamw_kernel = _compiled(muon_update), _compiled(adamw_update)
+    graphs = None
+    for step in range(1, 5):
+        if step == 2:
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        grad = torch.randn(3, 64, 96, generator=gen)
+        lr = 0.02 * (1 - step / 10)
+        scalars = dict(momentum=0.95, one_minus_momentum=0.05, decay=1 - lr * 0.1, scaled_lr=lr)
+        for way in params:
+            kernel = muon_kernel if way == "compiled" else muon_update
+            values = {k: torch.tensor(v) for k, v in scalars.items()} if way == "compiled" else scalars
+            orth = torch.float32 if way == "exact" else torch.bfloat16
+            kernel(
+                params[way], grad.clone(), buffers[way], nesterov=True, ns_steps=5, orth_dtype=orth, **values
+            )
+        g = torch.randn(5000, generator=gen)
+        hyper = dict(
+            decay=1 - lr * 0.01,
+            one_minus_beta1=0.2,
+            beta2=0.95,
+            one_minus_beta2=0.05,
+            step_size=lr / (1 - 0.8**step),
+            bias_correction2_sqrt=(1 - 0.95**step) ** 0.5,
+            eps=1e-10,
+        )
+        param, exp_avg, exp_avg_sq = adam["compiled"]
+        adamw_kernel(param, g, exp_avg, exp_avg_sq, **{k: torch.tensor(v) for k, v in hyper.items()})
+        param, exp_avg, exp_avg_sq = adam["eager"]
+        adamw_update(param, g, exp_avg, exp_avg_sq, **hyper)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # new values, no new graph
+
+    def rms(t):
+        return t.pow(2).mean().sqrt().item()
+
+    moved = rms(params["exact"] - start)
+    eager_error, compiled_error = (rms(params[way] - params["exact"]) for way in ("eager", "compiled"))
+    assert 0 < eager_error < 0.03 * moved
+    assert compiled_error <= 1.5 * eager_error, (compiled_error, eager_error, moved)
+    for compiled, eager in zip(adam["compiled"], adam["eager"], strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
 # --- memory ---
 
 
