@@ -171,7 +171,7 @@ def prepare_data(
 
     dirs: dict[str, Path] = {}
     progress = sys.stderr.isatty() if progress is None else progress
-    options = dict(root=Path(root).resolve(), progress=progress, num_workers=num_workers)
+    options = dict(root=root, progress=progress, num_workers=num_workers)
     if study.data is not None:
         dirs["pretraining"] = _prepared(prepare(study.data, **options), log)
     if study.mid_training is not None:
@@ -219,7 +219,7 @@ def plan_study(study_path: Path, *, db: str | None = None, data_root: Path | Non
     from runner.study import load, mid_training_data
 
     study = load(study_path)
-    root = (data_root or default_data_root()).resolve()
+    root = data_root or default_data_root()
     data_dirs: dict[str, Path] = {}
     if study.data is not None and (found := find_prepared(study.data, root=root)) is not None:
         data_dirs["pretraining"] = found

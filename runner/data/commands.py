@@ -67,7 +67,7 @@ def _cmd_prepare(args) -> int:
         return _prepare_study(args)
     config = PrepareConfig.from_dict(_data_section(args))
     start_s = time.perf_counter()
-    result = prepare(config, root=args.root.resolve(), num_workers=args.workers, progress=not args.quiet)
+    result = prepare(config, root=args.root, num_workers=args.workers, progress=not args.quiet)
     manifest = result.manifest
     assert manifest is not None, "prepare returns a manifest unless stopped on purpose"
     print(f"{result.status}: {result.data_dir}")

@@ -333,10 +333,11 @@ def data_dir_for(config: PrepareConfig, tokenizer: Tokenizer, *, root: str | os.
 
 def find_prepared(config: PrepareConfig, *, root: str | os.PathLike) -> Path | None:
     """The data directory of `config` if it is prepared already, else None; trains, reads and writes
-    nothing beyond finding the source's files (for `nanostudy plan`)."""
+    nothing beyond finding the source's files (for `nanostudy plan`). Absolute, as `prepare` returns it."""
+    root = Path(root).resolve()
     try:
         if config.tokenizer.startswith("bpe:"):
-            directory = _trained_tokenizer_dir(config, Path(root))
+            directory = _trained_tokenizer_dir(config, root)
             if not (directory / "tokenizer.json").is_file():
                 return None
             tokenizer = load_tokenizer(directory)
@@ -359,12 +360,13 @@ def prepare(
     progress: bool = True,
     stop_after_shards: int | None = None,
 ) -> PrepareResult:
-    """Prepare (or find already prepared) the data directory for `config` under `root`.
+    """Prepare (or find already prepared) the data directory for `config` under `root`. The directory is
+    absolute whatever `root` is: trainers read it from their own run directories.
 
     `stop_after_shards` stops cleanly after that many shards were written in this call, as an interruption
     would (used to test resumption); the next call continues.
     """
-    root = Path(root)
+    root = Path(root).resolve()
     check_source(config.source)
     tokenizer = resolve_tokenizer(config, root=root, progress=progress)
     data_dir, data_id = data_dir_for(config, tokenizer, root=root)
