@@ -135,9 +135,9 @@ def build_reference(seq_len: int):
     return build
 
 
-def make_run_dir(args: argparse.Namespace, micro_batch: int | None) -> Path:
+def make_run_dir(args: argparse.Namespace, micro_batch: int | str) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
-    None lets the trainer choose it from memory, as a user's run does."""
+    "auto" lets the trainer choose it from memory, as a user's run does."""
     from benchmarks.random_data import make_random_data
 
     root = Path(tempfile.mkdtemp(prefix="nanostudy-bench-"))
@@ -168,7 +168,7 @@ def make_run_dir(args: argparse.Namespace, micro_batch: int | None) -> Path:
     return run_dir
 
 
-def run_ours(args: argparse.Namespace, micro_batch: int | None, matmul_flops: float) -> Result:
+def run_ours(args: argparse.Namespace, micro_batch: int | str, matmul_flops: float) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
@@ -202,13 +202,13 @@ def run_ours(args: argparse.Namespace, micro_batch: int | None, matmul_flops: fl
     )
 
 
-def parse_micro_batches(text: str) -> list[int | None]:
-    """'32,64' -> [32, 64]; 'auto' -> None (the trainer's own choice from memory)."""
-    values: list[int | None] = []
+def parse_micro_batches(text: str) -> list[int | str]:
+    """'32,64,auto' -> [32, 64, 'auto'] (train.device_batch_size values; auto: the trainer's own choice)."""
+    values: list[int | str] = []
     for item in text.split(","):
         item = item.strip()
         if item == "auto":
-            values.append(None)
+            values.append(item)
         elif item.isdigit() and int(item) > 0:
             values.append(int(item))
         else:

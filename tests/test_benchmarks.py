@@ -10,6 +10,7 @@ import torch
 
 from benchmarks import train_throughput
 from benchmarks.reference_gpt2 import RefConfig, RefGPT
+from nanogpt.config import RunConfig
 
 
 class TinyRef(RefGPT):
@@ -50,7 +51,15 @@ def test_reference_gradient_is_that_of_the_mean_loss_over_the_total_batch(monkey
 
 
 def test_micro_batch_list_reads_integers_and_auto_and_names_a_bad_value():
-    assert train_throughput.parse_micro_batches("32, 64,auto") == [32, 64, None]
+    values = train_throughput.parse_micro_batches("32, 64,auto")
+    assert values == [32, 64, "auto"]
+    for value in values:  # each is a device_batch_size the trainer's config takes
+        config = {
+            "model": {"depth": 1},
+            "data": {"train_dir": "d"},
+            "train": {"num_steps": 1, "device_batch_size": value},
+        }
+        assert RunConfig.from_dict(config).train.device_batch_size == value
     with pytest.raises(SystemExit, match="'0' is neither"):
         train_throughput.parse_micro_batches("32,0")
     with pytest.raises(SystemExit, match="'x' is neither"):
