@@ -75,29 +75,18 @@ def fused_qkv_forward(self: CausalSelfAttention, x, cos_sin, kv_cache=None, attn
     return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
-def trunk(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """The model's forward up to the final norm (GPT.forward without the head), for the sum as a loss."""
-    T = idx.size(1)
-    cos_sin = model.cos[:, :T], model.sin[:, :T]
-    x = norm(model.transformer.wte(idx))
-    if torch.is_autocast_enabled(idx.device.type):
-        x = x.to(torch.get_autocast_dtype(idx.device.type))
-    for block in model.transformer.h:
-        x = block(x, cos_sin)
-    return norm(x).float().sum()
+def trunk_loss(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The blocks alone (`GPT.trunk`, the forward without its head), their output summed as a loss."""
+    return model.trunk(idx).float().sum()
 
 
 def head_loss(model: GPT, hidden: torch.Tensor, targets: torch.Tensor, plain: bool) -> torch.Tensor:
-    """lm_head and the loss as GPT.forward computes them, or (plain) a bf16 matmul and cross-entropy only."""
+    """`GPT.head` (lm_head, soft-cap, padding mask, cross-entropy), or (plain) the matmul and the
+    cross-entropy only."""
+    if not plain:
+        return model.head(hidden, targets, reduction="sum")
     logits = model.lm_head(hidden)
-    if plain:
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-    logits = model._softcap(logits.float())
-    vocab = model.config.vocab_size
-    if model.config.padded_vocab_size != vocab:
-        is_token = torch.arange(logits.size(-1), device=logits.device) < vocab
-        logits = logits.masked_fill(~is_token, float("-inf"))
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
 
 
 def matmul_shapes(model: GPT, tokens: int) -> list[tuple[int, int, int]]:
@@ -190,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     full = compile_(model, dynamic=False)
     measure("full", fwd_bwd(lambda: full(x, y, reduction="sum")))
     if "trunk" not in skip:
-        compiled_trunk = compile_(trunk, dynamic=False)
+        compiled_trunk = compile_(trunk_loss, dynamic=False)
         measure("trunk (no head)", fwd_bwd(lambda: compiled_trunk(model, x)))
     if "head" not in skip:
         hidden = torch.randn(B, T, config.n_embd, device=device, dtype=dtype, requires_grad=True)

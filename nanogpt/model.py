@@ -284,7 +284,11 @@ class GPT(nn.Module):
         -1 ignored; reduction "none" gives (B, T) with zeros at ignored positions. With kv_cache (see
         nanogpt/engine.py), idx continues the cached sequences at position kv_cache.pos.
         """
-        B, T = idx.size()
+        return self.head(self.trunk(idx, kv_cache=kv_cache), targets, reduction=reduction)
+
+    def trunk(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids → the final RMS-normed hidden states (B, T, n_embd), what `head` reads."""
+        T = idx.size(1)
         if kv_cache is None:
             if self.cos.size(1) < T:
                 raise ValueError(f"sequence of {T} tokens is longer than sequence_len {self.cos.size(1)}")
@@ -307,10 +311,19 @@ class GPT(nn.Module):
             x = x.to(torch.get_autocast_dtype(device_type))
         for block in self.transformer.h:
             x = block(x, cos_sin, kv_cache, attn_mask)
-        x = norm(x)
         if kv_cache is not None:
             kv_cache.advance(T)
+        return norm(x)
 
+    def head(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+    ) -> torch.Tensor:
+        """Hidden states (B, T, n_embd) → float32 logits, or the loss given targets (as `forward` says)."""
+        B, T = x.shape[:2]
         logits = self.lm_head(x)  # (B, T, padded_vocab), in the autocast dtype
         # Float32 from here: a bf16 log-softmax over ~50K classes is too coarse for the loss. The padding
         # columns are masked rather than sliced off: rows stay 64-aligned, so the compiled loss kernels
