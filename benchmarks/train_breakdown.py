@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     with autocast:
         loss = model(x, y, reduction="sum")
     (loss * scale).backward()
+    # step() consumes the gradients; later calls run the same kernels on zeros in their place.
     optimizer_s = timed(optimizer.step, device, args.reps, args.warmup)
     record(f"optimizer step / {grad_accum} micro-batches", optimizer_s / grad_accum)
     model.zero_grad(set_to_none=True)
