@@ -21,6 +21,7 @@ gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
 bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
 py=${PYTHON:-python}
 pyf=("$py" -X faulthandler)
+overhead_study=("$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16)
 # Only the test files with GPU tests: collecting the others would import what the GPU image may lack.
 gpu_tests=$(grep -l "pytest.mark.gpu" tests/test_*.py)
 
@@ -52,12 +53,9 @@ for step in "${steps[@]}"; do
     eval)
       run_step eval 300 "${pyf[@]}" -m benchmarks.eval_throughput --eval-bundle "$bundle" --tokenizer "$gpt2" \
         --json "$out/eval.json" ;;
-    overhead)
-      run_step overhead 540 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
-        --json "$out/overhead.json" ;;
+    overhead) run_step overhead 540 "${overhead_study[@]}" --json "$out/overhead.json" ;;
     overhead_serial)  # the same study with resources.overlap_startup off, for the comparison
-      run_step overhead_serial 590 "$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 \
-        --no-overlap --json "$out/overhead_serial.json" ;;
+      run_step overhead_serial 590 "${overhead_study[@]}" --no-overlap --json "$out/overhead_serial.json" ;;
     *)
       echo "unknown step: $step (steps: tests train profile breakdown generate eval overhead overhead_serial)" >&2
       exit 2 ;;
