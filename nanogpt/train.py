@@ -734,20 +734,26 @@ class Trainer:
                 optimizer = build_optimizer(
                     model, self.config, self.hparams, orth_dtype=runtime.dtype, process_group=None
                 )
-                x = torch.zeros((self.device_batch_size, seq_len), dtype=torch.int64, device=runtime.device)
+                # Inputs and targets are distinct tensors, as in training: passing one tensor as both makes
+                # torch.compile guard on their being the same object, and the first real step recompiles.
+                x, y = (
+                    torch.zeros((self.device_batch_size, seq_len), dtype=torch.int64, device=runtime.device)
+                    for _ in range(2)
+                )
                 scale = torch.tensor(1.0 / x.numel(), device=runtime.device)
                 with runtime.autocast():
-                    loss = self.forward(x, x, reduction="sum")
+                    loss = self.forward(x, y, reduction="sum")
                 (loss * scale).backward()
                 optimizer.step()
                 model.zero_grad(set_to_none=True)
                 del optimizer, loss
-                xv = torch.zeros(
-                    (self.val_loader.batch_size, seq_len), dtype=torch.int64, device=runtime.device
+                xv, yv = (
+                    torch.zeros((self.val_loader.batch_size, seq_len), dtype=torch.int64, device=runtime.device)
+                    for _ in range(2)
                 )
                 model.eval()
                 with torch.no_grad(), runtime.autocast():
-                    self.forward(xv, xv, reduction="none")
+                    self.forward(xv, yv, reduction="none")
                 if runtime.device.type == "cuda":
                     torch.cuda.synchronize(runtime.device)
         except torch.OutOfMemoryError:

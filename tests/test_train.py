@@ -32,8 +32,10 @@ from nanogpt.train import (
     EXIT_DONE,
     EXIT_ERROR,
     EXIT_STOPPED,
+    Trainer,
     build_optimizer,
     effective_hparams,
+    init_runtime,
     peak_flops,
     run,
 )
@@ -620,6 +622,32 @@ def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_a
     ours, theirs = (ckpt.load_model_state(ckpt.latest_checkpoint(d), "cpu") for d in (run_dir, finished_run))
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
     assert lock.try_acquire()  # the trainer's exit let it go
+
+
+def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(tmp_path, data_dir, monkeypatch):
+    """On standby, the throwaway step and validation forward compile what the run's steps and validations
+    run: nothing compiles after the warm-up. (It once passed one tensor as both inputs and targets, so the
+    compiled graph guarded on their being one object and the first real step recompiled: 6.5 s of the GPU's
+    time per cell on an H100.)"""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter, **kw))
+    torch._dynamo.reset()
+    run_dir = tmp_path / "standby"
+    config = RunConfig.from_json(write_run(run_dir, tiny_config(data_dir, compile=True)))
+    trainer = Trainer(config, run_dir, init_runtime(config), standby=True)
+    trainer.build(trainer.proposed_batch_size)
+    compiled_by_warm_up = []
+    warm_up = trainer._warm_up
+    monkeypatch.setattr(
+        trainer, "_warm_up", lambda: (warm_up(), compiled_by_warm_up.append(counter.frame_count))
+    )
+    assert trainer.train() == EXIT_DONE
+    assert len(losses(run_dir, "val", "val_loss")) >= 2  # validations ran beside the steps
+    # One graph for the training step, one for validation (no_grad), both built by the warm-up.
+    assert compiled_by_warm_up == [2] and counter.frame_count == 2
 
 
 def test_the_gpu_lock_variable_names_one_file_per_local_rank(tmp_path):
