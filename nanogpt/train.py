@@ -747,10 +747,8 @@ class Trainer:
                 optimizer.step()
                 model.zero_grad(set_to_none=True)
                 del optimizer, loss
-                xv, yv = (
-                    torch.zeros((self.val_loader.batch_size, seq_len), dtype=torch.int64, device=runtime.device)
-                    for _ in range(2)
-                )
+                val_shape = (self.val_loader.batch_size, seq_len)
+                xv, yv = (torch.zeros(val_shape, dtype=torch.int64, device=runtime.device) for _ in range(2))
                 model.eval()
                 with torch.no_grad(), runtime.autocast():
                     self.forward(xv, yv, reduction="none")
