@@ -7,9 +7,15 @@ in the trainer's environment (`GPU_LOCKS_ENV`: one path per local rank, joined w
 holds its lock (fcntl.flock, exclusive) from its first training step until its process exits; the kernel
 releases it then, however the process ends (a crash, kill -9), so a lock is never left behind.
 
-A trainer whose lock is taken is *on standby*: it sets up within the GPU memory the other leaves free,
-compiles by a throwaway step (nanogpt.train), and waits for the lock before it writes its `start` event.
-Without the variable (a trainer run by hand, Slurm) there is no lock and nothing changes.
+A trainer whose lock is taken is *on standby*: it sets up, compiles by a throwaway step (nanogpt.train),
+and waits for the lock before it writes its `start` event. Without the variable (a trainer run by hand,
+Slurm) there is no lock and nothing changes.
+
+Memory: a GPU with a lock holds at most two trainers, so each keeps to its half (nanogpt.train caps its
+allocations at SHARED_GPU_FRAC of the GPU for its whole life and chooses its micro-batch within that). A
+model that does not fit in half a GPU waits for the lock, then *claims the whole GPU*: the holder writes
+`whole` into the lock file (the file's content belongs to its holder and is cleared by each new one), and a
+trainer that finds the lock taken and claimed waits for it before it puts anything on the GPU.
 """
 
 import fcntl
@@ -18,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 GPU_LOCKS_ENV = "NANOSTUDY_GPU_LOCKS"
+WHOLE_GPU_CLAIM = b"whole\n"
 
 
 class GpuLock:
@@ -43,6 +50,11 @@ class GpuLock:
             )
         return cls(paths[local_rank])
 
+    def _taken(self) -> None:
+        """Just acquired: the previous holder's claim is void."""
+        self.held = True
+        os.ftruncate(self._fd, 0)
+
     def try_acquire(self) -> bool:
         """Take the lock if no other process holds it; True if this process holds it now."""
         if not self.held:
@@ -50,14 +62,23 @@ class GpuLock:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
-            self.held = True
+            self._taken()
         return True
 
     def acquire(self) -> None:
         """Wait until the lock is free and take it (a signal's default action still ends the wait)."""
         if not self.held:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            self.held = True
+            self._taken()
+
+    def claim_whole_gpu(self) -> None:
+        """Tell the trainers that start beside this one (held lock) to wait before touching the GPU."""
+        assert self.held, "only the lock's holder claims the GPU"
+        os.pwrite(self._fd, WHOLE_GPU_CLAIM, 0)
+
+    def holder_claims_whole_gpu(self) -> bool:
+        """Whether the lock's current holder (not this process) claimed the whole GPU."""
+        return not self.held and os.pread(self._fd, len(WHOLE_GPU_CLAIM), 0) == WHOLE_GPU_CLAIM
 
     def release(self) -> None:
         """Let the next trainer have the GPU (a trainer never calls this: its exit does it)."""

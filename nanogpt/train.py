@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,84 +271,48 @@ def build_optimizer(
     return MuonAdamW(groups, process_group=process_group, orth_dtype=orth_dtype)
 
 
-def probe_device_batch_size(
-    model: GPT,
-    num_sequences: int,
-    runtime: Runtime,
-    num_params: int,
-    vocab_size: int,
-    *,
-    shared: bool = False,
-) -> int:
-    """The largest micro-batch (a divisor of the sequences per rank and step) whose forward and backward
-    fit in GPU memory with room for the optimizer state. Probed on the eager model, which needs more
-    activation memory than the compiled one, so the choice is safe. Local to this rank (no collective):
-    the caller agrees on the smallest over the ranks.
-
-    The choice depends only on this process's own peak memory, so it is the same whether or not another
-    process shares the GPU. `shared` (a trainer on standby, see nanogpt.gpu_lock, under a memory cap that
-    leaves the other its room): a candidate that runs out of memory there might fit on the whole GPU, so
-    the probe gives up (`NeedsWholeGpu`) instead of choosing a smaller one."""
+def device_batch_fits(
+    model: GPT, batch: int, runtime: Runtime, num_params: int, vocab_size: int, *, share: float = 1.0
+) -> bool:
+    """Whether a forward and backward of `batch` sequences, with room for the optimizer state, keep within
+    GPU_MEMORY_BUDGET_FRAC of `share` of the GPU's memory. Run on the eager model, which needs more
+    activation memory than the compiled one, so a yes is safe. Local to this rank (no collective)."""
     seq_len = model.config.sequence_len
-    candidates = [b for b in range(min(num_sequences, GPU_MAX_DEVICE_BATCH), 0, -1) if num_sequences % b == 0]
-    total_bytes = torch.cuda.get_device_properties(runtime.device).total_memory
+    budget = GPU_MEMORY_BUDGET_FRAC * share * torch.cuda.get_device_properties(runtime.device).total_memory
     # Muon momentum and AdamW moments in float32, sharded over the ranks, plus the all-gather buffers.
     optimizer_bytes = 3 * 4 * num_params // runtime.world_size
-    chosen = 0
-    for batch in candidates:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(runtime.device)
-        try:
-            x = torch.randint(0, vocab_size, (batch, seq_len), device=runtime.device)
-            with runtime.autocast():
-                loss = model(x, x)
-            loss.backward()
-            peak = torch.cuda.max_memory_allocated(runtime.device)
-            fits = peak + optimizer_bytes <= GPU_MEMORY_BUDGET_FRAC * total_bytes
-        except torch.OutOfMemoryError:
-            if shared:
-                raise NeedsWholeGpu(f"micro-batch {batch}") from None
-            fits = False
-        finally:
-            model.zero_grad(set_to_none=True)
-            x = loss = None
-        if fits:
-            chosen = batch
-            break
     torch.cuda.empty_cache()
-    if chosen == 0:
-        raise ConfigError(
-            f"train.device_batch_size: even one sequence of {seq_len} tokens does not fit in memory"
-        )
-    return chosen
-
-
-class NeedsWholeGpu(Exception):
-    """A trainer on standby ran out of the memory it may use beside the GPU's current trainer."""
-
-
-# The share of the GPU's memory a trainer on standby leaves free beyond what the GPU's current trainer
-# already holds, for that trainer's later allocations (its validation, a checkpoint's copies).
-STANDBY_HEADROOM_FRAC = 0.10
-
-
-@contextlib.contextmanager
-def standby_memory_cap(runtime: Runtime) -> Iterator[None]:
-    """Cap this process's CUDA allocations at what it holds plus the device's free memory less
-    STANDBY_HEADROOM_FRAC of the total: beyond it, an allocation raises OutOfMemoryError here instead of
-    taking memory the other trainer may need. Released (cache emptied) on leaving."""
-    if runtime.device.type != "cuda":
-        yield
-        return
-    free, total = torch.cuda.mem_get_info(runtime.device)
-    ours = torch.cuda.memory_reserved(runtime.device)
-    fraction = min(1.0, max(0.0, ours + free - STANDBY_HEADROOM_FRAC * total) / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, runtime.device)
+    torch.cuda.reset_peak_memory_stats(runtime.device)
     try:
-        yield
+        x = torch.randint(0, vocab_size, (batch, seq_len), device=runtime.device)
+        with runtime.autocast():
+            loss = model(x, x)
+        loss.backward()
+        return torch.cuda.max_memory_allocated(runtime.device) + optimizer_bytes <= budget
+    except torch.OutOfMemoryError:  # beyond the allocator's cap (a shared GPU) or the GPU's memory
+        return False
     finally:
+        model.zero_grad(set_to_none=True)
+        x = loss = None
         torch.cuda.empty_cache()
-        torch.cuda.set_per_process_memory_fraction(1.0, runtime.device)
+
+
+def probe_device_batch_size(
+    model: GPT, num_sequences: int, runtime: Runtime, num_params: int, vocab_size: int, *, share: float = 1.0
+) -> int:
+    """The largest micro-batch (a divisor of the sequences per rank and step, at most
+    GPU_MAX_DEVICE_BATCH) that fits in `share` of the GPU (device_batch_fits), or 0 if not even one
+    sequence does. It depends only on this process's own peak memory, not on what else runs on the GPU."""
+    candidates = [b for b in range(min(num_sequences, GPU_MAX_DEVICE_BATCH), 0, -1) if num_sequences % b == 0]
+    args = (runtime, num_params, vocab_size)
+    return next((b for b in candidates if device_batch_fits(model, b, *args, share=share)), 0)
+
+
+# The share of a GPU's memory each trainer keeps to when it may share the GPU (a GPU lock; nanogpt.gpu_lock):
+# the one training and the one on standby beside it both fit, with room for their CUDA contexts. Depth 12
+# at 1,024 tokens per sequence takes 29 GiB at micro-batch 64 on an H100 (80 GB; docs/benchmarks.md), and a
+# larger micro-batch than 32 buys under 1% there, so half a GPU costs the isoflop range nothing.
+SHARED_GPU_FRAC = 0.46
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -530,9 +493,10 @@ class Trainer:
     ):
         """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch.
         `setup_since`: when the run began (`run`'s entry), so that the set-up times include the runtime's.
-        `gpu_lock`: this rank's GPU lock (nanogpt.gpu_lock), taken before the first step; `standby`: some
-        rank's lock was taken by another trainer, so the set-up keeps within the memory that one leaves and
-        ends with a throwaway step that compiles everything the first steps need."""
+        `gpu_lock`: this rank's GPU lock (nanogpt.gpu_lock), taken before the first step; with one, the
+        trainer keeps to its share of the GPU's memory (SHARED_GPU_FRAC). `standby`: some rank's lock was
+        taken by another trainer, so the set-up ends with a throwaway step that compiles everything the
+        first steps need."""
         self.config = config
         self.run_dir = run_dir
         self.runtime = runtime
@@ -541,6 +505,9 @@ class Trainer:
         self.warnings: list[str] = []
         self.setup = SetupClock(setup_since)
         self.setup.mark("runtime")  # the config read, CUDA and the process group (init_runtime)
+        self.gpu_share = 1.0
+        if gpu_lock is not None:
+            self._keep_off_a_claimed_gpu()
         self._find_checkpoints()
         self.gpt_config = self._model_config()
         self._build_model()
@@ -672,11 +639,37 @@ class Trainer:
         self.flops_per_token = model.estimate_flops()
         self.total_steps = num_steps_for(self.config, self.flops_per_token)
 
+    def _keep_off_a_claimed_gpu(self) -> None:
+        """On standby beside a trainer that claimed the whole GPU (nanogpt.gpu_lock): wait for the lock
+        before putting anything on the GPU."""
+        if self.standby and self.gpu_lock.holder_claims_whole_gpu():
+            self._wait_for_gpu()
+            self.standby = False  # the GPU is ours now: the first step compiles, no warm-up needed
+
+    def _share_the_gpu(self) -> None:
+        """With a GPU lock this trainer may share its GPU with one other, so from its micro-batch probe on
+        it keeps to SHARED_GPU_FRAC of the GPU's memory (its weights, already there, count)."""
+        self.gpu_share = SHARED_GPU_FRAC
+        torch.cuda.set_per_process_memory_fraction(self.gpu_share, self.runtime.device)
+
+    def _claim_whole_gpu(self, why: str) -> None:
+        """The model does not fit in this trainer's share of the GPU: wait for the lock, then take the whole
+        GPU and tell the next trainer to keep off it until this one exits."""
+        self.setup.mark("batch_probe")
+        self._wait_for_gpu()
+        self.standby = False
+        self.gpu_lock.claim_whole_gpu()
+        self.gpu_share = 1.0
+        torch.cuda.set_per_process_memory_fraction(1.0, self.runtime.device)
+        self.warnings.append(f"{why} in {SHARED_GPU_FRAC:.0%} of the GPU: took the whole GPU")
+
     def _propose_batch_size(self) -> int:
         """This rank's micro-batch: the configured one, the checkpoint's, or the largest that fits."""
         config, runtime = self.config, self.runtime
         self.sequences_per_rank = sequences_per_rank(config, self.gpt_config.sequence_len, runtime.world_size)
         requested = config.train.device_batch_size
+        if self.gpu_lock is not None and runtime.device.type == "cuda":
+            self._share_the_gpu()
         if self.resume_meta is not None:
             saved = self.resume_meta["device_batch_size"]
             if requested not in ("auto", saved):
@@ -688,31 +681,32 @@ class Trainer:
         elif requested != "auto":
             batch = requested
         elif runtime.device.type == "cuda":
-            batch = self._probe_batch_size()
+            return self._probe_batch_size()
         else:
             batch = max(b for b in range(1, CPU_MAX_DEVICE_BATCH + 1) if self.sequences_per_rank % b == 0)
+        if runtime.device.type == "cuda" and self.gpu_share < 1.0:
+            # A given micro-batch (the config's, the checkpoint's) may need more than this trainer's share.
+            args = (self.model, batch, runtime, self.num_params, self.gpt_config.vocab_size)
+            if not device_batch_fits(*args, share=self.gpu_share):
+                self._claim_whole_gpu(f"micro-batch {batch} does not fit")
         grad_accum_for(self.sequences_per_rank, batch)  # fail here, before the ranks agree
         return batch
 
     def _probe_batch_size(self) -> int:
-        """The probe's micro-batch; on standby probed beside the GPU's current trainer when it fits there,
-        else after waiting for the GPU (the same choice either way: see probe_device_batch_size)."""
-        args = (
-            self.model,
-            self.sequences_per_rank,
-            self.runtime,
-            self.num_params,
-            self.gpt_config.vocab_size,
-        )
-        if self.standby and not (self.gpu_lock is not None and self.gpu_lock.held):
-            try:
-                with standby_memory_cap(self.runtime):
-                    return probe_device_batch_size(*args, shared=True)
-            except NeedsWholeGpu:
-                self.setup.mark("batch_probe")
-                self._wait_for_gpu()
-                self.standby = False  # the GPU is ours now: the first step compiles, no warm-up needed
-        return probe_device_batch_size(*args)
+        """The largest micro-batch that fits in this trainer's share of the GPU; when not even one sequence
+        does, the largest that fits in the whole GPU, once it has it."""
+        model, runtime, vocab_size = self.model, self.runtime, self.gpt_config.vocab_size
+        args = (model, self.sequences_per_rank, runtime, self.num_params, vocab_size)
+        batch = probe_device_batch_size(*args, share=self.gpu_share)
+        if batch == 0 and self.gpu_share < 1.0:
+            self._claim_whole_gpu(f"one sequence of {self.gpt_config.sequence_len} tokens does not fit")
+            batch = probe_device_batch_size(*args)
+        if batch == 0:
+            raise ConfigError(
+                f"train.device_batch_size: even one sequence of {self.gpt_config.sequence_len} tokens does "
+                "not fit in memory"
+            )
+        return batch
 
     def _wait_for_gpu(self) -> None:
         """Take this rank's GPU lock, waiting while another trainer trains on the GPU."""
@@ -730,32 +724,31 @@ class Trainer:
         seq_len = self.gpt_config.sequence_len
         saved = [p.detach().clone() for p in model.parameters()]
         try:
-            with standby_memory_cap(runtime):
-                optimizer = build_optimizer(
-                    model, self.config, self.hparams, orth_dtype=runtime.dtype, process_group=None
-                )
-                # Inputs and targets are distinct tensors, as in training: passing one tensor as both makes
-                # torch.compile guard on their being the same object, and the first real step recompiles.
-                x, y = (
-                    torch.zeros((self.device_batch_size, seq_len), dtype=torch.int64, device=runtime.device)
-                    for _ in range(2)
-                )
-                scale = torch.tensor(1.0 / x.numel(), device=runtime.device)
-                with runtime.autocast():
-                    loss = self.forward(x, y, reduction="sum")
-                (loss * scale).backward()
-                optimizer.step()
-                model.zero_grad(set_to_none=True)
-                del optimizer, loss
-                val_shape = (self.val_loader.batch_size, seq_len)
-                xv, yv = (torch.zeros(val_shape, dtype=torch.int64, device=runtime.device) for _ in range(2))
-                model.eval()
-                with torch.no_grad(), runtime.autocast():
-                    self.forward(xv, yv, reduction="none")
-                if runtime.device.type == "cuda":
-                    torch.cuda.synchronize(runtime.device)
+            optimizer = build_optimizer(
+                model, self.config, self.hparams, orth_dtype=runtime.dtype, process_group=None
+            )
+            # Inputs and targets are distinct tensors, as in training: passing one tensor as both makes
+            # torch.compile guard on their being the same object, and the first real step recompiles.
+            x, y = (
+                torch.zeros((self.device_batch_size, seq_len), dtype=torch.int64, device=runtime.device)
+                for _ in range(2)
+            )
+            scale = torch.tensor(1.0 / x.numel(), device=runtime.device)
+            with runtime.autocast():
+                loss = self.forward(x, y, reduction="sum")
+            (loss * scale).backward()
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+            del optimizer, loss
+            val_shape = (self.val_loader.batch_size, seq_len)
+            xv, yv = (torch.zeros(val_shape, dtype=torch.int64, device=runtime.device) for _ in range(2))
+            model.eval()
+            with torch.no_grad(), runtime.autocast():
+                self.forward(xv, yv, reduction="none")
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
         except torch.OutOfMemoryError:
-            self.warnings.append("standby: out of memory beside the GPU's other trainer; compiled at step 1")
+            self.warnings.append("standby: out of memory in the warm-up; compiled at step 1")
         finally:
             model.train()
             model.zero_grad(set_to_none=True)

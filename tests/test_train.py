@@ -20,6 +20,7 @@ import torch
 from trainer_fixtures import byte_tokenizer, make_data_dir, tiny_config, write_run
 
 from nanogpt import checkpoint as ckpt
+from nanogpt import train as train_module
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
 from nanogpt.events import read_events, validate
@@ -581,6 +582,20 @@ def blocked_on_flock(pid: int) -> bool:
     return any("-> FLOCK" in line and line.split()[5] == str(pid) for line in lines)
 
 
+def start_blocked_trainer(config_path: Path, lock: GpuLock) -> subprocess.Popen:
+    """A trainer given `lock` (held by the test), once it waits for it."""
+    command = [sys.executable, "-m", "nanogpt.train", "--config", str(config_path)]
+    env = {**SUBPROCESS_ENV, GPU_LOCKS_ENV: str(lock.path)}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not blocked_on_flock(proc.pid):
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stderr.read() if proc.poll() else "timeout"
+        )
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.slow
 def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_alone(
     tmp_path, data_dir, finished_run
@@ -591,21 +606,7 @@ def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_a
     lock = GpuLock(tmp_path / "locks" / "gpu0.lock")
     assert lock.try_acquire()
     run_dir = tmp_path / "standby"
-    command = [
-        sys.executable,
-        "-m",
-        "nanogpt.train",
-        "--config",
-        str(write_run(run_dir, tiny_config(data_dir))),
-    ]
-    env = {**SUBPROCESS_ENV, GPU_LOCKS_ENV: str(lock.path)}
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not blocked_on_flock(proc.pid):
-        assert proc.poll() is None and time.time() < deadline, (
-            proc.stderr.read() if proc.poll() else "timeout"
-        )
-        time.sleep(0.05)
+    proc = start_blocked_trainer(write_run(run_dir, tiny_config(data_dir)), lock)
     assert not (run_dir / "events.jsonl").exists() and ckpt.latest_checkpoint(run_dir) is None
     time.sleep(0.5)
     lock.release()
@@ -661,6 +662,37 @@ def test_the_gpu_lock_variable_names_one_file_per_local_rank(tmp_path):
     assert first.try_acquire() and not second.try_acquire()
     first.release()
     assert second.try_acquire() and second.try_acquire()  # taking a held lock again is a no-op
+
+
+def test_a_claim_on_the_whole_gpu_is_its_holders_and_ends_with_it(tmp_path):
+    """The lock's holder may claim the whole GPU; another process sees the claim while the holder holds the
+    lock, and the next holder starts with none (a dead holder's claim is void)."""
+    path = tmp_path / "gpu0.lock"
+    holder, other = GpuLock(path), GpuLock(path)
+    assert holder.try_acquire() and not other.holder_claims_whole_gpu()
+    holder.claim_whole_gpu()
+    assert other.holder_claims_whole_gpu() and not holder.holder_claims_whole_gpu()
+    with pytest.raises(AssertionError, match="only the lock's holder"):
+        other.claim_whole_gpu()
+    holder.release()
+    assert other.try_acquire() and path.read_bytes() == b""
+    assert not GpuLock(path).holder_claims_whole_gpu()
+
+
+@pytest.mark.slow
+def test_a_trainer_beside_one_that_claimed_the_whole_gpu_waits_before_it_builds_its_model(tmp_path, data_dir):
+    """A trainer whose GPU's holder claimed the whole GPU (its model did not fit in half) puts nothing on
+    the GPU until the lock is free: it waits before building its model, and does not warm up on standby."""
+    lock = GpuLock(tmp_path / "locks" / "gpu0.lock")
+    assert lock.try_acquire()
+    lock.claim_whole_gpu()
+    run_dir = tmp_path / "run"
+    proc = start_blocked_trainer(write_run(run_dir, tiny_config(data_dir)), lock)
+    time.sleep(0.5)
+    lock.release()
+    assert proc.wait(timeout=120) == EXIT_DONE, proc.stderr.read()
+    phases = list(events_of(run_dir)[0]["setup_s"])
+    assert phases[:3] == ["runtime", "gpu_wait", "model"] and "warm_up" not in phases
 
 
 def torchrun(config_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
@@ -851,6 +883,42 @@ def test_gpu_run_with_compile_bf16_and_probed_batch(tmp_path, data_dir):
     if start["device"]["peak_flops"] is not None:
         assert all(0 < e["mfu"] < 1 for e in steps)
     assert steps[-1]["loss"] < steps[0]["loss"] - 2 and events[-1]["status"] == "done"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_trainer_that_may_share_its_gpu_keeps_to_its_share_or_claims_the_whole_gpu(
+    tmp_path, data_dir, monkeypatch
+):
+    """With a GPU lock, a trainer's allocations are capped at SHARED_GPU_FRAC of the GPU, so the one on
+    standby beside it fits; a model that does not fit there takes the lock, claims the whole GPU for the
+    next trainer to see, and lifts its cap."""
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    config = RunConfig.from_json(write_run(tmp_path / "run", tiny_config(data_dir, device="auto")))
+    alone = Trainer(config, tmp_path / "run", init_runtime(config)).proposed_batch_size
+    try:
+        lock = GpuLock(tmp_path / "locks" / "gpu0.lock")
+        trainer = Trainer(config, tmp_path / "run", init_runtime(config), gpu_lock=lock)
+        assert trainer.gpu_share == train_module.SHARED_GPU_FRAC and not trainer.warnings
+        assert trainer.proposed_batch_size == alone  # a tiny model fits its half as it fits the GPU
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(int(0.6 * total), dtype=torch.uint8, device=device)
+        assert not GpuLock(lock.path).holder_claims_whole_gpu()
+        del trainer
+        lock.release()
+
+        # A share too small for one sequence beside the model's weights: the whole GPU.
+        monkeypatch.setattr(train_module, "SHARED_GPU_FRAC", 1e-6)
+        lock = GpuLock(tmp_path / "locks" / "gpu1.lock")
+        trainer = Trainer(config, tmp_path / "run", init_runtime(config), gpu_lock=lock)
+        assert trainer.gpu_share == 1.0 and trainer.proposed_batch_size == alone
+        assert "took the whole GPU" in trainer.warnings[0]
+        assert lock.held and GpuLock(lock.path).holder_claims_whole_gpu()
+        torch.empty(int(0.6 * total), dtype=torch.uint8, device=device)  # no cap
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
 
 
 def test_a_validation_split_smaller_than_one_micro_batch_is_read_in_smaller_batches(tmp_path):
