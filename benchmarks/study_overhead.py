@@ -172,6 +172,13 @@ def cell_numbers(attempt, events: list[dict]) -> dict:
     }
 
 
+def read_events_file(path: Path) -> list[dict]:
+    """A cell's events; none when its trainer never got as far as writing one (a study stopped early)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _events_of(attempt, segments: list[list[dict]]) -> list[dict]:
     """The events of the attempt: the segment (a `start` and what follows it) that began during it."""
     ended = attempt.ended_at if attempt.ended_at is not None else math.inf
@@ -202,8 +209,7 @@ def summarize(store, study_name: str, runs_dir: Path) -> dict:
     study = get_study(store, study_name)
     rows = []
     for status in cell_statuses(store, study.id):
-        path = runs_dir / status.id / "events.jsonl"
-        segments = _segments([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        segments = _segments(read_events_file(runs_dir / status.id / "events.jsonl"))
         for number, attempt in enumerate(attempts_of(store, status.id), start=1):
             if attempt.ended_at is None:
                 continue  # still running (or its runner died): nothing to measure yet
@@ -224,7 +230,7 @@ def summarize(store, study_name: str, runs_dir: Path) -> dict:
         "session_walls_s": session_walls,
         "train_s": sum(row["train_s"] for row in rows),
         "num_gpus": num_gpus,
-        "gpu_busy": sum(row["train_s"] * len(row["gpus"]) for row in rows) / (num_gpus * wall_s),
+        "gpu_busy": sum(row["train_s"] * len(row["gpus"]) for row in rows) / (num_gpus * wall_s or math.inf),
         "cells": rows,
     }
 

@@ -1,10 +1,11 @@
 """benchmarks/study_overhead.py's arithmetic on a study run over two runner commands (stopped, resumed)."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.study_overhead import _events_of, _segments, cell_numbers, sessions_of
+from benchmarks.study_overhead import _events_of, _segments, cell_numbers, read_events_file, sessions_of
 
 
 def row(cell, start, end, *, train, stopped=False, gpus=("0",)):
@@ -51,7 +52,7 @@ def test_an_attempt_on_standby_counts_only_the_gpu_time_after_the_one_it_waited_
     assert sum(r["train_s"] + r["overhead_s"] for r in rows) == pytest.approx(60.0)
 
 
-def test_each_attempt_gets_the_events_from_its_own_start() -> None:
+def test_each_attempt_gets_the_events_from_its_own_start(tmp_path) -> None:
     first = SimpleNamespace(started_at=0.0, ended_at=10.0)
     never_started = SimpleNamespace(started_at=11.0, ended_at=12.0)
     second = SimpleNamespace(started_at=20.0, ended_at=40.0)
@@ -79,3 +80,8 @@ def test_each_attempt_gets_the_events_from_its_own_start() -> None:
     assert done["final_s"] == pytest.approx(2.0) and done["exit_s"] == pytest.approx(10.0)
     assert done["setup_s"] == {"runtime": 1.0, "model": 0.5} and stopped["setup_s"] is None
     assert cell_numbers(never_started, [])["train_s"] == 0.0
+
+    # A study stopped before a cell's trainer wrote anything: its attempts measure as never started.
+    assert _segments(read_events_file(tmp_path / "missing" / "events.jsonl")) == []
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + "\n")
+    assert _segments(read_events_file(tmp_path / "events.jsonl")) == segments
