@@ -59,6 +59,7 @@ model:
   sequence_len: {seq_len}
 train:
   total_batch_tokens: {batch}
+  compile: {compile}
 eval:
   every_steps: null
   val_tokens: {val_tokens}
@@ -86,6 +87,9 @@ def main() -> None:
         help="resources.overlap_startup: false (a GPU's next cell starts only once its current one exits)",
     )
     parser.add_argument("--batch", type=int, default=262144, help="total batch tokens")
+    parser.add_argument(
+        "--compile", default="true", choices=("true", "blocks"), help="train.compile (blocks: regional)"
+    )
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--max-bytes", default="100MB")
     parser.add_argument("--val-tokens", type=int, default=1048576)
@@ -118,6 +122,7 @@ def main() -> None:
             seq_len=args.seq_len,
             batch=args.batch,
             val_tokens=args.val_tokens,
+            compile=args.compile,
         )
     )
     cli = [sys.executable, "-m", "runner.cli"]

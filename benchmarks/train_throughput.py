@@ -135,7 +135,7 @@ def build_reference(seq_len: int):
     return build
 
 
-def make_run_dir(args: argparse.Namespace, micro_batch: int | str) -> Path:
+def make_run_dir(args: argparse.Namespace, micro_batch: int | str, compile_: bool | str = True) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
     from benchmarks.random_data import make_random_data
@@ -157,7 +157,7 @@ def make_run_dir(args: argparse.Namespace, micro_batch: int | str) -> Path:
             "device_batch_size": micro_batch,
         },
         "eval": {"every_steps": None, "val_tokens": args.total_batch},
-        "compile": True,
+        "compile": compile_,
     }
     if args.profile_steps:
         config["profile"] = {
@@ -168,12 +168,14 @@ def make_run_dir(args: argparse.Namespace, micro_batch: int | str) -> Path:
     return run_dir
 
 
-def run_ours(args: argparse.Namespace, micro_batch: int | str, matmul_flops: float) -> Result:
+def run_ours(
+    args: argparse.Namespace, micro_batch: int | str, matmul_flops: float, compile_: bool | str = True
+) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args, micro_batch)
+    run_dir = make_run_dir(args, micro_batch, compile_)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     code = train.run(run_dir / "config.json")
@@ -190,7 +192,7 @@ def run_ours(args: argparse.Namespace, micro_batch: int | str, matmul_flops: flo
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
     return Result(
-        name=f"nanostudy depth {args.depth} (MuonAdamW)",
+        name=f"nanostudy depth {args.depth} (MuonAdamW{', blocks compiled' if compile_ == 'blocks' else ''})",
         micro_batch=start["device_batch_size"],
         grad_accum=start["grad_accum"],
         tokens_per_s=tokens_per_s,
@@ -216,6 +218,17 @@ def parse_micro_batches(text: str) -> list[int | str]:
     return values
 
 
+def parse_compile(text: str) -> list[bool | str]:
+    """'true,blocks' -> [True, 'blocks'] (the trainer's `compile` values)."""
+    names = {"true": True, "false": False, "blocks": "blocks"}
+    values = []
+    for item in text.split(","):
+        if item.strip() not in names:
+            raise SystemExit(f"--ours-compile: {item.strip()!r} is not one of {', '.join(names)}")
+        values.append(names[item.strip()])
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=12)
@@ -228,6 +241,11 @@ def main() -> None:
         "--ours-micro-batch",
         default="32",
         help="comma-separated micro-batches, one run of ours each; 'auto' lets the trainer choose",
+    )
+    parser.add_argument(
+        "--ours-compile",
+        default="true",
+        help="comma-separated `compile` settings (true: the whole model, blocks: regional), one run each",
     )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
@@ -255,24 +273,25 @@ def main() -> None:
                   micro_batch=args.ref_micro_batch, **common)  # fmt: skip
         results.append(ref)
         torch.cuda.empty_cache()
-    for micro_batch in parse_micro_batches(args.ours_micro_batch):
-        results.append(run_ours(args, micro_batch, matmul_flops))
-        torch.cuda.empty_cache()
+    for compile_ in parse_compile(args.ours_compile):
+        for micro_batch in parse_micro_batches(args.ours_micro_batch):
+            results.append(run_ours(args, micro_batch, matmul_flops, compile_))
+            torch.cuda.empty_cache()
 
     print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"measured bf16 matmul 8192^3: {matmul_flops / 1e12:.0f} TFLOP/s")
     print(f"sequence {args.seq_len}, total batch {args.total_batch} tokens\n")
-    print(f"{'run':44} {'micro':>5} {'accum':>5} {'tok/s':>10} {'MFU989':>7} {'MFUmeas':>7} ", end="")
+    print(f"{'run':60} {'micro':>5} {'accum':>5} {'tok/s':>10} {'MFU989':>7} {'MFUmeas':>7} ", end="")
     print(f"{'start s':>8} {'peak GiB':>9}")
     for r in results:
         print(
-            f"{r.name:44} {r.micro_batch:5d} {r.grad_accum:5d} {r.tokens_per_s:10,.0f} {r.mfu_989:7.1%} "
+            f"{r.name:60} {r.micro_batch:5d} {r.grad_accum:5d} {r.tokens_per_s:10,.0f} {r.mfu_989:7.1%} "
             f"{r.mfu_measured:7.1%} {r.startup_s:8.1f} {r.peak_mem_gib:9.1f}"
         )
     if not args.skip_reference:
         for r in results[1:]:
             ratio = r.tokens_per_s / results[0].tokens_per_s
-            print(f"\nratio ours (micro-batch {r.micro_batch}) / reference (tokens/s): {ratio:.2f}x")
+            print(f"\nratio {r.name}, micro-batch {r.micro_batch} / reference (tokens/s): {ratio:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_flops": matmul_flops, "results": [asdict(r) for r in results]}, f, indent=2)

@@ -217,7 +217,9 @@ class RunConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
-    compile: bool = True
+    # torch.compile: true compiles the whole model, "blocks" one block (which every block runs) and the head
+    # (nanogpt.model.compile_blocks: compiles in a fraction of the time), false runs eagerly.
+    compile: bool | Literal["blocks"] = True
     log_every: int = 1  # a `step` event every N steps (and after the last)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)

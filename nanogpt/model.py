@@ -22,6 +22,7 @@ Build it on the meta device and materialise it where it will run:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -176,6 +177,11 @@ class Block(nn.Module):
         return x
 
 
+def run_block(block: Block, *args) -> torch.Tensor:
+    """One block's forward: what `GPT.trunk` calls for each block, and what compile_blocks compiles once."""
+    return block(*args)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -286,8 +292,11 @@ class GPT(nn.Module):
         """
         return self.head(self.trunk(idx, kv_cache=kv_cache), targets, reduction=reduction)
 
-    def trunk(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) token ids → the final RMS-normed hidden states (B, T, n_embd), what `head` reads."""
+    def trunk(
+        self, idx: torch.Tensor, *, kv_cache: KVCache | None = None, run_block: Callable = run_block
+    ) -> torch.Tensor:
+        """idx (B, T) token ids → the final RMS-normed hidden states (B, T, n_embd), what `head` reads.
+        `run_block(block, x, cos_sin, kv_cache, attn_mask)` runs each block (compile_blocks compiles it)."""
         T = idx.size(1)
         if kv_cache is None:
             if self.cos.size(1) < T:
@@ -310,7 +319,7 @@ class GPT(nn.Module):
             # H100). Parameters stay float32.
             x = x.to(torch.get_autocast_dtype(device_type))
         for block in self.transformer.h:
-            x = block(x, cos_sin, kv_cache, attn_mask)
+            x = run_block(block, x, cos_sin, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         return norm(x)
@@ -341,3 +350,24 @@ class GPT(nn.Module):
         # Gemma 2's tanh soft-capping: smooth, keeps logits in (-cap, cap) so none can run away.
         cap = self.config.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+def compile_blocks(model: GPT) -> Callable[..., torch.Tensor]:
+    """The model's forward for training and evaluation (`(idx, targets, *, reduction)`, as `GPT.forward`
+    without a KV cache) under *regional* torch.compile: one graph for a block, which every block runs (the
+    blocks share their code and shapes, and a block's weights are inputs of the graph, not constants), and
+    one for the head. Compilation then takes about as long at any depth, a fraction of compiling the whole
+    model (docs/training.md gives the numbers); the embedding's lookup and norm stay eager. The model itself
+    is left as it is (generation and evaluation elsewhere run it eagerly)."""
+    block = torch.compile(run_block, dynamic=False)
+    head = torch.compile(model.head, dynamic=False)
+
+    def forward(
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+    ) -> torch.Tensor:
+        return head(model.trunk(idx, run_block=block), targets, reduction=reduction)
+
+    return forward

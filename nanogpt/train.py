@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
 from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
 from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
 from nanogpt.gpu_lock import GpuLock
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.model import GPT, GPTConfig, compile_blocks
 from nanogpt.optim import MuonAdamW
 from nanogpt.profiling import StepProfiler, phase
 from nanogpt.schedule import lr_multiplier, muon_momentum
@@ -384,7 +385,15 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def device_info(runtime: Runtime, compiled: bool) -> dict[str, Any]:
+def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
+    """The model's forward as the config's `compile` asks: the whole model compiled, its blocks and head
+    (regional: nanogpt.model.compile_blocks), or eager."""
+    if how == "blocks":
+        return compile_blocks(model)
+    return torch.compile(model, dynamic=False) if how else model
+
+
+def device_info(runtime: Runtime, compiled: bool | str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "type": runtime.device.type,
         "count": runtime.world_size,
@@ -892,7 +901,7 @@ class Trainer:
         self.last_val = tuple(meta.get("last_val", (None, None)))
         if self.resume_meta is not None:
             ckpt.set_rng_state(self.resume_meta["rank_states"][runtime.rank]["rng"])
-        self.forward = torch.compile(self.model, dynamic=False) if config.compile else self.model
+        self.forward = compiled_forward(self.model, config.compile)
         self.device = device_info(runtime, config.compile)
         if self.standby:
             self._warm_up()

@@ -50,20 +50,22 @@ def test_reference_gradient_is_that_of_the_mean_loss_over_the_total_batch(monkey
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_micro_batch_list_reads_integers_and_auto_and_names_a_bad_value():
+def test_micro_batch_and_compile_lists_read_the_values_the_trainer_takes_and_name_a_bad_one():
     values = train_throughput.parse_micro_batches("32, 64,auto")
     assert values == [32, 64, "auto"]
+    base = {"model": {"depth": 1}, "data": {"train_dir": "d"}, "train": {"num_steps": 1}}
     for value in values:  # each is a device_batch_size the trainer's config takes
-        config = {
-            "model": {"depth": 1},
-            "data": {"train_dir": "d"},
-            "train": {"num_steps": 1, "device_batch_size": value},
-        }
+        config = {**base, "train": {"num_steps": 1, "device_batch_size": value}}
         assert RunConfig.from_dict(config).train.device_batch_size == value
     with pytest.raises(SystemExit, match="'0' is neither"):
         train_throughput.parse_micro_batches("32,0")
     with pytest.raises(SystemExit, match="'x' is neither"):
         train_throughput.parse_micro_batches("x")
+    assert train_throughput.parse_compile("true, blocks,false") == [True, "blocks", False]
+    with pytest.raises(SystemExit, match="'model' is not one of"):
+        train_throughput.parse_compile("true,model")
+    for value in train_throughput.parse_compile("true,blocks,false"):
+        assert RunConfig.from_dict({**base, "compile": value}).compile == value
 
 
 def test_breakdown_matmul_floor_covers_every_matmul_of_the_flop_count():

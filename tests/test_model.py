@@ -259,6 +259,36 @@ def test_forward_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(x, y), model(x, y))
 
 
+@pytest.mark.parametrize("depth", [2, 5])
+def test_compile_blocks_compiles_one_graph_that_every_block_runs(depth, monkeypatch):
+    """Regional compilation: one graph for a block, which all blocks run (their weights are its inputs),
+    and one for the head, whatever the depth; the loss and every gradient are the eager model's."""
+    from torch._dynamo.testing import CompileCounter
+
+    from nanogpt import model as model_module
+
+    counter = CompileCounter()
+    real_compile = torch.compile
+    compile_ = lambda f, **kw: real_compile(f, backend=counter, fullgraph=True, **kw)
+    monkeypatch.setattr(torch, "compile", compile_)
+    torch._dynamo.reset()
+    model = randomize(build(depth=depth))
+    x, y = tokens(2, 32), tokens(2, 32, seed=1)
+    forward = model_module.compile_blocks(model)
+    for _ in range(2):  # the second call compiles nothing new
+        loss = forward(x, y, reduction="sum")
+        loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    assert counter.frame_count == 2
+    model.zero_grad()
+    expected = model(x, y, reduction="sum")
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], 2 * p.grad, msg=name)  # two backwards accumulated
+    assert forward(x, y, reduction="none").shape == (2, 32) and counter.frame_count == 3  # the head again
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_bf16_training_step_on_gpu_matches_float32():

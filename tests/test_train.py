@@ -625,7 +625,10 @@ def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_a
     assert lock.try_acquire()  # the trainer's exit let it go
 
 
-def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize(("compile_", "graphs"), [(True, 2), ("blocks", 4)])
+def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(
+    compile_, graphs, tmp_path, data_dir, monkeypatch
+):
     """On standby, the throwaway step and validation forward compile what the run's steps and validations
     run: nothing compiles after the warm-up. (It once passed one tensor as both inputs and targets, so the
     compiled graph guarded on their being one object and the first real step recompiled: 6.5 s of the GPU's
@@ -637,7 +640,7 @@ def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(tmp_path,
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter, **kw))
     torch._dynamo.reset()
     run_dir = tmp_path / "standby"
-    config = RunConfig.from_json(write_run(run_dir, tiny_config(data_dir, compile=True)))
+    config = RunConfig.from_json(write_run(run_dir, tiny_config(data_dir, compile=compile_)))
     trainer = Trainer(config, run_dir, init_runtime(config), standby=True)
     trainer.build(trainer.proposed_batch_size)
     compiled_by_warm_up = []
@@ -647,8 +650,9 @@ def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(tmp_path,
     )
     assert trainer.train() == EXIT_DONE
     assert len(losses(run_dir, "val", "val_loss")) >= 2  # validations ran beside the steps
-    # One graph for the training step, one for validation (no_grad), both built by the warm-up.
-    assert compiled_by_warm_up == [2] and counter.frame_count == 2
+    # The whole model: one graph for the training step, one for validation (no_grad); its blocks: a block's
+    # and the head's, for each. All built by the warm-up.
+    assert compiled_by_warm_up == [graphs] and counter.frame_count == graphs
 
 
 def test_the_gpu_lock_variable_names_one_file_per_local_rank(tmp_path):
@@ -893,7 +897,7 @@ def test_a_trainer_that_may_share_its_gpu_keeps_to_its_share_or_claims_the_whole
     """With a GPU lock, a trainer's allocations are capped at SHARED_GPU_FRAC of the GPU, so the one on
     standby beside it fits; a model that does not fit there takes the lock, claims the whole GPU for the
     next trainer to see, and lifts its cap."""
-    device = torch.device("cuda")
+    device = torch.device("cuda", 0)  # the trainer's (local rank 0)
     total = torch.cuda.get_device_properties(device).total_memory
     config = RunConfig.from_json(write_run(tmp_path / "run", tiny_config(data_dir, device="auto")))
     alone = Trainer(config, tmp_path / "run", init_runtime(config)).proposed_batch_size
