@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from nanogpt.model import GPT, MLP, GPTConfig, apply_rotary_emb
+from nanogpt.model import GPT, MLP, GPTConfig, apply_rotary_emb, compile_blocks
 
 TINY = dict(depth=2, vocab_size=100, sequence_len=32, aspect_ratio=16, head_dim=16)  # n_embd 32, 2 heads
 
@@ -291,7 +291,8 @@ def test_compile_blocks_compiles_one_graph_that_every_block_runs(depth, monkeypa
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_bf16_training_step_on_gpu_matches_float32():
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "blocks"])
+def test_compiled_bf16_training_step_on_gpu_matches_float32(regional):
     torch.manual_seed(0)
     config = GPTConfig(depth=4, vocab_size=1000, sequence_len=256, aspect_ratio=64, head_dim=64)
     with torch.device("meta"):
@@ -304,7 +305,7 @@ def test_compiled_bf16_training_step_on_gpu_matches_float32():
     x = torch.randint(0, 1000, (8, 256), device="cuda")
     y = torch.randint(0, 1000, (8, 256), device="cuda")
     reference = model(x, y)
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = compile_blocks(model) if regional else torch.compile(model, fullgraph=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = compiled(x, y)
     loss.backward()
