@@ -8,7 +8,7 @@
 # Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), profile (where a step's time
 # goes, by torch.profiler), breakdown (the same by taking parts away, beside candidate changes), generate
 # (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a study of small
-# cells: per-cell overhead and GPU-busy fraction; overhead_serial, not in the default list: the same study
+# cells, regionally compiled: per-cell overhead and GPU-busy fraction; overhead_serial, not in the default list: the same study
 # without the overlapped start-up). A step that fails or runs out of time is
 # reported and the next one runs. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
 set -uo pipefail
@@ -21,7 +21,7 @@ gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
 bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
 py=${PYTHON:-python}
 pyf=("$py" -X faulthandler)
-overhead_study=("$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16)
+overhead_study=("$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 --compile blocks)
 # Only the test files with GPU tests: collecting the others would import what the GPU image may lack.
 gpu_tests=$(grep -l "pytest.mark.gpu" tests/test_*.py)
 
@@ -43,8 +43,9 @@ for step in "${steps[@]}"; do
   case $step in
     tests)
       # shellcheck disable=SC2086
-      run_step tests 300 "${pyf[@]}" -m pytest -q -m gpu -p no:cacheprovider -o faulthandler_timeout=120 --tb=short -rfE $gpu_tests ;;
-    train) run_step train 240 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --json "$out/train.json" ;;
+      run_step tests 480 "${pyf[@]}" -m pytest -q -m gpu -p no:cacheprovider -o faulthandler_timeout=120 --tb=short -rfE $gpu_tests ;;
+    train) run_step train 300 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --ours-compile true,blocks \
+      --json "$out/train.json" ;;
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
         --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;
