@@ -312,7 +312,7 @@ def probe_device_batch_size(
 # The share of a GPU's memory each trainer keeps to when it may share the GPU (a GPU lock; nanogpt.gpu_lock):
 # the one training and the one on standby beside it both fit, with room for their CUDA contexts. Depth 12
 # at 1,024 tokens per sequence takes 29 GiB at micro-batch 64 on an H100 (80 GB; docs/benchmarks.md), and a
-# larger micro-batch than 32 buys under 1% there, so half a GPU costs the isoflop range nothing.
+# larger micro-batch than 32 buys under 1% there: half a GPU costs models of that size under 1%.
 SHARED_GPU_FRAC = 0.46
 
 
