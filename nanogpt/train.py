@@ -515,10 +515,10 @@ class Trainer:
         self.setup = SetupClock(setup_since)
         self.setup.mark("runtime")  # the config read, CUDA and the process group (init_runtime)
         self.gpu_share = 1.0
-        if gpu_lock is not None:
-            self._keep_off_a_claimed_gpu()
         self._find_checkpoints()
         self.gpt_config = self._model_config()
+        if gpu_lock is not None:  # after the input checks: bad input is reported at once, not after the wait
+            self._keep_off_a_claimed_gpu()
         self._build_model()
         self.setup.mark("model")
         self.proposed_batch_size = self._propose_batch_size()

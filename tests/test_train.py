@@ -690,6 +690,12 @@ def test_a_trainer_beside_one_that_claimed_the_whole_gpu_waits_before_it_builds_
     lock = GpuLock(tmp_path / "locks" / "gpu0.lock")
     assert lock.try_acquire()
     lock.claim_whole_gpu()
+    # Bad input is reported at once, not after the wait.
+    bad = write_run(tmp_path / "bad", tiny_config(tmp_path / "no-such-data"))
+    command = [sys.executable, "-m", "nanogpt.train", "--config", str(bad)]
+    env = {**SUBPROCESS_ENV, GPU_LOCKS_ENV: str(lock.path)}
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == EXIT_BAD_INPUT and "no-such-data" in out.stderr, out.stderr
     run_dir = tmp_path / "run"
     proc = start_blocked_trainer(write_run(run_dir, tiny_config(data_dir)), lock)
     time.sleep(0.5)
