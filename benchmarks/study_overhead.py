@@ -310,7 +310,10 @@ def report(
             f"{row['overhead_s']:8.1f}"
         )
     num_cells = len({row["cell"] for row in rows})
-    mean = {key: statistics.mean(v for row in rows if (v := row[key]) is not None) for key in
+    if not num_cells:
+        print("no attempt has ended yet: nothing to measure")
+        return
+    mean = {key: statistics.mean([v for row in rows if (v := row[key]) is not None] or [math.nan]) for key in
             ("start_s", "standby_s", "compile_s", "final_s", "exit_s", "gap_s")}  # fmt: skip
     per_cell = sum(row["overhead_s"] for row in rows) / num_cells  # a cell's every attempt counts
     if prepare_s is not None:

@@ -192,7 +192,7 @@ def run_ours(
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
     return Result(
-        name=f"nanostudy depth {args.depth} (MuonAdamW{', blocks compiled' if compile_ == 'blocks' else ''})",
+        name=f"nanostudy depth {args.depth} (MuonAdamW{COMPILE_LABELS[compile_]})",
         micro_batch=start["device_batch_size"],
         grad_accum=start["grad_accum"],
         tokens_per_s=tokens_per_s,
@@ -216,6 +216,9 @@ def parse_micro_batches(text: str) -> list[int | str]:
         else:
             raise SystemExit(f"--ours-micro-batch: {item!r} is neither a positive integer nor 'auto'")
     return values
+
+
+COMPILE_LABELS = {True: "", "blocks": ", blocks compiled", False: ", eager"}
 
 
 def parse_compile(text: str) -> list[bool | str]:
@@ -275,6 +278,9 @@ def main() -> None:
         torch.cuda.empty_cache()
     for compile_ in parse_compile(args.ours_compile):
         for micro_batch in parse_micro_batches(args.ours_micro_batch):
+            # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
+            # function runs eagerly) would otherwise carry over from one run to the next.
+            torch._dynamo.reset()
             results.append(run_ours(args, micro_batch, matmul_flops, compile_))
             torch.cuda.empty_cache()
 

@@ -499,13 +499,15 @@ class Trainer:
         setup_since: float | None = None,
         gpu_lock: GpuLock | None = None,
         standby: bool = False,
+        beside_claim: bool | None = None,
     ):
         """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch.
         `setup_since`: when the run began (`run`'s entry), so that the set-up times include the runtime's.
         `gpu_lock`: this rank's GPU lock (nanogpt.gpu_lock), taken before the first step; with one, the
         trainer keeps to its share of the GPU's memory (SHARED_GPU_FRAC). `standby`: some rank's lock was
         taken by another trainer, so the set-up ends with a throwaway step that compiles everything the
-        first steps need."""
+        first steps need. `beside_claim`: some rank's lock holder claimed its whole GPU, so this one waits
+        for its lock before it builds its model (None: this rank's own lock file says)."""
         self.config = config
         self.run_dir = run_dir
         self.runtime = runtime
@@ -518,7 +520,7 @@ class Trainer:
         self._find_checkpoints()
         self.gpt_config = self._model_config()
         if gpu_lock is not None:  # after the input checks: bad input is reported at once, not after the wait
-            self._keep_off_a_claimed_gpu()
+            self._keep_off_a_claimed_gpu(beside_claim)
         self._build_model()
         self.setup.mark("model")
         self.proposed_batch_size = self._propose_batch_size()
@@ -648,10 +650,12 @@ class Trainer:
         self.flops_per_token = model.estimate_flops()
         self.total_steps = num_steps_for(self.config, self.flops_per_token)
 
-    def _keep_off_a_claimed_gpu(self) -> None:
+    def _keep_off_a_claimed_gpu(self, beside_claim: bool | None) -> None:
         """On standby beside a trainer that claimed the whole GPU (nanogpt.gpu_lock): wait for the lock
         before putting anything on the GPU."""
-        if self.standby and self.gpu_lock.holder_claims_whole_gpu():
+        if beside_claim is None:
+            beside_claim = self.gpu_lock.holder_claims_whole_gpu()
+        if self.standby and beside_claim:
             self._wait_for_gpu()
             self.standby = False  # the GPU is ours now: the first step compiles, no warm-up needed
 
@@ -693,12 +697,12 @@ class Trainer:
             return self._probe_batch_size()
         else:
             batch = max(b for b in range(1, CPU_MAX_DEVICE_BATCH + 1) if self.sequences_per_rank % b == 0)
+        grad_accum_for(self.sequences_per_rank, batch)  # fail here, before the ranks agree (and any wait)
         if runtime.device.type == "cuda" and self.gpu_share < 1.0:
             # A given micro-batch (the config's, the checkpoint's) may need more than this trainer's share.
             args = (self.model, batch, runtime, self.num_params, self.gpt_config.vocab_size)
             if not device_batch_fits(*args, share=self.gpu_share):
                 self._claim_whole_gpu(f"micro-batch {batch} does not fit")
-        grad_accum_for(self.sequences_per_rank, batch)  # fail here, before the ranks agree
         return batch
 
     def _probe_batch_size(self) -> int:
@@ -1208,10 +1212,20 @@ def run(config_path: str | os.PathLike) -> int:
         gpu_lock = GpuLock.from_env(runtime.local_rank)
         # On standby when any rank's GPU is taken (agreed, so that every rank warms up alike).
         standby = _any_rank(gpu_lock is not None and not gpu_lock.try_acquire(), runtime)
+        # Beside a trainer that claimed a whole GPU, every rank waits for its lock at the same point of the
+        # set-up (none is left in a collective while another waits).
+        claimed = gpu_lock is not None and gpu_lock.holder_claims_whole_gpu()
+        beside_claim = standby and _any_rank(claimed, runtime)  # standby is agreed: every rank calls, or none
         trainer, error = None, None
         try:
             trainer = Trainer(
-                config, config_path.parent, runtime, setup_since=started, gpu_lock=gpu_lock, standby=standby
+                config,
+                config_path.parent,
+                runtime,
+                setup_since=started,
+                gpu_lock=gpu_lock,
+                standby=standby,
+                beside_claim=beside_claim,
             )
         except Exception as e:
             error = e

@@ -1,6 +1,7 @@
 """nanogpt.model: config rounding and validation, accounting, init, forward/loss semantics."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -287,6 +288,25 @@ def test_compile_blocks_compiles_one_graph_that_every_block_runs(depth, monkeypa
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], 2 * p.grad, msg=name)  # two backwards accumulated
     assert forward(x, y, reduction="none").shape == (2, 32) and counter.frame_count == 3  # the head again
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="the CPU inductor compiles C++: needs g++ (apt-get install g++)",
+)
+def test_compile_blocks_under_the_cpu_inductor_computes_the_eager_loss_and_gradients():
+    torch._dynamo.reset()
+    model = randomize(build(depth=3))
+    x, y = tokens(2, 32), tokens(2, 32, seed=1)
+    loss = compile_blocks(model)(x, y)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    expected = model(x, y)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 @pytest.mark.gpu

@@ -897,15 +897,17 @@ def test_gpu_run_with_compile_bf16_and_probed_batch(tmp_path, data_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batch", ["auto", 4], ids=["probed", "configured"])
 def test_a_trainer_that_may_share_its_gpu_keeps_to_its_share_or_claims_the_whole_gpu(
-    tmp_path, data_dir, monkeypatch
+    batch, tmp_path, data_dir, monkeypatch
 ):
     """With a GPU lock, a trainer's allocations are capped at SHARED_GPU_FRAC of the GPU, so the one on
     standby beside it fits; a model that does not fit there takes the lock, claims the whole GPU for the
     next trainer to see, and lifts its cap."""
     device = torch.device("cuda", 0)  # the trainer's (local rank 0)
     total = torch.cuda.get_device_properties(device).total_memory
-    config = RunConfig.from_json(write_run(tmp_path / "run", tiny_config(data_dir, device="auto")))
+    config = tiny_config(data_dir, device="auto", train={"device_batch_size": batch})
+    config = RunConfig.from_json(write_run(tmp_path / "run", config))
     alone = Trainer(config, tmp_path / "run", init_runtime(config)).proposed_batch_size
     try:
         lock = GpuLock(tmp_path / "locks" / "gpu0.lock")
