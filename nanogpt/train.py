@@ -499,15 +499,15 @@ class Trainer:
         setup_since: float | None = None,
         gpu_lock: GpuLock | None = None,
         standby: bool = False,
-        beside_claim: bool | None = None,
+        beside_claim: bool = False,
     ):
         """Phase 1: read the data manifest and any checkpoint, build the model, propose a micro-batch.
         `setup_since`: when the run began (`run`'s entry), so that the set-up times include the runtime's.
         `gpu_lock`: this rank's GPU lock (nanogpt.gpu_lock), taken before the first step; with one, the
         trainer keeps to its share of the GPU's memory (SHARED_GPU_FRAC). `standby`: some rank's lock was
         taken by another trainer, so the set-up ends with a throwaway step that compiles everything the
-        first steps need. `beside_claim`: some rank's lock holder claimed its whole GPU, so this one waits
-        for its lock before it builds its model (None: this rank's own lock file says)."""
+        first steps need. `beside_claim`: on standby, and some rank's lock holder claimed its whole GPU
+        (nanogpt.gpu_lock), so this one waits for its lock before it puts anything on the GPU."""
         self.config = config
         self.run_dir = run_dir
         self.runtime = runtime
@@ -519,8 +519,9 @@ class Trainer:
         self.gpu_share = 1.0
         self._find_checkpoints()
         self.gpt_config = self._model_config()
-        if gpu_lock is not None:  # after the input checks: bad input is reported at once, not after the wait
-            self._keep_off_a_claimed_gpu(beside_claim)
+        if beside_claim:  # after the input checks: bad input is reported at once, not after the wait
+            self._wait_for_gpu()
+            self.standby = False  # the GPU is ours now: the first step compiles, no warm-up needed
         self._build_model()
         self.setup.mark("model")
         self.proposed_batch_size = self._propose_batch_size()
@@ -649,15 +650,6 @@ class Trainer:
         self.num_scaling_params = model.num_scaling_params()
         self.flops_per_token = model.estimate_flops()
         self.total_steps = num_steps_for(self.config, self.flops_per_token)
-
-    def _keep_off_a_claimed_gpu(self, beside_claim: bool | None) -> None:
-        """On standby beside a trainer that claimed the whole GPU (nanogpt.gpu_lock): wait for the lock
-        before putting anything on the GPU."""
-        if beside_claim is None:
-            beside_claim = self.gpu_lock.holder_claims_whole_gpu()
-        if self.standby and beside_claim:
-            self._wait_for_gpu()
-            self.standby = False  # the GPU is ours now: the first step compiles, no warm-up needed
 
     def _share_the_gpu(self) -> None:
         """With a GPU lock this trainer may share its GPU with one other, so from its micro-batch probe on
