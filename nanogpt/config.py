@@ -220,6 +220,9 @@ class RunConfig:
     # torch.compile: true compiles the whole model, "blocks" one block (which every block runs) and the head
     # (nanogpt.model.compile_blocks: compiles in a fraction of the time), false runs eagerly.
     compile: bool | Literal["blocks"] = True
+    # The lm_head's matmuls in FP8 during training steps (nanogpt.model.FP8Linear); needs FP8 tensor cores
+    # (compute capability 8.9+) on CUDA. Evaluation and generation stay in the autocast dtype.
+    fp8_head: bool = False
     log_every: int = 1  # a `step` event every N steps (and after the last)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)

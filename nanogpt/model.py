@@ -86,6 +86,58 @@ class GPTConfig:
         return _round_up(self.vocab_size, VOCAB_MULTIPLE)
 
 
+FP8_INPUT = torch.float8_e4m3fn  # activations and weights: more mantissa (3 bits), range ±448
+FP8_GRAD = torch.float8_e5m2  # gradients: more range (±57344), 2 bits of mantissa
+
+
+def to_fp8(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t in the float8 `dtype`, its float32 scale): t ≈ fp8 × scale, one scale for the whole tensor, chosen
+    so that its largest magnitude lands on the format's largest finite value (the clamp keeps rounding at
+    the top from overflowing: e4m3fn has no infinity, a value past 448 would become NaN)."""
+    limit = torch.finfo(dtype).max
+    amax = t.detach().abs().amax().float()
+    scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / limit
+    return (t.float() / scale).clamp(-limit, limit).to(dtype), scale
+
+
+class FP8Linear(torch.autograd.Function):
+    """y = x @ weightᵀ with the three matmuls of the forward and backward in FP8 on tensor cores
+    (`torch._scaled_mm`): x and the weight in e4m3, the output's gradient in e5m2, each with its own
+    per-tensor scale from its current largest magnitude; products accumulate in float32. y and x's
+    gradient come out in x's dtype, the weight's gradient in float32. All of x's leading dimensions
+    together, and its last, must be multiples of 16 (`fp8_fits`)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x8, x_scale = to_fp8(x.flatten(0, -2), FP8_INPUT)
+        w8, w_scale = to_fp8(weight, FP8_INPUT)
+        ctx.save_for_backward(x8, x_scale, w8, w_scale)
+        ctx.x_dtype, ctx.x_shape = x.dtype, x.shape
+        # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
+        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+        return y.view(*x.shape[:-1], weight.size(0))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x8, x_scale, w8, w_scale = ctx.saved_tensors
+        g8, g_scale = to_fp8(grad.flatten(0, -2), FP8_GRAD)
+        # grad_x = g @ w: w (out, in) is needed column-major, a small copy.
+        grad_x = torch._scaled_mm(
+            g8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype
+        )
+        # grad_w = (xᵀ @ g)ᵀ: xᵀ row-major is a small copy; g column-major is g's one transposed copy.
+        grad_w = torch._scaled_mm(
+            x8.t().contiguous(), g8.t().contiguous().t(), scale_a=x_scale, scale_b=g_scale,
+            out_dtype=torch.float32,
+        ).t()  # fmt: skip
+        return grad_x.view(ctx.x_shape), grad_w
+
+
+def fp8_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether FP8Linear takes these shapes: `torch._scaled_mm` wants every dimension a multiple of 16."""
+    return x.numel() // x.size(-1) % 16 == 0 and x.size(-1) % 16 == 0 and weight.size(0) % 16 == 0
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm over the last dimension, without learned parameters."""
     return F.rms_norm(x, (x.size(-1),))
@@ -195,6 +247,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # Not saved in checkpoints (persistent=False): they are a function of the config, recomputed by
         # init_weights() after to_empty(), which leaves buffers uninitialised like the parameters.
+        # The lm_head's matmuls in FP8 while gradients are being taken (training steps): a training setting
+        # (RunConfig.fp8_head) that the trainer turns on, not part of the model's shape. Evaluation and
+        # generation, under no_grad, always multiply the weights as they are.
+        self.fp8_head = False
         cos, sin = self._rotary_tables(self.transformer.wte.weight.device)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -333,7 +389,11 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Hidden states (B, T, n_embd) → float32 logits, or the loss given targets (as `forward` says)."""
         B, T = x.shape[:2]
-        logits = self.lm_head(x)  # (B, T, padded_vocab), in the autocast dtype
+        weight = self.lm_head.weight
+        if self.fp8_head and torch.is_grad_enabled() and fp8_fits(x, weight):
+            logits = FP8Linear.apply(x, weight)  # (B, T, padded_vocab), in x's dtype (the autocast one)
+        else:
+            logits = self.lm_head(x)  # (B, T, padded_vocab), in the autocast dtype
         # Float32 from here: a bf16 log-softmax over ~50K classes is too coarse for the loss. The padding
         # columns are masked rather than sliced off: rows stay 64-aligned, so the compiled loss kernels
         # vectorise (slicing to vocab_size cost 7% of tokens/s at depth 12 on an H100).

@@ -112,6 +112,9 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+FP8_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with FP8 tensor cores (torch._scaled_mm)
+
+
 def init_runtime(config: RunConfig) -> Runtime:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK; absent: one process) and join the group."""
     rank = int(os.environ.get("RANK", "0"))
@@ -125,6 +128,12 @@ def init_runtime(config: RunConfig) -> Runtime:
             raise ConfigError("device: 'cuda' requested but no CUDA device is available")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+        capability = torch.cuda.get_device_capability(device)
+        if config.fp8_head and capability < FP8_CAPABILITY:
+            raise ConfigError(
+                f"fp8_head: needs FP8 tensor cores (compute capability 8.9 or newer); "
+                f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}"
+            )
         # TF32 for the float32 matmuls that autocast leaves (the optimizer's Newton-Schulz runs in bf16).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -452,15 +461,17 @@ class _StopRequest:
 # Config sections that decide the trajectory: a run directory's checkpoint resumes only under the same ones.
 # Data paths may change (a moved directory); the loader checks that the data itself is the same. `device`
 # and `compile` may change too (docs/training.md says what that costs); `dtype` may not.
-TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed", "dtype")
+TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed", "dtype", "fp8_head")
 # ... except these, which a resumed session may change.
 RESUME_MUTABLE_KEYS = ("train.max_seconds", "train.device_batch_size")
 
 
 def _config_difference(saved: dict, current: dict) -> str | None:
-    """The first trajectory-deciding key whose value differs, as 'key: saved vs current'."""
+    """The first trajectory-deciding key whose value differs, as 'key: saved vs current'. A key that an
+    older checkpoint's config lacks had its default then."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     for key in TRAJECTORY_KEYS:
-        a, b = saved.get(key), current.get(key)
+        a, b = saved.get(key, defaults[key]), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             for sub in sorted(set(a) | set(b)):
                 if f"{key}.{sub}" not in RESUME_MUTABLE_KEYS and a.get(sub) != b.get(sub):
@@ -645,6 +656,7 @@ class Trainer:
                 raise ckpt.CheckpointError(
                     f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
                 ) from None
+        model.fp8_head = self.config.fp8_head
         self.model = model
         self.num_params = sum(p.numel() for p in model.parameters())
         self.num_scaling_params = model.num_scaling_params()

@@ -52,6 +52,9 @@ NOT_IN_ID = (
     # study does not retrain it (`nanostudy eval STUDY` scores its final checkpoints instead).
     *(f"eval.{key}" for key in GAUNTLET_KEYS),
 )
+# Trainer config keys added after studies existed, at the value that trains as before: left out of the id
+# at that value, so that the cells of an existing study keep their ids (and their results).
+ID_OMITTED_AT = {"fp8_head": False}
 # When the store has no measurement for this machine: rough training speeds, FLOP/s per device. A GPU at
 # about 40% of an H100's dense bf16 peak; a laptop-class CPU core pair in float32 (what the quickstart's
 # cells reach on the 2-core machine its comments describe). Only the ETA uses them.
@@ -240,6 +243,9 @@ def cell_id(config: Mapping[str, Any], *, data: Mapping[str, Any], parent_id: st
         for section in sections:
             inner = inner.get(section) or {}
         inner.pop(last, None)
+    for key, value in ID_OMITTED_AT.items():
+        if key in content and content[key] == value:
+            del content[key]
     content = {"config": content, "data": data, "parent": parent_id}
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]

@@ -1,14 +1,24 @@
 """nanogpt.model: config rounding and validation, accounting, init, forward/loss semantics."""
 
 import math
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from nanogpt.model import GPT, MLP, GPTConfig, apply_rotary_emb, compile_blocks
+from markers import needs_cpp_compiler
+from nanogpt.model import (
+    FP8_GRAD,
+    FP8_INPUT,
+    GPT,
+    MLP,
+    FP8Linear,
+    GPTConfig,
+    apply_rotary_emb,
+    compile_blocks,
+    to_fp8,
+)
 
 TINY = dict(depth=2, vocab_size=100, sequence_len=32, aspect_ratio=16, head_dim=16)  # n_embd 32, 2 heads
 
@@ -290,13 +300,100 @@ def test_compile_blocks_compiles_one_graph_that_every_block_runs(depth, monkeypa
     assert forward(x, y, reduction="none").shape == (2, 32) and counter.frame_count == 3  # the head again
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None,
-    reason="the CPU inductor compiles C++: needs g++ (apt-get install g++)",
-)
+@needs_cpp_compiler
 def test_compile_blocks_under_the_cpu_inductor_computes_the_eager_loss_and_gradients():
     torch._dynamo.reset()
     model = randomize(build(depth=3))
+    x, y = tokens(2, 32), tokens(2, 32, seed=1)
+    loss = compile_blocks(model)(x, y)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    expected = model(x, y)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+# --- FP8 lm_head ------------------------------------------------------------------------------------
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("dtype", [FP8_INPUT, FP8_GRAD], ids=["e4m3", "e5m2"])
+def test_to_fp8_puts_the_largest_magnitude_at_the_format_maximum_and_never_overflows(dtype):
+    limit = torch.finfo(dtype).max
+    t = torch.tensor([[-3.0, 0.5], [0.0, 1e-3]])
+    t8, scale = to_fp8(t, dtype)
+    assert t8.dtype == dtype and scale.dtype == torch.float32 and scale.ndim == 0
+    assert t8.float().abs().max().item() == limit
+    half_ulp = torch.finfo(dtype).eps / 2  # rounding to nearest: 2^-4 with e4m3's 3 bits, 2^-3 with e5m2's 2
+    torch.testing.assert_close(t8.float() * scale, t, rtol=half_ulp, atol=1e-4)
+    # Rounding that would land past the largest finite value saturates there: e4m3fn has no infinity,
+    # an overflow would be NaN.
+    nudged = torch.tensor([limit * (1 + 2**-12), -limit, 1.0]) * 0.01
+    assert torch.isfinite(to_fp8(nudged, dtype)[0].float()).all()
+    zeros, zero_scale = to_fp8(torch.zeros(4, 4), dtype)
+    assert torch.isfinite(zero_scale) and zero_scale > 0 and (zeros.float() == 0).all()
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_fp8_linear_is_the_matmul_to_fp8_precision_forward_and_backward(x_dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 64, generator=gen).to(x_dtype).requires_grad_()
+    weight = (torch.randn(128, 64, generator=gen) * 0.02).requires_grad_()
+    grad = torch.randn(2, 32, 128, generator=gen).to(x_dtype) * 1e-4
+    y = FP8Linear.apply(x, weight)
+    y.backward(grad)
+    assert y.dtype == x_dtype and x.grad.dtype == x_dtype and weight.grad.dtype == torch.float32
+    fp8_grads = x.grad, weight.grad
+    x_exact = x.detach().float().requires_grad_()
+    weight_exact = weight.detach().clone().requires_grad_()
+    y_exact = x_exact @ weight_exact.t()
+    y_exact.backward(grad.float())
+    # e4m3 operands (3 mantissa bits) forward, an e5m2 gradient (2 bits) backward: a few percent, and not
+    # zero (the matmuls really ran in FP8).
+    assert 0.005 < relative_error(y, y_exact) < 0.06
+    assert 0.01 < relative_error(fp8_grads[0], x_exact.grad) < 0.1
+    assert 0.01 < relative_error(fp8_grads[1], weight_exact.grad) < 0.1
+
+
+def test_fp8_head_takes_the_training_loss_and_leaves_evaluation_exact():
+    model = randomize(build())
+    x, y = tokens(4, 32), tokens(4, 32, seed=1)
+    exact_loss = model(x, y)
+    exact_loss.backward()
+    exact_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.fp8_head = True
+    loss = model(x, y)
+    loss.backward()
+    assert loss.item() != exact_loss.item()  # the FP8 matmul ran
+    assert loss.item() == pytest.approx(exact_loss.item(), rel=0.01)
+    for name, p in model.named_parameters():
+        assert relative_error(p.grad, exact_grads[name]) < 0.1, name
+    with torch.no_grad():  # evaluation and generation multiply the weights as they are
+        model.fp8_head = False
+        exact_logits = model(x)
+        model.fp8_head = True
+        torch.testing.assert_close(model(x), exact_logits, rtol=0, atol=0)
+        torch.testing.assert_close(model(x, y), exact_loss.detach(), rtol=0, atol=0)
+    # 3 tokens: not a multiple of 16 rows, which FP8 matmuls need; the head multiplies as it is.
+    short_x, short_y = tokens(1, 3), tokens(1, 3, seed=1)
+    model.fp8_head = False
+    expected = model(short_x, short_y)
+    model.fp8_head = True
+    torch.testing.assert_close(model(short_x, short_y), expected, rtol=0, atol=0)
+
+
+@needs_cpp_compiler
+def test_fp8_head_under_the_cpu_inductor_computes_the_eager_fp8_loss_and_gradients():
+    torch._dynamo.reset()
+    model = randomize(build(depth=2))
+    model.fp8_head = True
     x, y = tokens(2, 32), tokens(2, 32, seed=1)
     loss = compile_blocks(model)(x, y)
     loss.backward()

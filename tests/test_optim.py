@@ -2,12 +2,12 @@
 wiring, stacking, state round trips, group validation, and 2..4 gloo ranks against one process."""
 
 import io
-import shutil
 import socket
 import tempfile
 from pathlib import Path
 
 import optim_dist_worker as worker
+from markers import needs_cpp_compiler
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -235,10 +235,7 @@ def test_compiled_kernels_match_eager_on_cuda():
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None,
-    reason="the CPU inductor compiles C++: needs g++ (apt-get install g++)",
-)
+@needs_cpp_compiler
 def test_the_update_kernels_compile_whole_and_compute_the_eager_update():
     """The kernels that MuonAdamW compiles on CUDA, compiled here by the CPU inductor: they trace as one
     graph each (fullgraph, so a graph break is an error here as on a GPU), take their scalars as tensors,

@@ -56,12 +56,18 @@ def test_ids_are_stable_and_only_new_settings_make_new_cells():
     changed = _ids(GOOD + "optim: {matrix_lr: 0.03}\n")
     assert set(changed.values()).isdisjoint(base.values())
     assert set(_ids(GOOD.replace("bpe:300", "bpe:400")).values()).isdisjoint(base.values())
+    # fp8_head came after studies existed: off, as every earlier cell trained, it leaves their ids alone.
+    assert _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: false")) == base
+    fp8 = _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: true"))
+    assert set(fp8.values()).isdisjoint(base.values())
 
 
 def test_the_id_ignores_data_paths_but_not_the_data():
     config = {"model": {"depth": 1}, "data": {"train_dir": "/a"}, "train": {"num_steps": 1}}
     moved = {**config, "data": {"train_dir": "/elsewhere"}}
     assert cell_id(config, data={"source": "x"}) == cell_id(moved, data={"source": "x"})
+    # The id of a config written before fp8_head existed, and of one that has it off, is the same.
+    assert cell_id({**config, "fp8_head": False}, data={"source": "x"}) == cell_id(config, data={"source": "x"})
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "y"})
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "x"}, parent_id="p")
 

@@ -193,6 +193,35 @@ def test_resume_is_bit_identical(tmp_path, finished_run, data_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default(tmp_path, finished_run, data_dir):
+    """A checkpoint written before `fp8_head` existed has no such key in its config: it was trained with
+    the default (off), so a config that leaves it off resumes it, exactly."""
+    resumed = tmp_path / "resumed"
+    write_run(resumed, tiny_config(data_dir))
+    checkpoint = resumed / "checkpoints" / "step_000006"
+    shutil.copytree(finished_run / "checkpoints" / "step_000006", checkpoint)
+    meta = json.loads((checkpoint / ckpt.META_NAME).read_text())
+    del meta["config"]["fp8_head"]
+    (checkpoint / ckpt.META_NAME).write_text(json.dumps(meta))
+    assert run(resumed / "config.json") == EXIT_DONE
+    straight = losses(finished_run)
+    assert all(loss == straight[step] for step, loss in losses(resumed).items())
+
+
+def test_fp8_head_trains_close_to_the_exact_head(tmp_path, finished_run, data_dir):
+    """The lm_head's matmuls in FP8 (torch._scaled_mm runs on the CPU too): the run's losses differ from
+    the exact head's (it took effect) by little, and its validation, which multiplies the weights exactly,
+    lands close to the exact run's."""
+    run_dir = tmp_path / "fp8"
+    assert run(write_run(run_dir, tiny_config(data_dir, fp8_head=True))) == EXIT_DONE
+    assert events_of(run_dir)[0]["config"]["fp8_head"] is True
+    exact, fp8 = losses(finished_run), losses(run_dir)
+    assert fp8[1] != exact[1] and fp8[1] == pytest.approx(exact[1], rel=0.01)
+    assert fp8[12] < 0.9 * fp8[1]  # it learns
+    exact_val, fp8_val = losses(finished_run, "val", "val_loss")[12], losses(run_dir, "val", "val_loss")[12]
+    assert fp8_val == pytest.approx(exact_val, rel=0.03)
+
+
 def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, data_dir):
     huge = {"matrix_lr": 1e30, "embedding_lr": 1e30, "unembedding_lr": 1e30}
     assert run(write_run(tmp_path, tiny_config(data_dir, optim=huge))) == EXIT_DIVERGED
@@ -397,6 +426,11 @@ def changed_dtype(run_dir, data_dir, config):
     return "step_000012/meta.json", "the run's config changed since this checkpoint (dtype: 'auto' in the"
 
 
+def changed_fp8_head(run_dir, data_dir, config):
+    config["fp8_head"] = True
+    return "step_000012/meta.json", "(fp8_head: False in the checkpoint, True now)"
+
+
 def other_world_size(run_dir, data_dir, config):
     meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -471,6 +505,7 @@ def model_not_a_state_dict(run_dir, data_dir, config):
         unknown_key,
         changed_shape,
         changed_dtype,
+        changed_fp8_head,
         other_world_size,
         bad_shard_header,
         too_few_tokens,
