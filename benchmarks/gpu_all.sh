@@ -44,7 +44,7 @@ for step in "${steps[@]}"; do
     tests)
       # shellcheck disable=SC2086
       run_step tests 480 "${pyf[@]}" -m pytest -q -m gpu -p no:cacheprovider -o faulthandler_timeout=120 --tb=short -rfE $gpu_tests ;;
-    train) run_step train 300 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --ours-compile true,blocks \
+    train) run_step train 300 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --ours-fp8-head false,true \
       --json "$out/train.json" ;;
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \

@@ -14,6 +14,9 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - fused qkv: the model with the three attention projections in one matmul (the weights concatenated in the
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
+- full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
+  the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
+  forward and backward alone, in bf16 and in FP8 (its scaling casts included);
 - on a GPU, full with the cuDNN attention backend compiled in: a candidate (the attention floor is also
   timed under each backend: flash, cuDNN, memory-efficient);
 - with `--autotune`, full under torch.compile's max-autotune (Triton matmuls with the elementwise work
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanogpt.config import RunConfig
-from nanogpt.model import GPT, CausalSelfAttention, GPTConfig, apply_rotary_emb, norm
+from nanogpt.model import GPT, CausalSelfAttention, FP8Linear, GPTConfig, apply_rotary_emb, norm
 from nanogpt.train import build_optimizer, effective_hparams
 
 
@@ -205,6 +208,36 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             CausalSelfAttention.forward = original
             torch._dynamo.reset()
+
+    # Not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    if "fp8" not in skip and has_fp8:
+        model.fp8_head = True
+        try:
+            torch._dynamo.reset()
+            fp8_full = compile_(model, dynamic=False)
+            measure("full, FP8 lm_head (candidate)", fwd_bwd(lambda: fp8_full(x, y, reduction="sum")))
+            if "head" not in skip:
+                fp8_head = compile_(head_loss, dynamic=False)
+                measure("head, FP8 lm_head (candidate)", fwd_bwd(lambda: fp8_head(model, hidden, y, False)))
+        finally:
+            model.fp8_head = False
+            torch._dynamo.reset()
+        # The lm_head's matmul alone, forward and backward, exact and in FP8 (with its casts).
+        head_in = torch.randn(tokens, config.n_embd, device=device, dtype=dtype, requires_grad=True)
+        head_grad = torch.randn(tokens, config.padded_vocab_size, device=device, dtype=dtype)
+        weight = model.lm_head.weight
+
+        def exact_head() -> None:
+            F.linear(head_in, weight.to(dtype)).backward(head_grad)
+
+        def fp8_head_alone() -> None:
+            FP8Linear.apply(head_in, weight).backward(head_grad)
+
+        record("  lm_head matmuls alone", timed(exact_head, device, args.reps, args.warmup))
+        record("  lm_head matmuls alone, FP8", timed(fp8_head_alone, device, args.reps, args.warmup))
+        model.zero_grad(set_to_none=True)
+        del head_in, head_grad
 
     # The optimizer step, once per `grad_accum` micro-batches, as the trainer builds it.
     run_config = RunConfig.from_dict(

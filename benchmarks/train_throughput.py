@@ -135,7 +135,9 @@ def build_reference(seq_len: int):
     return build
 
 
-def make_run_dir(args: argparse.Namespace, micro_batch: int | str, compile_: bool | str = True) -> Path:
+def make_run_dir(
+    args: argparse.Namespace, micro_batch: int | str, compile_: bool | str = True, fp8_head: bool = False
+) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
     from benchmarks.random_data import make_random_data
@@ -158,6 +160,7 @@ def make_run_dir(args: argparse.Namespace, micro_batch: int | str, compile_: boo
         },
         "eval": {"every_steps": None, "val_tokens": args.total_batch},
         "compile": compile_,
+        "fp8_head": fp8_head,
     }
     if args.profile_steps:
         config["profile"] = {
@@ -169,13 +172,17 @@ def make_run_dir(args: argparse.Namespace, micro_batch: int | str, compile_: boo
 
 
 def run_ours(
-    args: argparse.Namespace, micro_batch: int | str, matmul_flops: float, compile_: bool | str = True
+    args: argparse.Namespace,
+    micro_batch: int | str,
+    matmul_flops: float,
+    compile_: bool | str = True,
+    fp8_head: bool = False,
 ) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args, micro_batch, compile_)
+    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     code = train.run(run_dir / "config.json")
@@ -192,7 +199,7 @@ def run_ours(
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
     return Result(
-        name=f"nanostudy depth {args.depth} (MuonAdamW{COMPILE_LABELS[compile_]})",
+        name=f"nanostudy depth {args.depth} (MuonAdamW{COMPILE_LABELS[compile_]}{', FP8 head' * fp8_head})",
         micro_batch=start["device_batch_size"],
         grad_accum=start["grad_accum"],
         tokens_per_s=tokens_per_s,
@@ -221,13 +228,12 @@ def parse_micro_batches(text: str) -> list[int | str]:
 COMPILE_LABELS = {True: "", "blocks": ", blocks compiled", False: ", eager"}
 
 
-def parse_compile(text: str) -> list[bool | str]:
-    """'true,blocks' -> [True, 'blocks'] (the trainer's `compile` values)."""
-    names = {"true": True, "false": False, "blocks": "blocks"}
+def parse_choices(text: str, option: str, names: dict[str, bool | str]) -> list[bool | str]:
+    """'true,blocks' -> [True, 'blocks']: a comma-separated list of `option`'s values, by their names."""
     values = []
     for item in text.split(","):
         if item.strip() not in names:
-            raise SystemExit(f"--ours-compile: {item.strip()!r} is not one of {', '.join(names)}")
+            raise SystemExit(f"{option}: {item.strip()!r} is not one of {', '.join(names)}")
         values.append(names[item.strip()])
     return values
 
@@ -249,6 +255,11 @@ def main() -> None:
         "--ours-compile",
         default="true",
         help="comma-separated `compile` settings (true: the whole model, blocks: regional), one run each",
+    )
+    parser.add_argument(
+        "--ours-fp8-head",
+        default="false",
+        help="comma-separated `fp8_head` settings (true: the lm_head's matmuls in FP8), one run each",
     )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
@@ -276,13 +287,19 @@ def main() -> None:
                   micro_batch=args.ref_micro_batch, **common)  # fmt: skip
         results.append(ref)
         torch.cuda.empty_cache()
-    for compile_ in parse_compile(args.ours_compile):
-        for micro_batch in parse_micro_batches(args.ours_micro_batch):
-            # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
-            # function runs eagerly) would otherwise carry over from one run to the next.
-            torch._dynamo.reset()
-            results.append(run_ours(args, micro_batch, matmul_flops, compile_))
-            torch.cuda.empty_cache()
+    booleans = {"true": True, "false": False}
+    variants = [
+        (compile_, fp8_head, micro_batch)
+        for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
+        for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
+        for micro_batch in parse_micro_batches(args.ours_micro_batch)
+    ]
+    for compile_, fp8_head, micro_batch in variants:
+        # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
+        # function runs eagerly) would otherwise carry over from one run to the next.
+        torch._dynamo.reset()
+        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head))
+        torch.cuda.empty_cache()
 
     print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"measured bf16 matmul 8192^3: {matmul_flops / 1e12:.0f} TFLOP/s")

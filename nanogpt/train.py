@@ -657,6 +657,8 @@ class Trainer:
                     f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
                 ) from None
         model.fp8_head = self.config.fp8_head
+        if self.config.fp8_head and runtime.device.type == "cpu":
+            self.warnings.append("fp8_head on the CPU: FP8 matmuls are slow reference code here")
         self.model = model
         self.num_params = sum(p.numel() for p in model.parameters())
         self.num_scaling_params = model.num_scaling_params()

@@ -1,7 +1,9 @@
 """The throughput benchmark's reference recipe trains what nanoGPT trains: with gradient accumulation, a
 step's gradient is that of the mean loss over the total batch (checked on the CPU with a tiny model)."""
 
+import argparse
 import dataclasses
+import shutil
 import warnings
 from typing import ClassVar
 
@@ -50,7 +52,7 @@ def test_reference_gradient_is_that_of_the_mean_loss_over_the_total_batch(monkey
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_micro_batch_and_compile_lists_read_the_values_the_trainer_takes_and_name_a_bad_one():
+def test_micro_batch_compile_and_fp8_lists_read_the_values_the_trainer_takes_and_name_a_bad_one():
     values = train_throughput.parse_micro_batches("32, 64,auto")
     assert values == [32, 64, "auto"]
     base = {"model": {"depth": 1}, "data": {"train_dir": "d"}, "train": {"num_steps": 1}}
@@ -61,11 +63,30 @@ def test_micro_batch_and_compile_lists_read_the_values_the_trainer_takes_and_nam
         train_throughput.parse_micro_batches("32,0")
     with pytest.raises(SystemExit, match="'x' is neither"):
         train_throughput.parse_micro_batches("x")
-    assert train_throughput.parse_compile("true, blocks,false") == [True, "blocks", False]
-    with pytest.raises(SystemExit, match="'model' is not one of"):
-        train_throughput.parse_compile("true,model")
-    for value in train_throughput.parse_compile("true,blocks,false"):
+    compile_names = {"true": True, "false": False, "blocks": "blocks"}
+    compiles = train_throughput.parse_choices("true, blocks,false", "--ours-compile", compile_names)
+    assert compiles == [True, "blocks", False]
+    with pytest.raises(SystemExit, match="--ours-compile: 'model' is not one of"):
+        train_throughput.parse_choices("true,model", "--ours-compile", compile_names)
+    for value in compiles:
         assert RunConfig.from_dict({**base, "compile": value}).compile == value
+    booleans = {"true": True, "false": False}
+    for value in train_throughput.parse_choices("false,true", "--ours-fp8-head", booleans):
+        assert RunConfig.from_dict({**base, "fp8_head": value}).fp8_head is value
+    run_dir = train_throughput.make_run_dir(
+        argparse.Namespace(
+            depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=1,
+            profile_steps=0,
+        ),
+        micro_batch=4,
+        compile_="blocks",
+        fp8_head=True,
+    )  # fmt: skip
+    try:
+        config = RunConfig.from_json(run_dir / "config.json")
+        assert config.compile == "blocks" and config.fp8_head is True
+    finally:
+        shutil.rmtree(run_dir.parent)
 
 
 def test_breakdown_matmul_floor_covers_every_matmul_of_the_flop_count():

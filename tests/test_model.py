@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from markers import needs_cpp_compiler
 from torch.utils.flop_counter import FlopCounterMode
 
-from markers import needs_cpp_compiler
 from nanogpt.model import (
     FP8_GRAD,
     FP8_INPUT,
@@ -263,8 +263,11 @@ def test_mlp_kinds_compute_relu_squared_and_gelu():
     assert not torch.allclose(relu2(tokens(1, 8))[..., :100], gelu(tokens(1, 8))[..., :100])
 
 
-def test_forward_compiles_without_graph_breaks():
+@pytest.mark.parametrize("fp8_head", [False, True], ids=["exact-head", "fp8-head"])
+def test_forward_compiles_without_graph_breaks(fp8_head):
+    torch._dynamo.reset()
     model = randomize(build())
+    model.fp8_head = fp8_head
     x, y = tokens(2, 32), tokens(2, 32, seed=1)
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # fullgraph raises on any graph break
     torch.testing.assert_close(compiled(x, y), model(x, y))
@@ -409,7 +412,11 @@ def test_fp8_head_under_the_cpu_inductor_computes_the_eager_fp8_loss_and_gradien
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("regional", [False, True], ids=["whole", "blocks"])
-def test_compiled_bf16_training_step_on_gpu_matches_float32(regional):
+@pytest.mark.parametrize("fp8_head", [False, True], ids=["bf16-head", "fp8-head"])
+def test_compiled_bf16_training_step_on_gpu_matches_float32(regional, fp8_head):
+    if fp8_head and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 matmuls need compute capability 8.9 or newer")
+    torch._dynamo.reset()
     torch.manual_seed(0)
     config = GPTConfig(depth=4, vocab_size=1000, sequence_len=256, aspect_ratio=64, head_dim=64)
     with torch.device("meta"):
@@ -422,6 +429,7 @@ def test_compiled_bf16_training_step_on_gpu_matches_float32(regional):
     x = torch.randint(0, 1000, (8, 256), device="cuda")
     y = torch.randint(0, 1000, (8, 256), device="cuda")
     reference = model(x, y)
+    model.fp8_head = fp8_head
     compiled = compile_blocks(model) if regional else torch.compile(model, fullgraph=True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = compiled(x, y)

@@ -7,10 +7,10 @@ import tempfile
 from pathlib import Path
 
 import optim_dist_worker as worker
-from markers import needs_cpp_compiler
 import pytest
 import torch
 import torch.multiprocessing as mp
+from markers import needs_cpp_compiler
 
 from nanogpt.optim import POLAR_EXPRESS_COEFFS, MuonAdamW, orthogonalize, polar_express_schedule
 

@@ -67,7 +67,8 @@ def test_the_id_ignores_data_paths_but_not_the_data():
     moved = {**config, "data": {"train_dir": "/elsewhere"}}
     assert cell_id(config, data={"source": "x"}) == cell_id(moved, data={"source": "x"})
     # The id of a config written before fp8_head existed, and of one that has it off, is the same.
-    assert cell_id({**config, "fp8_head": False}, data={"source": "x"}) == cell_id(config, data={"source": "x"})
+    data = {"source": "x"}
+    assert cell_id({**config, "fp8_head": False}, data=data) == cell_id(config, data=data)
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "y"})
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "x"}, parent_id="p")
 

@@ -5,6 +5,7 @@ from a worker thread, as in use; the tests wait for what the screen shows, with 
 """
 
 import asyncio
+import contextlib
 import io
 import json
 import sqlite3
@@ -731,10 +732,8 @@ def test_the_real_command_in_a_terminal_shows_a_message_not_a_traceback(tmp_path
         # settling may be dropped, so it is sent again until the process ends.
         deadline = time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(OSError):  # the terminal closed: the process is ending
                 os.write(master, b"q")
-            except OSError:  # the terminal closed: the process is ending
-                pass
             read_until(lambda: process.poll() is not None, timeout_s=5)
         assert process.wait(timeout=5) == 0
         read_until(lambda: False, timeout_s=0.5)
