@@ -6,12 +6,17 @@ Prints, for each: tokens/s, MFU against the H100's 989 TFLOP/s dense bf16 peak a
 8192^3 matmul measured here first, compile/start-up seconds and peak memory; then the ratio ours/ref.
 Both train on the same random tokens with the same total batch (gradient accumulation to reach it).
 
+Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile`
+(true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8), `--ours-attention`
+(default, cudnn: cuDNN's attention kernel first) and `--ours-micro-batch` (sizes, or auto).
+
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
 `--profile-dir`, keeps the summary and the Chrome trace there.
 """
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.reference_gpt2 import RefConfig, RefGPT
 
@@ -171,12 +177,27 @@ def make_run_dir(
     return run_dir
 
 
+# The attention backends a run of ours may be given: the default (PyTorch's own choice), or cuDNN's kernel
+# first (the others after it, for any input it does not take). The trainer runs in this process, so the
+# choice holds for everything it compiles.
+ATTENTION_BACKENDS = {
+    "default": None,
+    "cudnn": [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ],
+}
+
+
 def run_ours(
     args: argparse.Namespace,
     micro_batch: int | str,
     matmul_flops: float,
     compile_: bool | str = True,
     fp8_head: bool = False,
+    attention: str = "default",
 ) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
@@ -184,8 +205,10 @@ def run_ours(
 
     run_dir = make_run_dir(args, micro_batch, compile_, fp8_head)
     torch.cuda.reset_peak_memory_stats()
+    backends = ATTENTION_BACKENDS[attention]
     t0 = time.time()
-    code = train.run(run_dir / "config.json")
+    with contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True):
+        code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["kind"] == "start")
@@ -198,8 +221,10 @@ def run_ours(
     steady_s = sorted(timed)[len(timed) // 2]
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
+    labels = COMPILE_LABELS[compile_] + ", FP8 head" * fp8_head
+    labels += "" if attention == "default" else f", {attention} attention"
     return Result(
-        name=f"nanostudy depth {args.depth} (MuonAdamW{COMPILE_LABELS[compile_]}{', FP8 head' * fp8_head})",
+        name=f"nanostudy depth {args.depth} (MuonAdamW{labels})",
         micro_batch=start["device_batch_size"],
         grad_accum=start["grad_accum"],
         tokens_per_s=tokens_per_s,
@@ -261,6 +286,11 @@ def main() -> None:
         default="false",
         help="comma-separated `fp8_head` settings (true: the lm_head's matmuls in FP8), one run each",
     )
+    parser.add_argument(
+        "--ours-attention",
+        default="default",
+        help="comma-separated attention backends (default: PyTorch's choice; cudnn: cuDNN's kernel first)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
     parser.add_argument("--skip-reference", action="store_true")
@@ -288,17 +318,19 @@ def main() -> None:
         results.append(ref)
         torch.cuda.empty_cache()
     booleans = {"true": True, "false": False}
+    attentions = {name: name for name in ATTENTION_BACKENDS}
     variants = [
-        (compile_, fp8_head, micro_batch)
+        (compile_, fp8_head, attention, micro_batch)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
+        for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
         for micro_batch in parse_micro_batches(args.ours_micro_batch)
     ]
-    for compile_, fp8_head, micro_batch in variants:
+    for compile_, fp8_head, attention, micro_batch in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.
         torch._dynamo.reset()
-        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head))
+        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention))
         torch.cuda.empty_cache()
 
     print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")
