@@ -90,14 +90,21 @@ FP8_INPUT = torch.float8_e4m3fn  # activations and weights: more mantissa (3 bit
 FP8_GRAD = torch.float8_e5m2  # gradients: more range (±57344), 2 bits of mantissa
 
 
+FP8_MIN_AMAX = 1e-12  # an all-zero tensor (every target of a micro-batch masked) gets a normal scale
+
+
 def to_fp8(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(t in the float8 `dtype`, its float32 scale): t ≈ fp8 × scale, one scale for the whole tensor, chosen
-    so that its largest magnitude lands on the format's largest finite value (the clamp keeps rounding at
-    the top from overflowing: e4m3fn has no infinity, a value past 448 would become NaN)."""
+    so that its largest magnitude lands on the format's largest finite value. The clamp is a guard: e4m3fn
+    has no infinity, so a value pushed past the top by rounding in the division would become NaN.
+
+    The scale stays a normal float32 even for an all-zero t (FP8_MIN_AMAX): a subnormal one may be flushed
+    to zero on a GPU, and 0/0 would be NaN. The division keeps t's dtype (bf16 stays bf16, computed in
+    float32): one temporary the size of t, which matters eagerly for the logits' gradient."""
     limit = torch.finfo(dtype).max
     amax = t.detach().abs().amax().float()
-    scale = amax.clamp(min=torch.finfo(torch.float32).tiny) / limit
-    return (t.float() / scale).clamp(-limit, limit).to(dtype), scale
+    scale = amax.clamp(min=FP8_MIN_AMAX) / limit
+    return (t / scale).clamp_(-limit, limit).to(dtype), scale
 
 
 class FP8Linear(torch.autograd.Function):
@@ -120,7 +127,7 @@ class FP8Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x8, x_scale, w8, w_scale = ctx.saved_tensors
-        g8, g_scale = to_fp8(grad.flatten(0, -2), FP8_GRAD)
+        g8, g_scale = to_fp8(grad.contiguous().flatten(0, -2), FP8_GRAD)  # row-major, as _scaled_mm wants
         # grad_x = g @ w: w (out, in) is needed column-major, a small copy.
         grad_x = torch._scaled_mm(
             g8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype

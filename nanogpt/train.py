@@ -815,6 +815,12 @@ class Trainer:
                 self.train_loader.load_state_dict(self.resume_meta["rank_states"][runtime.rank]["loader"])
             except ValueError as e:
                 raise InputError(f"{self.resume_dir / ckpt.META_NAME}: {e}") from None
+        rows, width = device_batch_size * seq_len, self.gpt_config.n_embd
+        if config.fp8_head and (rows % 16 or width % 16):
+            self.warnings.append(
+                f"fp8_head: off, FP8 matmuls need multiples of 16 (micro-batch × sequence_len = {rows} rows "
+                f"of n_embd {width}); the head multiplies exactly"
+            )
         self.data_epochs = self.train_loader.epochs_for(self.total_steps)
         if self.data_epochs > 1:
             self.warnings.append(f"the run needs {self.data_epochs:.2f} epochs of {config.data.train_dir}")

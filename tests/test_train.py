@@ -223,6 +223,19 @@ def test_fp8_head_trains_close_to_the_exact_head(tmp_path, finished_run, data_di
     assert fp8_val == pytest.approx(exact_val, rel=0.03)
 
 
+def test_fp8_head_on_shapes_it_cannot_take_says_so_and_trains_the_exact_head(tmp_path, data_dir):
+    """6 sequences of 20 tokens make 120 rows, not a multiple of 16: the head multiplies exactly, and the
+    start event says FP8 is off."""
+    shape = dict(model={"sequence_len": 20}, train={"num_steps": 2, "total_batch_tokens": 240,
+                 "device_batch_size": 6}, eval={"every_steps": None, "val_tokens": 240})  # fmt: skip
+    exact, fp8 = tmp_path / "exact", tmp_path / "fp8"
+    assert run(write_run(exact, tiny_config(data_dir, **shape))) == EXIT_DONE
+    assert run(write_run(fp8, tiny_config(data_dir, fp8_head=True, **shape))) == EXIT_DONE
+    warnings = events_of(fp8)[0]["warnings"]
+    assert any("fp8_head: off" in w and "120 rows" in w for w in warnings), warnings
+    assert losses(fp8) == losses(exact)
+
+
 def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, data_dir):
     huge = {"matrix_lr": 1e30, "embedding_lr": 1e30, "unembedding_lr": 1e30}
     assert run(write_run(tmp_path, tiny_config(data_dir, optim=huge))) == EXIT_DIVERGED
