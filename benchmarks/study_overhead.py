@@ -88,7 +88,10 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=262144, help="total batch tokens")
     parser.add_argument(
-        "--compile", default="true", choices=("true", "blocks"), help="train.compile (blocks: regional)"
+        "--compile",
+        default="auto",
+        choices=("auto", "true", "blocks"),
+        help="train.compile (blocks: regional; auto, the default, picks per cell)",
     )
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--max-bytes", default="100MB")

@@ -218,8 +218,9 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
     # torch.compile: true compiles the whole model, "blocks" one block (which every block runs) and the head
-    # (nanogpt.model.compile_blocks: compiles in a fraction of the time), false runs eagerly.
-    compile: bool | Literal["blocks"] = True
+    # (nanogpt.model.compile_blocks: compiles in a fraction of the time), false runs eagerly; "auto" picks
+    # one from the device and the run's length (nanogpt.train.resolve_compile).
+    compile: bool | Literal["blocks", "auto"] = "auto"
     # The lm_head's matmuls in FP8 during training steps (nanogpt.model.FP8Linear); needs FP8 tensor cores
     # (compute capability 8.9+) on CUDA. Evaluation and generation stay in the autocast dtype.
     fp8_head: bool = False

@@ -394,6 +394,32 @@ def versions() -> dict[str, str | None]:
     }
 
 
+# compile: "auto" on a GPU compiles regionally ("blocks") a run expected to train for less than this, and the
+# whole model otherwise. Measured on an H100 (docs/benchmarks.md): blocks compile in half the time (16.7 s
+# against 36.6 s at depth 12, cold) and cost 5 s less per cell of a study (5.0 s against 11.1 s), for 1.5%
+# fewer tokens/s; 6 s is 1.5% of 400 s, so past about 7 minutes the whole model pays for itself.
+AUTO_COMPILE_BLOCKS_BELOW_S = 600.0
+AUTO_COMPILE_MFU = 0.4  # the expected training time is the run's FLOPs at this fraction of the GPU's peak
+
+
+def resolve_compile(
+    how: bool | str, *, device_type: str, peak_flops: float | None, world_size: int, total_flops: float
+) -> bool | str:
+    """The `compile` setting a run uses. "auto": eager on the CPU (compiling there needs a C++ compiler, and
+    costs more than it saves for runs of seconds, as studies/quickstart.yaml notes); on a GPU, "blocks"
+    when the whole run (all of its FLOPs, not what is left of it, so that a resumed run keeps its choice)
+    is expected to train for under AUTO_COMPILE_BLOCKS_BELOW_S, or when the GPU's peak is unknown; the
+    whole model otherwise."""
+    if how != "auto":
+        return how
+    if device_type != "cuda":
+        return False
+    if peak_flops is None:
+        return "blocks"
+    expected_s = total_flops / (AUTO_COMPILE_MFU * peak_flops * world_size)
+    return "blocks" if expected_s < AUTO_COMPILE_BLOCKS_BELOW_S else True
+
+
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
     """The model's forward as the config's `compile` asks: the whole model compiled, its blocks and head
     (regional: nanogpt.model.compile_blocks), or eager."""
@@ -402,12 +428,11 @@ def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]
     return torch.compile(model, dynamic=False) if how else model
 
 
-def device_info(runtime: Runtime, compiled: bool | str) -> dict[str, Any]:
+def device_info(runtime: Runtime) -> dict[str, Any]:
     info: dict[str, Any] = {
         "type": runtime.device.type,
         "count": runtime.world_size,
         "dtype": str(runtime.dtype).removeprefix("torch."),
-        "compile": compiled,
     }
     if runtime.device.type == "cuda":
         props = torch.cuda.get_device_properties(runtime.device)
@@ -917,8 +942,15 @@ class Trainer:
         self.last_val = tuple(meta.get("last_val", (None, None)))
         if self.resume_meta is not None:
             ckpt.set_rng_state(self.resume_meta["rank_states"][runtime.rank]["rng"])
-        self.forward = compiled_forward(self.model, config.compile)
-        self.device = device_info(runtime, config.compile)
+        self.device = device_info(runtime)
+        self.device["compile"] = compile_ = resolve_compile(
+            config.compile,
+            device_type=runtime.device.type,
+            peak_flops=self.device["peak_flops"],
+            world_size=runtime.world_size,
+            total_flops=float(self.total_steps * config.train.total_batch_tokens * self.flops_per_token),
+        )
+        self.forward = compiled_forward(self.model, compile_)
         if self.standby:
             self._warm_up()
         self._wait_for_gpu()

@@ -26,7 +26,7 @@ def error_of(raw) -> str:
 
 def test_defaults_fill_in_and_round_trip_through_a_file(tmp_path):
     config = RunConfig.from_dict(MINIMAL)
-    assert config.mode == "pretraining" and config.seed == 0 and config.compile is True
+    assert config.mode == "pretraining" and config.seed == 0 and config.compile == "auto"
     assert config.train.device_batch_size == "auto" and config.train.total_batch_tokens == 524_288
     assert config.schedule.kind == "wsd" and config.wandb.mode == "disabled"
     path = config.write(tmp_path / "config.json")

@@ -28,6 +28,7 @@ from nanogpt.gpu_lock import GPU_LOCKS_ENV, GpuLock
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import MuonAdamW
 from nanogpt.train import (
+    AUTO_COMPILE_MFU,
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,
     EXIT_DONE,
@@ -38,6 +39,7 @@ from nanogpt.train import (
     effective_hparams,
     init_runtime,
     peak_flops,
+    resolve_compile,
     run,
 )
 
@@ -407,6 +409,35 @@ def test_hparam_scaling_rules():
     plain = RunConfig.from_dict(tiny_config(Path("unused"), optim={"scale_hparams": False}))
     h = effective_hparams(plain, wide)
     assert h["embedding_lr"] == plain.optim.embedding_lr and h["weight_decay"] == plain.optim.weight_decay
+
+
+def test_compile_auto_is_eager_on_the_cpu_blocks_for_short_gpu_runs_and_the_whole_model_for_long_ones():
+    h100 = peak_flops("NVIDIA H100 80GB HBM3")
+
+    def minutes(m: float) -> float:  # the FLOPs that AUTO_COMPILE_MFU of an H100 does in m minutes
+        return m * 60 * AUTO_COMPILE_MFU * h100
+
+    gpu = dict(device_type="cuda", peak_flops=h100, world_size=1)
+    assert (
+        resolve_compile("auto", device_type="cpu", peak_flops=None, world_size=1, total_flops=1e20) is False
+    )
+    assert resolve_compile("auto", total_flops=minutes(2), **gpu) == "blocks"
+    assert resolve_compile("auto", total_flops=minutes(9.9), **gpu) == "blocks"
+    assert resolve_compile("auto", total_flops=minutes(10.1), **gpu) is True
+    # Eight GPUs share the work: a run of 40 GPU-minutes takes 5.
+    assert resolve_compile("auto", total_flops=minutes(40), **{**gpu, "world_size": 8}) == "blocks"
+    unknown = dict(device_type="cuda", peak_flops=None, world_size=1)
+    assert resolve_compile("auto", total_flops=minutes(1000), **unknown) == "blocks"
+    for setting in (True, False, "blocks"):  # a setting given is kept
+        assert resolve_compile(setting, total_flops=minutes(1), **gpu) == setting
+
+
+def test_compile_auto_runs_eagerly_on_the_cpu_and_the_start_event_says_so(tmp_path, data_dir):
+    run_dir = tmp_path / "auto"
+    config = tiny_config(data_dir, compile="auto", train={"num_steps": 2}, eval={"every_steps": None})
+    assert run(write_run(run_dir, config)) == EXIT_DONE
+    start = events_of(run_dir)[0]
+    assert start["config"]["compile"] == "auto" and start["device"]["compile"] is False
 
 
 def test_peak_flops_table():
