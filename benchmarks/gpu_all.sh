@@ -8,8 +8,8 @@
 # Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), profile (where a step's time
 # goes, by torch.profiler), breakdown (the same by taking parts away, beside candidate changes), generate
 # (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a study of small
-# cells, regionally compiled: per-cell overhead and GPU-busy fraction; overhead_serial, not in the default
-# list: the same study without the overlapped start-up). A step that fails or runs out of time is
+# cells under compile: auto, which compiles cells this short regionally: per-cell overhead and GPU-busy
+# fraction; overhead_serial, not in the default list: the same study without the overlapped start-up). A step that fails or runs out of time is
 # reported and the next one runs. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
@@ -21,7 +21,7 @@ gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
 bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
 py=${PYTHON:-python}
 pyf=("$py" -X faulthandler)
-overhead_study=("$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 --compile blocks)
+overhead_study=("$py" -m benchmarks.study_overhead --depths 6,8,10,12 --flops 1e16,1.5e16 --compile auto)
 # Only the test files with GPU tests: collecting the others would import what the GPU image may lack.
 gpu_tests=$(grep -l "pytest.mark.gpu" tests/test_*.py)
 

@@ -395,9 +395,11 @@ def versions() -> dict[str, str | None]:
 
 
 # compile: "auto" on a GPU compiles regionally ("blocks") a run expected to train for less than this, and the
-# whole model otherwise. Measured on an H100 (docs/benchmarks.md): blocks compile in half the time (16.7 s
-# against 36.6 s at depth 12, cold) and cost 5 s less per cell of a study (5.0 s against 11.1 s), for 1.5%
-# fewer tokens/s; 6 s is 1.5% of 400 s, so past about 7 minutes the whole model pays for itself.
+# whole model otherwise. Measured on an H100 at depth 12 (docs/benchmarks.md, one run of each): blocks cost
+# 1.5% of tokens/s, and save compile time once per run where nothing hides it: 20 s on a cold cache (16.7 s
+# against 36.6 s), 2-3 s on a warm one. 20 s is 1.5% of 22 minutes, 3 s of 3 minutes; 10 minutes sits
+# between. (In a study of cells under a minute each, blocks also saved 6 s per cell, 5.0 s against 11.1 s,
+# since a standby could not finish compiling the whole model in the time of the cell beside it.)
 AUTO_COMPILE_BLOCKS_BELOW_S = 600.0
 AUTO_COMPILE_MFU = 0.4  # the expected training time is the run's FLOPs at this fraction of the GPU's peak
 
@@ -407,9 +409,9 @@ def resolve_compile(
 ) -> bool | str:
     """The `compile` setting a run uses. "auto": eager on the CPU (compiling there needs a C++ compiler, and
     costs more than it saves for runs of seconds, as studies/quickstart.yaml notes); on a GPU, "blocks"
-    when the whole run (all of its FLOPs, not what is left of it, so that a resumed run keeps its choice)
-    is expected to train for under AUTO_COMPILE_BLOCKS_BELOW_S, or when the GPU's peak is unknown; the
-    whole model otherwise."""
+    when the whole run (all of its FLOPs, not what is left of it, so that a run resumed on the same kind of
+    GPU keeps its choice) is expected to train for under AUTO_COMPILE_BLOCKS_BELOW_S, or when the GPU's
+    peak is unknown (a GPU missing from PEAK_BF16_FLOPS, or a float32 run); the whole model otherwise."""
     if how != "auto":
         return how
     if device_type != "cuda":
@@ -422,7 +424,8 @@ def resolve_compile(
 
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
     """The model's forward as the config's `compile` asks: the whole model compiled, its blocks and head
-    (regional: nanogpt.model.compile_blocks), or eager."""
+    (regional: nanogpt.model.compile_blocks), or eager. "auto" must have been resolved (resolve_compile)."""
+    assert how != "auto", "resolve_compile() first"
     if how == "blocks":
         return compile_blocks(model)
     return torch.compile(model, dynamic=False) if how else model

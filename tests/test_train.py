@@ -432,7 +432,11 @@ def test_compile_auto_is_eager_on_the_cpu_blocks_for_short_gpu_runs_and_the_whol
         assert resolve_compile(setting, total_flops=minutes(1), **gpu) == setting
 
 
-def test_compile_auto_runs_eagerly_on_the_cpu_and_the_start_event_says_so(tmp_path, data_dir):
+def test_compile_auto_runs_eagerly_on_the_cpu_and_the_start_event_says_so(tmp_path, data_dir, monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("torch.compile called on the CPU under compile: auto")
+
+    monkeypatch.setattr(torch, "compile", no_compile)
     run_dir = tmp_path / "auto"
     config = tiny_config(data_dir, compile="auto", train={"num_steps": 2}, eval={"every_steps": None})
     assert run(write_run(run_dir, config)) == EXIT_DONE
