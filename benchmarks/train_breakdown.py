@@ -42,7 +42,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanogpt.config import RunConfig
 from nanogpt.model import GPT, CausalSelfAttention, FP8Linear, GPTConfig, apply_rotary_emb, norm
-from nanogpt.train import build_optimizer, effective_hparams
+from nanogpt.train import FP8_CAPABILITY, build_optimizer, effective_hparams
 
 
 def timed(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) -> float:
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
             torch._dynamo.reset()
 
     # Not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.
-    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
     if "fp8" not in skip and has_fp8:
         model.fp8_head = True
         try:

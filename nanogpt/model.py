@@ -88,8 +88,6 @@ class GPTConfig:
 
 FP8_INPUT = torch.float8_e4m3fn  # activations and weights: more mantissa (3 bits), range ±448
 FP8_GRAD = torch.float8_e5m2  # gradients: more range (±57344), 2 bits of mantissa
-
-
 FP8_MIN_AMAX = 1e-12  # an all-zero tensor (every target of a micro-batch masked) gets a normal scale
 
 
@@ -111,8 +109,7 @@ class FP8Linear(torch.autograd.Function):
     """y = x @ weightᵀ with the three matmuls of the forward and backward in FP8 on tensor cores
     (`torch._scaled_mm`): x and the weight in e4m3, the output's gradient in e5m2, each with its own
     per-tensor scale from its current largest magnitude; products accumulate in float32. y and x's
-    gradient come out in x's dtype, the weight's gradient in float32. All of x's leading dimensions
-    together, and its last, must be multiples of 16 (`fp8_fits`)."""
+    gradient come out in x's dtype, the weight's gradient in float32. The shapes must pass `fp8_fits`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -140,9 +137,10 @@ class FP8Linear(torch.autograd.Function):
         return grad_x.view(ctx.x_shape), grad_w
 
 
-def fp8_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether FP8Linear takes these shapes: `torch._scaled_mm` wants every dimension a multiple of 16."""
-    return x.numel() // x.size(-1) % 16 == 0 and x.size(-1) % 16 == 0 and weight.size(0) % 16 == 0
+def fp8_fits(rows: int, in_features: int, out_features: int) -> bool:
+    """Whether FP8Linear takes a matmul of `rows` inputs (all of x's leading dimensions together) by an
+    (out_features, in_features) weight: `torch._scaled_mm` wants every dimension a multiple of 16."""
+    return rows % 16 == 0 and in_features % 16 == 0 and out_features % 16 == 0
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -252,12 +250,12 @@ class GPT(nn.Module):
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # Not saved in checkpoints (persistent=False): they are a function of the config, recomputed by
-        # init_weights() after to_empty(), which leaves buffers uninitialised like the parameters.
         # The lm_head's matmuls in FP8 while gradients are being taken (training steps): a training setting
         # (RunConfig.fp8_head) that the trainer turns on, not part of the model's shape. Evaluation and
         # generation, under no_grad, always multiply the weights as they are.
         self.fp8_head = False
+        # Not saved in checkpoints (persistent=False): they are a function of the config, recomputed by
+        # init_weights() after to_empty(), which leaves buffers uninitialised like the parameters.
         cos, sin = self._rotary_tables(self.transformer.wte.weight.device)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -397,7 +395,7 @@ class GPT(nn.Module):
         """Hidden states (B, T, n_embd) → float32 logits, or the loss given targets (as `forward` says)."""
         B, T = x.shape[:2]
         weight = self.lm_head.weight
-        if self.fp8_head and torch.is_grad_enabled() and fp8_fits(x, weight):
+        if self.fp8_head and torch.is_grad_enabled() and fp8_fits(B * T, weight.size(1), weight.size(0)):
             logits = FP8Linear.apply(x, weight)  # (B, T, padded_vocab), in x's dtype (the autocast one)
         else:
             logits = self.lm_head(x)  # (B, T, padded_vocab), in the autocast dtype

@@ -37,7 +37,7 @@ from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
 from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
 from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
 from nanogpt.gpu_lock import GpuLock
-from nanogpt.model import GPT, GPTConfig, compile_blocks
+from nanogpt.model import GPT, GPTConfig, compile_blocks, fp8_fits
 from nanogpt.optim import MuonAdamW
 from nanogpt.profiling import StepProfiler, phase
 from nanogpt.schedule import lr_multiplier, muon_momentum
@@ -844,7 +844,7 @@ class Trainer:
             except ValueError as e:
                 raise InputError(f"{self.resume_dir / ckpt.META_NAME}: {e}") from None
         rows, width = device_batch_size * seq_len, self.gpt_config.n_embd
-        if config.fp8_head and (rows % 16 or width % 16):
+        if config.fp8_head and not fp8_fits(rows, width, self.gpt_config.padded_vocab_size):
             self.warnings.append(
                 f"fp8_head: off, FP8 matmuls need multiples of 16 (micro-batch × sequence_len = {rows} rows "
                 f"of n_embd {width}); the head multiplies exactly"

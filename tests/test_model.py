@@ -19,6 +19,7 @@ from nanogpt.model import (
     compile_blocks,
     to_fp8,
 )
+from nanogpt.train import FP8_CAPABILITY
 
 TINY = dict(depth=2, vocab_size=100, sequence_len=32, aspect_ratio=16, head_dim=16)  # n_embd 32, 2 heads
 
@@ -397,7 +398,7 @@ def test_fp8_head_takes_the_training_loss_and_leaves_evaluation_exact():
 @pytest.mark.parametrize("regional", [False, True], ids=["whole", "blocks"])
 @pytest.mark.parametrize("fp8_head", [False, True], ids=["bf16-head", "fp8-head"])
 def test_compiled_bf16_training_step_on_gpu_matches_float32(regional, fp8_head):
-    if fp8_head and torch.cuda.get_device_capability() < (8, 9):
+    if fp8_head and torch.cuda.get_device_capability() < FP8_CAPABILITY:
         pytest.skip("FP8 matmuls need compute capability 8.9 or newer")
     torch._dynamo.reset()
     torch.manual_seed(0)
