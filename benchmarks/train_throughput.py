@@ -263,6 +263,15 @@ def parse_choices(text: str, option: str, names: dict[str, bool | str]) -> list[
     return values
 
 
+def report_progress(result: Result) -> None:
+    """One line as each run ends, so that a run cut short by a time limit still shows what finished."""
+    print(
+        f"done: {result.name}, micro-batch {result.micro_batch}: {result.tokens_per_s:,.0f} tok/s, "
+        f"{result.mfu_989:.1%} MFU, start {result.startup_s:.1f} s, peak {result.peak_mem_gib:.1f} GiB",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=12)
@@ -316,6 +325,7 @@ def main() -> None:
         ref = run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
                   micro_batch=args.ref_micro_batch, **common)  # fmt: skip
         results.append(ref)
+        report_progress(ref)
         torch.cuda.empty_cache()
     booleans = {"true": True, "false": False}
     attentions = {name: name for name in ATTENTION_BACKENDS}
@@ -331,6 +341,7 @@ def main() -> None:
         # function runs eagerly) would otherwise carry over from one run to the next.
         torch._dynamo.reset()
         results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention))
+        report_progress(results[-1])
         torch.cuda.empty_cache()
 
     print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")

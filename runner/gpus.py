@@ -114,10 +114,14 @@ class GpuPool:
         return not self.usable
 
     def free(self, *, assigned: Collection[int], our_pids: Collection[int]) -> list[int]:
-        """Usable GPUs that none of our running cells holds and on which no one else's process runs."""
+        """Usable GPUs that none of our running cells holds and on which no one else's process runs.
+
+        Our own process counts as ours: a runner started from a program that already holds a CUDA context
+        (a notebook, a test session) would otherwise wait forever for a GPU that only it holds.
+        """
         if self.cpu:
             return []
-        ours = set(our_pids)
+        ours = {*our_pids, os.getpid()}
         by_index = {gpu.index: gpu for gpu in discover(self.nvml)}
         return [
             index

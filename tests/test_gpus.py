@@ -1,5 +1,7 @@
 """GPU discovery and selection over a fake NVML: foreign processes, --gpus, CUDA_VISIBLE_DEVICES."""
 
+import os
+
 import pytest
 from runner_fixtures import FakeNvml
 
@@ -28,6 +30,13 @@ def test_a_gpu_with_someone_elses_process_is_not_free():
     # The picture is read again at every call: a process that ends frees its GPU.
     nvml.processes[1].clear()
     assert pool.free(assigned=set(), our_pids=set()) == [0, 1, 3]
+
+
+def test_the_runners_own_process_does_not_make_a_gpu_busy():
+    # A runner started from a process that holds a CUDA context (a notebook, a pytest session that ran a
+    # GPU test first) must not wait for itself; the H100 run of the GPU tests hung on this.
+    nvml = FakeNvml(2, foreign={0: [os.getpid()], 1: [os.getpid(), 1000]})
+    assert GpuPool(nvml=nvml).free(assigned=set(), our_pids=set()) == [0]
 
 
 def test_gpus_flag_restricts_and_keeps_the_given_order():
