@@ -5,14 +5,21 @@ profiler before step `start_step + 1`, stops it after `num_steps` steps and writ
 `RUN_DIR/profile/`:
 
 - `summary.json`: the profiled steps and their wall times, each phase's host and device seconds, device
-  time by kernel category (matmul, attention, fused elementwise, communication, memory, other) and the
-  top operators by self device time (self host time on the CPU);
+  time by kernel category (matmul, attention, fused elementwise, communication, memory, other), the top
+  kernels by device time (operators by self host time on the CPU) and, on a GPU, how busy the device was
+  (kernel seconds over wall seconds);
 - `summary.txt`: the same as tables, for a person;
 - `trace.json.gz`: the Chrome/Perfetto trace (with `trace: true`).
 
+On a GPU only the device's own events (kernels, copies) are counted. The profiler also gives each host
+operator (`aten::mm`) the device time of the kernels it launched, so adding both would count every kernel
+twice; ranges that `record_function` marks on the device are spans, not work; CUPTI's "Command Buffer
+Full" marks launches that waited for room in the device's queue (host time: the host ran ahead).
+
 Phase times nest as the step does: `forward_backward` and `optimizer` are launched from the host, so on a
-GPU their host seconds are launch time and their device seconds the kernels they queued; `sync` is the
-host waiting for the device at the end of the step.
+GPU their host seconds are launch time and their device seconds the kernels they queued (the range's span
+on the device, where the profiler marks it there too); `sync` is the host waiting for the device at the
+end of the step.
 """
 
 import gzip
@@ -20,10 +27,12 @@ import json
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 PROFILE_DIR = "profile"
@@ -41,6 +50,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fused elementwise", ("triton",)),
 )
 TOP_OPERATORS = 25
+NOT_DEVICE_WORK = ("Command Buffer Full",)  # CUPTI's markers of waiting launches, not kernels
 
 
 def phase(name: str) -> record_function:
@@ -117,24 +127,37 @@ class StepProfiler:
 def summarize(averages: Iterable[Any], steps: list[tuple[int, float]], *, on_device: bool) -> dict[str, Any]:
     """The profile as plain numbers (seconds). `averages`: the profiler's `key_averages()`."""
     averages = list(averages)
-    phases = {}
+    phases: dict[str, dict[str, float]] = {}
+    device_spans: dict[str, float] = {}
     for event in averages:
-        if event.key.startswith(PHASE_PREFIX):
-            phases[event.key.removeprefix(PHASE_PREFIX)] = {
-                "count": event.count,
-                "host_s": event.cpu_time_total / 1e6,
-                "device_s": event.device_time_total / 1e6,
-            }
-    operators = [e for e in averages if not e.key.startswith(PHASE_PREFIX)]
-    self_time = (lambda e: e.self_device_time_total) if on_device else (lambda e: e.self_cpu_time_total)
+        if not event.key.startswith(PHASE_PREFIX):
+            continue
+        name = event.key.removeprefix(PHASE_PREFIX)
+        if event.device_type == DeviceType.CPU:
+            host = {"count": event.count, "host_s": event.cpu_time_total / 1e6}
+            phases[name] = host | {"device_s": event.device_time_total / 1e6}
+        else:  # the same range as the device saw it (newer profilers): its span there
+            device_spans[name] = event.device_time_total / 1e6
+    for name, seconds in device_spans.items():
+        if name in phases:
+            phases[name]["device_s"] = seconds
+    if on_device:
+        operators = [e for e in averages if _device_work(e)]
+        self_time = attrgetter("self_device_time_total")
+    else:
+        operators = [e for e in averages if not e.key.startswith(PHASE_PREFIX)]
+        self_time = attrgetter("self_cpu_time_total")
     by_category: dict[str, float] = defaultdict(float)
     for event in operators:
         by_category[category_of(event.key)] += self_time(event) / 1e6
     top = sorted(operators, key=self_time, reverse=True)[:TOP_OPERATORS]
+    wall_s = sum(seconds for _, seconds in steps)
     return {
         "time_base": "device" if on_device else "host",  # what `categories` and `top` measure
         "steps": [step for step, _ in steps],
         "step_s": [seconds for _, seconds in steps],
+        # Kernel seconds over wall seconds: below 1, the device waited (on the host, the data, a sync).
+        "device_busy": sum(by_category.values()) / wall_s if on_device and wall_s > 0 else None,
         "phases": {name: phases[name] for name in PHASES if name in phases},
         "categories": dict(sorted(by_category.items(), key=lambda item: -item[1])),
         "top": [
@@ -143,6 +166,17 @@ def summarize(averages: Iterable[Any], steps: list[tuple[int, float]], *, on_dev
             if self_time(e) > 0
         ],
     }
+
+
+def _device_work(event: Any) -> bool:
+    """A kernel or copy on the device: not a host operator, a range marked on the device by
+    `record_function` (our phases, the compiler's regions) or a CUPTI marker."""
+    return (
+        event.device_type != DeviceType.CPU
+        and not getattr(event, "is_user_annotation", False)
+        and not event.key.startswith(PHASE_PREFIX)
+        and event.key not in NOT_DEVICE_WORK
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -159,10 +193,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<18}{numbers['count']:>8}{numbers['host_s']:>12.4f}{numbers['device_s']:>12.4f}")
     base = summary["time_base"]
     total = sum(summary["categories"].values()) or 1.0
+    if summary["device_busy"] is not None:
+        busy = summary["device_busy"]
+        lines += [
+            "",
+            f"device busy: {total:.4f} s of kernels in {total_step_s:.4f} s of steps ({busy:.1%})",
+        ]
     lines += ["", f"{'category':<20}{base + ' s':>12}{'share':>8}"]
     for name, seconds in summary["categories"].items():
         lines.append(f"{name:<20}{seconds:>12.4f}{seconds / total:>8.1%}")
-    lines += ["", f"{'operator':<70}{'count':>8}{'self ' + base + ' s':>16}"]
+    name = "kernel" if base == "device" else "operator"
+    lines += ["", f"{name:<70}{'count':>8}{'self ' + base + ' s':>16}"]
     for row in summary["top"]:
         lines.append(f"{row['name'][:69]:<70}{row['count']:>8}{row['self_s']:>16.5f}")
     return "\n".join(lines) + "\n"
