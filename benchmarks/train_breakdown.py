@@ -24,8 +24,11 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 
 and, uncompiled: the optimizer step (MuonAdamW over the model's groups, once per step, so its share of a
 step is its time over grad_accum micro-batches), and the floors: every matmul of the model's forward and
-backward run alone at its shape (its FLOPs are 6·N per token, checked against `estimate_flops()`), and
-the causal attention kernel (SDPA) forward and backward alone. Prints each time, its tokens/s, and the
+backward run alone at its shape and operand layout (its FLOPs are 6·N per token, checked against
+`estimate_flops()`), and the causal attention kernel (SDPA) forward and backward alone. A floor times 20
+(attention: 4) back-to-back calls per timing, so that no call waits on an idle GPU for its launch as a
+single call does (the floors of 2026-12-06 timed one call each and came out 8-9 ms above the kernel times
+that the profiler measured in training). Prints each time, its tokens/s, and the
 gap between the full micro-batch and the floors: the time spent neither in matmuls nor in attention.
 """
 
@@ -35,6 +38,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +49,12 @@ from nanogpt.model import GPT, CausalSelfAttention, FP8Linear, GPTConfig, apply_
 from nanogpt.train import FP8_CAPABILITY, build_optimizer, effective_hparams
 
 
-def timed(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) -> float:
-    """Median seconds of fn() over reps calls after warmup calls (CUDA events on a GPU)."""
+def timed(fn: Callable[[], None], device: torch.device, reps: int, warmup: int, *, calls: int = 1) -> float:
+    """Median seconds of one fn() over reps timings of `calls` back-to-back calls each, after warmup calls
+    (CUDA events on a GPU).
+
+    A timing starts on an idle GPU, so its first kernel waits for its launch; `calls` > 1 hides that wait
+    behind the calls before it, as in training, for work of a few kernels (one matmul, one attention)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -54,14 +62,16 @@ def timed(fn: Callable[[], None], device: torch.device, reps: int, warmup: int) 
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(start.elapsed_time(end) / 1e3 / calls)
         else:
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) / calls)
     return statistics.median(times)
 
 
@@ -92,23 +102,45 @@ def head_loss(model: GPT, hidden: torch.Tensor, targets: torch.Tensor, plain: bo
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
 
 
-def matmul_shapes(model: GPT, tokens: int) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every matmul of one micro-batch's forward and backward: for each weight (out, in), the
-    forward (tokens × in) @ (in × out), the input's gradient (tokens × out) @ (out × in) and the weight's
-    gradient (out × tokens) @ (tokens × in)."""
+class Matmul(NamedTuple):
+    """One matmul (M × K) @ (K × N) of training, with its operands' layouts: a transposed operand is a
+    transposed view of a row-major tensor, as autograd passes it to cuBLAS."""
+
+    m: int
+    k: int
+    n: int
+    a_transposed: bool = False
+    b_transposed: bool = False
+
+
+def matmul_shapes(model: GPT, tokens: int) -> list[Matmul]:
+    """Every matmul of one micro-batch's forward and backward: for each weight W (out, in), the forward
+    x @ W.T (tokens × in by in × out), the input's gradient g @ W (tokens × out by out × in) and the
+    weight's gradient g.T @ x (out × tokens by tokens × in)."""
     shapes = []
     for weight in [*model.param_groups()["matrix"], model.lm_head.weight]:
         out_features, in_features = weight.shape
         shapes += [
-            (tokens, in_features, out_features),
-            (tokens, out_features, in_features),
-            (out_features, tokens, in_features),
+            Matmul(tokens, in_features, out_features, b_transposed=True),
+            Matmul(tokens, out_features, in_features),
+            Matmul(out_features, tokens, in_features, a_transposed=True),
         ]
     return shapes
 
 
-def matmul_flops(shapes: list[tuple[int, int, int]]) -> int:
-    return sum(2 * m * k * n for m, k, n in shapes)
+def matmul_operands(mm: Matmul, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Random operands of `mm` in its layouts."""
+
+    def operand(rows: int, cols: int, transposed: bool) -> torch.Tensor:
+        if transposed:
+            return torch.randn(cols, rows, device=device, dtype=dtype).t()
+        return torch.randn(rows, cols, device=device, dtype=dtype)
+
+    return operand(mm.m, mm.k, mm.a_transposed), operand(mm.k, mm.n, mm.b_transposed)
+
+
+def matmul_flops(shapes: list[Matmul]) -> int:
+    return sum(2 * mm.m * mm.k * mm.n for mm in shapes)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -263,9 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     shapes = matmul_shapes(model, tokens)
     per_shape = {}
     for shape in set(shapes):
-        a = torch.randn(shape[0], shape[1], device=device, dtype=dtype)
-        b = torch.randn(shape[1], shape[2], device=device, dtype=dtype)
-        per_shape[shape] = timed(lambda a=a, b=b: torch.mm(a, b), device, args.reps, args.warmup)
+        a, b = matmul_operands(shape, device, dtype)
+        per_shape[shape] = timed(lambda a=a, b=b: torch.mm(a, b), device, args.reps, args.warmup, calls=20)
+        del a, b
     matmul_s = sum(per_shape[s] for s in shapes)
     flops = matmul_flops(shapes)
     record("floor: every matmul alone", matmul_s)
@@ -278,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     def attention() -> None:
         F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
 
-    attention_s = timed(attention, device, args.reps, args.warmup) * config.n_layer
+    attention_s = timed(attention, device, args.reps, args.warmup, calls=4) * config.n_layer
     record(f"floor: attention alone (x{config.n_layer} layers)", attention_s)
     if device.type == "cuda" and "backends" not in skip:
         # The same kernel call under each of PyTorch's attention backends: the default picks one of them.
@@ -289,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         ):
             try:
                 with sdpa_kernel(backend):
-                    seconds = timed(attention, device, args.reps, args.warmup) * config.n_layer
+                    seconds = timed(attention, device, args.reps, args.warmup, calls=4) * config.n_layer
             except RuntimeError as error:  # this backend does not take these inputs here
                 print(f"attention backend {backend.name}: unavailable ({str(error).splitlines()[0]})")
                 continue

@@ -4,6 +4,7 @@ step's gradient is that of the mean loss over the total batch (checked on the CP
 import argparse
 import dataclasses
 import shutil
+import time
 import warnings
 from typing import ClassVar
 
@@ -98,6 +99,35 @@ def test_breakdown_matmul_floor_covers_every_matmul_of_the_flop_count():
     shapes = train_breakdown.matmul_shapes(model, tokens)
     assert len(shapes) == 3 * (6 * 2 + 1)  # q, k, v, proj, fc, mlp proj per layer, and lm_head
     assert train_breakdown.matmul_flops(shapes) == 6 * model.num_scaling_params() * tokens
+
+
+def test_breakdown_matmul_floor_uses_the_layouts_of_a_linear_layers_three_matmuls():
+    from benchmarks import train_breakdown
+    from nanogpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(depth=1, vocab_size=300, sequence_len=32, aspect_ratio=32, head_dim=16))
+    tokens = 24
+    weight = model.lm_head.weight.detach()
+    x = torch.randn(tokens, weight.size(1))
+    grad = torch.randn(tokens, weight.size(0))
+    # What F.linear's forward and backward multiply: x @ W.T, g @ W and g.T @ x (the lm_head's come last).
+    real = [(x, weight.t()), (grad, weight), (grad.t(), x)]
+    floor = train_breakdown.matmul_shapes(model, tokens)[-3:]
+    for (a, b), mm in zip(real, floor, strict=True):
+        floor_a, floor_b = train_breakdown.matmul_operands(mm, torch.device("cpu"), torch.float32)
+        assert (floor_a.shape, floor_a.stride()) == (a.shape, a.stride())
+        assert (floor_b.shape, floor_b.stride()) == (b.shape, b.stride())
+
+
+def test_breakdown_timing_divides_back_to_back_calls():
+    from benchmarks import train_breakdown
+
+    calls = []
+    seconds = train_breakdown.timed(
+        lambda: (calls.append(1), time.sleep(0.002)), torch.device("cpu"), reps=3, warmup=1, calls=5
+    )
+    assert len(calls) == 1 + 3 * 5
+    assert 0.002 <= seconds < 0.004  # one call's time, not five
 
 
 def test_breakdown_fused_qkv_candidate_computes_the_same_attention():
