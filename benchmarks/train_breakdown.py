@@ -14,6 +14,7 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - fused qkv: the model with the three attention projections in one matmul (the weights concatenated in the
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
+- full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
 - full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
@@ -86,6 +87,18 @@ def fused_qkv_forward(self: CausalSelfAttention, x, cos_sin, kv_cache=None, attn
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+def sigmoid_softcap(self: GPT, logits: torch.Tensor) -> torch.Tensor:
+    """GPT._softcap with tanh written through the sigmoid: cap·tanh(z/cap) = cap·(2·sigmoid(2z/cap) - 1).
+
+    The same function to float32 rounding, with finite values and gradients at both ends, but the compiled
+    loss kernels then compute a sigmoid (the GPU's fast exp and a division) in place of libdevice's tanh,
+    forward and backward (both recompute the soft-cap from the bf16 logits). A candidate: in the H100's
+    profile the loss kernels take 7.4 ms a micro-batch, far above their memory traffic, and the soft-cap
+    is 2 ms of the head."""
+    cap = self.config.logit_softcap
+    return logits if cap is None else cap * (2 * torch.sigmoid(logits * (2 / cap)) - 1)
 
 
 def trunk_loss(model: GPT, idx: torch.Tensor) -> torch.Tensor:
@@ -239,6 +252,21 @@ def main(argv: list[str] | None = None) -> dict:
             measure("fused qkv (candidate)", fwd_bwd(lambda: fused(x, y, reduction="sum")))
         finally:
             CausalSelfAttention.forward = original
+            torch._dynamo.reset()
+
+    if "sigmoid_softcap" not in skip:
+        original = GPT._softcap
+        GPT._softcap = sigmoid_softcap
+        try:
+            torch._dynamo.reset()
+            capped = compile_(model, dynamic=False)
+            measure("full, soft-cap by sigmoid (candidate)", fwd_bwd(lambda: capped(x, y, reduction="sum")))
+            if "head" not in skip:
+                capped_head = compile_(head_loss, dynamic=False)
+                step = fwd_bwd(lambda: capped_head(model, hidden, y, False))
+                measure("head, soft-cap by sigmoid (candidate)", step)
+        finally:
+            GPT._softcap = original
             torch._dynamo.reset()
 
     # Not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.

@@ -130,6 +130,25 @@ def test_breakdown_timing_divides_back_to_back_calls():
     assert 0.002 <= seconds < 0.004  # one call's time, not five
 
 
+def test_breakdown_sigmoid_softcap_candidate_is_the_same_function_and_gradient():
+    from benchmarks import train_breakdown
+    from nanogpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(depth=1, vocab_size=300, sequence_len=16, aspect_ratio=32, head_dim=16))
+    cap = model.config.logit_softcap
+    # Far past the cap both ways (exp overflows to inf there), around zero, and in between.
+    logits = torch.tensor([-1e4, -200.0, -3 * cap, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3 * cap, 200.0, 1e4])
+    logits = torch.cat([logits, torch.randn(1000) * 20]).requires_grad_()
+    expected = model._softcap(logits)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    got = train_breakdown.sigmoid_softcap(model, logits)
+    (got_grad,) = torch.autograd.grad(got.sum(), logits)
+    assert got.isfinite().all() and got_grad.isfinite().all()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-5)
+    assert got[0] == -cap and got[10] == cap  # -1e4 and 1e4
+
+
 def test_breakdown_fused_qkv_candidate_computes_the_same_attention():
     from benchmarks import train_breakdown
     from nanogpt.model import GPT, GPTConfig
