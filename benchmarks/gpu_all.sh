@@ -49,7 +49,7 @@ for step in "${steps[@]}"; do
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
         --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;
-    breakdown) run_step breakdown 240 "${pyf[@]}" -m benchmarks.train_breakdown --json "$out/breakdown.json" ;;
+    breakdown) run_step breakdown 360 "${pyf[@]}" -m benchmarks.train_breakdown --json "$out/breakdown.json" ;;
     generate) run_step generate 180 "${pyf[@]}" -m benchmarks.generate_throughput --json "$out/generate.json" ;;
     eval)
       run_step eval 300 "${pyf[@]}" -m benchmarks.eval_throughput --eval-bundle "$bundle" --tokenizer "$gpt2" \

@@ -15,6 +15,8 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
+- on a GPU, full and head with the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py,
+  at a few block sizes and warp counts): candidates;
 - full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
@@ -268,6 +270,22 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             GPT._softcap = original
             torch._dynamo.reset()
+
+    # On a GPU only: on the CPU the kernel runs only under the Triton interpreter (the tests run it there).
+    if "fused_loss" not in skip and device.type == "cuda":
+        from benchmarks.fused_head_loss import fused_head
+
+        compiled_trunk_only = compile_(model.trunk, dynamic=False)  # the head runs eagerly: matmuls, kernel
+        step = fwd_bwd(lambda: fused_head(model, compiled_trunk_only(x), y, reduction="sum"))
+        measure("full, fused Triton loss (candidate)", step)
+        if "head" not in skip:
+            for block, num_warps in ((4096, 8), (8192, 16), (16384, 16), (2048, 4)):
+                step = fwd_bwd(
+                    lambda b=block, w=num_warps: fused_head(
+                        model, hidden, y, reduction="sum", block=b, num_warps=w
+                    )
+                )
+                measure(f"head, fused Triton loss, {block}/{num_warps} (candidate)", step)
 
     # Not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.
     has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY

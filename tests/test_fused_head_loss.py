@@ -1,0 +1,67 @@
+"""benchmarks/fused_head_loss.py, a candidate head: its loss and gradients against GPT.head's, under the
+Triton interpreter on the CPU (every case) and on a GPU at depth 12's vocabulary."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the fused loss is a Triton kernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fused_head_loss_worker.py")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = json.loads(result.stdout)
+    # Soft-cap on and off, float32 and bf16 autocast, the three reductions, a row's loop of 5 blocks
+    # ending in the padding columns and one block past the row's end.
+    assert len(cases) == 2 * 2 * 3 * 2
+    for case in cases:
+        assert case["finite"], case
+        assert case["loss_dtype"] == case["grad_w_dtype"] == "torch.float32", case
+        assert case["ignored_grad_x"] == 0.0, case  # a sequence of ignored targets has no gradient
+        # float32: the same function to rounding; bf16: the logits' gradient rounds to bf16 in both, at
+        # different points (here before the upstream scale, there after it).
+        limit = 2e-2 if case["autocast"] else 1e-5
+        assert case["loss"] < 1e-5 and case["grad_x"] < limit and case["grad_w"] < limit, case
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cap", [15.0, None])
+def test_the_fused_loss_matches_the_head_on_a_gpu(cap):
+    from benchmarks.fused_head_loss import fused_head
+    from nanogpt.model import GPT, GPTConfig
+
+    device = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPT(GPTConfig(depth=2, vocab_size=50257, sequence_len=256, logit_softcap=cap))
+    model.init_weights()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.05)
+    x = torch.randn(4, 256, model.config.n_embd, device=device, requires_grad=True)
+    targets = torch.randint(0, 50257, (4, 256), device=device)
+    targets[0, :17] = -1
+    wanted = (x, model.lm_head.weight)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model.head(x, targets, reduction="sum")
+        got = fused_head(model, x, targets, reduction="sum")
+    expected_grads = torch.autograd.grad(expected * 1e-3, wanted)
+    got_grads = torch.autograd.grad(got * 1e-3, wanted)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        assert g.isfinite().all()
+        assert (g - e).abs().max() <= 2e-2 * e.abs().max()
+        cosine = torch.nn.functional.cosine_similarity(g.flatten().float(), e.flatten().float(), dim=0)
+        assert cosine > 0.9999
+    assert got_grads[0][0, :17].abs().max() == 0  # ignored positions
