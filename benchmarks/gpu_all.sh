@@ -33,8 +33,17 @@ run_step() {  # name, seconds, command...
   # study (overhead) gets SIGTERM, which its runner handles by stopping its trainers cleanly.
   local signal=ABRT
   [[ "$name" = overhead* ]] && signal=TERM
+  # The GPU's clock, power and temperature once a second beside each step: a sustained run may clock lower
+  # than short timed bursts (the trainer's micro-batch was 5% slower than the breakdown's on 2026-12-06).
+  local sampler=
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu --format=csv -lms 1000 \
+      >"$out/$name.clocks.csv" 2>/dev/null &
+    sampler=$!
+  fi
   timeout --signal=$signal --kill-after=20 "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
   echo "$name: exit $rc after $((SECONDS - t0)) s (log: $out/$name.log)"
   tail -n 25 "$out/$name.log"
 }
