@@ -8,7 +8,8 @@ Both train on the same random tokens with the same total batch (gradient accumul
 
 Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile`
 (true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8), `--ours-attention`
-(default, cudnn: cuDNN's attention kernel first) and `--ours-micro-batch` (sizes, or auto).
+(default, cudnn: cuDNN's attention kernel first), `--ours-head` (default, sigmoid, fused: candidate heads
+patched into the model for the run) and `--ours-micro-batch` (sizes, or auto).
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -21,7 +22,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -191,6 +192,43 @@ ATTENTION_BACKENDS = {
 }
 
 
+# The head a run of ours may train with: the model's own, or a candidate of benchmarks/train_breakdown.py
+# patched into the model's class for the run (the trainer builds its model in this process): the soft-cap
+# through the sigmoid, or the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py).
+HEADS = {"default": "", "sigmoid": ", sigmoid soft-cap", "fused": ", fused Triton loss"}
+
+
+@contextlib.contextmanager
+def head_variant(name: str) -> Iterator[None]:
+    """GPT's head as the candidate `name` inside the block, as it was after."""
+    from nanogpt.model import GPT
+
+    if name == "default":
+        yield
+        return
+    attribute = "_softcap" if name == "sigmoid" else "head"
+    original = GPT.__dict__[attribute]
+    if name == "sigmoid":
+        from benchmarks.train_breakdown import sigmoid_softcap as replacement
+    else:
+        from benchmarks.fused_head_loss import fused_head
+
+        # Eager (a graph break under torch.compile): the head is two cuBLAS matmuls and the kernel, and
+        # the trunk stays compiled. Evaluation (no gradient) and generation keep the model's own head.
+        eager_fused_head = torch.compiler.disable(fused_head)
+
+        def replacement(self, x, targets=None, *, reduction="mean"):
+            if targets is None or not torch.is_grad_enabled():
+                return original(self, x, targets, reduction=reduction)
+            return eager_fused_head(self, x, targets, reduction=reduction)
+
+    setattr(GPT, attribute, replacement)
+    try:
+        yield
+    finally:
+        setattr(GPT, attribute, original)
+
+
 def run_ours(
     args: argparse.Namespace,
     micro_batch: int | str,
@@ -198,6 +236,7 @@ def run_ours(
     compile_: bool | str = True,
     fp8_head: bool = False,
     attention: str = "default",
+    head: str = "default",
 ) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
@@ -207,7 +246,10 @@ def run_ours(
     torch.cuda.reset_peak_memory_stats()
     backends = ATTENTION_BACKENDS[attention]
     t0 = time.time()
-    with contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True):
+    with (
+        contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True),
+        head_variant(head),
+    ):
         code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -222,7 +264,7 @@ def run_ours(
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
     labels = COMPILE_LABELS[compile_] + ", FP8 head" * fp8_head
-    labels += "" if attention == "default" else f", {attention} attention"
+    labels += ("" if attention == "default" else f", {attention} attention") + HEADS[head]
     return Result(
         name=f"nanostudy depth {args.depth} (MuonAdamW{labels})",
         micro_batch=start["device_batch_size"],
@@ -300,6 +342,12 @@ def main() -> None:
         default="default",
         help="comma-separated attention backends (default: PyTorch's choice; cudnn: cuDNN's kernel first)",
     )
+    parser.add_argument(
+        "--ours-head",
+        default="default",
+        help="comma-separated heads (default: the model's; sigmoid: the soft-cap through the sigmoid; "
+        "fused: the loss and its gradient in one Triton kernel)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
     parser.add_argument("--skip-reference", action="store_true")
@@ -330,17 +378,18 @@ def main() -> None:
     booleans = {"true": True, "false": False}
     attentions = {name: name for name in ATTENTION_BACKENDS}
     variants = [
-        (compile_, fp8_head, attention, micro_batch)
+        (compile_, fp8_head, attention, head, micro_batch)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
+        for head in parse_choices(args.ours_head, "--ours-head", {name: name for name in HEADS})
         for micro_batch in parse_micro_batches(args.ours_micro_batch)
     ]
-    for compile_, fp8_head, attention, micro_batch in variants:
+    for compile_, fp8_head, attention, head, micro_batch in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.
         torch._dynamo.reset()
-        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention))
+        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention, head))
         report_progress(results[-1])
         torch.cuda.empty_cache()
 

@@ -165,3 +165,28 @@ def test_breakdown_fused_qkv_candidate_computes_the_same_attention():
     fused = train_breakdown.fused_qkv_forward(attn, x, cos_sin)
     assert expected.abs().mean() > 0.01
     torch.testing.assert_close(fused, expected)
+
+
+def test_throughput_head_variants_patch_the_model_for_the_run_only():
+    from benchmarks import train_breakdown
+    from nanogpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(depth=1, vocab_size=300, sequence_len=16, aspect_ratio=32, head_dim=16))
+    model.init_weights()
+    x = torch.randn(2, 16, model.config.n_embd)
+    targets = torch.randint(0, 300, (2, 16))
+    original_head, original_softcap = GPT.__dict__["head"], GPT.__dict__["_softcap"]
+    exact = model.head(x, targets)
+    with train_throughput.head_variant("sigmoid"):
+        assert GPT._softcap is train_breakdown.sigmoid_softcap and GPT.head is original_head
+        torch.testing.assert_close(model.head(x, targets), exact)
+    with train_throughput.head_variant("fused"):
+        assert GPT.head is not original_head
+        with torch.no_grad():  # evaluation keeps the model's own head (the kernel needs a GPU here)
+            assert torch.equal(model.head(x, targets), exact)
+            assert torch.equal(model.head(x), original_head(model, x))
+    with pytest.raises(RuntimeError, match="boom"), train_throughput.head_variant("sigmoid"):
+        raise RuntimeError("boom")
+    assert GPT.__dict__["head"] is original_head and GPT.__dict__["_softcap"] is original_softcap
+    with pytest.raises(SystemExit, match="--ours-head: 'liger' is not one of"):
+        train_throughput.parse_choices("fused,liger", "--ours-head", {n: n for n in train_throughput.HEADS})
