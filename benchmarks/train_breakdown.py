@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -256,20 +257,19 @@ def main(argv: list[str] | None = None) -> dict:
             CausalSelfAttention.forward = original
             torch._dynamo.reset()
 
+    def measure_model_change(label: str) -> None:
+        """The full micro-batch and the head, compiled afresh, under a change the caller made to the model."""
+        torch._dynamo.reset()
+        changed = compile_(model, dynamic=False)
+        measure(f"full, {label} (candidate)", fwd_bwd(lambda: changed(x, y, reduction="sum")))
+        if "head" not in skip:
+            changed_head = compile_(head_loss, dynamic=False)
+            measure(f"head, {label} (candidate)", fwd_bwd(lambda: changed_head(model, hidden, y, False)))
+
     if "sigmoid_softcap" not in skip:
-        original = GPT._softcap
-        GPT._softcap = sigmoid_softcap
-        try:
-            torch._dynamo.reset()
-            capped = compile_(model, dynamic=False)
-            measure("full, soft-cap by sigmoid (candidate)", fwd_bwd(lambda: capped(x, y, reduction="sum")))
-            if "head" not in skip:
-                capped_head = compile_(head_loss, dynamic=False)
-                step = fwd_bwd(lambda: capped_head(model, hidden, y, False))
-                measure("head, soft-cap by sigmoid (candidate)", step)
-        finally:
-            GPT._softcap = original
-            torch._dynamo.reset()
+        with mock.patch.object(GPT, "_softcap", sigmoid_softcap):
+            measure_model_change("soft-cap by sigmoid")
+        torch._dynamo.reset()
 
     # On a GPU only: on the CPU the kernel runs only under the Triton interpreter (the tests run it there).
     if "fused_loss" not in skip and device.type == "cuda":
@@ -290,17 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.
     has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
     if "fp8" not in skip and has_fp8:
-        model.fp8_head = True
-        try:
-            torch._dynamo.reset()
-            fp8_full = compile_(model, dynamic=False)
-            measure("full, FP8 lm_head (candidate)", fwd_bwd(lambda: fp8_full(x, y, reduction="sum")))
-            if "head" not in skip:
-                fp8_head = compile_(head_loss, dynamic=False)
-                measure("head, FP8 lm_head (candidate)", fwd_bwd(lambda: fp8_head(model, hidden, y, False)))
-        finally:
-            model.fp8_head = False
-            torch._dynamo.reset()
+        with mock.patch.object(model, "fp8_head", True):
+            measure_model_change("FP8 lm_head")
+        torch._dynamo.reset()
         # The lm_head's matmul alone, forward and backward, exact and in FP8 (with its casts).
         head_in = torch.randn(tokens, config.n_embd, device=device, dtype=dtype, requires_grad=True)
         head_grad = torch.randn(tokens, config.padded_vocab_size, device=device, dtype=dtype)
