@@ -203,7 +203,9 @@ def test_serve_as_a_process(chat_runs):
         with urllib.request.urlopen(request, timeout=60) as response:
             assert json.load(response)["choices"][0]["message"]["content"] == REPLY
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        # It exits in about 1.5 s (torch's teardown, mostly); 30 s ran out once on this 2-core machine
+        # while other processes kept both cores busy.
+        assert process.wait(timeout=120) == 0
         assert "stopped after" in process.stderr.read()
     finally:
         if process.poll() is None:
