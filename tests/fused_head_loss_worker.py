@@ -4,13 +4,16 @@ prints, as JSON, how far its loss and gradients are from the head's (see test_fu
 TRITON_INTERPRET=1 must be in the environment before triton is imported, hence a process of its own.
 """
 
+import argparse
 import contextlib
 import json
+import shutil
 import sys
+from unittest import mock
 
 import torch
 
-from benchmarks.fused_head_loss import fused_head
+from benchmarks.fused_head_loss import FusedHeadLoss, fused_head
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -20,7 +23,34 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     ).item()
 
 
+def trainer_losses(head: str) -> dict[str, list[float]]:
+    """The step and validation losses of a small CPU run of the trainer with `head` patched in as
+    `train_throughput --ours-head` does it (2 micro-batches a step, so the upstream gradient is a scale)."""
+    from benchmarks import train_throughput
+    from nanogpt import train
+
+    args = argparse.Namespace(
+        depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=3, profile_steps=0
+    )
+    run_dir = train_throughput.make_run_dir(args, micro_batch=2, compile_=False)
+    kernel_calls = mock.patch.object(FusedHeadLoss, "apply", wraps=FusedHeadLoss.apply)
+    try:
+        with train_throughput.head_variant(head), kernel_calls as apply:
+            assert train.run(run_dir / "config.json") == 0
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    finally:
+        shutil.rmtree(run_dir.parent)
+    return {
+        "steps": [e["loss"] for e in events if e["kind"] == "step"],
+        "val": [e["val_loss"] for e in events if e["kind"] == "val"],
+        "kernel_calls": apply.call_count,
+    }
+
+
 def main() -> None:
+    if sys.argv[1:] == ["trainer"]:
+        json.dump({head: trainer_losses(head) for head in ("default", "fused")}, sys.stdout)
+        return
     results = []
     for cap in (15.0, None):
         torch.manual_seed(0)

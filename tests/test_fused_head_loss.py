@@ -15,14 +15,18 @@ pytest.importorskip("triton", reason="the fused loss is a Triton kernel")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():
+def run_worker(*args: str) -> dict | list:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fused_head_loss_worker.py")],
+        [sys.executable, str(ROOT / "tests" / "fused_head_loss_worker.py"), *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    cases = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():
+    cases = run_worker()
     # Soft-cap on and off, float32 and bf16 autocast, the three reductions, a row's loop of 5 blocks
     # ending in the padding columns and one block past the row's end.
     assert len(cases) == 2 * 2 * 3 * 2
@@ -34,6 +38,19 @@ def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():
         # different points (here before the upstream scale, there after it).
         limit = 2e-2 if case["autocast"] else 1e-5
         assert case["loss"] < 1e-5 and case["grad_x"] < limit and case["grad_w"] < limit, case
+
+
+def test_the_trainer_with_the_fused_loss_patched_in_trains_as_with_its_own_head():
+    # As `train_throughput --ours-head fused` runs it: the same steps' losses (float32 on the CPU), and the
+    # validation, which keeps the model's own head, agrees.
+    runs = run_worker("trainer")
+    default, fused = runs["default"], runs["fused"]
+    assert len(default["steps"]) == len(fused["steps"]) == 4 and len(default["val"]) == len(fused["val"]) == 1
+    assert len(set(default["steps"])) == 4  # the weights change from step to step
+    # The kernel ran for every micro-batch of the 4 steps (2 each), and never for validation.
+    assert (default["kernel_calls"], fused["kernel_calls"]) == (0, 8)
+    for expected, got in zip(default["steps"] + default["val"], fused["steps"] + fused["val"], strict=True):
+        assert got == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.gpu
