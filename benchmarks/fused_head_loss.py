@@ -11,6 +11,11 @@ logits in place of the logits (a second pass over a row just read, mostly from L
 loss kernel left: the upstream gradient (one number per row) scales the two small matmul operands instead
 of the gradient's tokens × vocabulary entries.
 
+`FusedFP8HeadLoss` also runs the lm_head's three matmuls in FP8, with the kernel writing the gradient
+directly in e5m2 at a fixed scale (the gradient lies in [-1, 1]): no amax pass over it, half the bytes,
+and only its one transposed copy beyond the kernel. `fp8_head`'s dynamic scaling of that gradient cost
+more than the FP8 matmuls saved (docs/benchmarks.md).
+
 The head's exact function, bit for bit aside: the soft-cap is cap·(2·sigmoid(2z/cap) - 1) = cap·tanh(z/cap)
 (the GPU's fast exp), the padding columns (vocab_size and up) are out of the softmax, targets of -1 are
 ignored, and the loss is float32. Measured in benchmarks/train_breakdown.py beside the compiled head; not
@@ -22,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nanogpt.model import GPT
+from nanogpt.model import FP8_GRAD, FP8_INPUT, GPT, fp8_fits, to_fp8
 
 BLOCK = 4096  # logits per iteration of a row's loops
 NUM_WARPS = 8
@@ -36,19 +41,33 @@ def _softcap(z, cap, HAS_CAP: tl.constexpr):
 
 
 @triton.jit
+def _round_to_e5m2_grid(x):
+    """x rounded to 2 mantissa bits, half to even, in float32: the e5m2 cast of the result is then exact
+    (in e5m2's normal range), whoever converts. The Triton interpreter's float32 → float8 cast mishandles
+    a rounding carry into the exponent (7.99 → 4.0), which would fail the CPU tests of this kernel."""
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + 0xFFFFF + ((bits >> 21) & 1)) & -0x200000  # drop the low 21 of 23 mantissa bits
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _loss_and_grad_kernel(
-    logits_ptr,  # (rows, row_stride): read, then overwritten with d loss_row / d logits
+    logits_ptr,  # (rows, row_stride), read
     targets_ptr,  # (rows,) int64, -1 = ignored
     losses_ptr,  # (rows,) float32, written
+    grad_ptr,  # (rows, row_stride): d loss_row / d logits × grad_multiplier, written (may be logits_ptr)
     row_stride,
     vocab_size,  # columns [vocab_size, padded_vocab) are padding: out of the softmax, gradient 0
     padded_vocab,
     cap,
+    grad_multiplier,
     HAS_CAP: tl.constexpr,
     BLOCK: tl.constexpr,
+    GRAD_E5M2: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * row_stride
+    grad_base = grad_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
     ignored = target < 0
     # Pass 1: the row's log-sum-exp, streaming (a running max and a sum rescaled to it).
@@ -73,8 +92,10 @@ def _loss_and_grad_kernel(
         grad = tl.exp(capped - lse) - tl.where(cols == target, 1.0, 0.0)
         if HAS_CAP:
             grad = grad * (1 - (capped / cap) * (capped / cap))
-        grad = tl.where((cols < vocab_size) & (target >= 0), grad, 0.0)
-        tl.store(base + cols, grad.to(logits_ptr.dtype.element_ty), mask=in_row)
+        grad = tl.where((cols < vocab_size) & (target >= 0), grad * grad_multiplier, 0.0)
+        if GRAD_E5M2:
+            grad = _round_to_e5m2_grid(grad)
+        tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
 
 
 class FusedHeadLoss(torch.autograd.Function):
@@ -86,7 +107,7 @@ class FusedHeadLoss(torch.autograd.Function):
         logits = x @ w.t()
         losses = torch.empty(x.size(0), device=x.device, dtype=torch.float32)
         _loss_and_grad_kernel[(x.size(0),)](
-            logits, targets, losses, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
+            logits, targets, losses, logits, logits.stride(0), vocab_size, logits.size(1), cap or 1.0, 1.0,
             HAS_CAP=cap is not None, BLOCK=block, num_warps=num_warps,
         )  # fmt: skip
         ctx.save_for_backward(x, w, logits)  # the logits now hold their gradient
@@ -102,6 +123,56 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
+# The FP8 variant's gradient, d loss_row / d logits = softmax - one-hot through the soft-cap's derivative,
+# lies in [-1, 1] whatever the logits: a fixed scale puts 1 at 2^15, below e5m2's largest 57,344, and
+# leaves probabilities down to about 2^-29 representable. No amax pass over the logits' gradient.
+GRAD_MULTIPLIER = 2.0**15
+
+
+class FusedFP8HeadLoss(torch.autograd.Function):
+    """FusedHeadLoss with the lm_head's three matmuls in FP8 (torch._scaled_mm, as nanogpt.model.FP8Linear):
+    x and the weight in e4m3 with scales from their largest magnitudes (small tensors), the logits' gradient
+    written by the kernel directly in e5m2 at the fixed GRAD_MULTIPLIER (half the bytes of bf16, and the
+    bf16 logits are freed after the kernel). Shapes must pass nanogpt.model.fp8_fits."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+        x8, x_scale = to_fp8(x, FP8_INPUT)
+        w8, w_scale = to_fp8(weight, FP8_INPUT)
+        # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
+        logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+        losses = torch.empty(x.size(0), device=x.device, dtype=torch.float32)
+        grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
+        _loss_and_grad_kernel[(x.size(0),)](
+            logits, targets, losses, grad8, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
+            GRAD_MULTIPLIER, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=True, num_warps=num_warps,
+        )  # fmt: skip
+        ctx.save_for_backward(x, w8, w_scale, grad8)
+        ctx.weight_dtype = weight.dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        x, w8, w_scale, grad8 = ctx.saved_tensors
+        g_scale = torch.tensor(1 / GRAD_MULTIPLIER, device=x.device, dtype=torch.float32)
+        scale = grad_losses.to(x.dtype)[:, None]  # one number per row: scale the small operands
+        # grad_x = g @ w: w (out, in) is needed column-major, a small copy.
+        grad_x = (
+            torch._scaled_mm(
+                grad8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale, out_dtype=x.dtype
+            )
+            * scale
+        )
+        # grad_w = ((x·scale)ᵀ @ g)ᵀ: (x·scale)ᵀ row-major is a small copy; g column-major is the one
+        # transposed copy of the gradient (e5m2: half the bytes of bf16).
+        xs8, xs_scale = to_fp8(x * scale, FP8_INPUT)
+        grad_w = torch._scaled_mm(
+            xs8.t().contiguous(), grad8.t().contiguous().t(), scale_a=xs_scale, scale_b=g_scale,
+            out_dtype=torch.float32,
+        ).t()  # fmt: skip
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+
+
 def fused_head(
     model: GPT,
     x: torch.Tensor,
@@ -110,14 +181,19 @@ def fused_head(
     reduction: str = "mean",
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
+    fp8: bool = False,
 ) -> torch.Tensor:
-    """GPT.head's loss (targets given) through FusedHeadLoss: hidden states (B, T, C) → the loss."""
+    """GPT.head's loss (targets given) through FusedHeadLoss (fp8: FusedFP8HeadLoss): hidden states
+    (B, T, C) → the loss."""
     B, T, C = x.shape
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
     flat_targets = targets.reshape(-1).contiguous()
-    losses = FusedHeadLoss.apply(
-        x.reshape(B * T, C).contiguous(), model.lm_head.weight, flat_targets,
+    weight = model.lm_head.weight
+    if fp8 and not fp8_fits(B * T, C, weight.size(0)):
+        raise ValueError(f"FP8 head: {B * T} rows of {C} by {weight.size(0)} are not all multiples of 16")
+    losses = (FusedFP8HeadLoss if fp8 else FusedHeadLoss).apply(
+        x.reshape(B * T, C).contiguous(), weight, flat_targets,
         model.config.logit_softcap, model.config.vocab_size, block, num_warps,
     )  # fmt: skip
     if reduction == "none":

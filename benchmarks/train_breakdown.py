@@ -15,8 +15,9 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
-- on a GPU, full and head with the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py,
-  at a few block sizes and warp counts): candidates;
+- on a GPU, full and head with the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py;
+  the head also at other block sizes and warp counts), and the same with the lm_head's matmuls in FP8 and
+  the kernel writing the gradient in e5m2: candidates;
 - full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
@@ -271,15 +272,23 @@ def main(argv: list[str] | None = None) -> dict:
             measure_model_change("soft-cap by sigmoid")
         torch._dynamo.reset()
 
+    # FP8 not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
     # On a GPU only: on the CPU the kernel runs only under the Triton interpreter (the tests run it there).
     if "fused_loss" not in skip and device.type == "cuda":
         from benchmarks.fused_head_loss import fused_head
 
         compiled_trunk_only = compile_(model.trunk, dynamic=False)  # the head runs eagerly: matmuls, kernel
-        step = fwd_bwd(lambda: fused_head(model, compiled_trunk_only(x), y, reduction="sum"))
-        measure("full, fused Triton loss (candidate)", step)
+        for fp8, label in ((False, ""), (True, ", FP8 lm_head")):
+            if fp8 and not has_fp8:
+                continue
+            step = fwd_bwd(lambda f=fp8: fused_head(model, compiled_trunk_only(x), y, reduction="sum", fp8=f))
+            measure(f"full, fused Triton loss{label} (candidate)", step)
+            if "head" not in skip:
+                step = fwd_bwd(lambda f=fp8: fused_head(model, hidden, y, reduction="sum", fp8=f))
+                measure(f"head, fused Triton loss{label} (candidate)", step)
         if "head" not in skip:
-            for block, num_warps in ((4096, 8), (8192, 16), (16384, 16), (2048, 4)):
+            for block, num_warps in ((8192, 16), (16384, 16), (2048, 4)):  # beside the default 4096/8
                 step = fwd_bwd(
                     lambda b=block, w=num_warps: fused_head(
                         model, hidden, y, reduction="sum", block=b, num_warps=w
@@ -287,8 +296,6 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 measure(f"head, fused Triton loss, {block}/{num_warps} (candidate)", step)
 
-    # Not on the CPU: torch._scaled_mm runs there (the tests use it), but as a slow reference loop.
-    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
     if "fp8" not in skip and has_fp8:
         with mock.patch.object(model, "fp8_head", True):
             measure_model_change("FP8 lm_head")

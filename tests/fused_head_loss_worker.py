@@ -12,8 +12,10 @@ import sys
 from unittest import mock
 
 import torch
+import triton
+import triton.language as tl
 
-from benchmarks.fused_head_loss import FusedHeadLoss, fused_head
+from benchmarks.fused_head_loss import FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid, fused_head
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -33,7 +35,8 @@ def trainer_losses(head: str) -> dict[str, list[float]]:
         depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=3, profile_steps=0
     )
     run_dir = train_throughput.make_run_dir(args, micro_batch=2, compile_=False)
-    kernel_calls = mock.patch.object(FusedHeadLoss, "apply", wraps=FusedHeadLoss.apply)
+    function = FusedFP8HeadLoss if head == "fused-fp8" else FusedHeadLoss
+    kernel_calls = mock.patch.object(function, "apply", wraps=function.apply)
     try:
         with train_throughput.head_variant(head), kernel_calls as apply:
             assert train.run(run_dir / "config.json") == 0
@@ -47,48 +50,102 @@ def trainer_losses(head: str) -> dict[str, list[float]]:
     }
 
 
-def main() -> None:
-    if sys.argv[1:] == ["trainer"]:
-        json.dump({head: trainer_losses(head) for head in ("default", "fused")}, sys.stdout)
-        return
-    results = []
+@triton.jit
+def _e5m2_cast(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    tl.store(out_ptr + cols, _round_to_e5m2_grid(tl.load(x_ptr + cols)).to(out_ptr.dtype.element_ty))
+
+
+def e5m2_rounding() -> dict[str, list[float]]:
+    """The kernel's rounding to e5m2's grid, then its cast, beside torch's e5m2 cast, over carries into the
+    exponent, ties (to even), both signs and e5m2's largest normal values."""
+    values = [7.99, 32767.7, 0.999, 1.125, 1.375, 1.124, 3.5, 2.5, 6e-5, 1e-3, 0.3, 57344.0, 49152.0]
+    values += [-v for v in values]
+    values += torch.empty(256 - len(values)).uniform_(-4, 4).tolist()
+    x = torch.tensor(values)
+    out = torch.empty(256, dtype=torch.float8_e5m2)
+    _e5m2_cast[(1,)](x, out, BLOCK=256)
+    return {"kernel": out.float().tolist(), "torch": x.to(torch.float8_e5m2).float().tolist()}
+
+
+def setting(cap: float | None) -> tuple[GPT, torch.Tensor, torch.Tensor]:
+    """A depth-1 model (vocabulary 300, padded to 320: blocks of 64 end inside the padding), hidden
+    states, and targets with ignored positions, a sequence of nothing to learn, the first and last token."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(depth=1, vocab_size=300, sequence_len=16, aspect_ratio=32, head_dim=16,
+                          logit_softcap=cap))  # fmt: skip
+    model.init_weights()
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)  # logits well past the cap, both ways
+    x = torch.randn(3, 16, 32, requires_grad=True)
+    targets = torch.randint(0, 300, (3, 16))
+    targets[0, :5] = -1  # ignored positions
+    targets[2, :] = -1  # a sequence with nothing to learn: loss 0, gradients 0
+    targets[1, 0], targets[1, 1] = 0, 299
+    return model, x, targets
+
+
+def both_heads(model, x, targets, reduction: str, *, autocast: bool, **fused_kwargs) -> dict:
+    """GPT.head's and fused_head's losses, and their gradients (x's, the weight's) under one weighting of
+    the losses, as plain numbers: how far apart, finite, zero where nothing is learned."""
+    weights = torch.rand(3, 16) if reduction == "none" else torch.tensor(1e-3)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with context:
+        expected = model.head(x, targets, reduction=reduction)
+        got = fused_head(model, x, targets, reduction=reduction, **fused_kwargs)
+    wanted = (x, model.lm_head.weight)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), wanted)
+    got_grads = torch.autograd.grad((got * weights).sum(), wanted)
+    cosines = [
+        torch.nn.functional.cosine_similarity(g.flatten().float(), e.flatten().float(), dim=0).item()
+        for g, e in zip(got_grads, expected_grads, strict=True)
+    ]
+    return {
+        "reduction": reduction, "autocast": autocast,
+        "loss": relative_error(got, expected),
+        "grad_x": relative_error(got_grads[0], expected_grads[0]),
+        "grad_w": relative_error(got_grads[1], expected_grads[1]),
+        "cosine_x": cosines[0], "cosine_w": cosines[1],
+        "ignored_grad_x": got_grads[0][2].abs().max().item(),
+        "finite": bool(got.isfinite().all() and all(g.isfinite().all() for g in got_grads)),
+        "loss_dtype": str(got.dtype), "grad_w_dtype": str(got_grads[1].dtype),
+    }  # fmt: skip
+
+
+def fp8_cases() -> list[dict]:
+    """FusedFP8HeadLoss against GPT.head in bf16."""
+    cases = []
     for cap in (15.0, None):
-        torch.manual_seed(0)
-        # vocab 300 pads to 320: 20 padding columns, and blocks of 64 end inside them.
-        model = GPT(GPTConfig(depth=1, vocab_size=300, sequence_len=16, aspect_ratio=32, head_dim=16,
-                              logit_softcap=cap))  # fmt: skip
-        model.init_weights()
-        torch.nn.init.normal_(model.lm_head.weight, std=1.0)  # logits well past the cap, both ways
-        x = torch.randn(3, 16, 32, requires_grad=True)
-        targets = torch.randint(0, 300, (3, 16))
-        targets[0, :5] = -1  # ignored positions
-        targets[2, :] = -1  # a sequence with nothing to learn: loss 0, gradients 0
-        targets[1, 0], targets[1, 1] = 0, 299  # the first and the last real token
+        model, x, targets = setting(cap)
+        for reduction in ("sum", "none"):
+            case = both_heads(model, x, targets, reduction, autocast=True, block=64, num_warps=1, fp8=True)
+            cases.append({"cap": cap, **case})
+    return cases
+
+
+def bf16_and_float32_cases() -> list[dict]:
+    """FusedHeadLoss against GPT.head: soft-cap on and off, float32 and bf16 autocast, the three
+    reductions, a row's loop of 5 blocks or one block past the row's end."""
+    cases = []
+    for cap in (15.0, None):
+        model, x, targets = setting(cap)
         for autocast in (False, True):
             for reduction in ("sum", "mean", "none"):
-                for block, num_warps in ((64, 1), (512, 2)):  # 5 iterations a row, or one past its end
-                    context = (
-                        torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+                for block, num_warps in ((64, 1), (512, 2)):
+                    case = both_heads(
+                        model, x, targets, reduction, autocast=autocast, block=block, num_warps=num_warps
                     )
-                    weights = torch.rand(3, 16) if reduction == "none" else torch.tensor(1.0)
-                    with context:
-                        expected = model.head(x, targets, reduction=reduction)
-                        got = fused_head(
-                            model, x, targets, reduction=reduction, block=block, num_warps=num_warps
-                        )
-                    wanted = (x, model.lm_head.weight)
-                    expected_grads = torch.autograd.grad((expected * weights).sum(), wanted)
-                    got_grads = torch.autograd.grad((got * weights).sum(), wanted)
-                    results.append({
-                        "cap": cap, "autocast": autocast, "reduction": reduction, "block": block,
-                        "loss": relative_error(got, expected),
-                        "grad_x": relative_error(got_grads[0], expected_grads[0]),
-                        "grad_w": relative_error(got_grads[1], expected_grads[1]),
-                        "ignored_grad_x": got_grads[0][2].abs().max().item(),
-                        "finite": bool(got.isfinite().all() and all(g.isfinite().all() for g in got_grads)),
-                        "loss_dtype": str(got.dtype), "grad_w_dtype": str(got_grads[1].dtype),
-                    })  # fmt: skip
-    json.dump(results, sys.stdout)
+                    cases.append({"cap": cap, "block": block, **case})
+    return cases
+
+
+def main() -> None:
+    if sys.argv[1:] == ["trainer"]:
+        json.dump({head: trainer_losses(head) for head in ("default", "fused", "fused-fp8")}, sys.stdout)
+        return
+    if sys.argv[1:] == ["fp8"]:
+        json.dump({"rounding": e5m2_rounding(), "cases": fp8_cases()}, sys.stdout)
+        return
+    json.dump(bf16_and_float32_cases(), sys.stdout)
 
 
 if __name__ == "__main__":
