@@ -14,6 +14,9 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - fused qkv: the model with the three attention projections in one matmul (the weights concatenated in the
   forward, so Muon still sees three matrices): a candidate;
 - full at 2x the micro-batch: a candidate (fewer, larger kernels; more memory);
+- on a GPU, full with the model's weights in bf16: what the trainer's float32 weights cost a micro-batch
+  (a cast of every weight in the forward, a float32 gradient added in the backward), an upper bound on
+  what casting once per step would save;
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
 - on a GPU, full and head with the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py;
   the head also at other block sizes and warp counts), and the same with the lm_head's matmuls in FP8 and
@@ -37,6 +40,7 @@ gap between the full micro-batch and the floors: the time spent neither in matmu
 """
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -238,6 +242,15 @@ def main(argv: list[str] | None = None) -> dict:
         compiled_head = compile_(head_loss, dynamic=False)
         measure("head (lm_head + loss)", fwd_bwd(lambda: compiled_head(model, hidden, y, False)))
         measure("head, plain loss (no softcap, mask)", fwd_bwd(lambda: compiled_head(model, hidden, y, True)))
+    if "bf16_weights" not in skip and dtype == torch.bfloat16:
+        # The trainer keeps float32 weights: every micro-batch casts them to bf16 in its forward and adds
+        # float32 copies of their gradients in its backward. A bf16 copy of the model shows what that costs.
+        bf16_model = copy.deepcopy(model).to(dtype)
+        bf16_model.cos, bf16_model.sin = model.cos, model.sin  # the rotary tables stay float32, as trained
+        bf16_full = compile_(bf16_model, dynamic=False)
+        measure("full, bf16 weights (bound on the casts)", fwd_bwd(lambda: bf16_full(x, y, reduction="sum")))
+        del bf16_model, bf16_full
+        torch._dynamo.reset()
     if "double" not in skip:
         x2, y2 = batch(2 * B)
         measure(
