@@ -75,9 +75,10 @@ def _loss_and_grad_kernel(
     running_sum = tl.sum(tl.zeros((BLOCK,), tl.float32), 0)
     for start in range(0, vocab_size, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        in_vocab = cols < vocab_size
-        capped = _softcap(tl.load(base + cols, mask=in_vocab, other=0.0).to(tl.float32), cap, HAS_CAP)
-        capped = tl.where(in_vocab, capped, float("-inf"))
+        # Loaded up to the padded width (a multiple of 16, so the loads vectorise; masked on vocab_size,
+        # odd, they went one element at a time), then the padding is taken out of the softmax.
+        logits = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
+        capped = tl.where(cols < vocab_size, _softcap(logits, cap, HAS_CAP), float("-inf"))
         new_max = tl.maximum(running_max, tl.max(capped, 0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(capped - new_max), 0)
         running_max = new_max
@@ -117,9 +118,11 @@ class FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses):
         x, w, grad_logits = ctx.saved_tensors
-        scale = grad_losses.to(x.dtype)[:, None]  # one number per row: scale the small operands
-        grad_x = (grad_logits @ w) * scale
-        grad_w = grad_logits.t() @ (x * scale)
+        # One number per row scales the small operands, in float32: rounded to bf16 first, the trainer's
+        # 1/tokens would bias the whole gradient whenever the token count is not a power of two.
+        scale = grad_losses.float()[:, None]
+        grad_x = ((grad_logits @ w).float() * scale).to(x.dtype)
+        grad_w = grad_logits.t() @ (x.float() * scale).to(x.dtype)
         return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
@@ -154,18 +157,19 @@ class FusedFP8HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses):
         x, w8, w_scale, grad8 = ctx.saved_tensors
-        g_scale = torch.tensor(1 / GRAD_MULTIPLIER, device=x.device, dtype=torch.float32)
-        scale = grad_losses.to(x.dtype)[:, None]  # one number per row: scale the small operands
+        # torch.full, not torch.tensor: a tensor from a Python number is copied to the GPU synchronously,
+        # which would stall the host before every backward.
+        g_scale = torch.full((), 1 / GRAD_MULTIPLIER, device=x.device, dtype=torch.float32)
+        scale = grad_losses.float()[:, None]  # one number per row: scale the small operands, as above
         # grad_x = g @ w: w (out, in) is needed column-major, a small copy.
-        grad_x = (
-            torch._scaled_mm(
-                grad8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale, out_dtype=x.dtype
-            )
-            * scale
+        grad_x = torch._scaled_mm(
+            grad8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32
         )
+        grad_x = (grad_x * scale).to(x.dtype)
         # grad_w = ((x·scale)ᵀ @ g)ᵀ: (x·scale)ᵀ row-major is a small copy; g column-major is the one
-        # transposed copy of the gradient (e5m2: half the bytes of bf16).
-        xs8, xs_scale = to_fp8(x * scale, FP8_INPUT)
+        # transposed copy of the gradient (e5m2: half the bytes of bf16). One e4m3 scale for x·scale: rows
+        # weighted very unevenly (reduction "none") lose precision; the trainer's weights are uniform.
+        xs8, xs_scale = to_fp8(x.float() * scale, FP8_INPUT)
         grad_w = torch._scaled_mm(
             xs8.t().contiguous(), grad8.t().contiguous().t(), scale_a=xs_scale, scale_b=g_scale,
             out_dtype=torch.float32,

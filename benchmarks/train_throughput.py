@@ -311,6 +311,24 @@ def parse_choices(text: str, option: str, names: dict[str, bool | str]) -> list[
     return values
 
 
+def ours_variants(args: argparse.Namespace) -> list[tuple]:
+    """(compile, fp8_head, attention, head, micro_batch) of each run of ours: every combination of the
+    `--ours-*` lists. SystemExit naming the option for a bad value or combination."""
+    booleans = {"true": True, "false": False}
+    attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
+    variants = [
+        (compile_, fp8_head, attention, head, micro_batch)
+        for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
+        for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
+        for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
+        for head in parse_choices(args.ours_head, "--ours-head", heads)
+        for micro_batch in parse_micro_batches(args.ours_micro_batch)
+    ]
+    if any(fp8_head and head.startswith("fused") for _, fp8_head, _, head, _ in variants):
+        raise SystemExit("--ours-fp8-head true with --ours-head fused*: the fused heads do their own matmuls")
+    return variants
+
+
 def report_progress(result: Result) -> None:
     """One line as each run ends, so that a run cut short by a time limit still shows what finished."""
     print(
@@ -361,6 +379,7 @@ def main() -> None:
     parser.add_argument("--profile-dir", help="keep the profile (summary and trace) in this folder")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    variants = ours_variants(args)  # a bad option fails here, before anything runs
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -381,16 +400,6 @@ def main() -> None:
         results.append(ref)
         report_progress(ref)
         torch.cuda.empty_cache()
-    booleans = {"true": True, "false": False}
-    attentions = {name: name for name in ATTENTION_BACKENDS}
-    variants = [
-        (compile_, fp8_head, attention, head, micro_batch)
-        for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
-        for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
-        for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
-        for head in parse_choices(args.ours_head, "--ours-head", {name: name for name in HEADS})
-        for micro_batch in parse_micro_batches(args.ours_micro_batch)
-    ]
     for compile_, fp8_head, attention, head, micro_batch in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.

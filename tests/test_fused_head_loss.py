@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from markers import needs_cpp_compiler
 
 pytest.importorskip("triton", reason="the fused loss is a Triton kernel")
 
@@ -54,17 +55,21 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
         assert case["loss"] < 0.05, case
 
 
+@needs_cpp_compiler
 def test_the_trainer_with_the_fused_loss_patched_in_trains_as_with_its_own_head():
     # As `train_throughput --ours-head fused` runs it: the same steps' losses (float32 on the CPU), and the
-    # validation, which keeps the model's own head, agrees.
+    # validation, which keeps the model's own head, agrees; eager, and with the blocks compiled (the head
+    # then runs behind a graph break).
     runs = run_worker("trainer")
-    default, fused = runs["default"], runs["fused"]
+    default, fused, compiled = runs["default"], runs["fused"], runs["fused, blocks compiled"]
     assert len(default["steps"]) == len(fused["steps"]) == 4 and len(default["val"]) == len(fused["val"]) == 1
     assert len(set(default["steps"])) == 4  # the weights change from step to step
     # The kernel ran for every micro-batch of the 4 steps (2 each), and never for validation.
     assert (default["kernel_calls"], fused["kernel_calls"]) == (0, 8)
-    for expected, got in zip(default["steps"] + default["val"], fused["steps"] + fused["val"], strict=True):
-        assert got == pytest.approx(expected, rel=1e-5)
+    for run in (fused, compiled):
+        assert run["kernel_calls"] == 8
+        for expected, got in zip(default["steps"] + default["val"], run["steps"] + run["val"], strict=True):
+            assert got == pytest.approx(expected, rel=1e-5)
     # With the lm_head in FP8 too: its own Function for every micro-batch, and losses within 1%.
     fp8 = runs["fused-fp8"]
     assert fp8["kernel_calls"] == 8
