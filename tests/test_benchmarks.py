@@ -190,3 +190,22 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
     assert GPT.__dict__["head"] is original_head and GPT.__dict__["_softcap"] is original_softcap
     with pytest.raises(SystemExit, match="--ours-head: 'liger' is not one of"):
         train_throughput.parse_choices("fused,liger", "--ours-head", {n: n for n in train_throughput.HEADS})
+
+
+def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fused_head():
+    args = argparse.Namespace(
+        ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
+        ours_head="default,fused", ours_micro_batch="32",
+    )  # fmt: skip
+    variants = train_throughput.ours_variants(args)
+    assert [(c, h) for c, _, _, h, _ in variants] == [
+        (True, "default"), (True, "fused"), ("blocks", "default"), ("blocks", "fused")
+    ]  # fmt: skip
+    args.ours_fp8_head = "true"
+    with pytest.raises(SystemExit, match="--ours-fp8-head true with --ours-head fused"):
+        train_throughput.ours_variants(args)
+    args.ours_head = "default"
+    assert len(train_throughput.ours_variants(args)) == 2
+    args.ours_head = "liger"
+    with pytest.raises(SystemExit, match="--ours-head: 'liger' is not one of"):
+        train_throughput.ours_variants(args)
