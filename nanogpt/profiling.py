@@ -134,8 +134,11 @@ def summarize(averages: Iterable[Any], steps: list[tuple[int, float]], *, on_dev
             continue
         name = event.key.removeprefix(PHASE_PREFIX)
         if event.device_type == DeviceType.CPU:
-            host = {"count": event.count, "host_s": event.cpu_time_total / 1e6}
-            phases[name] = host | {"device_s": event.device_time_total / 1e6}
+            phases[name] = {
+                "count": event.count,
+                "host_s": event.cpu_time_total / 1e6,
+                "device_s": event.device_time_total / 1e6,
+            }
         else:  # the same range as the device saw it (newer profilers): its span there
             device_spans[name] = event.device_time_total / 1e6
     for name, seconds in device_spans.items():
