@@ -3,7 +3,7 @@
 `GPT.head` in training is the lm_head's matmul, then a compiled loss: the logits (bf16, tokens × 50,304 at
 depth 12) are read by a forward kernel and by a backward kernel that writes their gradient. On an H100
 those two kernels took 7.4 ms of a 63 ms micro-batch (the profile of 2026-12-06), several times their
-memory traffic: each recomputes the soft-cap with libdevice's tanh, the forward one in two passes.
+memory traffic; most likely libdevice's tanh, which each recomputes for every logit.
 
 Here one kernel does both, as Liger-Kernel's fused cross-entropy does: for each row it finds the log-sum-exp
 of the soft-capped logits in one streaming pass, then writes the gradient of the row's loss over the
@@ -18,9 +18,10 @@ more than the FP8 matmuls saved (docs/benchmarks.md).
 
 The head's exact function, bit for bit aside: the soft-cap is cap·(2·sigmoid(2z/cap) - 1) = cap·tanh(z/cap)
 (the GPU's fast exp), the padding columns (vocab_size and up) are out of the softmax, targets of -1 are
-ignored, and the loss is float32. Measured in benchmarks/train_breakdown.py beside the compiled head; not
-used by the trainer. Runs on CUDA, and on the CPU under the Triton interpreter (TRITON_INTERPRET=1, set
-before this module is imported), which the tests use.
+ignored, and the loss is float32. Measured in benchmarks/train_breakdown.py beside the compiled head, and
+in the trainer by train_throughput's `--ours-head`, which patches it in for a run; not part of the
+trainer. Runs on CUDA, and on the CPU under the Triton interpreter (TRITON_INTERPRET=1, set before this
+module is imported), which the tests use.
 """
 
 import torch
@@ -99,6 +100,16 @@ def _loss_and_grad_kernel(
         tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
 
 
+def _losses_writing_grad(logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2):
+    """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad."""
+    losses = torch.empty(logits.size(0), device=logits.device, dtype=torch.float32)
+    _loss_and_grad_kernel[(logits.size(0),)](
+        logits, targets, losses, grad, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
+        grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, num_warps=num_warps,
+    )  # fmt: skip
+    return losses
+
+
 class FusedHeadLoss(torch.autograd.Function):
     """(x (N, C), weight (V, C), targets (N,)) → each row's loss (N,), float32; the matmul in x's dtype."""
 
@@ -106,11 +117,7 @@ class FusedHeadLoss(torch.autograd.Function):
     def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
         w = weight.to(x.dtype)
         logits = x @ w.t()
-        losses = torch.empty(x.size(0), device=x.device, dtype=torch.float32)
-        _loss_and_grad_kernel[(x.size(0),)](
-            logits, targets, losses, logits, logits.stride(0), vocab_size, logits.size(1), cap or 1.0, 1.0,
-            HAS_CAP=cap is not None, BLOCK=block, num_warps=num_warps,
-        )  # fmt: skip
+        losses = _losses_writing_grad(logits, targets, logits, cap, vocab_size, 1.0, block, num_warps, False)
         ctx.save_for_backward(x, w, logits)  # the logits now hold their gradient
         ctx.weight_dtype = weight.dtype
         return losses
@@ -144,12 +151,9 @@ class FusedFP8HeadLoss(torch.autograd.Function):
         w8, w_scale = to_fp8(weight, FP8_INPUT)
         # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
         logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
-        losses = torch.empty(x.size(0), device=x.device, dtype=torch.float32)
         grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
-        _loss_and_grad_kernel[(x.size(0),)](
-            logits, targets, losses, grad8, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
-            GRAD_MULTIPLIER, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=True, num_warps=num_warps,
-        )  # fmt: skip
+        args = (cap, vocab_size, GRAD_MULTIPLIER, block, num_warps, True)
+        losses = _losses_writing_grad(logits, targets, grad8, *args)
         ctx.save_for_backward(x, w8, w_scale, grad8)
         ctx.weight_dtype = weight.dtype
         return losses
