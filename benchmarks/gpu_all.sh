@@ -10,7 +10,9 @@
 # (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a study of small
 # cells under compile: auto, which compiles cells this short regionally: per-cell overhead and GPU-busy
 # fraction; overhead_serial, not in the default list: the same study without the overlapped start-up). A
-# step that fails or runs out of time is reported and the next one runs. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
+# step that fails or runs out of time is reported and the next one runs. Beside each step's log,
+# STEP.clocks.csv samples the GPU's clock, power and temperature. GPT2_DIR and EVAL_BUNDLE default to
+# ../shared's copies.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
 shift

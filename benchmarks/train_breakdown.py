@@ -37,8 +37,8 @@ backward run alone at its shape and operand layout (its FLOPs are 6·N per token
 `estimate_flops()`), and the causal attention kernel (SDPA) forward and backward alone. A floor times 20
 (attention: 4) back-to-back calls per timing, so that no call waits on an idle GPU for its launch as a
 single call does (the floors of 2026-12-06 timed one call each and came out 8-9 ms above the kernel times
-that the profiler measured in training). Prints each time, its tokens/s, and the
-gap between the full micro-batch and the floors: the time spent neither in matmuls nor in attention.
+that the profiler measured in training). Prints each time, its tokens/s, and the gap between the full
+micro-batch and the floors: the time spent neither in matmuls nor in attention.
 """
 
 import argparse
@@ -264,15 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
         del x2, y2
 
     if "fused_qkv" not in skip:
-        original = CausalSelfAttention.forward
-        CausalSelfAttention.forward = fused_qkv_forward
-        try:
+        with mock.patch.object(CausalSelfAttention, "forward", fused_qkv_forward):
+            torch._dynamo.reset()
             fused = compile_(model, dynamic=False)
-            torch._dynamo.reset()
             measure("fused qkv (candidate)", fwd_bwd(lambda: fused(x, y, reduction="sum")))
-        finally:
-            CausalSelfAttention.forward = original
-            torch._dynamo.reset()
+        torch._dynamo.reset()
 
     def measure_model_change(label: str) -> None:
         """The full micro-batch and the head, compiled afresh, under a change the caller made to the model."""
