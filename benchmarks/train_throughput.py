@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -212,7 +213,7 @@ def head_variant(name: str) -> Iterator[None]:
         yield
         return
     attribute = "_softcap" if name == "sigmoid" else "head"
-    original = GPT.__dict__[attribute]
+    original = GPT.head
     if name == "sigmoid":
         from benchmarks.train_breakdown import sigmoid_softcap as replacement
     else:
@@ -228,11 +229,8 @@ def head_variant(name: str) -> Iterator[None]:
                 return original(self, x, targets, reduction=reduction)
             return eager_fused_head(self, x, targets, reduction=reduction, fp8=fp8)
 
-    setattr(GPT, attribute, replacement)
-    try:
+    with mock.patch.object(GPT, attribute, replacement):
         yield
-    finally:
-        setattr(GPT, attribute, original)
 
 
 def run_ours(
