@@ -110,6 +110,28 @@ def _losses_writing_grad(logits, targets, grad, cap, vocab_size, grad_multiplier
     return losses
 
 
+def _losses_and_grad_reference(logits, targets, cap, vocab_size):
+    """The kernel's two passes in torch operations, for torch.compile to fuse (no Triton source of ours):
+    each row's loss (float32) and the gradient over the logits, in the logits' dtype."""
+    cols = torch.arange(logits.size(1), device=logits.device)
+    is_token = cols < vocab_size
+    z = logits.float()
+    if cap is not None:
+        z = cap * (2 * torch.sigmoid(z * (2 / cap)) - 1)
+    z = z.masked_fill(~is_token, float("-inf"))
+    lse = torch.logsumexp(z, dim=1)
+    ignored = targets < 0
+    losses = torch.where(ignored, 0.0, lse - z.gather(1, targets.clamp_min(0)[:, None]).squeeze(1))
+    grad = torch.exp(z - lse[:, None]) - (cols == targets[:, None]).float()
+    if cap is not None:
+        grad = grad * (1 - (z / cap) * (z / cap))  # NaN in the padding columns, where the mask puts 0
+    grad = torch.where(is_token & ~ignored[:, None], grad, 0.0)
+    return losses, grad.to(logits.dtype)
+
+
+_compiled_losses_and_grad = torch.compile(_losses_and_grad_reference, dynamic=False)
+
+
 class FusedHeadLoss(torch.autograd.Function):
     """(x (N, C), weight (V, C), targets (N,)) → each row's loss (N,), float32; the matmul in x's dtype."""
 
@@ -131,6 +153,20 @@ class FusedHeadLoss(torch.autograd.Function):
         grad_x = ((grad_logits @ w).float() * scale).to(x.dtype)
         grad_w = grad_logits.t() @ (x.float() * scale).to(x.dtype)
         return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+
+
+class CompiledHeadLoss(FusedHeadLoss):
+    """FusedHeadLoss with the loss and its gradient compiled by torch.compile from torch operations in place
+    of the hand-written kernel: the same trick (the gradient taken in the forward, no loss kernel in the
+    backward) within nanogpt's own dependencies. The gradient is a new tensor, the logits freed after."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+        w = weight.to(x.dtype)
+        losses, grad_logits = _compiled_losses_and_grad(x @ w.t(), targets, cap, vocab_size)
+        ctx.save_for_backward(x, w, grad_logits)
+        ctx.weight_dtype = weight.dtype
+        return losses
 
 
 # The FP8 variant's gradient, d loss_row / d logits = softmax - one-hot through the soft-cap's derivative,
@@ -190,9 +226,12 @@ def fused_head(
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
     fp8: bool = False,
+    compiled: bool = False,
 ) -> torch.Tensor:
-    """GPT.head's loss (targets given) through FusedHeadLoss (fp8: FusedFP8HeadLoss): hidden states
-    (B, T, C) → the loss."""
+    """GPT.head's loss (targets given) through FusedHeadLoss (fp8: FusedFP8HeadLoss; compiled:
+    CompiledHeadLoss): hidden states (B, T, C) → the loss."""
+    if fp8 and compiled:
+        raise ValueError("fused_head: fp8 and compiled are separate candidates, not one")
     B, T, C = x.shape
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
@@ -200,7 +239,8 @@ def fused_head(
     weight = model.lm_head.weight
     if fp8 and not fp8_fits(B * T, C, weight.size(0)):
         raise ValueError(f"FP8 head: {B * T} rows of {C} by {weight.size(0)} are not all multiples of 16")
-    losses = (FusedFP8HeadLoss if fp8 else FusedHeadLoss).apply(
+    function = FusedFP8HeadLoss if fp8 else CompiledHeadLoss if compiled else FusedHeadLoss
+    losses = function.apply(
         x.reshape(B * T, C).contiguous(), weight, flat_targets,
         model.config.logit_softcap, model.config.vocab_size, block, num_warps,
     )  # fmt: skip

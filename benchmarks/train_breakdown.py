@@ -20,7 +20,8 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
 - on a GPU, full and head with the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py;
   the head also at other block sizes and warp counts), and the same with the lm_head's matmuls in FP8 and
-  the kernel writing the gradient in e5m2: candidates;
+  the kernel writing the gradient in e5m2, and the same loss and gradient taken in the forward by
+  torch.compile from torch operations (no kernel of ours): candidates;
 - full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
@@ -291,14 +292,21 @@ def main(argv: list[str] | None = None) -> dict:
         from benchmarks.fused_head_loss import fused_head
 
         compiled_trunk_only = compile_(model.trunk, dynamic=False)  # the head runs eagerly: matmuls, kernel
-        for fp8, label in ((False, ""), (True, ", FP8 lm_head")):
-            if fp8 and not has_fp8:
+        variants = {
+            "fused Triton loss": {},
+            "fused Triton loss, FP8 lm_head": {"fp8": True},
+            "loss and gradient compiled in the forward": {"compiled": True},
+        }
+        for label, options in variants.items():
+            if options.get("fp8") and not has_fp8:
                 continue
-            step = fwd_bwd(lambda f=fp8: fused_head(model, compiled_trunk_only(x), y, reduction="sum", fp8=f))
-            measure(f"full, fused Triton loss{label} (candidate)", step)
+            step = fwd_bwd(
+                lambda o=options: fused_head(model, compiled_trunk_only(x), y, reduction="sum", **o)
+            )
+            measure(f"full, {label} (candidate)", step)
             if "head" not in skip:
-                step = fwd_bwd(lambda f=fp8: fused_head(model, hidden, y, reduction="sum", fp8=f))
-                measure(f"head, fused Triton loss{label} (candidate)", step)
+                step = fwd_bwd(lambda o=options: fused_head(model, hidden, y, reduction="sum", **o))
+                measure(f"head, {label} (candidate)", step)
         if "head" not in skip:
             for block, num_warps in ((8192, 16), (16384, 16), (2048, 4)):  # beside the default 4096/8
                 step = fwd_bwd(

@@ -8,8 +8,8 @@ Both train on the same random tokens with the same total batch (gradient accumul
 
 Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile`
 (true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8), `--ours-attention`
-(default, cudnn: cuDNN's attention kernel first), `--ours-head` (default, sigmoid, fused, fused-fp8:
-candidate heads patched into the model for the run) and `--ours-micro-batch` (sizes, or auto).
+(default, cudnn: cuDNN's attention kernel first), `--ours-head` (default, sigmoid, fused, fused-fp8,
+fused-compiled: candidate heads patched into the model for the run) and `--ours-micro-batch` (sizes, or auto).
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -195,12 +195,14 @@ ATTENTION_BACKENDS = {
 
 # The head a run of ours may train with: the model's own, or a candidate of benchmarks/train_breakdown.py
 # patched into the model's class for the run (the trainer builds its model in this process): the soft-cap
-# through the sigmoid, or the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py).
+# through the sigmoid, or the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py), or
+# the same taken in the forward by torch.compile.
 HEADS = {
     "default": "",
     "sigmoid": ", sigmoid soft-cap",
     "fused": ", fused Triton loss",
     "fused-fp8": ", fused Triton loss, FP8 lm_head",
+    "fused-compiled": ", loss and gradient compiled in the forward",
 }
 
 
@@ -222,12 +224,12 @@ def head_variant(name: str) -> Iterator[None]:
         # Eager (a graph break under torch.compile): the head is two cuBLAS matmuls and the kernel, and
         # the trunk stays compiled. Evaluation (no gradient) and generation keep the model's own head.
         eager_fused_head = torch.compiler.disable(fused_head)
-        fp8 = name == "fused-fp8"
+        options = {"fp8": name == "fused-fp8", "compiled": name == "fused-compiled"}
 
         def replacement(self, x, targets=None, *, reduction="mean"):
             if targets is None or not torch.is_grad_enabled():
                 return original(self, x, targets, reduction=reduction)
-            return eager_fused_head(self, x, targets, reduction=reduction, fp8=fp8)
+            return eager_fused_head(self, x, targets, reduction=reduction, **options)
 
     with mock.patch.object(GPT, attribute, replacement):
         yield
@@ -368,7 +370,8 @@ def main() -> None:
         "--ours-head",
         default="default",
         help="comma-separated heads (default: the model's; sigmoid: the soft-cap through the sigmoid; "
-        "fused: the loss and its gradient in one Triton kernel; fused-fp8: that, with the lm_head in FP8)",
+        "fused: the loss and its gradient in one Triton kernel; fused-fp8: that, with the lm_head in FP8; "
+        "fused-compiled: the loss and its gradient in the forward, by torch.compile)",
     )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)

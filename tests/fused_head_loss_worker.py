@@ -15,7 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
-from benchmarks.fused_head_loss import FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid, fused_head
+from benchmarks.fused_head_loss import (
+    CompiledHeadLoss,
+    FusedFP8HeadLoss,
+    FusedHeadLoss,
+    _round_to_e5m2_grid,
+    fused_head,
+)
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -35,7 +41,7 @@ def trainer_losses(head: str, compile_: bool | str = False) -> dict[str, list[fl
         depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=3, profile_steps=0
     )
     run_dir = train_throughput.make_run_dir(args, micro_batch=2, compile_=compile_)
-    function = FusedFP8HeadLoss if head == "fused-fp8" else FusedHeadLoss
+    function = {"fused-fp8": FusedFP8HeadLoss, "fused-compiled": CompiledHeadLoss}.get(head, FusedHeadLoss)
     kernel_calls = mock.patch.object(function, "apply", wraps=function.apply)
     try:
         with train_throughput.head_variant(head), kernel_calls as apply:
@@ -124,7 +130,8 @@ def fp8_cases() -> list[dict]:
 
 def bf16_and_float32_cases() -> list[dict]:
     """FusedHeadLoss against GPT.head: soft-cap on and off, float32 and bf16 autocast, the three
-    reductions, a row's loop of 5 blocks or one block past the row's end."""
+    reductions, a row's loop of 5 blocks or one block past the row's end; CompiledHeadLoss in the same
+    settings, reductions sum and none."""
     cases = []
     for cap in (15.0, None):
         model, x, targets = setting(cap)
@@ -135,12 +142,15 @@ def bf16_and_float32_cases() -> list[dict]:
                         model, x, targets, reduction, autocast=autocast, block=block, num_warps=num_warps
                     )
                     cases.append({"cap": cap, "block": block, **case})
+            for reduction in ("sum", "none"):  # the same by torch.compile, no kernel of ours
+                case = both_heads(model, x, targets, reduction, autocast=autocast, compiled=True)
+                cases.append({"cap": cap, "block": "compiled", **case})
     return cases
 
 
 def main() -> None:
     if sys.argv[1:] == ["trainer"]:
-        runs = {head: trainer_losses(head) for head in ("default", "fused", "fused-fp8")}
+        runs = {head: trainer_losses(head) for head in ("default", "fused", "fused-fp8", "fused-compiled")}
         # Compiled as the GPU runs it: the patched head behind a graph break, the trunk's blocks compiled.
         runs["fused, blocks compiled"] = trainer_losses("fused", "blocks")
         json.dump(runs, sys.stdout)

@@ -29,8 +29,9 @@ def run_worker(*args: str) -> dict | list:
 def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():
     cases = run_worker()
     # Soft-cap on and off, float32 and bf16 autocast, the three reductions, a row's loop of 5 blocks
-    # ending in the padding columns and one block past the row's end.
-    assert len(cases) == 2 * 2 * 3 * 2
+    # ending in the padding columns and one block past the row's end; the same by torch.compile (sum, none).
+    assert len(cases) == 2 * 2 * (3 * 2 + 2)
+    assert sum(case["block"] == "compiled" for case in cases) == 2 * 2 * 2
     for case in cases:
         assert case["finite"], case
         assert case["loss_dtype"] == case["grad_w_dtype"] == "torch.float32", case
@@ -62,11 +63,12 @@ def test_the_trainer_with_the_fused_loss_patched_in_trains_as_with_its_own_head(
     # then runs behind a graph break).
     runs = run_worker("trainer")
     default, fused, compiled = runs["default"], runs["fused"], runs["fused, blocks compiled"]
+    by_torch_compile = runs["fused-compiled"]  # the loss and gradient in the forward, by torch.compile
     assert len(default["steps"]) == len(fused["steps"]) == 4 and len(default["val"]) == len(fused["val"]) == 1
     assert len(set(default["steps"])) == 4  # the weights change from step to step
     # The kernel ran for every micro-batch of the 4 steps (2 each), and never for validation.
     assert (default["kernel_calls"], fused["kernel_calls"]) == (0, 8)
-    for run in (fused, compiled):
+    for run in (fused, compiled, by_torch_compile):
         assert run["kernel_calls"] == 8
         for expected, got in zip(default["steps"] + default["val"], run["steps"] + run["val"], strict=True):
             assert got == pytest.approx(expected, rel=1e-5)
@@ -80,11 +82,12 @@ def test_the_trainer_with_the_fused_loss_patched_in_trains_as_with_its_own_head(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cap", [15.0, None])
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_the_fused_loss_matches_the_head_on_a_gpu(cap, fp8):
+@pytest.mark.parametrize("variant", ["bf16", "fp8", "compiled"])
+def test_the_fused_loss_matches_the_head_on_a_gpu(cap, variant):
     from benchmarks.fused_head_loss import fused_head
     from nanogpt.model import GPT, GPTConfig
 
+    fp8 = variant == "fp8"
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
     with torch.device(device):
@@ -97,7 +100,7 @@ def test_the_fused_loss_matches_the_head_on_a_gpu(cap, fp8):
     wanted = (x, model.lm_head.weight)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         expected = model.head(x, targets, reduction="sum")
-        got = fused_head(model, x, targets, reduction="sum", fp8=fp8)
+        got = fused_head(model, x, targets, reduction="sum", fp8=fp8, compiled=variant == "compiled")
     expected_grads = torch.autograd.grad(expected * 1e-3, wanted)
     got_grads = torch.autograd.grad(got * 1e-3, wanted)
     # FP8: x and the weight in e4m3 (3 mantissa bits), the logits' gradient in e5m2 (2).
