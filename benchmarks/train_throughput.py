@@ -8,8 +8,9 @@ Both train on the same random tokens with the same total batch (gradient accumul
 
 Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile`
 (true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8), `--ours-attention`
-(default, cudnn: cuDNN's attention kernel first), `--ours-head` (default, sigmoid, fused, fused-fp8,
-fused-compiled: candidate heads patched into the model for the run) and `--ours-micro-batch` (sizes, or auto).
+(default, cudnn: cuDNN's attention kernel first), `--ours-head` (default: the trainer's own, with its
+fused loss on CUDA; unfused: `fused_loss: false`; sigmoid, fused-fp8, fused-compiled: candidate heads patched
+into the model for the run) and `--ours-micro-batch` (sizes, or auto).
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -144,7 +145,11 @@ def build_reference(seq_len: int):
 
 
 def make_run_dir(
-    args: argparse.Namespace, micro_batch: int | str, compile_: bool | str = True, fp8_head: bool = False
+    args: argparse.Namespace,
+    micro_batch: int | str,
+    compile_: bool | str = True,
+    fp8_head: bool = False,
+    fused_loss: bool | str = "auto",
 ) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
@@ -169,6 +174,7 @@ def make_run_dir(
         "eval": {"every_steps": None, "val_tokens": args.total_batch},
         "compile": compile_,
         "fp8_head": fp8_head,
+        "fused_loss": fused_loss,
     }
     if args.profile_steps:
         config["profile"] = {
@@ -193,25 +199,26 @@ ATTENTION_BACKENDS = {
 }
 
 
-# The head a run of ours may train with: the model's own, or a candidate of benchmarks/train_breakdown.py
-# patched into the model's class for the run (the trainer builds its model in this process): the soft-cap
-# through the sigmoid, or the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py), or
-# the same taken in the forward by torch.compile.
+# The head a run of ours may train with: the trainer's own (its fused loss on CUDA, `fused_loss: auto`), its
+# compiled head (`fused_loss: false`), or a candidate of benchmarks/train_breakdown.py patched into the
+# model's class for the run (the trainer builds its model in this process): the soft-cap through the
+# sigmoid (in the compiled head), the fused loss with the lm_head in FP8, or the loss and its gradient taken
+# in the forward by torch.compile (benchmarks/fused_head_loss.py). Name → (label, the config's fused_loss).
 HEADS = {
-    "default": "",
-    "sigmoid": ", sigmoid soft-cap",
-    "fused": ", fused Triton loss",
-    "fused-fp8": ", fused Triton loss, FP8 lm_head",
-    "fused-compiled": ", loss and gradient compiled in the forward",
+    "default": ("", "auto"),
+    "unfused": (", unfused loss", False),
+    "sigmoid": (", unfused loss, sigmoid soft-cap", False),
+    "fused-fp8": (", fused Triton loss, FP8 lm_head", False),
+    "fused-compiled": (", loss and gradient compiled in the forward", False),
 }
 
 
 @contextlib.contextmanager
 def head_variant(name: str) -> Iterator[None]:
-    """GPT's head as the candidate `name` inside the block, as it was after."""
+    """GPT's head as the candidate `name` inside the block (the config does the rest), as it was after."""
     from nanogpt.model import GPT
 
-    if name == "default":
+    if name in ("default", "unfused"):
         yield
         return
     attribute = "_softcap" if name == "sigmoid" else "head"
@@ -221,8 +228,8 @@ def head_variant(name: str) -> Iterator[None]:
     else:
         from benchmarks.fused_head_loss import fused_head
 
-        # Eager (a graph break under torch.compile): the head is two cuBLAS matmuls and the kernel, and
-        # the trunk stays compiled. Evaluation (no gradient) and generation keep the model's own head.
+        # Eager (a graph break under torch.compile), as the trainer runs its own fused loss. Evaluation
+        # (no gradient) and generation keep the model's own head.
         eager_fused_head = torch.compiler.disable(fused_head)
         options = {"fp8": name == "fused-fp8", "compiled": name == "fused-compiled"}
 
@@ -248,7 +255,7 @@ def run_ours(
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head)
+    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, fused_loss=HEADS[head][1])
     torch.cuda.reset_peak_memory_stats()
     backends = ATTENTION_BACKENDS[attention]
     t0 = time.time()
@@ -270,7 +277,8 @@ def run_ours(
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
     labels = COMPILE_LABELS[compile_] + ", FP8 head" * fp8_head
-    labels += ("" if attention == "default" else f", {attention} attention") + HEADS[head]
+    labels += ("" if attention == "default" else f", {attention} attention") + HEADS[head][0]
+    labels += ", fused loss" * (head == "default" and start["device"].get("fused_loss", False))
     return Result(
         name=f"nanostudy depth {args.depth} (MuonAdamW{labels})",
         micro_batch=start["device_batch_size"],
@@ -369,9 +377,9 @@ def main() -> None:
     parser.add_argument(
         "--ours-head",
         default="default",
-        help="comma-separated heads (default: the model's; sigmoid: the soft-cap through the sigmoid; "
-        "fused: the loss and its gradient in one Triton kernel; fused-fp8: that, with the lm_head in FP8; "
-        "fused-compiled: the loss and its gradient in the forward, by torch.compile)",
+        help="comma-separated heads (default: the trainer's, with its fused loss on CUDA; unfused: "
+        "fused_loss false; sigmoid: that, the soft-cap through the sigmoid; fused-fp8: the fused loss with "
+        "the lm_head in FP8; fused-compiled: the loss and its gradient in the forward, by torch.compile)",
     )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)

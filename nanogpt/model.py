@@ -254,6 +254,9 @@ class GPT(nn.Module):
         # (RunConfig.fp8_head) that the trainer turns on, not part of the model's shape. Evaluation and
         # generation, under no_grad, always multiply the weights as they are.
         self.fp8_head = False
+        # The training loss and its gradient in one Triton kernel (nanogpt.fused_loss) while gradients are
+        # being taken, on CUDA: a training setting (RunConfig.fused_loss) too. fp8_head, when on, comes first.
+        self.fused_loss = False
         # Not saved in checkpoints (persistent=False): they are a function of the config, recomputed by
         # init_weights() after to_empty(), which leaves buffers uninitialised like the parameters.
         cos, sin = self._rotary_tables(self.transformer.wte.weight.device)
@@ -395,6 +398,8 @@ class GPT(nn.Module):
         """Hidden states (B, T, n_embd) → float32 logits, or the loss given targets (as `forward` says)."""
         B, T = x.shape[:2]
         weight = self.lm_head.weight
+        if targets is not None and self.fused_loss and not self.fp8_head and torch.is_grad_enabled():
+            return _fused_head_loss(self, x, targets, reduction)
         if self.fp8_head and torch.is_grad_enabled() and fp8_fits(B * T, weight.size(1), weight.size(0)):
             logits = FP8Linear.apply(x, weight)  # (B, T, padded_vocab), in x's dtype (the autocast one)
         else:
@@ -415,6 +420,17 @@ class GPT(nn.Module):
         # Gemma 2's tanh soft-capping: smooth, keeps logits in (-cap, cap) so none can run away.
         cap = self.config.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+@torch.compiler.disable
+def _fused_head_loss(model: GPT, x: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    """`GPT.head`'s loss by nanogpt.fused_loss (imported here, on first use: nanogpt runs without triton
+    where the fused loss is off). Eager, behind a graph break when the model is compiled: the lm_head's
+    two cuBLAS matmuls and the kernel, as measured (docs/benchmarks.md)."""
+    from nanogpt.fused_loss import head_loss
+
+    cap, vocab_size = model.config.logit_softcap, model.config.vocab_size
+    return head_loss(x, model.lm_head.weight, targets, cap=cap, vocab_size=vocab_size, reduction=reduction)
 
 
 def compile_blocks(model: GPT) -> Callable[..., torch.Tensor]:

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
+import importlib.util
 import math
 import os
 import platform
@@ -134,11 +135,19 @@ def init_runtime(config: RunConfig) -> Runtime:
                 f"fp8_head: needs FP8 tensor cores (compute capability 8.9 or newer); "
                 f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}"
             )
+        if config.fused_loss is True and importlib.util.find_spec("triton") is None:
+            raise ConfigError("fused_loss: true needs triton (it ships with torch's CUDA builds); not found")
         # TF32 for the float32 matmuls that autocast leaves (the optimizer's Newton-Schulz runs in bf16).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
+        # The Triton interpreter runs the kernel on the CPU, slowly: the tests train through it there.
+        if config.fused_loss is True and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError(
+                "fused_loss: true needs a CUDA device (the kernel is Triton's; on the CPU only under "
+                "TRITON_INTERPRET=1, for tests); use 'auto'"
+            )
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
@@ -422,6 +431,15 @@ def resolve_compile(
     return "blocks" if expected_s < AUTO_COMPILE_BLOCKS_BELOW_S else True
 
 
+def resolve_fused_loss(config: RunConfig, device_type: str) -> bool:
+    """Whether the run trains with nanogpt.fused_loss. "auto": on CUDA with triton importable, unless
+    fp8_head is on (FP8 matmuls with the fused loss measured slower, docs/benchmarks.md); true has been
+    checked by init_runtime."""
+    if config.fused_loss != "auto":
+        return config.fused_loss
+    return device_type == "cuda" and not config.fp8_head and importlib.util.find_spec("triton") is not None
+
+
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
     """The model's forward as the config's `compile` asks: the whole model compiled, its blocks and head
     (regional: nanogpt.model.compile_blocks), or eager. "auto" must have been resolved (resolve_compile)."""
@@ -685,6 +703,7 @@ class Trainer:
                     f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
                 ) from None
         model.fp8_head = self.config.fp8_head
+        model.fused_loss = resolve_fused_loss(self.config, runtime.device.type)
         if self.config.fp8_head and runtime.device.type == "cpu":
             self.warnings.append("fp8_head on the CPU: FP8 matmuls are slow reference code here")
         self.model = model
@@ -953,6 +972,7 @@ class Trainer:
             world_size=runtime.world_size,
             total_flops=float(self.total_steps * config.train.total_batch_tokens * self.flops_per_token),
         )
+        self.device["fused_loss"] = self.model.fused_loss
         self.forward = compiled_forward(self.model, compile_)
         if self.standby:
             self._warm_up()

@@ -44,6 +44,7 @@ NOT_IN_ID = (
     "train.max_seconds",
     "train.device_batch_size",
     "compile",
+    "fused_loss",
     "log_every",
     "checkpoint",
     "wandb",

@@ -15,13 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from benchmarks.fused_head_loss import (
-    CompiledHeadLoss,
-    FusedFP8HeadLoss,
-    FusedHeadLoss,
-    _round_to_e5m2_grid,
-    fused_head,
-)
+from benchmarks.fused_head_loss import CompiledHeadLoss, FusedFP8HeadLoss, fused_head
+from nanogpt.fused_loss import FusedHeadLoss, _round_to_e5m2_grid
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -32,27 +27,32 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def trainer_losses(head: str, compile_: bool | str = False) -> dict[str, list[float]]:
-    """The step and validation losses of a small CPU run of the trainer with `head` patched in as
-    `train_throughput --ours-head` does it (2 micro-batches a step, so the upstream gradient is a scale)."""
+    """The step and validation losses of a small CPU run of the trainer (2 micro-batches a step, so the
+    upstream gradient is a scale): "unfused" with `fused_loss: false`, "fused" with `fused_loss: true`
+    (the trainer's own, under the Triton interpreter), a candidate patched in as `train_throughput
+    --ours-head` does it."""
     from benchmarks import train_throughput
     from nanogpt import train
 
     args = argparse.Namespace(
         depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=3, profile_steps=0
     )
-    run_dir = train_throughput.make_run_dir(args, micro_batch=2, compile_=compile_)
+    fused_loss = head == "fused"
+    run_dir = train_throughput.make_run_dir(args, micro_batch=2, compile_=compile_, fused_loss=fused_loss)
     function = {"fused-fp8": FusedFP8HeadLoss, "fused-compiled": CompiledHeadLoss}.get(head, FusedHeadLoss)
     kernel_calls = mock.patch.object(function, "apply", wraps=function.apply)
     try:
-        with train_throughput.head_variant(head), kernel_calls as apply:
+        with train_throughput.head_variant("default" if head == "fused" else head), kernel_calls as apply:
             assert train.run(run_dir / "config.json") == 0
         events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     finally:
         shutil.rmtree(run_dir.parent)
+    start = next(e for e in events if e["kind"] == "start")
     return {
         "steps": [e["loss"] for e in events if e["kind"] == "step"],
         "val": [e["val_loss"] for e in events if e["kind"] == "val"],
         "kernel_calls": apply.call_count,
+        "fused_loss": start["device"]["fused_loss"],
     }
 
 
@@ -150,7 +150,7 @@ def bf16_and_float32_cases() -> list[dict]:
 
 def main() -> None:
     if sys.argv[1:] == ["trainer"]:
-        runs = {head: trainer_losses(head) for head in ("default", "fused", "fused-fp8", "fused-compiled")}
+        runs = {head: trainer_losses(head) for head in ("unfused", "fused", "fused-fp8", "fused-compiled")}
         # Compiled as the GPU runs it: the patched head behind a graph break, the trunk's blocks compiled.
         runs["fused, blocks compiled"] = trainer_losses("fused", "blocks")
         json.dump(runs, sys.stdout)

@@ -57,25 +57,27 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
 
 
 @needs_cpp_compiler
-def test_the_trainer_with_the_fused_loss_patched_in_trains_as_with_its_own_head():
-    # As `train_throughput --ours-head fused` runs it: the same steps' losses (float32 on the CPU), and the
-    # validation, which keeps the model's own head, agrees; eager, and with the blocks compiled (the head
-    # then runs behind a graph break).
+def test_the_trainer_with_its_fused_loss_trains_as_with_the_unfused_head():
+    # `fused_loss: true` (under the Triton interpreter here; on CUDA "auto" turns it on): the same steps'
+    # losses as `fused_loss: false` (float32 on the CPU), and the validation, which keeps the model's own
+    # head, agrees; eager, and with the blocks compiled (the fused loss then runs behind a graph break).
     runs = run_worker("trainer")
-    default, fused, compiled = runs["default"], runs["fused"], runs["fused, blocks compiled"]
-    by_torch_compile = runs["fused-compiled"]  # the loss and gradient in the forward, by torch.compile
-    assert len(default["steps"]) == len(fused["steps"]) == 4 and len(default["val"]) == len(fused["val"]) == 1
-    assert len(set(default["steps"])) == 4  # the weights change from step to step
+    unfused, fused, compiled = runs["unfused"], runs["fused"], runs["fused, blocks compiled"]
+    assert (unfused["fused_loss"], fused["fused_loss"], compiled["fused_loss"]) == (False, True, True)
+    assert len(unfused["steps"]) == len(fused["steps"]) == 4 and len(unfused["val"]) == len(fused["val"]) == 1
+    assert len(set(unfused["steps"])) == 4  # the weights change from step to step
     # The kernel ran for every micro-batch of the 4 steps (2 each), and never for validation.
-    assert (default["kernel_calls"], fused["kernel_calls"]) == (0, 8)
+    assert (unfused["kernel_calls"], fused["kernel_calls"]) == (0, 8)
+    # The candidates of benchmarks/fused_head_loss.py, patched in: the loss and gradient by torch.compile.
+    by_torch_compile = runs["fused-compiled"]
     for run in (fused, compiled, by_torch_compile):
         assert run["kernel_calls"] == 8
-        for expected, got in zip(default["steps"] + default["val"], run["steps"] + run["val"], strict=True):
+        for expected, got in zip(unfused["steps"] + unfused["val"], run["steps"] + run["val"], strict=True):
             assert got == pytest.approx(expected, rel=1e-5)
     # With the lm_head in FP8 too: its own Function for every micro-batch, and losses within 1%.
     fp8 = runs["fused-fp8"]
     assert fp8["kernel_calls"] == 8
-    for expected, got in zip(default["steps"] + default["val"], fp8["steps"] + fp8["val"], strict=True):
+    for expected, got in zip(unfused["steps"] + unfused["val"], fp8["steps"] + fp8["val"], strict=True):
         assert got == pytest.approx(expected, rel=1e-2)
 
 

@@ -38,6 +38,9 @@ TUI_RUNNER_MODULES = {"runner", "runner.api", "runner.gpus"}
 # Third-party libraries nanogpt may import at module level; `wandb` only inside a function.
 NANOGPT_THIRD_PARTY = {"torch", "numpy", "tiktoken"}
 NANOGPT_LAZY_THIRD_PARTY = {"wandb"}
+# triton (which ships with torch's CUDA builds) only in the fused loss's module, which the rest of nanogpt
+# imports only inside a function, on CUDA: nanogpt runs without triton (a CPU-only torch has none).
+NANOGPT_TRITON_MODULES = {"fused_loss"}
 # nanogpt modules that must stay free of torch so the runner can import them cheaply.
 TORCH_FREE_NANOGPT = {"config", "events", "gpu_lock", "shards", "tokenizer"}
 STDLIB = set(sys.stdlib_module_names)
@@ -89,8 +92,12 @@ def test_import_directions(package: str) -> None:
                 problems.append(f"{rel}: imports {module} at module level (only inside a function)")
             if package == "nanogpt" and head not in OURS and head not in STDLIB:
                 lazy_ok = head in NANOGPT_LAZY_THIRD_PARTY and not top_level
+                lazy_ok |= head == "triton" and path.stem in NANOGPT_TRITON_MODULES
                 if head not in NANOGPT_THIRD_PARTY and not lazy_ok:
                     problems.append(f"{rel}: imports {module} (nanogpt uses torch, numpy, tiktoken only)")
+            triton_module = module.removeprefix("nanogpt.") in NANOGPT_TRITON_MODULES
+            if package == "nanogpt" and head == "nanogpt" and triton_module and top_level:
+                problems.append(f"{rel}: imports {module} at module level (it needs triton)")
             if package == "tui" and head == "runner" and module not in TUI_RUNNER_MODULES:
                 problems.append(f"{rel}: imports {module} (the TUI uses runner.api and runner.gpus only)")
             if package in {"store", "tui", "reports"} and head == "torch":

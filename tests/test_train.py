@@ -602,6 +602,28 @@ def test_a_batch_that_does_not_split_is_refused(tmp_path, data_dir, capsys, trai
     assert err.count("\n") == 1 and not (tmp_path / "events.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"device": "cpu", "fused_loss": True}, "fused_loss: true needs a CUDA device"),
+        ({"fused_loss": True, "fp8_head": True}, "fused_loss: true and fp8_head: true are two"),
+        ({"fused_loss": "yes"}, "fused_loss"),
+    ],
+    ids=["on-the-cpu", "with-fp8-head", "not-a-choice"],
+)
+def test_a_fused_loss_that_cannot_run_is_refused(tmp_path, data_dir, capsys, monkeypatch, settings, expected):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert run(write_run(tmp_path, {**tiny_config(data_dir), **settings})) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'config.json'}: ") and expected in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "events.jsonl").exists()
+
+
+def test_the_fused_loss_is_off_on_the_cpu_by_default_and_the_start_event_says_so(finished_run):
+    start = next(e for e in events_of(finished_run) if e["kind"] == "start")
+    assert start["config"]["fused_loss"] == "auto" and start["device"]["fused_loss"] is False
+
+
 def test_a_checkpoint_of_another_shape_cannot_start_mid_training(tmp_path, finished_run, data_dir, capsys):
     config = tiny_config(data_dir, mode="mid-training", init_from=str(finished_run))
     config["model"]["aspect_ratio"] = 32
