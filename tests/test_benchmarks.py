@@ -180,26 +180,28 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
     with train_throughput.head_variant("sigmoid"):
         assert GPT._softcap is train_breakdown.sigmoid_softcap and GPT.head is original_head
         torch.testing.assert_close(model.head(x, targets), exact)
-    with train_throughput.head_variant("fused"):
+    with train_throughput.head_variant("unfused"):  # the config's fused_loss: false, nothing patched
+        assert GPT.head is original_head and GPT._softcap is original_softcap
+    with train_throughput.head_variant("fused-compiled"):
         assert GPT.head is not original_head
-        with torch.no_grad():  # evaluation keeps the model's own head (the kernel needs a GPU here)
+        with torch.no_grad():  # evaluation keeps the model's own head
             assert torch.equal(model.head(x, targets), exact)
             assert torch.equal(model.head(x), original_head(model, x))
     with pytest.raises(RuntimeError, match="boom"), train_throughput.head_variant("sigmoid"):
         raise RuntimeError("boom")
     assert GPT.__dict__["head"] is original_head and GPT.__dict__["_softcap"] is original_softcap
     with pytest.raises(SystemExit, match="--ours-head: 'liger' is not one of"):
-        train_throughput.parse_choices("fused,liger", "--ours-head", {n: n for n in train_throughput.HEADS})
+        train_throughput.parse_choices("unfused,liger", "--ours-head", {n: n for n in train_throughput.HEADS})
 
 
 def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fused_head():
     args = argparse.Namespace(
         ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
-        ours_head="default,fused", ours_micro_batch="32",
+        ours_head="default,fused-fp8", ours_micro_batch="32",
     )  # fmt: skip
     variants = train_throughput.ours_variants(args)
     assert [(c, h) for c, _, _, h, _ in variants] == [
-        (True, "default"), (True, "fused"), ("blocks", "default"), ("blocks", "fused")
+        (True, "default"), (True, "fused-fp8"), ("blocks", "default"), ("blocks", "fused-fp8")
     ]  # fmt: skip
     args.ours_fp8_head = "true"
     with pytest.raises(SystemExit, match="--ours-fp8-head true with --ours-head fused"):
