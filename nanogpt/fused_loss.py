@@ -48,6 +48,7 @@ def _loss_and_grad_kernel(
     targets_ptr,  # (rows,) int64, -1 = ignored
     losses_ptr,  # (rows,) float32, written
     grad_ptr,  # (rows, row_stride): d loss_row / d logits × grad_multiplier, written (may be logits_ptr)
+    rows,
     row_stride,
     vocab_size,  # columns [vocab_size, padded_vocab) are padding: out of the softmax, gradient 0
     padded_vocab,
@@ -57,7 +58,30 @@ def _loss_and_grad_kernel(
     BLOCK: tl.constexpr,
     GRAD_E5M2: tl.constexpr = False,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    # Program i takes rows i, i + programs, ...: one row each when there are as many programs as rows.
+    for row in range(tl.program_id(0), rows, tl.num_programs(0)):
+        _loss_and_grad_row(
+            tl.cast(row, tl.int64), logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size,
+            padded_vocab, cap, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2,
+        )  # fmt: skip
+
+
+@triton.jit
+def _loss_and_grad_row(
+    row,
+    logits_ptr,
+    targets_ptr,
+    losses_ptr,
+    grad_ptr,
+    row_stride,
+    vocab_size,
+    padded_vocab,
+    cap,
+    grad_multiplier,
+    HAS_CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GRAD_E5M2: tl.constexpr,
+):
     base = logits_ptr + row * row_stride
     grad_base = grad_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
@@ -91,11 +115,16 @@ def _loss_and_grad_kernel(
         tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
 
 
-def losses_writing_grad(logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2):
-    """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad."""
-    losses = torch.empty(logits.size(0), device=logits.device, dtype=torch.float32)
-    _loss_and_grad_kernel[(logits.size(0),)](
-        logits, targets, losses, grad, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
+def losses_writing_grad(
+    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, programs=None
+):
+    """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad; one
+    program per row, or `programs` taking turns over the rows (fewer rows in flight: a candidate for the
+    second pass to find its row still in L2)."""
+    rows = logits.size(0)
+    losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
+    _loss_and_grad_kernel[(min(rows, programs or rows),)](
+        logits, targets, losses, grad, rows, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
         grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, num_warps=num_warps,
     )  # fmt: skip
     return losses
@@ -105,10 +134,11 @@ class FusedHeadLoss(torch.autograd.Function):
     """(x (N, C), weight (V, C), targets (N,)) → each row's loss (N,), float32; the matmul in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, programs):
         w = weight.to(x.dtype)
         logits = x @ w.t()
-        losses = losses_writing_grad(logits, targets, logits, cap, vocab_size, 1.0, block, num_warps, False)
+        args = (cap, vocab_size, 1.0, block, num_warps, False, programs)
+        losses = losses_writing_grad(logits, targets, logits, *args)
         ctx.save_for_backward(x, w, logits)  # the logits now hold their gradient
         ctx.weight_dtype = weight.dtype
         return losses
@@ -121,7 +151,7 @@ class FusedHeadLoss(torch.autograd.Function):
         scale = grad_losses.float()[:, None]
         grad_x = ((grad_logits @ w).float() * scale).to(x.dtype)
         grad_w = grad_logits.t() @ (x.float() * scale).to(x.dtype)
-        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
 
 
 def head_loss(
@@ -134,6 +164,7 @@ def head_loss(
     reduction: str = "mean",
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
+    programs: int | None = None,
     function: type[torch.autograd.Function] = FusedHeadLoss,
 ) -> torch.Tensor:
     """`GPT.head`'s loss through FusedHeadLoss (or `function`, one with its arguments and result: the
@@ -145,7 +176,7 @@ def head_loss(
         x = x.to(torch.get_autocast_dtype(x.device.type))
     flat_targets = targets.reshape(-1).contiguous()
     losses = function.apply(
-        x.reshape(B * T, C).contiguous(), weight, flat_targets, cap, vocab_size, block, num_warps
+        x.reshape(B * T, C).contiguous(), weight, flat_targets, cap, vocab_size, block, num_warps, programs
     )
     if reduction == "none":
         return losses.view(B, T)

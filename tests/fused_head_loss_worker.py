@@ -130,8 +130,8 @@ def fp8_cases() -> list[dict]:
 
 def bf16_and_float32_cases() -> list[dict]:
     """FusedHeadLoss against GPT.head: soft-cap on and off, float32 and bf16 autocast, the three
-    reductions, a row's loop of 5 blocks or one block past the row's end; CompiledHeadLoss in the same
-    settings, reductions sum and none."""
+    reductions, a row's loop of 5 blocks or one block past the row's end, fewer programs than rows and more;
+    CompiledHeadLoss in the same settings, reductions sum and none."""
     cases = []
     for cap in (15.0, None):
         model, x, targets = setting(cap)
@@ -145,6 +145,11 @@ def bf16_and_float32_cases() -> list[dict]:
             for reduction in ("sum", "none"):  # the same by torch.compile, no kernel of ours
                 case = both_heads(model, x, targets, reduction, autocast=autocast, compiled=True)
                 cases.append({"cap": cap, "block": "compiled", **case})
+            # 5 programs taking turns over the 48 rows (9 or 10 each), and more programs than rows.
+            for programs in (5, 100):
+                kwargs = {"block": 64, "num_warps": 1, "programs": programs}
+                case = both_heads(model, x, targets, "none", autocast=autocast, **kwargs)
+                cases.append({"cap": cap, "block": f"programs {programs}", **case})
     return cases
 
 

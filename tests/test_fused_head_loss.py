@@ -29,9 +29,11 @@ def run_worker(*args: str) -> dict | list:
 def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():
     cases = run_worker()
     # Soft-cap on and off, float32 and bf16 autocast, the three reductions, a row's loop of 5 blocks
-    # ending in the padding columns and one block past the row's end; the same by torch.compile (sum, none).
-    assert len(cases) == 2 * 2 * (3 * 2 + 2)
+    # ending in the padding columns and one block past the row's end, 5 programs taking turns over the 48
+    # rows and 100 programs; the same by torch.compile (sum, none).
+    assert len(cases) == 2 * 2 * (3 * 2 + 2 + 2)
     assert sum(case["block"] == "compiled" for case in cases) == 2 * 2 * 2
+    assert sum(str(case["block"]).startswith("programs") for case in cases) == 2 * 2 * 2
     for case in cases:
         assert case["finite"], case
         assert case["loss_dtype"] == case["grad_w_dtype"] == "torch.float32", case
