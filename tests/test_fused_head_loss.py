@@ -116,3 +116,39 @@ def test_the_fused_loss_matches_the_head_on_a_gpu(cap, variant):
         cosine = torch.nn.functional.cosine_similarity(g.flatten().float(), e.flatten().float(), dim=0)
         assert cosine > (0.995 if fp8 else 0.9999)
     assert got_grads[0][0, :17].abs().max() == 0  # ignored positions
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("how", [False, "blocks"], ids=["eager", "blocks"])
+def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
+    # GPT.head with `fused_loss` on (nanogpt.fused_loss, eager behind a graph break) against off, as the
+    # trainer calls the model: autocast, the trainer's compile setting, the loss summed.
+    from nanogpt.model import GPT, GPTConfig
+    from nanogpt.train import compiled_forward
+
+    device = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPT(GPTConfig(depth=2, vocab_size=50257, sequence_len=256))
+    model.init_weights()
+    for weight in model.parameters():  # the projections start at zero: every gradient gets a signal
+        torch.nn.init.normal_(weight, std=0.02)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.05)
+    idx = torch.randint(0, 50257, (4, 257), device=device)
+    x, targets = idx[:, :-1], idx[:, 1:].clone()
+    targets[1, :31] = -1
+    results = {}
+    for fused in (False, True):
+        model.fused_loss = fused
+        torch._dynamo.reset()
+        forward = compiled_forward(model, how)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = forward(x, targets, reduction="sum")
+        results[fused] = (loss.detach(), torch.autograd.grad(loss * 1e-3, list(model.parameters())))
+    (loss_off, grads_off), (loss_on, grads_on) = results[False], results[True]
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-4, atol=0)
+    for on, off in zip(grads_on, grads_off, strict=True):
+        assert on.isfinite().all()
+        cosine = torch.nn.functional.cosine_similarity(on.flatten().float(), off.flatten().float(), dim=0)
+        assert cosine > 0.9999
