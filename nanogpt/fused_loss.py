@@ -57,13 +57,14 @@ def _loss_and_grad_kernel(
     HAS_CAP: tl.constexpr,
     BLOCK: tl.constexpr,
     GRAD_E5M2: tl.constexpr = False,
+    TAKE_TURNS: tl.constexpr = False,
 ):
-    # Program i takes rows i, i + programs, ...: one row each when there are as many programs as rows.
-    for row in range(tl.program_id(0), rows, tl.num_programs(0)):
-        _loss_and_grad_row(
-            tl.cast(row, tl.int64), logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size,
-            padded_vocab, cap, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2,
-        )  # fmt: skip
+    args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
+    if TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
+        for row in range(tl.program_id(0), rows, tl.num_programs(0)):
+            _loss_and_grad_row(tl.cast(row, tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
+    else:  # one program per row: the kernel as measured in the trainer
+        _loss_and_grad_row(tl.program_id(0).to(tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
 
 
 @triton.jit
@@ -123,9 +124,11 @@ def losses_writing_grad(
     second pass to find its row still in L2)."""
     rows = logits.size(0)
     losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
-    _loss_and_grad_kernel[(min(rows, programs or rows),)](
+    take_turns = programs is not None and programs < rows
+    _loss_and_grad_kernel[(programs if take_turns else rows,)](
         logits, targets, losses, grad, rows, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
-        grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, num_warps=num_warps,
+        grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, TAKE_TURNS=take_turns,
+        num_warps=num_warps,
     )  # fmt: skip
     return losses
 

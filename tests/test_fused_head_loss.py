@@ -62,17 +62,19 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
 def test_the_trainer_with_its_fused_loss_trains_as_with_the_unfused_head():
     # `fused_loss: true` (under the Triton interpreter here; on CUDA "auto" turns it on): the same steps'
     # losses as `fused_loss: false` (float32 on the CPU), and the validation, which keeps the model's own
-    # head, agrees; eager, and with the blocks compiled (the fused loss then runs behind a graph break).
+    # head, agrees; eager, and with the blocks or the whole model compiled (the fused loss then runs behind
+    # a graph break).
     runs = run_worker("trainer")
     unfused, fused, compiled = runs["unfused"], runs["fused"], runs["fused, blocks compiled"]
-    assert (unfused["fused_loss"], fused["fused_loss"], compiled["fused_loss"]) == (False, True, True)
+    whole = runs["fused, whole model compiled"]
+    assert [run["fused_loss"] for run in (unfused, fused, compiled, whole)] == [False, True, True, True]
     assert len(unfused["steps"]) == len(fused["steps"]) == 4 and len(unfused["val"]) == len(fused["val"]) == 1
     assert len(set(unfused["steps"])) == 4  # the weights change from step to step
     # The kernel ran for every micro-batch of the 4 steps (2 each), and never for validation.
     assert (unfused["kernel_calls"], fused["kernel_calls"]) == (0, 8)
     # The candidates of benchmarks/fused_head_loss.py, patched in: the loss and gradient by torch.compile.
     by_torch_compile = runs["fused-compiled"]
-    for run in (fused, compiled, by_torch_compile):
+    for run in (fused, compiled, whole, by_torch_compile):
         assert run["kernel_calls"] == 8
         for expected, got in zip(unfused["steps"] + unfused["val"], run["steps"] + run["val"], strict=True):
             assert got == pytest.approx(expected, rel=1e-5)
