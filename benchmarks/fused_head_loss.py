@@ -17,6 +17,7 @@ which the tests use.
 """
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from nanogpt.fused_loss import BLOCK, NUM_WARPS, FusedHeadLoss, head_loss, losses_writing_grad
 from nanogpt.model import FP8_GRAD, FP8_INPUT, GPT, fp8_fits, to_fp8
@@ -84,6 +85,7 @@ class FusedFP8HeadLoss(torch.autograd.Function):
         return losses
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_losses):
         x, w8, w_scale, grad8 = ctx.saved_tensors
         # torch.full, not torch.tensor: a tensor from a Python number is copied to the GPU synchronously,

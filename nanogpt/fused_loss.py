@@ -18,8 +18,10 @@ imported), which the tests use. `GRAD_E5M2` serves benchmarks/fused_head_loss.py
 """
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 BLOCK = 4096  # logits per iteration of a row's loops
 NUM_WARPS = 8
@@ -87,6 +89,9 @@ def _loss_and_grad_row(
     grad_base = grad_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
     ignored = target < 0
+    # F.cross_entropy refuses a target past the vocabulary; here its row's loss is NaN (the trainer then
+    # ends the run as diverged) and nothing is read outside the row.
+    out_of_range = target >= vocab_size
     # Pass 1: the row's log-sum-exp, streaming (a running max and a sum rescaled to it).
     running_max = tl.max(tl.full((BLOCK,), float("-inf"), tl.float32), 0)
     running_sum = tl.sum(tl.zeros((BLOCK,), tl.float32), 0)
@@ -100,8 +105,11 @@ def _loss_and_grad_row(
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(capped - new_max), 0)
         running_max = new_max
     lse = running_max + tl.log(running_sum)
-    target_logit = _softcap(tl.load(base + tl.where(ignored, 0, target)).to(tl.float32), cap, HAS_CAP)
-    tl.store(losses_ptr + row, tl.where(ignored, 0.0, lse - target_logit))
+    target_logit = _softcap(
+        tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32), cap, HAS_CAP
+    )
+    loss = tl.where(out_of_range, float("nan"), lse - target_logit)
+    tl.store(losses_ptr + row, tl.where(ignored, 0.0, loss))
     # Pass 2: softmax - one-hot, through the soft-cap's derivative 1 - tanh², over the logits.
     for start in range(0, padded_vocab, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -123,6 +131,10 @@ def losses_writing_grad(
     program per row, or `programs` taking turns over the rows (fewer rows in flight: a candidate for the
     second pass to find its row still in L2)."""
     rows = logits.size(0)
+    if logits.stride(1) != 1 or grad.stride() != logits.stride():
+        raise ValueError(
+            f"fused loss: rows must be contiguous and alike, strides {logits.stride()}, {grad.stride()}"
+        )
     losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
     take_turns = programs is not None and programs < rows
     _loss_and_grad_kernel[(programs if take_turns else rows,)](
@@ -147,6 +159,7 @@ class FusedHeadLoss(torch.autograd.Function):
         return losses
 
     @staticmethod
+    @once_differentiable  # the saved gradient is a constant: a second derivative would be silently wrong
     def backward(ctx, grad_losses):
         x, w, grad_logits = ctx.saved_tensors
         # One number per row scales the small operands, in float32: rounded to bf16 first, the trainer's
@@ -173,7 +186,10 @@ def head_loss(
     """`GPT.head`'s loss through FusedHeadLoss (or `function`, one with its arguments and result: the
     candidates of benchmarks/fused_head_loss.py): hidden states x (B, T, C), in the autocast dtype when
     autocast is on, the lm_head's weight (padded_vocab, C) and targets (B, T) → the loss as `reduction`
-    says (mean over the targets that are not -1, sum, or none: (B, T))."""
+    says (mean over the targets that are not -1, sum, or none: (B, T)). Targets are token ids below
+    vocab_size, or negative: ignored (GPT.head ignores -1)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"head_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     B, T, C = x.shape
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
@@ -185,4 +201,25 @@ def head_loss(
         return losses.view(B, T)
     if reduction == "sum":
         return losses.sum()
-    return losses.sum() / (flat_targets >= 0).sum()
+    # As F.cross_entropy: with no target to learn, the mean is NaN and the gradients are zero (a division
+    # by the count would make them NaN).
+    count = (flat_targets >= 0).sum()
+    return torch.where(count > 0, losses.sum() / count.clamp(min=1), float("nan"))
+
+
+def self_test(device: torch.device) -> None:
+    """The kernel once on a small problem on `device` (soft-capped, padded, with ignored targets) against
+    torch's cross-entropy: raises if triton is missing, the kernel does not build or launch there (no C
+    compiler for its launcher, a GPU Triton does not support), or its losses differ."""
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(64, 32, generator=generator), torch.randn(128, 32, generator=generator)
+    targets = torch.randint(0, 100, (64,), generator=generator)
+    targets[:3] = -1
+    x, weight, targets = x.to(device), weight.to(device), targets.to(device)
+    with torch.no_grad():
+        losses = FusedHeadLoss.apply(x, weight, targets, 15.0, 100, BLOCK, NUM_WARPS, None)
+        logits = (15.0 * torch.tanh(x @ weight.t() / 15.0))[:, :100]
+        expected = F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+    error = (losses - expected).abs().max().item()
+    if not error <= 1e-3:
+        raise RuntimeError(f"the fused loss's self-test on {device} is off by {error:.3g}")

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
-import importlib.util
 import math
 import os
 import platform
@@ -135,8 +134,6 @@ def init_runtime(config: RunConfig) -> Runtime:
                 f"fp8_head: needs FP8 tensor cores (compute capability 8.9 or newer); "
                 f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}"
             )
-        if config.fused_loss is True and importlib.util.find_spec("triton") is None:
-            raise ConfigError("fused_loss: true needs triton (it ships with torch's CUDA builds); not found")
         # TF32 for the float32 matmuls that autocast leaves (the optimizer's Newton-Schulz runs in bf16).
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -431,13 +428,25 @@ def resolve_compile(
     return "blocks" if expected_s < AUTO_COMPILE_BLOCKS_BELOW_S else True
 
 
-def resolve_fused_loss(config: RunConfig, device_type: str) -> bool:
-    """Whether the run trains with nanogpt.fused_loss. "auto": on CUDA with triton importable, unless
-    fp8_head is on (FP8 matmuls with the fused loss measured slower, docs/benchmarks.md); true has been
-    checked by init_runtime."""
-    if config.fused_loss != "auto":
-        return config.fused_loss
-    return device_type == "cuda" and not config.fp8_head and importlib.util.find_spec("triton") is not None
+def resolve_fused_loss(config: RunConfig, device: torch.device) -> tuple[bool, str | None]:
+    """(whether the run trains with nanogpt.fused_loss, a warning). "auto": on CUDA unless fp8_head is on
+    (FP8 matmuls with the fused loss measured slower, docs/benchmarks.md), once the kernel has passed its
+    self-test there; a kernel that cannot build or run (no triton, no C compiler for its launcher, a GPU
+    Triton does not support) leaves it off, with a warning. true: the same test, whose failure is an
+    error (the CPU was refused by init_runtime, outside the Triton interpreter)."""
+    wanted = config.fused_loss
+    if wanted is False or (wanted == "auto" and (device.type != "cuda" or config.fp8_head)):
+        return False, None
+    try:
+        from nanogpt import fused_loss
+
+        fused_loss.self_test(device)
+    except Exception as e:  # ImportError, triton's compile errors, a wrong result: all say the same
+        why = f"{type(e).__name__}: {e}".splitlines()[0]
+        if wanted is True:
+            raise ConfigError(f"fused_loss: true, but the Triton kernel fails on {device} ({why})") from None
+        return False, f"fused_loss: off, the Triton kernel fails on {device} ({why})"
+    return True, None
 
 
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
@@ -703,7 +712,9 @@ class Trainer:
                     f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
                 ) from None
         model.fp8_head = self.config.fp8_head
-        model.fused_loss = resolve_fused_loss(self.config, runtime.device.type)
+        model.fused_loss, warning = resolve_fused_loss(self.config, runtime.device)
+        if warning is not None:
+            self.warnings.append(warning)
         if self.config.fp8_head and runtime.device.type == "cpu":
             self.warnings.append("fp8_head on the CPU: FP8 matmuls are slow reference code here")
         self.model = model

@@ -153,7 +153,41 @@ def bf16_and_float32_cases() -> list[dict]:
     return cases
 
 
+def edge_cases() -> dict:
+    """What GPT.head and the fused loss do where a batch has no target to learn, and a target past the
+    vocabulary; the self-test on the CPU."""
+    from nanogpt.fused_loss import head_loss, self_test
+
+    model, x, targets = setting(15.0)
+    weight, cap, vocab = model.lm_head.weight, model.config.logit_softcap, model.config.vocab_size
+    nothing = torch.full_like(targets, -1)
+    result = {}
+    for name, loss_fn in (
+        ("head", lambda t: model.head(x, t)),
+        ("fused", lambda t: head_loss(x, weight, t, cap=cap, vocab_size=vocab)),
+    ):
+        loss = loss_fn(nothing)
+        grads = torch.autograd.grad(loss, (x, weight))
+        grads_zero = all(bool((g == 0).all()) for g in grads)
+        result[name] = {"loss_is_nan": bool(loss.isnan()), "grads_zero": grads_zero}
+    past = targets.clone()
+    past[1, 3] = vocab + 5  # in the padding columns: no token
+    losses = head_loss(x, weight, past, cap=cap, vocab_size=vocab, reduction="none")
+    nan_at = torch.nonzero(losses.isnan()).tolist()
+    result["past_vocab"] = {"nan_at": nan_at, "finite_elsewhere": int(losses.isfinite().sum())}
+    try:
+        head_loss(x, weight, targets, cap=cap, vocab_size=vocab, reduction="avg")
+    except ValueError as e:
+        result["bad_reduction"] = str(e)
+    self_test(torch.device("cpu"))  # raises if the kernel is off
+    result["self_test"] = "passed"
+    return result
+
+
 def main() -> None:
+    if sys.argv[1:] == ["edges"]:
+        json.dump(edge_cases(), sys.stdout)
+        return
     if sys.argv[1:] == ["trainer"]:
         runs = {head: trainer_losses(head) for head in ("unfused", "fused", "fused-fp8", "fused-compiled")}
         # Compiled as the GPU runs it: the fused loss behind a graph break, the blocks or the whole model.

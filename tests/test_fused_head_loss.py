@@ -3,6 +3,7 @@ Triton interpreter on the CPU (every case) and on a GPU at depth 12's vocabulary
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,49 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
         assert case["loss"] < 0.05, case
 
 
+def test_the_fused_loss_at_the_edges_fails_as_loudly_as_the_head():
+    result = run_worker("edges")
+    # No target to learn in the batch: as F.cross_entropy, the mean is NaN and the gradients are zero.
+    assert result["head"] == result["fused"] == {"loss_is_nan": True, "grads_zero": True}
+    # A target past the vocabulary (F.cross_entropy refuses it): that row's loss is NaN, nothing read
+    # outside the row, the other rows as before (the sequence of ignored targets counts as finite: 0).
+    assert result["past_vocab"] == {"nan_at": [[1, 3]], "finite_elsewhere": 3 * 16 - 1}
+    assert "reduction must be 'mean', 'sum' or 'none', got 'avg'" in result["bad_reduction"]
+    assert result["self_test"] == "passed"
+
+
+def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monkeypatch):
+    from nanogpt import fused_loss
+    from nanogpt.config import RunConfig
+    from nanogpt.train import ConfigError, resolve_fused_loss
+
+    def config(**settings) -> RunConfig:
+        base = {"model": {"depth": 1}, "data": {"train_dir": "unused"}, "train": {"num_steps": 1}}
+        return RunConfig.from_dict({**base, **settings})
+
+    cuda = torch.device("cuda", 0)
+    # Not asked for, or not on CUDA, or fp8_head first: off, and the kernel never runs.
+    monkeypatch.setattr(fused_loss, "self_test", lambda device: pytest.fail("the kernel ran"))
+    assert resolve_fused_loss(config(fused_loss=False), cuda) == (False, None)
+    assert resolve_fused_loss(config(), torch.device("cpu")) == (False, None)
+    assert resolve_fused_loss(config(fp8_head=True), cuda) == (False, None)
+    # On this machine the kernel cannot launch outside the interpreter (CPU tensors): a real failure.
+    monkeypatch.undo()
+    with pytest.raises(Exception):  # noqa: B017 - triton's own error type, whichever it is
+        fused_loss.self_test(torch.device("cpu"))
+
+    # A GPU where it fails (no C compiler, a GPU Triton does not support, a wrong result): auto is off with
+    # a warning naming why, true is an error.
+    def broken(device):
+        raise RuntimeError("off by 0.5")
+
+    monkeypatch.setattr(fused_loss, "self_test", broken)
+    why = "the Triton kernel fails on cuda:0 (RuntimeError: off by 0.5)"
+    assert resolve_fused_loss(config(), cuda) == (False, f"fused_loss: off, {why}")
+    with pytest.raises(ConfigError, match=re.escape(f"fused_loss: true, but {why}")):
+        resolve_fused_loss(config(fused_loss=True), cuda)
+
+
 @needs_cpp_compiler
 def test_the_trainer_with_its_fused_loss_trains_as_with_the_unfused_head():
     # `fused_loss: true` (under the Triton interpreter here; on CUDA "auto" turns it on): the same steps'
@@ -70,12 +114,13 @@ def test_the_trainer_with_its_fused_loss_trains_as_with_the_unfused_head():
     assert [run["fused_loss"] for run in (unfused, fused, compiled, whole)] == [False, True, True, True]
     assert len(unfused["steps"]) == len(fused["steps"]) == 4 and len(unfused["val"]) == len(fused["val"]) == 1
     assert len(set(unfused["steps"])) == 4  # the weights change from step to step
-    # The kernel ran for every micro-batch of the 4 steps (2 each), and never for validation.
-    assert (unfused["kernel_calls"], fused["kernel_calls"]) == (0, 8)
+    # The kernel ran once for its self-test at set-up, then for every micro-batch of the 4 steps (2 each),
+    # and never for validation.
+    assert (unfused["kernel_calls"], fused["kernel_calls"]) == (0, 1 + 8)
     # The candidates of benchmarks/fused_head_loss.py, patched in: the loss and gradient by torch.compile.
     by_torch_compile = runs["fused-compiled"]
     for run in (fused, compiled, whole, by_torch_compile):
-        assert run["kernel_calls"] == 8
+        assert run["kernel_calls"] == (8 if run is by_torch_compile else 1 + 8)
         for expected, got in zip(unfused["steps"] + unfused["val"], run["steps"] + run["val"], strict=True):
             assert got == pytest.approx(expected, rel=1e-5)
     # With the lm_head in FP8 too: its own Function for every micro-batch, and losses within 1%.
