@@ -207,18 +207,23 @@ def head_loss(
     return torch.where(count > 0, losses.sum() / count.clamp(min=1), float("nan"))
 
 
-def self_test(device: torch.device) -> None:
-    """The kernel once on a small problem on `device` (soft-capped, padded, with ignored targets) against
-    torch's cross-entropy: raises if triton is missing, the kernel does not build or launch there (no C
-    compiler for its launcher, a GPU Triton does not support), or its losses differ."""
+def self_test(device: torch.device, dtype: torch.dtype = torch.float32, cap: float | None = 15.0) -> None:
+    """The kernel once on a small problem on `device` (logits in `dtype`, soft-capped at `cap`, padded,
+    with ignored targets) against torch's cross-entropy: raises if triton is missing, the kernel does not
+    build or launch there (no C compiler for its launcher, a GPU Triton does not support), or its losses
+    differ. Given the training's dtype and cap it compiles, for the usual shapes, the very kernel training
+    then runs, not a second one (Triton specializes integers on being multiples of 16: the vocabulary is
+    not, here as at 50,257; the rows, the padded width and the row stride are, here and in training)."""
     generator = torch.Generator().manual_seed(0)
     x, weight = torch.randn(64, 32, generator=generator), torch.randn(128, 32, generator=generator)
     targets = torch.randint(0, 100, (64,), generator=generator)
     targets[:3] = -1
-    x, weight, targets = x.to(device), weight.to(device), targets.to(device)
+    x, weight, targets = x.to(device, dtype), weight.to(device, dtype), targets.to(device)
     with torch.no_grad():
-        losses = FusedHeadLoss.apply(x, weight, targets, 15.0, 100, BLOCK, NUM_WARPS, None)
-        logits = (15.0 * torch.tanh(x @ weight.t() / 15.0))[:, :100]
+        losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, None)
+        logits = (x @ weight.t()).float()[:, :100]
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
         expected = F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
     error = (losses - expected).abs().max().item()
     if not error <= 1e-3:

@@ -428,19 +428,22 @@ def resolve_compile(
     return "blocks" if expected_s < AUTO_COMPILE_BLOCKS_BELOW_S else True
 
 
-def resolve_fused_loss(config: RunConfig, device: torch.device) -> tuple[bool, str | None]:
+def resolve_fused_loss(
+    config: RunConfig, device: torch.device, *, dtype: torch.dtype = torch.float32, cap: float | None = 15.0
+) -> tuple[bool, str | None]:
     """(whether the run trains with nanogpt.fused_loss, a warning). "auto": on CUDA unless fp8_head is on
     (FP8 matmuls with the fused loss measured slower, docs/benchmarks.md), once the kernel has passed its
     self-test there; a kernel that cannot build or run (no triton, no C compiler for its launcher, a GPU
     Triton does not support) leaves it off, with a warning. true: the same test, whose failure is an
-    error (the CPU was refused by init_runtime, outside the Triton interpreter)."""
+    error (the CPU was refused by init_runtime, outside the Triton interpreter). The test runs in the
+    training's dtype (the autocast one) and soft-cap, so it compiles the kernel training then uses."""
     wanted = config.fused_loss
     if wanted is False or (wanted == "auto" and (device.type != "cuda" or config.fp8_head)):
         return False, None
     try:
         from nanogpt import fused_loss
 
-        fused_loss.self_test(device)
+        fused_loss.self_test(device, dtype, cap)
     except Exception as e:  # ImportError, triton's compile errors, a wrong result: all say the same
         why = f"{type(e).__name__}: {e}".splitlines()[0]
         if wanted is True:
@@ -712,7 +715,9 @@ class Trainer:
                     f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
                 ) from None
         model.fp8_head = self.config.fp8_head
-        model.fused_loss, warning = resolve_fused_loss(self.config, runtime.device)
+        model.fused_loss, warning = resolve_fused_loss(
+            self.config, runtime.device, dtype=runtime.dtype, cap=self.gpt_config.logit_softcap
+        )
         if warning is not None:
             self.warnings.append(warning)
         if self.config.fp8_head and runtime.device.type == "cpu":

@@ -180,6 +180,7 @@ def edge_cases() -> dict:
     except ValueError as e:
         result["bad_reduction"] = str(e)
     self_test(torch.device("cpu"))  # raises if the kernel is off
+    self_test(torch.device("cpu"), torch.bfloat16, cap=None)  # in the dtype of a bf16 run, uncapped
     result["self_test"] = "passed"
     return result
 

@@ -81,7 +81,7 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
 
     cuda = torch.device("cuda", 0)
     # Not asked for, or not on CUDA, or fp8_head first: off, and the kernel never runs.
-    monkeypatch.setattr(fused_loss, "self_test", lambda device: pytest.fail("the kernel ran"))
+    monkeypatch.setattr(fused_loss, "self_test", lambda *args: pytest.fail("the kernel ran"))
     assert resolve_fused_loss(config(fused_loss=False), cuda) == (False, None)
     assert resolve_fused_loss(config(), torch.device("cpu")) == (False, None)
     assert resolve_fused_loss(config(fp8_head=True), cuda) == (False, None)
@@ -92,7 +92,7 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
 
     # A GPU where it fails (no C compiler, a GPU Triton does not support, a wrong result): auto is off with
     # a warning naming why, true is an error.
-    def broken(device):
+    def broken(*args):
         raise RuntimeError("off by 0.5")
 
     monkeypatch.setattr(fused_loss, "self_test", broken)
