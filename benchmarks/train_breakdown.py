@@ -18,11 +18,11 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
   (a cast of every weight in the forward, a float32 gradient added in the backward), an upper bound on
   what casting once per step would save;
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
-- on a GPU, full and head with the loss and its gradient in one Triton kernel (benchmarks/fused_head_loss.py;
-  the head also at other block sizes and warp counts, and with 1, 2 or 4 programs per SM taking turns over
-  the rows), and the same with the lm_head's matmuls in FP8 and
-  the kernel writing the gradient in e5m2, and the same loss and gradient taken in the forward by
-  torch.compile from torch operations (no kernel of ours): candidates;
+- on a GPU, full and head with the loss and its gradient in one Triton kernel (nanogpt/fused_loss.py, the
+  trainer's on CUDA; the head also at other block sizes and warp counts, and with 1, 2 or 4 programs per
+  SM taking turns over the rows); with the lm_head's matmuls in FP8 and the kernel writing the gradient in
+  e5m2; and with the loss and gradient taken in the forward by torch.compile from torch operations
+  (benchmarks/fused_head_loss.py): candidates beside "full", the compiled head (`fused_loss: false`);
 - full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
