@@ -60,9 +60,15 @@ def _loss_and_grad_kernel(
     BLOCK: tl.constexpr,
     GRAD_E5M2: tl.constexpr = False,
     TAKE_TURNS: tl.constexpr = False,
+    STREAMLINED: tl.constexpr = False,
+    FAST_TANH: tl.constexpr = False,
 ):
     args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
-    if TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
+    if STREAMLINED:  # candidate: less arithmetic per logit (benchmarks/loss_kernel.py)
+        _streamlined_row(
+            tl.program_id(0).to(tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, FAST_TANH
+        )
+    elif TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
         for row in range(tl.program_id(0), rows, tl.num_programs(0)):
             _loss_and_grad_row(tl.cast(row, tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
     else:  # one program per row: the kernel as measured in the trainer
@@ -124,9 +130,122 @@ def _loss_and_grad_row(
         tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
 
 
-def losses_writing_grad(
-    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, programs=None
+@triton.jit
+def _tanh(x, FAST: tl.constexpr):
+    if FAST:  # the GPU's tanh.approx.f32 (one special-function instruction; FlashAttention's soft-cap)
+        return tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH):
+    """softmax(capped) · d capped / d z · multiplier (without the one-hot) for logits z, in float32."""
+    if HAS_CAP:
+        t = _tanh(z * inv_cap, FAST_TANH)
+        grad = tl.exp2(t * scale - lse2) * (1 - t * t) * multiplier
+    else:
+        grad = tl.exp2(z * 1.4426950408889634 - lse2) * multiplier
+    if GRAD_E5M2:
+        grad = _round_to_e5m2_grid(grad)
+    return grad
+
+
+@triton.jit
+def _streamlined_row(
+    row,
+    logits_ptr,
+    targets_ptr,
+    losses_ptr,
+    grad_ptr,
+    row_stride,
+    vocab_size,
+    padded_vocab,
+    cap,
+    grad_multiplier,
+    HAS_CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GRAD_E5M2: tl.constexpr,
+    FAST_TANH: tl.constexpr,
 ):
+    """`_loss_and_grad_row`'s function with less arithmetic per logit, for a kernel that the profile says
+    spends more time in exp and division than in memory: in base 2; with a soft-cap no running max (the
+    capped logits are below cap, so exp(capped - cap) neither overflows nor, above -2 cap, underflows);
+    sums kept per lane and reduced once; the blocks inside the vocabulary unmasked; the target's one-hot
+    subtracted once, after the row's gradient is written, not compared at every logit."""
+    LOG2E: tl.constexpr = 1.4426950408889634
+    base = logits_ptr + row * row_stride
+    grad_base = grad_ptr + row * row_stride
+    target = tl.load(targets_ptr + row)
+    ignored = target < 0
+    out_of_range = target >= vocab_size
+    inside = vocab_size - vocab_size % BLOCK  # columns [0, inside) fill whole blocks of real tokens
+    inv_cap = 1 / cap
+    scale = cap * LOG2E
+    # Pass 1: the row's log-sum-exp (in base 2: lse2 = lse · log2 e).
+    if HAS_CAP:
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(0, inside, BLOCK):
+            t = _tanh(tl.load(base + start + tl.arange(0, BLOCK)).to(tl.float32) * inv_cap, FAST_TANH)
+            acc += tl.exp2(t * scale - scale)
+        for start in range(inside, vocab_size, BLOCK):  # the last, partial block: at most one
+            cols = start + tl.arange(0, BLOCK)
+            z = tl.load(base + cols, mask=cols < vocab_size, other=0.0).to(tl.float32)
+            t = _tanh(z * inv_cap, FAST_TANH)
+            acc += tl.where(cols < vocab_size, tl.exp2(t * scale - scale), 0.0)
+        lse2 = scale + tl.log2(tl.sum(acc, 0))
+    else:
+        m = tl.full((BLOCK,), float("-inf"), tl.float32)
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(0, vocab_size, BLOCK):  # per lane: a running max and a sum rescaled to it
+            cols = start + tl.arange(0, BLOCK)
+            # Past the vocabulary a finite -1e30, not -inf: a lane's max is then finite after the first
+            # block (no -inf - -inf), and a lane that saw no logit is scaled away below (2^-1e30 = 0).
+            z2 = tl.load(base + cols, mask=cols < vocab_size, other=-1e30).to(tl.float32) * LOG2E
+            new_m = tl.maximum(m, z2)
+            acc = acc * tl.exp2(m - new_m) + tl.exp2(z2 - new_m)
+            m = new_m
+        row_max = tl.max(m, 0)
+        lse2 = row_max + tl.log2(tl.sum(acc * tl.exp2(m - row_max), 0))
+    z_target = tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32)
+    if HAS_CAP:
+        t_target = _tanh(z_target * inv_cap, FAST_TANH)
+        target_logit2 = t_target * scale
+    else:
+        target_logit2 = z_target * LOG2E
+    loss = tl.where(out_of_range, float("nan"), (lse2 - target_logit2) / LOG2E)
+    tl.store(losses_ptr + row, tl.where(ignored, 0.0, loss))
+    # Pass 2: the softmax, through the soft-cap's derivative 1 - tanh²; an ignored row's gradient is 0.
+    multiplier = tl.where(ignored, 0.0, grad_multiplier)
+    for start in range(0, inside, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(base + cols).to(tl.float32)
+        grad = _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty))
+    for start in range(inside, padded_vocab, BLOCK):  # the last real tokens, then the padding: gradient 0
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
+        grad = _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        grad = tl.where(cols < vocab_size, grad, 0.0)
+        tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < padded_vocab)
+    # The one-hot: the target's column rewritten, once every thread's store of the row is done.
+    if HAS_CAP:
+        p_target = tl.exp2(target_logit2 - lse2)
+        grad_target = (p_target - 1) * (1 - t_target * t_target) * multiplier
+    else:
+        grad_target = (tl.exp2(target_logit2 - lse2) - 1) * multiplier
+    if GRAD_E5M2:
+        grad_target = _round_to_e5m2_grid(grad_target)
+    tl.debug_barrier()
+    tl.store(grad_base + target, grad_target.to(grad_ptr.dtype.element_ty), mask=~(ignored | out_of_range))
+
+
+def losses_writing_grad(
+    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, programs=None,
+    streamlined=False, fast_tanh=False,
+):  # fmt: skip
     """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad; one
     program per row, or `programs` taking turns over the rows (fewer rows in flight: a candidate for the
     second pass to find its row still in L2)."""
@@ -136,11 +255,13 @@ def losses_writing_grad(
             f"fused loss: rows must be contiguous and alike, strides {logits.stride()}, {grad.stride()}"
         )
     losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
+    if streamlined and programs is not None:
+        raise ValueError("fused loss: the streamlined kernel runs one program per row")
     take_turns = programs is not None and programs < rows
     _loss_and_grad_kernel[(programs if take_turns else rows,)](
         logits, targets, losses, grad, rows, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
         grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, TAKE_TURNS=take_turns,
-        num_warps=num_warps,
+        STREAMLINED=streamlined, FAST_TANH=fast_tanh, num_warps=num_warps,
     )  # fmt: skip
     return losses
 

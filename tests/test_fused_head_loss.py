@@ -199,3 +199,23 @@ def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
         assert on.isfinite().all()
         cosine = torch.nn.functional.cosine_similarity(on.flatten().float(), off.flatten().float(), dim=0)
         assert cosine > 0.9999
+
+
+def test_the_kernel_benchmark_checks_every_variant_against_torch(tmp_path):
+    """benchmarks/loss_kernel.py under the interpreter: each kernel variant it times (as trained, no
+    soft-cap, taking turns, streamlined with the sigmoid's tanh) gives torch's losses and bf16 gradient."""
+    out = tmp_path / "kernel.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    args = ["--device", "cpu", "--rows", "9", "--vocab-size", "300", "--reps", "1", "--warmup", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loss_kernel", *args, "--json", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    names = [row["name"] for row in rows]
+    assert names[0].startswith("copy") and "as trained" in names
+    assert sum(name.startswith("streamlined, sigmoid tanh") for name in names) == 2  # a block size; no cap
+    for row in rows[1:]:
+        # Losses in float32 from the same bf16 logits; the gradient rounds to bf16 (to 2^-9 of its ≤ 1).
+        assert row["loss_error"] < 1e-5 and row["grad_error"] < 4e-3, row
