@@ -19,6 +19,7 @@ into the model for the run) and `--ours-micro-batch` (sizes, or auto).
 
 import argparse
 import contextlib
+import functools
 import json
 import shutil
 import tempfile
@@ -203,9 +204,13 @@ ATTENTION_BACKENDS = {
 # compiled head (`fused_loss: false`), or a candidate of benchmarks/train_breakdown.py patched into the
 # model's class for the run (the trainer builds its model in this process): the soft-cap through the
 # sigmoid (in the compiled head), the fused loss with the lm_head in FP8, or the loss and its gradient taken
-# in the forward by torch.compile (benchmarks/fused_head_loss.py). Name → (label, the config's fused_loss).
+# in the forward by torch.compile (benchmarks/fused_head_loss.py); or the trainer's fused loss with the
+# kernel's streamlined candidate patched in (the tanh through the sigmoid, or by tanh.approx.f32:
+# benchmarks/loss_kernel.py). Name → (label, the config's fused_loss).
 HEADS = {
     "default": ("", "auto"),
+    "streamlined": (", fused Triton loss, streamlined kernel", "auto"),
+    "streamlined-fast": (", fused Triton loss, streamlined kernel, tanh.approx", "auto"),
     "unfused": (", unfused loss", False),
     "sigmoid": (", unfused loss, sigmoid soft-cap", False),
     "fused-fp8": (", fused Triton loss, FP8 lm_head", False),
@@ -220,6 +225,15 @@ def head_variant(name: str) -> Iterator[None]:
 
     if name in ("default", "unfused"):
         yield
+        return
+    if name.startswith("streamlined"):
+        from nanogpt import fused_loss
+
+        kernel = functools.partial(
+            fused_loss.losses_writing_grad, streamlined=True, fast_tanh=name == "streamlined-fast"
+        )
+        with mock.patch.object(fused_loss, "losses_writing_grad", kernel):
+            yield
         return
     attribute = "_softcap" if name == "sigmoid" else "head"
     original = GPT.head

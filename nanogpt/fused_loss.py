@@ -347,5 +347,7 @@ def self_test(device: torch.device, dtype: torch.dtype = torch.float32, cap: flo
             logits = cap * torch.tanh(logits / cap)
         expected = F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
     error = (losses - expected).abs().max().item()
-    if not error <= 1e-3:
+    # A broken kernel is off by whole units; a tanh by tanh.approx.f32 errs by up to 2^-11 of the cap
+    # (0.007 at 15) in each capped logit, so up to twice that in a loss.
+    if not error <= 2e-2:
         raise RuntimeError(f"the fused loss's self-test on {device} is off by {error:.3g}")

@@ -187,6 +187,14 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
         with torch.no_grad():  # evaluation keeps the model's own head
             assert torch.equal(model.head(x, targets), exact)
             assert torch.equal(model.head(x), original_head(model, x))
+    from nanogpt import fused_loss
+
+    original_kernel = fused_loss.losses_writing_grad
+    with train_throughput.head_variant("streamlined-fast"):  # the trainer's fused loss, its kernel swapped
+        assert GPT.head is original_head and fused_loss.losses_writing_grad.keywords == {
+            "streamlined": True, "fast_tanh": True
+        }  # fmt: skip
+    assert fused_loss.losses_writing_grad is original_kernel
     with pytest.raises(RuntimeError, match="boom"), train_throughput.head_variant("sigmoid"):
         raise RuntimeError("boom")
     assert GPT.__dict__["head"] is original_head and GPT.__dict__["_softcap"] is original_softcap
