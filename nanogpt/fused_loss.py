@@ -64,15 +64,54 @@ def _loss_and_grad_kernel(
     FAST_TANH: tl.constexpr = False,
 ):
     args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
-    if STREAMLINED:  # candidate: less arithmetic per logit (benchmarks/loss_kernel.py)
-        _streamlined_row(
-            tl.program_id(0).to(tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, FAST_TANH
-        )
-    elif TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
+    if TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
         for row in range(tl.program_id(0), rows, tl.num_programs(0)):
-            _loss_and_grad_row(tl.cast(row, tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
+            _one_row(
+                tl.cast(row, tl.int64),
+                *args,
+                grad_multiplier,
+                HAS_CAP,
+                BLOCK,
+                GRAD_E5M2,
+                STREAMLINED,
+                FAST_TANH,
+            )
     else:  # one program per row: the kernel as measured in the trainer
-        _loss_and_grad_row(tl.program_id(0).to(tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
+        _one_row(
+            tl.program_id(0).to(tl.int64),
+            *args,
+            grad_multiplier,
+            HAS_CAP,
+            BLOCK,
+            GRAD_E5M2,
+            STREAMLINED,
+            FAST_TANH,
+        )
+
+
+@triton.jit
+def _one_row(
+    row,
+    logits_ptr,
+    targets_ptr,
+    losses_ptr,
+    grad_ptr,
+    row_stride,
+    vocab_size,
+    padded_vocab,
+    cap,
+    grad_multiplier,
+    HAS_CAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GRAD_E5M2: tl.constexpr,
+    STREAMLINED: tl.constexpr,
+    FAST_TANH: tl.constexpr,
+):
+    args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
+    if STREAMLINED:  # candidate: less arithmetic per logit (benchmarks/loss_kernel.py)
+        _streamlined_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, FAST_TANH)
+    else:
+        _loss_and_grad_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
 
 
 @triton.jit
@@ -255,8 +294,6 @@ def losses_writing_grad(
             f"fused loss: rows must be contiguous and alike, strides {logits.stride()}, {grad.stride()}"
         )
     losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
-    if streamlined and programs is not None:
-        raise ValueError("fused loss: the streamlined kernel runs one program per row")
     take_turns = programs is not None and programs < rows
     _loss_and_grad_kernel[(programs if take_turns else rows,)](
         logits, targets, losses, grad, rows, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
