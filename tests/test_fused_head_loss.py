@@ -201,6 +201,35 @@ def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
         assert cosine > 0.9999
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cap", [15.0, None])
+@pytest.mark.parametrize("fast_tanh", [False, True], ids=["sigmoid-tanh", "tanh-approx"])
+def test_the_streamlined_kernel_matches_torch_on_a_gpu(cap, fast_tanh):
+    # The candidate of benchmarks/loss_kernel.py at depth 12's vocabulary, bf16 logits of a trained head's
+    # spread, the gradient written in place as the trainer does, against F.cross_entropy in float32.
+    from benchmarks.loss_kernel import reference
+    from nanogpt.fused_loss import losses_writing_grad
+
+    device = torch.device("cuda", 0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    vocab, padded = 50257, 50304
+    logits = (4 * torch.randn(256, padded, device=device, generator=generator)).bfloat16()
+    targets = torch.randint(0, vocab, (256,), device=device, generator=generator)
+    targets[::7] = -1
+    expected_losses, expected_grad = reference(logits, targets, cap, vocab)
+    grad = logits.clone()
+    args = (cap, vocab, 1.0, 4096, 8, False)
+    losses = losses_writing_grad(grad, targets, grad, *args, streamlined=True, fast_tanh=fast_tanh)
+    approximate = fast_tanh and cap is not None  # tanh.approx.f32: 2^-11 relative, 0.007 at the cap
+    assert (losses - expected_losses).abs().max() < (2e-2 if approximate else 1e-4)
+    # The gradient (at most 1 in size) rounds to bf16: 2^-9; tanh.approx adds its error through 1 - tanh².
+    assert (grad.float() - expected_grad).abs().max() < (6e-3 if approximate else 4e-3)
+    cosine = torch.nn.functional.cosine_similarity(grad.flatten().float(), expected_grad.flatten(), dim=0)
+    assert cosine > 0.99999
+    assert (grad[:, vocab:] == 0).all() and (grad[::7] == 0).all()  # padding columns, ignored rows
+
+
 def test_the_kernel_benchmark_checks_every_variant_against_torch(tmp_path):
     """benchmarks/loss_kernel.py under the interpreter: each kernel variant it times (as trained, no
     soft-cap, taking turns, streamlined with the sigmoid's tanh) gives torch's losses and bf16 gradient."""
