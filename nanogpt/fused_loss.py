@@ -14,7 +14,9 @@ cap·tanh(z/cap) (the GPU's fast exp), the padding columns (vocab_size and up) a
 targets of -1 are ignored, and the losses are float32. The trainer uses it on CUDA (RunConfig.fused_loss);
 `GPT.head` imports this module only then, so nanogpt runs without triton (which ships with torch's CUDA
 builds) elsewhere. On the CPU it runs under the Triton interpreter (TRITON_INTERPRET=1, set before triton is
-imported), which the tests use. `GRAD_E5M2` serves benchmarks/fused_head_loss.py's FP8 candidate.
+imported), which the tests use. `GRAD_E5M2` serves benchmarks/fused_head_loss.py's FP8 candidate;
+`TAKE_TURNS` (programs looping over the rows) and `STREAMLINED` with `FAST_TANH` (less arithmetic per logit,
+`_streamlined_row`) are candidates that benchmarks/loss_kernel.py times; the trainer runs none of them.
 """
 
 import torch
