@@ -27,6 +27,9 @@ from torch.autograd.function import once_differentiable
 
 BLOCK = 4096  # logits per iteration of a row's loops
 NUM_WARPS = 8
+# The streamlined kernel sums exp(capped - cap) without a running max up to this soft-cap: above e^-80 the
+# terms stay in float32's normal range (the GPU's exp flushes subnormals to zero).
+FIXED_MAX_CAP = 40.0
 
 
 @triton.jit
@@ -64,54 +67,31 @@ def _loss_and_grad_kernel(
     TAKE_TURNS: tl.constexpr = False,
     STREAMLINED: tl.constexpr = False,
     FAST_TANH: tl.constexpr = False,
+    FIXED_MAX: tl.constexpr = False,
 ):
     args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
     if TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
         for row in range(tl.program_id(0), rows, tl.num_programs(0)):
             _one_row(
-                tl.cast(row, tl.int64),
-                *args,
-                grad_multiplier,
-                HAS_CAP,
-                BLOCK,
-                GRAD_E5M2,
-                STREAMLINED,
-                FAST_TANH,
-            )
+                tl.cast(row, tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, STREAMLINED,
+                FAST_TANH, FIXED_MAX,
+            )  # fmt: skip
     else:  # one program per row: the kernel as measured in the trainer
         _one_row(
-            tl.program_id(0).to(tl.int64),
-            *args,
-            grad_multiplier,
-            HAS_CAP,
-            BLOCK,
-            GRAD_E5M2,
-            STREAMLINED,
-            FAST_TANH,
-        )
+            tl.program_id(0).to(tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, STREAMLINED,
+            FAST_TANH, FIXED_MAX,
+        )  # fmt: skip
 
 
 @triton.jit
 def _one_row(
-    row,
-    logits_ptr,
-    targets_ptr,
-    losses_ptr,
-    grad_ptr,
-    row_stride,
-    vocab_size,
-    padded_vocab,
-    cap,
-    grad_multiplier,
-    HAS_CAP: tl.constexpr,
-    BLOCK: tl.constexpr,
-    GRAD_E5M2: tl.constexpr,
-    STREAMLINED: tl.constexpr,
-    FAST_TANH: tl.constexpr,
-):
+    row, logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap,
+    grad_multiplier, HAS_CAP: tl.constexpr, BLOCK: tl.constexpr, GRAD_E5M2: tl.constexpr,
+    STREAMLINED: tl.constexpr, FAST_TANH: tl.constexpr, FIXED_MAX: tl.constexpr,
+):  # fmt: skip
     args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
     if STREAMLINED:  # candidate: less arithmetic per logit (benchmarks/loss_kernel.py)
-        _streamlined_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, FAST_TANH)
+        _streamlined_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, FAST_TANH, FIXED_MAX)
     else:
         _loss_and_grad_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
 
@@ -139,6 +119,11 @@ def _loss_and_grad_row(
     # F.cross_entropy refuses a target past the vocabulary; here its row's loss is NaN (the trainer then
     # ends the run as diverged) and nothing is read outside the row.
     out_of_range = target >= vocab_size
+    # Read before pass 1, whose reductions' barriers order it before any thread's store of pass 2 (the
+    # gradient may be written over the logits).
+    target_logit = _softcap(
+        tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32), cap, HAS_CAP
+    )
     # Pass 1: the row's log-sum-exp, streaming (a running max and a sum rescaled to it).
     running_max = tl.max(tl.full((BLOCK,), float("-inf"), tl.float32), 0)
     running_sum = tl.sum(tl.zeros((BLOCK,), tl.float32), 0)
@@ -152,9 +137,6 @@ def _loss_and_grad_row(
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(capped - new_max), 0)
         running_max = new_max
     lse = running_max + tl.log(running_sum)
-    target_logit = _softcap(
-        tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32), cap, HAS_CAP
-    )
     loss = tl.where(out_of_range, float("nan"), lse - target_logit)
     tl.store(losses_ptr + row, tl.where(ignored, 0.0, loss))
     # Pass 2: softmax - one-hot, through the soft-cap's derivative 1 - tanh², over the logits.
@@ -179,6 +161,15 @@ def _tanh(x, FAST: tl.constexpr):
         )
     else:
         return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _capped2(z, inv_cap, scale, HAS_CAP: tl.constexpr, FAST_TANH: tl.constexpr):
+    """Logits z, soft-capped, in base 2 (× log2 e)."""
+    if HAS_CAP:
+        return _tanh(z * inv_cap, FAST_TANH) * scale
+    else:
+        return z * 1.4426950408889634
 
 
 @triton.jit
@@ -210,76 +201,80 @@ def _streamlined_row(
     BLOCK: tl.constexpr,
     GRAD_E5M2: tl.constexpr,
     FAST_TANH: tl.constexpr,
+    FIXED_MAX: tl.constexpr,
 ):
     """`_loss_and_grad_row`'s function with less arithmetic per logit, for a kernel that takes twice the
-    time its memory traffic needs (4.1 against 2 ms at depth 12 on an H100): in base 2; with a soft-cap,
-    no running max (the capped logits are below cap, so exp(capped - cap) neither overflows nor, above
-    -2 cap, underflows); sums kept per lane and reduced once; the blocks inside the vocabulary unmasked;
-    the target's one-hot subtracted once, after the row's gradient is written, not compared at every
-    logit."""
+    time its memory traffic needs (4.1 against 2 ms at depth 12 on an H100): in base 2; sums kept per
+    lane and reduced once; the blocks inside the vocabulary unmasked; the target's one-hot subtracted
+    once, after the row's gradient is written, not compared at every logit; and, with FIXED_MAX (a
+    soft-cap of at most 40), no running max: the capped logits are below the cap, so exp(capped - cap)
+    cannot overflow, and above e^-80 it stays in float32's normal range (the GPU's exp flushes below)."""
     LOG2E: tl.constexpr = 1.4426950408889634
     base = logits_ptr + row * row_stride
     grad_base = grad_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
     ignored = target < 0
     out_of_range = target >= vocab_size
-    inside = vocab_size - vocab_size % BLOCK  # columns [0, inside) fill whole blocks of real tokens
+    inside = (vocab_size // BLOCK) * BLOCK  # whole blocks of real tokens (a multiple of BLOCK, known as one)
     inv_cap = 1 / cap
     scale = cap * LOG2E
-    # Pass 1: the row's log-sum-exp (in base 2: lse2 = lse · log2 e).
-    if HAS_CAP:
+    # Read before the reduction below, whose barrier orders it before any thread's store of pass 2 (the
+    # gradient may be written over the logits).
+    target2 = _capped2(
+        tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32), inv_cap, scale, HAS_CAP,
+        FAST_TANH,
+    )  # fmt: skip
+    # Pass 1: the row's log-sum-exp, in base 2 (lse2 = lse · log2 e).
+    if FIXED_MAX:
         acc = tl.zeros((BLOCK,), tl.float32)
         for start in range(0, inside, BLOCK):
-            t = _tanh(tl.load(base + start + tl.arange(0, BLOCK)).to(tl.float32) * inv_cap, FAST_TANH)
-            acc += tl.exp2(t * scale - scale)
+            z = tl.load(base + start + tl.arange(0, BLOCK)).to(tl.float32)
+            acc += tl.exp2(_capped2(z, inv_cap, scale, HAS_CAP, FAST_TANH) - scale)
         for start in range(inside, vocab_size, BLOCK):  # the last, partial block: at most one
             cols = start + tl.arange(0, BLOCK)
-            z = tl.load(base + cols, mask=cols < vocab_size, other=0.0).to(tl.float32)
-            t = _tanh(z * inv_cap, FAST_TANH)
-            acc += tl.where(cols < vocab_size, tl.exp2(t * scale - scale), 0.0)
+            z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
+            term = tl.exp2(_capped2(z, inv_cap, scale, HAS_CAP, FAST_TANH) - scale)
+            acc += tl.where(cols < vocab_size, term, 0.0)
         lse2 = scale + tl.log2(tl.sum(acc, 0))
     else:
-        m = tl.full((BLOCK,), float("-inf"), tl.float32)
+        # Per lane, a running max and a sum rescaled to it, one exp per logit: 2^-|c - m| either rescales
+        # the sum to a new max or is the new term. The max starts finite (not -inf), so that a -inf logit
+        # adds 2^-inf = 0 rather than NaN; a lane that saw no logit is scaled away at the end.
+        m = tl.full((BLOCK,), -3.4e38, tl.float32)
         acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(0, vocab_size, BLOCK):  # per lane: a running max and a sum rescaled to it
+        for start in range(0, vocab_size, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            # Past the vocabulary a finite -1e30, not -inf: a lane's max is then finite after the first
-            # block (no -inf - -inf), and a lane that saw no logit is scaled away below (2^-1e30 = 0).
-            z2 = tl.load(base + cols, mask=cols < vocab_size, other=-1e30).to(tl.float32) * LOG2E
-            # One exp per logit: 2^-|z2 - m| rescales the sum to a new max, or is the new term.
-            e = tl.exp2(-tl.abs(z2 - m))
-            above = z2 > m
+            # Loaded up to the padded width (a multiple of 16: the loads vectorise), then masked.
+            z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
+            c = tl.where(cols < vocab_size, _capped2(z, inv_cap, scale, HAS_CAP, FAST_TANH), float("-inf"))
+            e = tl.exp2(-tl.abs(c - m))
+            above = c > m
             acc = tl.where(above, acc * e + 1, acc + e)
-            m = tl.where(above, z2, m)
+            m = tl.where(above, c, m)
         row_max = tl.max(m, 0)
         lse2 = row_max + tl.log2(tl.sum(acc * tl.exp2(m - row_max), 0))
-    z_target = tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32)
-    if HAS_CAP:
-        t_target = _tanh(z_target * inv_cap, FAST_TANH)
-        target_logit2 = t_target * scale
-    else:
-        target_logit2 = z_target * LOG2E
-    loss = tl.where(out_of_range, float("nan"), (lse2 - target_logit2) / LOG2E)
+    loss = tl.where(out_of_range, float("nan"), (lse2 - target2) / LOG2E)
     tl.store(losses_ptr + row, tl.where(ignored, 0.0, loss))
-    # Pass 2: the softmax, through the soft-cap's derivative 1 - tanh²; an ignored row's gradient is 0.
-    multiplier = tl.where(ignored, 0.0, grad_multiplier)
+    # Pass 2: the softmax, through the soft-cap's derivative 1 - tanh²; an ignored row's gradient is 0
+    # (selected, not multiplied: a NaN logit there must not make it NaN).
     for start in range(0, inside, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         z = tl.load(base + cols).to(tl.float32)
-        grad = _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
-        tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty))
+        grad = _grad_of_logits(z, inv_cap, scale, lse2, grad_multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        tl.store(grad_base + cols, tl.where(ignored, 0.0, grad).to(grad_ptr.dtype.element_ty))
     for start in range(inside, padded_vocab, BLOCK):  # the last real tokens, then the padding: gradient 0
         cols = start + tl.arange(0, BLOCK)
         z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
-        grad = _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
-        grad = tl.where(cols < vocab_size, grad, 0.0)
+        grad = _grad_of_logits(z, inv_cap, scale, lse2, grad_multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        grad = tl.where((cols < vocab_size) & ~ignored, grad, 0.0)
         tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < padded_vocab)
     # The one-hot: the target's column rewritten, once every thread's store of the row is done.
+    p_target = tl.exp2(target2 - lse2)
     if HAS_CAP:
-        p_target = tl.exp2(target_logit2 - lse2)
-        grad_target = (p_target - 1) * (1 - t_target * t_target) * multiplier
+        t_target = target2 / scale
+        grad_target = (p_target - 1) * (1 - t_target * t_target) * grad_multiplier
     else:
-        grad_target = (tl.exp2(target_logit2 - lse2) - 1) * multiplier
+        grad_target = (p_target - 1) * grad_multiplier
     if GRAD_E5M2:
         grad_target = _round_to_e5m2_grid(grad_target)
     tl.debug_barrier()
@@ -303,7 +298,8 @@ def losses_writing_grad(
     _loss_and_grad_kernel[(programs if take_turns else rows,)](
         logits, targets, losses, grad, rows, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
         grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, TAKE_TURNS=take_turns,
-        STREAMLINED=streamlined, FAST_TANH=fast_tanh, num_warps=num_warps,
+        STREAMLINED=streamlined, FAST_TANH=fast_tanh, FIXED_MAX=cap is not None and cap <= FIXED_MAX_CAP,
+        num_warps=num_warps,
     )  # fmt: skip
     return losses
 
