@@ -256,6 +256,14 @@ def head_variant(name: str) -> Iterator[None]:
         yield
 
 
+def check_head_ran(head: str, start: dict) -> None:
+    """A candidate of the trainer's fused loss (a kernel patched in) is measured only if the fused loss was
+    on: with `fused_loss: auto` the trainer turns it off, with a warning, when the kernel fails its self-test,
+    and the run would then time the compiled head under the candidate's name."""
+    if head.startswith("streamlined") and not start["device"].get("fused_loss", False):
+        raise SystemExit(f"--ours-head {head}: the fused loss was off in the run: {start.get('warnings')}")
+
+
 def run_ours(
     args: argparse.Namespace,
     micro_batch: int | str,
@@ -281,6 +289,7 @@ def run_ours(
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["kind"] == "start")
+    check_head_ran(head, start)
     steps = [e for e in events if e["kind"] == "step"]
     timed = [e["step_s"] for e in steps[args.warmup_steps : args.warmup_steps + args.timed_steps]]
     if args.profile_steps:

@@ -195,6 +195,15 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
             "streamlined": True, "fast_tanh": True
         }  # fmt: skip
     assert fused_loss.losses_writing_grad is original_kernel
+    # A candidate kernel that failed its self-test (the trainer then ran unfused) is not reported as measured.
+    train_throughput.check_head_ran("streamlined", {"device": {"fused_loss": True}})
+    train_throughput.check_head_ran("unfused", {"device": {"fused_loss": False}})
+    with pytest.raises(SystemExit, match=r"--ours-head streamlined-fast: the fused loss was off.*self-test"):
+        off = {
+            "device": {"fused_loss": False},
+            "warnings": ["fused_loss: off, the kernel's self-test failed"],
+        }
+        train_throughput.check_head_ran("streamlined-fast", off)
     with pytest.raises(RuntimeError, match="boom"), train_throughput.head_variant("sigmoid"):
         raise RuntimeError("boom")
     assert GPT.__dict__["head"] is original_head and GPT.__dict__["_softcap"] is original_softcap
