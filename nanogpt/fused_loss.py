@@ -30,6 +30,7 @@ NUM_WARPS = 8
 # The streamlined kernel sums exp(capped - cap) without a running max up to this soft-cap: above e^-80 the
 # terms stay in float32's normal range (the GPU's exp flushes subnormals to zero).
 FIXED_MAX_CAP = 40.0
+LOG2E = tl.constexpr(1.4426950408889634)  # the streamlined kernel's exps are in base 2
 
 
 @triton.jit
@@ -169,7 +170,7 @@ def _capped2(z, inv_cap, scale, HAS_CAP: tl.constexpr, FAST_TANH: tl.constexpr):
     if HAS_CAP:
         return _tanh(z * inv_cap, FAST_TANH) * scale
     else:
-        return z * 1.4426950408889634
+        return z * LOG2E
 
 
 @triton.jit
@@ -179,7 +180,7 @@ def _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAS
         t = _tanh(z * inv_cap, FAST_TANH)
         grad = tl.exp2(t * scale - lse2) * (1 - t * t) * multiplier
     else:
-        grad = tl.exp2(z * 1.4426950408889634 - lse2) * multiplier
+        grad = tl.exp2(z * LOG2E - lse2) * multiplier
     if GRAD_E5M2:
         grad = _round_to_e5m2_grid(grad)
     return grad
@@ -209,7 +210,6 @@ def _streamlined_row(
     once, after the row's gradient is written, not compared at every logit; and, with FIXED_MAX (a
     soft-cap of at most 40), no running max: the capped logits are below the cap, so exp(capped - cap)
     cannot overflow, and above e^-80 it stays in float32's normal range (the GPU's exp flushes below)."""
-    LOG2E: tl.constexpr = 1.4426950408889634
     base = logits_ptr + row * row_stride
     grad_base = grad_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
