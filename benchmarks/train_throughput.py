@@ -151,6 +151,7 @@ def make_run_dir(
     compile_: bool | str = True,
     fp8_head: bool = False,
     fused_loss: bool | str = "auto",
+    fused_mlp: bool = False,
 ) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
@@ -176,6 +177,7 @@ def make_run_dir(
         "compile": compile_,
         "fp8_head": fp8_head,
         "fused_loss": fused_loss,
+        "fused_mlp": fused_mlp,
     }
     if args.profile_steps:
         config["profile"] = {
@@ -272,12 +274,13 @@ def run_ours(
     fp8_head: bool = False,
     attention: str = "default",
     head: str = "default",
+    mlp: str = "default",
 ) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, fused_loss=HEADS[head][1])
+    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=mlp == "fused")
     torch.cuda.reset_peak_memory_stats()
     backends = ATTENTION_BACKENDS[attention]
     t0 = time.time()
@@ -302,6 +305,7 @@ def run_ours(
     labels = COMPILE_LABELS[compile_] + ", FP8 head" * fp8_head
     labels += ("" if attention == "default" else f", {attention} attention") + HEADS[head][0]
     labels += ", fused loss" * (head == "default" and start["device"].get("fused_loss", False))
+    labels += ", fused MLP" * (mlp == "fused")
     return Result(
         name=f"nanostudy depth {args.depth} (MuonAdamW{labels})",
         micro_batch=start["device_batch_size"],
@@ -343,19 +347,20 @@ def parse_choices(text: str, option: str, names: dict[str, bool | str]) -> list[
 
 
 def ours_variants(args: argparse.Namespace) -> list[tuple]:
-    """(compile, fp8_head, attention, head, micro_batch) of each run of ours: every combination of the
+    """(compile, fp8_head, attention, head, micro_batch, mlp) of each run of ours: every combination of the
     `--ours-*` lists. SystemExit naming the option for a bad value or combination."""
     booleans = {"true": True, "false": False}
     attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
     variants = [
-        (compile_, fp8_head, attention, head, micro_batch)
+        (compile_, fp8_head, attention, head, micro_batch, mlp)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
         for head in parse_choices(args.ours_head, "--ours-head", heads)
         for micro_batch in parse_micro_batches(args.ours_micro_batch)
+        for mlp in parse_choices(args.ours_mlp, "--ours-mlp", {"default": "default", "fused": "fused"})
     ]
-    if any(fp8_head and head.startswith("fused") for _, fp8_head, _, head, _ in variants):
+    if any(fp8_head and head.startswith("fused") for _, fp8_head, _, head, _, _ in variants):
         raise SystemExit("--ours-fp8-head true with --ours-head fused*: the fused heads do their own matmuls")
     return variants
 
@@ -404,6 +409,12 @@ def main() -> None:
         "fused_loss false; sigmoid: that, the soft-cap through the sigmoid; fused-fp8: the fused loss with "
         "the lm_head in FP8; fused-compiled: the loss and its gradient in the forward, by torch.compile)",
     )
+    parser.add_argument(
+        "--ours-mlp",
+        default="default",
+        help="comma-separated MLPs (default: the compiled MLP; fused: `fused_mlp: true`, ReLU² inside the "
+        "matmuls' Triton kernels)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)
     parser.add_argument("--skip-reference", action="store_true")
@@ -432,11 +443,11 @@ def main() -> None:
         results.append(ref)
         report_progress(ref)
         torch.cuda.empty_cache()
-    for compile_, fp8_head, attention, head, micro_batch in variants:
+    for compile_, fp8_head, attention, head, micro_batch, mlp in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.
         torch._dynamo.reset()
-        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention, head))
+        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention, head, mlp))
         report_progress(results[-1])
         torch.cuda.empty_cache()
 

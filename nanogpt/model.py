@@ -207,8 +207,13 @@ class MLP(nn.Module):
         self.kind = config.mlp
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        # While gradients are being taken, ReLU² inside the matmuls' Triton kernels: a training setting
+        # (RunConfig.fused_mlp) that the trainer turns on by setting nanogpt.fused_mlp.relu2_mlp here.
+        self.fused: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None and self.kind == "relu2" and torch.is_grad_enabled():
+            return self.fused(x, self.c_fc.weight, self.c_proj.weight)
         x = self.c_fc(x)
         # ReLU² (So et al. 2021, "Primer") trains faster than GELU at equal FLOPs in nanochat and
         # modded-nanogpt; GELU (GPT-2's tanh form) stays for comparison.

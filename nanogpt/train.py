@@ -140,11 +140,12 @@ def init_runtime(config: RunConfig) -> Runtime:
     else:
         device = torch.device("cpu")
         # The Triton interpreter runs the kernel on the CPU, slowly: the tests train through it there.
-        if config.fused_loss is True and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError(
-                "fused_loss: true needs a CUDA device (the kernel is Triton's; on the CPU only under "
-                "TRITON_INTERPRET=1, for tests); use 'auto'"
-            )
+        for key in ("fused_loss", "fused_mlp"):
+            if getattr(config, key) is True and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ConfigError(
+                    f"{key}: true needs a CUDA device (the kernel is Triton's; on the CPU only under "
+                    "TRITON_INTERPRET=1, for tests); use 'auto'"
+                )
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
@@ -452,6 +453,38 @@ def resolve_fused_loss(
     return True, None
 
 
+def resolve_fused_mlp(
+    config: RunConfig, gpt_config: GPTConfig, device: torch.device, *, dtype: torch.dtype = torch.float32
+) -> tuple[Callable | None, str | None]:
+    """(the MLP's forward for training steps, nanogpt.fused_mlp.relu2_mlp or None; a warning). "auto": on
+    CUDA for a ReLU² model whose width the kernels take, once they have passed their self-test there (in
+    the training's dtype, so that it compiles the kernels training then uses); otherwise off, with a
+    warning that says why when the kernels fail. true: the same, where anything short of it is an error."""
+    wanted = config.fused_mlp
+    if wanted is False or (wanted == "auto" and device.type != "cuda"):
+        return None, None
+    why = None
+    if gpt_config.mlp != "relu2":
+        why = f"model.mlp is {gpt_config.mlp!r}; the kernels fuse ReLU²"
+    else:
+        try:
+            from nanogpt import fused_mlp
+
+            if not fused_mlp.fits(gpt_config.n_embd):
+                why = f"n_embd {gpt_config.n_embd} is not a multiple of {fused_mlp.TILES.block_k}"
+            else:
+                fused_mlp.self_test(device, dtype)
+        except Exception as e:  # ImportError, triton's compile errors, a wrong result: all say the same
+            why = "the Triton kernels fail on {} ({})".format(
+                device, f"{type(e).__name__}: {e}".splitlines()[0]
+            )
+    if why is None:
+        return fused_mlp.relu2_mlp, None
+    if wanted is True:
+        raise ConfigError(f"fused_mlp: true, but {why}")
+    return None, f"fused_mlp: off, {why}"
+
+
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
     """The model's forward as the config's `compile` asks: the whole model compiled, its blocks and head
     (regional: nanogpt.model.compile_blocks), or eager. "auto" must have been resolved (resolve_compile)."""
@@ -718,6 +751,11 @@ class Trainer:
         model.fused_loss, warning = resolve_fused_loss(
             self.config, runtime.device, dtype=runtime.dtype, cap=self.gpt_config.logit_softcap
         )
+        if warning is not None:
+            self.warnings.append(warning)
+        fused, warning = resolve_fused_mlp(self.config, self.gpt_config, runtime.device, dtype=runtime.dtype)
+        for block in model.transformer.h:
+            block.mlp.fused = fused
         if warning is not None:
             self.warnings.append(warning)
         if self.config.fp8_head and runtime.device.type == "cpu":
@@ -989,6 +1027,7 @@ class Trainer:
             total_flops=float(self.total_steps * config.train.total_batch_tokens * self.flops_per_token),
         )
         self.device["fused_loss"] = self.model.fused_loss
+        self.device["fused_mlp"] = self.model.transformer.h[0].mlp.fused is not None
         self.forward = compiled_forward(self.model, compile_)
         if self.standby:
             self._warm_up()

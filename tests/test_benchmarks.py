@@ -214,10 +214,10 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
 def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fused_head():
     args = argparse.Namespace(
         ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
-        ours_head="default,fused-fp8", ours_micro_batch="32",
+        ours_head="default,fused-fp8", ours_micro_batch="32", ours_mlp="default",
     )  # fmt: skip
     variants = train_throughput.ours_variants(args)
-    assert [(c, h) for c, _, _, h, _ in variants] == [
+    assert [(c, h) for c, _, _, h, _, _ in variants] == [
         (True, "default"), (True, "fused-fp8"), ("blocks", "default"), ("blocks", "fused-fp8")
     ]  # fmt: skip
     args.ours_fp8_head = "true"
@@ -225,6 +225,11 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
         train_throughput.ours_variants(args)
     args.ours_head = "default"
     assert len(train_throughput.ours_variants(args)) == 2
+    args.ours_fp8_head, args.ours_mlp = "false", "default,fused"
+    assert [m for *_, m in train_throughput.ours_variants(args)] == ["default", "fused"] * 2
+    args.ours_mlp = "fused,triton"
+    with pytest.raises(SystemExit, match="--ours-mlp: 'triton' is not one of"):
+        train_throughput.ours_variants(args)
     args.ours_head = "liger"
     with pytest.raises(SystemExit, match="--ours-head: 'liger' is not one of"):
         train_throughput.ours_variants(args)

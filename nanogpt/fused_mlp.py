@@ -1,0 +1,261 @@
+"""The ReLU² MLP with its activation inside the matmuls: a Triton kernel for the first matmul writes the
+pre-activation and ReLU² of it in one epilogue, and in the backward the same kernel multiplies the second
+matmul's input gradient by the activation's derivative before writing it.
+
+Compiled by torch.compile, `MLP.forward` is cuBLAS's c_fc matmul (writing h), an elementwise kernel (reading
+h, writing relu(h)²), cuBLAS's c_proj matmul; and backward, cuBLAS's matmul for the gradient of relu(h)²
+(written), then an elementwise kernel that reads it and h and writes h's gradient. At depth 12 (micro-batch
+32 × 1,024 tokens) each of those tensors is 201 MB a layer, and the two elementwise kernels took 1.6 and
+2.4 ms of a 61 ms micro-batch on an H100 (docs/benchmarks.md), at the memory's speed. Here:
+
+    forward:   pre, post = x @ W_fcᵀ, relu(x @ W_fcᵀ)²     one kernel (ours), both written
+               y = post @ W_projᵀ                          cuBLAS
+    backward:  dW_proj = dyᵀ @ post                        cuBLAS
+               dpre = (dy @ W_proj) · 2·relu(pre)          one kernel (ours), pre read in the epilogue
+               dx = dpre @ W_fc, dW_fc = dpreᵀ @ x         cuBLAS
+
+which leaves out a read and a write of h forward and a write and a read of the activation's gradient
+backward, at the price of our matmul instead of cuBLAS's for two of the six (modded-nanogpt fuses its
+ReLU² MLP the same way). The same function as `MLP.forward` with ReLU²: h is rounded to x's dtype before
+the activation, as cuBLAS's bf16 output is, and the activation's gradient too, so the results differ from
+the compiled model's only by the matmuls' order of summation.
+
+The trainer uses it on CUDA (RunConfig.fused_mlp); `MLP` imports this module only then. On the CPU it runs
+under the Triton interpreter (TRITON_INTERPRET=1, set before triton is imported), which the tests use. The
+two kernel calls are custom operators (`torch.library.custom_op`), so torch.compile compiles a block around
+them without a graph break.
+"""
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+
+class Tiles(NamedTuple):
+    """The kernel's launch: a program computes a block_m × block_n tile of the output, block_k of the
+    reduction at a time, over `stages` pipelined loads; `group_m` tiles down a column of tiles run together
+    (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles."""
+
+    block_m: int = 128
+    block_n: int = 256
+    block_k: int = 64
+    group_m: int = 8
+    stages: int = 3
+    warps: int = 8
+    persistent: bool = False
+
+
+TILES = Tiles()
+INTERPRETED = (
+    os.environ.get("TRITON_INTERPRET") == "1"
+)  # the launch the trainer uses (benchmarks/mlp_kernel.py times others)
+
+
+@triton.jit
+def _matmul_relu2_kernel(
+    a_ptr,  # (M, K)
+    b_ptr,  # (K, N), any strides
+    pre_ptr,  # (M, N): forward, h written; backward, the forward's h read
+    out_ptr,  # (M, N) written: forward relu(h)², backward (a @ b)·2·relu(pre)
+    M,
+    N,
+    K,  # a multiple of BLOCK_K (the caller checks)
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_om,  # pre and out alike
+    stride_on,
+    BACKWARD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    if PERSISTENT:
+        for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
+            _one_tile(
+                tile, a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST,
+            )  # fmt: skip
+    else:
+        _one_tile(
+            tl.program_id(0), a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+            stride_bn, stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+            UPCAST,
+        )  # fmt: skip
+
+
+@triton.jit
+def _one_tile(
+    tile, a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
+    stride_on, tiles_m, tiles_n, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    # Tiles in groups of GROUP_M rows of tiles, column by column within a group (Triton's matmul tutorial):
+    # the programs running at once share rows of a and columns of b, which then come from L2.
+    in_group = GROUP_M * tiles_n
+    first_m = (tile // in_group) * GROUP_M
+    group_m = min(tiles_m - first_m, GROUP_M)
+    tile_m = first_m + (tile % in_group) % group_m
+    tile_n = (tile % in_group) // group_m
+    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Rows and columns past the edge wrap around to valid ones for the loads (no masks in the loop); their
+    # results are not stored.
+    a_rows = tl.max_contiguous(tl.multiple_of(rows % M, BLOCK_M), BLOCK_M)
+    b_cols = tl.max_contiguous(tl.multiple_of(cols % N, BLOCK_N), BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
+    b_ptrs = b_ptr + ks[:, None] * stride_bk + b_cols[None, :].to(tl.int64) * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, K, BLOCK_K):
+        a, b = tl.load(a_ptrs), tl.load(b_ptrs)
+        if UPCAST:  # the Triton interpreter multiplies bf16 wrongly (as integers); float32 is exact for it
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    # Rounded to the output's dtype first, as cuBLAS's output is before the unfused activation reads it.
+    h = acc.to(out_ptr.dtype.element_ty)
+    offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
+    inside = (rows[:, None] < M) & (cols[None, :] < N)
+    if BACKWARD:
+        pre = tl.load(pre_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        out = h.to(tl.float32) * (2 * tl.maximum(pre, 0.0))
+    else:
+        tl.store(pre_ptr + offsets, h, mask=inside)
+        relu = tl.maximum(h.to(tl.float32), 0.0)
+        out = relu * relu
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def fits(in_features: int, tiles: Tiles = TILES) -> bool:
+    """Whether the kernels take an MLP of this width: both reductions (n_embd, forward and backward) must be
+    a whole number of blocks. Rows and the hidden width may be anything."""
+    return in_features % tiles.block_k == 0
+
+
+def _launch(a, b, pre, out, backward: bool, tiles: Tiles | None) -> None:
+    tiles = tiles or TILES
+    M, K = a.shape
+    N = b.size(1)
+    if K % tiles.block_k != 0:
+        raise ValueError(f"fused MLP: the reduction ({K}) must be a multiple of block_k {tiles.block_k}")
+    count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
+    if tiles.persistent and a.is_cuda:
+        count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)
+    _matmul_relu2_kernel[(count,)](
+        a, b, pre, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
+        out.stride(1), BACKWARD=backward, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent,
+        UPCAST=INTERPRETED, num_warps=tiles.warps,
+        num_stages=tiles.stages,
+    )  # fmt: skip
+
+
+def linear_relu2(
+    x: torch.Tensor, w_fc: torch.Tensor, tiles: Tiles | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, relu(h)²) for h = x @ w_fcᵀ: x (M, K), w_fc (N, K) of x's dtype; both results (M, N) in it. The
+    launch is `tiles`, or the module's TILES at the time of the call."""
+    pre = torch.empty(x.size(0), w_fc.size(0), device=x.device, dtype=x.dtype)
+    post = torch.empty_like(pre)
+    _launch(x, w_fc.t(), pre, post, False, tiles)
+    return pre, post
+
+
+def relu2_backward(
+    grad_y: torch.Tensor, w_proj: torch.Tensor, pre: torch.Tensor, tiles: Tiles | None = None
+) -> torch.Tensor:
+    """h's gradient, (grad_y @ w_proj)·2·relu(h): grad_y (M, C), w_proj (C, N), h (M, N); in h's dtype."""
+    grad_pre = torch.empty_like(pre)
+    _launch(grad_y, w_proj, pre, grad_pre, True, tiles)
+    return grad_pre
+
+
+# The two kernel calls as operators torch.compile keeps whole (the launch, with the trainer's tiles).
+@torch.library.custom_op("nanogpt::linear_relu2", mutates_args=())
+def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return linear_relu2(x, w_fc)
+
+
+@_linear_relu2_op.register_fake
+def _(x, w_fc):
+    pre = x.new_empty(x.size(0), w_fc.size(0))
+    return pre, torch.empty_like(pre)
+
+
+@torch.library.custom_op("nanogpt::relu2_backward", mutates_args=())
+def _relu2_backward_op(grad_y: torch.Tensor, w_proj: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    return relu2_backward(grad_y, w_proj, pre)
+
+
+@_relu2_backward_op.register_fake
+def _(grad_y, w_proj, pre):
+    return torch.empty_like(pre)
+
+
+class ReLU2MLP(torch.autograd.Function):
+    """(x (M, C) in the compute dtype, w_fc (4C, C), w_proj (C, 4C)) → relu(x @ w_fcᵀ)² @ w_projᵀ, (M, C).
+    The weights are cast to x's dtype (as autocast would); their gradients come back in their own."""
+
+    @staticmethod
+    def forward(ctx, x, w_fc, w_proj):
+        wf, wp = w_fc.to(x.dtype), w_proj.to(x.dtype)
+        pre, post = _linear_relu2_op(x, wf)
+        ctx.save_for_backward(x, wf, wp, pre, post)
+        ctx.dtypes = w_fc.dtype, w_proj.dtype
+        return post @ wp.t()
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, wf, wp, pre, post = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        grad_pre = _relu2_backward_op(grad_y, wp, pre)
+        grad_x = grad_pre @ wf
+        grad_wf = grad_pre.t() @ x
+        grad_wp = grad_y.t() @ post
+        return grad_x, grad_wf.to(ctx.dtypes[0]), grad_wp.to(ctx.dtypes[1])
+
+
+def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torch.Tensor:
+    """`MLP.forward` with ReLU² through ReLU2MLP: x (..., C), in the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    shape = x.shape
+    y = ReLU2MLP.apply(x.reshape(-1, shape[-1]).contiguous(), w_fc, w_proj)
+    return y.view(*shape[:-1], y.size(-1))
+
+
+def self_test(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> None:
+    """The MLP once forward and backward on a small problem on `device` (x in `dtype`, float32 weights, as
+    the trainer holds them) against the same MLP by torch in float32: raises if triton is missing, the
+    kernels do not build or launch there, or a result is off. With the training's dtype it compiles the
+    kernels training runs (Triton specializes integers on being multiples of 16; these shapes are, as
+    training's are). A broken kernel is off by whole units; bf16 rounding leaves under 2e-2 relative."""
+    generator = torch.Generator().manual_seed(0)
+    width = TILES.block_k
+    x = torch.randn(96, width, generator=generator)
+    w_fc = torch.randn(4 * width, width, generator=generator) / width**0.5
+    w_proj = torch.randn(width, 4 * width, generator=generator) / (4 * width) ** 0.5
+    grad_y = torch.randn(96, width, generator=generator)
+    x, w_fc, w_proj, grad_y = (t.to(device) for t in (x, w_fc, w_proj, grad_y))
+    leaves = [x.to(dtype).requires_grad_(), w_fc.clone().requires_grad_(), w_proj.clone().requires_grad_()]
+    relu2_mlp(*leaves).backward(grad_y.to(dtype))
+    expected = [t.double().requires_grad_() for t in (leaves[0].detach(), w_fc, w_proj)]
+    y = torch.relu(expected[0] @ expected[1].t()).square() @ expected[2].t()
+    y.backward(grad_y.double())
+    for name, got, want in zip(("x", "w_fc", "w_proj"), leaves, expected, strict=True):
+        error = ((got.grad.double() - want.grad).norm() / want.grad.norm()).item()
+        if not error <= 2e-2:
+            raise RuntimeError(
+                f"the fused MLP's self-test on {device}: the gradient of {name} is off by {error:.3g}"
+            )

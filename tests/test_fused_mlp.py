@@ -1,0 +1,179 @@
+"""nanogpt/fused_mlp.py, the ReLU² MLP inside Triton matmuls: its kernels, its autograd and the trainer with
+it, against torch, under the Triton interpreter on the CPU; and at depth 12's shapes on a GPU."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from markers import needs_cpp_compiler
+
+pytest.importorskip("triton", reason="the fused MLP's kernels are Triton's")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_worker(mode: str) -> dict | list:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fused_mlp_worker.py"), mode],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_the_kernels_match_torch_at_every_launch_under_the_interpreter():
+    *cases, written = run_worker("kernels")
+    assert written == {"all_written": True}  # over NaN-poisoned outputs, every element written
+    assert len(cases) == 3  # tiles with edges, one whole tile per row of blocks, a persistent grid
+    for case in cases:
+        assert case["dtypes"] == ["torch.bfloat16"] * 3, case
+        assert case["zeros_kept"], case
+        # The same bf16 products summed in float32; the interpreter truncates float32 → bf16 where torch
+        # rounds (up to 2^-8 relative in each output), and the activation squares that.
+        assert case["pre"] < 8e-3 and case["post"] < 1.6e-2 and case["grad_pre"] < 1.6e-2, case
+
+
+def test_the_fused_mlp_matches_the_unfused_one_under_the_interpreter():
+    float32, bf16 = run_worker("mlp")
+    # y, then the gradients of x, W_fc and W_proj: y and x's gradient in x's dtype, the weights' in theirs.
+    assert float32["dtypes"] == ["torch.float32"] * 4
+    assert bf16["dtypes"] == ["torch.bfloat16"] * 2 + ["torch.float32"] * 2
+    assert float32["shape"] == bf16["shape"] == [3, 40, 64]
+    # float32: the same function to float32 rounding, as close to float64 as the unfused MLP is.
+    for fused, unfused in zip(float32["fused"], float32["unfused"], strict=True):
+        assert fused < 1e-6 and fused < 1.5 * unfused + 1e-7
+    # bf16: within bf16's rounding of float64, as the unfused MLP is (the interpreter's truncation to bf16,
+    # where the GPU and torch round, doubles the error).
+    for fused, unfused in zip(bf16["fused"], bf16["unfused"], strict=True):
+        assert fused < 2e-2 and fused < 3 * unfused
+
+
+@needs_cpp_compiler
+def test_the_trainer_with_the_fused_mlp_trains_as_with_the_compiled_one():
+    # `fused_mlp: true` (under the Triton interpreter here): the same steps' and validation losses as
+    # `fused_mlp: false` (float32 on the CPU), eager and with the blocks or the whole model compiled (the
+    # kernels as custom operators inside the compiled graphs, no graph break).
+    runs = run_worker("trainer")
+    unfused = runs["unfused"]
+    assert unfused["fused_mlp"] is False and unfused["calls"] == 0
+    assert len(unfused["steps"]) == 4 and len(unfused["val"]) == 1 and len(set(unfused["steps"])) == 4
+    for name in ("fused", "fused, blocks compiled", "fused, whole model compiled"):
+        run = runs[name]
+        assert run["fused_mlp"] is True and run["warnings"] == [], name
+        # Both kernels once for the self-test at set-up, then for each of the 8 micro-batches (1 layer);
+        # validation (no gradient) runs the model's own MLP.
+        assert run["calls"] == 2 + 2 * 8, name
+        for expected, got in zip(unfused["steps"] + unfused["val"], run["steps"] + run["val"], strict=True):
+            assert got == pytest.approx(expected, rel=1e-5), name
+
+
+def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypatch):
+    from nanogpt import fused_mlp
+    from nanogpt.config import RunConfig
+    from nanogpt.model import GPTConfig
+    from nanogpt.train import ConfigError, resolve_fused_mlp
+
+    def config(**settings) -> RunConfig:
+        base = {"model": {"depth": 1}, "data": {"train_dir": "unused"}, "train": {"num_steps": 1}}
+        return RunConfig.from_dict({**base, **settings})
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    relu2 = GPTConfig(depth=2, vocab_size=300)
+    assert RunConfig.from_dict(
+        {"model": {"depth": 1}, "data": {"train_dir": "unused"}, "train": {"num_steps": 1}}
+    ).fused_mlp is False  # fmt: skip
+    monkeypatch.setattr(fused_mlp, "self_test", lambda *args: pytest.fail("the kernels ran"))
+    assert resolve_fused_mlp(config(), relu2, cuda) == (None, None)
+    assert resolve_fused_mlp(config(fused_mlp="auto"), relu2, cpu) == (None, None)
+    # GELU, or a width the kernels do not take: auto is off with a warning that says why, true an error.
+    gelu = GPTConfig(depth=2, vocab_size=300, mlp="gelu")
+    narrow = GPTConfig(depth=1, vocab_size=300, aspect_ratio=48, head_dim=16)  # n_embd 48
+    for gpt, why in (
+        (gelu, "model.mlp is 'gelu'; the kernels fuse ReLU²"),
+        (narrow, "n_embd 48 is not a multiple of 64"),
+    ):
+        assert resolve_fused_mlp(config(fused_mlp="auto"), gpt, cuda) == (None, f"fused_mlp: off, {why}")
+        with pytest.raises(ConfigError, match=re.escape(f"fused_mlp: true, but {why}")):
+            resolve_fused_mlp(config(fused_mlp=True), gpt, cuda)
+
+    def broken(*args):
+        raise RuntimeError("off by 0.5")
+
+    monkeypatch.setattr(fused_mlp, "self_test", broken)
+    why = "the Triton kernels fail on cuda:0 (RuntimeError: off by 0.5)"
+    assert resolve_fused_mlp(config(fused_mlp="auto"), relu2, cuda) == (None, f"fused_mlp: off, {why}")
+    with pytest.raises(ConfigError, match=re.escape(f"fused_mlp: true, but {why}")):
+        resolve_fused_mlp(config(fused_mlp=True), relu2, cuda)
+    monkeypatch.setattr(fused_mlp, "self_test", lambda *args: None)
+    assert resolve_fused_mlp(config(fused_mlp=True), relu2, cuda) == (fused_mlp.relu2_mlp, None)
+    # On this machine, outside the interpreter, the kernels cannot launch on CPU tensors: a real failure.
+    monkeypatch.undo()
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(Exception):  # noqa: B017 - triton's own error type, whichever it is
+            fused_mlp.self_test(cpu)
+
+
+def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
+    """benchmarks/mlp_kernel.py under the interpreter: every launch it times is checked against cuBLAS's
+    (here torch's) results, and the fused layer's gradients against the compiled layer's."""
+    out = tmp_path / "mlp.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    args = ["--device", "cpu", "--depth", "1", "--rows", "96", "--reps", "1", "--warmup", "1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.mlp_kernel", *args, "--json", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    kernels = [row for row in rows if "kernel," in row["name"]]
+    assert len(kernels) == 2  # forward and backward of the interpreter's one launch
+    for row in kernels:
+        assert row["pre"] < 8e-3 and row["post"] < 1.6e-2 and row["grad_pre"] < 1.6e-2, row
+    assert rows[-1]["name"].startswith("layer forward + backward: fused")
+    assert all(error < 2e-2 for error in rows[-1]["grad_errors_x_wfc_wproj"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("persistent", [False, True], ids=["grid", "persistent"])
+def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent):
+    # Depth 12's layer (n_embd 768, hidden 3,072) on 4,000 rows (not a whole number of tiles), bf16, float32
+    # weights, under autocast as the trainer runs it: the fused MLP against the unfused, both against float64.
+    from nanogpt import fused_mlp
+
+    device = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    x = torch.randn(4, 1000, 768, device=device)
+    w_fc = torch.randn(3072, 768, device=device) / 768**0.5
+    w_proj = torch.randn(768, 3072, device=device) / 3072**0.5
+    grad_y = torch.randn(4, 1000, 768, device=device)
+    tiles = fused_mlp.TILES._replace(persistent=persistent)
+    results = {}
+    for name in ("fused", "unfused", "float64"):
+        leaves = [t.clone().double() if name == "float64" else t.clone() for t in (x, w_fc, w_proj)]
+        leaves = [t.requires_grad_() for t in leaves]
+        if name == "float64":
+            y = torch.relu(leaves[0] @ leaves[1].t()).square() @ leaves[2].t()
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                if name == "fused":
+                    with pytest.MonkeyPatch.context() as patch:
+                        patch.setattr(fused_mlp, "TILES", tiles)
+                        y = fused_mlp.relu2_mlp(leaves[0].bfloat16(), leaves[1], leaves[2])
+                        y.backward(grad_y.bfloat16())
+                else:
+                    y = torch.relu(leaves[0].bfloat16() @ leaves[1].t()).square() @ leaves[2].t()
+        if name != "fused":
+            y.backward(grad_y.to(y.dtype))
+        results[name] = [y.detach(), *(leaf.grad for leaf in leaves)]
+    for got, unfused, exact in zip(results["fused"], results["unfused"], results["float64"], strict=True):
+        assert got.isfinite().all()
+        error = ((got.double() - exact).norm() / exact.norm()).item()
+        reference = ((unfused.double() - exact).norm() / exact.norm()).item()
+        assert error < 1.2 * reference + 1e-4, (error, reference)
