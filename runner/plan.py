@@ -45,6 +45,7 @@ NOT_IN_ID = (
     "train.device_batch_size",
     "compile",
     "fused_loss",
+    "fused_mlp",
     "log_every",
     "checkpoint",
     "wandb",

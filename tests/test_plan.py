@@ -50,7 +50,8 @@ def test_ids_are_stable_and_only_new_settings_make_new_cells():
     # Settings that cannot change what a cell trains leave the ids alone...
     same = GOOD.replace(
         "  device: cpu",
-        "  device: cpu\n  compile: false\n  fused_loss: false\n  log_every: 10\n  device_batch_size: 2",
+        "  device: cpu\n  compile: false\n  fused_loss: false\n  fused_mlp: auto\n  log_every: 10\n"
+        "  device_batch_size: 2",
     )
     assert _ids(same + "checkpoint: {every_steps: 5}\nwandb: {mode: offline}\n") == base
     # ...and any that can gives every cell a new id.
