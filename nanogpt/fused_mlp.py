@@ -1,6 +1,6 @@
-"""The ReLU² MLP with its activation inside the matmuls: a Triton kernel for the first matmul writes the
-pre-activation and ReLU² of it in one epilogue, and in the backward the same kernel multiplies the second
-matmul's input gradient by the activation's derivative before writing it.
+"""The ReLU² MLP with its activation inside the matmuls: a Triton kernel for the first matmul writes relu(h)²
+in its epilogue, and in the backward the same kernel multiplies the second matmul's input gradient by the
+activation's derivative before writing it.
 
 Compiled by torch.compile, `MLP.forward` is cuBLAS's c_fc matmul (writing h), an elementwise kernel (reading
 h, writing relu(h)²), cuBLAS's c_proj matmul; and backward, cuBLAS's matmul for the gradient of relu(h)²
@@ -8,22 +8,24 @@ h, writing relu(h)²), cuBLAS's c_proj matmul; and backward, cuBLAS's matmul for
 32 × 1,024 tokens) each of those tensors is 201 MB a layer, and the two elementwise kernels took 1.6 and
 2.4 ms of a 61 ms micro-batch on an H100 (docs/benchmarks.md), at the memory's speed. Here:
 
-    forward:   pre, post = x @ W_fcᵀ, relu(x @ W_fcᵀ)²     one kernel (ours), both written
+    forward:   post = relu(x @ W_fcᵀ)²                     one kernel (ours)
                y = post @ W_projᵀ                          cuBLAS
     backward:  dW_proj = dyᵀ @ post                        cuBLAS
-               dpre = (dy @ W_proj) · 2·relu(pre)          one kernel (ours), pre read in the epilogue
-               dx = dpre @ W_fc, dW_fc = dpreᵀ @ x         cuBLAS
+               dh = (dy @ W_proj) · 2·√post                one kernel (ours), post read in the epilogue
+               dx = dh @ W_fc, dW_fc = dhᵀ @ x             cuBLAS
 
-which leaves out a read and a write of h forward and a write and a read of the activation's gradient
+which leaves out a write and a read of h forward and a write and a read of the activation's gradient
 backward, at the price of our matmul instead of cuBLAS's for two of the six (modded-nanogpt fuses its
-ReLU² MLP the same way). The same function as `MLP.forward` with ReLU²: h is rounded to x's dtype before
-the activation, as cuBLAS's bf16 output is, and the activation's gradient too, so the results differ from
-the compiled model's only by the matmuls' order of summation.
+ReLU² MLP the same way). h is not kept: the backward takes relu(h) as √post. The same function as
+`MLP.forward` with ReLU²: h is rounded to x's dtype before the activation, as cuBLAS's bf16 output is, and
+h's gradient too; √post is relu(h) to within half a rounding (post is relu(h)² rounded to bf16). So the
+results differ from the compiled model's by the matmuls' order of summation and that half rounding in h's
+gradient. `Tiles.store_h` keeps h instead (a write more forward; benchmarks/mlp_kernel.py times both).
 
-The trainer uses it on CUDA (RunConfig.fused_mlp); `MLP` imports this module only then. On the CPU it runs
-under the Triton interpreter (TRITON_INTERPRET=1, set before triton is imported), which the tests use. The
-two kernel calls are custom operators (`torch.library.custom_op`), so torch.compile compiles a block around
-them without a graph break.
+The trainer uses it on CUDA (RunConfig.fused_mlp); the trainer imports this module only then and hands
+`relu2_mlp` to the model's MLPs. On the CPU it runs under the Triton interpreter (TRITON_INTERPRET=1, set
+before triton is imported), which the tests use. The two kernel calls are custom operators
+(`torch.library.custom_op`), so torch.compile compiles a block around them without a graph break.
 """
 
 import os
@@ -37,7 +39,8 @@ import triton.language as tl
 class Tiles(NamedTuple):
     """The kernel's launch: a program computes a block_m × block_n tile of the output, block_k of the
     reduction at a time, over `stages` pipelined loads; `group_m` tiles down a column of tiles run together
-    (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles."""
+    (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles;
+    `store_h`: the forward writes h as well, for the backward to read (instead of relu(h)²)."""
 
     block_m: int = 128
     block_n: int = 256
@@ -46,20 +49,19 @@ class Tiles(NamedTuple):
     stages: int = 3
     warps: int = 8
     persistent: bool = False
+    store_h: bool = False
 
 
-TILES = Tiles()
-INTERPRETED = (
-    os.environ.get("TRITON_INTERPRET") == "1"
-)  # the launch the trainer uses (benchmarks/mlp_kernel.py times others)
+TILES = Tiles()  # the launch the trainer uses (benchmarks/mlp_kernel.py times others)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
 def _matmul_relu2_kernel(
     a_ptr,  # (M, K)
     b_ptr,  # (K, N), any strides
-    pre_ptr,  # (M, N): forward, h written; backward, the forward's h read
-    out_ptr,  # (M, N) written: forward relu(h)², backward (a @ b)·2·relu(pre)
+    saved_ptr,  # (M, N): forward, h written if STORE_H; backward, read: h if STORE_H, else relu(h)²
+    out_ptr,  # (M, N) written: forward relu(h)², backward (a @ b)·2·relu(h)
     M,
     N,
     K,  # a multiple of BLOCK_K (the caller checks)
@@ -67,7 +69,7 @@ def _matmul_relu2_kernel(
     stride_ak,
     stride_bk,
     stride_bn,
-    stride_om,  # pre and out alike
+    stride_om,  # saved and out alike
     stride_on,
     BACKWARD: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -75,6 +77,7 @@ def _matmul_relu2_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    STORE_H: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -82,22 +85,23 @@ def _matmul_relu2_kernel(
     if PERSISTENT:
         for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
             _one_tile(
-                tile, a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST,
+                tile, a_ptr, b_ptr, saved_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, STORE_H,
+                UPCAST,
             )  # fmt: skip
     else:
         _one_tile(
-            tl.program_id(0), a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+            tl.program_id(0), a_ptr, b_ptr, saved_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
             stride_bn, stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-            UPCAST,
+            STORE_H, UPCAST,
         )  # fmt: skip
 
 
 @triton.jit
 def _one_tile(
-    tile, a_ptr, b_ptr, pre_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
+    tile, a_ptr, b_ptr, saved_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
     stride_on, tiles_m, tiles_n, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, STORE_H: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # Tiles in groups of GROUP_M rows of tiles, column by column within a group (Triton's matmul tutorial):
     # the programs running at once share rows of a and columns of b, which then come from L2.
@@ -128,10 +132,12 @@ def _one_tile(
     offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
     inside = (rows[:, None] < M) & (cols[None, :] < N)
     if BACKWARD:
-        pre = tl.load(pre_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        out = h.to(tl.float32) * (2 * tl.maximum(pre, 0.0))
+        saved = tl.load(saved_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        relu = tl.maximum(saved, 0.0) if STORE_H else tl.sqrt(saved)
+        out = h.to(tl.float32) * (2 * relu)
     else:
-        tl.store(pre_ptr + offsets, h, mask=inside)
+        if STORE_H:
+            tl.store(saved_ptr + offsets, h, mask=inside)
         relu = tl.maximum(h.to(tl.float32), 0.0)
         out = relu * relu
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
@@ -143,8 +149,7 @@ def fits(in_features: int, tiles: Tiles = TILES) -> bool:
     return in_features % tiles.block_k == 0
 
 
-def _launch(a, b, pre, out, backward: bool, tiles: Tiles | None) -> None:
-    tiles = tiles or TILES
+def _launch(a, b, saved, out, backward: bool, tiles: Tiles) -> None:
     M, K = a.shape
     N = b.size(1)
     if K % tiles.block_k != 0:
@@ -153,54 +158,59 @@ def _launch(a, b, pre, out, backward: bool, tiles: Tiles | None) -> None:
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)
     _matmul_relu2_kernel[(count,)](
-        a, b, pre, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
+        a, b, saved, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
         out.stride(1), BACKWARD=backward, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent,
-        UPCAST=INTERPRETED, num_warps=tiles.warps,
-        num_stages=tiles.stages,
+        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent, STORE_H=tiles.store_h,
+        UPCAST=INTERPRETED, num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
 
 
 def linear_relu2(
     x: torch.Tensor, w_fc: torch.Tensor, tiles: Tiles | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h, relu(h)²) for h = x @ w_fcᵀ: x (M, K), w_fc (N, K) of x's dtype; both results (M, N) in it. The
-    launch is `tiles`, or the module's TILES at the time of the call."""
-    pre = torch.empty(x.size(0), w_fc.size(0), device=x.device, dtype=x.dtype)
-    post = torch.empty_like(pre)
-    _launch(x, w_fc.t(), pre, post, False, tiles)
-    return pre, post
+    """(saved, relu(h)²) for h = x @ w_fcᵀ: x (M, K), w_fc (N, K) of x's dtype; relu(h)² (M, N) in it, and
+    what relu2_backward needs of the forward: h (M, N) if the launch stores it, else relu(h)² again (the
+    same tensor). The launch is `tiles`, or the module's TILES at the time of the call."""
+    tiles = tiles or TILES
+    post = torch.empty(x.size(0), w_fc.size(0), device=x.device, dtype=x.dtype)
+    saved = torch.empty_like(post) if tiles.store_h else post
+    _launch(x, w_fc.t(), saved, post, False, tiles)
+    return saved, post
 
 
 def relu2_backward(
-    grad_y: torch.Tensor, w_proj: torch.Tensor, pre: torch.Tensor, tiles: Tiles | None = None
+    grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor, tiles: Tiles | None = None
 ) -> torch.Tensor:
-    """h's gradient, (grad_y @ w_proj)·2·relu(h): grad_y (M, C), w_proj (C, N), h (M, N); in h's dtype."""
-    grad_pre = torch.empty_like(pre)
-    _launch(grad_y, w_proj, pre, grad_pre, True, tiles)
-    return grad_pre
+    """h's gradient, (grad_y @ w_proj)·2·relu(h): grad_y (M, C), w_proj (C, N), and `saved` (M, N) as
+    linear_relu2 gave it with the same launch; in saved's dtype."""
+    tiles = tiles or TILES
+    grad_h = torch.empty_like(saved)
+    _launch(grad_y, w_proj, saved, grad_h, True, tiles)
+    return grad_h
 
 
-# The two kernel calls as operators torch.compile keeps whole (the launch, with the trainer's tiles).
+# The two kernel calls as operators torch.compile keeps whole, with the trainer's launch. The forward's
+# operator returns h only when the launch keeps it (an output may not alias another).
 @torch.library.custom_op("nanogpt::linear_relu2", mutates_args=())
-def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return linear_relu2(x, w_fc)
+def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor) -> list[torch.Tensor]:
+    saved, post = linear_relu2(x, w_fc)
+    return [saved, post] if TILES.store_h else [post]
 
 
 @_linear_relu2_op.register_fake
 def _(x, w_fc):
-    pre = x.new_empty(x.size(0), w_fc.size(0))
-    return pre, torch.empty_like(pre)
+    post = x.new_empty(x.size(0), w_fc.size(0))
+    return [torch.empty_like(post), post] if TILES.store_h else [post]
 
 
 @torch.library.custom_op("nanogpt::relu2_backward", mutates_args=())
-def _relu2_backward_op(grad_y: torch.Tensor, w_proj: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    return relu2_backward(grad_y, w_proj, pre)
+def _relu2_backward_op(grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    return relu2_backward(grad_y, w_proj, saved)
 
 
 @_relu2_backward_op.register_fake
-def _(grad_y, w_proj, pre):
-    return torch.empty_like(pre)
+def _(grad_y, w_proj, saved):
+    return torch.empty_like(saved)
 
 
 class ReLU2MLP(torch.autograd.Function):
@@ -210,18 +220,18 @@ class ReLU2MLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_fc, w_proj):
         wf, wp = w_fc.to(x.dtype), w_proj.to(x.dtype)
-        pre, post = _linear_relu2_op(x, wf)
-        ctx.save_for_backward(x, wf, wp, pre, post)
+        *saved, post = _linear_relu2_op(x, wf)
+        ctx.save_for_backward(x, wf, wp, saved[0] if saved else post, post)
         ctx.dtypes = w_fc.dtype, w_proj.dtype
         return post @ wp.t()
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, wf, wp, pre, post = ctx.saved_tensors
+        x, wf, wp, saved, post = ctx.saved_tensors
         grad_y = grad_y.contiguous()
-        grad_pre = _relu2_backward_op(grad_y, wp, pre)
-        grad_x = grad_pre @ wf
-        grad_wf = grad_pre.t() @ x
+        grad_h = _relu2_backward_op(grad_y, wp, saved)
+        grad_x = grad_h @ wf
+        grad_wf = grad_h.t() @ x
         grad_wp = grad_y.t() @ post
         return grad_x, grad_wf.to(ctx.dtypes[0]), grad_wp.to(ctx.dtypes[1])
 

@@ -17,8 +17,13 @@ from nanogpt import fused_mlp
 from nanogpt.fused_mlp import Tiles, linear_relu2, relu2_backward, relu2_mlp
 
 # Small launches: edges in rows and columns (100 rows by 32, 320 columns by 64), a persistent grid of 3
-# programs looping over 16 tiles, and groups of rows of tiles.
-LAUNCHES = [Tiles(32, 64, 32, 2, 1, 4), Tiles(64, 128, 64, 1, 1, 4), Tiles(32, 64, 32, 4, 1, 4, True)]
+# programs looping over 16 tiles, groups of rows of tiles, and h kept for the backward.
+LAUNCHES = [
+    Tiles(32, 64, 32, 2, 1, 4),
+    Tiles(64, 128, 64, 1, 1, 4),
+    Tiles(32, 64, 32, 4, 1, 4, persistent=True),
+    Tiles(32, 64, 32, 2, 1, 4, store_h=True),
+]
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -36,23 +41,30 @@ def kernels() -> list[dict]:
     h = (x.float() @ w_fc.float().t()).bfloat16()
     cases = []
     for tiles in LAUNCHES:
-        pre, post = linear_relu2(x, w_fc, tiles)
-        grad_pre = relu2_backward(grad_y, w_proj, h, tiles)
-        grad_h = (grad_y.float() @ w_proj.float()).bfloat16()
+        saved, post = linear_relu2(x, w_fc, tiles)
+        grad_pre = relu2_backward(grad_y, w_proj, saved, tiles)
+        grad_post = (grad_y.float() @ w_proj.float()).bfloat16()
         cases.append({
             "tiles": list(tiles),
-            "pre": relative_error(pre, h),
+            # h when the launch keeps it, else post itself
+            "saved": relative_error(saved, h if tiles.store_h else post),
+            "saved_is_post": saved is post,
             "post": relative_error(post, F.relu(h.float()).square()),
-            "grad_pre": relative_error(grad_pre, grad_h.float() * 2 * F.relu(h.float())),
-            "dtypes": [str(t.dtype) for t in (pre, post, grad_pre)],
+            "grad_pre": relative_error(grad_pre, grad_post.float() * 2 * F.relu(h.float())),
+            "dtypes": [str(t.dtype) for t in (saved, post, grad_pre)],
             # relu(h)² where h < 0 is exactly 0, and so is the gradient there.
             "zeros_kept": bool((post[h < 0] == 0).all() and (grad_pre[h < 0] == 0).all()),
         })  # fmt: skip
     # Every element written: over outputs poisoned with NaN, no NaN is left (x and the weights are finite).
     poisoned = torch.full((rows, hidden), float("nan"), dtype=torch.bfloat16)
-    with mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()):
-        pre, post = linear_relu2(x, w_fc, LAUNCHES[0])
-    cases.append({"all_written": bool(pre.isfinite().all() and post.isfinite().all())})
+    with (
+        mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()),
+        mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned.clone()),
+    ):
+        saved, post = linear_relu2(x, w_fc, LAUNCHES[-1])
+        grad_pre = relu2_backward(grad_y, w_proj, saved, LAUNCHES[-1])
+    written = [bool(t.isfinite().all()) for t in (saved, post, grad_pre)]
+    cases.append({"all_written": written})
     return cases
 
 
