@@ -436,7 +436,7 @@ def main() -> None:
         timed_steps=args.timed_steps,
         matmul_flops=matmul_flops,
     )
-    results = []
+    results, failed = [], 0
     if not args.skip_reference:
         ref = run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
                   micro_batch=args.ref_micro_batch, **common)  # fmt: skip
@@ -447,9 +447,16 @@ def main() -> None:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.
         torch._dynamo.reset()
-        results.append(run_ours(args, micro_batch, matmul_flops, compile_, fp8_head, attention, head, mlp))
+        settings = (compile_, fp8_head, attention, head, mlp)
+        try:
+            results.append(run_ours(args, micro_batch, matmul_flops, *settings[:4], mlp))
+        except (AssertionError, SystemExit) as e:  # one candidate failing leaves the others' runs to do
+            print(f"failed: {settings}, micro-batch {micro_batch}: {e}", flush=True)
+            failed += 1
+            continue
+        finally:
+            torch.cuda.empty_cache()
         report_progress(results[-1])
-        torch.cuda.empty_cache()
 
     print(f"\ndevice: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"measured bf16 matmul 8192^3: {matmul_flops / 1e12:.0f} TFLOP/s")
@@ -468,6 +475,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_flops": matmul_flops, "results": [asdict(r) for r in results]}, f, indent=2)
+    if failed:
+        raise SystemExit(f"{failed} run(s) of ours failed; see the lines starting 'failed:' above")
 
 
 if __name__ == "__main__":
