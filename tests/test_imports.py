@@ -38,9 +38,9 @@ TUI_RUNNER_MODULES = {"runner", "runner.api", "runner.gpus"}
 # Third-party libraries nanogpt may import at module level; `wandb` only inside a function.
 NANOGPT_THIRD_PARTY = {"torch", "numpy", "tiktoken"}
 NANOGPT_LAZY_THIRD_PARTY = {"wandb"}
-# triton (which ships with torch's CUDA builds) only in the fused loss's module, which the rest of nanogpt
-# imports only inside a function, on CUDA: nanogpt runs without triton (a CPU-only torch has none).
-NANOGPT_TRITON_MODULES = {"fused_loss"}
+# triton (which ships with torch's CUDA builds) only in the fused loss's and MLP's modules, which the rest of
+# nanogpt imports only inside a function, on CUDA: nanogpt runs without triton (a CPU-only torch has none).
+NANOGPT_TRITON_MODULES = {"fused_loss", "fused_mlp"}
 # nanogpt modules that must stay free of torch so the runner can import them cheaply.
 TORCH_FREE_NANOGPT = {"config", "events", "gpu_lock", "shards", "tokenizer"}
 STDLIB = set(sys.stdlib_module_names)
