@@ -34,13 +34,16 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 class Tiles(NamedTuple):
     """The kernel's launch: a program computes a block_m × block_n tile of the output, block_k of the
     reduction at a time, over `stages` pipelined loads; `group_m` tiles down a column of tiles run together
     (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles;
-    `store_h`: the forward writes h as well, for the backward to read (instead of relu(h)²)."""
+    `store_h`: the forward writes h as well, for the backward to read (instead of relu(h)²); `tma`: the
+    tiles move through Hopper's tensor memory accelerator (host-made descriptors) rather than loads by
+    address, and a persistent program's loop over tiles and over the reduction is one pipelined loop."""
 
     block_m: int = 128
     block_n: int = 256
@@ -50,9 +53,14 @@ class Tiles(NamedTuple):
     warps: int = 8
     persistent: bool = False
     store_h: bool = False
+    tma: bool = False
 
 
-TILES = Tiles()  # the launch the trainer uses (benchmarks/mlp_kernel.py times others)
+# The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 (2026-12-07,
+# docs/benchmarks.md): forward 0.33 ms against 0.40 at 128 × 256 (cuBLAS's matmul alone: 0.26), backward
+# 0.37 ms. Both must agree on store_h.
+TILES = Tiles(128, 128, 64, 8, 3, 4)
+BACKWARD_TILES = Tiles(128, 256, 64, 8, 3, 8)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -143,10 +151,60 @@ def _one_tile(
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
 
 
-def fits(in_features: int, tiles: Tiles = TILES) -> bool:
+@triton.jit
+def _matmul_relu2_tma_kernel(
+    a_desc,  # (M, K), blocks (BLOCK_M, BLOCK_K)
+    b_desc,  # B_KN: (K, N), blocks (BLOCK_K, BLOCK_N); else (N, K), blocks (BLOCK_N, BLOCK_K), transposed
+    saved_desc,  # (M, N), blocks (BLOCK_M, BLOCK_N): as _matmul_relu2_kernel's saved_ptr
+    out_desc,  # (M, N), blocks (BLOCK_M, BLOCK_N): as _matmul_relu2_kernel's out_ptr
+    M,
+    N,
+    K,  # a multiple of BLOCK_K (the caller checks)
+    BACKWARD: tl.constexpr,
+    B_KN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    STORE_H: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """_matmul_relu2_kernel's function through TMA descriptors, which clip the tiles at the edges: loads past
+    them read zeros, stores past them are dropped. Launched with one program per tile or fewer (persistent);
+    `flatten` makes the tile loop and the reduction's one software-pipelined loop, so that the next tile's
+    loads overlap this tile's epilogue."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * tiles_n
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True):
+        first_m = (tile // in_group) * GROUP_M
+        group_m = min(tiles_m - first_m, GROUP_M)
+        off_m = (first_m + (tile % in_group) % group_m) * BLOCK_M
+        off_n = ((tile % in_group) // group_m) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            a = a_desc.load([off_m, k])
+            b = b_desc.load([k, off_n]) if B_KN else b_desc.load([off_n, k]).T
+            if UPCAST:  # as in _matmul_relu2_kernel: the interpreter's bf16 products are wrong
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc)
+        h = acc.to(out_desc.dtype)
+        if BACKWARD:
+            saved = saved_desc.load([off_m, off_n]).to(tl.float32)
+            relu = tl.maximum(saved, 0.0) if STORE_H else tl.sqrt(saved)
+            out = h.to(tl.float32) * (2 * relu)
+        else:
+            if STORE_H:
+                saved_desc.store([off_m, off_n], h)
+            relu = tl.maximum(h.to(tl.float32), 0.0)
+            out = relu * relu
+        out_desc.store([off_m, off_n], out.to(out_desc.dtype))
+
+
+def fits(in_features: int) -> bool:
     """Whether the kernels take an MLP of this width: both reductions (n_embd, forward and backward) must be
-    a whole number of blocks. Rows and the hidden width may be anything."""
-    return in_features % tiles.block_k == 0
+    a whole number of their launches' blocks. Rows and the hidden width may be anything."""
+    return in_features % TILES.block_k == 0 and in_features % BACKWARD_TILES.block_k == 0
 
 
 def _launch(a, b, saved, out, backward: bool, tiles: Tiles) -> None:
@@ -157,6 +215,25 @@ def _launch(a, b, saved, out, backward: bool, tiles: Tiles) -> None:
     count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)
+    elif tiles.persistent:  # the interpreter: a few programs, each looping over several tiles
+        count = min(count, 3)
+    if tiles.tma:
+        bm, bn, bk = tiles.block_m, tiles.block_n, tiles.block_k
+        b_kn = b.stride(1) == 1  # b (K, N) row-major, as w_proj is; else bᵀ (N, K) is, as w_fc is
+        descriptors = (
+            TensorDescriptor.from_tensor(a, [bm, bk]),
+            TensorDescriptor.from_tensor(b, [bk, bn])
+            if b_kn
+            else TensorDescriptor.from_tensor(b.t(), [bn, bk]),
+            TensorDescriptor.from_tensor(saved, [bm, bn]),
+            TensorDescriptor.from_tensor(out, [bm, bn]),
+        )
+        _matmul_relu2_tma_kernel[(count,)](
+            *descriptors, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+            GROUP_M=tiles.group_m, STORE_H=tiles.store_h, UPCAST=INTERPRETED, num_warps=tiles.warps,
+            num_stages=tiles.stages,
+        )  # fmt: skip
+        return
     _matmul_relu2_kernel[(count,)](
         a, b, saved, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
         out.stride(1), BACKWARD=backward, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
@@ -182,8 +259,9 @@ def relu2_backward(
     grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor, tiles: Tiles | None = None
 ) -> torch.Tensor:
     """h's gradient, (grad_y @ w_proj)·2·relu(h): grad_y (M, C), w_proj (C, N), and `saved` (M, N) as
-    linear_relu2 gave it with the same launch; in saved's dtype."""
-    tiles = tiles or TILES
+    linear_relu2 gave it (with a launch of the same store_h); in saved's dtype. The launch is `tiles`, or
+    the module's BACKWARD_TILES at the time of the call."""
+    tiles = tiles or BACKWARD_TILES
     grad_h = torch.empty_like(saved)
     _launch(grad_y, w_proj, saved, grad_h, True, tiles)
     return grad_h
@@ -252,7 +330,7 @@ def self_test(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> None
     kernels training runs (Triton specializes integers on being multiples of 16; these shapes are, as
     training's are). A broken kernel is off by whole units; bf16 rounding leaves under 2e-2 relative."""
     generator = torch.Generator().manual_seed(0)
-    width = TILES.block_k
+    width = max(TILES.block_k, BACKWARD_TILES.block_k)
     x = torch.randn(96, width, generator=generator)
     w_fc = torch.randn(4 * width, width, generator=generator) / width**0.5
     w_proj = torch.randn(width, 4 * width, generator=generator) / (4 * width) ** 0.5

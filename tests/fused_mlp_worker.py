@@ -17,12 +17,15 @@ from nanogpt import fused_mlp
 from nanogpt.fused_mlp import Tiles, linear_relu2, relu2_backward, relu2_mlp
 
 # Small launches: edges in rows and columns (100 rows by 32, 320 columns by 64), a persistent grid of 3
-# programs looping over 16 tiles, groups of rows of tiles, and h kept for the backward.
+# programs looping over 16 tiles, groups of rows of tiles, h kept for the backward; the same through TMA
+# descriptors (which clip the edge tiles themselves).
 LAUNCHES = [
     Tiles(32, 64, 32, 2, 1, 4),
     Tiles(64, 128, 64, 1, 1, 4),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True),
     Tiles(32, 64, 32, 2, 1, 4, store_h=True),
+    Tiles(32, 64, 32, 2, 1, 4, tma=True),
+    Tiles(32, 64, 32, 4, 1, 4, persistent=True, store_h=True, tma=True),
 ]
 
 
@@ -57,13 +60,15 @@ def kernels() -> list[dict]:
         })  # fmt: skip
     # Every element written: over outputs poisoned with NaN, no NaN is left (x and the weights are finite).
     poisoned = torch.full((rows, hidden), float("nan"), dtype=torch.bfloat16)
-    with (
-        mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()),
-        mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned.clone()),
-    ):
-        saved, post = linear_relu2(x, w_fc, LAUNCHES[-1])
-        grad_pre = relu2_backward(grad_y, w_proj, saved, LAUNCHES[-1])
-    written = [bool(t.isfinite().all()) for t in (saved, post, grad_pre)]
+    written = []
+    for tiles in (LAUNCHES[3], LAUNCHES[-1]):  # by address and through TMA, h kept: three outputs
+        with (
+            mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()),
+            mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned.clone()),
+        ):
+            saved, post = linear_relu2(x, w_fc, tiles)
+            grad_pre = relu2_backward(grad_y, w_proj, saved, tiles)
+        written += [bool(t.isfinite().all()) for t in (saved, post, grad_pre)]
     cases.append({"all_written": written})
     return cases
 

@@ -29,10 +29,12 @@ def run_worker(mode: str) -> dict | list:
 
 def test_the_kernels_match_torch_at_every_launch_under_the_interpreter():
     *cases, written = run_worker("kernels")
-    # Over NaN-poisoned outputs, every element of h, relu(h)² and h's gradient written.
-    assert written == {"all_written": [True, True, True]}
-    # Tiles with edges, one whole tile per row of blocks, a persistent grid, h kept.
-    assert len(cases) == 4 and [case["saved_is_post"] for case in cases] == [True, True, True, False]
+    # Over NaN-poisoned outputs, every element of h, relu(h)² and h's gradient written, by address and TMA.
+    assert written == {"all_written": [True] * 6}
+    # Tiles with edges, one whole tile per row of blocks, a persistent grid, h kept; through TMA, and TMA
+    # persistent with h kept.
+    assert len(cases) == 6
+    assert [case["saved_is_post"] for case in cases] == [True, True, True, False, True, False]
     for case in cases:
         assert case["dtypes"] == ["torch.bfloat16"] * 3, case
         assert case["zeros_kept"], case
@@ -135,11 +137,24 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
     kernels = [row for row in rows if "kernel," in row["name"]]
-    assert len(kernels) == 2  # forward and backward of the interpreter's one launch
+    # Forward and backward of the interpreter's launch, by address and through TMA descriptors.
+    assert [(row["direction"], row["tiles"][-1]) for row in kernels] == [
+        ("forward", False), ("backward", False), ("forward", True), ("backward", True)
+    ]  # fmt: skip
     for row in kernels:
-        assert row["post"] < 1.6e-2 and row["grad_pre"] < 1.6e-2, row
+        assert row["error"] is None and row["relative_error"] < 1.6e-2, row
     assert rows[-1]["name"].startswith("layer forward + backward: fused")
     assert all(error < 2e-2 for error in rows[-1]["grad_errors_x_wfc_wproj"])
+    # The fastest launch of each direction, from the rows (on the CPU every time is NaN: the first).
+    from benchmarks.mlp_kernel import fastest
+
+    assert fastest(rows, "forward")[0] == tuple(kernels[0]["tiles"])
+    timed = [dict(row, ms=ms) for row, ms in zip(kernels, (3.0, 2.0, 1.0, 4.0), strict=True)]
+    timed.append(
+        dict(kernels[0], ms=0.5, tiles=[*kernels[0]["tiles"][:7], True, False])
+    )  # h kept: not eligible
+    assert fastest(timed, "forward") == (tuple(kernels[2]["tiles"]), 1.0)
+    assert fastest(timed, "backward") == (tuple(kernels[1]["tiles"]), 2.0)
 
 
 @pytest.mark.gpu
