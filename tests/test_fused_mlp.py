@@ -92,18 +92,18 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
     relu2 = GPTConfig(depth=2, vocab_size=300)
     assert RunConfig.from_dict(
         {"model": {"depth": 1}, "data": {"train_dir": "unused"}, "train": {"num_steps": 1}}
-    ).fused_mlp is False  # fmt: skip
+    ).fused_mlp == "auto"  # fmt: skip
     monkeypatch.setattr(fused_mlp, "self_test", lambda *args: pytest.fail("the kernels ran"))
-    assert resolve_fused_mlp(config(), relu2, cuda) == (None, None)
-    assert resolve_fused_mlp(config(fused_mlp="auto"), relu2, cpu) == (None, None)
-    # GELU, or a width the kernels do not take: auto is off with a warning that says why, true an error.
+    # Off, or on the CPU, or a GELU model (nothing to fuse): off without a word, the kernels never run.
     gelu = GPTConfig(depth=2, vocab_size=300, mlp="gelu")
+    assert resolve_fused_mlp(config(fused_mlp=False), relu2, cuda) == (None, None)
+    assert resolve_fused_mlp(config(), relu2, cpu) == (None, None)
+    assert resolve_fused_mlp(config(), gelu, cuda) == (None, None)
+    # A width the kernels do not take: auto is off with a warning that says why; true (or GELU) an error.
     narrow = GPTConfig(depth=1, vocab_size=300, aspect_ratio=48, head_dim=16)  # n_embd 48
-    for gpt, why in (
-        (gelu, "model.mlp is 'gelu'; the kernels fuse ReLU²"),
-        (narrow, "n_embd 48 is not a multiple of 64"),
-    ):
-        assert resolve_fused_mlp(config(fused_mlp="auto"), gpt, cuda) == (None, f"fused_mlp: off, {why}")
+    too_narrow = "n_embd 48 is not a multiple of 64"
+    assert resolve_fused_mlp(config(), narrow, cuda) == (None, f"fused_mlp: off, {too_narrow}")
+    for gpt, why in ((gelu, "model.mlp is 'gelu'; the kernels fuse ReLU²"), (narrow, too_narrow)):
         with pytest.raises(ConfigError, match=re.escape(f"fused_mlp: true, but {why}")):
             resolve_fused_mlp(config(fused_mlp=True), gpt, cuda)
 
@@ -112,7 +112,7 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
 
     monkeypatch.setattr(fused_mlp, "self_test", broken)
     why = "the Triton kernels fail on cuda:0 (RuntimeError: off by 0.5)"
-    assert resolve_fused_mlp(config(fused_mlp="auto"), relu2, cuda) == (None, f"fused_mlp: off, {why}")
+    assert resolve_fused_mlp(config(), relu2, cuda) == (None, f"fused_mlp: off, {why}")
     with pytest.raises(ConfigError, match=re.escape(f"fused_mlp: true, but {why}")):
         resolve_fused_mlp(config(fused_mlp=True), relu2, cuda)
     monkeypatch.setattr(fused_mlp, "self_test", lambda *args: None)
