@@ -51,7 +51,7 @@ class CompiledHeadLoss(FusedHeadLoss):
     backward) within nanogpt's own dependencies. The gradient is a new tensor, the logits freed after."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, programs):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
         w = weight.to(x.dtype)
         losses, grad_logits = _compiled_losses_and_grad(x @ w.t(), targets, cap, vocab_size)
         ctx.save_for_backward(x, w, grad_logits)
@@ -72,13 +72,13 @@ class FusedFP8HeadLoss(torch.autograd.Function):
     bf16 logits are freed after the kernel). Shapes must pass nanogpt.model.fp8_fits."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, programs):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
         x8, x_scale = to_fp8(x, FP8_INPUT)
         w8, w_scale = to_fp8(weight, FP8_INPUT)
         # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
         logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
         grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
-        args = (cap, vocab_size, GRAD_MULTIPLIER, block, num_warps, True, programs)
+        args = (cap, vocab_size, GRAD_MULTIPLIER, block, num_warps, True)
         losses = losses_writing_grad(logits, targets, grad8, *args)
         ctx.save_for_backward(x, w8, w_scale, grad8)
         ctx.weight_dtype = weight.dtype
@@ -105,7 +105,7 @@ class FusedFP8HeadLoss(torch.autograd.Function):
             xs8.t().contiguous(), grad8.t().contiguous().t(), scale_a=xs_scale, scale_b=g_scale,
             out_dtype=torch.float32,
         ).t()  # fmt: skip
-        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
 def fused_head(
@@ -116,7 +116,6 @@ def fused_head(
     reduction: str = "mean",
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
-    programs: int | None = None,
     fp8: bool = False,
     compiled: bool = False,
 ) -> torch.Tensor:
@@ -132,5 +131,5 @@ def fused_head(
     cap, vocab_size = model.config.logit_softcap, model.config.vocab_size
     return head_loss(
         x, weight, targets, cap=cap, vocab_size=vocab_size, reduction=reduction, block=block,
-        num_warps=num_warps, programs=programs, function=function,
+        num_warps=num_warps, function=function,
     )  # fmt: skip

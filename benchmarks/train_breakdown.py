@@ -19,10 +19,10 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
   what casting once per step would save;
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
 - on a GPU, full and head with the loss and its gradient in one Triton kernel (nanogpt/fused_loss.py, the
-  trainer's on CUDA; the head also at other block sizes and warp counts, and with 1, 2 or 4 programs per
-  SM taking turns over the rows); with the lm_head's matmuls in FP8 and the kernel writing the gradient in
-  e5m2; and with the loss and gradient taken in the forward by torch.compile from torch operations
-  (benchmarks/fused_head_loss.py): candidates beside "full", the compiled head (`fused_loss: false`);
+  trainer's on CUDA; the head also at other block sizes and warp counts); with the lm_head's matmuls in FP8
+  and the kernel writing the gradient in e5m2; and with the loss and gradient taken in the forward by
+  torch.compile from torch operations (benchmarks/fused_head_loss.py): candidates beside "full", the
+  compiled head (`fused_loss: false`);
 - full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
@@ -309,21 +309,13 @@ def main(argv: list[str] | None = None) -> dict:
                 step = fwd_bwd(lambda o=options: fused_head(model, hidden, y, reduction="sum", **o))
                 measure(f"head, {label} (candidate)", step)
         if "head" not in skip:
-            for block, num_warps in ((8192, 16), (16384, 16), (2048, 4)):  # beside the default 4096/8
+            for block, num_warps in ((4096, 8), (16384, 16), (2048, 8)):  # beside the default 8192/16
                 step = fwd_bwd(
                     lambda b=block, w=num_warps: fused_head(
                         model, hidden, y, reduction="sum", block=b, num_warps=w
                     )
                 )
                 measure(f"head, fused Triton loss, {block}/{num_warps} (candidate)", step)
-            # Fewer rows in flight than one program per row (about 528 on an H100, 53 MB of bf16 logits,
-            # more than its 50 MB of L2): programs taking turns over the rows, so that the second pass may
-            # find its row still in L2.
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            for per_sm in (1, 2, 4):
-                programs = sms * per_sm
-                step = fwd_bwd(lambda n=programs: fused_head(model, hidden, y, reduction="sum", programs=n))
-                measure(f"head, fused Triton loss, {per_sm} program(s) per SM (candidate)", step)
 
     if "fp8" not in skip and has_fp8:
         with mock.patch.object(model, "fp8_head", True):

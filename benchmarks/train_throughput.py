@@ -19,7 +19,6 @@ into the model for the run) and `--ours-micro-batch` (sizes, or auto).
 
 import argparse
 import contextlib
-import functools
 import json
 import shutil
 import tempfile
@@ -206,13 +205,9 @@ ATTENTION_BACKENDS = {
 # compiled head (`fused_loss: false`), or a candidate of benchmarks/train_breakdown.py patched into the
 # model's class for the run (the trainer builds its model in this process): the soft-cap through the
 # sigmoid (in the compiled head), the fused loss with the lm_head in FP8, or the loss and its gradient taken
-# in the forward by torch.compile (benchmarks/fused_head_loss.py); or the trainer's fused loss with the
-# kernel's streamlined candidate patched in (the tanh through the sigmoid, or by tanh.approx.f32:
-# benchmarks/loss_kernel.py). Name → (label, the config's fused_loss).
+# in the forward by torch.compile (benchmarks/fused_head_loss.py). Name → (label, the config's fused_loss).
 HEADS = {
     "default": ("", "auto"),
-    "streamlined": (", fused Triton loss, streamlined kernel", "auto"),
-    "streamlined-fast": (", fused Triton loss, streamlined kernel, tanh.approx", "auto"),
     "unfused": (", unfused loss", False),
     "sigmoid": (", unfused loss, sigmoid soft-cap", False),
     "fused-fp8": (", fused Triton loss, FP8 lm_head", False),
@@ -227,15 +222,6 @@ def head_variant(name: str) -> Iterator[None]:
 
     if name in ("default", "unfused"):
         yield
-        return
-    if name.startswith("streamlined"):
-        from nanogpt import fused_loss
-
-        kernel = functools.partial(
-            fused_loss.losses_writing_grad, streamlined=True, fast_tanh=name == "streamlined-fast"
-        )
-        with mock.patch.object(fused_loss, "losses_writing_grad", kernel):
-            yield
         return
     attribute = "_softcap" if name == "sigmoid" else "head"
     original = GPT.head
@@ -256,14 +242,6 @@ def head_variant(name: str) -> Iterator[None]:
 
     with mock.patch.object(GPT, attribute, replacement):
         yield
-
-
-def check_head_ran(head: str, start: dict) -> None:
-    """A candidate of the trainer's fused loss (a kernel patched in) is measured only if the fused loss was
-    on: with `fused_loss: auto` the trainer turns it off, with a warning, when the kernel fails its self-test,
-    and the run would then time the compiled head under the candidate's name."""
-    if head.startswith("streamlined") and not start["device"].get("fused_loss", False):
-        raise SystemExit(f"--ours-head {head}: the fused loss was off in the run: {start.get('warnings')}")
 
 
 def run_ours(
@@ -292,7 +270,6 @@ def run_ours(
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["kind"] == "start")
-    check_head_ran(head, start)
     steps = [e for e in events if e["kind"] == "step"]
     timed = [e["step_s"] for e in steps[args.warmup_steps : args.warmup_steps + args.timed_steps]]
     if args.profile_steps:

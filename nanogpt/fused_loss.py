@@ -6,17 +6,24 @@ Compiled by torch.compile, `GPT.head`'s loss is two kernels: a forward that read
 forward, finds each row's log-sum-exp of the soft-capped logits in one streaming pass, then writes the
 gradient of the row's loss over the logits in place of the logits (a second pass over a row just read).
 The backward has no loss kernel: the upstream gradient, one number per row, scales the two small matmul
-operands instead of the tokens × vocabulary gradient. On an H100 at depth 12 the trainer ran 3% faster with
-it (535,384 against 519,759 tokens/s, docs/benchmarks.md).
+operands instead of the tokens × vocabulary gradient.
 
-The same function as `GPT.head` (bit for bit aside): the soft-cap is cap·(2·sigmoid(2z/cap) - 1) =
-cap·tanh(z/cap) (the GPU's fast exp), the padding columns (vocab_size and up) are out of the softmax,
-targets of -1 are ignored, and the losses are float32. The trainer uses it on CUDA (RunConfig.fused_loss);
-`GPT.head` imports this module only then, so nanogpt runs without triton (which ships with torch's CUDA
-builds) elsewhere. On the CPU it runs under the Triton interpreter (TRITON_INTERPRET=1, set before triton is
-imported), which the tests use. `GRAD_E5M2` serves benchmarks/fused_head_loss.py's FP8 candidate;
-`TAKE_TURNS` (programs looping over the rows) and `STREAMLINED` with `FAST_TANH` (less arithmetic per logit,
-`_streamlined_row`) are candidates that benchmarks/loss_kernel.py times; the trainer runs none of them.
+The kernel does little arithmetic per logit (exps in base 2, sums per lane, no running max under a soft-cap
+of at most 40, the one-hot written once per row) and takes the soft-cap's tanh by the GPU's tanh.approx.f32.
+Measured on an H100 on 2026-12-07 (docs/benchmarks.md), at depth 12's micro-batch: 2.88 ms, 1.31 times a
+copy of the logits, against 4.60 ms for the kernel it replaced (a running max, the tanh through the
+sigmoid, 4096 logits by 8 warps; programs taking turns over the rows were slower still); in the trainer,
+at 4096 by 8 (3.36 ms alone; the default 8192 by 16 is not yet measured there), 542,820 tokens/s against
+532,656 (+1.9%), and 517,751 with the compiled head.
+
+The same function as `GPT.head` to rounding: the soft-cap is cap·tanh(z/cap), the padding columns
+(vocab_size and up) are out of the softmax, targets of -1 are ignored, and the losses are float32;
+tanh.approx errs by up to 2^-11 relative, which puts the losses within 5e-5 of torch's at depth 12. The
+trainer uses it on CUDA (RunConfig.fused_loss); `GPT.head` imports this module only then, so nanogpt runs
+without triton (which ships with torch's CUDA builds) elsewhere. On the CPU it runs under the Triton
+interpreter (TRITON_INTERPRET=1, set before triton is imported), which the tests use, with the tanh through
+the sigmoid (the same function to float32 rounding). `GRAD_E5M2` serves benchmarks/fused_head_loss.py's
+FP8 candidate.
 """
 
 import torch
@@ -25,19 +32,12 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-BLOCK = 4096  # logits per iteration of a row's loops
-NUM_WARPS = 8
-# The streamlined kernel sums exp(capped - cap) without a running max up to this soft-cap: above e^-80 the
-# terms stay in float32's normal range (the GPU's exp flushes subnormals to zero).
+BLOCK = 8192  # logits per iteration of a row's loops (fastest with 16 warps on an H100, 2026-12-07)
+NUM_WARPS = 16
+# Up to this soft-cap the kernel sums exp(capped - cap) without a running max: above e^-80 the terms stay
+# in float32's normal range (the GPU's exp flushes subnormals to zero).
 FIXED_MAX_CAP = 40.0
-LOG2E = tl.constexpr(1.4426950408889634)  # the streamlined kernel's exps are in base 2
-
-
-@triton.jit
-def _softcap(z, cap, HAS_CAP: tl.constexpr):
-    if HAS_CAP:
-        z = cap * (2 * tl.sigmoid(z * (2 / cap)) - 1)
-    return z
+LOG2E = tl.constexpr(1.4426950408889634)  # the kernel's exps are in base 2
 
 
 @triton.jit
@@ -51,116 +51,12 @@ def _round_to_e5m2_grid(x):
 
 
 @triton.jit
-def _loss_and_grad_kernel(
-    logits_ptr,  # (rows, row_stride), read
-    targets_ptr,  # (rows,) int64, -1 = ignored
-    losses_ptr,  # (rows,) float32, written
-    grad_ptr,  # (rows, row_stride): d loss_row / d logits × grad_multiplier, written (may be logits_ptr)
-    rows,
-    row_stride,
-    vocab_size,  # columns [vocab_size, padded_vocab) are padding: out of the softmax, gradient 0
-    padded_vocab,
-    cap,
-    grad_multiplier,
-    HAS_CAP: tl.constexpr,
-    BLOCK: tl.constexpr,
-    GRAD_E5M2: tl.constexpr = False,
-    TAKE_TURNS: tl.constexpr = False,
-    STREAMLINED: tl.constexpr = False,
-    FAST_TANH: tl.constexpr = False,
-    FIXED_MAX: tl.constexpr = False,
-):
-    args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
-    if TAKE_TURNS:  # program i takes rows i, i + programs, ... (a candidate, benchmarks/train_breakdown.py)
-        for row in range(tl.program_id(0), rows, tl.num_programs(0)):
-            _one_row(
-                tl.cast(row, tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, STREAMLINED,
-                FAST_TANH, FIXED_MAX,
-            )  # fmt: skip
-    else:  # one program per row: the kernel as measured in the trainer
-        _one_row(
-            tl.program_id(0).to(tl.int64), *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, STREAMLINED,
-            FAST_TANH, FIXED_MAX,
-        )  # fmt: skip
-
-
-@triton.jit
-def _one_row(
-    row, logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap,
-    grad_multiplier, HAS_CAP: tl.constexpr, BLOCK: tl.constexpr, GRAD_E5M2: tl.constexpr,
-    STREAMLINED: tl.constexpr, FAST_TANH: tl.constexpr, FIXED_MAX: tl.constexpr,
-):  # fmt: skip
-    args = (logits_ptr, targets_ptr, losses_ptr, grad_ptr, row_stride, vocab_size, padded_vocab, cap)
-    if STREAMLINED:  # candidate: less arithmetic per logit (benchmarks/loss_kernel.py)
-        _streamlined_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2, FAST_TANH, FIXED_MAX)
-    else:
-        _loss_and_grad_row(row, *args, grad_multiplier, HAS_CAP, BLOCK, GRAD_E5M2)
-
-
-@triton.jit
-def _loss_and_grad_row(
-    row,
-    logits_ptr,
-    targets_ptr,
-    losses_ptr,
-    grad_ptr,
-    row_stride,
-    vocab_size,
-    padded_vocab,
-    cap,
-    grad_multiplier,
-    HAS_CAP: tl.constexpr,
-    BLOCK: tl.constexpr,
-    GRAD_E5M2: tl.constexpr,
-):
-    base = logits_ptr + row * row_stride
-    grad_base = grad_ptr + row * row_stride
-    target = tl.load(targets_ptr + row)
-    ignored = target < 0
-    # F.cross_entropy refuses a target past the vocabulary; here its row's loss is NaN (the trainer then
-    # ends the run as diverged) and nothing is read outside the row.
-    out_of_range = target >= vocab_size
-    # Read before pass 1, whose reductions' barriers order it before any thread's store of pass 2 (the
-    # gradient may be written over the logits).
-    target_logit = _softcap(
-        tl.load(base + tl.where(ignored | out_of_range, 0, target)).to(tl.float32), cap, HAS_CAP
-    )
-    # Pass 1: the row's log-sum-exp, streaming (a running max and a sum rescaled to it).
-    running_max = tl.max(tl.full((BLOCK,), float("-inf"), tl.float32), 0)
-    running_sum = tl.sum(tl.zeros((BLOCK,), tl.float32), 0)
-    for start in range(0, vocab_size, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        # Loaded up to the padded width (a multiple of 16, so the loads vectorise; masked on vocab_size,
-        # odd, they went one element at a time), then the padding is taken out of the softmax.
-        logits = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
-        capped = tl.where(cols < vocab_size, _softcap(logits, cap, HAS_CAP), float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(capped, 0))
-        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(capped - new_max), 0)
-        running_max = new_max
-    lse = running_max + tl.log(running_sum)
-    loss = tl.where(out_of_range, float("nan"), lse - target_logit)
-    tl.store(losses_ptr + row, tl.where(ignored, 0.0, loss))
-    # Pass 2: softmax - one-hot, through the soft-cap's derivative 1 - tanh², over the logits.
-    for start in range(0, padded_vocab, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        in_row = cols < padded_vocab
-        capped = _softcap(tl.load(base + cols, mask=in_row, other=0.0).to(tl.float32), cap, HAS_CAP)
-        grad = tl.exp(capped - lse) - tl.where(cols == target, 1.0, 0.0)
-        if HAS_CAP:
-            grad = grad * (1 - (capped / cap) * (capped / cap))
-        grad = tl.where((cols < vocab_size) & (target >= 0), grad * grad_multiplier, 0.0)
-        if GRAD_E5M2:
-            grad = _round_to_e5m2_grid(grad)
-        tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
-
-
-@triton.jit
 def _tanh(x, FAST: tl.constexpr):
     if FAST:  # the GPU's tanh.approx.f32 (one special-function instruction; FlashAttention's soft-cap)
         return tl.inline_asm_elementwise(
             "tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
         )
-    else:
+    else:  # through the sigmoid: the same function to float32 rounding, and the interpreter runs it
         return 2 * tl.sigmoid(2 * x) - 1
 
 
@@ -187,33 +83,36 @@ def _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAS
 
 
 @triton.jit
-def _streamlined_row(
-    row,
-    logits_ptr,
-    targets_ptr,
-    losses_ptr,
-    grad_ptr,
+def _loss_and_grad_kernel(
+    logits_ptr,  # (rows, row_stride), read
+    targets_ptr,  # (rows,) int64, -1 = ignored
+    losses_ptr,  # (rows,) float32, written
+    grad_ptr,  # (rows, row_stride): d loss_row / d logits × grad_multiplier, written (may be logits_ptr)
     row_stride,
-    vocab_size,
+    vocab_size,  # columns [vocab_size, padded_vocab) are padding: out of the softmax, gradient 0
     padded_vocab,
     cap,
     grad_multiplier,
     HAS_CAP: tl.constexpr,
     BLOCK: tl.constexpr,
-    GRAD_E5M2: tl.constexpr,
-    FAST_TANH: tl.constexpr,
-    FIXED_MAX: tl.constexpr,
+    GRAD_E5M2: tl.constexpr = False,
+    FAST_TANH: tl.constexpr = False,
+    FIXED_MAX: tl.constexpr = False,
 ):
-    """`_loss_and_grad_row`'s function with less arithmetic per logit, for a kernel that takes twice the
-    time its memory traffic needs (4.1 against 2 ms at depth 12 on an H100): in base 2; sums kept per
-    lane and reduced once; the blocks inside the vocabulary unmasked; the target's one-hot subtracted
-    once, after the row's gradient is written, not compared at every logit; and, with FIXED_MAX (a
-    soft-cap of at most 40), no running max: the capped logits are below the cap, so exp(capped - cap)
-    cannot overflow, and above e^-80 it stays in float32's normal range (the GPU's exp flushes below)."""
+    """One program per row. Little arithmetic per logit, for a kernel bound by it rather than by memory
+    (the previous one took 2.1 times a copy of the logits): exps in base 2; sums kept per lane and reduced
+    once; the blocks inside the vocabulary unmasked; the target's one-hot subtracted once, after the row's
+    gradient is written, not compared at every logit; with FAST_TANH the soft-cap's tanh by tanh.approx.f32;
+    and, with FIXED_MAX (a soft-cap of at most FIXED_MAX_CAP), no running max: the capped logits are below
+    the cap, so exp(capped - cap) cannot overflow, and above e^-80 it stays in float32's normal range (the
+    GPU's exp flushes below)."""
+    row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * row_stride
     grad_base = grad_ptr + row * row_stride
     target = tl.load(targets_ptr + row)
     ignored = target < 0
+    # F.cross_entropy refuses a target past the vocabulary; here its row's loss is NaN (the trainer then
+    # ends the run as diverged) and nothing is read or written outside the row.
     out_of_range = target >= vocab_size
     inside = (vocab_size // BLOCK) * BLOCK  # whole blocks of real tokens (a multiple of BLOCK, known as one)
     inv_cap = 1 / cap
@@ -244,7 +143,8 @@ def _streamlined_row(
         acc = tl.zeros((BLOCK,), tl.float32)
         for start in range(0, vocab_size, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            # Loaded up to the padded width (a multiple of 16: the loads vectorise), then masked.
+            # Loaded up to the padded width (a multiple of 16, so the loads vectorise; masked on vocab_size,
+            # odd, they went one element at a time), then masked.
             z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
             c = tl.where(cols < vocab_size, _capped2(z, inv_cap, scale, HAS_CAP, FAST_TANH), float("-inf"))
             e = tl.exp2(-tl.abs(c - m))
@@ -282,23 +182,23 @@ def _streamlined_row(
 
 
 def losses_writing_grad(
-    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, programs=None,
-    streamlined=False, fast_tanh=False,
-):  # fmt: skip
-    """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad; one
-    program per row, or `programs` taking turns over the rows (fewer rows in flight: a candidate for the
-    second pass to find its row still in L2)."""
+    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, fast_tanh=True
+):
+    """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad (which
+    may be the logits); one program per row. fast_tanh: the soft-cap's tanh by the GPU's tanh.approx.f32,
+    as the trainer runs it, else through the sigmoid."""
     rows = logits.size(0)
     if logits.stride(1) != 1 or grad.stride() != logits.stride():
         raise ValueError(
             f"fused loss: rows must be contiguous and alike, strides {logits.stride()}, {grad.stride()}"
         )
     losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
-    take_turns = programs is not None and programs < rows
-    _loss_and_grad_kernel[(programs if take_turns else rows,)](
-        logits, targets, losses, grad, rows, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
-        grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2, TAKE_TURNS=take_turns,
-        STREAMLINED=streamlined, FAST_TANH=fast_tanh, FIXED_MAX=cap is not None and cap <= FIXED_MAX_CAP,
+    # tanh.approx.f32 is inline PTX, which only a CUDA GPU runs: on the CPU, under the Triton interpreter
+    # (the tests), the tanh goes through the sigmoid.
+    _loss_and_grad_kernel[(rows,)](
+        logits, targets, losses, grad, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
+        grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2,
+        FAST_TANH=fast_tanh and logits.is_cuda, FIXED_MAX=cap is not None and cap <= FIXED_MAX_CAP,
         num_warps=num_warps,
     )  # fmt: skip
     return losses
@@ -308,10 +208,10 @@ class FusedHeadLoss(torch.autograd.Function):
     """(x (N, C), weight (V, C), targets (N,)) → each row's loss (N,), float32; the matmul in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, programs):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
         w = weight.to(x.dtype)
         logits = x @ w.t()
-        args = (cap, vocab_size, 1.0, block, num_warps, False, programs)
+        args = (cap, vocab_size, 1.0, block, num_warps, False)
         losses = losses_writing_grad(logits, targets, logits, *args)
         ctx.save_for_backward(x, w, logits)  # the logits now hold their gradient
         ctx.weight_dtype = weight.dtype
@@ -326,7 +226,7 @@ class FusedHeadLoss(torch.autograd.Function):
         scale = grad_losses.float()[:, None]
         grad_x = ((grad_logits @ w).float() * scale).to(x.dtype)
         grad_w = grad_logits.t() @ (x.float() * scale).to(x.dtype)
-        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
 def head_loss(
@@ -339,7 +239,6 @@ def head_loss(
     reduction: str = "mean",
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
-    programs: int | None = None,
     function: type[torch.autograd.Function] = FusedHeadLoss,
 ) -> torch.Tensor:
     """`GPT.head`'s loss through FusedHeadLoss (or `function`, one with its arguments and result: the
@@ -354,7 +253,7 @@ def head_loss(
         x = x.to(torch.get_autocast_dtype(x.device.type))
     flat_targets = targets.reshape(-1).contiguous()
     losses = function.apply(
-        x.reshape(B * T, C).contiguous(), weight, flat_targets, cap, vocab_size, block, num_warps, programs
+        x.reshape(B * T, C).contiguous(), weight, flat_targets, cap, vocab_size, block, num_warps
     )
     if reduction == "none":
         return losses.view(B, T)
@@ -371,15 +270,16 @@ def self_test(device: torch.device, dtype: torch.dtype = torch.float32, cap: flo
     with ignored targets) against torch's cross-entropy: raises if triton is missing, the kernel does not
     build or launch there (no C compiler for its launcher, a GPU Triton does not support), or its losses
     differ. Given the training's dtype and cap it compiles, for the usual shapes, the very kernel training
-    then runs, not a second one (Triton specializes integers on being multiples of 16: the vocabulary is
-    not, here as at 50,257; the rows, the padded width and the row stride are, here and in training)."""
+    then runs, not a second one (on CUDA with the tanh by tanh.approx.f32; Triton specializes integers on
+    being multiples of 16: the vocabulary is not, here as at 50,257; the padded width and the row stride
+    are, here and in training)."""
     generator = torch.Generator().manual_seed(0)
     x, weight = torch.randn(64, 32, generator=generator), torch.randn(128, 32, generator=generator)
     targets = torch.randint(0, 100, (64,), generator=generator)
     targets[:3] = -1
     x, weight, targets = x.to(device, dtype), weight.to(device, dtype), targets.to(device)
     with torch.no_grad():
-        losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, None)
+        losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS)
         logits = (x @ weight.t()).float()[:, :100]
         if cap is not None:
             logits = cap * torch.tanh(logits / cap)
