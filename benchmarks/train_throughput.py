@@ -10,7 +10,9 @@ Ours can run in several variants, one run each (every combination of the lists g
 (true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8), `--ours-attention`
 (default, cudnn: cuDNN's attention kernel first), `--ours-head` (default: the trainer's own, with its
 fused loss on CUDA; unfused: `fused_loss: false`; sigmoid, fused-fp8, fused-compiled: candidate heads patched
-into the model for the run) and `--ours-micro-batch` (sizes, or auto).
+into the model for the run), `--ours-mlp` (default: the trainer's, its fused MLP on CUDA; unfused:
+`fused_mlp: false`; fastest: the fused MLP at the fastest launches of a benchmarks/mlp_kernel.py run,
+`--mlp-tiles-from mlp.json`) and `--ours-micro-batch` (sizes, or auto).
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -150,7 +152,7 @@ def make_run_dir(
     compile_: bool | str = True,
     fp8_head: bool = False,
     fused_loss: bool | str = "auto",
-    fused_mlp: bool = False,
+    fused_mlp: bool | str = "auto",
 ) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
@@ -215,6 +217,43 @@ HEADS = {
 }
 
 
+# The MLP a run of ours may train with: the trainer's (`fused_mlp: auto`, the fused MLP on CUDA), the
+# compiled MLP (`fused_mlp: false`), or the fused MLP at the fastest forward and backward launches that a
+# run of benchmarks/mlp_kernel.py measured (patched into nanogpt.fused_mlp for the run). Name → (label, the
+# config's fused_mlp).
+MLPS = {
+    "default": ("", "auto"),
+    "unfused": (", unfused MLP", False),
+    "fastest": (", fused MLP at the fastest launches", True),
+}
+
+
+def fastest_launches(path: Path | None) -> tuple:
+    """(forward, backward) launches: the fastest of each direction in benchmarks/mlp_kernel.py's JSON."""
+    from benchmarks.mlp_kernel import fastest
+
+    if path is None:
+        raise SystemExit("--ours-mlp fastest needs --mlp-tiles-from (benchmarks/mlp_kernel.py's --json)")
+    rows = json.loads(path.read_text())["results"]
+    return fastest(rows, "forward")[0], fastest(rows, "backward")[0]
+
+
+@contextlib.contextmanager
+def mlp_variant(name: str, tiles_from: Path | None) -> Iterator[None]:
+    """nanogpt.fused_mlp's launches as the MLP `name` asks inside the block, as they were after."""
+    if name != "fastest":
+        yield
+        return
+    from nanogpt import fused_mlp
+
+    forward, backward = fastest_launches(tiles_from)
+    with (
+        mock.patch.object(fused_mlp, "TILES", forward),
+        mock.patch.object(fused_mlp, "BACKWARD_TILES", backward),
+    ):
+        yield
+
+
 @contextlib.contextmanager
 def head_variant(name: str) -> Iterator[None]:
     """GPT's head as the candidate `name` inside the block (the config does the rest), as it was after."""
@@ -258,13 +297,14 @@ def run_ours(
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=mlp == "fused")
+    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1])
     torch.cuda.reset_peak_memory_stats()
     backends = ATTENTION_BACKENDS[attention]
     t0 = time.time()
     with (
         contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True),
         head_variant(head),
+        mlp_variant(mlp, args.mlp_tiles_from),
     ):
         code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
@@ -282,7 +322,12 @@ def run_ours(
     labels = COMPILE_LABELS[compile_] + ", FP8 head" * fp8_head
     labels += ("" if attention == "default" else f", {attention} attention") + HEADS[head][0]
     labels += ", fused loss" * (head == "default" and start["device"].get("fused_loss", False))
-    labels += ", fused MLP" * (mlp == "fused")
+    fused_mlp = start["device"].get("fused_mlp", False)
+    labels += MLPS[mlp][0] if mlp != "default" else ", fused MLP" * fused_mlp
+    if mlp == "fastest":
+        from benchmarks.mlp_kernel import describe
+
+        labels += " (" + "; ".join(describe(tiles) for tiles in fastest_launches(args.mlp_tiles_from)) + ")"
     return Result(
         name=f"nanostudy depth {args.depth} (MuonAdamW{labels})",
         micro_batch=start["device_batch_size"],
@@ -335,7 +380,7 @@ def ours_variants(args: argparse.Namespace) -> list[tuple]:
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
         for head in parse_choices(args.ours_head, "--ours-head", heads)
         for micro_batch in parse_micro_batches(args.ours_micro_batch)
-        for mlp in parse_choices(args.ours_mlp, "--ours-mlp", {"default": "default", "fused": "fused"})
+        for mlp in parse_choices(args.ours_mlp, "--ours-mlp", {name: name for name in MLPS})
     ]
     if any(fp8_head and head.startswith("fused") for _, fp8_head, _, head, _, _ in variants):
         raise SystemExit("--ours-fp8-head true with --ours-head fused*: the fused heads do their own matmuls")
@@ -389,8 +434,13 @@ def main() -> None:
     parser.add_argument(
         "--ours-mlp",
         default="default",
-        help="comma-separated MLPs (default: the compiled MLP; fused: `fused_mlp: true`, ReLU² inside the "
-        "matmuls' Triton kernels)",
+        help="comma-separated MLPs (default: the trainer's, `fused_mlp: auto`; unfused: the compiled MLP; "
+        "fastest: the fused MLP at the fastest launches in --mlp-tiles-from)",
+    )
+    parser.add_argument(
+        "--mlp-tiles-from",
+        type=Path,
+        help="benchmarks/mlp_kernel.py's --json output, for --ours-mlp fastest",
     )
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--timed-steps", type=int, default=10)

@@ -3,6 +3,7 @@ step's gradient is that of the mean loss over the total batch (checked on the CP
 
 import argparse
 import dataclasses
+import json
 import shutil
 import time
 import warnings
@@ -209,11 +210,42 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
         train_throughput.ours_variants(args)
     args.ours_head = "default"
     assert len(train_throughput.ours_variants(args)) == 2
-    args.ours_fp8_head, args.ours_mlp = "false", "default,fused"
-    assert [m for *_, m in train_throughput.ours_variants(args)] == ["default", "fused"] * 2
-    args.ours_mlp = "fused,triton"
+    args.ours_fp8_head, args.ours_mlp = "false", "default,unfused"
+    assert [m for *_, m in train_throughput.ours_variants(args)] == ["default", "unfused"] * 2
+    args.ours_mlp = "fastest,triton"
     with pytest.raises(SystemExit, match="--ours-mlp: 'triton' is not one of"):
         train_throughput.ours_variants(args)
     args.ours_head = "liger"
     with pytest.raises(SystemExit, match="--ours-head: 'liger' is not one of"):
         train_throughput.ours_variants(args)
+
+
+def test_the_fastest_mlp_variant_patches_the_measured_launches_in_and_out(tmp_path):
+    pytest.importorskip("triton")
+    from nanogpt import fused_mlp
+
+    def row(direction, ms, store_h=False, persistent=False, error=None):
+        tiles = [128, 128, 64, 8, 3, 4, persistent, store_h, False]
+        return {"direction": direction, "tiles": tiles, "ms": ms, "error": error}
+
+    rows = [
+        row("forward", 0.4), row("forward", 0.3, persistent=True), row("forward", 0.1, store_h=True),
+        row("backward", 0.2), row("backward", 0.05, error="OutOfResources"), row("backward", 0.3, True),
+    ]  # fmt: skip
+    measured = tmp_path / "mlp.json"
+    measured.write_text(json.dumps({"results": rows}))
+    before = fused_mlp.TILES, fused_mlp.BACKWARD_TILES
+
+    def launches():
+        return fused_mlp.TILES, fused_mlp.BACKWARD_TILES
+
+    with train_throughput.mlp_variant("fastest", measured):
+        # The fastest of each direction that ran and keeps h as the other does (not at all).
+        plain = fused_mlp.Tiles(128, 128, 64, 8, 3, 4)
+        assert launches() == (plain._replace(persistent=True), plain)
+    assert launches() == before
+    with train_throughput.mlp_variant("default", None):
+        assert launches() == before
+    no_file = pytest.raises(SystemExit, match="--ours-mlp fastest needs --mlp-tiles-from")
+    with no_file, train_throughput.mlp_variant("fastest", None):
+        pass
