@@ -28,8 +28,6 @@ from nanogpt.model import GPTConfig
 # group_m, stages, warps, then persistent, store_h, tma. Loads by address, then through TMA descriptors.
 CANDIDATES = [
     TILES._replace(store_h=True),
-    Tiles(128, 256, 64, 8, 3, 8),
-    Tiles(128, 128, 64, 8, 4, 8),
     Tiles(128, 256, 64, 8, 3, 8, persistent=True),
     Tiles(128, 128, 64, 8, 3, 4, tma=True),
     Tiles(128, 128, 64, 8, 4, 8, tma=True),
@@ -39,7 +37,6 @@ CANDIDATES = [
     Tiles(128, 128, 64, 8, 4, 8, persistent=True, tma=True),
     Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True),
     Tiles(128, 256, 64, 8, 2, 8, persistent=True, tma=True),
-    Tiles(128, 128, 128, 8, 3, 8, persistent=True, tma=True),
 ]
 SMALL = Tiles(32, 64, 32, 2, 1, 4)  # under the interpreter
 
