@@ -4,10 +4,8 @@ prints, as JSON, how far its loss and gradients are from the head's (see test_fu
 TRITON_INTERPRET=1 must be in the environment before triton is imported, hence a process of its own.
 """
 
-import argparse
 import contextlib
 import json
-import shutil
 import sys
 from unittest import mock
 
@@ -15,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from interpreted import small_training_run
 
 from benchmarks.fused_head_loss import CompiledHeadLoss, FusedFP8HeadLoss, fused_head
 from nanogpt.fused_loss import FusedHeadLoss, _round_to_e5m2_grid
@@ -33,28 +32,14 @@ def trainer_losses(head: str, compile_: bool | str = False) -> dict[str, list[fl
     (the trainer's own, under the Triton interpreter), a candidate patched in as `train_throughput
     --ours-head` does it."""
     from benchmarks import train_throughput
-    from nanogpt import train
 
-    args = argparse.Namespace(
-        depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=3, profile_steps=0
-    )
-    fused_loss = head == "fused"
-    run_dir = train_throughput.make_run_dir(args, micro_batch=2, compile_=compile_, fused_loss=fused_loss)
     function = {"fused-fp8": FusedFP8HeadLoss, "fused-compiled": CompiledHeadLoss}.get(head, FusedHeadLoss)
-    kernel_calls = mock.patch.object(function, "apply", wraps=function.apply)
-    try:
-        with train_throughput.head_variant("default" if head == "fused" else head), kernel_calls as apply:
-            assert train.run(run_dir / "config.json") == 0
-        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    finally:
-        shutil.rmtree(run_dir.parent)
-    start = next(e for e in events if e["kind"] == "start")
-    return {
-        "steps": [e["loss"] for e in events if e["kind"] == "step"],
-        "val": [e["val_loss"] for e in events if e["kind"] == "val"],
-        "kernel_calls": apply.call_count,
-        "fused_loss": start["device"]["fused_loss"],
-    }
+    calls = mock.patch.object(function, "apply", wraps=function.apply)
+    variant = train_throughput.head_variant("default" if head == "fused" else head)
+    run = small_training_run(calls, variant, compile_=compile_, fused_loss=head == "fused")
+    return {key: run[key] for key in ("steps", "val")} | {
+        "kernel_calls": run["calls"], "fused_loss": run["device"]["fused_loss"]
+    }  # fmt: skip
 
 
 @triton.jit

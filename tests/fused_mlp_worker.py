@@ -4,14 +4,13 @@ are from torch's (see test_fused_mlp.py).
 TRITON_INTERPRET=1 must be in the environment before triton is imported, hence a process of its own.
 """
 
-import argparse
 import json
-import shutil
 import sys
 from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from interpreted import small_training_run
 
 from nanogpt import fused_mlp
 from nanogpt.fused_mlp import Tiles, linear_relu2, relu2_backward, relu2_mlp
@@ -108,30 +107,9 @@ def trainer_losses(fused: bool, compile_: bool | str) -> dict:
     """The step and validation losses of a small CPU run of the trainer with `fused_mlp` true or false,
     and how many times the fused MLP's kernels ran (counted at their launch, which compiled graphs call
     too)."""
-    from benchmarks import train_throughput
-    from nanogpt import train
-
-    args = argparse.Namespace(
-        depth=1, seq_len=16, total_batch=64, gpt2_dir=None, warmup_steps=1, timed_steps=3, profile_steps=0
-    )
-    run_dir = train_throughput.make_run_dir(
-        args, micro_batch=2, compile_=compile_, fused_loss=False, fused_mlp=fused
-    )
     calls = mock.patch.object(fused_mlp, "_launch", wraps=fused_mlp._launch)
-    try:
-        with calls as apply:
-            assert train.run(run_dir / "config.json") == 0
-        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    finally:
-        shutil.rmtree(run_dir.parent)
-    start = next(e for e in events if e["kind"] == "start")
-    return {
-        "steps": [e["loss"] for e in events if e["kind"] == "step"],
-        "val": [e["val_loss"] for e in events if e["kind"] == "val"],
-        "calls": apply.call_count,
-        "fused_mlp": start["device"]["fused_mlp"],
-        "warnings": start.get("warnings", []),
-    }
+    run = small_training_run(calls, compile_=compile_, fused_loss=False, fused_mlp=fused)
+    return run | {"fused_mlp": run["device"]["fused_mlp"]}
 
 
 def trainer() -> dict:

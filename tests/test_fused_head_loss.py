@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interpreted import run_benchmark
 from markers import needs_cpp_compiler
 
 pytest.importorskip("triton", reason="the fused loss is a Triton kernel")
@@ -247,15 +248,8 @@ def test_the_kernel_matches_torch_on_a_gpu(cap, fast_tanh, block, num_warps):
 def test_the_kernel_benchmark_checks_every_variant_against_torch(tmp_path):
     """benchmarks/loss_kernel.py under the interpreter: each kernel variant it times there (as trained, no
     soft-cap, the sigmoid's tanh) gives torch's losses and bf16 gradient."""
-    out = tmp_path / "kernel.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     args = ["--device", "cpu", "--rows", "9", "--vocab-size", "300", "--reps", "1", "--warmup", "1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loss_kernel", *args, "--json", str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["results"]
+    rows = run_benchmark("benchmarks.loss_kernel", args, tmp_path / "kernel.json")
     names = [row["name"] for row in rows]
     # On the CPU blocks are of 256 only, and the tanh always the sigmoid's: no block-size variants.
     assert names == [

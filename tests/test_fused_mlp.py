@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from interpreted import run_benchmark
 from markers import needs_cpp_compiler
 
 pytest.importorskip("triton", reason="the fused MLP's kernels are Triton's")
@@ -127,15 +128,8 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
 def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     """benchmarks/mlp_kernel.py under the interpreter: every launch it times is checked against cuBLAS's
     (here torch's) results, and the fused layer's gradients against the compiled layer's."""
-    out = tmp_path / "mlp.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     args = ["--device", "cpu", "--depth", "1", "--rows", "96", "--reps", "1", "--warmup", "1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mlp_kernel", *args, "--json", str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["results"]
+    rows = run_benchmark("benchmarks.mlp_kernel", args, tmp_path / "mlp.json")
     kernels = [row for row in rows if "kernel," in row["name"]]
     # Forward and backward of the interpreter's launch, by address and through TMA descriptors.
     assert [(row["direction"], row["tiles"][-1]) for row in kernels] == [
