@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tma-only", action="store_true", help="of the candidates, only the TMA ones")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     small = device.type != "cuda"
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append({"name": "forward: cuBLAS h = x @ W_fc^T alone", "ms": matmul_ms})
     back_ms = time_ms(lambda: dy @ w_proj, reps, warmup, device)
     rows.append({"name": "backward: cuBLAS dy @ W_proj alone", "ms": back_ms})
-    launches = [SMALL, SMALL._replace(tma=True)] if small else [TILES, BACKWARD_TILES, *CANDIDATES]
+    candidates = [tiles for tiles in CANDIDATES if tiles.tma or not args.tma_only]
+    launches = [SMALL, SMALL._replace(tma=True)] if small else [TILES, BACKWARD_TILES, *candidates]
     launches = list(dict.fromkeys(launches))  # each once
     for tiles in launches:
         name = describe(tiles)
