@@ -459,10 +459,13 @@ def resolve_fused_mlp(
     """(the MLP's forward for training steps, nanogpt.fused_mlp.relu2_mlp or None; a warning). "auto": on
     CUDA for a ReLU² model whose width the kernels take, once they have passed their self-test there (in
     the training's dtype, so that it compiles the kernels training then uses); otherwise off, with a
-    warning that says why when the width or the kernels fail (a GELU model has nothing to fuse: no
-    warning). true: the same, where anything short of it is an error."""
+    warning that says why when the width or the kernels fail (a GELU model, or training in float32, is
+    left as it is without a warning). true: the same, where anything short of it is an error."""
     wanted = config.fused_mlp
-    if wanted is False or (wanted == "auto" and (device.type != "cuda" or gpt_config.mlp != "relu2")):
+    # auto leaves out what there is no point in fusing: a GELU MLP, or float32 matmuls (the kernels' launches
+    # are sized for bf16 tiles in shared memory).
+    skip = device.type != "cuda" or gpt_config.mlp != "relu2" or dtype == torch.float32
+    if wanted is False or (wanted == "auto" and skip):
         return None, None
     why = None
     if gpt_config.mlp != "relu2":

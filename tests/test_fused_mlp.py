@@ -100,10 +100,12 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
     assert resolve_fused_mlp(config(fused_mlp=False), relu2, cuda) == (None, None)
     assert resolve_fused_mlp(config(), relu2, cpu) == (None, None)
     assert resolve_fused_mlp(config(), gelu, cuda) == (None, None)
+    assert resolve_fused_mlp(config(), relu2, cuda, dtype=torch.float32) == (None, None)
     # A width the kernels do not take: auto is off with a warning that says why; true (or GELU) an error.
     narrow = GPTConfig(depth=1, vocab_size=300, aspect_ratio=48, head_dim=16)  # n_embd 48
     too_narrow = "n_embd 48 is not a multiple of 64"
-    assert resolve_fused_mlp(config(), narrow, cuda) == (None, f"fused_mlp: off, {too_narrow}")
+    bf16 = torch.bfloat16
+    assert resolve_fused_mlp(config(), narrow, cuda, dtype=bf16) == (None, f"fused_mlp: off, {too_narrow}")
     for gpt, why in ((gelu, "model.mlp is 'gelu'; the kernels fuse ReLU²"), (narrow, too_narrow)):
         with pytest.raises(ConfigError, match=re.escape(f"fused_mlp: true, but {why}")):
             resolve_fused_mlp(config(fused_mlp=True), gpt, cuda)
@@ -113,7 +115,7 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
 
     monkeypatch.setattr(fused_mlp, "self_test", broken)
     why = "the Triton kernels fail on cuda:0 (RuntimeError: off by 0.5)"
-    assert resolve_fused_mlp(config(), relu2, cuda) == (None, f"fused_mlp: off, {why}")
+    assert resolve_fused_mlp(config(), relu2, cuda, dtype=bf16) == (None, f"fused_mlp: off, {why}")
     with pytest.raises(ConfigError, match=re.escape(f"fused_mlp: true, but {why}")):
         resolve_fused_mlp(config(fused_mlp=True), relu2, cuda)
     monkeypatch.setattr(fused_mlp, "self_test", lambda *args: None)
