@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 
 class Tiles(NamedTuple):
@@ -211,6 +212,8 @@ def _launch(a, b, saved, out, backward: bool, tiles: Tiles) -> None:
     N = b.size(1)
     if K % tiles.block_k != 0:
         raise ValueError(f"fused MLP: the reduction ({K}) must be a multiple of block_k {tiles.block_k}")
+    if M == 0:  # nothing to compute (TMA descriptors refuse an empty tensor)
+        return
     count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)
@@ -269,27 +272,31 @@ def relu2_backward(
     return grad_h
 
 
-# The two kernel calls as operators torch.compile keeps whole, with the trainer's launch. The forward's
-# operator returns h only when the launch keeps it (an output may not alias another).
+# The two kernel calls as operators torch.compile keeps whole, with the trainer's launches. Whether h is
+# kept is an argument, a constant of the compiled graph (read from the module's launches when the graph is
+# traced, it would not be guarded); without it, the forward's first output is an empty placeholder (an
+# output may not alias another).
 @torch.library.custom_op("nanogpt::linear_relu2", mutates_args=())
-def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor) -> list[torch.Tensor]:
-    saved, post = linear_relu2(x, w_fc)
-    return [saved, post] if TILES.store_h else [post]
+def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor, store_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    saved, post = linear_relu2(x, w_fc, TILES._replace(store_h=store_h))
+    return (saved if store_h else post.new_empty(0)), post
 
 
 @_linear_relu2_op.register_fake
-def _(x, w_fc):
+def _(x, w_fc, store_h):
     post = x.new_empty(x.size(0), w_fc.size(0))
-    return [torch.empty_like(post), post] if TILES.store_h else [post]
+    return (torch.empty_like(post) if store_h else post.new_empty(0)), post
 
 
 @torch.library.custom_op("nanogpt::relu2_backward", mutates_args=())
-def _relu2_backward_op(grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
-    return relu2_backward(grad_y, w_proj, saved)
+def _relu2_backward_op(
+    grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor, store_h: bool
+) -> torch.Tensor:
+    return relu2_backward(grad_y, w_proj, saved, BACKWARD_TILES._replace(store_h=store_h))
 
 
 @_relu2_backward_op.register_fake
-def _(grad_y, w_proj, saved):
+def _(grad_y, w_proj, saved, store_h):
     return torch.empty_like(saved)
 
 
@@ -300,26 +307,35 @@ class ReLU2MLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_fc, w_proj):
         wf, wp = w_fc.to(x.dtype), w_proj.to(x.dtype)
-        *saved, post = _linear_relu2_op(x, wf)
-        ctx.save_for_backward(x, wf, wp, saved[0] if saved else post, post)
-        ctx.dtypes = w_fc.dtype, w_proj.dtype
+        store_h = TILES.store_h
+        h, post = _linear_relu2_op(x, wf, store_h)
+        ctx.save_for_backward(x, wf, wp, h if store_h else post, post)
+        ctx.dtypes, ctx.store_h = (w_fc.dtype, w_proj.dtype), store_h
         return post @ wp.t()
 
     @staticmethod
+    @once_differentiable  # √post and post are constants here: a second derivative would be silently wrong
     def backward(ctx, grad_y):
         x, wf, wp, saved, post = ctx.saved_tensors
         grad_y = grad_y.contiguous()
-        grad_h = _relu2_backward_op(grad_y, wp, saved)
-        grad_x = grad_h @ wf
-        grad_wf = grad_h.t() @ x
-        grad_wp = grad_y.t() @ post
-        return grad_x, grad_wf.to(ctx.dtypes[0]), grad_wp.to(ctx.dtypes[1])
+        need_x, need_wf, need_wp = ctx.needs_input_grad
+        grad_x = grad_wf = grad_wp = None
+        if need_x or need_wf:
+            grad_h = _relu2_backward_op(grad_y, wp, saved, ctx.store_h)
+            grad_x = grad_h @ wf if need_x else None
+            grad_wf = (grad_h.t() @ x).to(ctx.dtypes[0]) if need_wf else None
+        if need_wp:
+            grad_wp = (grad_y.t() @ post).to(ctx.dtypes[1])
+        return grad_x, grad_wf, grad_wp
 
 
 def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torch.Tensor:
     """`MLP.forward` with ReLU² through ReLU2MLP: x (..., C), in the autocast dtype when autocast is on."""
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
+    if x.dtype == torch.float16:
+        # √relu(h)² loses small activations to float16's narrow exponent range (bf16's is float32's).
+        raise ValueError("fused MLP: float16 is not supported (bf16 or float32 are)")
     shape = x.shape
     y = ReLU2MLP.apply(x.reshape(-1, shape[-1]).contiguous(), w_fc, w_proj)
     return y.view(*shape[:-1], y.size(-1))

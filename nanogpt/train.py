@@ -475,7 +475,8 @@ def resolve_fused_mlp(
             from nanogpt import fused_mlp
 
             if not fused_mlp.fits(gpt_config.n_embd):
-                why = f"n_embd {gpt_config.n_embd} is not a multiple of {fused_mlp.TILES.block_k}"
+                block = max(fused_mlp.TILES.block_k, fused_mlp.BACKWARD_TILES.block_k)
+                why = f"n_embd {gpt_config.n_embd} is not a multiple of {block}"
             else:
                 fused_mlp.self_test(device, dtype)
         except Exception as e:  # ImportError, triton's compile errors, a wrong result: all say the same

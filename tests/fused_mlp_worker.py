@@ -103,6 +103,55 @@ def mlp() -> list[dict]:
     return cases
 
 
+def edges() -> dict:
+    """relu2_mlp where a user could trip it: h kept (TILES.store_h) eagerly and compiled after a compile
+    without it, an empty batch, x needing no gradient, frozen weights, a second derivative, float16."""
+    torch.manual_seed(0)
+    x, grad_y = torch.randn(2, 37, 64), torch.randn(2, 37, 64)
+    w_fc, w_proj = torch.randn(256, 64) / 8, torch.randn(64, 256) / 16
+
+    def errors(fn, x=x, needs=(True, True, True)) -> list[float | None]:
+        leaves = [t.clone().requires_grad_(need) for t, need in zip((x, w_fc, w_proj), needs, strict=True)]
+        exact = [t.detach().double().requires_grad_(need) for t, need in zip(leaves, needs, strict=True)]
+        y = fn(*leaves)
+        y.backward(grad_y[:, : x.size(1)])
+        y_exact = F.relu(exact[0] @ exact[1].t()).square() @ exact[2].t()
+        y_exact.backward(grad_y[:, : x.size(1)].double())
+        pairs = [(y, y_exact)] + [(a.grad, b.grad) for a, b in zip(leaves, exact, strict=True)]
+        # No gradient where none is asked for; an empty batch's outputs and gradients compared by their sums.
+        return [
+            None if a is None else relative_error(a, b) if b.numel() and b.norm() else a.abs().sum().item()
+            for a, b in pairs
+        ]
+
+    compiled = torch.compile(relu2_mlp)
+    result = {"plain": errors(relu2_mlp), "compiled": errors(compiled)}
+    kept = fused_mlp.TILES._replace(store_h=True), fused_mlp.BACKWARD_TILES._replace(store_h=True)
+    with (
+        mock.patch.object(fused_mlp, "TILES", kept[0]),
+        mock.patch.object(fused_mlp, "BACKWARD_TILES", kept[1]),
+    ):
+        torch._dynamo.reset()  # a new graph, traced with h kept
+        result["h kept"] = errors(relu2_mlp)
+        result["h kept, compiled"] = errors(torch.compile(relu2_mlp))
+    result["empty batch"] = errors(relu2_mlp, x=x[:, :0])
+    result["x needs no gradient"] = errors(relu2_mlp, needs=(False, True, True))
+    result["frozen weights"] = errors(relu2_mlp, needs=(True, False, False))
+    leaves = [t.clone().requires_grad_() for t in (x, w_fc, w_proj)]
+    (grad_w_proj,) = torch.autograd.grad(relu2_mlp(*leaves).square().sum(), leaves[2], create_graph=True)
+    try:
+        torch.autograd.grad(grad_w_proj.square().sum(), leaves[0])
+        result["second derivative"] = "computed"
+    except RuntimeError as e:
+        result["second derivative"] = str(e).splitlines()[0]
+    try:
+        relu2_mlp(x.half(), w_fc, w_proj)
+        result["float16"] = "ran"
+    except ValueError as e:
+        result["float16"] = str(e)
+    return result
+
+
 def trainer_losses(fused: bool, compile_: bool | str) -> dict:
     """The step and validation losses of a small CPU run of the trainer with `fused_mlp` true or false,
     and how many times the fused MLP's kernels ran (counted at their launch, which compiled graphs call
@@ -123,4 +172,4 @@ def trainer() -> dict:
 
 if __name__ == "__main__":
     mode = sys.argv[1]
-    print(json.dumps({"kernels": kernels, "mlp": mlp, "trainer": trainer}[mode]()))
+    print(json.dumps({"kernels": kernels, "mlp": mlp, "trainer": trainer, "edges": edges}[mode]()))

@@ -60,6 +60,21 @@ def test_the_fused_mlp_matches_the_unfused_one_under_the_interpreter():
         assert fused < 2e-2 and fused < 3 * unfused
 
 
+def test_the_fused_mlp_where_a_user_could_trip_it():
+    result = run_worker("edges")
+    # float32 here: within float32 rounding of float64 (y, then the gradients of x, W_fc, W_proj), eager
+    # and compiled, with h kept or not.
+    for name in ("plain", "compiled", "h kept", "h kept, compiled", "x needs no gradient", "frozen weights"):
+        errors = result[name]
+        assert all(error is None or error < 1e-6 for error in errors), name
+    # What was not asked for is not computed; an empty batch gives empty results and zero gradients.
+    assert result["x needs no gradient"][1] is None and result["frozen weights"][2:] == [None, None]
+    assert result["empty batch"] == [0.0] * 4
+    # A second derivative is an error (√post is a constant in the backward), not a wrong number.
+    assert result["second derivative"] != "computed"
+    assert "float16 is not supported" in result["float16"]
+
+
 @needs_cpp_compiler
 def test_the_trainer_with_the_fused_mlp_trains_as_with_the_compiled_one():
     # `fused_mlp: true` (under the Triton interpreter here): the same steps' and validation losses as
@@ -155,8 +170,11 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("persistent", [False, True], ids=["grid", "persistent"])
-def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent):
+@pytest.mark.parametrize(
+    ("persistent", "tma"), [(False, False), (True, False), (False, True), (True, True)],
+    ids=["grid", "persistent", "tma", "tma-persistent"],
+)  # fmt: skip
+def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent, tma):
     # Depth 12's layer (n_embd 768, hidden 3,072) on 4,000 rows (not a whole number of tiles), bf16, float32
     # weights, under autocast as the trainer runs it: the fused MLP against the unfused, both against float64.
     from nanogpt import fused_mlp
@@ -167,7 +185,10 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent):
     w_fc = torch.randn(3072, 768, device=device) / 768**0.5
     w_proj = torch.randn(768, 3072, device=device) / 3072**0.5
     grad_y = torch.randn(4, 1000, 768, device=device)
-    tiles = fused_mlp.TILES._replace(persistent=persistent)
+    forward, backward = (
+        tiles._replace(persistent=persistent, tma=tma)
+        for tiles in (fused_mlp.TILES, fused_mlp.BACKWARD_TILES)
+    )
     results = {}
     for name in ("fused", "unfused", "float64"):
         leaves = [t.clone().double() if name == "float64" else t.clone() for t in (x, w_fc, w_proj)]
@@ -178,7 +199,8 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 if name == "fused":
                     with pytest.MonkeyPatch.context() as patch:
-                        patch.setattr(fused_mlp, "TILES", tiles)
+                        patch.setattr(fused_mlp, "TILES", forward)
+                        patch.setattr(fused_mlp, "BACKWARD_TILES", backward)
                         y = fused_mlp.relu2_mlp(leaves[0].bfloat16(), leaves[1], leaves[2])
                         y.backward(grad_y.bfloat16())
                 else:
