@@ -20,7 +20,8 @@ ReLU² MLP the same way). h is not kept: the backward takes relu(h) as √post. 
 `MLP.forward` with ReLU²: h is rounded to x's dtype before the activation, as cuBLAS's bf16 output is, and
 h's gradient too; √post is relu(h) to within half a rounding (post is relu(h)² rounded to bf16). So the
 results differ from the compiled model's by the matmuls' order of summation and that half rounding in h's
-gradient. `Tiles.store_h` keeps h instead (a write more forward; benchmarks/mlp_kernel.py times both).
+gradient. Keeping h for the backward instead cost a write more forward and measured slower
+(docs/benchmarks.md, 2026-12-07).
 
 The trainer uses it on CUDA (RunConfig.fused_mlp); the trainer imports this module only then and hands
 `relu2_mlp` to the model's MLPs. On the CPU it runs under the Triton interpreter (TRITON_INTERPRET=1, set
@@ -41,9 +42,9 @@ class Tiles(NamedTuple):
     """The kernel's launch: a program computes a block_m × block_n tile of the output, block_k of the
     reduction at a time, over `stages` pipelined loads; `group_m` tiles down a column of tiles run together
     (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles;
-    `store_h`: the forward writes h as well, for the backward to read (instead of relu(h)²); `tma`: the
-    tiles move through Hopper's tensor memory accelerator (host-made descriptors) rather than loads by
-    address, and a persistent program's loop over tiles and over the reduction is one pipelined loop."""
+    `tma`: the tiles move through Hopper's tensor memory accelerator (host-made descriptors) rather than
+    loads by address, and a persistent program's loop over tiles and over the reduction is one pipelined
+    loop."""
 
     block_m: int = 128
     block_n: int = 256
@@ -52,13 +53,12 @@ class Tiles(NamedTuple):
     stages: int = 3
     warps: int = 8
     persistent: bool = False
-    store_h: bool = False
     tma: bool = False
 
 
 # The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 (2026-12-07,
 # docs/benchmarks.md): forward 0.33 ms against 0.40 at 128 × 256 (cuBLAS's matmul alone: 0.26), backward
-# 0.37 ms. Both must agree on store_h.
+# 0.37 ms.
 TILES = Tiles(128, 128, 64, 8, 3, 4)
 BACKWARD_TILES = Tiles(128, 256, 64, 8, 3, 8)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -68,7 +68,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 def _matmul_relu2_kernel(
     a_ptr,  # (M, K)
     b_ptr,  # (K, N), any strides
-    saved_ptr,  # (M, N): forward, h written if STORE_H; backward, read: h if STORE_H, else relu(h)²
+    post_ptr,  # (M, N): backward, relu(h)² read (the forward's output); forward, unused
     out_ptr,  # (M, N) written: forward relu(h)², backward (a @ b)·2·relu(h)
     M,
     N,
@@ -77,7 +77,7 @@ def _matmul_relu2_kernel(
     stride_ak,
     stride_bk,
     stride_bn,
-    stride_om,  # saved and out alike
+    stride_om,  # post and out alike
     stride_on,
     BACKWARD: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -85,7 +85,6 @@ def _matmul_relu2_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr,
-    STORE_H: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -93,23 +92,22 @@ def _matmul_relu2_kernel(
     if PERSISTENT:
         for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
             _one_tile(
-                tile, a_ptr, b_ptr, saved_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, STORE_H,
-                UPCAST,
+                tile, a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST,
             )  # fmt: skip
     else:
         _one_tile(
-            tl.program_id(0), a_ptr, b_ptr, saved_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+            tl.program_id(0), a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
             stride_bn, stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-            STORE_H, UPCAST,
+            UPCAST,
         )  # fmt: skip
 
 
 @triton.jit
 def _one_tile(
-    tile, a_ptr, b_ptr, saved_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
+    tile, a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
     stride_on, tiles_m, tiles_n, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, STORE_H: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # Tiles in groups of GROUP_M rows of tiles, column by column within a group (Triton's matmul tutorial):
     # the programs running at once share rows of a and columns of b, which then come from L2.
@@ -140,12 +138,9 @@ def _one_tile(
     offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
     inside = (rows[:, None] < M) & (cols[None, :] < N)
     if BACKWARD:
-        saved = tl.load(saved_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        relu = tl.maximum(saved, 0.0) if STORE_H else tl.sqrt(saved)
-        out = h.to(tl.float32) * (2 * relu)
+        post = tl.load(post_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        out = h.to(tl.float32) * (2 * tl.sqrt(post))  # relu(h) = √relu(h)²
     else:
-        if STORE_H:
-            tl.store(saved_ptr + offsets, h, mask=inside)
         relu = tl.maximum(h.to(tl.float32), 0.0)
         out = relu * relu
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
@@ -155,7 +150,7 @@ def _one_tile(
 def _matmul_relu2_tma_kernel(
     a_desc,  # (M, K), blocks (BLOCK_M, BLOCK_K)
     b_desc,  # B_KN: (K, N), blocks (BLOCK_K, BLOCK_N); else (N, K), blocks (BLOCK_N, BLOCK_K), transposed
-    saved_desc,  # (M, N), blocks (BLOCK_M, BLOCK_N): as _matmul_relu2_kernel's saved_ptr
+    post_desc,  # (M, N), blocks (BLOCK_M, BLOCK_N): as _matmul_relu2_kernel's post_ptr
     out_desc,  # (M, N), blocks (BLOCK_M, BLOCK_N): as _matmul_relu2_kernel's out_ptr
     M,
     N,
@@ -166,7 +161,6 @@ def _matmul_relu2_tma_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
-    STORE_H: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """_matmul_relu2_kernel's function through TMA descriptors, which clip the tiles at the edges: loads past
@@ -190,12 +184,9 @@ def _matmul_relu2_tma_kernel(
             acc = tl.dot(a, b, acc)
         h = acc.to(out_desc.dtype)
         if BACKWARD:
-            saved = saved_desc.load([off_m, off_n]).to(tl.float32)
-            relu = tl.maximum(saved, 0.0) if STORE_H else tl.sqrt(saved)
-            out = h.to(tl.float32) * (2 * relu)
+            post = post_desc.load([off_m, off_n]).to(tl.float32)
+            out = h.to(tl.float32) * (2 * tl.sqrt(post))
         else:
-            if STORE_H:
-                saved_desc.store([off_m, off_n], h)
             relu = tl.maximum(h.to(tl.float32), 0.0)
             out = relu * relu
         out_desc.store([off_m, off_n], out.to(out_desc.dtype))
@@ -207,7 +198,7 @@ def fits(in_features: int) -> bool:
     return in_features % TILES.block_k == 0 and in_features % BACKWARD_TILES.block_k == 0
 
 
-def _launch(a, b, saved, out, backward: bool, tiles: Tiles) -> None:
+def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
     M, K = a.shape
     N = b.size(1)
     if K % tiles.block_k != 0:
@@ -230,74 +221,61 @@ def _launch(a, b, saved, out, backward: bool, tiles: Tiles) -> None:
             TensorDescriptor.from_tensor(b, [bk, bn])
             if b_kn
             else TensorDescriptor.from_tensor(b.t(), [bn, bk]),
-            TensorDescriptor.from_tensor(saved, [bm, bn]),
+            TensorDescriptor.from_tensor(post, [bm, bn]),
             TensorDescriptor.from_tensor(out, [bm, bn]),
         )
         _matmul_relu2_tma_kernel[(count,)](
             *descriptors, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            GROUP_M=tiles.group_m, STORE_H=tiles.store_h, UPCAST=INTERPRETED, num_warps=tiles.warps,
+            GROUP_M=tiles.group_m, UPCAST=INTERPRETED, num_warps=tiles.warps,
             num_stages=tiles.stages,
         )  # fmt: skip
         return
     _matmul_relu2_kernel[(count,)](
-        a, b, saved, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
+        a, b, post, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
         out.stride(1), BACKWARD=backward, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent, STORE_H=tiles.store_h,
+        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent,
         UPCAST=INTERPRETED, num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
 
 
-def linear_relu2(
-    x: torch.Tensor, w_fc: torch.Tensor, tiles: Tiles | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(saved, relu(h)²) for h = x @ w_fcᵀ: x (M, K), w_fc (N, K) of x's dtype; relu(h)² (M, N) in it, and
-    what relu2_backward needs of the forward: h (M, N) if the launch stores it, else relu(h)² again (the
-    same tensor). The launch is `tiles`, or the module's TILES at the time of the call."""
-    tiles = tiles or TILES
+def linear_relu2(x: torch.Tensor, w_fc: torch.Tensor, tiles: Tiles | None = None) -> torch.Tensor:
+    """relu(h)² for h = x @ w_fcᵀ: x (M, K), w_fc (N, K) of x's dtype; (M, N) in it. The launch is `tiles`,
+    or the module's TILES at the time of the call."""
     post = torch.empty(x.size(0), w_fc.size(0), device=x.device, dtype=x.dtype)
-    saved = torch.empty_like(post) if tiles.store_h else post
-    _launch(x, w_fc.t(), saved, post, False, tiles)
-    return saved, post
+    _launch(x, w_fc.t(), post, post, False, tiles or TILES)
+    return post
 
 
 def relu2_backward(
-    grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor, tiles: Tiles | None = None
+    grad_y: torch.Tensor, w_proj: torch.Tensor, post: torch.Tensor, tiles: Tiles | None = None
 ) -> torch.Tensor:
-    """h's gradient, (grad_y @ w_proj)·2·relu(h): grad_y (M, C), w_proj (C, N), and `saved` (M, N) as
-    linear_relu2 gave it (with a launch of the same store_h); in saved's dtype. The launch is `tiles`, or
-    the module's BACKWARD_TILES at the time of the call."""
-    tiles = tiles or BACKWARD_TILES
-    grad_h = torch.empty_like(saved)
-    _launch(grad_y, w_proj, saved, grad_h, True, tiles)
+    """h's gradient, (grad_y @ w_proj)·2·relu(h): grad_y (M, C), w_proj (C, N), and post = relu(h)² (M, N)
+    as linear_relu2 gave it; in post's dtype. The launch is `tiles`, or the module's BACKWARD_TILES at the
+    time of the call."""
+    grad_h = torch.empty_like(post)
+    _launch(grad_y, w_proj, post, grad_h, True, tiles or BACKWARD_TILES)
     return grad_h
 
 
-# The two kernel calls as operators torch.compile keeps whole, with the trainer's launches. Whether h is
-# kept is an argument, a constant of the compiled graph (read from the module's launches when the graph is
-# traced, it would not be guarded); without it, the forward's first output is an empty placeholder (an
-# output may not alias another).
+# The two kernel calls as operators torch.compile keeps whole, with the trainer's launches.
 @torch.library.custom_op("nanogpt::linear_relu2", mutates_args=())
-def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor, store_h: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    saved, post = linear_relu2(x, w_fc, TILES._replace(store_h=store_h))
-    return (saved if store_h else post.new_empty(0)), post
+def _linear_relu2_op(x: torch.Tensor, w_fc: torch.Tensor) -> torch.Tensor:
+    return linear_relu2(x, w_fc)
 
 
 @_linear_relu2_op.register_fake
-def _(x, w_fc, store_h):
-    post = x.new_empty(x.size(0), w_fc.size(0))
-    return (torch.empty_like(post) if store_h else post.new_empty(0)), post
+def _(x, w_fc):
+    return x.new_empty(x.size(0), w_fc.size(0))
 
 
 @torch.library.custom_op("nanogpt::relu2_backward", mutates_args=())
-def _relu2_backward_op(
-    grad_y: torch.Tensor, w_proj: torch.Tensor, saved: torch.Tensor, store_h: bool
-) -> torch.Tensor:
-    return relu2_backward(grad_y, w_proj, saved, BACKWARD_TILES._replace(store_h=store_h))
+def _relu2_backward_op(grad_y: torch.Tensor, w_proj: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    return relu2_backward(grad_y, w_proj, post)
 
 
 @_relu2_backward_op.register_fake
-def _(grad_y, w_proj, saved, store_h):
-    return torch.empty_like(saved)
+def _(grad_y, w_proj, post):
+    return torch.empty_like(post)
 
 
 class ReLU2MLP(torch.autograd.Function):
@@ -307,21 +285,20 @@ class ReLU2MLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_fc, w_proj):
         wf, wp = w_fc.to(x.dtype), w_proj.to(x.dtype)
-        store_h = TILES.store_h
-        h, post = _linear_relu2_op(x, wf, store_h)
-        ctx.save_for_backward(x, wf, wp, h if store_h else post, post)
-        ctx.dtypes, ctx.store_h = (w_fc.dtype, w_proj.dtype), store_h
+        post = _linear_relu2_op(x, wf)
+        ctx.save_for_backward(x, wf, wp, post)
+        ctx.dtypes = w_fc.dtype, w_proj.dtype
         return post @ wp.t()
 
     @staticmethod
     @once_differentiable  # √post and post are constants here: a second derivative would be silently wrong
     def backward(ctx, grad_y):
-        x, wf, wp, saved, post = ctx.saved_tensors
+        x, wf, wp, post = ctx.saved_tensors
         grad_y = grad_y.contiguous()
         need_x, need_wf, need_wp = ctx.needs_input_grad
         grad_x = grad_wf = grad_wp = None
         if need_x or need_wf:
-            grad_h = _relu2_backward_op(grad_y, wp, saved, ctx.store_h)
+            grad_h = _relu2_backward_op(grad_y, wp, post)
             grad_x = grad_h @ wf if need_x else None
             grad_wf = (grad_h.t() @ x).to(ctx.dtypes[0]) if need_wf else None
         if need_wp:

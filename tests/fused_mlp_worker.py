@@ -16,15 +16,14 @@ from nanogpt import fused_mlp
 from nanogpt.fused_mlp import Tiles, linear_relu2, relu2_backward, relu2_mlp
 
 # Small launches: edges in rows and columns (100 rows by 32, 320 columns by 64), a persistent grid of 3
-# programs looping over 16 tiles, groups of rows of tiles, h kept for the backward; the same through TMA
-# descriptors (which clip the edge tiles themselves).
+# programs looping over 16 tiles, groups of rows of tiles; the same through TMA descriptors (which clip the
+# edge tiles themselves), on a grid and persistent.
 LAUNCHES = [
     Tiles(32, 64, 32, 2, 1, 4),
     Tiles(64, 128, 64, 1, 1, 4),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True),
-    Tiles(32, 64, 32, 2, 1, 4, store_h=True),
     Tiles(32, 64, 32, 2, 1, 4, tma=True),
-    Tiles(32, 64, 32, 4, 1, 4, persistent=True, store_h=True, tma=True),
+    Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True),
 ]
 
 
@@ -43,31 +42,28 @@ def kernels() -> list[dict]:
     h = (x.float() @ w_fc.float().t()).bfloat16()
     cases = []
     for tiles in LAUNCHES:
-        saved, post = linear_relu2(x, w_fc, tiles)
-        grad_pre = relu2_backward(grad_y, w_proj, saved, tiles)
+        post = linear_relu2(x, w_fc, tiles)
+        grad_pre = relu2_backward(grad_y, w_proj, post, tiles)
         grad_post = (grad_y.float() @ w_proj.float()).bfloat16()
         cases.append({
             "tiles": list(tiles),
-            # h when the launch keeps it, else post itself
-            "saved": relative_error(saved, h if tiles.store_h else post),
-            "saved_is_post": saved is post,
             "post": relative_error(post, F.relu(h.float()).square()),
             "grad_pre": relative_error(grad_pre, grad_post.float() * 2 * F.relu(h.float())),
-            "dtypes": [str(t.dtype) for t in (saved, post, grad_pre)],
+            "dtypes": [str(t.dtype) for t in (post, grad_pre)],
             # relu(h)² where h < 0 is exactly 0, and so is the gradient there.
             "zeros_kept": bool((post[h < 0] == 0).all() and (grad_pre[h < 0] == 0).all()),
         })  # fmt: skip
     # Every element written: over outputs poisoned with NaN, no NaN is left (x and the weights are finite).
     poisoned = torch.full((rows, hidden), float("nan"), dtype=torch.bfloat16)
     written = []
-    for tiles in (LAUNCHES[3], LAUNCHES[-1]):  # by address and through TMA, h kept: three outputs
+    for tiles in (LAUNCHES[0], LAUNCHES[-1]):  # by address and through TMA
         with (
             mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()),
             mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned.clone()),
         ):
-            saved, post = linear_relu2(x, w_fc, tiles)
-            grad_pre = relu2_backward(grad_y, w_proj, saved, tiles)
-        written += [bool(t.isfinite().all()) for t in (saved, post, grad_pre)]
+            post = linear_relu2(x, w_fc, tiles)
+            grad_pre = relu2_backward(grad_y, w_proj, post, tiles)
+        written += [bool(t.isfinite().all()) for t in (post, grad_pre)]
     cases.append({"all_written": written})
     return cases
 
@@ -104,8 +100,9 @@ def mlp() -> list[dict]:
 
 
 def edges() -> dict:
-    """relu2_mlp where a user could trip it: h kept (TILES.store_h) eagerly and compiled after a compile
-    without it, an empty batch, x needing no gradient, frozen weights, a second derivative, float16."""
+    """relu2_mlp where a user could trip it: compiled, the TMA launches eagerly and compiled after a
+    compile without them, an empty batch, x needing no gradient, frozen weights, a second derivative,
+    float16."""
     torch.manual_seed(0)
     x, grad_y = torch.randn(2, 37, 64), torch.randn(2, 37, 64)
     w_fc, w_proj = torch.randn(256, 64) / 8, torch.randn(64, 256) / 16
@@ -126,14 +123,11 @@ def edges() -> dict:
 
     compiled = torch.compile(relu2_mlp)
     result = {"plain": errors(relu2_mlp), "compiled": errors(compiled)}
-    kept = fused_mlp.TILES._replace(store_h=True), fused_mlp.BACKWARD_TILES._replace(store_h=True)
-    with (
-        mock.patch.object(fused_mlp, "TILES", kept[0]),
-        mock.patch.object(fused_mlp, "BACKWARD_TILES", kept[1]),
-    ):
-        torch._dynamo.reset()  # a new graph, traced with h kept
-        result["h kept"] = errors(relu2_mlp)
-        result["h kept, compiled"] = errors(torch.compile(relu2_mlp))
+    tma = Tiles(64, 128, 64, 8, 1, 4, tma=True)
+    with mock.patch.object(fused_mlp, "TILES", tma), mock.patch.object(fused_mlp, "BACKWARD_TILES", tma):
+        torch._dynamo.reset()  # a new graph
+        result["TMA"] = errors(relu2_mlp)
+        result["TMA, compiled"] = errors(torch.compile(relu2_mlp))
     result["empty batch"] = errors(relu2_mlp, x=x[:, :0])
     result["x needs no gradient"] = errors(relu2_mlp, needs=(False, True, True))
     result["frozen weights"] = errors(relu2_mlp, needs=(True, False, False))

@@ -224,13 +224,17 @@ def test_the_fastest_mlp_variant_patches_the_measured_launches_in_and_out(tmp_pa
     pytest.importorskip("triton")
     from nanogpt import fused_mlp
 
-    def row(direction, ms, store_h=False, persistent=False, error=None):
-        tiles = [128, 128, 64, 8, 3, 4, persistent, store_h, False]
-        return {"direction": direction, "tiles": tiles, "ms": ms, "error": error}
+    def row(direction, ms, persistent=False, error=None):
+        return {
+            "direction": direction,
+            "tiles": [128, 128, 64, 8, 3, 4, persistent, False],
+            "ms": ms,
+            "error": error,
+        }
 
     rows = [
-        row("forward", 0.4), row("forward", 0.3, persistent=True), row("forward", 0.1, store_h=True),
-        row("backward", 0.2), row("backward", 0.05, error="OutOfResources"), row("backward", 0.3, True),
+        row("forward", 0.4), row("forward", 0.3, persistent=True),
+        row("backward", 0.2), row("backward", 0.05, error="OutOfResources"),
     ]  # fmt: skip
     measured = tmp_path / "mlp.json"
     measured.write_text(json.dumps({"results": rows}))
@@ -240,7 +244,7 @@ def test_the_fastest_mlp_variant_patches_the_measured_launches_in_and_out(tmp_pa
         return fused_mlp.TILES, fused_mlp.BACKWARD_TILES
 
     with train_throughput.mlp_variant("fastest", measured):
-        # The fastest of each direction that ran and keeps h as the other does (not at all).
+        # The fastest of each direction that ran.
         plain = fused_mlp.Tiles(128, 128, 64, 8, 3, 4)
         assert launches() == (plain._replace(persistent=True), plain)
     assert launches() == before
