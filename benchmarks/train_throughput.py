@@ -239,14 +239,15 @@ def fastest_launches(path: Path | None) -> tuple:
 
 
 @contextlib.contextmanager
-def mlp_variant(name: str, tiles_from: Path | None) -> Iterator[None]:
-    """nanogpt.fused_mlp's launches as the MLP `name` asks inside the block, as they were after."""
-    if name != "fastest":
+def mlp_variant(launches: tuple | None) -> Iterator[None]:
+    """nanogpt.fused_mlp's (forward, backward) launches as `launches` inside the block (None: as they
+    are), as they were after."""
+    if launches is None:
         yield
         return
     from nanogpt import fused_mlp
 
-    forward, backward = fastest_launches(tiles_from)
+    forward, backward = launches
     with (
         mock.patch.object(fused_mlp, "TILES", forward),
         mock.patch.object(fused_mlp, "BACKWARD_TILES", backward),
@@ -298,13 +299,14 @@ def run_ours(
     from nanogpt import train
 
     run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1])
+    launches = fastest_launches(args.mlp_tiles_from) if mlp == "fastest" else None
     torch.cuda.reset_peak_memory_stats()
     backends = ATTENTION_BACKENDS[attention]
     t0 = time.time()
     with (
         contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True),
         head_variant(head),
-        mlp_variant(mlp, args.mlp_tiles_from),
+        mlp_variant(launches),
     ):
         code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
@@ -324,10 +326,10 @@ def run_ours(
     labels += ", fused loss" * (head == "default" and start["device"].get("fused_loss", False))
     fused_mlp = start["device"].get("fused_mlp", False)
     labels += MLPS[mlp][0] if mlp != "default" else ", fused MLP" * fused_mlp
-    if mlp == "fastest":
+    if launches is not None:
         from benchmarks.mlp_kernel import describe
 
-        labels += " (" + "; ".join(describe(tiles) for tiles in fastest_launches(args.mlp_tiles_from)) + ")"
+        labels += " (" + "; ".join(describe(tiles) for tiles in launches) + ")"
     return Result(
         name=f"nanostudy depth {args.depth} (MuonAdamW{labels})",
         micro_batch=start["device_batch_size"],
@@ -476,7 +478,7 @@ def main() -> None:
         torch._dynamo.reset()
         settings = (compile_, fp8_head, attention, head, mlp)
         try:
-            results.append(run_ours(args, micro_batch, matmul_flops, *settings[:4], mlp))
+            results.append(run_ours(args, micro_batch, matmul_flops, *settings))
         except (AssertionError, SystemExit) as e:  # one candidate failing leaves the others' runs to do
             print(f"failed: {settings}, micro-batch {micro_batch}: {e}", flush=True)
             failed += 1

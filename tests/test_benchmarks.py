@@ -243,13 +243,14 @@ def test_the_fastest_mlp_variant_patches_the_measured_launches_in_and_out(tmp_pa
     def launches():
         return fused_mlp.TILES, fused_mlp.BACKWARD_TILES
 
-    with train_throughput.mlp_variant("fastest", measured):
-        # The fastest of each direction that ran.
-        plain = fused_mlp.Tiles(128, 128, 64, 8, 3, 4)
-        assert launches() == (plain._replace(persistent=True), plain)
+    # The fastest of each direction that ran.
+    plain = fused_mlp.Tiles(128, 128, 64, 8, 3, 4)
+    fastest = train_throughput.fastest_launches(measured)
+    assert fastest == (plain._replace(persistent=True), plain)
+    with train_throughput.mlp_variant(fastest):
+        assert launches() == fastest
     assert launches() == before
-    with train_throughput.mlp_variant("default", None):
+    with train_throughput.mlp_variant(None):
         assert launches() == before
-    no_file = pytest.raises(SystemExit, match="--ours-mlp fastest needs --mlp-tiles-from")
-    with no_file, train_throughput.mlp_variant("fastest", None):
-        pass
+    with pytest.raises(SystemExit, match="--ours-mlp fastest needs --mlp-tiles-from"):
+        train_throughput.fastest_launches(None)
