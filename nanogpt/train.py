@@ -11,6 +11,7 @@ Exit codes: 0 done, 1 error, 2 bad config or input (nothing written), 3 diverged
 import argparse
 import contextlib
 import dataclasses
+import importlib
 import importlib.metadata
 import math
 import os
@@ -441,16 +442,33 @@ def resolve_fused_loss(
     wanted = config.fused_loss
     if wanted is False or (wanted == "auto" and (device.type != "cuda" or config.fp8_head)):
         return False, None
-    try:
+
+    def test() -> None:
         from nanogpt import fused_loss
 
         fused_loss.self_test(device, dtype, cap)
-    except Exception as e:  # ImportError, triton's compile errors, a wrong result: all say the same
-        why = f"{type(e).__name__}: {e}".splitlines()[0]
-        if wanted is True:
-            raise ConfigError(f"fused_loss: true, but the Triton kernel fails on {device} ({why})") from None
-        return False, f"fused_loss: off, the Triton kernel fails on {device} ({why})"
-    return True, None
+
+    why = _kernel_failure(test, f"the Triton kernel fails on {device}")
+    return (True, None) if why is None else (False, _off_or_error("fused_loss", wanted, why))
+
+
+def _kernel_failure(test: Callable[[], None], failing: str) -> str | None:
+    """None if `test` (a Triton kernel's module imported and its self-test run) passes; else `failing` with
+    the first line of the error: no triton, its compile errors, no C compiler for the launcher, a GPU
+    Triton does not support, a wrong result all say the same."""
+    try:
+        test()
+    except Exception as e:
+        return f"{failing} ({type(e).__name__}: {e}".splitlines()[0] + ")"
+    return None
+
+
+def _off_or_error(key: str, wanted: bool | str, why: str) -> str:
+    """A Triton kernel setting that cannot be on, for `why`: an error if the config asks for it (true),
+    else (auto) the warning that it is off."""
+    if wanted is True:
+        raise ConfigError(f"{key}: true, but {why}")
+    return f"{key}: off, {why}"
 
 
 def resolve_fused_mlp(
@@ -467,27 +485,23 @@ def resolve_fused_mlp(
     skip = device.type != "cuda" or gpt_config.mlp != "relu2" or dtype == torch.float32
     if wanted is False or (wanted == "auto" and skip):
         return None, None
-    why = None
+    failing = f"the Triton kernels fail on {device}"
     if gpt_config.mlp != "relu2":
-        why = f"model.mlp is {gpt_config.mlp!r}; the kernels fuse ReLU²"
-    else:
-        try:
-            from nanogpt import fused_mlp
-
-            if not fused_mlp.fits(gpt_config.n_embd):
-                block = max(fused_mlp.TILES.block_k, fused_mlp.BACKWARD_TILES.block_k)
-                why = f"n_embd {gpt_config.n_embd} is not a multiple of {block}"
-            else:
-                fused_mlp.self_test(device, dtype)
-        except Exception as e:  # ImportError, triton's compile errors, a wrong result: all say the same
-            why = "the Triton kernels fail on {} ({})".format(
-                device, f"{type(e).__name__}: {e}".splitlines()[0]
-            )
+        return None, _off_or_error(
+            "fused_mlp", wanted, f"model.mlp is {gpt_config.mlp!r}; the kernels fuse ReLU²"
+        )
+    why = _kernel_failure(lambda: importlib.import_module("nanogpt.fused_mlp"), failing)
     if why is None:
-        return fused_mlp.relu2_mlp, None
-    if wanted is True:
-        raise ConfigError(f"fused_mlp: true, but {why}")
-    return None, f"fused_mlp: off, {why}"
+        from nanogpt import fused_mlp
+
+        if not fused_mlp.fits(gpt_config.n_embd):
+            block = max(fused_mlp.TILES.block_k, fused_mlp.BACKWARD_TILES.block_k)
+            why = f"n_embd {gpt_config.n_embd} is not a multiple of {block}"
+        else:
+            why = _kernel_failure(lambda: fused_mlp.self_test(device, dtype), failing)
+        if why is None:
+            return fused_mlp.relu2_mlp, None
+    return None, _off_or_error("fused_mlp", wanted, why)
 
 
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
