@@ -343,7 +343,7 @@ def run_ours(
     )
 
 
-def parse_micro_batches(text: str) -> list[int | str]:
+def parse_micro_batches(text: str, option: str = "--ours-micro-batch") -> list[int | str]:
     """'32,64,auto' -> [32, 64, 'auto'] (train.device_batch_size values; auto: the trainer's own choice)."""
     values: list[int | str] = []
     for item in text.split(","):
@@ -353,7 +353,7 @@ def parse_micro_batches(text: str) -> list[int | str]:
         elif item.isdigit() and int(item) > 0:
             values.append(int(item))
         else:
-            raise SystemExit(f"--ours-micro-batch: {item!r} is neither a positive integer nor 'auto'")
+            raise SystemExit(f"{option}: {item!r} is neither a positive integer nor 'auto'")
     return values
 
 
@@ -405,7 +405,11 @@ def main() -> None:
     parser.add_argument("--total-batch", type=int, default=524288)
     parser.add_argument("--vocab-size", type=int, default=50257)
     parser.add_argument("--gpt2-dir", default="../shared/tokenizers/gpt2", help="holds gpt2.tiktoken")
-    parser.add_argument("--ref-micro-batch", type=int, default=32)
+    parser.add_argument(
+        "--ref-micro-batch",
+        default="32",
+        help="comma-separated micro-batches, one run of the reference each; ours are compared with each",
+    )
     parser.add_argument(
         "--ours-micro-batch",
         default="32",
@@ -452,6 +456,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     variants = ours_variants(args)  # a bad option fails here, before anything runs
+    ref_micro_batches = parse_micro_batches(args.ref_micro_batch, "--ref-micro-batch")
+    ref_micro_batches = [] if args.skip_reference else ref_micro_batches
+    if "auto" in ref_micro_batches:
+        raise SystemExit("--ref-micro-batch: the reference has no 'auto'; give sizes")
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -466,12 +474,12 @@ def main() -> None:
         matmul_flops=matmul_flops,
     )
     results, failed = [], 0
-    if not args.skip_reference:
-        ref = run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
-                  micro_batch=args.ref_micro_batch, **common)  # fmt: skip
-        results.append(ref)
-        report_progress(ref)
+    for micro_batch in ref_micro_batches:
+        results.append(run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
+                           micro_batch=micro_batch, **common))  # fmt: skip
+        report_progress(results[-1])
         torch.cuda.empty_cache()
+    references = list(results)
     for compile_, fp8_head, attention, head, micro_batch, mlp in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.
@@ -497,10 +505,13 @@ def main() -> None:
             f"{r.name:60} {r.micro_batch:5d} {r.grad_accum:5d} {r.tokens_per_s:10,.0f} {r.mfu_989:7.1%} "
             f"{r.mfu_measured:7.1%} {r.startup_s:8.1f} {r.peak_mem_gib:9.1f}"
         )
-    if not args.skip_reference:
-        for r in results[1:]:
-            ratio = r.tokens_per_s / results[0].tokens_per_s
-            print(f"\nratio {r.name}, micro-batch {r.micro_batch} / reference (tokens/s): {ratio:.2f}x")
+    for r in results[len(references) :]:
+        for ref in references:
+            ratio = r.tokens_per_s / ref.tokens_per_s
+            print(
+                f"\nratio {r.name}, micro-batch {r.micro_batch} / reference at micro-batch "
+                f"{ref.micro_batch} (tokens/s): {ratio:.2f}x"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"matmul_flops": matmul_flops, "results": [asdict(r) for r in results]}, f, indent=2)

@@ -65,6 +65,8 @@ def test_micro_batch_compile_and_fp8_lists_read_the_values_the_trainer_takes_and
         train_throughput.parse_micro_batches("32,0")
     with pytest.raises(SystemExit, match="'x' is neither"):
         train_throughput.parse_micro_batches("x")
+    with pytest.raises(SystemExit, match=r"^--ref-micro-batch: '-1' is neither"):
+        train_throughput.parse_micro_batches("-1", "--ref-micro-batch")
     compile_names = {"true": True, "false": False, "blocks": "blocks"}
     compiles = train_throughput.parse_choices("true, blocks,false", "--ours-compile", compile_names)
     assert compiles == [True, "blocks", False]

@@ -144,6 +144,21 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
             fused_mlp.self_test(cpu)
 
 
+def test_a_gpu_without_tma_runs_the_same_tiles_by_address(monkeypatch):
+    from nanogpt import fused_mlp
+
+    capability = {"value": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert fused_mlp.TILES.tma  # the trainer's forward goes through TMA where it can
+    assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES._replace(tma=False)
+    assert fused_mlp._launchable(fused_mlp.BACKWARD_TILES, cuda) == fused_mlp.BACKWARD_TILES
+    capability["value"] = (9, 0)
+    assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES
+    capability["value"] = (8, 0)
+    assert fused_mlp._launchable(fused_mlp.TILES, cpu) == fused_mlp.TILES  # the interpreter runs TMA
+
+
 def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     """benchmarks/mlp_kernel.py under the interpreter: every launch it times is checked against cuBLAS's
     (here torch's) results, and the fused layer's gradients against the compiled layer's."""
@@ -171,12 +186,13 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
-    ("persistent", "tma"), [(False, False), (True, False), (False, True), (True, True)],
-    ids=["grid", "persistent", "tma", "tma-persistent"],
+    "launch", ["trained", "grid", "persistent", "tma", "tma-persistent"]
 )  # fmt: skip
-def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent, tma):
+def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
     # Depth 12's layer (n_embd 768, hidden 3,072) on 4,000 rows (not a whole number of tiles), bf16, float32
     # weights, under autocast as the trainer runs it: the fused MLP against the unfused, both against float64.
+    # The trainer's launches, then 128 × 128 tiles both ways by address and through TMA (the backward at
+    # 128 × 256 through TMA needs more shared memory than an H100 has).
     from nanogpt import fused_mlp
 
     device = torch.device("cuda", 0)
@@ -185,11 +201,12 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(persistent, tma):
     w_fc = torch.randn(3072, 768, device=device) / 768**0.5
     w_proj = torch.randn(768, 3072, device=device) / 3072**0.5
     grad_y = torch.randn(4, 1000, 768, device=device)
-    forward, backward = (
-        t._replace(persistent=persistent) for t in (fused_mlp.TILES, fused_mlp.BACKWARD_TILES)
-    )
-    if tma:  # 128 × 128 tiles both ways: the backward's 128 × 256 needs more shared memory than an H100 has
-        forward = backward = fused_mlp.Tiles(128, 128, 64, 8, 3, 4, persistent=persistent, tma=True)
+    if launch == "trained":
+        forward, backward = fused_mlp.TILES, fused_mlp.BACKWARD_TILES
+    else:
+        forward = backward = fused_mlp.Tiles(
+            128, 128, 64, 8, 3, 4, persistent=launch.endswith("persistent"), tma=launch.startswith("tma")
+        )
     results = {}
     for name in ("fused", "unfused", "float64"):
         leaves = [t.clone().double() if name == "float64" else t.clone() for t in (x, w_fc, w_proj)]
