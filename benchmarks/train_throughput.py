@@ -12,7 +12,8 @@ Ours can run in several variants, one run each (every combination of the lists g
 fused loss on CUDA; unfused: `fused_loss: false`; sigmoid, fused-fp8, fused-compiled: candidate heads patched
 into the model for the run), `--ours-mlp` (default: the trainer's, its fused MLP on CUDA; unfused:
 `fused_mlp: false`; fastest: the fused MLP at the fastest launches of a benchmarks/mlp_kernel.py run,
-`--mlp-tiles-from mlp.json`) and `--ours-micro-batch` (sizes, or auto).
+`--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto, true, false: `weight_copies`) and
+`--ours-micro-batch` (sizes, or auto). `--ref-micro-batch` takes sizes too, one reference run each.
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 from unittest import mock
 
 import torch
@@ -153,6 +155,7 @@ def make_run_dir(
     fp8_head: bool = False,
     fused_loss: bool | str = "auto",
     fused_mlp: bool | str = "auto",
+    weight_copies: bool | str = "auto",
 ) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
@@ -179,6 +182,7 @@ def make_run_dir(
         "fp8_head": fp8_head,
         "fused_loss": fused_loss,
         "fused_mlp": fused_mlp,
+        "weight_copies": weight_copies,
     }
     if args.profile_steps:
         config["profile"] = {
@@ -284,21 +288,32 @@ def head_variant(name: str) -> Iterator[None]:
         yield
 
 
+class Variant(NamedTuple):
+    """One run of ours: the config's compile, fp8_head, micro-batch and weight_copies, the attention
+    backend, and the head and MLP by their names in HEADS and MLPS."""
+
+    compile: bool | str
+    fp8_head: bool
+    attention: str
+    head: str
+    micro_batch: int | str
+    mlp: str
+    weight_copies: bool | str
+
+
 def run_ours(
     args: argparse.Namespace,
-    micro_batch: int | str,
+    variant: Variant,
     matmul_flops: float,
-    compile_: bool | str = True,
-    fp8_head: bool = False,
-    attention: str = "default",
-    head: str = "default",
-    mlp: str = "default",
 ) -> Result:
     """Our trainer as a user runs it: `nanogpt.train.run(config.json)` on prepared shards (random tokens
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    run_dir = make_run_dir(args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1])
+    compile_, fp8_head, attention, head, micro_batch, mlp, copies = variant
+    run_dir = make_run_dir(
+        args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1], weight_copies=copies
+    )
     launches = fastest_launches(args.mlp_tiles_from) if mlp == "fastest" else None
     torch.cuda.reset_peak_memory_stats()
     backends = ATTENTION_BACKENDS[attention]
@@ -326,6 +341,7 @@ def run_ours(
     labels += ", fused loss" * (head == "default" and start["device"].get("fused_loss", False))
     fused_mlp = start["device"].get("fused_mlp", False)
     labels += MLPS[mlp][0] if mlp != "default" else ", fused MLP" * fused_mlp
+    labels += ", weight copies" * start["device"].get("weight_copies", False)
     if launches is not None:
         from benchmarks.mlp_kernel import describe
 
@@ -370,21 +386,24 @@ def parse_choices(text: str, option: str, names: dict[str, bool | str]) -> list[
     return values
 
 
-def ours_variants(args: argparse.Namespace) -> list[tuple]:
-    """(compile, fp8_head, attention, head, micro_batch, mlp) of each run of ours: every combination of the
+def ours_variants(args: argparse.Namespace) -> list[Variant]:
+    """Each run of ours: every combination of the
     `--ours-*` lists. SystemExit naming the option for a bad value or combination."""
     booleans = {"true": True, "false": False}
     attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
     variants = [
-        (compile_, fp8_head, attention, head, micro_batch, mlp)
+        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
         for head in parse_choices(args.ours_head, "--ours-head", heads)
         for micro_batch in parse_micro_batches(args.ours_micro_batch)
         for mlp in parse_choices(args.ours_mlp, "--ours-mlp", {name: name for name in MLPS})
+        for copies in parse_choices(
+            args.ours_weight_copies, "--ours-weight-copies", {**booleans, "auto": "auto"}
+        )
     ]
-    if any(fp8_head and head.startswith("fused") for _, fp8_head, _, head, _, _ in variants):
+    if any(v.fp8_head and v.head.startswith("fused") for v in variants):
         raise SystemExit("--ours-fp8-head true with --ours-head fused*: the fused heads do their own matmuls")
     return variants
 
@@ -444,6 +463,12 @@ def main() -> None:
         "fastest: the fused MLP at the fastest launches in --mlp-tiles-from)",
     )
     parser.add_argument(
+        "--ours-weight-copies",
+        default="auto",
+        help="comma-separated `weight_copies` settings (true: the matrices cast once per step; false: by "
+        "autocast in every micro-batch), one run each",
+    )
+    parser.add_argument(
         "--mlp-tiles-from",
         type=Path,
         help="benchmarks/mlp_kernel.py's --json output, for --ours-mlp fastest",
@@ -480,15 +505,14 @@ def main() -> None:
         report_progress(results[-1])
         torch.cuda.empty_cache()
     references = list(results)
-    for compile_, fp8_head, attention, head, micro_batch, mlp in variants:
+    for variant in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
         # function runs eagerly) would otherwise carry over from one run to the next.
         torch._dynamo.reset()
-        settings = (compile_, fp8_head, attention, head, mlp)
         try:
-            results.append(run_ours(args, micro_batch, matmul_flops, *settings))
+            results.append(run_ours(args, variant, matmul_flops))
         except (AssertionError, SystemExit) as e:  # one candidate failing leaves the others' runs to do
-            print(f"failed: {settings}, micro-batch {micro_batch}: {e}", flush=True)
+            print(f"failed: {variant}: {e}", flush=True)
             failed += 1
             continue
         finally:

@@ -233,6 +233,10 @@ class RunConfig:
     # ReLU² model when triton imports and the kernels pass their self-test; true: required (an error
     # elsewhere); false: the compiled MLP.
     fused_mlp: bool | Literal["auto"] = "auto"
+    # The nn.Linear weights cast to the autocast dtype once per step (nanogpt.weight_copies) rather than by
+    # autocast in every micro-batch: the same numbers, bit for bit. "auto": on whenever training runs in
+    # bfloat16; true: the same, an error for float32 runs; false: autocast's casts.
+    weight_copies: bool | Literal["auto"] = "auto"
     log_every: int = 1  # a `step` event every N steps (and after the last)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)

@@ -438,22 +438,29 @@ def _fused_head_loss(model: GPT, x: torch.Tensor, targets: torch.Tensor, reducti
     return head_loss(x, model.lm_head.weight, targets, cap=cap, vocab_size=vocab_size, reduction=reduction)
 
 
-def compile_blocks(model: GPT) -> Callable[..., torch.Tensor]:
+def compile_blocks(model: GPT) -> nn.Module:
     """The model's forward for training and evaluation (`(idx, targets, *, reduction)`, as `GPT.forward`
     without a KV cache) under *regional* torch.compile: one graph for a block, which every block runs (the
     blocks share their code and shapes, and a block's weights are inputs of the graph, not constants), and
     one for the head. Compilation then takes about as long at any depth, a fraction of compiling the whole
     model (docs/training.md gives the numbers); the embedding's lookup and norm stay eager. The model itself
-    is left as it is (generation and evaluation elsewhere run it eagerly)."""
-    block = torch.compile(run_block, dynamic=False)
-    head = torch.compile(model.head, dynamic=False)
+    is left as it is (generation and evaluation elsewhere run it eagerly). A module holding the model, so
+    that torch.func.functional_call can run it with other tensors for its parameters."""
+    return _BlocksCompiled(model)
+
+
+class _BlocksCompiled(nn.Module):
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+        self.block = torch.compile(run_block, dynamic=False)
+        self.head = torch.compile(model.head, dynamic=False)
 
     def forward(
+        self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
     ) -> torch.Tensor:
-        return head(model.trunk(idx, run_block=block), targets, reduction=reduction)
-
-    return forward
+        return self.head(self.model.trunk(idx, run_block=self.block), targets, reduction=reduction)

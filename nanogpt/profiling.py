@@ -36,7 +36,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 PROFILE_DIR = "profile"
-PHASES = ("data", "forward_backward", "optimizer", "sync")
+PHASES = ("data", "weight_copies", "forward_backward", "optimizer", "sync")
 PHASE_PREFIX = "nanostudy."
 # Kernel (or, on the CPU, operator) names → category, first match wins; lower-case substrings.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (

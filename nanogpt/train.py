@@ -11,6 +11,7 @@ Exit codes: 0 done, 1 error, 2 bad config or input (nothing written), 3 diverged
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.metadata
 import math
@@ -44,6 +45,7 @@ from nanogpt.profiling import StepProfiler, phase
 from nanogpt.schedule import lr_multiplier, muon_momentum
 from nanogpt.shards import MANIFEST_NAME, ShardError, read_manifest, tokens_available
 from nanogpt.tokenizer import TokenizerError, load_tokenizer
+from nanogpt.weight_copies import WeightCopies
 
 EXIT_DONE, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED = 0, 1, 2, 3, 143
 
@@ -290,11 +292,19 @@ def build_optimizer(
 
 
 def device_batch_fits(
-    model: GPT, batch: int, runtime: Runtime, num_params: int, vocab_size: int, *, share: float = 1.0
+    model: GPT,
+    batch: int,
+    runtime: Runtime,
+    num_params: int,
+    vocab_size: int,
+    *,
+    share: float = 1.0,
+    extra_bytes: int = 0,
 ) -> bool:
-    """Whether a forward and backward of `batch` sequences, with room for the optimizer state, keep within
-    GPU_MEMORY_BUDGET_FRAC of `share` of the GPU's memory. Run on the eager model, which needs more
-    activation memory than the compiled one, so a yes is safe. Local to this rank (no collective)."""
+    """Whether a forward and backward of `batch` sequences, with room for the optimizer state and
+    `extra_bytes` (the weight copies), keep within GPU_MEMORY_BUDGET_FRAC of `share` of the GPU's memory.
+    Run on the eager model, which needs more activation memory than the compiled one, so a yes is safe.
+    Local to this rank (no collective)."""
     seq_len = model.config.sequence_len
     budget = GPU_MEMORY_BUDGET_FRAC * share * torch.cuda.get_device_properties(runtime.device).total_memory
     # Muon momentum and AdamW moments in float32, sharded over the ranks, plus the all-gather buffers.
@@ -306,7 +316,7 @@ def device_batch_fits(
         with runtime.autocast():
             loss = model(x, x)
         loss.backward()
-        return torch.cuda.max_memory_allocated(runtime.device) + optimizer_bytes <= budget
+        return torch.cuda.max_memory_allocated(runtime.device) + optimizer_bytes + extra_bytes <= budget
     except torch.OutOfMemoryError:  # beyond the allocator's cap (a shared GPU) or the GPU's memory
         return False
     finally:
@@ -316,14 +326,22 @@ def device_batch_fits(
 
 
 def probe_device_batch_size(
-    model: GPT, num_sequences: int, runtime: Runtime, num_params: int, vocab_size: int, *, share: float = 1.0
+    model: GPT,
+    num_sequences: int,
+    runtime: Runtime,
+    num_params: int,
+    vocab_size: int,
+    *,
+    share: float = 1.0,
+    extra_bytes: int = 0,
 ) -> int:
     """The largest micro-batch (a divisor of the sequences per rank and step, at most
     GPU_MAX_DEVICE_BATCH) that fits in `share` of the GPU (device_batch_fits), or 0 if not even one
     sequence does. It depends only on this process's own peak memory, not on what else runs on the GPU."""
     candidates = [b for b in range(min(num_sequences, GPU_MAX_DEVICE_BATCH), 0, -1) if num_sequences % b == 0]
     args = (runtime, num_params, vocab_size)
-    return next((b for b in candidates if device_batch_fits(model, b, *args, share=share)), 0)
+    fits = functools.partial(device_batch_fits, share=share, extra_bytes=extra_bytes)
+    return next((b for b in candidates if fits(model, b, *args)), 0)
 
 
 # The share of a GPU's memory each trainer keeps to when it may share the GPU (a GPU lock; nanogpt.gpu_lock):
@@ -504,6 +522,14 @@ def resolve_fused_mlp(
     return None, _off_or_error("fused_mlp", wanted, why)
 
 
+def resolve_weight_copies(config: RunConfig, dtype: torch.dtype) -> bool:
+    """Whether training steps read nanogpt.weight_copies's copies of the matrices: "auto", whenever the run
+    trains under autocast (its dtype is not float32); true, the same, and an error for a float32 run."""
+    if config.weight_copies is True and dtype == torch.float32:
+        raise ConfigError("weight_copies: true, but the run trains in float32 (dtype): no cast to save")
+    return config.weight_copies is not False and dtype != torch.float32
+
+
 def compiled_forward(model: GPT, how: bool | str) -> Callable[..., torch.Tensor]:
     """The model's forward as the config's `compile` asks: the whole model compiled, its blocks and head
     (regional: nanogpt.model.compile_blocks), or eager. "auto" must have been resolved (resolve_compile)."""
@@ -635,6 +661,7 @@ class Trainer:
         self.gpu_lock = gpu_lock
         self.standby = standby
         self.warnings: list[str] = []
+        self.weight_copies: WeightCopies | None = None
         self.setup = SetupClock(setup_since)
         self.setup.mark("runtime")  # the config read, CUDA and the process group (init_runtime)
         self.gpu_share = 1.0
@@ -779,6 +806,10 @@ class Trainer:
             self.warnings.append(warning)
         if self.config.fp8_head and runtime.device.type == "cpu":
             self.warnings.append("fp8_head on the CPU: FP8 matmuls are slow reference code here")
+        if resolve_weight_copies(self.config, runtime.dtype):
+            # Not under fp8_head's lm_head, which casts its float32 weight to FP8 itself.
+            skip = ("lm_head",) if self.config.fp8_head else ()
+            self.weight_copies = WeightCopies(model, runtime.dtype, skip=skip)
         self.model = model
         self.num_params = sum(p.numel() for p in model.parameters())
         self.num_scaling_params = model.num_scaling_params()
@@ -827,19 +858,23 @@ class Trainer:
         if runtime.device.type == "cuda" and self.gpu_share < 1.0:
             # A given micro-batch (the config's, the checkpoint's) may need more than this trainer's share.
             args = (self.model, batch, runtime, self.num_params, self.gpt_config.vocab_size)
-            if not device_batch_fits(*args, share=self.gpu_share):
+            if not device_batch_fits(*args, share=self.gpu_share, extra_bytes=self._extra_bytes()):
                 self._claim_whole_gpu(f"micro-batch {batch} does not fit")
         return batch
+
+    def _extra_bytes(self) -> int:
+        """What a step holds beside the eager model's forward and backward and the optimizer state."""
+        return 0 if self.weight_copies is None else self.weight_copies.num_bytes
 
     def _probe_batch_size(self) -> int:
         """The largest micro-batch that fits in this trainer's share of the GPU; when not even one sequence
         does, the largest that fits in the whole GPU, once it has it."""
         model, runtime, vocab_size = self.model, self.runtime, self.gpt_config.vocab_size
         args = (model, self.sequences_per_rank, runtime, self.num_params, vocab_size)
-        batch = probe_device_batch_size(*args, share=self.gpu_share)
+        batch = probe_device_batch_size(*args, share=self.gpu_share, extra_bytes=self._extra_bytes())
         if batch == 0 and self.gpu_share < 1.0:
             self._claim_whole_gpu(f"one sequence of {self.gpt_config.sequence_len} tokens does not fit")
-            batch = probe_device_batch_size(*args)
+            batch = probe_device_batch_size(*args, extra_bytes=self._extra_bytes())
         if batch == 0:
             raise ConfigError(
                 f"train.device_batch_size: even one sequence of {self.gpt_config.sequence_len} tokens does "
@@ -873,9 +908,13 @@ class Trainer:
                 for _ in range(2)
             )
             scale = torch.tensor(1.0 / x.numel(), device=runtime.device)
+            if self.weight_copies is not None:
+                self.weight_copies.refresh()
             with runtime.autocast():
-                loss = self.forward(x, y, reduction="sum")
+                loss = self.train_forward(x, y, reduction="sum")
             (loss * scale).backward()
+            if self.weight_copies is not None:
+                self.weight_copies.accumulate()
             optimizer.step()
             model.zero_grad(set_to_none=True)
             del optimizer, loss
@@ -1047,7 +1086,11 @@ class Trainer:
         )
         self.device["fused_loss"] = self.model.fused_loss
         self.device["fused_mlp"] = self.model.transformer.h[0].mlp.fused is not None
+        self.device["weight_copies"] = self.weight_copies is not None
         self.forward = compiled_forward(self.model, compile_)
+        # Training steps read the copies where there are any; evaluation reads the parameters.
+        copies = self.weight_copies
+        self.train_forward = self.forward if copies is None else copies.forward(self.forward)
         if self.standby:
             self._warm_up()
         self._wait_for_gpu()
@@ -1192,12 +1235,19 @@ class Trainer:
         # MuonAdamW averages gradients over the ranks, so each rank's share is multiplied by world_size.
         scale = runtime.world_size / num_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+        copies = self.weight_copies
+        if copies is not None:
+            with phase("weight_copies"):
+                copies.refresh()  # the weights as the last step left them
         for k in range(self.grad_accum):
             with phase("forward_backward"):
                 with runtime.autocast():
-                    loss = self.forward(x, y, reduction="sum")
+                    loss = self.train_forward(x, y, reduction="sum")
                 (loss * scale).backward()
                 loss_sum += loss.detach()
+            if copies is not None:
+                with phase("weight_copies"):
+                    copies.accumulate()
             if k + 1 < self.grad_accum:
                 with phase("data"):  # the kernels above are queued on the GPU: the host reads meanwhile
                     x, y = next(upcoming)

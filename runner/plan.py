@@ -46,6 +46,7 @@ NOT_IN_ID = (
     "compile",
     "fused_loss",
     "fused_mlp",
+    "weight_copies",
     "log_every",
     "checkpoint",
     "wandb",

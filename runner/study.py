@@ -68,7 +68,9 @@ TOP_LEVEL_KEYS = (
     "wandb",
 )
 # Study `train` keys that are top-level keys of the trainer's config.
-_TRAIN_TOP_LEVEL = ("device", "dtype", "compile", "fp8_head", "fused_loss", "fused_mlp", "log_every")
+_TRAIN_TOP_LEVEL = (
+    "device", "dtype", "compile", "fp8_head", "fused_loss", "fused_mlp", "weight_copies", "log_every"
+)  # fmt: skip
 _HORIZON_KEYS = ("target_flops", "target_tokens", "num_steps")
 # The eval gauntlet's keys of the trainer's `eval` section: they decide what a cell measures, not what it
 # trains, so they stay out of the cell id (runner.plan.NOT_IN_ID) and the runner applies the study's current

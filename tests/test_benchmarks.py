@@ -201,10 +201,10 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
 def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fused_head():
     args = argparse.Namespace(
         ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
-        ours_head="default,fused-fp8", ours_micro_batch="32", ours_mlp="default",
+        ours_head="default,fused-fp8", ours_micro_batch="32", ours_mlp="default", ours_weight_copies="auto",
     )  # fmt: skip
     variants = train_throughput.ours_variants(args)
-    assert [(c, h) for c, _, _, h, _, _ in variants] == [
+    assert [(v.compile, v.head) for v in variants] == [
         (True, "default"), (True, "fused-fp8"), ("blocks", "default"), ("blocks", "fused-fp8")
     ]  # fmt: skip
     args.ours_fp8_head = "true"
@@ -213,7 +213,13 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
     args.ours_head = "default"
     assert len(train_throughput.ours_variants(args)) == 2
     args.ours_fp8_head, args.ours_mlp = "false", "default,unfused"
-    assert [m for *_, m in train_throughput.ours_variants(args)] == ["default", "unfused"] * 2
+    assert [v.mlp for v in train_throughput.ours_variants(args)] == ["default", "unfused"] * 2
+    args.ours_mlp, args.ours_weight_copies = "default", "true,false"
+    assert [v.weight_copies for v in train_throughput.ours_variants(args)] == [True, False] * 2
+    args.ours_weight_copies = "sometimes"
+    with pytest.raises(SystemExit, match="--ours-weight-copies: 'sometimes' is not one of"):
+        train_throughput.ours_variants(args)
+    args.ours_weight_copies = "auto"
     args.ours_mlp = "fastest,triton"
     with pytest.raises(SystemExit, match="--ours-mlp: 'triton' is not one of"):
         train_throughput.ours_variants(args)
