@@ -7,7 +7,8 @@ profiler before step `start_step + 1`, stops it after `num_steps` steps and writ
 - `summary.json`: the profiled steps and their wall times, each phase's host and device seconds, device
   time by kernel category (matmul, attention, fused elementwise, communication, memory, other), the top
   kernels by device time (operators by self host time on the CPU) and, on a GPU, how busy the device was
-  (kernel seconds over wall seconds);
+  (kernel seconds over wall seconds) and where it waited: its idle gaps between the first and the last
+  kernel, each counted to the host phase that was running when the gap began (`idle_gaps`);
 - `summary.txt`: the same as tables, for a person;
 - `trace.json.gz`: the Chrome/Perfetto trace (with `trace: true`).
 
@@ -110,7 +111,8 @@ class StepProfiler:
         profiler.__exit__(None, None, None)
         self.enabled = False
         on_device = any(a == ProfilerActivity.CUDA for a in profiler.activities)
-        summary = summarize(profiler.key_averages(), self._steps, on_device=on_device)
+        idle = idle_gaps(*device_and_phase_spans(profiler.events())) if on_device else None
+        summary = summarize(profiler.key_averages(), self._steps, on_device=on_device, idle=idle)
         if self.directory.exists():
             shutil.rmtree(self.directory)  # one window per run directory: a rerun replaces it
         self.directory.mkdir(parents=True)
@@ -124,8 +126,15 @@ class StepProfiler:
             raw.unlink()
 
 
-def summarize(averages: Iterable[Any], steps: list[tuple[int, float]], *, on_device: bool) -> dict[str, Any]:
-    """The profile as plain numbers (seconds). `averages`: the profiler's `key_averages()`."""
+def summarize(
+    averages: Iterable[Any],
+    steps: list[tuple[int, float]],
+    *,
+    on_device: bool,
+    idle: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The profile as plain numbers (seconds). `averages`: the profiler's `key_averages()`; `idle`: the
+    device's idle gaps (`idle_gaps`), on a GPU."""
     averages = list(averages)
     phases: dict[str, dict[str, float]] = {}
     device_spans: dict[str, float] = {}
@@ -162,12 +171,56 @@ def summarize(averages: Iterable[Any], steps: list[tuple[int, float]], *, on_dev
         # Kernel seconds over wall seconds: below 1, the device waited (on the host, the data, a sync).
         "device_busy": sum(by_category.values()) / wall_s if on_device and wall_s > 0 else None,
         "phases": {name: phases[name] for name in PHASES if name in phases},
+        "idle": idle,
         "categories": dict(sorted(by_category.items(), key=lambda item: -item[1])),
         "top": [
             {"name": e.key, "count": e.count, "self_s": self_time(e) / 1e6, "category": category_of(e.key)}
             for e in top
             if self_time(e) > 0
         ],
+    }
+
+
+def device_and_phase_spans(
+    events: Iterable[Any],
+) -> tuple[list[tuple[float, float]], list[tuple[str, float, float]]]:
+    """From the profiler's `events()`: the (start, end) seconds of the device's work, and the (phase,
+    start, end) of the host's phase ranges, on one clock."""
+    work, phases = [], []
+    for event in events:
+        start, end = event.time_range.start / 1e6, event.time_range.end / 1e6
+        if _device_work(event):
+            work.append((start, end))
+        elif event.device_type == DeviceType.CPU and event.key.startswith(PHASE_PREFIX):
+            phases.append((event.key.removeprefix(PHASE_PREFIX), start, end))
+    return work, phases
+
+
+# What the host was doing when the device went idle outside every phase: between two steps (the loop's own
+# work: the step's events, validation, checkpoints).
+BETWEEN_PHASES = "between phases"
+
+
+def idle_gaps(work: list[tuple[float, float]], phases: list[tuple[str, float, float]]) -> dict[str, Any]:
+    """The device's idle time between its first and its last work, from the (start, end) seconds of its
+    kernels and copies (in any order; overlapping work merges), each gap counted to the host phase that
+    was running when it began (the innermost of nested ranges; BETWEEN_PHASES outside them). A phase the
+    device waits on is where the host was too slow to keep it fed, or waited for it (`sync`)."""
+    by_phase: dict[str, float] = defaultdict(float)
+    gaps = []
+    end = None
+    for start, stop in sorted(work):
+        if end is not None and start > end:
+            gaps.append((end, start - end))
+        end = stop if end is None else max(end, stop)
+    for began, seconds in gaps:
+        running = [(s, name) for name, s, e in phases if s <= began < e]
+        by_phase[max(running)[1] if running else BETWEEN_PHASES] += seconds
+    return {
+        "idle_s": sum(seconds for _, seconds in gaps),
+        "gaps": len(gaps),
+        "largest_s": max((seconds for _, seconds in gaps), default=0.0),
+        "by_phase": dict(sorted(by_phase.items(), key=lambda item: -item[1])),
     }
 
 
@@ -202,6 +255,13 @@ def format_summary(summary: dict[str, Any]) -> str:
             "",
             f"device busy: {total:.4f} s of kernels in {total_step_s:.4f} s of steps ({busy:.1%})",
         ]
+    idle = summary.get("idle")
+    if idle is not None:
+        lines.append(
+            f"device idle: {idle['idle_s']:.4f} s in {idle['gaps']} gaps between kernels (largest "
+            f"{idle['largest_s'] * 1e3:.2f} ms); by the host's phase when each began:"
+        )
+        lines += [f"  {name:<16}{seconds:>12.4f}" for name, seconds in idle["by_phase"].items()]
     lines += ["", f"{'category':<20}{base + ' s':>12}{'share':>8}"]
     for name, seconds in summary["categories"].items():
         lines.append(f"{name:<20}{seconds:>12.4f}{seconds / total:>8.1%}")

@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from nanogpt.profiling import format_summary, phase, summarize
+from nanogpt.profiling import (
+    BETWEEN_PHASES,
+    device_and_phase_spans,
+    format_summary,
+    idle_gaps,
+    phase,
+    summarize,
+)
 
 
 def event(key, device_type, *, device_us=0.0, self_device_us=None, cpu_us=0.0, annotation=False, count=1):
@@ -78,6 +85,50 @@ def test_on_the_cpu_operators_count_by_self_host_time():
     assert "device busy" not in text and "\noperator " in text
 
 
+def test_idle_gaps_are_counted_to_the_host_phase_running_when_each_began():
+    # Kernels (out of order, two overlapping), and the host's phases: a step whose data read starves the
+    # device at its start, a sync, then the loop's own work between two steps.
+    work = [(0.30, 0.50), (0.10, 0.20), (0.15, 0.25), (0.52, 0.60), (0.70, 0.80), (1.00, 1.10)]
+    phases = [
+        ("data", 0.00, 0.28),
+        ("forward_backward", 0.28, 0.60),
+        ("sync", 0.60, 0.80),
+        ("data", 0.95, 1.00),
+        ("forward_backward", 1.00, 1.10),
+    ]
+    idle = idle_gaps(work, phases)
+    # Gaps: 0.25-0.30 (data), 0.50-0.52 (forward_backward), 0.60-0.70 (sync), 0.80-1.00 (between phases:
+    # the loop's work after the sync until the next step's data read).
+    assert idle["gaps"] == 4
+    assert idle["idle_s"] == pytest.approx(0.37)
+    assert idle["largest_s"] == pytest.approx(0.20)
+    assert idle["by_phase"] == pytest.approx(
+        {BETWEEN_PHASES: 0.20, "sync": 0.10, "data": 0.05, "forward_backward": 0.02}
+    )
+    assert list(idle["by_phase"]) == [BETWEEN_PHASES, "sync", "data", "forward_backward"]  # largest first
+    # Nested ranges: the innermost (the latest begun) gets the gap. No work: nothing idle.
+    nested = idle_gaps([(0.0, 0.1), (0.2, 0.3)], [("forward_backward", 0.0, 0.3), ("data", 0.05, 0.15)])
+    assert nested["by_phase"] == pytest.approx({"data": 0.1})
+    assert idle_gaps([], phases) == {"idle_s": 0.0, "gaps": 0, "largest_s": 0.0, "by_phase": {}}
+    summary = summarize([event("nvjet_gemm", CUDA, device_us=370_000)], [(1, 1.1)], on_device=True, idle=idle)
+    text = format_summary(summary)
+    assert "device idle: 0.3700 s in 4 gaps between kernels (largest 200.00 ms)" in text
+    assert f"\n  {BETWEEN_PHASES:<16}{0.2:>12.4f}\n  sync" in text
+
+
+def test_the_phases_spans_come_from_a_real_profile_of_the_host():
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        with phase("data"):
+            torch.randn(1000).sum()
+        with phase("forward_backward"):
+            torch.randn(64, 64) @ torch.randn(64, 64)
+    work, phases = device_and_phase_spans(profiler.events())
+    assert work == []  # no device here
+    assert [name for name, _, _ in phases] == ["data", "forward_backward"]
+    (_, data_start, data_end), (_, fb_start, fb_end) = phases
+    assert data_start < data_end <= fb_start < fb_end
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_real_gpu_profile_counts_no_more_kernel_time_than_wall_time():
@@ -99,8 +150,15 @@ def test_a_real_gpu_profile_counts_no_more_kernel_time_than_wall_time():
             b = work()
         torch.cuda.synchronize()
         wall_s = time.perf_counter() - start
-    summary = summarize(profiler.key_averages(), [(1, wall_s)], on_device=True)
+    idle = idle_gaps(*device_and_phase_spans(profiler.events()))
+    summary = summarize(profiler.key_averages(), [(1, wall_s)], on_device=True, idle=idle)
     assert b.isfinite().all()
+    # The host queues 100 kernels far faster than they run: the device hardly waits, and never longer than
+    # the wall time.
+    assert 0 <= idle["idle_s"] < 0.2 * wall_s and set(idle["by_phase"]) <= {
+        "forward_backward",
+        BETWEEN_PHASES,
+    }
     kernels_s = sum(summary["categories"].values())
     # One stream runs one kernel at a time, so its kernels fit inside the wall time; before the fix the
     # matmuls alone counted twice.
