@@ -156,6 +156,7 @@ def make_run_dir(
     fused_loss: bool | str = "auto",
     fused_mlp: bool | str = "auto",
     weight_copies: bool | str = "auto",
+    dtype: str = "auto",
 ) -> Path:
     """A run directory with its config, over shards of random tokens in GPT-2's vocabulary; micro_batch
     "auto" lets the trainer choose it from memory, as a user's run does."""
@@ -183,6 +184,7 @@ def make_run_dir(
         "fused_loss": fused_loss,
         "fused_mlp": fused_mlp,
         "weight_copies": weight_copies,
+        "dtype": dtype,
     }
     if args.profile_steps:
         config["profile"] = {

@@ -164,6 +164,22 @@ def trainer() -> dict:
     }
 
 
+def copies() -> dict:
+    """bf16 runs of the trainer with both Triton kernels (the fused loss reads the lm_head's copy, the
+    fused MLP its two), with and without weight copies, eager and with the whole model compiled."""
+    from nanogpt import fused_loss
+
+    runs = {}
+    for compile_ in (False, True):
+        for weight_copies in (True, False):
+            calls = mock.patch.object(fused_loss, "head_loss", wraps=fused_loss.head_loss)
+            config = dict(fused_loss=True, fused_mlp=True, weight_copies=weight_copies, dtype="bfloat16")
+            run = small_training_run(calls, compile_=compile_, **config)
+            runs[f"{'compiled' if compile_ else 'eager'}, copies {weight_copies}"] = run
+    return runs
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
-    print(json.dumps({"kernels": kernels, "mlp": mlp, "trainer": trainer, "edges": edges}[mode]()))
+    workers = {"kernels": kernels, "mlp": mlp, "trainer": trainer, "edges": edges, "copies": copies}
+    print(json.dumps(workers[mode]()))

@@ -2,6 +2,10 @@
 compiled both ways, and the trainer with them trains as without; on the CPU under bf16 autocast."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from nanogpt.train import EXIT_BAD_INPUT, EXIT_DONE, run
 from nanogpt.weight_copies import WeightCopies
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = GPTConfig(depth=2, vocab_size=300, sequence_len=32, aspect_ratio=32, head_dim=16)
 
@@ -135,6 +140,27 @@ def test_the_trainer_with_copies_trains_as_without(tmp_path, data_dir):
         run(write_run(run_dir, tiny_config(data_dir, dtype="float32", weight_copies=True))) == EXIT_BAD_INPUT
     )
     assert not (run_dir / "events.jsonl").exists()
+
+
+def test_the_trainer_with_copies_and_both_triton_kernels_trains_as_without():
+    # Under the Triton interpreter: the fused loss and the fused MLP take the copies (bf16 weights) where
+    # they took float32 ones, with the same losses, eager and with the whole model compiled.
+    pytest.importorskip("triton", reason="the fused kernels are Triton's")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "fused_mlp_worker.py"), "copies"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout)
+    for how in ("eager", "compiled"):
+        with_copies, without = runs[f"{how}, copies True"], runs[f"{how}, copies False"]
+        assert with_copies["device"]["weight_copies"] and not without["device"]["weight_copies"]
+        for each in (with_copies, without):
+            assert each["device"]["fused_loss"] and each["device"]["fused_mlp"] and each["warnings"] == []
+            assert each["calls"] > 0  # the fused loss ran
+        assert len(with_copies["steps"]) == 4 and len(with_copies["val"]) == 1
+        assert (with_copies["steps"], with_copies["val"]) == (without["steps"], without["val"]), how
 
 
 @pytest.mark.gpu
