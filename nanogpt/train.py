@@ -864,7 +864,7 @@ class Trainer:
 
     def _extra_bytes(self) -> int:
         """What a step holds beside the eager model's forward and backward and the optimizer state."""
-        return 0 if self.weight_copies is None else self.weight_copies.num_bytes
+        return 0 if self.weight_copies is None else self.weight_copies.grad_bytes
 
     def _probe_batch_size(self) -> int:
         """The largest micro-batch that fits in this trainer's share of the GPU; when not even one sequence

@@ -33,16 +33,20 @@ class WeightCopies:
         self._by_param = {id(p): copy for p, copy in zip(self.params, self.copies, strict=True)}
 
     @property
-    def num_bytes(self) -> int:
-        """The copies and their gradients (the memory they add during a step)."""
-        return 2 * sum(copy.numel() * copy.element_size() for copy in self.copies)
+    def grad_bytes(self) -> int:
+        """The copies' gradients, alive from a backward to the next `accumulate`: what a step holds beyond
+        an autocast step of the same model (whose own bf16 casts of the weights take as much as the copies
+        themselves)."""
+        return sum(copy.numel() * copy.element_size() for copy in self.copies)
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Cast the parameters into the copies: at the start of each step, after the optimizer has moved
-        them (and before the first, after a resume or a restore)."""
+        """Cast the parameters into the copies, and drop any gradient a backward left on them without an
+        `accumulate` (one that failed half-way: the standby warm-up's out of memory): at the start of each
+        step, after the optimizer has moved the parameters."""
         for param, copy in zip(self.params, self.copies, strict=True):
             copy.copy_(param)
+            copy.grad = None
 
     @torch.no_grad()
     def accumulate(self) -> None:

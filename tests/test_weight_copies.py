@@ -90,7 +90,7 @@ def test_copies_hold_the_cast_weights_and_leave_no_bf16_gradient_behind():
         c.dtype == torch.bfloat16 and torch.equal(c, p.bfloat16())
         for p, c in zip(copies.params, copies.copies, strict=True)
     )
-    assert copies.num_bytes == 2 * 2 * sum(p.numel() for p in copies.params)
+    assert copies.grad_bytes == 2 * sum(p.numel() for p in copies.params)
     x = torch.randint(0, CONFIG.vocab_size, (2, 32))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         copies.forward(gpt)(x, x).backward()
@@ -98,6 +98,12 @@ def test_copies_hold_the_cast_weights_and_leave_no_bf16_gradient_behind():
     copies.accumulate()
     assert all(c.grad is None for c in copies.copies)  # the next backward starts afresh, not a bf16 sum
     assert all(p.grad.dtype == torch.float32 for p in copies.params)
+    # A backward whose accumulate never came (an out-of-memory half-way, as the standby warm-up may meet):
+    # the next step's refresh drops its gradients, rather than letting the next backward add to them in bf16.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        copies.forward(gpt)(x, x).backward()
+    copies.refresh()
+    assert all(c.grad is None for c in copies.copies)
     with pytest.raises(AssertionError, match="not parameters of GPT"):
         copies.forward(model())  # another model's parameters
 
