@@ -173,6 +173,22 @@ def test_the_trainer_with_copies_and_both_triton_kernels_trains_as_without():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("how", ["eager", "whole", "blocks"])
 def test_copies_give_autocasts_numbers_on_a_gpu(how):
-    # cuBLAS, cuDNN's attention and the compiled kernels on the GPU: still the same bits.
+    # cuBLAS, the GPU's attention and the compiled kernels: the same bits where autocast's path itself
+    # repeats bit for bit. Some GPU kernels add in a varying order (the embedding's and attention's
+    # backward use atomics), so where two runs of autocast's path differ, the copies may differ from it by
+    # no more than that; stale or lost weights would be far off.
     torch._dynamo.reset()
-    assert_identical(train(how, copies=True, device="cuda"), train(how, copies=False, device="cuda"))
+    autocast = train(how, copies=False, device="cuda")
+    again = train(how, copies=False, device="cuda")
+    copies = train(how, copies=True, device="cuda")
+
+    def spread(a, b) -> float:
+        losses = max(abs(x - y) / abs(y) for x, y in zip(a[0], b[0], strict=True))
+        grads = max(((x - y).norm() / y.norm()).item() for x, y in zip(a[1], b[1], strict=True))
+        return max(losses, grads)
+
+    noise = spread(again, autocast)
+    if noise == 0:
+        assert_identical(copies, autocast)
+    else:
+        assert spread(copies, autocast) <= 4 * noise + 1e-6, (spread(copies, autocast), noise)
