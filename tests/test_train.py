@@ -731,9 +731,12 @@ def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_a
     assert lock.try_acquire()  # the trainer's exit let it go
 
 
-@pytest.mark.parametrize(("compile_", "graphs"), [(True, 2), ("blocks", 4)])
+@pytest.mark.parametrize(
+    ("compile_", "graphs", "dtype"),
+    [(True, 2, "float32"), ("blocks", 4, "float32"), (True, 2, "bfloat16"), ("blocks", 4, "bfloat16")],
+)  # bfloat16: training steps read the weight copies, validation the parameters
 def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(
-    compile_, graphs, tmp_path, data_dir, monkeypatch
+    compile_, graphs, dtype, tmp_path, data_dir, monkeypatch
 ):
     """On standby, the throwaway step and validation forward compile what the run's steps and validations
     run: nothing compiles after the warm-up. (It once passed one tensor as both inputs and targets, so the
@@ -746,8 +749,9 @@ def test_the_warm_up_on_standby_compiles_every_graph_the_run_then_uses(
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counter, **kw))
     torch._dynamo.reset()
     run_dir = tmp_path / "standby"
-    config = RunConfig.from_json(write_run(run_dir, tiny_config(data_dir, compile=compile_)))
+    config = RunConfig.from_json(write_run(run_dir, tiny_config(data_dir, compile=compile_, dtype=dtype)))
     trainer = Trainer(config, run_dir, init_runtime(config), standby=True)
+    assert (trainer.weight_copies is not None) == (dtype == "bfloat16")
     trainer.build(trainer.proposed_batch_size)
     compiled_by_warm_up = []
     warm_up = trainer._warm_up
