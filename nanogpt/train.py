@@ -302,9 +302,9 @@ def device_batch_fits(
     extra_bytes: int = 0,
 ) -> bool:
     """Whether a forward and backward of `batch` sequences, with room for the optimizer state and
-    `extra_bytes` (the weight copies), keep within GPU_MEMORY_BUDGET_FRAC of `share` of the GPU's memory.
-    Run on the eager model, which needs more activation memory than the compiled one, so a yes is safe.
-    Local to this rank (no collective)."""
+    `extra_bytes` (the weight copies' gradients), keep within GPU_MEMORY_BUDGET_FRAC of `share` of the
+    GPU's memory. Run on the eager model, which needs more activation memory than the compiled one, so a
+    yes is safe. Local to this rank (no collective)."""
     seq_len = model.config.sequence_len
     budget = GPU_MEMORY_BUDGET_FRAC * share * torch.cuda.get_device_properties(runtime.device).total_memory
     # Muon momentum and AdamW moments in float32, sharded over the ranks, plus the all-gather buffers.
