@@ -389,8 +389,8 @@ def parse_choices(text: str, option: str, names: dict[str, bool | str]) -> list[
 
 
 def ours_variants(args: argparse.Namespace) -> list[Variant]:
-    """Each run of ours: every combination of the
-    `--ours-*` lists. SystemExit naming the option for a bad value or combination."""
+    """Each run of ours: every combination of the `--ours-*` lists. SystemExit naming the option for a bad
+    value or combination."""
     booleans = {"true": True, "false": False}
     attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
     variants = [
@@ -483,8 +483,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     variants = ours_variants(args)  # a bad option fails here, before anything runs
-    ref_micro_batches = parse_micro_batches(args.ref_micro_batch, "--ref-micro-batch")
-    ref_micro_batches = [] if args.skip_reference else ref_micro_batches
+    ref_micro_batches = (
+        [] if args.skip_reference else parse_micro_batches(args.ref_micro_batch, "--ref-micro-batch")
+    )
     if "auto" in ref_micro_batches:
         raise SystemExit("--ref-micro-batch: the reference has no 'auto'; give sizes")
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
