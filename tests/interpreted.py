@@ -1,6 +1,6 @@
-"""Running Triton kernels under the interpreter on the CPU: a benchmark as a process of its own (with
-TRITON_INTERPRET=1, which must be set before triton is imported), and a small run of the trainer inside a
-worker process that already has it set."""
+"""Running Triton kernels under the interpreter on the CPU: a benchmark or a test's worker script as a
+process of its own (with TRITON_INTERPRET=1, which must be set before triton is imported), and a small run
+of the trainer inside a worker process that already has it set."""
 
 import argparse
 import contextlib
@@ -24,6 +24,17 @@ def run_benchmark(module: str, args: list[str], out: Path) -> list[dict]:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())["results"]
+
+
+def run_worker(worker: str, *args: str) -> dict | list:
+    """`python tests/<worker> *args` under the interpreter: the JSON it prints."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / worker), *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
 
 
 def small_training_run(counted: mock._patch, *contexts, **config) -> dict:

@@ -1,31 +1,19 @@
 """benchmarks/fused_head_loss.py, candidate heads: their loss and gradients against GPT.head's, under the
 Triton interpreter on the CPU (every case) and on a GPU at depth 12's vocabulary."""
 
-import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from interpreted import run_benchmark
+from interpreted import run_worker as run_script
 from markers import needs_cpp_compiler
 
 pytest.importorskip("triton", reason="the fused loss is a Triton kernel")
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run_worker(*args: str) -> dict | list:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fused_head_loss_worker.py"), *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return run_script("fused_head_loss_worker.py", *args)
 
 
 def test_the_fused_loss_matches_the_head_under_the_triton_interpreter():

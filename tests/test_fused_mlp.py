@@ -1,31 +1,20 @@
 """nanogpt/fused_mlp.py, the ReLU² MLP inside Triton matmuls: its kernels, its autograd and the trainer with
 it, against torch, under the Triton interpreter on the CPU; and at depth 12's shapes on a GPU."""
 
-import json
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from interpreted import run_benchmark
+from interpreted import run_worker as run_script
 from markers import needs_cpp_compiler
 
 pytest.importorskip("triton", reason="the fused MLP's kernels are Triton's")
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run_worker(mode: str) -> dict | list:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fused_mlp_worker.py"), mode],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return run_script("fused_mlp_worker.py", mode)
 
 
 def test_the_kernels_match_torch_at_every_launch_under_the_interpreter():

@@ -2,13 +2,10 @@
 compiled both ways, and the trainer with them trains as without; on the CPU under bf16 autocast."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from interpreted import run_worker
 from markers import needs_cpp_compiler
 from trainer_fixtures import make_data_dir, tiny_config, write_run
 
@@ -17,7 +14,6 @@ from nanogpt.train import EXIT_BAD_INPUT, EXIT_DONE, run
 from nanogpt.weight_copies import WeightCopies
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = GPTConfig(depth=2, vocab_size=300, sequence_len=32, aspect_ratio=32, head_dim=16)
 
@@ -152,13 +148,7 @@ def test_the_trainer_with_copies_and_both_triton_kernels_trains_as_without():
     # Under the Triton interpreter: the fused loss and the fused MLP take the copies (bf16 weights) where
     # they took float32 ones, with the same losses, eager and with the whole model compiled.
     pytest.importorskip("triton", reason="the fused kernels are Triton's")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "fused_mlp_worker.py"), "copies"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = json.loads(result.stdout)
+    runs = run_worker("fused_mlp_worker.py", "copies")
     for how in ("eager", "compiled"):
         with_copies, without = runs[f"{how}, copies True"], runs[f"{how}, copies False"]
         assert with_copies["device"]["weight_copies"] and not without["device"]["weight_copies"]
