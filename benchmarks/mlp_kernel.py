@@ -25,7 +25,8 @@ from nanogpt.fused_mlp import BACKWARD_TILES, TILES, Tiles, linear_relu2, relu2_
 from nanogpt.model import GPTConfig
 
 # Launches tried beside the trainer's (TILES forward, BACKWARD_TILES backward): block_m, block_n, block_k,
-# group_m, stages, warps, then persistent, tma. Loads by address, then through TMA descriptors.
+# group_m, stages, warps, then persistent, tma, prefetch. Loads by address, then through TMA descriptors,
+# then the backward's relu(h)² read before the reduction (backward only).
 CANDIDATES = [
     Tiles(128, 256, 64, 8, 3, 8, persistent=True),
     Tiles(128, 128, 64, 8, 3, 4, tma=True),
@@ -36,6 +37,15 @@ CANDIDATES = [
     Tiles(128, 128, 64, 8, 4, 8, persistent=True, tma=True),
     Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True),
     Tiles(128, 256, 64, 8, 2, 8, persistent=True, tma=True),
+    Tiles(128, 128, 64, 8, 3, 4, prefetch=True),
+    Tiles(128, 128, 64, 8, 3, 8, prefetch=True),
+    Tiles(128, 128, 64, 8, 4, 8, prefetch=True),
+    Tiles(128, 256, 64, 8, 3, 8, prefetch=True),
+    Tiles(128, 128, 128, 8, 2, 8, prefetch=True),
+    Tiles(128, 128, 64, 8, 3, 8, persistent=True, prefetch=True),
+    Tiles(128, 128, 64, 8, 3, 4, tma=True, prefetch=True),
+    Tiles(128, 128, 64, 8, 3, 8, tma=True, prefetch=True),
+    Tiles(128, 128, 64, 8, 4, 8, persistent=True, tma=True, prefetch=True),
 ]
 SMALL = Tiles(32, 64, 32, 2, 1, 4)  # under the interpreter
 
@@ -54,7 +64,7 @@ def fastest(rows: list[dict], direction: str) -> tuple[Tiles, float]:
 
 
 def describe(tiles: Tiles) -> str:
-    kind = ", persistent" * tiles.persistent + ", TMA" * tiles.tma
+    kind = ", persistent" * tiles.persistent + ", TMA" * tiles.tma + ", prefetch" * tiles.prefetch
     return (
         f"{tiles.block_m}x{tiles.block_n}x{tiles.block_k}, {tiles.stages} stages, {tiles.warps} warps{kind}"
     )
@@ -95,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     back_ms = time_ms(lambda: dy @ w_proj, reps, warmup, device)
     rows.append({"name": "backward: cuBLAS dy @ W_proj alone", "ms": back_ms})
     candidates = [tiles for tiles in CANDIDATES if tiles.tma or not args.tma_only]
-    launches = [SMALL, SMALL._replace(tma=True)] if small else [TILES, BACKWARD_TILES, *candidates]
+    small_launches = [SMALL, SMALL._replace(tma=True), SMALL._replace(prefetch=True)]
+    launches = small_launches if small else [TILES, BACKWARD_TILES, *candidates]
     launches = list(dict.fromkeys(launches))  # each once
     # The backward reads relu(h)², here from cuBLAS's h: each direction is checked and timed on its own (a
     # launch may fit the GPU's shared memory one way only).
@@ -106,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
             ("forward", lambda t=tiles: linear_relu2(x, w_fc, t), matmul_ms, TILES),
             ("backward", lambda t=tiles: relu2_backward(dy, w_proj, post, t), back_ms, BACKWARD_TILES),
         ):
+            if tiles.prefetch and direction == "forward":
+                continue  # the forward reads nothing in its epilogue: the same kernel as without
             label = f"{direction} kernel, {name}" + (" (trained)" if tiles == trained else "")
             try:
                 got = run()

@@ -44,7 +44,8 @@ class Tiles(NamedTuple):
     (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles;
     `tma`: the tiles move through Hopper's tensor memory accelerator (host-made descriptors) rather than
     loads by address, and a persistent program's loop over tiles and over the reduction is one pipelined
-    loop."""
+    loop; `prefetch` (backward only): relu(h)² is loaded before the reduction rather than after it, so that
+    its read overlaps the matmul instead of following it, at the price of registers held through the loop."""
 
     block_m: int = 128
     block_n: int = 256
@@ -54,6 +55,7 @@ class Tiles(NamedTuple):
     warps: int = 8
     persistent: bool = False
     tma: bool = False
+    prefetch: bool = False
 
 
 # The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 (2026-12-07,
@@ -86,6 +88,7 @@ def _matmul_relu2_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    PREFETCH: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -94,13 +97,14 @@ def _matmul_relu2_kernel(
         for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
             _one_tile(
                 tile, a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST,
+                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                PREFETCH, UPCAST,
             )  # fmt: skip
     else:
         _one_tile(
             tl.program_id(0), a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
             stride_bn, stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-            UPCAST,
+            PREFETCH, UPCAST,
         )  # fmt: skip
 
 
@@ -108,7 +112,7 @@ def _matmul_relu2_kernel(
 def _one_tile(
     tile, a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
     stride_on, tiles_m, tiles_n, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     # Tiles in groups of GROUP_M rows of tiles, column by column within a group (Triton's matmul tutorial):
     # the programs running at once share rows of a and columns of b, which then come from L2.
@@ -126,6 +130,10 @@ def _one_tile(
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
     b_ptrs = b_ptr + ks[:, None] * stride_bk + b_cols[None, :].to(tl.int64) * stride_bn
+    offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
+    inside = (rows[:, None] < M) & (cols[None, :] < N)
+    if BACKWARD and PREFETCH:
+        post = tl.load(post_ptr + offsets, mask=inside, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(0, K, BLOCK_K):
         a, b = tl.load(a_ptrs), tl.load(b_ptrs)
@@ -136,11 +144,10 @@ def _one_tile(
         b_ptrs += BLOCK_K * stride_bk
     # Rounded to the output's dtype first, as cuBLAS's output is before the unfused activation reads it.
     h = acc.to(out_ptr.dtype.element_ty)
-    offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
-    inside = (rows[:, None] < M) & (cols[None, :] < N)
     if BACKWARD:
-        post = tl.load(post_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        out = h.to(tl.float32) * (2 * tl.sqrt(post))  # relu(h) = √relu(h)²
+        if not PREFETCH:
+            post = tl.load(post_ptr + offsets, mask=inside, other=0.0)
+        out = h.to(tl.float32) * (2 * tl.sqrt(post.to(tl.float32)))  # relu(h) = √relu(h)²
     else:
         relu = tl.maximum(h.to(tl.float32), 0.0)
         out = relu * relu
@@ -162,6 +169,7 @@ def _matmul_relu2_tma_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    PREFETCH: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """_matmul_relu2_kernel's function through TMA descriptors, which clip the tiles at the edges: loads past
@@ -176,6 +184,8 @@ def _matmul_relu2_tma_kernel(
         group_m = min(tiles_m - first_m, GROUP_M)
         off_m = (first_m + (tile % in_group) % group_m) * BLOCK_M
         off_n = ((tile % in_group) // group_m) * BLOCK_N
+        if BACKWARD and PREFETCH:
+            post = post_desc.load([off_m, off_n])
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, K, BLOCK_K):
             a = a_desc.load([off_m, k])
@@ -185,8 +195,9 @@ def _matmul_relu2_tma_kernel(
             acc = tl.dot(a, b, acc)
         h = acc.to(out_desc.dtype)
         if BACKWARD:
-            post = post_desc.load([off_m, off_n]).to(tl.float32)
-            out = h.to(tl.float32) * (2 * tl.sqrt(post))
+            if not PREFETCH:
+                post = post_desc.load([off_m, off_n])
+            out = h.to(tl.float32) * (2 * tl.sqrt(post.to(tl.float32)))
         else:
             relu = tl.maximum(h.to(tl.float32), 0.0)
             out = relu * relu
@@ -236,14 +247,14 @@ def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
         )
         _matmul_relu2_tma_kernel[(count,)](
             *descriptors, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            GROUP_M=tiles.group_m, UPCAST=INTERPRETED, num_warps=tiles.warps,
+            GROUP_M=tiles.group_m, PREFETCH=tiles.prefetch, UPCAST=INTERPRETED, num_warps=tiles.warps,
             num_stages=tiles.stages,
         )  # fmt: skip
         return
     _matmul_relu2_kernel[(count,)](
         a, b, post, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
         out.stride(1), BACKWARD=backward, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent,
+        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent, PREFETCH=tiles.prefetch,
         UPCAST=INTERPRETED, num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
 

@@ -17,13 +17,16 @@ from nanogpt.fused_mlp import Tiles, linear_relu2, relu2_backward, relu2_mlp
 
 # Small launches: edges in rows and columns (100 rows by 32, 320 columns by 64), a persistent grid of 3
 # programs looping over 16 tiles, groups of rows of tiles; the same through TMA descriptors (which clip the
-# edge tiles themselves), on a grid and persistent.
+# edge tiles themselves), on a grid and persistent; the backward's relu(h)² read before the reduction, by
+# address and through TMA.
 LAUNCHES = [
     Tiles(32, 64, 32, 2, 1, 4),
     Tiles(64, 128, 64, 1, 1, 4),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True),
     Tiles(32, 64, 32, 2, 1, 4, tma=True),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True),
+    Tiles(32, 64, 32, 2, 1, 4, prefetch=True),
+    Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True, prefetch=True),
 ]
 
 
@@ -56,7 +59,7 @@ def kernels() -> list[dict]:
     # Every element written: over outputs poisoned with NaN, no NaN is left (x and the weights are finite).
     poisoned = torch.full((rows, hidden), float("nan"), dtype=torch.bfloat16)
     written = []
-    for tiles in (LAUNCHES[0], LAUNCHES[-1]):  # by address and through TMA
+    for tiles in (LAUNCHES[0], LAUNCHES[4], LAUNCHES[-1]):  # by address, through TMA, prefetching
         with (
             mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()),
             mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned.clone()),

@@ -20,13 +20,15 @@ def run_worker(mode: str) -> dict | list:
 def test_the_kernels_match_torch_at_every_launch_under_the_interpreter():
     *cases, written = run_worker("kernels")
     # Over NaN-poisoned outputs, every element of relu(h)² and h's gradient written, by address and TMA.
-    assert written == {"all_written": [True] * 4}
+    assert written == {"all_written": [True] * 6}
     # Tiles with edges, one whole tile per row of blocks, a persistent grid; through TMA, on a grid and
-    # persistent.
-    assert [case["tiles"][-2:] for case in cases] == [[False, False]] * 2 + [
-        [True, False],
-        [False, True],
-        [True, True],
+    # persistent; relu(h)² prefetched in the backward, by address and through TMA, persistent.
+    assert [case["tiles"][-3:] for case in cases] == [[False, False, False]] * 2 + [
+        [True, False, False],
+        [False, True, False],
+        [True, True, False],
+        [False, False, True],
+        [True, True, True],
     ]
     for case in cases:
         assert case["dtypes"] == ["torch.bfloat16"] * 2, case
@@ -154,9 +156,14 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     args = ["--device", "cpu", "--depth", "1", "--rows", "96", "--reps", "1", "--warmup", "1"]
     rows = run_benchmark("benchmarks.mlp_kernel", args, tmp_path / "mlp.json")
     kernels = [row for row in rows if "kernel," in row["name"]]
-    # Forward and backward of the interpreter's launch, by address and through TMA descriptors.
-    assert [(row["direction"], row["tiles"][-1]) for row in kernels] == [
-        ("forward", False), ("backward", False), ("forward", True), ("backward", True)
+    # Forward and backward of the interpreter's launch, by address and through TMA descriptors; the backward
+    # prefetching relu(h)².
+    from nanogpt.fused_mlp import Tiles
+
+    launches = [(row["direction"], Tiles(*row["tiles"])) for row in kernels]
+    assert [(direction, tiles.tma, tiles.prefetch) for direction, tiles in launches] == [
+        ("forward", False, False), ("backward", False, False), ("forward", True, False),
+        ("backward", True, False), ("backward", False, True),
     ]  # fmt: skip
     for row in kernels:
         assert row["error"] is None and row["relative_error"] < 1.6e-2, row
@@ -166,22 +173,32 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     from benchmarks.mlp_kernel import fastest
 
     assert fastest(rows, "forward")[0] == tuple(kernels[0]["tiles"])
-    timed = [dict(row, ms=ms) for row, ms in zip(kernels, (3.0, 2.0, 1.0, 4.0), strict=True)]
+    timed = [dict(row, ms=ms) for row, ms in zip(kernels, (3.0, 2.0, 1.0, 4.0, 2.5), strict=True)]
     timed.append(dict(kernels[0], ms=0.5, error="OutOfResources"))  # a launch that failed: not eligible
     assert fastest(timed, "forward") == (tuple(kernels[2]["tiles"]), 1.0)
     assert fastest(timed, "backward") == (tuple(kernels[1]["tiles"]), 2.0)
 
 
+LAUNCHES = [
+    "trained",
+    "grid",
+    "persistent",
+    "tma",
+    "tma-persistent",
+    "grid-prefetch",
+    "tma-persistent-prefetch",
+]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize(
-    "launch", ["trained", "grid", "persistent", "tma", "tma-persistent"]
-)  # fmt: skip
+@pytest.mark.parametrize("launch", LAUNCHES)
 def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
     # Depth 12's layer (n_embd 768, hidden 3,072) on 4,000 rows (not a whole number of tiles), bf16, float32
     # weights, under autocast as the trainer runs it: the fused MLP against the unfused, both against float64.
     # The trainer's launches, then 128 × 128 tiles both ways by address and through TMA (the backward at
-    # 128 × 256 through TMA needs more shared memory than an H100 has).
+    # 128 × 256 through TMA needs more shared memory than an H100 has), and with the backward's relu(h)²
+    # read before the reduction.
     from nanogpt import fused_mlp
 
     device = torch.device("cuda", 0)
@@ -193,8 +210,9 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
     if launch == "trained":
         forward, backward = fused_mlp.TILES, fused_mlp.BACKWARD_TILES
     else:
+        kind = dict(persistent="persistent" in launch, tma=launch.startswith("tma"))
         forward = backward = fused_mlp.Tiles(
-            128, 128, 64, 8, 3, 4, persistent=launch.endswith("persistent"), tma=launch.startswith("tma")
+            128, 128, 64, 8, 3, 4, **kind, prefetch=launch.endswith("prefetch")
         )
     results = {}
     for name in ("fused", "unfused", "float64"):
