@@ -45,7 +45,11 @@ class Tiles(NamedTuple):
     `tma`: the tiles move through Hopper's tensor memory accelerator (host-made descriptors) rather than
     loads by address, and a persistent program's loop over tiles and over the reduction is one pipelined
     loop; `prefetch` (backward only): relu(h)² is loaded before the reduction rather than after it, so that
-    its read overlaps the matmul instead of following it, at the price of registers held through the loop."""
+    its read overlaps the matmul instead of following it, at the price of registers held through the loop;
+    with `tma` only: `subtile`, the epilogue in two halves of block_n / 2 columns (half the shared memory
+    for its staging, leaving more to the loads' stages), and `warp_specialize` (not `persistent`): one
+    program per tile whose reduction loop Triton splits between a warp group that issues the loads and
+    warp groups of `warps` warps that multiply (_matmul_relu2_ws_kernel)."""
 
     block_m: int = 128
     block_n: int = 256
@@ -56,6 +60,8 @@ class Tiles(NamedTuple):
     persistent: bool = False
     tma: bool = False
     prefetch: bool = False
+    subtile: bool = False
+    warp_specialize: bool = False
 
 
 # The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 (2026-12-07,
@@ -114,15 +120,9 @@ def _one_tile(
     stride_on, tiles_m, tiles_n, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
-    # Tiles in groups of GROUP_M rows of tiles, column by column within a group (Triton's matmul tutorial):
-    # the programs running at once share rows of a and columns of b, which then come from L2.
-    in_group = GROUP_M * tiles_n
-    first_m = (tile // in_group) * GROUP_M
-    group_m = min(tiles_m - first_m, GROUP_M)
-    tile_m = first_m + (tile % in_group) % group_m
-    tile_n = (tile % in_group) // group_m
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    off_m, off_n = _tile_offsets(tile, tiles_m, tiles_n, GROUP_M, BLOCK_M, BLOCK_N)
+    rows = off_m + tl.arange(0, BLOCK_M)
+    cols = off_n + tl.arange(0, BLOCK_N)
     # Rows and columns past the edge wrap around to valid ones for the loads (no masks in the loop); their
     # results are not stored.
     a_rows = tl.max_contiguous(tl.multiple_of(rows % M, BLOCK_M), BLOCK_M)
@@ -170,20 +170,18 @@ def _matmul_relu2_tma_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PREFETCH: tl.constexpr,
+    SUBTILE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """_matmul_relu2_kernel's function through TMA descriptors, which clip the tiles at the edges: loads past
     them read zeros, stores past them are dropped. Launched with one program per tile or fewer (persistent);
     `flatten` makes the tile loop and the reduction's one software-pipelined loop, so that the next tile's
-    loads overlap this tile's epilogue."""
+    loads overlap this tile's epilogue. With SUBTILE, post_desc and out_desc have blocks of BLOCK_N / 2
+    columns."""
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_M * tiles_n
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True):
-        first_m = (tile // in_group) * GROUP_M
-        group_m = min(tiles_m - first_m, GROUP_M)
-        off_m = (first_m + (tile % in_group) % group_m) * BLOCK_M
-        off_n = ((tile % in_group) // group_m) * BLOCK_N
+        off_m, off_n = _tile_offsets(tile, tiles_m, tiles_n, GROUP_M, BLOCK_M, BLOCK_N)
         if BACKWARD and PREFETCH:
             post = post_desc.load([off_m, off_n])
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -193,15 +191,94 @@ def _matmul_relu2_tma_kernel(
             if UPCAST:  # as in _matmul_relu2_kernel: the interpreter's bf16 products are wrong
                 a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc)
-        h = acc.to(out_desc.dtype)
-        if BACKWARD:
-            if not PREFETCH:
-                post = post_desc.load([off_m, off_n])
+        if BACKWARD and PREFETCH:
+            h = acc.to(out_desc.dtype)
             out = h.to(tl.float32) * (2 * tl.sqrt(post.to(tl.float32)))
+            out_desc.store([off_m, off_n], out.to(out_desc.dtype))
         else:
-            relu = tl.maximum(h.to(tl.float32), 0.0)
-            out = relu * relu
-        out_desc.store([off_m, off_n], out.to(out_desc.dtype))
+            _tma_epilogues(acc, post_desc, out_desc, off_m, off_n, BACKWARD, SUBTILE, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _matmul_relu2_ws_kernel(
+    a_ptr,  # (M, K), row-major
+    b_ptr,  # B_KN: (K, N), else (N, K) (used transposed); row-major
+    post_ptr,  # (M, N), row-major: as _matmul_relu2_kernel's
+    out_ptr,  # (M, N), row-major: as _matmul_relu2_kernel's
+    M,
+    N,
+    K,  # a multiple of BLOCK_K (the caller checks)
+    BACKWARD: tl.constexpr,
+    B_KN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """_matmul_relu2_tma_kernel's function, one program per tile, with the reduction's loop warp-specialized
+    by Triton: a warp group issues the TMA loads into a ring of `num_stages` buffers while the others
+    multiply. Triton 3.6 does this on Hopper only for descriptors made on the device, as here (they need
+    global scratch memory: triton.set_allocator), and with 4 warps a group."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BLOCK_M, BLOCK_K])
+    if B_KN:
+        b_desc = tl.make_tensor_descriptor(b_ptr, [K, N], [N, 1], [BLOCK_K, BLOCK_N])
+    else:
+        b_desc = tl.make_tensor_descriptor(b_ptr, [N, K], [K, 1], [BLOCK_N, BLOCK_K])
+    post_desc = tl.make_tensor_descriptor(post_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+    out_desc = tl.make_tensor_descriptor(out_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    off_m, off_n = _tile_offsets(tl.program_id(0), tiles_m, tiles_n, GROUP_M, BLOCK_M, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in tl.range(0, K, BLOCK_K, warp_specialize=True):
+        a = a_desc.load([off_m, k])
+        b = b_desc.load([k, off_n]) if B_KN else b_desc.load([off_n, k]).T
+        if UPCAST:  # as in _matmul_relu2_kernel: the interpreter's bf16 products are wrong
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc)
+    _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD)
+
+
+@triton.jit
+def _tile_offsets(
+    tile, tiles_m, tiles_n, GROUP_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """The first row and column of `tile`. Tiles go in groups of GROUP_M rows of tiles, column by column
+    within a group (Triton's matmul tutorial): the programs running at once share rows of a and columns of
+    b, which then come from L2."""
+    in_group = GROUP_M * tiles_n
+    first_m = (tile // in_group) * GROUP_M
+    group_m = min(tiles_m - first_m, GROUP_M)
+    return (first_m + (tile % in_group) % group_m) * BLOCK_M, ((tile % in_group) // group_m) * BLOCK_N
+
+
+@triton.jit
+def _tma_epilogues(
+    acc, post_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr, SUBTILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The tile's epilogue through descriptors: whole, or with SUBTILE the two halves of its columns one after
+    the other (the descriptors' blocks are then BLOCK_N / 2 wide)."""
+    if SUBTILE:
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        _tma_epilogue(left, post_desc, out_desc, off_m, off_n, BACKWARD)
+        _tma_epilogue(right, post_desc, out_desc, off_m, off_n + BLOCK_N // 2, BACKWARD)
+    else:
+        _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD)
+
+
+@triton.jit
+def _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr):
+    """The epilogue of _matmul_relu2_kernel on a block of the output at (off_m, off_n), through TMA."""
+    h = acc.to(out_desc.dtype)  # rounded first, as cuBLAS's output is before the unfused activation reads it
+    if BACKWARD:
+        post = post_desc.load([off_m, off_n])
+        out = h.to(tl.float32) * (2 * tl.sqrt(post.to(tl.float32)))
+    else:
+        relu = tl.maximum(h.to(tl.float32), 0.0)
+        out = relu * relu
+    out_desc.store([off_m, off_n], out.to(out_desc.dtype))
 
 
 def fits(in_features: int) -> bool:
@@ -214,8 +291,13 @@ def _launchable(tiles: Tiles, device: torch.device) -> Tiles:
     """`tiles`, by address where the GPU has no tensor memory accelerator (compute capability below 9.0);
     the interpreter (on the CPU) runs either kind."""
     if tiles.tma and device.type == "cuda" and torch.cuda.get_device_capability(device) < (9, 0):
-        return tiles._replace(tma=False)
+        return tiles._replace(tma=False, subtile=False, warp_specialize=False)
     return tiles
+
+
+def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global memory for the descriptors a kernel makes on the device (Triton asks its allocator)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
@@ -225,29 +307,47 @@ def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
         raise ValueError(f"fused MLP: the reduction ({K}) must be a multiple of block_k {tiles.block_k}")
     if M == 0:  # nothing to compute (TMA descriptors refuse an empty tensor)
         return
+    if (tiles.subtile or tiles.warp_specialize) and not tiles.tma:
+        raise ValueError(f"fused MLP: subtile and warp_specialize are launches through TMA, not {tiles}")
+    if tiles.prefetch + tiles.subtile + tiles.warp_specialize > 1:
+        # The last two together fail in Triton 3.6's warp specialization pass (on Hopper).
+        raise ValueError(f"fused MLP: one of prefetch, subtile and warp_specialize at a time ({tiles})")
+    if tiles.warp_specialize and tiles.persistent:
+        raise ValueError(f"fused MLP: warp_specialize runs a program per tile, not persistent ({tiles})")
     tiles = _launchable(tiles, a.device)
     count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)
     elif tiles.persistent:  # the interpreter: a few programs, each looping over several tiles
         count = min(count, 3)
+    b_kn = b.stride(1) == 1  # b (K, N) row-major, as w_proj is; else bᵀ (N, K) is, as w_fc is
+    if tiles.warp_specialize:
+        if a.is_cuda:
+            triton.set_allocator(_descriptor_scratch)
+        _matmul_relu2_ws_kernel[(count,)](
+            a, b if b_kn else b.t(), post, out, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=tiles.block_m,
+            BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, UPCAST=INTERPRETED,
+            num_warps=tiles.warps, num_stages=tiles.stages,
+        )  # fmt: skip
+        return
     if tiles.tma:
         # Here, not at the top: the descriptors need Triton 3.4 or newer, the kernels by address do not.
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         bm, bn, bk = tiles.block_m, tiles.block_n, tiles.block_k
-        b_kn = b.stride(1) == 1  # b (K, N) row-major, as w_proj is; else bᵀ (N, K) is, as w_fc is
+        epilogue_n = bn // 2 if tiles.subtile else bn
         descriptors = (
             TensorDescriptor.from_tensor(a, [bm, bk]),
             TensorDescriptor.from_tensor(b, [bk, bn])
             if b_kn
             else TensorDescriptor.from_tensor(b.t(), [bn, bk]),
-            TensorDescriptor.from_tensor(post, [bm, bn]),
-            TensorDescriptor.from_tensor(out, [bm, bn]),
+            TensorDescriptor.from_tensor(post, [bm, epilogue_n]),
+            TensorDescriptor.from_tensor(out, [bm, epilogue_n]),
         )
         _matmul_relu2_tma_kernel[(count,)](
             *descriptors, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            GROUP_M=tiles.group_m, PREFETCH=tiles.prefetch, UPCAST=INTERPRETED, num_warps=tiles.warps,
+            GROUP_M=tiles.group_m, PREFETCH=tiles.prefetch, SUBTILE=tiles.subtile, UPCAST=INTERPRETED,
+            num_warps=tiles.warps,
             num_stages=tiles.stages,
         )  # fmt: skip
         return

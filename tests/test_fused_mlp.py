@@ -19,17 +19,20 @@ def run_worker(mode: str) -> dict | list:
 
 def test_the_kernels_match_torch_at_every_launch_under_the_interpreter():
     *cases, written = run_worker("kernels")
-    # Over NaN-poisoned outputs, every element of relu(h)² and h's gradient written, by address and TMA.
-    assert written == {"all_written": [True] * 6}
+    # Over NaN-poisoned outputs, every element of relu(h)² and h's gradient written, by address and by each
+    # kind of TMA launch.
+    assert written == {"all_written": [True] * 12}
     # Tiles with edges, one whole tile per row of blocks, a persistent grid; through TMA, on a grid and
-    # persistent; relu(h)² prefetched in the backward, by address and through TMA, persistent.
-    assert [case["tiles"][-3:] for case in cases] == [[False, False, False]] * 2 + [
-        [True, False, False],
-        [False, True, False],
-        [True, True, False],
-        [False, False, True],
-        [True, True, True],
-    ]
+    # persistent; relu(h)² prefetched in the backward, by address and through TMA, persistent; through TMA,
+    # persistent with the epilogue in halves; warp-specialized.
+    from nanogpt.fused_mlp import Tiles
+
+    kinds = ["persistent", "tma", "prefetch", "subtile", "warp_specialize"]
+    launched = [[name for name in kinds if getattr(Tiles(*case["tiles"]), name)] for case in cases]
+    assert launched == [
+        [], [], ["persistent"], ["tma"], ["persistent", "tma"], ["prefetch"],
+        ["persistent", "tma", "prefetch"], ["persistent", "tma", "subtile"], ["tma", "warp_specialize"],
+    ]  # fmt: skip
     for case in cases:
         assert case["dtypes"] == ["torch.bfloat16"] * 2, case
         assert case["zeros_kept"], case
@@ -66,6 +69,10 @@ def test_the_fused_mlp_where_a_user_could_trip_it():
     # A second derivative is an error (√post is a constant in the backward), not a wrong number.
     assert result["second derivative"] != "computed"
     assert "float16 is not supported" in result["float16"]
+    assert "subtile and warp_specialize are launches through TMA" in result["subtile by address"]
+    for name in ("prefetch with subtile", "subtile with warp_specialize"):
+        assert "one of prefetch, subtile and warp_specialize at a time" in result[name]
+    assert "a program per tile, not persistent" in result["persistent warp_specialize"]
 
 
 @needs_cpp_compiler
@@ -187,6 +194,8 @@ LAUNCHES = [
     "tma-persistent",
     "grid-prefetch",
     "tma-persistent-prefetch",
+    "tma-persistent-subtile",
+    "tma-ws",
 ]
 
 
@@ -197,8 +206,8 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
     # Depth 12's layer (n_embd 768, hidden 3,072) on 4,000 rows (not a whole number of tiles), bf16, float32
     # weights, under autocast as the trainer runs it: the fused MLP against the unfused, both against float64.
     # The trainer's launches, then 128 × 128 tiles both ways by address and through TMA (the backward at
-    # 128 × 256 through TMA needs more shared memory than an H100 has), and with the backward's relu(h)²
-    # read before the reduction.
+    # 128 × 256 through TMA needs more shared memory than an H100 has), with the backward's relu(h)² read
+    # before the reduction, and through TMA with the epilogue in halves and warp-specialized.
     from nanogpt import fused_mlp
 
     device = torch.device("cuda", 0)
@@ -211,9 +220,9 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
         forward, backward = fused_mlp.TILES, fused_mlp.BACKWARD_TILES
     else:
         kind = dict(persistent="persistent" in launch, tma=launch.startswith("tma"))
-        forward = backward = fused_mlp.Tiles(
-            128, 128, 64, 8, 3, 4, **kind, prefetch=launch.endswith("prefetch")
-        )
+        kind |= dict(prefetch="prefetch" in launch, subtile="subtile" in launch)
+        kind |= dict(warp_specialize=launch.endswith("ws"))
+        forward = backward = fused_mlp.Tiles(128, 128, 64, 8, 3, 4, **kind)
     results = {}
     for name in ("fused", "unfused", "float64"):
         leaves = [t.clone().double() if name == "float64" else t.clone() for t in (x, w_fc, w_proj)]
