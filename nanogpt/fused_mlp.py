@@ -44,12 +44,8 @@ class Tiles(NamedTuple):
     (their operands share L2); `persistent`: one program per multiprocessor, each looping over tiles;
     `tma`: the tiles move through Hopper's tensor memory accelerator (host-made descriptors) rather than
     loads by address, and a persistent program's loop over tiles and over the reduction is one pipelined
-    loop; `prefetch` (backward only): relu(h)² is loaded before the reduction rather than after it, so that
-    its read overlaps the matmul instead of following it, at the price of registers held through the loop;
-    with `tma` only: `subtile`, the epilogue in two halves of block_n / 2 columns (half the shared memory
-    for its staging, leaving more to the loads' stages), and `warp_specialize` (not `persistent`): one
-    program per tile whose reduction loop Triton splits between a warp group that issues the loads and
-    warp groups of `warps` warps that multiply (_matmul_relu2_ws_kernel)."""
+    loop; `subtile` (with `tma` only): the epilogue in two halves of block_n / 2 columns, which halves the
+    shared memory that stages it and leaves more to the loads' stages."""
 
     block_m: int = 128
     block_n: int = 256
@@ -59,17 +55,16 @@ class Tiles(NamedTuple):
     warps: int = 8
     persistent: bool = False
     tma: bool = False
-    prefetch: bool = False
     subtile: bool = False
-    warp_specialize: bool = False
 
 
-# The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 (2026-12-07,
-# docs/benchmarks.md): forward 0.30 ms through TMA (cuBLAS's matmul alone: 0.23), backward 0.37 ms (0.24).
-# Together 1.1% more tokens/s in the trainer than the by-address forward at 128 × 128. A GPU without TMA
-# (before Hopper) runs the same tiles by address (`_launchable`).
-TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True)
-BACKWARD_TILES = Tiles(128, 128, 64, 8, 3, 4)
+# The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 at the trainer's
+# micro-batch there (128 × 1,024 rows; 2026-12-07, docs/benchmarks.md): forward 0.99 ms through TMA with
+# the epilogue in halves (cuBLAS's matmul alone: 0.87), backward 1.26 ms by address (0.89). Together 0.9%
+# more tokens/s in the trainer than the launches before them. A GPU without TMA (before Hopper) runs the
+# same tiles by address (`_launchable`).
+TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True, subtile=True)
+BACKWARD_TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -94,7 +89,6 @@ def _matmul_relu2_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr,
-    PREFETCH: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -103,14 +97,13 @@ def _matmul_relu2_kernel(
         for tile in range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0)):
             _one_tile(
                 tile, a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                PREFETCH, UPCAST,
+                stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, UPCAST,
             )  # fmt: skip
     else:
         _one_tile(
             tl.program_id(0), a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk,
             stride_bn, stride_om, stride_on, tiles_m, tiles_n, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-            PREFETCH, UPCAST,
+            UPCAST,
         )  # fmt: skip
 
 
@@ -118,7 +111,7 @@ def _matmul_relu2_kernel(
 def _one_tile(
     tile, a_ptr, b_ptr, post_ptr, out_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_om,
     stride_on, tiles_m, tiles_n, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, UPCAST: tl.constexpr,
 ):  # fmt: skip
     off_m, off_n = _tile_offsets(tile, tiles_m, tiles_n, GROUP_M, BLOCK_M, BLOCK_N)
     rows = off_m + tl.arange(0, BLOCK_M)
@@ -130,10 +123,6 @@ def _one_tile(
     ks = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
     b_ptrs = b_ptr + ks[:, None] * stride_bk + b_cols[None, :].to(tl.int64) * stride_bn
-    offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
-    inside = (rows[:, None] < M) & (cols[None, :] < N)
-    if BACKWARD and PREFETCH:
-        post = tl.load(post_ptr + offsets, mask=inside, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(0, K, BLOCK_K):
         a, b = tl.load(a_ptrs), tl.load(b_ptrs)
@@ -144,10 +133,11 @@ def _one_tile(
         b_ptrs += BLOCK_K * stride_bk
     # Rounded to the output's dtype first, as cuBLAS's output is before the unfused activation reads it.
     h = acc.to(out_ptr.dtype.element_ty)
+    offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_on
+    inside = (rows[:, None] < M) & (cols[None, :] < N)
     if BACKWARD:
-        if not PREFETCH:
-            post = tl.load(post_ptr + offsets, mask=inside, other=0.0)
-        out = h.to(tl.float32) * (2 * tl.sqrt(post.to(tl.float32)))  # relu(h) = √relu(h)²
+        post = tl.load(post_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        out = h.to(tl.float32) * (2 * tl.sqrt(post))  # relu(h) = √relu(h)²
     else:
         relu = tl.maximum(h.to(tl.float32), 0.0)
         out = relu * relu
@@ -169,7 +159,6 @@ def _matmul_relu2_tma_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
-    PREFETCH: tl.constexpr,
     SUBTILE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -182,8 +171,6 @@ def _matmul_relu2_tma_kernel(
     tiles_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True):
         off_m, off_n = _tile_offsets(tile, tiles_m, tiles_n, GROUP_M, BLOCK_M, BLOCK_N)
-        if BACKWARD and PREFETCH:
-            post = post_desc.load([off_m, off_n])
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, K, BLOCK_K):
             a = a_desc.load([off_m, k])
@@ -191,53 +178,12 @@ def _matmul_relu2_tma_kernel(
             if UPCAST:  # as in _matmul_relu2_kernel: the interpreter's bf16 products are wrong
                 a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc)
-        if BACKWARD and PREFETCH:
-            h = acc.to(out_desc.dtype)
-            out = h.to(tl.float32) * (2 * tl.sqrt(post.to(tl.float32)))
-            out_desc.store([off_m, off_n], out.to(out_desc.dtype))
+        if SUBTILE:  # the two halves of the tile's columns, one after the other
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            _tma_epilogue(left, post_desc, out_desc, off_m, off_n, BACKWARD)
+            _tma_epilogue(right, post_desc, out_desc, off_m, off_n + BLOCK_N // 2, BACKWARD)
         else:
-            _tma_epilogues(acc, post_desc, out_desc, off_m, off_n, BACKWARD, SUBTILE, BLOCK_M, BLOCK_N)
-
-
-@triton.jit
-def _matmul_relu2_ws_kernel(
-    a_ptr,  # (M, K), row-major
-    b_ptr,  # B_KN: (K, N), else (N, K) (used transposed); row-major
-    post_ptr,  # (M, N), row-major: as _matmul_relu2_kernel's
-    out_ptr,  # (M, N), row-major: as _matmul_relu2_kernel's
-    M,
-    N,
-    K,  # a multiple of BLOCK_K (the caller checks)
-    BACKWARD: tl.constexpr,
-    B_KN: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """_matmul_relu2_tma_kernel's function, one program per tile, with the reduction's loop warp-specialized
-    by Triton: a warp group issues the TMA loads into a ring of `num_stages` buffers while the others
-    multiply. Triton 3.6 does this on Hopper only for descriptors made on the device, as here (they need
-    global scratch memory: triton.set_allocator), and with 4 warps a group."""
-    a_desc = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BLOCK_M, BLOCK_K])
-    if B_KN:
-        b_desc = tl.make_tensor_descriptor(b_ptr, [K, N], [N, 1], [BLOCK_K, BLOCK_N])
-    else:
-        b_desc = tl.make_tensor_descriptor(b_ptr, [N, K], [K, 1], [BLOCK_N, BLOCK_K])
-    post_desc = tl.make_tensor_descriptor(post_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-    out_desc = tl.make_tensor_descriptor(out_ptr, [M, N], [N, 1], [BLOCK_M, BLOCK_N])
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    off_m, off_n = _tile_offsets(tl.program_id(0), tiles_m, tiles_n, GROUP_M, BLOCK_M, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in tl.range(0, K, BLOCK_K, warp_specialize=True):
-        a = a_desc.load([off_m, k])
-        b = b_desc.load([k, off_n]) if B_KN else b_desc.load([off_n, k]).T
-        if UPCAST:  # as in _matmul_relu2_kernel: the interpreter's bf16 products are wrong
-            a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc)
-    _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD)
+            _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD)
 
 
 @triton.jit
@@ -251,21 +197,6 @@ def _tile_offsets(
     first_m = (tile // in_group) * GROUP_M
     group_m = min(tiles_m - first_m, GROUP_M)
     return (first_m + (tile % in_group) % group_m) * BLOCK_M, ((tile % in_group) // group_m) * BLOCK_N
-
-
-@triton.jit
-def _tma_epilogues(
-    acc, post_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr, SUBTILE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """The tile's epilogue through descriptors: whole, or with SUBTILE the two halves of its columns one after
-    the other (the descriptors' blocks are then BLOCK_N / 2 wide)."""
-    if SUBTILE:
-        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        _tma_epilogue(left, post_desc, out_desc, off_m, off_n, BACKWARD)
-        _tma_epilogue(right, post_desc, out_desc, off_m, off_n + BLOCK_N // 2, BACKWARD)
-    else:
-        _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD)
 
 
 @triton.jit
@@ -291,13 +222,8 @@ def _launchable(tiles: Tiles, device: torch.device) -> Tiles:
     """`tiles`, by address where the GPU has no tensor memory accelerator (compute capability below 9.0);
     the interpreter (on the CPU) runs either kind."""
     if tiles.tma and device.type == "cuda" and torch.cuda.get_device_capability(device) < (9, 0):
-        return tiles._replace(tma=False, subtile=False, warp_specialize=False)
+        return tiles._replace(tma=False, subtile=False)
     return tiles
-
-
-def _descriptor_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
-    """Global memory for the descriptors a kernel makes on the device (Triton asks its allocator)."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
@@ -307,35 +233,21 @@ def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
         raise ValueError(f"fused MLP: the reduction ({K}) must be a multiple of block_k {tiles.block_k}")
     if M == 0:  # nothing to compute (TMA descriptors refuse an empty tensor)
         return
-    if (tiles.subtile or tiles.warp_specialize) and not tiles.tma:
-        raise ValueError(f"fused MLP: subtile and warp_specialize are launches through TMA, not {tiles}")
-    if tiles.prefetch + tiles.subtile + tiles.warp_specialize > 1:
-        # The last two together fail in Triton 3.6's warp specialization pass (on Hopper).
-        raise ValueError(f"fused MLP: one of prefetch, subtile and warp_specialize at a time ({tiles})")
-    if tiles.warp_specialize and tiles.persistent:
-        raise ValueError(f"fused MLP: warp_specialize runs a program per tile, not persistent ({tiles})")
+    if tiles.subtile and not tiles.tma:
+        raise ValueError(f"fused MLP: subtile is a launch through TMA, not by address ({tiles})")
     tiles = _launchable(tiles, a.device)
     count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)
     elif tiles.persistent:  # the interpreter: a few programs, each looping over several tiles
         count = min(count, 3)
-    b_kn = b.stride(1) == 1  # b (K, N) row-major, as w_proj is; else bᵀ (N, K) is, as w_fc is
-    if tiles.warp_specialize:
-        if a.is_cuda:
-            triton.set_allocator(_descriptor_scratch)
-        _matmul_relu2_ws_kernel[(count,)](
-            a, b if b_kn else b.t(), post, out, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=tiles.block_m,
-            BLOCK_N=tiles.block_n, BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, UPCAST=INTERPRETED,
-            num_warps=tiles.warps, num_stages=tiles.stages,
-        )  # fmt: skip
-        return
     if tiles.tma:
         # Here, not at the top: the descriptors need Triton 3.4 or newer, the kernels by address do not.
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         bm, bn, bk = tiles.block_m, tiles.block_n, tiles.block_k
         epilogue_n = bn // 2 if tiles.subtile else bn
+        b_kn = b.stride(1) == 1  # b (K, N) row-major, as w_proj is; else bᵀ (N, K) is, as w_fc is
         descriptors = (
             TensorDescriptor.from_tensor(a, [bm, bk]),
             TensorDescriptor.from_tensor(b, [bk, bn])
@@ -346,15 +258,14 @@ def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
         )
         _matmul_relu2_tma_kernel[(count,)](
             *descriptors, M, N, K, BACKWARD=backward, B_KN=b_kn, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            GROUP_M=tiles.group_m, PREFETCH=tiles.prefetch, SUBTILE=tiles.subtile, UPCAST=INTERPRETED,
-            num_warps=tiles.warps,
+            GROUP_M=tiles.group_m, SUBTILE=tiles.subtile, UPCAST=INTERPRETED, num_warps=tiles.warps,
             num_stages=tiles.stages,
         )  # fmt: skip
         return
     _matmul_relu2_kernel[(count,)](
         a, b, post, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0),
         out.stride(1), BACKWARD=backward, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent, PREFETCH=tiles.prefetch,
+        BLOCK_K=tiles.block_k, GROUP_M=tiles.group_m, PERSISTENT=tiles.persistent,
         UPCAST=INTERPRETED, num_warps=tiles.warps, num_stages=tiles.stages,
     )  # fmt: skip
 

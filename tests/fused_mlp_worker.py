@@ -17,19 +17,14 @@ from nanogpt.fused_mlp import Tiles, linear_relu2, relu2_backward, relu2_mlp
 
 # Small launches: edges in rows and columns (100 rows by 32, 320 columns by 64), a persistent grid of 3
 # programs looping over 16 tiles, groups of rows of tiles; the same through TMA descriptors (which clip the
-# edge tiles themselves), on a grid and persistent; the backward's relu(h)² read before the reduction, by
-# address and through TMA; through TMA, the epilogue in two halves; the reduction warp-specialized through
-# descriptors made in the kernel (the interpreter runs it as any loop).
+# edge tiles themselves), on a grid and persistent, and persistent with the epilogue in two halves.
 LAUNCHES = [
     Tiles(32, 64, 32, 2, 1, 4),
     Tiles(64, 128, 64, 1, 1, 4),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True),
     Tiles(32, 64, 32, 2, 1, 4, tma=True),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True),
-    Tiles(32, 64, 32, 2, 1, 4, prefetch=True),
-    Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True, prefetch=True),
     Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True, subtile=True),
-    Tiles(32, 64, 32, 4, 1, 4, tma=True, warp_specialize=True),
 ]
 
 
@@ -62,7 +57,7 @@ def kernels() -> list[dict]:
     # Every element written: over outputs poisoned with NaN, no NaN is left (x and the weights are finite).
     poisoned = torch.full((rows, hidden), float("nan"), dtype=torch.bfloat16)
     written = []
-    for tiles in (LAUNCHES[0], *LAUNCHES[4:]):  # by address; through TMA, each kind
+    for tiles in (LAUNCHES[0], *LAUNCHES[-2:]):  # by address; through TMA, whole and in halves
         with (
             mock.patch.object(torch, "empty", lambda *a, **k: poisoned.clone()),
             mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned.clone()),
@@ -134,18 +129,12 @@ def edges() -> dict:
         torch._dynamo.reset()  # a new graph
         result["TMA"] = errors(relu2_mlp)
         result["TMA, compiled"] = errors(torch.compile(relu2_mlp))
-    # Launch options that do not go together: an error naming the launch, before anything runs.
-    for name, bad in (
-        ("subtile by address", Tiles(64, 128, 64, 8, 1, 4, subtile=True)),
-        ("prefetch with subtile", Tiles(64, 128, 64, 8, 1, 4, tma=True, subtile=True, prefetch=True)),
-        ("persistent warp_specialize", Tiles(64, 128, 64, 8, 1, 4, True, True, warp_specialize=True)),
-        ("subtile with warp_specialize", Tiles(64, 128, 64, 8, 1, 4, False, True, False, True, True)),
-    ):
-        try:
-            linear_relu2(x[0], w_fc, bad)
-            result[name] = "ran"
-        except ValueError as e:
-            result[name] = str(e)
+    # A subtiled epilogue by address is not a launch there is: an error naming it, before anything runs.
+    try:
+        linear_relu2(x[0], w_fc, Tiles(64, 128, 64, 8, 1, 4, subtile=True))
+        result["subtile by address"] = "ran"
+    except ValueError as e:
+        result["subtile by address"] = str(e)
     result["empty batch"] = errors(relu2_mlp, x=x[:, :0])
     result["x needs no gradient"] = errors(relu2_mlp, needs=(False, True, True))
     result["frozen weights"] = errors(relu2_mlp, needs=(True, False, False))

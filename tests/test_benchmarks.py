@@ -247,17 +247,20 @@ def test_the_fastest_mlp_variant_patches_the_measured_launches_in_and_out(tmp_pa
     pytest.importorskip("triton")
     from nanogpt import fused_mlp
 
-    def row(direction, ms, persistent=False, error=None):
+    def row(direction, ms, persistent=False, error=None, relative_error=2e-3):
         return {
             "direction": direction,
             "tiles": [128, 128, 64, 8, 3, 4, persistent, False],
             "ms": ms,
             "error": error,
+            "relative_error": None if error else relative_error,
         }
 
+    # Not chosen: a launch that failed, and launches that computed something else (off, or NaN).
     rows = [
-        row("forward", 0.4), row("forward", 0.3, persistent=True),
+        row("forward", 0.4), row("forward", 0.3, persistent=True), row("forward", 0.1, relative_error=0.07),
         row("backward", 0.2), row("backward", 0.05, error="OutOfResources"),
+        row("backward", 0.1, relative_error=float("nan")),
     ]  # fmt: skip
     measured = tmp_path / "mlp.json"
     measured.write_text(json.dumps({"results": rows}))

@@ -21,17 +21,15 @@ def test_the_kernels_match_torch_at_every_launch_under_the_interpreter():
     *cases, written = run_worker("kernels")
     # Over NaN-poisoned outputs, every element of relu(h)² and h's gradient written, by address and by each
     # kind of TMA launch.
-    assert written == {"all_written": [True] * 12}
+    assert written == {"all_written": [True] * 6}
     # Tiles with edges, one whole tile per row of blocks, a persistent grid; through TMA, on a grid and
-    # persistent; relu(h)² prefetched in the backward, by address and through TMA, persistent; through TMA,
-    # persistent with the epilogue in halves; warp-specialized.
+    # persistent, and persistent with the epilogue in halves.
     from nanogpt.fused_mlp import Tiles
 
-    kinds = ["persistent", "tma", "prefetch", "subtile", "warp_specialize"]
+    kinds = ["persistent", "tma", "subtile"]
     launched = [[name for name in kinds if getattr(Tiles(*case["tiles"]), name)] for case in cases]
     assert launched == [
-        [], [], ["persistent"], ["tma"], ["persistent", "tma"], ["prefetch"],
-        ["persistent", "tma", "prefetch"], ["persistent", "tma", "subtile"], ["tma", "warp_specialize"],
+        [], [], ["persistent"], ["tma"], ["persistent", "tma"], ["persistent", "tma", "subtile"],
     ]  # fmt: skip
     for case in cases:
         assert case["dtypes"] == ["torch.bfloat16"] * 2, case
@@ -69,10 +67,7 @@ def test_the_fused_mlp_where_a_user_could_trip_it():
     # A second derivative is an error (√post is a constant in the backward), not a wrong number.
     assert result["second derivative"] != "computed"
     assert "float16 is not supported" in result["float16"]
-    assert "subtile and warp_specialize are launches through TMA" in result["subtile by address"]
-    for name in ("prefetch with subtile", "subtile with warp_specialize"):
-        assert "one of prefetch, subtile and warp_specialize at a time" in result[name]
-    assert "a program per tile, not persistent" in result["persistent warp_specialize"]
+    assert "subtile is a launch through TMA, not by address" in result["subtile by address"]
 
 
 @needs_cpp_compiler
@@ -149,7 +144,7 @@ def test_a_gpu_without_tma_runs_the_same_tiles_by_address(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert fused_mlp.TILES.tma  # the trainer's forward goes through TMA where it can
-    assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES._replace(tma=False)
+    assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES._replace(tma=False, subtile=False)
     assert fused_mlp._launchable(fused_mlp.BACKWARD_TILES, cuda) == fused_mlp.BACKWARD_TILES
     capability["value"] = (9, 0)
     assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES
@@ -163,14 +158,14 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     args = ["--device", "cpu", "--depth", "1", "--rows", "96", "--reps", "1", "--warmup", "1"]
     rows = run_benchmark("benchmarks.mlp_kernel", args, tmp_path / "mlp.json")
     kernels = [row for row in rows if "kernel," in row["name"]]
-    # Forward and backward of the interpreter's launch, by address and through TMA descriptors; the backward
-    # prefetching relu(h)².
+    # Forward and backward of the interpreter's launch, by address, through TMA descriptors, and through them
+    # with the epilogue in halves.
     from nanogpt.fused_mlp import Tiles
 
     launches = [(row["direction"], Tiles(*row["tiles"])) for row in kernels]
-    assert [(direction, tiles.tma, tiles.prefetch) for direction, tiles in launches] == [
+    assert [(direction, tiles.tma, tiles.subtile) for direction, tiles in launches] == [
         ("forward", False, False), ("backward", False, False), ("forward", True, False),
-        ("backward", True, False), ("backward", False, True),
+        ("backward", True, False), ("forward", True, True), ("backward", True, True),
     ]  # fmt: skip
     for row in kernels:
         assert row["error"] is None and row["relative_error"] < 1.6e-2, row
@@ -180,7 +175,7 @@ def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
     from benchmarks.mlp_kernel import fastest
 
     assert fastest(rows, "forward")[0] == tuple(kernels[0]["tiles"])
-    timed = [dict(row, ms=ms) for row, ms in zip(kernels, (3.0, 2.0, 1.0, 4.0, 2.5), strict=True)]
+    timed = [dict(row, ms=ms) for row, ms in zip(kernels, (3.0, 2.0, 1.0, 4.0, 2.5, 2.5), strict=True)]
     timed.append(dict(kernels[0], ms=0.5, error="OutOfResources"))  # a launch that failed: not eligible
     assert fastest(timed, "forward") == (tuple(kernels[2]["tiles"]), 1.0)
     assert fastest(timed, "backward") == (tuple(kernels[1]["tiles"]), 2.0)
@@ -192,10 +187,7 @@ LAUNCHES = [
     "persistent",
     "tma",
     "tma-persistent",
-    "grid-prefetch",
-    "tma-persistent-prefetch",
     "tma-persistent-subtile",
-    "tma-ws",
 ]
 
 
@@ -206,8 +198,8 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
     # Depth 12's layer (n_embd 768, hidden 3,072) on 4,000 rows (not a whole number of tiles), bf16, float32
     # weights, under autocast as the trainer runs it: the fused MLP against the unfused, both against float64.
     # The trainer's launches, then 128 × 128 tiles both ways by address and through TMA (the backward at
-    # 128 × 256 through TMA needs more shared memory than an H100 has), with the backward's relu(h)² read
-    # before the reduction, and through TMA with the epilogue in halves and warp-specialized.
+    # 128 × 256 through TMA needs more shared memory than an H100 has unless its epilogue is in halves), and
+    # through TMA with the epilogue in halves.
     from nanogpt import fused_mlp
 
     device = torch.device("cuda", 0)
@@ -220,8 +212,7 @@ def test_the_fused_mlp_matches_the_compiled_one_on_a_gpu(launch):
         forward, backward = fused_mlp.TILES, fused_mlp.BACKWARD_TILES
     else:
         kind = dict(persistent="persistent" in launch, tma=launch.startswith("tma"))
-        kind |= dict(prefetch="prefetch" in launch, subtile="subtile" in launch)
-        kind |= dict(warp_specialize=launch.endswith("ws"))
+        kind |= dict(subtile=launch.endswith("subtile"))
         forward = backward = fused_mlp.Tiles(128, 128, 64, 8, 3, 4, **kind)
     results = {}
     for name in ("fused", "unfused", "float64"):
