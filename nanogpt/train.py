@@ -633,15 +633,13 @@ class SetupClock:
 
 
 class _QueuedStep(NamedTuple):
-    """An optimizer step queued on the device: its number (1-based); (the loss summed over all ranks, the
-    ranks' votes to stop, the step's target tokens over all ranks), float64, on their way to host memory;
-    on CUDA, events recorded on the stream as the step's queueing began and after its last kernel (None
-    elsewhere); its learning-rate multiplier; and when its queueing began (time.time())."""
+    """An optimizer step queued on the device: its number (1-based), the all-reduced (loss sum, votes to
+    stop) as a float64 device tensor, the step's target tokens over all ranks (a device tensor), its
+    learning-rate multiplier, and when its queueing began (time.time())."""
 
     step: int
     stats: torch.Tensor
-    began: torch.cuda.Event | None
-    ended: torch.cuda.Event | None
+    num_targets: torch.Tensor
     lr_frac: float
     started: float
 
@@ -1249,21 +1247,13 @@ class Trainer:
         A diverged step ends the run (its `end` event names that step), unless the run is `ending` already
         (an error in the step after it)."""
         with phase("sync"):
-            if queued.ended is not None:
-                # Waits for this step's kernels only. (Reading a device tensor here would queue its copy
-                # behind the next step's work, and wait for that too.)
-                queued.ended.synchronize()
-            loss_sum, stop_votes, num_targets = queued.stats.tolist()
+            loss_sum, stop_votes = queued.stats.tolist()  # waits for the step to finish
         now = time.time()
-        if queued.began is not None:
-            # By the device's clock: from when it could start the step (the host began queueing it, or the
-            # step before ended, whichever is later) to the step's end. The host's own clock would count a
-            # step read late from when the host got to it, which may be well after it ended.
-            step_s = queued.began.elapsed_time(queued.ended) / 1000
-        else:  # the CPU: each step is done when queued; from its start, or the last read if that is later
-            step_s = now - max(queued.started, self._last_read)
+        # From the step's start, or from when the step before it was read where that is later (the steps
+        # then overlap): each step's seconds are its own share of the wall time.
+        step_s = now - max(queued.started, self._last_read)
         self._last_read = now
-        loss = loss_sum / num_targets
+        loss = loss_sum / float(queued.num_targets)
         self.profiler.after_step(queued.step, step_s)
         config, runtime = self.config, self.runtime
         finite = math.isfinite(loss)
@@ -1292,10 +1282,6 @@ class Trainer:
         them."""
         runtime = self.runtime
         t0 = time.time()
-        began = ended = None
-        if runtime.device.type == "cuda":
-            began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            began.record()
         loader = self.train_loader
         with phase("data"):
             if self.manifest.has_mask:
@@ -1344,14 +1330,7 @@ class Trainer:
         # One small all-reduce per step: the loss (for the log and the divergence check) and the votes to
         # stop, so that every rank stops at the same step.
         stats = _all_reduce(torch.stack([loss_sum, loss_sum.new_full((), float(stop))]), runtime)
-        stats = torch.cat([stats, num_targets.double().reshape(1)])
-        if ended is not None:
-            # Into pinned host memory in the step's own stream order, so that reading it waits for nothing
-            # queued after.
-            host = torch.empty(3, dtype=torch.float64, pin_memory=True)
-            stats = host.copy_(stats, non_blocking=True)
-            ended.record()
-        return _QueuedStep(step, stats, began, ended, lr_frac, t0)
+        return _QueuedStep(step, stats, num_targets, lr_frac, t0)
 
     def _counters(self, step: int | None = None) -> dict[str, Any]:
         """Steps, tokens, FLOPs and elapsed seconds for an event: at `step`, or at the trainer's step."""

@@ -242,39 +242,6 @@ def test_each_step_is_read_after_the_next_is_queued_except_where_something_needs
     assert sum(e["step_s"] for e in steps) <= steps[-1]["elapsed_s"]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_a_gpu_reading_a_step_late_waits_for_that_step_only(tmp_path, data_dir, monkeypatch):
-    """A step read once the next is queued must not wait for the next one too (as reading a device tensor
-    would: its copy queues behind everything queued before it). Each queued step is followed here by a
-    second of GPU sleep standing for a long next step: after a late read returns, the GPU is still busy."""
-    real_train_step, real_read_step = train_module.Trainer._train_step, train_module.Trainer._read_step
-    busy_after_read = {}
-
-    def train_step(self, step, stop):
-        queued = real_train_step(self, step, stop)
-        torch.cuda._sleep(2_000_000_000)  # about a second
-        return queued
-
-    def read_step(self, queued, **kwargs):
-        result = real_read_step(self, queued, **kwargs)
-        busy_after_read[queued.step] = not torch.cuda.current_stream().query()
-        return result
-
-    monkeypatch.setattr(train_module.Trainer, "_train_step", train_step)
-    monkeypatch.setattr(train_module.Trainer, "_read_step", read_step)
-    config = tiny_config(data_dir, device="auto", train={"num_steps": 4}, eval={"every_steps": None})
-    config["checkpoint"] = {"every_steps": None}
-    assert run(write_run(tmp_path, config)) == EXIT_DONE
-    # Steps 1-3 are read late, each while the sleep queued after the next step still runs; 4, the last,
-    # is read at once, after its own sleep.
-    assert busy_after_read == {1: True, 2: True, 3: True, 4: False}
-    steps = {e["step"]: e for e in events_of(tmp_path) if e["kind"] == "step"}
-    # Timed by the device's clock, from when the GPU could start each step to its end: the sleeps, queued
-    # between steps, are in none of them. The host's clock would give each late-read step about a second.
-    assert all(steps[s]["step_s"] < 0.5 for s in (2, 3, 4))
-
-
 def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default(tmp_path, finished_run, data_dir):
     """A checkpoint written before `fp8_head` existed has no such key in its config: it was trained with
     the default (off), so a config that leaves it off resumes it, exactly."""
