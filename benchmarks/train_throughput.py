@@ -14,9 +14,8 @@ into the model for the run), `--ours-mlp` (default: the trainer's, its fused MLP
 `fused_mlp: false`; fastest: the fused MLP at the fastest launches of a benchmarks/mlp_kernel.py run,
 `--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto, true, false: `weight_copies`), `--ours-qkv`
 (separate: the model's three matmuls; fused: a candidate, one matmul over the concatenated weights, patched
-into the model for the run), `--ours-read-late` (true: each step's loss read once the next is queued, the
-trainer's way; false: read as each step ends) and `--ours-micro-batch` (sizes, or auto).
-`--ref-micro-batch` takes sizes too, one reference run each.
+into the model for the run) and `--ours-micro-batch` (sizes, or auto). `--ref-micro-batch` takes sizes
+too, one reference run each.
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -309,8 +308,7 @@ def qkv_variant(name: str) -> Iterator[None]:
 
 class Variant(NamedTuple):
     """One run of ours: the config's compile, fp8_head, micro-batch and weight_copies, the attention
-    backend, the head and MLP by their names in HEADS and MLPS, the q, k, v projections (qkv_variant), and
-    whether the loss is read a step late (Trainer.read_loss_late)."""
+    backend, the head and MLP by their names in HEADS and MLPS, and the q, k, v projections (qkv_variant)."""
 
     compile: bool | str
     fp8_head: bool
@@ -320,7 +318,6 @@ class Variant(NamedTuple):
     mlp: str
     weight_copies: bool | str
     qkv: str = "separate"
-    read_late: bool = True
 
 
 def run_ours(
@@ -332,7 +329,7 @@ def run_ours(
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv, read_late = variant
+    compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv = variant
     run_dir = make_run_dir(
         args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1], weight_copies=copies
     )
@@ -345,7 +342,6 @@ def run_ours(
         head_variant(head),
         mlp_variant(launches),
         qkv_variant(qkv),
-        mock.patch.object(train.Trainer, "read_loss_late", read_late),
     ):
         code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
@@ -367,7 +363,6 @@ def run_ours(
     labels += MLPS[mlp][0] if mlp != "default" else ", fused MLP" * fused_mlp
     labels += ", weight copies" * start["device"].get("weight_copies", False)
     labels += ", q k v in one matmul" * (qkv == "fused")
-    labels += ", loss read as each step ends" * (not read_late)
     if launches is not None:
         from benchmarks.mlp_kernel import describe
 
@@ -418,7 +413,7 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
     booleans = {"true": True, "false": False}
     attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
     variants = [
-        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv, read_late)
+        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
@@ -429,7 +424,6 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
             args.ours_weight_copies, "--ours-weight-copies", {**booleans, "auto": "auto"}
         )
         for qkv in parse_choices(args.ours_qkv, "--ours-qkv", {"separate": "separate", "fused": "fused"})
-        for read_late in parse_choices(args.ours_read_late, "--ours-read-late", booleans)
     ]
     if any(v.fp8_head and v.head.startswith("fused") for v in variants):
         raise SystemExit("--ours-fp8-head true with --ours-head fused*: the fused heads do their own matmuls")
@@ -501,12 +495,6 @@ def main() -> None:
         default="separate",
         help="comma-separated q, k, v projections (separate: the model's three matmuls; fused: one matmul "
         "over the concatenated weights, a candidate), one run each",
-    )
-    parser.add_argument(
-        "--ours-read-late",
-        default="true",
-        help="comma-separated: true, each step's loss read once the next step is queued (the trainer's "
-        "way); false, read as each step ends; one run each",
     )
     parser.add_argument(
         "--mlp-tiles-from",

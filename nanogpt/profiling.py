@@ -88,11 +88,6 @@ class StepProfiler:
     def active(self) -> bool:
         return self._profiler is not None
 
-    def profiles(self, step: int) -> bool:
-        """Whether step `step` (1-based) is in the window: the same answer on every rank, whichever records
-        (the trainer's loop decides by it when to wait for a step, and every rank must decide alike)."""
-        return self.start_step is not None and self.start_step < step <= self.start_step + self.num_steps
-
     def before_step(self, steps_done: int) -> None:
         if self.enabled and not self.active and steps_done == self.start_step:
             activities = [ProfilerActivity.CPU]

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -632,26 +632,10 @@ class SetupClock:
         self._last = now
 
 
-class _QueuedStep(NamedTuple):
-    """An optimizer step queued on the device: its number (1-based), the all-reduced (loss sum, votes to
-    stop) as a float64 device tensor, the step's target tokens over all ranks (a device tensor), its
-    learning-rate multiplier, and when its queueing began (time.time())."""
-
-    step: int
-    stats: torch.Tensor
-    num_targets: torch.Tensor
-    lr_frac: float
-    started: float
-
-
 class Trainer:
     """A run, set up in two phases free of collectives (so that a bad input on one rank cannot hang the
     others; `run` agrees between them), then `train()`. Every input check happens before anything is
     written."""
-
-    # Each step's loss read after the next step is queued (`_loop`); off, each step is read as it ends.
-    # The same numbers either way: a benchmark compares the two.
-    read_loss_late = True
 
     def __init__(
         self,
@@ -1111,7 +1095,6 @@ class Trainer:
             self._warm_up()
         self._wait_for_gpu()
         self.session_start = time.time()
-        self._last_read = self.session_start  # when the last step was read (_read_step)
         self.events = EventWriter(self.run_dir / EVENTS_NAME) if runtime.master else None
         self.wandb = None
         self.profiler = StepProfiler(
@@ -1177,109 +1160,62 @@ class Trainer:
         return [int(n) for n in _all_reduce(sizes, runtime).tolist()]
 
     def _loop(self, stop: _StopRequest) -> int:
-        """The steps. Each step's loss is read (which waits for the GPU to finish the step) after the next
-        step is queued, so that the GPU never waits at a step boundary for the host: to read the loss,
-        write the event, read the first micro-batch and launch its kernels. A step is read at once where
-        something follows it that needs it finished (validation, a checkpoint, the gauntlet, the last step,
-        a stop) or where it or the next is profiled, and always when `read_loss_late` is off."""
-        config = self.config
+        config, runtime = self.config, self.runtime
+        every_val, every_ckpt = config.eval.every_steps, config.checkpoint.every_steps
+        every_gauntlet = config.eval.gauntlet_every
         max_seconds = config.train.max_seconds
-        pending: _QueuedStep | None = None  # a step queued on the GPU whose loss is not read yet
+        peak = self.device["peak_flops"]
         while self.step < self.total_steps:
             self.profiler.before_step(self.step)
+            loss_sum, num_targets, lr_frac, step_s = self._train_step()
             out_of_time = max_seconds is not None and time.time() - self.session_start > max_seconds
-            try:
-                queued = self._train_step(self.step + 1, stop.requested or out_of_time)
-            except BaseException:
-                if pending is not None:  # its event is written before the run ends with the error
-                    with contextlib.suppress(Exception):
-                        self._read_step(pending, ending=True)
-                raise
+            # One small all-reduce per step: the loss (for the log and the divergence check) and the vote to
+            # stop, so that every rank stops at the same step.
+            stats = torch.tensor([loss_sum, float(stop.requested or out_of_time)], dtype=torch.float64)
+            loss_sum, stop_votes = _all_reduce(stats.to(runtime.device), runtime).tolist()
+            loss = loss_sum / num_targets
             self.step += 1
-            stop_voted = False
-            if pending is not None:  # read while the GPU runs the step just queued
-                diverged, stop_voted = self._read_step(pending)
-                pending = None
-                if diverged:
-                    return EXIT_DIVERGED
+            self.profiler.after_step(self.step, step_s)
             last = self.step == self.total_steps
-            if self.read_loss_late and not stop_voted and not self._needs_reading(self.step):
-                pending = queued
-                continue
-            diverged, voted = self._read_step(queued)
-            if diverged:
+            if not math.isfinite(loss) or self.step % config.log_every == 0 or last:
+                tok_per_s = config.train.total_batch_tokens / step_s
+                self._emit(
+                    "step",
+                    **self._counters(),
+                    loss=loss,
+                    lr=self.hparams["matrix_lr"] * lr_frac,
+                    lr_frac=lr_frac,
+                    tok_per_s=tok_per_s,
+                    mfu=None
+                    if peak is None
+                    else self.flops_per_token * tok_per_s / (runtime.world_size * peak),
+                    step_s=step_s,
+                )
+            if not math.isfinite(loss):
+                self._end("diverged", f"training loss is {loss} at step {self.step}")
                 return EXIT_DIVERGED
-            if last or self._due(self.step, config.eval.every_steps):
+            if last or (every_val is not None and self.step % every_val == 0):
                 self._validate()
-            stopping = (stop_voted or voted) and not last
-            if stopping or last or self._due(self.step, config.checkpoint.every_steps):
+            stopping = stop_votes > 0 and not last
+            if last or stopping or (every_ckpt is not None and self.step % every_ckpt == 0):
                 self._checkpoint(final=last, stopping=stopping)
             # After the checkpoint, so that a failing benchmark never costs the trained weights; never on the
             # way out of a stop (the runner reads a stop from the last event being a stopping checkpoint).
-            gauntlet_due = last or self._due(self.step, config.eval.gauntlet_every)
-            if self.gauntlet is not None and not stopping and gauntlet_due:
+            if (
+                self.gauntlet is not None
+                and not stopping
+                and (last or (every_gauntlet is not None and self.step % every_gauntlet == 0))
+            ):
                 self._run_gauntlet()
             if stopping:
                 return EXIT_STOPPED
         self._end("done", None)
         return EXIT_DONE
 
-    @staticmethod
-    def _due(step: int, every: int | None) -> bool:
-        return every is not None and step % every == 0
-
-    def _needs_reading(self, step: int) -> bool:
-        """Whether step `step` (just queued) must be read before the next is queued: something follows it
-        that needs it finished, or it or the next step is profiled (so that a profile holds its own steps'
-        work and waits only)."""
-        config = self.config
-        return (
-            step == self.total_steps
-            or self._due(step, config.eval.every_steps)
-            or self._due(step, config.checkpoint.every_steps)
-            or (self.gauntlet is not None and self._due(step, config.eval.gauntlet_every))
-            or self.profiler.profiles(step)
-            or self.profiler.profiles(step + 1)
-        )
-
-    def _read_step(self, queued: "_QueuedStep", *, ending: bool = False) -> tuple[bool, bool]:
-        """Wait for a queued step, log it, and return (whether it diverged, whether any rank asked to stop).
-        A diverged step ends the run (its `end` event names that step), unless the run is `ending` already
-        (an error in the step after it)."""
-        with phase("sync"):
-            loss_sum, stop_votes = queued.stats.tolist()  # waits for the step to finish
-        now = time.time()
-        # From the step's start, or from when the step before it was read where that is later (the steps
-        # then overlap): each step's seconds are its own share of the wall time.
-        step_s = now - max(queued.started, self._last_read)
-        self._last_read = now
-        loss = loss_sum / float(queued.num_targets)
-        self.profiler.after_step(queued.step, step_s)
-        config, runtime = self.config, self.runtime
-        finite = math.isfinite(loss)
-        if not finite or queued.step % config.log_every == 0 or queued.step == self.total_steps:
-            tok_per_s = config.train.total_batch_tokens / step_s
-            peak = self.device["peak_flops"]
-            self._emit(
-                "step",
-                **self._counters(queued.step),
-                loss=loss,
-                lr=self.hparams["matrix_lr"] * queued.lr_frac,
-                lr_frac=queued.lr_frac,
-                tok_per_s=tok_per_s,
-                mfu=None if peak is None else self.flops_per_token * tok_per_s / (runtime.world_size * peak),
-                step_s=step_s,
-            )
-        if not finite and not ending:
-            self.step = queued.step  # the run ends there: the `end` event counts up to it
-            self._end("diverged", f"training loss is {loss} at step {queued.step}")
-        return not finite, stop_votes > 0
-
-    def _train_step(self, step: int, stop: bool) -> "_QueuedStep":
-        """Queue optimizer step `step` (1-based) over grad_accum micro-batches, and with it the all-reduce of
-        the loss and of this rank's vote to `stop`; nothing here waits for the GPU. The gradient is that of
-        the mean loss over every target token of the step on all ranks, however the loss mask spreads
-        them."""
+    def _train_step(self) -> tuple[float, float, float, float]:
+        """One optimizer step over grad_accum micro-batches: (this rank's summed loss, target tokens of the
+        step over all ranks, lr multiplier, seconds). The gradient is that of the mean loss over every
+        target token of the step on all ranks, however the loss mask spreads them."""
         runtime = self.runtime
         t0 = time.time()
         loader = self.train_loader
@@ -1294,10 +1230,7 @@ class Trainer:
             else:
                 # Read lazily: each micro-batch is read while the GPU runs the one before, as nanoGPT does.
                 upcoming = (loader.next_batch() for _ in range(self.grad_accum))
-                # Filled on the device: a tensor copied from the host would wait for the GPU.
-                num_targets = torch.full(
-                    (), float(self.config.train.total_batch_tokens), device=runtime.device
-                )
+                num_targets = torch.tensor(float(self.config.train.total_batch_tokens), device=runtime.device)
             x, y = next(upcoming)
         # MuonAdamW averages gradients over the ranks, so each rank's share is multiplied by world_size.
         scale = runtime.world_size / num_targets
@@ -1327,17 +1260,16 @@ class Trainer:
         with phase("optimizer"):
             self.optimizer.step()
             self.model.zero_grad(set_to_none=True)
-        # One small all-reduce per step: the loss (for the log and the divergence check) and the votes to
-        # stop, so that every rank stops at the same step.
-        stats = _all_reduce(torch.stack([loss_sum, loss_sum.new_full((), float(stop))]), runtime)
-        return _QueuedStep(step, stats, num_targets, lr_frac, t0)
+        with phase("sync"):
+            loss_value = loss_sum.item()  # waits for the step to finish: the time below is the step's
+        return loss_value, float(num_targets), lr_frac, time.time() - t0
 
-    def _counters(self, step: int | None = None) -> dict[str, Any]:
-        """Steps, tokens, FLOPs and elapsed seconds for an event: at `step`, or at the trainer's step."""
-        step = self.step if step is None else step
-        tokens = step * self.config.train.total_batch_tokens
+    def _counters(self) -> dict[str, Any]:
+        tokens = self.step * self.config.train.total_batch_tokens
         elapsed_s = self.elapsed_before_s + time.time() - self.session_start
-        return dict(step=step, tokens=tokens, flops=float(tokens * self.flops_per_token), elapsed_s=elapsed_s)
+        return dict(
+            step=self.step, tokens=tokens, flops=float(tokens * self.flops_per_token), elapsed_s=elapsed_s
+        )
 
     def _validate(self) -> None:
         self.model.eval()

@@ -211,7 +211,7 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
     args = argparse.Namespace(
         ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
         ours_head="default,fused-fp8", ours_micro_batch="32", ours_mlp="default", ours_weight_copies="auto",
-        ours_qkv="separate", ours_read_late="true",
+        ours_qkv="separate",
     )  # fmt: skip
     variants = train_throughput.ours_variants(args)
     assert [(v.compile, v.head) for v in variants] == [
@@ -234,9 +234,7 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
     args.ours_qkv = "packed"
     with pytest.raises(SystemExit, match="--ours-qkv: 'packed' is not one of"):
         train_throughput.ours_variants(args)
-    args.ours_qkv, args.ours_read_late = "separate", "true,false"
-    assert [v.read_late for v in train_throughput.ours_variants(args)] == [True, False] * 2
-    args.ours_read_late = "true"
+    args.ours_qkv = "separate"
     args.ours_mlp = "fastest,triton"
     with pytest.raises(SystemExit, match="--ours-mlp: 'triton' is not one of"):
         train_throughput.ours_variants(args)
