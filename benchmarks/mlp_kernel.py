@@ -31,7 +31,7 @@ CANDIDATES = [
     Tiles(128, 128, 64, 8, 3, 4),
     Tiles(128, 128, 64, 8, 4, 4, persistent=True, tma=True),
     Tiles(128, 256, 64, 8, 3, 8, tma=True),
-    Tiles(128, 256, 64, 8, 4, 8, persistent=True, tma=True, subtile=True),
+    Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True, subtile=True),
     Tiles(128, 128, 64, 8, 4, 4, persistent=True, tma=True, subtile=True),
 ]
 SMALL = Tiles(32, 64, 32, 2, 1, 4)  # under the interpreter

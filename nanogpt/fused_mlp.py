@@ -58,12 +58,13 @@ class Tiles(NamedTuple):
     subtile: bool = False
 
 
-# The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 at the trainer's
-# micro-batch there (128 × 1,024 rows; 2026-12-07, docs/benchmarks.md): forward 0.99 ms through TMA with
-# the epilogue in halves (cuBLAS's matmul alone: 0.87), backward 1.26 ms by address (0.89). Together 0.9%
-# more tokens/s in the trainer than the launches before them. A GPU without TMA (before Hopper) runs the
-# same tiles by address (`_launchable`).
-TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True, subtile=True)
+# The launches the trainer uses, the fastest of benchmarks/mlp_kernel.py's on an H100 (2026-12-07,
+# docs/benchmarks.md). At the trainer's micro-batch there (128 × 1,024 rows): forward 0.99 ms through TMA
+# with the epilogue in halves (cuBLAS's matmul alone: 0.87), at 3 stages or 4 alike; backward 1.26 ms by
+# address (0.89); together 0.9% more tokens/s in the trainer than the launches before them (at 3 stages).
+# At 32 × 1,024 rows the forward at 4 stages is the fastest, 0.33 ms against 0.39 at 3. A GPU without TMA
+# (before Hopper) runs the same tiles by address (`_launchable`).
+TILES = Tiles(128, 256, 64, 8, 4, 8, persistent=True, tma=True, subtile=True)
 BACKWARD_TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True)
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
