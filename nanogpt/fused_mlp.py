@@ -63,9 +63,11 @@ class Tiles(NamedTuple):
 # with the epilogue in halves (cuBLAS's matmul alone: 0.87), at 3 stages or 4 alike; backward 1.26 ms by
 # address (0.89); together 0.9% more tokens/s in the trainer than the launches before them (at 3 stages).
 # At 32 × 1,024 rows the forward at 4 stages is the fastest, 0.33 ms against 0.39 at 3. A GPU without TMA
-# (before Hopper) runs the same tiles by address (`_launchable`).
+# (before Hopper) runs the same tiles by address, and one with less shared memory a block than they need
+# (about 99 KB on consumer GPUs, against 227 KB on an H100) runs SMALL_GPU_TILES (`_launchable`).
 TILES = Tiles(128, 256, 64, 8, 4, 8, persistent=True, tma=True, subtile=True)
 BACKWARD_TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True)
+SMALL_GPU_TILES = Tiles(128, 128, 64, 8, 2, 4)  # 64 KB of operand stages
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -219,12 +221,34 @@ def fits(in_features: int) -> bool:
     return in_features % TILES.block_k == 0 and in_features % BACKWARD_TILES.block_k == 0
 
 
-def _launchable(tiles: Tiles, device: torch.device) -> Tiles:
-    """`tiles`, by address where the GPU has no tensor memory accelerator (compute capability below 9.0);
-    the interpreter (on the CPU) runs either kind."""
-    if tiles.tma and device.type == "cuda" and torch.cuda.get_device_capability(device) < (9, 0):
-        return tiles._replace(tma=False, subtile=False)
-    return tiles
+def shared_bytes(tiles: Tiles, backward: bool) -> int:
+    """The shared memory a launch takes, to within Triton's few bytes of barriers (checked against the
+    compiled kernels for sm_90): the stages of a's and b's blocks and, through TMA, the epilogue's staged
+    tiles (the output's, and backward relu(h)²'s), each block_m × block_n or half that with subtile. By
+    address the epilogue reuses the stages' memory."""
+    stages = tiles.stages * (tiles.block_m + tiles.block_n) * tiles.block_k * 2  # bf16
+    staged_n = tiles.block_n // 2 if tiles.subtile else tiles.block_n
+    epilogue = (2 if backward else 1) * tiles.block_m * staged_n * 2 if tiles.tma else 0
+    return stages + epilogue
+
+
+def _launchable(tiles: Tiles, device: torch.device, backward: bool) -> Tiles:
+    """`tiles` as this device can run them: by address where the GPU has no tensor memory accelerator
+    (compute capability below 9.0); where its shared memory a block is less than they need (with a margin
+    of 1 KB), at 3 stages rather than more, and if that is still too much, SMALL_GPU_TILES. The
+    interpreter (on the CPU) runs any."""
+    if device.type != "cuda":
+        return tiles
+    props = torch.cuda.get_device_properties(device)
+    if tiles.tma and (props.major, props.minor) < (9, 0):
+        tiles = tiles._replace(tma=False, subtile=False)
+
+    def in_memory(tiles: Tiles) -> bool:
+        return shared_bytes(tiles, backward) + 1024 <= props.shared_memory_per_block_optin
+
+    if not in_memory(tiles) and tiles.stages > 3:
+        tiles = tiles._replace(stages=3)
+    return tiles if in_memory(tiles) else SMALL_GPU_TILES
 
 
 def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
@@ -236,7 +260,7 @@ def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
         return
     if tiles.subtile and not tiles.tma:
         raise ValueError(f"fused MLP: subtile is a launch through TMA, not by address ({tiles})")
-    tiles = _launchable(tiles, a.device)
+    tiles = _launchable(tiles, a.device, backward)
     count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)

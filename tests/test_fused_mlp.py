@@ -137,19 +137,37 @@ def test_fused_mlp_is_off_unless_asked_and_refuses_what_it_cannot_fuse(monkeypat
             fused_mlp.self_test(cpu)
 
 
-def test_a_gpu_without_tma_runs_the_same_tiles_by_address(monkeypatch):
+def test_a_gpu_without_tma_or_with_less_shared_memory_runs_launches_it_can(monkeypatch):
+    from types import SimpleNamespace
+
     from nanogpt import fused_mlp
 
-    capability = {"value": (8, 0)}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    def gpu(major, minor, kb):  # compute capability, shared memory a block (opt-in)
+        return SimpleNamespace(major=major, minor=minor, shared_memory_per_block_optin=kb * 1024)
+
+    h100, a100, rtx4090, rtx5090 = gpu(9, 0, 227), gpu(8, 0, 163), gpu(8, 9, 99), gpu(12, 0, 99)
+    device = {"props": h100}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=None: device["props"])
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert fused_mlp.TILES.tma  # the trainer's forward goes through TMA where it can
-    assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES._replace(tma=False, subtile=False)
-    assert fused_mlp._launchable(fused_mlp.BACKWARD_TILES, cuda) == fused_mlp.BACKWARD_TILES
-    capability["value"] = (9, 0)
-    assert fused_mlp._launchable(fused_mlp.TILES, cuda) == fused_mlp.TILES
-    capability["value"] = (8, 0)
-    assert fused_mlp._launchable(fused_mlp.TILES, cpu) == fused_mlp.TILES  # the interpreter runs TMA
+    forward, backward = fused_mlp.TILES, fused_mlp.BACKWARD_TILES
+    assert forward.tma and forward.subtile  # the trainer's forward goes through TMA where it can
+
+    def launches(props):
+        device["props"] = props
+        return fused_mlp._launchable(forward, cuda, False), fused_mlp._launchable(backward, cuda, True)
+
+    assert launches(h100) == (forward, backward)
+    # No TMA: by address, where 4 stages of 128 × 256 tiles (192 KB) do not fit but 3 (144 KB) do.
+    assert launches(a100) == (forward._replace(tma=False, subtile=False, stages=3), backward)
+    # 99 KB: the small launch, both ways, with or without TMA.
+    small = fused_mlp.SMALL_GPU_TILES
+    assert launches(rtx4090) == launches(rtx5090) == (small, small)
+    assert fused_mlp.shared_bytes(small, True) + 1024 <= rtx4090.shared_memory_per_block_optin
+    assert fused_mlp._launchable(forward, cpu, False) == forward  # the interpreter runs any
+    # The estimate is the compiled kernels' shared memory for sm_90 (Triton 3.6), to within its barriers.
+    compiled = {(forward, False): 229408, (forward._replace(stages=3), True): 213032}
+    for (tiles, is_backward), size in compiled.items():
+        assert 0 <= size - fused_mlp.shared_bytes(tiles, is_backward) < 256
 
 
 def test_the_mlp_benchmark_checks_its_launches_under_the_interpreter(tmp_path):
