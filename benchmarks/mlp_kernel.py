@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.loss_kernel import time_ms
-from nanogpt.fused_mlp import BACKWARD_TILES, TILES, Tiles, linear_relu2, relu2_backward, relu2_mlp
+from nanogpt.fused_mlp import (
+    BACKWARD_TILES,
+    TILES,
+    Tiles,
+    launchable,
+    linear_relu2,
+    relu2_backward,
+    relu2_mlp,
+)
 from nanogpt.model import GPTConfig
 
 # Launches tried beside the trainer's (TILES forward, BACKWARD_TILES backward): block_m, block_n, block_k,
@@ -115,9 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
             ("backward", lambda t=tiles: relu2_backward(dy, w_proj, post, t), back_ms, BACKWARD_TILES),
         ):
             label = f"{direction} kernel, {name}" + (" (trained)" if tiles == trained else "")
+            runs_as = launchable(tiles, device, direction == "backward")
+            if runs_as != tiles:  # too much shared memory here: the kernels would run another launch
+                error = f"not run: this GPU would run it as {describe(runs_as)}"
+                rows.append({"name": f"{label}: not run", "error": error})
+                continue
             try:
                 got = run()
-            except Exception as e:  # a launch that does not fit the GPU (shared memory): reported, not fatal
+            except Exception as e:  # a launch that does not build or launch here: reported, not fatal
                 error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
                 rows.append({"name": f"{label}: failed", "error": error})
                 continue

@@ -64,7 +64,8 @@ class Tiles(NamedTuple):
 # address (0.89); together 0.9% more tokens/s in the trainer than the launches before them (at 3 stages).
 # At 32 × 1,024 rows the forward at 4 stages is the fastest, 0.33 ms against 0.39 at 3. A GPU without TMA
 # (before Hopper) runs the same tiles by address, and one with less shared memory a block than they need
-# (about 99 KB on consumer GPUs, against 227 KB on an H100) runs SMALL_GPU_TILES (`_launchable`).
+# runs them at 3 stages or, where that is still too much (about 99 KB on consumer GPUs, against 227 KB on
+# an H100), SMALL_GPU_TILES (`launchable`).
 TILES = Tiles(128, 256, 64, 8, 4, 8, persistent=True, tma=True, subtile=True)
 BACKWARD_TILES = Tiles(128, 256, 64, 8, 3, 8, persistent=True)
 SMALL_GPU_TILES = Tiles(128, 128, 64, 8, 2, 4)  # 64 KB of operand stages
@@ -217,26 +218,29 @@ def _tma_epilogue(acc, post_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr
 
 def fits(in_features: int) -> bool:
     """Whether the kernels take an MLP of this width: both reductions (n_embd, forward and backward) must be
-    a whole number of their launches' blocks. Rows and the hidden width may be anything."""
-    return in_features % TILES.block_k == 0 and in_features % BACKWARD_TILES.block_k == 0
+    a whole number of their launches' blocks, whichever the GPU runs. Rows and the hidden width may be
+    anything."""
+    return all(in_features % tiles.block_k == 0 for tiles in (TILES, BACKWARD_TILES, SMALL_GPU_TILES))
 
 
-def shared_bytes(tiles: Tiles, backward: bool) -> int:
-    """The shared memory a launch takes, to within Triton's few bytes of barriers (checked against the
-    compiled kernels for sm_90): the stages of a's and b's blocks and, through TMA, the epilogue's staged
-    tiles (the output's, and backward relu(h)²'s), each block_m × block_n or half that with subtile. By
-    address the epilogue reuses the stages' memory."""
-    stages = tiles.stages * (tiles.block_m + tiles.block_n) * tiles.block_k * 2  # bf16
+def shared_bytes(tiles: Tiles, backward: bool, itemsize: int = 2) -> int:
+    """The shared memory a launch takes for operands of `itemsize` bytes: the stages of a's and b's blocks
+    and, through TMA, the epilogue's staged tiles (the output's, and backward relu(h)²'s), each block_m ×
+    block_n or half that with subtile. Through TMA it is the compiled kernel's for sm_90 to within Triton's
+    few bytes of barriers; by address an upper bound (the epilogue reuses the stages' memory, and on sm_90
+    Triton keeps fewer stages there)."""
+    stages = tiles.stages * (tiles.block_m + tiles.block_n) * tiles.block_k * itemsize
     staged_n = tiles.block_n // 2 if tiles.subtile else tiles.block_n
-    epilogue = (2 if backward else 1) * tiles.block_m * staged_n * 2 if tiles.tma else 0
+    epilogue = (2 if backward else 1) * tiles.block_m * staged_n * itemsize if tiles.tma else 0
     return stages + epilogue
 
 
-def _launchable(tiles: Tiles, device: torch.device, backward: bool) -> Tiles:
+def launchable(tiles: Tiles, device: torch.device, backward: bool, itemsize: int = 2) -> Tiles:
     """`tiles` as this device can run them: by address where the GPU has no tensor memory accelerator
     (compute capability below 9.0); where its shared memory a block is less than they need (with a margin
-    of 1 KB), at 3 stages rather than more, and if that is still too much, SMALL_GPU_TILES. The
-    interpreter (on the CPU) runs any."""
+    of 1 KB), at 3 stages rather than more, and if that is still too much, SMALL_GPU_TILES (which a GPU of
+    64 KB a block cannot run either: the self-test then turns the fused MLP off). The interpreter (on the
+    CPU) runs any."""
     if device.type != "cuda":
         return tiles
     props = torch.cuda.get_device_properties(device)
@@ -244,7 +248,7 @@ def _launchable(tiles: Tiles, device: torch.device, backward: bool) -> Tiles:
         tiles = tiles._replace(tma=False, subtile=False)
 
     def in_memory(tiles: Tiles) -> bool:
-        return shared_bytes(tiles, backward) + 1024 <= props.shared_memory_per_block_optin
+        return shared_bytes(tiles, backward, itemsize) + 1024 <= props.shared_memory_per_block_optin
 
     if not in_memory(tiles) and tiles.stages > 3:
         tiles = tiles._replace(stages=3)
@@ -254,13 +258,13 @@ def _launchable(tiles: Tiles, device: torch.device, backward: bool) -> Tiles:
 def _launch(a, b, post, out, backward: bool, tiles: Tiles) -> None:
     M, K = a.shape
     N = b.size(1)
+    if tiles.subtile and not tiles.tma:
+        raise ValueError(f"fused MLP: subtile is a launch through TMA, not by address ({tiles})")
+    tiles = launchable(tiles, a.device, backward, a.element_size())
     if K % tiles.block_k != 0:
         raise ValueError(f"fused MLP: the reduction ({K}) must be a multiple of block_k {tiles.block_k}")
     if M == 0:  # nothing to compute (TMA descriptors refuse an empty tensor)
         return
-    if tiles.subtile and not tiles.tma:
-        raise ValueError(f"fused MLP: subtile is a launch through TMA, not by address ({tiles})")
-    tiles = _launchable(tiles, a.device, backward)
     count = triton.cdiv(M, tiles.block_m) * triton.cdiv(N, tiles.block_n)
     if tiles.persistent and a.is_cuda:
         count = min(count, torch.cuda.get_device_properties(a.device).multi_processor_count)

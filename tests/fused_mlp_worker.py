@@ -135,6 +135,18 @@ def edges() -> dict:
         result["subtile by address"] = "ran"
     except ValueError as e:
         result["subtile by address"] = str(e)
+    # The epilogue in halves of 32 columns where the hidden width, 272, ends inside the last tile's left half.
+    subtile = Tiles(32, 64, 32, 4, 1, 4, persistent=True, tma=True, subtile=True)
+    x16, grad_y16 = x[0].bfloat16(), grad_y[0].bfloat16()
+    w_fc16, w_proj16 = (torch.randn(272, 64) / 8).bfloat16(), (torch.randn(64, 272) / 16).bfloat16()
+    relu = F.relu((x16.float() @ w_fc16.float().t()).bfloat16().float())
+    post = linear_relu2(x16, w_fc16, subtile)
+    grad_pre = relu2_backward(grad_y16, w_proj16, post, subtile)
+    expected_grad = (grad_y16.float() @ w_proj16.float()).bfloat16().float() * 2 * relu
+    result["subtile, column edge"] = [
+        relative_error(post, relu.square()),
+        relative_error(grad_pre, expected_grad),
+    ]
     result["empty batch"] = errors(relu2_mlp, x=x[:, :0])
     result["x needs no gradient"] = errors(relu2_mlp, needs=(False, True, True))
     result["frozen weights"] = errors(relu2_mlp, needs=(True, False, False))
