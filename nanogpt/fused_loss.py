@@ -216,22 +216,11 @@ def _loss_and_grad_kernel(
     # Pass 2: the softmax, through the soft-cap's derivative 1 - tanh²; an ignored row's gradient is 0
     # (selected, not multiplied: a NaN logit there must not make it NaN).
     if ONE_PASS:
-        _held_grad(
-            h0, c0, grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, grad_multiplier,
-            HAS_CAP, GRAD_E5M2, FAST_TANH,
-        )  # fmt: skip
-        _held_grad(
-            h1, c1, grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, grad_multiplier,
-            HAS_CAP, GRAD_E5M2, FAST_TANH,
-        )  # fmt: skip
-        _held_grad(
-            h2, c2, grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, grad_multiplier,
-            HAS_CAP, GRAD_E5M2, FAST_TANH,
-        )  # fmt: skip
-        _held_grad(
-            h3, c3, grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, grad_multiplier,
-            HAS_CAP, GRAD_E5M2, FAST_TANH,
-        )  # fmt: skip
+        row_args = (grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, grad_multiplier)
+        _held_grad(h0, c0, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        _held_grad(h1, c1, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        _held_grad(h2, c2, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        _held_grad(h3, c3, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
     else:
         for start in range(0, inside, BLOCK):
             cols = start + tl.arange(0, BLOCK)
