@@ -41,6 +41,12 @@ CANDIDATES = [
     Tiles(128, 256, 64, 8, 3, 8, tma=True),
     Tiles(128, 256, 64, 8, 3, 8, persistent=True, tma=True, subtile=True),
     Tiles(128, 128, 64, 8, 4, 4, persistent=True, tma=True, subtile=True),
+    # Not yet measured: other tile shapes, a deeper reduction block (K is 768: 6 steps of 128), other groups.
+    Tiles(256, 128, 64, 8, 3, 8, persistent=True),
+    Tiles(128, 256, 128, 8, 2, 8, persistent=True),
+    Tiles(128, 256, 64, 4, 3, 8, persistent=True),
+    Tiles(128, 256, 64, 16, 3, 8, persistent=True),
+    Tiles(256, 128, 64, 8, 3, 8, persistent=True, tma=True, subtile=True),
 ]
 SMALL = Tiles(32, 64, 32, 2, 1, 4)  # under the interpreter
 
