@@ -11,7 +11,6 @@ Exit codes: 0 done, 1 error, 2 bad config or input (nothing written), 3 diverged
 import argparse
 import contextlib
 import dataclasses
-import functools
 import importlib
 import importlib.metadata
 import math
@@ -339,9 +338,8 @@ def probe_device_batch_size(
     GPU_MAX_DEVICE_BATCH) that fits in `share` of the GPU (device_batch_fits), or 0 if not even one
     sequence does. It depends only on this process's own peak memory, not on what else runs on the GPU."""
     candidates = [b for b in range(min(num_sequences, GPU_MAX_DEVICE_BATCH), 0, -1) if num_sequences % b == 0]
-    args = (runtime, num_params, vocab_size)
-    fits = functools.partial(device_batch_fits, share=share, extra_bytes=extra_bytes)
-    return next((b for b in candidates if fits(model, b, *args)), 0)
+    args, limits = (runtime, num_params, vocab_size), {"share": share, "extra_bytes": extra_bytes}
+    return next((b for b in candidates if device_batch_fits(model, b, *args, **limits)), 0)
 
 
 # The share of a GPU's memory each trainer keeps to when it may share the GPU (a GPU lock; nanogpt.gpu_lock):
