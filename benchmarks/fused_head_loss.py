@@ -1,10 +1,9 @@
-"""Candidates beside the trainer's fused loss (nanogpt/fused_loss.py): its FP8 variant, and the same trick
-by torch.compile.
+"""The trainer's fused loss (nanogpt/fused_loss.py), its FP8 head, and a candidate: the same trick by
+torch.compile.
 
-`FusedFP8HeadLoss` also runs the lm_head's three matmuls in FP8, with the kernel writing the gradient
-directly in e5m2 at a fixed scale (the gradient lies in [-1, 1]): no amax pass over it, half the bytes,
-and only its one transposed copy beyond the kernel. `fp8_head`'s dynamic scaling of that gradient cost
-more than the FP8 matmuls saved (docs/benchmarks.md), and so did this (measured there).
+`FusedFP8HeadLoss` (nanogpt/fused_loss.py, the trainer's head under `fp8_head`) runs the lm_head's three
+matmuls in FP8, with the kernel writing the gradient directly in e5m2 at a fixed scale (the gradient lies
+in [-1, 1]): no amax pass over it, half the bytes, and its one transposed copy by a Triton kernel.
 
 `CompiledHeadLoss` takes the loss and its gradient in the forward as the kernel does, from torch
 operations compiled by torch.compile (no Triton source of ours); it measured no faster than the model's
@@ -17,10 +16,9 @@ which the tests use.
 """
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from nanogpt.fused_loss import BLOCK, NUM_WARPS, FusedHeadLoss, head_loss, losses_writing_grad
-from nanogpt.model import FP8_GRAD, FP8_INPUT, GPT, fp8_fits, to_fp8
+from nanogpt.fused_loss import BLOCK, NUM_WARPS, FusedFP8HeadLoss, FusedHeadLoss, head_loss
+from nanogpt.model import GPT, fp8_fits
 
 
 def _losses_and_grad_reference(logits, targets, cap, vocab_size):
@@ -57,55 +55,6 @@ class CompiledHeadLoss(FusedHeadLoss):
         ctx.save_for_backward(x, w, grad_logits)
         ctx.weight_dtype = weight.dtype
         return losses
-
-
-# The FP8 variant's gradient, d loss_row / d logits = softmax - one-hot through the soft-cap's derivative,
-# lies in [-1, 1] whatever the logits: a fixed scale puts 1 at 2^15, below e5m2's largest 57,344, and
-# leaves probabilities down to about 2^-29 representable. No amax pass over the logits' gradient.
-GRAD_MULTIPLIER = 2.0**15
-
-
-class FusedFP8HeadLoss(torch.autograd.Function):
-    """FusedHeadLoss with the lm_head's three matmuls in FP8 (torch._scaled_mm, as nanogpt.model.FP8Linear):
-    x and the weight in e4m3 with scales from their largest magnitudes (small tensors), the logits' gradient
-    written by the kernel directly in e5m2 at the fixed GRAD_MULTIPLIER (half the bytes of bf16, and the
-    bf16 logits are freed after the kernel). Shapes must pass nanogpt.model.fp8_fits."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
-        x8, x_scale = to_fp8(x, FP8_INPUT)
-        w8, w_scale = to_fp8(weight, FP8_INPUT)
-        # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
-        logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
-        grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
-        args = (cap, vocab_size, GRAD_MULTIPLIER, block, num_warps, True)
-        losses = losses_writing_grad(logits, targets, grad8, *args)
-        ctx.save_for_backward(x, w8, w_scale, grad8)
-        ctx.weight_dtype = weight.dtype
-        return losses
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_losses):
-        x, w8, w_scale, grad8 = ctx.saved_tensors
-        # torch.full, not torch.tensor: a tensor from a Python number is copied to the GPU synchronously,
-        # which would stall the host before every backward.
-        g_scale = torch.full((), 1 / GRAD_MULTIPLIER, device=x.device, dtype=torch.float32)
-        scale = grad_losses.float()[:, None]  # one number per row: scale the small operands, as above
-        # grad_x = g @ w: w (out, in) is needed column-major, a small copy.
-        grad_x = torch._scaled_mm(
-            grad8, w8.t().contiguous().t(), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32
-        )
-        grad_x = (grad_x * scale).to(x.dtype)
-        # grad_w = ((x·scale)ᵀ @ g)ᵀ: (x·scale)ᵀ row-major is a small copy; g column-major is the one
-        # transposed copy of the gradient (e5m2: half the bytes of bf16). One e4m3 scale for x·scale: rows
-        # weighted very unevenly (reduction "none") lose precision; the trainer's weights are uniform.
-        xs8, xs_scale = to_fp8(x.float() * scale, FP8_INPUT)
-        grad_w = torch._scaled_mm(
-            xs8.t().contiguous(), grad8.t().contiguous().t(), scale_a=xs_scale, scale_b=g_scale,
-            out_dtype=torch.float32,
-        ).t()  # fmt: skip
-        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
 def fused_head(

@@ -7,15 +7,16 @@ Prints, for each: tokens/s, MFU against the H100's 989 TFLOP/s dense bf16 peak a
 Both train on the same random tokens with the same total batch (gradient accumulation to reach it).
 
 Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile`
-(true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8), `--ours-attention`
-(default, cudnn: cuDNN's attention kernel first), `--ours-head` (default: the trainer's own, with its
-fused loss on CUDA; unfused: `fused_loss: false`; sigmoid, fused-fp8, fused-compiled: candidate heads patched
-into the model for the run), `--ours-mlp` (default: the trainer's, its fused MLP on CUDA; unfused:
-`fused_mlp: false`; fastest: the fused MLP at the fastest launches of a benchmarks/mlp_kernel.py run,
-`--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto, true, false: `weight_copies`), `--ours-qkv`
-(separate: the model's three matmuls; fused: a candidate, one matmul over the concatenated weights, patched
-into the model for the run), `--ours-inductor` (default; tuned: a candidate, torch.compile's elementwise
-kernels tuned by coordinate descent over their block sizes) and `--ours-micro-batch` (sizes, or auto).
+(true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8, with the fused loss
+its FP8 head), `--ours-attention` (default, cudnn: cuDNN's attention kernel first), `--ours-head`
+(default: the trainer's own, with its fused loss on CUDA; unfused: `fused_loss: false`; sigmoid,
+fused-compiled: candidate heads patched into the model for the run), `--ours-mlp` (default: the
+trainer's, its fused MLP on CUDA; unfused: `fused_mlp: false`; fastest: the fused MLP at the fastest
+launches of a benchmarks/mlp_kernel.py run, `--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto,
+true, false: `weight_copies`), `--ours-qkv` (separate: the model's three matmuls; fused: a candidate, one
+matmul over the concatenated weights, patched into the model for the run), `--ours-inductor` (default;
+tuned: a candidate, torch.compile's elementwise kernels tuned by coordinate descent over their block
+sizes) and `--ours-micro-batch` (sizes, or auto).
 `--ref-micro-batch` takes sizes too, one reference run each.
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
@@ -215,13 +216,12 @@ ATTENTION_BACKENDS = {
 # The head a run of ours may train with: the trainer's own (its fused loss on CUDA, `fused_loss: auto`), its
 # compiled head (`fused_loss: false`), or a candidate of benchmarks/train_breakdown.py patched into the
 # model's class for the run (the trainer builds its model in this process): the soft-cap through the
-# sigmoid (in the compiled head), the fused loss with the lm_head in FP8, or the loss and its gradient taken
-# in the forward by torch.compile (benchmarks/fused_head_loss.py). Name → (label, the config's fused_loss).
+# sigmoid (in the compiled head), or the loss and its gradient taken in the forward by torch.compile
+# (benchmarks/fused_head_loss.py). Name → (label, the config's fused_loss).
 HEADS = {
     "default": ("", "auto"),
     "unfused": (", unfused loss", False),
     "sigmoid": (", unfused loss, sigmoid soft-cap", False),
-    "fused-fp8": (", fused Triton loss, FP8 lm_head", False),
     "fused-compiled": (", loss and gradient compiled in the forward", False),
 }
 
@@ -282,12 +282,11 @@ def head_variant(name: str) -> Iterator[None]:
         # Eager (a graph break under torch.compile), as the trainer runs its own fused loss. Evaluation
         # (no gradient) and generation keep the model's own head.
         eager_fused_head = torch.compiler.disable(fused_head)
-        options = {"fp8": name == "fused-fp8", "compiled": name == "fused-compiled"}
 
         def replacement(self, x, targets=None, *, reduction="mean"):
             if targets is None or not torch.is_grad_enabled():
                 return original(self, x, targets, reduction=reduction)
-            return eager_fused_head(self, x, targets, reduction=reduction, **options)
+            return eager_fused_head(self, x, targets, reduction=reduction, compiled=True)
 
     with mock.patch.object(GPT, attribute, replacement):
         yield
@@ -448,7 +447,9 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
         )
     ]
     if any(v.fp8_head and v.head.startswith("fused") for v in variants):
-        raise SystemExit("--ours-fp8-head true with --ours-head fused*: the fused heads do their own matmuls")
+        raise SystemExit(
+            "--ours-fp8-head true with --ours-head fused-compiled: that head does its own matmuls"
+        )
     return variants
 
 
@@ -497,8 +498,8 @@ def main() -> None:
         "--ours-head",
         default="default",
         help="comma-separated heads (default: the trainer's, with its fused loss on CUDA; unfused: "
-        "fused_loss false; sigmoid: that, the soft-cap through the sigmoid; fused-fp8: the fused loss with "
-        "the lm_head in FP8; fused-compiled: the loss and its gradient in the forward, by torch.compile)",
+        "fused_loss false; sigmoid: that, the soft-cap through the sigmoid; fused-compiled: the loss and "
+        "its gradient in the forward, by torch.compile)",
     )
     parser.add_argument(
         "--ours-mlp",

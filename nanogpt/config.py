@@ -221,12 +221,13 @@ class RunConfig:
     # (nanogpt.model.compile_blocks: compiles in a fraction of the time), false runs eagerly; "auto" picks
     # one from the device and the run's length (nanogpt.train.resolve_compile).
     compile: bool | Literal["blocks", "auto"] = "auto"
-    # The lm_head's matmuls in FP8 during training steps (nanogpt.model.FP8Linear); needs FP8 tensor cores
-    # (compute capability 8.9+) on CUDA. Evaluation and generation stay in the autocast dtype.
+    # The lm_head's matmuls in FP8 during training steps (with the fused loss nanogpt.fused_loss's
+    # FusedFP8HeadLoss, else nanogpt.model.FP8Linear); needs FP8 tensor cores (compute capability 8.9+) on
+    # CUDA. Evaluation and generation stay in the autocast dtype.
     fp8_head: bool = False
     # The training loss and its gradient in one Triton kernel (nanogpt.fused_loss): the same loss, 3% more
-    # tokens/s at depth 12 on an H100. "auto": on for CUDA runs when triton imports and fp8_head is off;
-    # true: required (an error elsewhere); false: the compiled loss of GPT.head.
+    # tokens/s at depth 12 on an H100. "auto": on for CUDA runs when triton imports and the kernel passes
+    # its self-test; true: required (an error elsewhere); false: the compiled loss of GPT.head.
     fused_loss: bool | Literal["auto"] = "auto"
     # The ReLU² MLP's activation inside its matmuls' Triton kernels (nanogpt.fused_mlp) during training
     # steps: the same function, 1.8% more tokens/s at depth 12 on an H100. "auto": on for CUDA runs of a
@@ -247,8 +248,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive_int(self, "log_every")
-        if self.fused_loss is True and self.fp8_head:
-            raise ValueError("fused_loss: true and fp8_head: true are two different heads; turn one off")
         if self.seed < 0:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
         if self.mode == "pretraining":

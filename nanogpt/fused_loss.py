@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from nanogpt.model import FP8_GRAD, FP8_INPUT, to_fp8
+
 BLOCK = 8192  # logits per iteration of a row's loops (fastest with 16 warps on an H100, 2026-12-07)
 NUM_WARPS = 16
 # Up to this soft-cap the kernel sums exp(capped - cap) without a running max: above e^-80 the terms stay
@@ -298,6 +300,92 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
+# The FP8 head's gradient over the logits, d loss_row / d logits = softmax - one-hot through the soft-cap's
+# derivative, lies in [-1, 1] whatever the logits: the kernel writes it in e5m2 at this fixed scale, which
+# puts 1 at 2^15 (below e5m2's largest, 57,344) and keeps probabilities down to about 2^-31 (e5m2's
+# smallest subnormal, 2^-16, over the scale). No amax pass over the largest tensor of the step.
+FP8_GRAD_MULTIPLIER = 2.0**15
+TRANSPOSE_BLOCK = 128  # a transposed tile: bytes by bytes
+
+
+@triton.jit
+def _transpose_kernel(src_ptr, dst_ptr, rows, cols, BLOCK: tl.constexpr):
+    """dst (cols, rows) = srcᵀ for a row-major src (rows, cols) of bytes, one BLOCK × BLOCK tile a program:
+    read along src's rows and written along dst's, so that both sides are whole lines of memory (Triton
+    turns the tile through shared memory)."""
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    tile = tl.load(
+        src_ptr + r[:, None].to(tl.int64) * cols + c[None, :], mask=(r[:, None] < rows) & (c[None, :] < cols)
+    )
+    tl.store(
+        dst_ptr + c[:, None].to(tl.int64) * rows + r[None, :], tl.trans(tile),
+        mask=(c[:, None] < cols) & (r[None, :] < rows),
+    )  # fmt: skip
+
+
+def transpose(t: torch.Tensor, block: int = TRANSPOSE_BLOCK) -> torch.Tensor:
+    """tᵀ, contiguous, for a 2-D tensor of one-byte elements (the FP8 head's operands): cuBLAS's FP8
+    matmuls take both operands along their inner dimension, so the weight's gradient, summed over the rows,
+    needs the logits' gradient transposed. torch's own copy of a one-byte transpose ran at a sixth of a
+    plain copy's speed on an H100 (49.8 ms for 6.6 GB, 2026-12-07)."""
+    if t.dim() != 2 or t.element_size() != 1:
+        raise ValueError(
+            f"transpose: takes a 2-D tensor of one-byte elements, got {t.dtype} {tuple(t.shape)}"
+        )
+    t = t.contiguous()
+    rows, cols = t.shape
+    out = torch.empty((cols, rows), device=t.device, dtype=t.dtype)
+    if t.numel():
+        grid = (triton.cdiv(rows, block), triton.cdiv(cols, block))
+        _transpose_kernel[grid](t.view(torch.uint8), out.view(torch.uint8), rows, cols, BLOCK=block)
+    return out
+
+
+class FusedFP8HeadLoss(torch.autograd.Function):
+    """FusedHeadLoss with the lm_head's three matmuls in FP8 on tensor cores (`torch._scaled_mm`, products
+    accumulated in float32): x and the weight in e4m3, each with one scale from its largest magnitude (small
+    tensors), and the logits' gradient written by the kernel directly in e5m2 at the fixed
+    FP8_GRAD_MULTIPLIER (a byte a logit, against bf16's two; the bf16 logits are freed after the kernel).
+    The weight's gradient takes the gradient transposed, by `transpose`. Shapes must pass
+    nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's dtype, x's in x's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+        x8, x_scale = to_fp8(x, FP8_INPUT)
+        w8, w_scale = to_fp8(weight, FP8_INPUT)
+        # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
+        logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+        grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
+        args = (cap, vocab_size, FP8_GRAD_MULTIPLIER, block, num_warps, True)
+        losses = losses_writing_grad(logits, targets, grad8, *args)
+        ctx.save_for_backward(x, w8, w_scale, grad8)
+        ctx.weight_dtype = weight.dtype
+        return losses
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_losses):
+        x, w8, w_scale, grad8 = ctx.saved_tensors
+        # torch.full, not torch.tensor: a tensor from a Python number is copied to the GPU synchronously,
+        # which would stall the host before every backward.
+        g_scale = torch.full((), 1 / FP8_GRAD_MULTIPLIER, device=x.device, dtype=torch.float32)
+        scale = grad_losses.float()[:, None]  # one number per row: it scales the small operands
+        # grad_x = g @ w: w (out, in) is needed column-major, its small transposed copy.
+        grad_x = torch._scaled_mm(
+            grad8, transpose(w8).t(), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32
+        )
+        grad_x = (grad_x * scale).to(x.dtype)
+        # grad_w = gᵀ @ (x·scale): gᵀ row-major (the gradient's one transposed copy), (x·scale) column-major
+        # (a small one). One e4m3 scale for x·scale: rows weighted very unevenly (reduction "none") lose
+        # precision; the trainer's mean weighs them alike.
+        xs8, xs_scale = to_fp8(x.float() * scale, FP8_INPUT)
+        grad_w = torch._scaled_mm(
+            transpose(grad8), transpose(xs8).t(), scale_a=g_scale, scale_b=xs_scale, out_dtype=torch.float32
+        )
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+
+
 def head_loss(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -334,27 +422,66 @@ def head_loss(
     return torch.where(count > 0, losses.sum() / count.clamp(min=1), float("nan"))
 
 
-def self_test(device: torch.device, dtype: torch.dtype = torch.float32, cap: float | None = 15.0) -> None:
+def self_test(
+    device: torch.device, dtype: torch.dtype = torch.float32, cap: float | None = 15.0, *, fp8: bool = False
+) -> None:
     """The kernel once on a small problem on `device` (logits in `dtype`, soft-capped at `cap`, padded,
     with ignored targets) against torch's cross-entropy: raises if triton is missing, the kernel does not
     build or launch there (no C compiler for its launcher, a GPU Triton does not support), or its losses
     differ. Given the training's dtype and cap it compiles, for the usual shapes, the very kernel training
     then runs, not a second one (on CUDA with the tanh by tanh.approx.f32; Triton specializes integers on
     being multiples of 16: the vocabulary is not, here as at 50,257; the padded width and the row stride
-    are, here and in training)."""
+    are, here and in training). With `fp8`, the FP8 head forward and backward (FusedFP8HeadLoss: its e5m2
+    kernel, its FP8 matmuls, the transpose) against torch from the same e4m3 operands."""
     generator = torch.Generator().manual_seed(0)
     x, weight = torch.randn(64, 32, generator=generator), torch.randn(128, 32, generator=generator)
     targets = torch.randint(0, 100, (64,), generator=generator)
     targets[:3] = -1
     x, weight, targets = x.to(device, dtype), weight.to(device, dtype), targets.to(device)
+    if fp8:
+        _fp8_self_test(x, weight, targets, cap)
+        return
     with torch.no_grad():
         losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS)
-        logits = (x @ weight.t()).float()[:, :100]
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
-        expected = F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+        expected = _capped_losses(x, weight, targets, cap)
     error = (losses - expected).abs().max().item()
     # A broken kernel is off by whole units; a tanh by tanh.approx.f32 errs by up to 2^-11 of the cap
     # (0.007 at 15) in each capped logit, so up to twice that in a loss.
     if not error <= 2e-2:
-        raise RuntimeError(f"the fused loss's self-test on {device} is off by {error:.3g}")
+        raise RuntimeError(f"the fused loss's self-test on {x.device} is off by {error:.3g}")
+
+
+def _capped_losses(x, weight, targets, cap, vocab_size: int = 100, logits_dtype=torch.float32):
+    """torch's losses (none reduced) of the soft-capped logits x @ weightᵀ over the first vocab_size, the
+    logits rounded to logits_dtype first."""
+    logits = (x @ weight.t()).to(logits_dtype).float()[:, :vocab_size]
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
+
+
+def _fp8_self_test(x, weight, targets, cap) -> None:
+    """self_test's FP8 half: the losses to the kernel's tanh and the bf16 logits, both gradients to e5m2's
+    rounding of the logits' gradient (cosines), against torch in float32 from the e4m3-rounded operands."""
+    x, weight = x.requires_grad_(), weight.float().requires_grad_()
+    with torch.enable_grad():
+        losses = FusedFP8HeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS)
+        got = torch.autograd.grad(losses.sum(), (x, weight))
+        operands = [
+            t8.float() * scale for t8, scale in (to_fp8(x.detach(), FP8_INPUT), to_fp8(weight, FP8_INPUT))
+        ]
+        operands = [t.requires_grad_() for t in operands]
+        expected = _capped_losses(*operands, targets, cap, logits_dtype=x.dtype)
+        wanted = torch.autograd.grad(expected.sum(), operands)
+    error = (losses.detach() - expected.detach()).abs().max().item()
+    cosines = [
+        F.cosine_similarity(g.flatten().float(), w.flatten(), dim=0).item()
+        for g, w in zip(got, wanted, strict=True)
+    ]
+    # The limits of the bf16 head's test (the losses; the logits rounded to x's dtype in both); e5m2's 2
+    # mantissa bits leave a gradient's cosine near 0.999. A broken kernel or matmul misses both by far.
+    if not (error <= 2e-2 and min(cosines) >= 0.99):
+        raise RuntimeError(
+            f"the fused FP8 head's self-test on {x.device} is off by {error:.3g} in the losses, "
+            f"gradient cosines {cosines[0]:.4f}, {cosines[1]:.4f}"
+        )

@@ -260,7 +260,7 @@ class GPT(nn.Module):
         # generation, under no_grad, always multiply the weights as they are.
         self.fp8_head = False
         # The training loss and its gradient in one Triton kernel (nanogpt.fused_loss) while gradients are
-        # being taken, on CUDA: a training setting (RunConfig.fused_loss) too. fp8_head, when on, comes first.
+        # being taken, on CUDA: a training setting (RunConfig.fused_loss) too; with fp8_head, its FP8 head.
         self.fused_loss = False
         # Not saved in checkpoints (persistent=False): they are a function of the config, recomputed by
         # init_weights() after to_empty(), which leaves buffers uninitialised like the parameters.
@@ -403,9 +403,10 @@ class GPT(nn.Module):
         """Hidden states (B, T, n_embd) → float32 logits, or the loss given targets (as `forward` says)."""
         B, T = x.shape[:2]
         weight = self.lm_head.weight
-        if targets is not None and self.fused_loss and not self.fp8_head and torch.is_grad_enabled():
-            return _fused_head_loss(self, x, targets, reduction)
-        if self.fp8_head and torch.is_grad_enabled() and fp8_fits(B * T, weight.size(1), weight.size(0)):
+        fp8 = self.fp8_head and torch.is_grad_enabled() and fp8_fits(B * T, weight.size(1), weight.size(0))
+        if targets is not None and self.fused_loss and torch.is_grad_enabled():
+            return _fused_head_loss(self, x, targets, reduction, fp8)
+        if fp8:
             logits = FP8Linear.apply(x, weight)  # (B, T, padded_vocab), in x's dtype (the autocast one)
         else:
             logits = self.lm_head(x)  # (B, T, padded_vocab), in the autocast dtype
@@ -428,14 +429,20 @@ class GPT(nn.Module):
 
 
 @torch.compiler.disable
-def _fused_head_loss(model: GPT, x: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+def _fused_head_loss(
+    model: GPT, x: torch.Tensor, targets: torch.Tensor, reduction: str, fp8: bool
+) -> torch.Tensor:
     """`GPT.head`'s loss by nanogpt.fused_loss (imported here, on first use: nanogpt runs without triton
     where the fused loss is off). Eager, behind a graph break when the model is compiled: the lm_head's
-    two cuBLAS matmuls and the kernel, as measured (docs/benchmarks.md)."""
-    from nanogpt.fused_loss import head_loss
+    cuBLAS matmuls (in FP8 with `fp8`: FusedFP8HeadLoss) and the kernel, as measured (docs/benchmarks.md)."""
+    from nanogpt.fused_loss import FusedFP8HeadLoss, FusedHeadLoss, head_loss
 
     cap, vocab_size = model.config.logit_softcap, model.config.vocab_size
-    return head_loss(x, model.lm_head.weight, targets, cap=cap, vocab_size=vocab_size, reduction=reduction)
+    function = FusedFP8HeadLoss if fp8 else FusedHeadLoss
+    return head_loss(
+        x, model.lm_head.weight, targets, cap=cap, vocab_size=vocab_size, reduction=reduction,
+        function=function,
+    )  # fmt: skip
 
 
 def compile_blocks(model: GPT) -> nn.Module:

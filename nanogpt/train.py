@@ -449,20 +449,20 @@ def resolve_compile(
 def resolve_fused_loss(
     config: RunConfig, device: torch.device, *, dtype: torch.dtype = torch.float32, cap: float | None = 15.0
 ) -> tuple[bool, str | None]:
-    """(whether the run trains with nanogpt.fused_loss, a warning). "auto": on CUDA unless fp8_head is on
-    (FP8 matmuls with the fused loss measured slower, docs/benchmarks.md), once the kernel has passed its
-    self-test there; a kernel that cannot build or run (no triton, no C compiler for its launcher, a GPU
-    Triton does not support) leaves it off, with a warning. true: the same test, whose failure is an
-    error (the CPU was refused by init_runtime, outside the Triton interpreter). The test runs in the
-    training's dtype (the autocast one) and soft-cap, so it compiles the kernel training then uses."""
+    """(whether the run trains with nanogpt.fused_loss, a warning). "auto": on CUDA once the kernel has
+    passed its self-test there; a kernel that cannot build or run (no triton, no C compiler for its
+    launcher, a GPU Triton does not support) leaves it off, with a warning. true: the same test, whose
+    failure is an error (the CPU was refused by init_runtime, outside the Triton interpreter). The test
+    runs in the training's dtype (the autocast one) and soft-cap, and under fp8_head through the FP8 head,
+    so it compiles the kernels training then uses."""
     wanted = config.fused_loss
-    if wanted is False or (wanted == "auto" and (device.type != "cuda" or config.fp8_head)):
+    if wanted is False or (wanted == "auto" and device.type != "cuda"):
         return False, None
 
     def test() -> None:
         from nanogpt import fused_loss
 
-        fused_loss.self_test(device, dtype, cap)
+        fused_loss.self_test(device, dtype, cap, fp8=config.fp8_head)
 
     why = _kernel_failure(test, f"the Triton kernel fails on {device}")
     return (True, None) if why is None else (False, _off_or_error("fused_loss", wanted, why))

@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from interpreted import small_training_run
 
-from benchmarks.fused_head_loss import CompiledHeadLoss, FusedFP8HeadLoss, fused_head
-from nanogpt.fused_loss import FusedHeadLoss, _round_to_e5m2_grid
+from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
+from nanogpt.fused_loss import FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -29,14 +29,15 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 def trainer_losses(head: str, compile_: bool | str = False) -> dict[str, list[float]]:
     """The step and validation losses of a small CPU run of the trainer (2 micro-batches a step, so the
     upstream gradient is a scale): "unfused" with `fused_loss: false`, "fused" with `fused_loss: true`
-    (the trainer's own, under the Triton interpreter), a candidate patched in as `train_throughput
-    --ours-head` does it."""
+    (the trainer's own, under the Triton interpreter), "fused-fp8" with `fp8_head: true` too (its FP8
+    head), a candidate patched in as `train_throughput --ours-head` does it."""
     from benchmarks import train_throughput
 
     function = {"fused-fp8": FusedFP8HeadLoss, "fused-compiled": CompiledHeadLoss}.get(head, FusedHeadLoss)
     calls = mock.patch.object(function, "apply", wraps=function.apply)
-    variant = train_throughput.head_variant("default" if head == "fused" else head)
-    run = small_training_run(calls, variant, compile_=compile_, fused_loss=head == "fused")
+    ours = head in ("fused", "fused-fp8")  # the trainer's own heads, by the config
+    variant = train_throughput.head_variant("default" if ours else head)
+    run = small_training_run(calls, variant, compile_=compile_, fused_loss=ours, fp8_head=head == "fused-fp8")
     return {key: run[key] for key in ("steps", "val")} | {
         "kernel_calls": run["calls"], "fused_loss": run["device"]["fused_loss"]
     }  # fmt: skip
@@ -112,6 +113,39 @@ def fp8_cases() -> list[dict]:
             case = both_heads(model, x, targets, reduction, autocast=True, block=64, num_warps=1, fp8=True)
             cases.append({"cap": cap, **case})
     return cases
+
+
+def transpose_cases() -> dict:
+    """nanogpt.fused_loss.transpose against torch's: shapes that end inside a tile, both FP8 formats and
+    bytes, a transposed (non-contiguous) input, an empty one; and the errors for what it does not take."""
+    from nanogpt.fused_loss import transpose
+
+    torch.manual_seed(0)
+    result = {}
+    for rows, cols, block in ((37, 300, 16), (64, 64, 64), (1, 5, 16), (130, 70, 32)):
+        for dtype in (torch.float8_e5m2, torch.float8_e4m3fn, torch.uint8):
+            t = (
+                (torch.randn(rows, cols) * 8).to(dtype)
+                if dtype != torch.uint8
+                else torch.randint(0, 256, (rows, cols), dtype=dtype)
+            )
+            got = transpose(t, block)
+            expected = t.t().contiguous()
+            result[f"{rows}x{cols}/{block} {dtype}"] = (
+                got.dtype == dtype and got.shape == expected.shape and got.is_contiguous()
+                and torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
+            )  # fmt: skip
+    t = torch.randint(0, 256, (40, 24), dtype=torch.uint8)
+    result["non-contiguous"] = torch.equal(transpose(t.t(), 16), t)
+    result["empty"] = transpose(torch.empty(0, 8, dtype=torch.uint8)).shape == (8, 0)
+    errors = []
+    for bad in (torch.zeros(4, 4), torch.zeros(2, 2, 2, dtype=torch.uint8)):
+        try:
+            transpose(bad)
+        except ValueError as e:
+            errors.append(str(e))
+    result["errors"] = errors
+    return result
 
 
 def bf16_and_float32_cases() -> list[dict]:
@@ -233,6 +267,9 @@ def main() -> None:
         return
     if sys.argv[1:] == ["kernel-edges"]:
         json.dump(kernel_edges(), sys.stdout)
+        return
+    if sys.argv[1:] == ["transpose"]:
+        json.dump(transpose_cases(), sys.stdout)
         return
     if sys.argv[1:] == ["fp8"]:
         json.dump({"rounding": e5m2_rounding(), "cases": fp8_cases()}, sys.stdout)

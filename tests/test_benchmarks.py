@@ -221,15 +221,15 @@ def test_throughput_head_variants_patch_the_model_for_the_run_only():
 def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fused_head():
     args = argparse.Namespace(
         ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
-        ours_head="default,fused-fp8", ours_micro_batch="32", ours_mlp="default", ours_weight_copies="auto",
-        ours_qkv="separate", ours_inductor="default",
+        ours_head="default,fused-compiled", ours_micro_batch="32", ours_mlp="default",
+        ours_weight_copies="auto", ours_qkv="separate", ours_inductor="default",
     )  # fmt: skip
     variants = train_throughput.ours_variants(args)
     assert [(v.compile, v.head) for v in variants] == [
-        (True, "default"), (True, "fused-fp8"), ("blocks", "default"), ("blocks", "fused-fp8")
+        (True, "default"), (True, "fused-compiled"), ("blocks", "default"), ("blocks", "fused-compiled")
     ]  # fmt: skip
     args.ours_fp8_head = "true"
-    with pytest.raises(SystemExit, match="--ours-fp8-head true with --ours-head fused"):
+    with pytest.raises(SystemExit, match="--ours-fp8-head true with --ours-head fused-compiled"):
         train_throughput.ours_variants(args)
     args.ours_head = "default"
     assert len(train_throughput.ours_variants(args)) == 2

@@ -2,6 +2,7 @@
 Triton interpreter on the CPU (every case) and on a GPU at depth 12's vocabulary."""
 
 import re
+from unittest import mock
 
 import pytest
 import torch
@@ -46,6 +47,16 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
         assert case["loss"] < 0.05, case
 
 
+def test_the_fp8_heads_transpose_is_torchs_at_tile_edges_and_refuses_what_it_does_not_take():
+    result = run_worker("transpose")
+    errors = result.pop("errors")
+    assert len(result) == 4 * 3 + 2 and all(result.values()), result
+    assert errors == [
+        "transpose: takes a 2-D tensor of one-byte elements, got torch.float32 (4, 4)",
+        "transpose: takes a 2-D tensor of one-byte elements, got torch.uint8 (2, 2, 2)",
+    ]
+
+
 def test_the_fused_loss_at_the_edges_fails_as_loudly_as_the_head():
     result = run_worker("edges")
     # No target to learn in the batch: as F.cross_entropy, the mean is NaN and the gradients are zero.
@@ -81,11 +92,17 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
         return RunConfig.from_dict({**base, **settings})
 
     cuda = torch.device("cuda", 0)
-    # Not asked for, or not on CUDA, or fp8_head first: off, and the kernel never runs.
-    monkeypatch.setattr(fused_loss, "self_test", lambda *args: pytest.fail("the kernel ran"))
+    # Not asked for, or not on CUDA: off, and the kernel never runs.
+    monkeypatch.setattr(fused_loss, "self_test", lambda *args, **kwargs: pytest.fail("the kernel ran"))
     assert resolve_fused_loss(config(fused_loss=False), cuda) == (False, None)
     assert resolve_fused_loss(config(), torch.device("cpu")) == (False, None)
-    assert resolve_fused_loss(config(fp8_head=True), cuda) == (False, None)
+    # Under fp8_head the test runs the FP8 head (its kernels are the ones training will use).
+    tested = []
+    monkeypatch.setattr(fused_loss, "self_test", lambda *args, fp8: tested.append(fp8))
+    assert resolve_fused_loss(config(fp8_head=True), cuda) == (True, None)
+    assert resolve_fused_loss(config(fp8_head=True, fused_loss=True), cuda) == (True, None)
+    assert resolve_fused_loss(config(), cuda) == (True, None)
+    assert tested == [True, True, False]
     # On this machine the kernel cannot launch outside the interpreter (CPU tensors): a real failure.
     monkeypatch.undo()
     with pytest.raises(Exception):  # noqa: B017 - triton's own error type, whichever it is
@@ -93,7 +110,7 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
 
     # A GPU where it fails (no C compiler, a GPU Triton does not support, a wrong result): auto is off with
     # a warning naming why, true is an error.
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("off by 0.5")
 
     monkeypatch.setattr(fused_loss, "self_test", broken)
@@ -124,9 +141,10 @@ def test_the_trainer_with_its_fused_loss_trains_as_with_the_unfused_head():
         assert run["kernel_calls"] == (8 if run is by_torch_compile else 1 + 8)
         for expected, got in zip(unfused["steps"] + unfused["val"], run["steps"] + run["val"], strict=True):
             assert got == pytest.approx(expected, rel=1e-5)
-    # With the lm_head in FP8 too: its own Function for every micro-batch, and losses within 1%.
+    # `fp8_head: true` too: the FP8 head's Function for its self-test and every micro-batch, and losses
+    # within 1%.
     fp8 = runs["fused-fp8"]
-    assert fp8["kernel_calls"] == 8
+    assert fp8["fused_loss"] is True and fp8["kernel_calls"] == 1 + 8
     for expected, got in zip(unfused["steps"] + unfused["val"], fp8["steps"] + fp8["val"], strict=True):
         assert got == pytest.approx(expected, rel=1e-2)
 
@@ -204,6 +222,56 @@ def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_trainers_fp8_head_matches_float32_on_a_gpu_and_its_self_test_passes():
+    # `fp8_head` with the fused loss (FusedFP8HeadLoss behind a graph break in the regional compile), as
+    # the trainer runs it, against the model in float32: the loss and every gradient.
+    from nanogpt import fused_loss
+    from nanogpt.model import GPT, GPTConfig, compile_blocks
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 matmuls need compute capability 8.9 or newer")
+    fused_loss.self_test(torch.device("cuda", 0), torch.bfloat16, 15.0, fp8=True)
+    device = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPT(GPTConfig(depth=2, vocab_size=50257, sequence_len=256))
+    model.init_weights()
+    for weight in model.parameters():  # the projections start at zero: every gradient gets a signal
+        torch.nn.init.normal_(weight, std=0.02)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.05)
+    idx = torch.randint(0, 50257, (4, 257), device=device)
+    x, targets = idx[:, :-1], idx[:, 1:].clone()
+    targets[1, :31] = -1
+    expected = model(x, targets)
+    wanted = torch.autograd.grad(expected, list(model.parameters()))
+    model.fused_loss = model.fp8_head = True
+    function = fused_loss.FusedFP8HeadLoss
+    with (
+        mock.patch.object(function, "apply", wraps=function.apply) as calls,
+        torch.autocast("cuda", dtype=torch.bfloat16),
+    ):
+        loss = compile_blocks(model)(x, targets)
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    assert calls.call_count == 1
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-2)
+    for (name, _), g, w in zip(model.named_parameters(), got, wanted, strict=True):
+        assert g.isfinite().all(), name
+        # bf16 about 1% from float32 (tests/test_model.py), an FP8 head a few percent
+        assert ((g.float() - w).norm() / w.norm()).item() < 0.1, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_transpose_is_torchs_on_a_gpu_at_the_heads_shape():
+    from nanogpt.fused_loss import transpose
+
+    torch.manual_seed(0)
+    t = (torch.randn(4096 + 7, 50304, device="cuda") * 100).to(torch.float8_e5m2)
+    assert torch.equal(transpose(t).view(torch.uint8), t.t().contiguous().view(torch.uint8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cap", [15.0, None])
 @pytest.mark.parametrize("fast_tanh", [False, True], ids=["sigmoid-tanh", "tanh-approx"])
 @pytest.mark.parametrize(
@@ -247,8 +315,12 @@ def test_the_kernel_benchmark_checks_every_variant_against_torch(tmp_path):
     # On the CPU blocks are of 256 only, and the tanh always the sigmoid's: no block-size variants.
     assert names == [
         "copy of the logits (the floor)", "as trained", "as trained, no soft-cap", "as trained, sigmoid tanh",
-        "one pass, 16 warps", "one pass, 32 warps",
+        "one pass, 16 warps", "one pass, 32 warps", "FP8 head: e5m2 gradient into its own buffer",
+        "transpose of the e5m2 gradient",
     ]  # fmt: skip
-    for row in rows[1:]:
+    for row in rows[1:-2]:
         # Losses in float32 from the same bf16 logits; the gradient rounds to bf16 (to 2^-9 of its ≤ 1).
         assert row["loss_error"] < 1e-5 and row["grad_error"] < 4e-3, row
+    # The FP8 head's gradient in e5m2 (2 mantissa bits: to 2^-3 of its ≤ 1), and its transpose exact.
+    assert rows[-2]["loss_error"] < 1e-5 and 1e-3 < rows[-2]["grad_error"] < 0.07, rows[-2]
+    assert rows[-1]["equal"] is True
