@@ -49,7 +49,7 @@ class CompiledHeadLoss(FusedHeadLoss):
     backward) within nanogpt's own dependencies. The gradient is a new tensor, the logits freed after."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
         w = weight.to(x.dtype)
         losses, grad_logits = _compiled_losses_and_grad(x @ w.t(), targets, cap, vocab_size)
         ctx.save_for_backward(x, w, grad_logits)

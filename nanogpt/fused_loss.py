@@ -276,10 +276,12 @@ def losses_writing_grad(
 
 
 class FusedHeadLoss(torch.autograd.Function):
-    """(x (N, C), weight (V, C), targets (N,)) → each row's loss (N,), float32; the matmul in x's dtype."""
+    """(x (N, C), weight (V, C), targets (N,)) → each row's loss (N,), float32; the matmul in x's dtype.
+    `uniform`: the losses' upstream gradient will be one number for every row (a mean or a sum), which
+    FusedFP8HeadLoss uses; here each row's is applied, cheaply, whatever it is."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
         w = weight.to(x.dtype)
         logits = x @ w.t()
         args = (cap, vocab_size, 1.0, block, num_warps, False)
@@ -297,7 +299,7 @@ class FusedHeadLoss(torch.autograd.Function):
         scale = grad_losses.float()[:, None]
         grad_x = ((grad_logits @ w).float() * scale).to(x.dtype)
         grad_w = grad_logits.t() @ (x.float() * scale).to(x.dtype)
-        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
 
 
 # The FP8 head's gradient over the logits, d loss_row / d logits = softmax - one-hot through the soft-cap's
@@ -347,11 +349,13 @@ class FusedFP8HeadLoss(torch.autograd.Function):
     accumulated in float32): x and the weight in e4m3, each with one scale from its largest magnitude (small
     tensors), and the logits' gradient written by the kernel directly in e5m2 at the fixed
     FP8_GRAD_MULTIPLIER (a byte a logit, against bf16's two; the bf16 logits are freed after the kernel).
-    The weight's gradient takes the gradient transposed, by `transpose`. Shapes must pass
-    nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's dtype, x's in x's."""
+    The weight's gradient takes the gradient transposed, by `transpose`. With `uniform` (one upstream
+    number for every row: the trainer's mean) that number joins the matmuls' scales and the backward
+    reuses the forward's e4m3 x; otherwise each row's scales x's gradient and x, cast to e4m3 again. Shapes
+    must pass nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's dtype, x's in x's."""
 
     @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps):
+    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
         x8, x_scale = to_fp8(x, FP8_INPUT)
         w8, w_scale = to_fp8(weight, FP8_INPUT)
         # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
@@ -359,31 +363,40 @@ class FusedFP8HeadLoss(torch.autograd.Function):
         grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
         args = (cap, vocab_size, FP8_GRAD_MULTIPLIER, block, num_warps, True)
         losses = losses_writing_grad(logits, targets, grad8, *args)
-        ctx.save_for_backward(x, w8, w_scale, grad8)
-        ctx.weight_dtype = weight.dtype
+        # What the weight's gradient multiplies: x8 transposed (half the bytes of bf16 x), or x itself.
+        saved_x = (transpose(x8), x_scale) if uniform else (x, x_scale)
+        ctx.save_for_backward(*saved_x, w8, w_scale, grad8)
+        ctx.weight_dtype, ctx.x_dtype, ctx.uniform = weight.dtype, x.dtype, uniform
         return losses
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_losses):
-        x, w8, w_scale, grad8 = ctx.saved_tensors
+        x_saved, x_scale, w8, w_scale, grad8 = ctx.saved_tensors
         # torch.full, not torch.tensor: a tensor from a Python number is copied to the GPU synchronously,
         # which would stall the host before every backward.
-        g_scale = torch.full((), 1 / FP8_GRAD_MULTIPLIER, device=x.device, dtype=torch.float32)
+        g_scale = torch.full((), 1 / FP8_GRAD_MULTIPLIER, device=grad8.device, dtype=torch.float32)
+        # grad_x = g @ w: w (out, in) is needed column-major, its small transposed copy. grad_w = gᵀ @ x: gᵀ
+        # row-major (the gradient's one transposed copy), x column-major (a small transposed copy).
+        w_columns, g_transposed = transpose(w8).t(), transpose(grad8)
+        if ctx.uniform:
+            g_scale = g_scale * grad_losses[0].float()  # a device scalar: no wait for the host
+            grad_x = torch._scaled_mm(
+                grad8, w_columns, scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype
+            )
+            grad_w = torch._scaled_mm(
+                g_transposed, x_saved.t(), scale_a=g_scale, scale_b=x_scale, out_dtype=torch.float32
+            )
+            return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
         scale = grad_losses.float()[:, None]  # one number per row: it scales the small operands
-        # grad_x = g @ w: w (out, in) is needed column-major, its small transposed copy.
-        grad_x = torch._scaled_mm(
-            grad8, transpose(w8).t(), scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32
-        )
-        grad_x = (grad_x * scale).to(x.dtype)
-        # grad_w = gᵀ @ (x·scale): gᵀ row-major (the gradient's one transposed copy), (x·scale) column-major
-        # (a small one). One e4m3 scale for x·scale: rows weighted very unevenly (reduction "none") lose
-        # precision; the trainer's mean weighs them alike.
-        xs8, xs_scale = to_fp8(x.float() * scale, FP8_INPUT)
+        grad_x = torch._scaled_mm(grad8, w_columns, scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32)
+        grad_x = (grad_x * scale).to(ctx.x_dtype)
+        # One e4m3 scale for x·scale: rows weighted very unevenly lose precision.
+        xs8, xs_scale = to_fp8(x_saved.float() * scale, FP8_INPUT)
         grad_w = torch._scaled_mm(
-            transpose(grad8), transpose(xs8).t(), scale_a=g_scale, scale_b=xs_scale, out_dtype=torch.float32
+            g_transposed, transpose(xs8).t(), scale_a=g_scale, scale_b=xs_scale, out_dtype=torch.float32
         )
-        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None
+        return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
 
 
 def head_loss(
@@ -409,9 +422,11 @@ def head_loss(
     if torch.is_autocast_enabled(x.device.type):
         x = x.to(torch.get_autocast_dtype(x.device.type))
     flat_targets = targets.reshape(-1).contiguous()
+    # A mean or a sum gives every row's loss the same upstream gradient.
     losses = function.apply(
-        x.reshape(B * T, C).contiguous(), weight, flat_targets, cap, vocab_size, block, num_warps
-    )
+        x.reshape(B * T, C).contiguous(), weight, flat_targets, cap, vocab_size, block, num_warps,
+        reduction != "none",
+    )  # fmt: skip
     if reduction == "none":
         return losses.view(B, T)
     if reduction == "sum":
@@ -442,7 +457,7 @@ def self_test(
         _fp8_self_test(x, weight, targets, cap)
         return
     with torch.no_grad():
-        losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS)
+        losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, False)
         expected = _capped_losses(x, weight, targets, cap)
     error = (losses - expected).abs().max().item()
     # A broken kernel is off by whole units; a tanh by tanh.approx.f32 errs by up to 2^-11 of the cap
@@ -465,7 +480,7 @@ def _fp8_self_test(x, weight, targets, cap) -> None:
     rounding of the logits' gradient (cosines), against torch in float32 from the e4m3-rounded operands."""
     x, weight = x.requires_grad_(), weight.float().requires_grad_()
     with torch.enable_grad():
-        losses = FusedFP8HeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS)
+        losses = FusedFP8HeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, True)
         got = torch.autograd.grad(losses.sum(), (x, weight))
         operands = [
             t8.float() * scale for t8, scale in (to_fp8(x.detach(), FP8_INPUT), to_fp8(weight, FP8_INPUT))
