@@ -9,11 +9,11 @@ same bytes once each way, so its time is the kernel's floor if the kernel were b
 kernel's time over the copy's says how much of it is arithmetic (the soft-cap's tanh and the exp, twice per
 logit) and other overhead. Timed: the kernel as the trainer runs it (the tanh by the GPU's tanh.approx.f32,
 blocks of 8192 logits by 16 warps), without soft-cap (no tanh), with the tanh through the sigmoid, and at
-blocks/warps of 4096/8, 2048/8 and 16384/16, and each row read once, whole, by 16 or 32 warps (a candidate:
-one read of the logits instead of two). Under the interpreter (the CPU) the tanh is always the
-sigmoid's, and blocks are of 256 only. Each variant's losses and gradient are checked on the first rows
-against F.cross_entropy in float32, so a fast wrong kernel shows. CUDA events, the median of `--reps` after
-warm-up.
+blocks/warps of 4096/8, 2048/8 and 16384/16; then the FP8 head's part (`fp8_head`): the kernel writing
+the gradient in e5m2 into a buffer of its own, and that buffer's transpose beside a copy of its bytes.
+Under the interpreter (the CPU) the tanh is always the sigmoid's, and blocks are of 256 only. Each
+variant's losses and gradient are checked on the first rows against F.cross_entropy in float32, so a fast
+wrong kernel shows; the transpose against torch's. CUDA events, the median of `--reps` after warm-up.
 """
 
 import argparse
@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
         # The default is "as trained"; under the interpreter every block is cut to 256 (they would repeat it).
         if (block, warps) != (BLOCK, NUM_WARPS) and not small:
             variants.append((f"as trained, {block}/{warps}", {"block": block, "num_warps": warps}))
-    # Each row read once, whole, into registers (the block the padded row's next power of two).
-    variants += [(f"one pass, {warps} warps", {"one_pass": True, "num_warps": warps}) for warps in (16, 32)]
 
     def run(into: torch.Tensor, kwargs: dict) -> torch.Tensor:
         k = {"cap": args.cap, "block": BLOCK, "num_warps": NUM_WARPS, **kwargs}

@@ -85,34 +85,6 @@ def _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAS
 
 
 @triton.jit
-def _held_max(held, cols, vocab_size, inv_cap, scale, HAS_CAP: tl.constexpr, FAST_TANH: tl.constexpr):
-    """The largest soft-capped logit (base 2) of a held part of a row; -inf past the vocabulary."""
-    capped = _capped2(held.to(tl.float32), inv_cap, scale, HAS_CAP, FAST_TANH)
-    return tl.max(tl.where(cols < vocab_size, capped, float("-inf")), 0)
-
-
-@triton.jit
-def _held_sum(
-    held, cols, vocab_size, row_max, inv_cap, scale, HAS_CAP: tl.constexpr, FAST_TANH: tl.constexpr
-):
-    """Σ 2^(capped - row_max) over a held part of a row's logits inside the vocabulary."""
-    capped = _capped2(held.to(tl.float32), inv_cap, scale, HAS_CAP, FAST_TANH)
-    return tl.sum(tl.where(cols < vocab_size, tl.exp2(capped - row_max), 0.0), 0)
-
-
-@triton.jit
-def _held_grad(
-    held, cols, grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, multiplier,
-    HAS_CAP: tl.constexpr, GRAD_E5M2: tl.constexpr, FAST_TANH: tl.constexpr,
-):  # fmt: skip
-    """Write the gradient of a held part of a row (0 past the vocabulary and in an ignored row)."""
-    z = held.to(tl.float32)
-    grad = _grad_of_logits(z, inv_cap, scale, lse2, multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
-    grad = tl.where((cols < vocab_size) & ~ignored, grad, 0.0)
-    tl.store(grad_base + cols, grad.to(grad_base.dtype.element_ty), mask=cols < padded_vocab)
-
-
-@triton.jit
 def _loss_and_grad_kernel(
     logits_ptr,  # (rows, row_stride), read
     targets_ptr,  # (rows,) int64, -1 = ignored
@@ -128,7 +100,6 @@ def _loss_and_grad_kernel(
     GRAD_E5M2: tl.constexpr = False,
     FAST_TANH: tl.constexpr = False,
     FIXED_MAX: tl.constexpr = False,
-    ONE_PASS: tl.constexpr = False,
 ):
     """One program per row. Little arithmetic per logit, for a kernel bound by it rather than by memory
     (the previous one took 2.1 times a copy of the logits): exps in base 2; sums kept per lane and reduced
@@ -136,9 +107,7 @@ def _loss_and_grad_kernel(
     gradient is written, not compared at every logit; with FAST_TANH the soft-cap's tanh by tanh.approx.f32;
     and, with FIXED_MAX (a soft-cap of at most FIXED_MAX_CAP), no running max: the capped logits are below
     the cap, so exp(capped - cap) cannot overflow, and above e^-80 it stays in float32's normal range (the
-    GPU's exp flushes below). With ONE_PASS (BLOCK at least the padded row): the row is read once, into
-    registers, and its gradient written from them, rather than read a second time (a candidate,
-    benchmarks/loss_kernel.py)."""
+    GPU's exp flushes below)."""
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * row_stride
     grad_base = grad_ptr + row * row_stride
@@ -157,34 +126,7 @@ def _loss_and_grad_kernel(
         FAST_TANH,
     )  # fmt: skip
     # Pass 1: the row's log-sum-exp, in base 2 (lse2 = lse · log2 e).
-    if ONE_PASS:
-        # The whole row, held in bf16 from its read to its gradient's write, in four quarters: each one's
-        # float32 work is done before the next's, so that the compiler holds one quarter's, not the row's.
-        QUARTER: tl.constexpr = BLOCK // 4
-        c0 = tl.arange(0, QUARTER)
-        c1, c2, c3 = c0 + QUARTER, c0 + 2 * QUARTER, c0 + 3 * QUARTER
-        h0 = tl.load(base + c0, mask=c0 < padded_vocab, other=0.0)
-        h1 = tl.load(base + c1, mask=c1 < padded_vocab, other=0.0)
-        h2 = tl.load(base + c2, mask=c2 < padded_vocab, other=0.0)
-        h3 = tl.load(base + c3, mask=c3 < padded_vocab, other=0.0)
-        if FIXED_MAX:
-            row_max = scale
-        else:
-            m01 = tl.maximum(
-                _held_max(h0, c0, vocab_size, inv_cap, scale, HAS_CAP, FAST_TANH),
-                _held_max(h1, c1, vocab_size, inv_cap, scale, HAS_CAP, FAST_TANH),
-            )
-            m23 = tl.maximum(
-                _held_max(h2, c2, vocab_size, inv_cap, scale, HAS_CAP, FAST_TANH),
-                _held_max(h3, c3, vocab_size, inv_cap, scale, HAS_CAP, FAST_TANH),
-            )
-            row_max = tl.maximum(m01, m23)
-        total = _held_sum(h0, c0, vocab_size, row_max, inv_cap, scale, HAS_CAP, FAST_TANH)
-        total += _held_sum(h1, c1, vocab_size, row_max, inv_cap, scale, HAS_CAP, FAST_TANH)
-        total += _held_sum(h2, c2, vocab_size, row_max, inv_cap, scale, HAS_CAP, FAST_TANH)
-        total += _held_sum(h3, c3, vocab_size, row_max, inv_cap, scale, HAS_CAP, FAST_TANH)
-        lse2 = row_max + tl.log2(total)
-    elif FIXED_MAX:
+    if FIXED_MAX:
         acc = tl.zeros((BLOCK,), tl.float32)
         for start in range(0, inside, BLOCK):
             z = tl.load(base + start + tl.arange(0, BLOCK)).to(tl.float32)
@@ -217,24 +159,17 @@ def _loss_and_grad_kernel(
     tl.store(losses_ptr + row, tl.where(ignored, 0.0, loss))
     # Pass 2: the softmax, through the soft-cap's derivative 1 - tanh²; an ignored row's gradient is 0
     # (selected, not multiplied: a NaN logit there must not make it NaN).
-    if ONE_PASS:
-        row_args = (grad_base, vocab_size, padded_vocab, ignored, lse2, inv_cap, scale, grad_multiplier)
-        _held_grad(h0, c0, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
-        _held_grad(h1, c1, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
-        _held_grad(h2, c2, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
-        _held_grad(h3, c3, *row_args, HAS_CAP, GRAD_E5M2, FAST_TANH)
-    else:
-        for start in range(0, inside, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            z = tl.load(base + cols).to(tl.float32)
-            grad = _grad_of_logits(z, inv_cap, scale, lse2, grad_multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
-            tl.store(grad_base + cols, tl.where(ignored, 0.0, grad).to(grad_ptr.dtype.element_ty))
-        for start in range(inside, padded_vocab, BLOCK):  # the last real tokens, then the padding: gradient 0
-            cols = start + tl.arange(0, BLOCK)
-            z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
-            grad = _grad_of_logits(z, inv_cap, scale, lse2, grad_multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
-            grad = tl.where((cols < vocab_size) & ~ignored, grad, 0.0)
-            tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < padded_vocab)
+    for start in range(0, inside, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(base + cols).to(tl.float32)
+        grad = _grad_of_logits(z, inv_cap, scale, lse2, grad_multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        tl.store(grad_base + cols, tl.where(ignored, 0.0, grad).to(grad_ptr.dtype.element_ty))
+    for start in range(inside, padded_vocab, BLOCK):  # the last real tokens, then the padding: gradient 0
+        cols = start + tl.arange(0, BLOCK)
+        z = tl.load(base + cols, mask=cols < padded_vocab, other=0.0).to(tl.float32)
+        grad = _grad_of_logits(z, inv_cap, scale, lse2, grad_multiplier, HAS_CAP, GRAD_E5M2, FAST_TANH)
+        grad = tl.where((cols < vocab_size) & ~ignored, grad, 0.0)
+        tl.store(grad_base + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < padded_vocab)
     # The one-hot: the target's column rewritten, once every thread's store of the row is done.
     p_target = tl.exp2(target2 - lse2)
     if HAS_CAP:
@@ -249,28 +184,24 @@ def _loss_and_grad_kernel(
 
 
 def losses_writing_grad(
-    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, fast_tanh=True,
-    one_pass=False,
-):  # fmt: skip
+    logits, targets, grad, cap, vocab_size, grad_multiplier, block, num_warps, e5m2, fast_tanh=True
+):
     """Each row's loss (float32), the kernel writing the logits' gradient × grad_multiplier into grad (which
     may be the logits); one program per row. fast_tanh: the soft-cap's tanh by the GPU's tanh.approx.f32,
-    as the trainer runs it, else through the sigmoid. one_pass: each row read once, whole (`block` is then
-    the padded row's next power of two)."""
+    as the trainer runs it, else through the sigmoid."""
     rows = logits.size(0)
     if logits.stride(1) != 1 or grad.stride() != logits.stride():
         raise ValueError(
             f"fused loss: rows must be contiguous and alike, strides {logits.stride()}, {grad.stride()}"
         )
     losses = torch.empty(rows, device=logits.device, dtype=torch.float32)
-    if one_pass:
-        block = triton.next_power_of_2(logits.size(1))
     # tanh.approx.f32 is inline PTX, which only a CUDA GPU runs: on the CPU, under the Triton interpreter
     # (the tests), the tanh goes through the sigmoid.
     _loss_and_grad_kernel[(rows,)](
         logits, targets, losses, grad, logits.stride(0), vocab_size, logits.size(1), cap or 1.0,
         grad_multiplier, HAS_CAP=cap is not None, BLOCK=block, GRAD_E5M2=e5m2,
         FAST_TANH=fast_tanh and logits.is_cuda, FIXED_MAX=cap is not None and cap <= FIXED_MAX_CAP,
-        ONE_PASS=one_pass, num_warps=num_warps,
+        num_warps=num_warps,
     )  # fmt: skip
     return losses
 
