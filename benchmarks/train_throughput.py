@@ -14,10 +14,8 @@ fused-compiled: candidate heads patched into the model for the run), `--ours-mlp
 trainer's, its fused MLP on CUDA; unfused: `fused_mlp: false`; fastest: the fused MLP at the fastest
 launches of a benchmarks/mlp_kernel.py run, `--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto,
 true, false: `weight_copies`), `--ours-qkv` (separate: the model's three matmuls; fused: a candidate, one
-matmul over the concatenated weights, patched into the model for the run), `--ours-inductor` (default;
-tuned: a candidate, torch.compile's elementwise kernels tuned by coordinate descent over their block
-sizes) and `--ours-micro-batch` (sizes, or auto).
-`--ref-micro-batch` takes sizes too, one reference run each.
+matmul over the concatenated weights, patched into the model for the run) and `--ours-micro-batch`
+(sizes, or auto). `--ref-micro-batch` takes sizes too, one reference run each.
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -306,24 +304,9 @@ def qkv_variant(name: str) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def inductor_variant(name: str) -> Iterator[None]:
-    """torch.compile's inductor as `name` says inside the block: "default", or "tuned" (its generated
-    elementwise and reduction kernels tuned by coordinate descent over their block sizes, at the price of
-    compile time)."""
-    if name == "default":
-        yield
-        return
-    import torch._inductor.config
-
-    with torch._inductor.config.patch(coordinate_descent_tuning=True):
-        yield
-
-
 class Variant(NamedTuple):
     """One run of ours: the config's compile, fp8_head, micro-batch and weight_copies, the attention
-    backend, the head and MLP by their names in HEADS and MLPS, the q, k, v projections (qkv_variant), and
-    inductor's settings (inductor_variant)."""
+    backend, the head and MLP by their names in HEADS and MLPS, and the q, k, v projections (qkv_variant)."""
 
     compile: bool | str
     fp8_head: bool
@@ -333,7 +316,6 @@ class Variant(NamedTuple):
     mlp: str
     weight_copies: bool | str
     qkv: str = "separate"
-    inductor: str = "default"
 
 
 def run_ours(
@@ -345,7 +327,7 @@ def run_ours(
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv, inductor = variant
+    compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv = variant
     run_dir = make_run_dir(
         args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1], weight_copies=copies
     )
@@ -358,7 +340,6 @@ def run_ours(
         head_variant(head),
         mlp_variant(launches),
         qkv_variant(qkv),
-        inductor_variant(inductor),
     ):
         code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
@@ -380,7 +361,6 @@ def run_ours(
     labels += MLPS[mlp][0] if mlp != "default" else ", fused MLP" * fused_mlp
     labels += ", weight copies" * start["device"].get("weight_copies", False)
     labels += ", q k v in one matmul" * (qkv == "fused")
-    labels += ", elementwise kernels tuned" * (inductor == "tuned")
     if launches is not None:
         from benchmarks.mlp_kernel import describe
 
@@ -431,7 +411,7 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
     booleans = {"true": True, "false": False}
     attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
     variants = [
-        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv, inductor)
+        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
@@ -442,9 +422,6 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
             args.ours_weight_copies, "--ours-weight-copies", {**booleans, "auto": "auto"}
         )
         for qkv in parse_choices(args.ours_qkv, "--ours-qkv", {"separate": "separate", "fused": "fused"})
-        for inductor in parse_choices(
-            args.ours_inductor, "--ours-inductor", {"default": "default", "tuned": "tuned"}
-        )
     ]
     if any(v.fp8_head and v.head.startswith("fused") for v in variants):
         raise SystemExit(
@@ -518,12 +495,6 @@ def main() -> None:
         default="separate",
         help="comma-separated q, k, v projections (separate: the model's three matmuls; fused: one matmul "
         "over the concatenated weights, a candidate), one run each",
-    )
-    parser.add_argument(
-        "--ours-inductor",
-        default="default",
-        help="comma-separated: default; tuned, torch.compile's elementwise kernels tuned by coordinate "
-        "descent (a candidate); one run each",
     )
     parser.add_argument(
         "--mlp-tiles-from",

@@ -15,15 +15,15 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(module: str, args: list[str], out: Path) -> list[dict]:
-    """`python -m module *args --json out` under the interpreter: its rows of results."""
+def run_benchmark(module: str, args: list[str], out: Path, key: str = "results") -> list[dict]:
+    """`python -m module *args --json out` under the interpreter: its rows of results (under `key`)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", module, *args, "--json", str(out)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(out.read_text())["results"]
+    return json.loads(out.read_text())[key]
 
 
 def run_worker(worker: str, *args: str) -> dict | list:

@@ -179,17 +179,6 @@ def test_breakdown_fused_qkv_candidate_computes_the_same_attention():
         assert CausalSelfAttention.forward is original
 
 
-def test_the_tuned_inductor_variant_sets_coordinate_descent_for_the_run_only():
-    import torch._inductor.config as inductor
-
-    before = inductor.coordinate_descent_tuning
-    with train_throughput.inductor_variant("tuned"):
-        assert inductor.coordinate_descent_tuning is True
-    with train_throughput.inductor_variant("default"):
-        assert inductor.coordinate_descent_tuning == before
-    assert inductor.coordinate_descent_tuning == before
-
-
 def test_throughput_head_variants_patch_the_model_for_the_run_only():
     from benchmarks import train_breakdown
     from nanogpt.model import GPT, GPTConfig
@@ -222,7 +211,7 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
     args = argparse.Namespace(
         ours_compile="true,blocks", ours_fp8_head="false", ours_attention="default",
         ours_head="default,fused-compiled", ours_micro_batch="32", ours_mlp="default",
-        ours_weight_copies="auto", ours_qkv="separate", ours_inductor="default",
+        ours_weight_copies="auto", ours_qkv="separate",
     )  # fmt: skip
     variants = train_throughput.ours_variants(args)
     assert [(v.compile, v.head) for v in variants] == [
@@ -245,12 +234,7 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
     args.ours_qkv = "packed"
     with pytest.raises(SystemExit, match="--ours-qkv: 'packed' is not one of"):
         train_throughput.ours_variants(args)
-    args.ours_qkv, args.ours_inductor = "separate", "default,tuned"
-    assert [v.inductor for v in train_throughput.ours_variants(args)] == ["default", "tuned"] * 2
-    args.ours_inductor = "max"
-    with pytest.raises(SystemExit, match="--ours-inductor: 'max' is not one of"):
-        train_throughput.ours_variants(args)
-    args.ours_inductor = "default"
+    args.ours_qkv = "separate"
     args.ours_mlp = "fastest,triton"
     with pytest.raises(SystemExit, match="--ours-mlp: 'triton' is not one of"):
         train_throughput.ours_variants(args)

@@ -1,6 +1,7 @@
 """benchmarks/fused_head_loss.py, candidate heads: their loss and gradients against GPT.head's, under the
 Triton interpreter on the CPU (every case) and on a GPU at depth 12's vocabulary."""
 
+import json
 import re
 from unittest import mock
 
@@ -319,3 +320,32 @@ def test_the_kernel_benchmark_checks_every_variant_against_torch(tmp_path):
     # The FP8 head's gradient in e5m2 (2 mantissa bits: to 2^-3 of its ≤ 1), and its transpose exact.
     assert rows[-2]["loss_error"] < 1e-5 and 1e-3 < rows[-2]["grad_error"] < 0.07, rows[-2]
     assert rows[-1]["equal"] is True
+
+
+def test_the_head_matmul_benchmark_checks_each_fp8_product_and_the_transpose(tmp_path):
+    """benchmarks/head_matmuls.py under the interpreter: each FP8 product it times is the float32 product
+    of the same rounded operands to the output's rounding, and the Triton transpose is torch's."""
+    args = [
+        "--device",
+        "cpu",
+        "--rows",
+        "64",
+        "--width",
+        "32",
+        "--vocab",
+        "144",
+        "--reps",
+        "1",
+        "--warmup",
+        "1",
+    ]
+    out = tmp_path / "head.json"
+    run_benchmark("benchmarks.head_matmuls", args, out, key="products")
+    result = json.loads(out.read_text())
+    assert [row["name"] for row in result["products"]] == [
+        "forward: logits = x @ wᵀ", "x's gradient: g @ w", "weight's gradient: gᵀ @ x"
+    ]  # fmt: skip
+    for row in result["products"]:
+        # bf16 outputs round to 2^-9; the weight's gradient comes out in float32.
+        assert row["fp8_error"] < 4e-3 and row["fp8_fast_error"] < 4e-3, row
+    assert result["transposes_agree"] is True and len(result["transposes"]) == 2
