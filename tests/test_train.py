@@ -606,10 +606,9 @@ def test_a_batch_that_does_not_split_is_refused(tmp_path, data_dir, capsys, trai
     ("settings", "expected"),
     [
         ({"device": "cpu", "fused_loss": True}, "fused_loss: true needs a CUDA device"),
-        ({"fused_loss": True, "fp8_head": True}, "fused_loss: true and fp8_head: true are two"),
         ({"fused_loss": "yes"}, "fused_loss"),
     ],
-    ids=["on-the-cpu", "with-fp8-head", "not-a-choice"],
+    ids=["on-the-cpu", "not-a-choice"],
 )
 def test_a_fused_loss_that_cannot_run_is_refused(tmp_path, data_dir, capsys, monkeypatch, settings, expected):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
