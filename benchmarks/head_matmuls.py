@@ -15,28 +15,12 @@ the CPU (for the tests) shapes are tiny and times are not taken.
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
+from benchmarks.loss_kernel import time_ms
 from nanogpt.fused_loss import transpose
-
-
-def time_ms(fn, reps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    if device.type != "cuda":
-        return float("nan")
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -185,14 +185,10 @@ def test_the_fused_loss_matches_the_head_on_a_gpu(cap, variant):
     assert got_grads[0][0, :17].abs().max() == 0  # ignored positions
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("how", [False, "blocks"], ids=["eager", "blocks"])
-def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
-    # GPT.head with `fused_loss` on (nanogpt.fused_loss, eager behind a graph break) against off, as the
-    # trainer calls the model: autocast, the trainer's compile setting, the loss summed.
+def depth_2_model_and_batch():
+    """A depth-2 model on the GPU at GPT-2's vocabulary, every weight non-zero, and a batch (4 × 256) with
+    ignored targets."""
     from nanogpt.model import GPT, GPTConfig
-    from nanogpt.train import compiled_forward
 
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
@@ -205,6 +201,18 @@ def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
     idx = torch.randint(0, 50257, (4, 257), device=device)
     x, targets = idx[:, :-1], idx[:, 1:].clone()
     targets[1, :31] = -1
+    return model, x, targets
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("how", [False, "blocks"], ids=["eager", "blocks"])
+def test_the_model_with_its_fused_loss_matches_the_unfused_head_on_a_gpu(how):
+    # GPT.head with `fused_loss` on (nanogpt.fused_loss, eager behind a graph break) against off, as the
+    # trainer calls the model: autocast, the trainer's compile setting, the loss summed.
+    from nanogpt.train import compiled_forward
+
+    model, x, targets = depth_2_model_and_batch()
     results = {}
     for fused in (False, True):
         model.fused_loss = fused
@@ -227,22 +235,12 @@ def test_the_trainers_fp8_head_matches_float32_on_a_gpu_and_its_self_test_passes
     # `fp8_head` with the fused loss (FusedFP8HeadLoss behind a graph break in the regional compile), as
     # the trainer runs it, against the model in float32: the loss and every gradient.
     from nanogpt import fused_loss
-    from nanogpt.model import GPT, GPTConfig, compile_blocks
+    from nanogpt.model import compile_blocks
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 matmuls need compute capability 8.9 or newer")
     fused_loss.self_test(torch.device("cuda", 0), torch.bfloat16, 15.0, fp8=True)
-    device = torch.device("cuda", 0)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = GPT(GPTConfig(depth=2, vocab_size=50257, sequence_len=256))
-    model.init_weights()
-    for weight in model.parameters():  # the projections start at zero: every gradient gets a signal
-        torch.nn.init.normal_(weight, std=0.02)
-    torch.nn.init.normal_(model.lm_head.weight, std=0.05)
-    idx = torch.randint(0, 50257, (4, 257), device=device)
-    x, targets = idx[:, :-1], idx[:, 1:].clone()
-    targets[1, :31] = -1
+    model, x, targets = depth_2_model_and_batch()
     expected = model(x, targets)
     wanted = torch.autograd.grad(expected, list(model.parameters()))
     model.fused_loss = model.fp8_head = True
