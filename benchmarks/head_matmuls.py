@@ -8,9 +8,9 @@ At depth 12's micro-batch of 128 sequences: x (rows × width), the weight (vocab
 gradient g (rows × vocab). bf16: x @ wᵀ, g @ w, gᵀ @ x as autograd runs them (transposed views). FP8: the
 same products with x and w in e4m3 and g in e5m2, each operand along its inner dimension, products in
 float32 (and with `use_fast_accum`, cuBLAS's faster accumulation, for comparison: the trainer does not
-use it). Each FP8 product is checked against the bf16 one from the same rounded operands (relative error
-of the whole matrix), so a fast wrong call shows. CUDA events, the median of `--reps` after warm-up; on
-the CPU (for the tests) shapes are tiny and times are not taken.
+use it). Each FP8 product is checked against the float32 product of the same rounded operands on the
+first 4,096 rows (relative error of the whole matrix), so a fast wrong call shows. CUDA events, the
+median of `--reps` after warm-up; on the CPU (for the tests) shapes are tiny and times are not taken.
 """
 
 import argparse

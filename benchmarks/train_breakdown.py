@@ -20,10 +20,12 @@ tokens, CUDA events, the median of `--reps` after warm-up) of:
 - full and head with the soft-cap's tanh written through the sigmoid (`sigmoid_softcap`): candidates;
 - on a GPU, full and head with the loss and its gradient in one Triton kernel (nanogpt/fused_loss.py, the
   trainer's on CUDA; the head also at other block sizes and warp counts); with the lm_head's matmuls in FP8
-  and the kernel writing the gradient in e5m2; and with the loss and gradient taken in the forward by
-  torch.compile from torch operations (benchmarks/fused_head_loss.py): candidates beside "full", the
-  compiled head (`fused_loss: false`);
-- full and head with the lm_head's matmuls in FP8 (`fp8_head`, nanogpt.model.FP8Linear): candidates, where
+  and the kernel writing the gradient in e5m2 (nanogpt.fused_loss.FusedFP8HeadLoss, the trainer's head
+  under `fp8_head`); and with the loss and gradient taken in the forward by torch.compile from torch
+  operations (benchmarks/fused_head_loss.py): candidates beside "full", the compiled head (`fused_loss:
+  false`);
+- full and head with the lm_head's matmuls in FP8 without the fused loss (`fp8_head` with `fused_loss:
+  false`, nanogpt.model.FP8Linear): candidates, where
   the GPU has FP8 tensor cores (CUDA compute capability 8.9 or newer), beside the lm_head's
   forward and backward alone, in bf16 and in FP8 (its scaling casts included);
 - on a GPU, full with the cuDNN attention backend compiled in: a candidate (the attention floor is also

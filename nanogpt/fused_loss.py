@@ -22,8 +22,8 @@ tanh.approx errs by up to 2^-11 relative, which puts the losses within 5e-5 of t
 trainer uses it on CUDA (RunConfig.fused_loss); `GPT.head` imports this module only then, so nanogpt runs
 without triton (which ships with torch's CUDA builds) elsewhere. On the CPU it runs under the Triton
 interpreter (TRITON_INTERPRET=1, set before triton is imported), which the tests use, with the tanh through
-the sigmoid (the same function to float32 rounding). `GRAD_E5M2` serves benchmarks/fused_head_loss.py's
-FP8 candidate.
+the sigmoid (the same function to float32 rounding). `GRAD_E5M2` (the gradient written in e5m2) serves
+the FP8 head, FusedFP8HeadLoss (the trainer's under `fp8_head`).
 """
 
 import torch
@@ -243,11 +243,14 @@ TRANSPOSE_BLOCK = 128  # a transposed tile: bytes by bytes
 
 @triton.jit
 def _transpose_kernel(src_ptr, dst_ptr, rows, cols, BLOCK: tl.constexpr):
-    """dst (cols, rows) = srcᵀ for a row-major src (rows, cols) of bytes, one BLOCK × BLOCK tile a program:
+    """dst (cols, rows) = srcᵀ for a row-major src (rows, cols) of bytes, one BLOCK × BLOCK tile a program
+    (a one-dimensional grid, tiles in row order, so that neither side is bound by a grid axis's limit):
     read along src's rows and written along dst's, so that both sides are whole lines of memory (Triton
     turns the tile through shared memory)."""
-    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    tile_id = tl.program_id(0)
+    col_tiles = tl.cdiv(cols, BLOCK)
+    r = (tile_id // col_tiles) * BLOCK + tl.arange(0, BLOCK)
+    c = (tile_id % col_tiles) * BLOCK + tl.arange(0, BLOCK)
     tile = tl.load(
         src_ptr + r[:, None].to(tl.int64) * cols + c[None, :], mask=(r[:, None] < rows) & (c[None, :] < cols)
     )
@@ -270,7 +273,7 @@ def transpose(t: torch.Tensor, block: int = TRANSPOSE_BLOCK) -> torch.Tensor:
     rows, cols = t.shape
     out = torch.empty((cols, rows), device=t.device, dtype=t.dtype)
     if t.numel():
-        grid = (triton.cdiv(rows, block), triton.cdiv(cols, block))
+        grid = (triton.cdiv(rows, block) * triton.cdiv(cols, block),)
         _transpose_kernel[grid](t.view(torch.uint8), out.view(torch.uint8), rows, cols, BLOCK=block)
     return out
 
@@ -281,9 +284,10 @@ class FusedFP8HeadLoss(torch.autograd.Function):
     tensors), and the logits' gradient written by the kernel directly in e5m2 at the fixed
     FP8_GRAD_MULTIPLIER (a byte a logit, against bf16's two; the bf16 logits are freed after the kernel).
     The weight's gradient takes the gradient transposed, by `transpose`. With `uniform` (one upstream
-    number for every row: the trainer's mean) that number joins the matmuls' scales and the backward
-    reuses the forward's e4m3 x; otherwise each row's scales x's gradient and x, cast to e4m3 again. Shapes
-    must pass nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's dtype, x's in x's."""
+    number for every row: a mean or a sum, as the trainer's loss) that number joins the matmuls' scales
+    and the backward reuses the forward's e4m3 x; otherwise each row's scales x's gradient and x, cast to
+    e4m3 again. Shapes must pass nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's
+    dtype, x's in x's."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
@@ -377,16 +381,15 @@ def self_test(
     differ. Given the training's dtype and cap it compiles, for the usual shapes, the very kernel training
     then runs, not a second one (on CUDA with the tanh by tanh.approx.f32; Triton specializes integers on
     being multiples of 16: the vocabulary is not, here as at 50,257; the padded width and the row stride
-    are, here and in training). With `fp8`, the FP8 head forward and backward (FusedFP8HeadLoss: its e5m2
-    kernel, its FP8 matmuls, the transpose) against torch from the same e4m3 operands."""
+    are, here and in training). With `fp8`, also the FP8 head forward and backward (FusedFP8HeadLoss: its
+    e5m2 kernel, its FP8 matmuls, the transpose) against torch from the same e4m3 operands."""
     generator = torch.Generator().manual_seed(0)
     x, weight = torch.randn(64, 32, generator=generator), torch.randn(128, 32, generator=generator)
     targets = torch.randint(0, 100, (64,), generator=generator)
     targets[:3] = -1
     x, weight, targets = x.to(device, dtype), weight.to(device, dtype), targets.to(device)
-    if fp8:
-        _fp8_self_test(x, weight, targets, cap)
-        return
+    if fp8:  # and the bf16 head's kernel below too: shapes FP8 matmuls do not take fall back to it
+        _fp8_self_test(x.clone(), weight.clone(), targets, cap)
     with torch.no_grad():
         losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, False)
         expected = _capped_losses(x, weight, targets, cap)
@@ -407,27 +410,26 @@ def _capped_losses(x, weight, targets, cap, vocab_size: int = 100, logits_dtype=
 
 
 def _fp8_self_test(x, weight, targets, cap) -> None:
-    """self_test's FP8 half: the losses to the kernel's tanh and the bf16 logits, both gradients to e5m2's
-    rounding of the logits' gradient (cosines), against torch in float32 from the e4m3-rounded operands."""
+    """self_test's FP8 half: the losses to the kernel's tanh and the bf16 logits, both gradients (of the
+    losses' sum times an upstream 1e-3, as a trainer's mean scales them) to e5m2's rounding of the logits'
+    gradient, in direction and in size, against torch in float32 from the e4m3-rounded operands."""
     x, weight = x.requires_grad_(), weight.float().requires_grad_()
     with torch.enable_grad():
         losses = FusedFP8HeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, True)
-        got = torch.autograd.grad(losses.sum(), (x, weight))
+        got = torch.autograd.grad(losses.sum() * 1e-3, (x, weight))
         operands = [
             t8.float() * scale for t8, scale in (to_fp8(x.detach(), FP8_INPUT), to_fp8(weight, FP8_INPUT))
         ]
         operands = [t.requires_grad_() for t in operands]
         expected = _capped_losses(*operands, targets, cap, logits_dtype=x.dtype)
-        wanted = torch.autograd.grad(expected.sum(), operands)
+        wanted = torch.autograd.grad(expected.sum() * 1e-3, operands)
     error = (losses.detach() - expected.detach()).abs().max().item()
-    cosines = [
-        F.cosine_similarity(g.flatten().float(), w.flatten(), dim=0).item()
-        for g, w in zip(got, wanted, strict=True)
-    ]
+    # ‖got - wanted‖ / ‖wanted‖: direction and size (a cosine alone would pass a gradient scaled wrong).
+    gradient_errors = [((g.float() - w).norm() / w.norm()).item() for g, w in zip(got, wanted, strict=True)]
     # The limits of the bf16 head's test (the losses; the logits rounded to x's dtype in both); e5m2's 2
-    # mantissa bits leave a gradient's cosine near 0.999. A broken kernel or matmul misses both by far.
-    if not (error <= 2e-2 and min(cosines) >= 0.99):
+    # mantissa bits leave a gradient about 5% off. A broken kernel, matmul or scale misses both by far.
+    if not (error <= 2e-2 and max(gradient_errors) <= 0.15):
         raise RuntimeError(
             f"the fused FP8 head's self-test on {x.device} is off by {error:.3g} in the losses, "
-            f"gradient cosines {cosines[0]:.4f}, {cosines[1]:.4f}"
+            f"{gradient_errors[0]:.3g} and {gradient_errors[1]:.3g} in the gradients"
         )

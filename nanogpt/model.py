@@ -138,8 +138,9 @@ class FP8Linear(torch.autograd.Function):
 
 
 def fp8_fits(rows: int, in_features: int, out_features: int) -> bool:
-    """Whether FP8Linear takes a matmul of `rows` inputs (all of x's leading dimensions together) by an
-    (out_features, in_features) weight: `torch._scaled_mm` wants every dimension a multiple of 16."""
+    """Whether the FP8 heads (FP8Linear, nanogpt.fused_loss.FusedFP8HeadLoss) take a matmul of `rows` inputs
+    (all of x's leading dimensions together) by an (out_features, in_features) weight: `torch._scaled_mm`
+    wants every dimension a multiple of 16."""
     return rows % 16 == 0 and in_features % 16 == 0 and out_features % 16 == 0
 
 

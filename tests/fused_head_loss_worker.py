@@ -98,6 +98,9 @@ def both_heads(model, x, targets, reduction: str, *, autocast: bool, **fused_kwa
         "grad_x": relative_error(got_grads[0], expected_grads[0]),
         "grad_w": relative_error(got_grads[1], expected_grads[1]),
         "cosine_x": cosines[0], "cosine_w": cosines[1],
+        # Scale as well as direction: ‖got - expected‖ / ‖expected‖ (a cosine ignores a wrong scale).
+        "norm_error_x": ((got_grads[0] - expected_grads[0]).norm() / expected_grads[0].norm()).item(),
+        "norm_error_w": ((got_grads[1] - expected_grads[1]).norm() / expected_grads[1].norm()).item(),
         "ignored_grad_x": got_grads[0][2].abs().max().item(),
         "finite": bool(got.isfinite().all() and all(g.isfinite().all() for g in got_grads)),
         "loss_dtype": str(got.dtype), "grad_w_dtype": str(got_grads[1].dtype),
@@ -109,7 +112,7 @@ def fp8_cases() -> list[dict]:
     cases = []
     for cap in (15.0, None):
         model, x, targets = setting(cap)
-        for reduction in ("sum", "none"):
+        for reduction in ("sum", "mean", "none"):
             case = both_heads(model, x, targets, reduction, autocast=True, block=64, num_warps=1, fp8=True)
             cases.append({"cap": cap, **case})
     return cases
@@ -196,7 +199,18 @@ def edge_cases() -> dict:
         result["bad_reduction"] = str(e)
     self_test(torch.device("cpu"))  # raises if the kernel is off
     self_test(torch.device("cpu"), torch.bfloat16, cap=None)  # in the dtype of a bf16 run, uncapped
+    self_test(torch.device("cpu"), torch.bfloat16, fp8=True)  # the FP8 head too
     result["self_test"] = "passed"
+    # An FP8 head whose gradients come out 1000 times too large (a scale lost): its self-test fails.
+    from nanogpt.fused_loss import FusedFP8HeadLoss
+
+    backward = FusedFP8HeadLoss.backward
+    wrong = staticmethod(lambda ctx, grad: backward(ctx, grad * 1000))
+    with mock.patch.object(FusedFP8HeadLoss, "backward", wrong):
+        try:
+            self_test(torch.device("cpu"), torch.bfloat16, fp8=True)
+        except RuntimeError as e:
+            result["fp8_wrong_scale"] = str(e)
     return result
 
 

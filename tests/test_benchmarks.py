@@ -280,3 +280,37 @@ def test_the_fastest_mlp_variant_patches_the_measured_launches_in_and_out(tmp_pa
         assert launches() == before
     with pytest.raises(SystemExit, match="--ours-mlp fastest needs --mlp-tiles-from"):
         train_throughput.fastest_launches(None)
+
+
+def test_the_fp8_head_quality_benchmark_trains_both_heads_per_seed_and_compares_their_validation(tmp_path):
+    import math
+
+    from trainer_fixtures import make_data_dir
+
+    from benchmarks import fp8_head_quality
+
+    data_dir = make_data_dir(tmp_path / "data")
+    args = [
+        "--data-dir", str(data_dir), "--depth", "1", "--aspect-ratio", "32", "--head-dim", "16",
+        "--sequence-len", "32", "--steps", "4", "--total-batch", "256", "--eval-every", "2",
+        "--val-tokens", "512", "--seeds", "0,1", "--device", "cpu", "--compile", "false",
+        "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json"),
+    ]  # fmt: skip
+    result = fp8_head_quality.main(args)
+    assert json.loads((tmp_path / "q.json").read_text())["runs"] == json.loads(json.dumps(result["runs"]))
+    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    for run in result["runs"]:
+        bf16, fp8 = run["bf16_head"], run["fp8_head"]
+        assert list(bf16["val"]) == list(fp8["val"]) == [2, 4]
+        # The FP8 head trains its own weights (not the bf16 run's), close to them.
+        assert bf16["val"] != fp8["val"]
+        for step, loss in bf16["val"].items():
+            assert math.isfinite(loss) and abs(fp8["val"][step] / loss - 1) < 0.05
+        assert bf16["tok_per_s"] > 0 and fp8["tok_per_s"] > 0
+    started = json.loads((tmp_path / "runs/seed1-fp8-head/events.jsonl").read_text().splitlines()[0])
+    assert started["config"]["fp8_head"] is True and started["config"]["seed"] == 1
+    # The runs are kept: a second call into the same directory refuses rather than mixing them.
+    with pytest.raises(SystemExit, match="seed0-bf16-head: already exists"):
+        fp8_head_quality.main(args)
+    with pytest.raises(SystemExit):
+        fp8_head_quality.main([*args[:-4], "--seeds", "zero", "--out", str(tmp_path / "other")])

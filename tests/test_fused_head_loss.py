@@ -39,12 +39,13 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
     # The kernel's own rounding to e5m2's grid, then its cast, is torch's e5m2 cast (round half to even)
     # over carries into the exponent, ties, both signs and the format's largest values.
     assert result["rounding"]["kernel"] == result["rounding"]["torch"]
-    assert len(result["cases"]) == 4  # soft-cap on and off, reductions sum and none
+    assert len(result["cases"]) == 6  # soft-cap on and off, reductions sum (× 1e-3), mean and none
     for case in result["cases"]:
         assert case["finite"] and case["ignored_grad_x"] == 0.0, case
         # x and the weight in e4m3, the logits' gradient in e5m2: nanogpt.model.FP8Linear's head gets
-        # cosines of 0.998-0.999 in this setting.
+        # cosines of 0.998-0.999 in this setting, and the gradients' scale is the head's (to about 5%).
         assert case["cosine_x"] > 0.995 and case["cosine_w"] > 0.995, case
+        assert case["norm_error_x"] < 0.1 and case["norm_error_w"] < 0.1, case
         assert case["loss"] < 0.05, case
 
 
@@ -67,6 +68,8 @@ def test_the_fused_loss_at_the_edges_fails_as_loudly_as_the_head():
     assert result["past_vocab"] == {"nan_at": [[1, 3]], "finite_elsewhere": 3 * 16 - 1}
     assert "reduction must be 'mean', 'sum' or 'none', got 'avg'" in result["bad_reduction"]
     assert result["self_test"] == "passed"
+    assert result["fp8_wrong_scale"].startswith("the fused FP8 head's self-test on cpu is off by ")
+    assert result["fp8_wrong_scale"].endswith(" and 1e+03 in the gradients")
 
 
 def test_the_kernel_at_extreme_logits_matches_torch_in_float64():
