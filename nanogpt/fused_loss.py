@@ -239,18 +239,16 @@ class FusedHeadLoss(torch.autograd.Function):
 # smallest subnormal, 2^-16, over the scale). No amax pass over the largest tensor of the step.
 FP8_GRAD_MULTIPLIER = 2.0**15
 TRANSPOSE_BLOCK = 128  # a transposed tile: bytes by bytes
+MAX_GRID_Y = 65_535  # CUDA's limit on a grid's second axis
 
 
 @triton.jit
 def _transpose_kernel(src_ptr, dst_ptr, rows, cols, BLOCK: tl.constexpr):
-    """dst (cols, rows) = srcᵀ for a row-major src (rows, cols) of bytes, one BLOCK × BLOCK tile a program
-    (a one-dimensional grid, tiles in row order, so that neither side is bound by a grid axis's limit):
+    """dst (cols, rows) = srcᵀ for a row-major src (rows, cols) of bytes, one BLOCK × BLOCK tile a program:
     read along src's rows and written along dst's, so that both sides are whole lines of memory (Triton
     turns the tile through shared memory)."""
-    tile_id = tl.program_id(0)
-    col_tiles = tl.cdiv(cols, BLOCK)
-    r = (tile_id // col_tiles) * BLOCK + tl.arange(0, BLOCK)
-    c = (tile_id % col_tiles) * BLOCK + tl.arange(0, BLOCK)
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     tile = tl.load(
         src_ptr + r[:, None].to(tl.int64) * cols + c[None, :], mask=(r[:, None] < rows) & (c[None, :] < cols)
     )
@@ -269,11 +267,15 @@ def transpose(t: torch.Tensor, block: int = TRANSPOSE_BLOCK) -> torch.Tensor:
         raise ValueError(
             f"transpose: takes a 2-D tensor of one-byte elements, got {t.dtype} {tuple(t.shape)}"
         )
-    t = t.contiguous()
     rows, cols = t.shape
+    # The columns' tiles go on the grid's second axis, which CUDA caps at 65,535 (8.4M columns of 128): the
+    # FP8 head's columns are its width or its vocabulary.
+    if triton.cdiv(cols, block) > MAX_GRID_Y:
+        raise ValueError(f"transpose: {cols} columns is more than {MAX_GRID_Y} tiles of {block}")
+    t = t.contiguous()
     out = torch.empty((cols, rows), device=t.device, dtype=t.dtype)
     if t.numel():
-        grid = (triton.cdiv(rows, block) * triton.cdiv(cols, block),)
+        grid = (triton.cdiv(rows, block), triton.cdiv(cols, block))
         _transpose_kernel[grid](t.view(torch.uint8), out.view(torch.uint8), rows, cols, BLOCK=block)
     return out
 

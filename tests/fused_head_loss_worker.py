@@ -142,11 +142,16 @@ def transpose_cases() -> dict:
     result["non-contiguous"] = torch.equal(transpose(t.t(), 16), t)
     result["empty"] = transpose(torch.empty(0, 8, dtype=torch.uint8)).shape == (8, 0)
     errors = []
+    wide = torch.zeros(1, 65_536 * 16 + 1, dtype=torch.uint8)  # one column tile more than the grid holds
     for bad in (torch.zeros(4, 4), torch.zeros(2, 2, 2, dtype=torch.uint8)):
         try:
             transpose(bad)
         except ValueError as e:
             errors.append(str(e))
+    try:
+        transpose(wide, 16)
+    except ValueError as e:
+        errors.append(str(e))
     result["errors"] = errors
     return result
 

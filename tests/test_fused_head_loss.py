@@ -56,6 +56,7 @@ def test_the_fp8_heads_transpose_is_torchs_at_tile_edges_and_refuses_what_it_doe
     assert errors == [
         "transpose: takes a 2-D tensor of one-byte elements, got torch.float32 (4, 4)",
         "transpose: takes a 2-D tensor of one-byte elements, got torch.uint8 (2, 2, 2)",
+        "transpose: 1048577 columns is more than 65535 tiles of 16",
     ]
 
 
