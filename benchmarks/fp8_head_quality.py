@@ -2,7 +2,12 @@
 model, data, seed, steps and schedule), its validation losses side by side; one run of each per seed.
 
     python -m benchmarks.fp8_head_quality --tokenizer ../shared/tokenizers/gpt2 --out fp8q/ --json fp8q.json
-    python -m benchmarks.fp8_head_quality --data-dir DIR --steps 400 --seeds 0,1 --out fp8q/
+    python -m benchmarks.fp8_head_quality --data-dir DIR --steps 400 --seeds 0,1 --heads bf16,fp8,fp8-grads \
+        --out fp8q/
+
+`--heads`: bf16 (`fp8_head: false`, the reference), fp8 (`fp8_head: true`), fp8-grads (a candidate: the
+fused FP8 head with its forward matmul in bf16, nanogpt.fused_loss.FusedFP8GradHeadLoss, patched into the
+model for its run as benchmarks/train_throughput.py's `--ours-head fp8-grads` does).
 
 Data: a prepared data directory (`--data-dir`), else the machine's own Python source prepared with
 `--tokenizer` (`--max-bytes` of it; under `--data-root`). Each run is `python -m nanogpt.train` in a
@@ -32,9 +37,12 @@ def prepared_data(args: argparse.Namespace) -> Path:
     return prepare(config, root=args.data_root, progress=False).data_dir
 
 
-def train(args: argparse.Namespace, data_dir: Path, seed: int, fp8: bool) -> list[dict]:
-    """One run of the trainer with `fp8_head: fp8`: its events."""
-    run_dir = args.out / f"seed{seed}-{'fp8' if fp8 else 'bf16'}-head"
+HEADS = ("bf16", "fp8", "fp8-grads")
+
+
+def train(args: argparse.Namespace, data_dir: Path, seed: int, head: str) -> list[dict]:
+    """One run of the trainer with the head `head` (one of HEADS): its events."""
+    run_dir = args.out / f"seed{seed}-{head}-head"
     if run_dir.exists():
         raise SystemExit(f"{run_dir}: already exists; give --out a new directory")
     run_dir.mkdir(parents=True)
@@ -51,17 +59,30 @@ def train(args: argparse.Namespace, data_dir: Path, seed: int, fp8: bool) -> lis
         "eval": {"every_steps": args.eval_every, "val_tokens": args.val_tokens},
         "seed": seed,
         "device": args.device,
-        "fp8_head": fp8,
+        "fp8_head": head == "fp8",
     }
+    if head == "fp8-grads":
+        config["fused_loss"] = False  # the patched head does the loss (train_throughput.HEADS)
     if args.compile is not None:
         config["compile"] = {"true": True, "false": False}.get(args.compile, args.compile)
     (run_dir / "config.json").write_text(json.dumps(config))
     command = [sys.executable, "-m", "nanogpt.train", "--config", str(run_dir / "config.json")]
+    if head == "fp8-grads":
+        command[1:4] = ["-m", "benchmarks.fp8_head_quality", "--train-one"]
     done = subprocess.run(command, cwd=ROOT)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     if done.returncode != 0 or events[-1].get("status") != "done":
         raise SystemExit(f"{run_dir}: the run did not finish (exit {done.returncode}): {events[-1]}")
     return events
+
+
+def train_with_fp8_grads_head(config: Path) -> None:
+    """The trainer on `config` with the fp8-grads head patched in (this process, `--train-one`)."""
+    from benchmarks.train_throughput import head_variant
+    from nanogpt.train import run
+
+    with head_variant("fp8-grads"):
+        raise SystemExit(run(config))
 
 
 def summary(events: list[dict]) -> dict:
@@ -89,31 +110,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--total-batch", type=int, default=262_144, help="tokens a step")
     parser.add_argument("--eval-every", type=int, default=40)
     parser.add_argument("--val-tokens", type=int, default=1_048_576)
-    parser.add_argument("--seeds", default="0", help="comma-separated; each seed one pair of runs")
+    parser.add_argument("--seeds", default="0", help="comma-separated; each seed one run of each head")
+    parser.add_argument("--heads", default="bf16,fp8", help=f"comma-separated, of {', '.join(HEADS)}")
+    parser.add_argument("--train-one", type=Path, help=argparse.SUPPRESS)  # a run with the fp8-grads head
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", help="the trainer's compile setting (default: its own)")
-    parser.add_argument("--out", type=Path, required=True, help="a directory for the runs (new)")
+    parser.add_argument("--out", type=Path, help="a directory for the runs (new); required")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.train_one is not None:
+        train_with_fp8_grads_head(args.train_one)
+    if args.out is None:
+        parser.error("--out: required (a new directory for the runs)")
     try:
         seeds = [int(seed) for seed in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    heads = args.heads.split(",")
+    if heads[0] != "bf16" or len(set(heads)) != len(heads) or not set(heads) <= set(HEADS):
+        parser.error(
+            f"--heads: bf16 first (the reference), then others of {', '.join(HEADS)}: {args.heads!r}"
+        )
     data_dir = prepared_data(args)
     runs = []
     for seed in seeds:
-        bf16, fp8 = (summary(train(args, data_dir, seed, fp8)) for fp8 in (False, True))
-        runs.append({"seed": seed, "bf16_head": bf16, "fp8_head": fp8})
-        print(f"seed {seed}: {'step':>6} {'val, bf16 head':>15} {'val, FP8 head':>14} {'FP8 - bf16':>11}")
-        for step, expected in bf16["val"].items():
-            got = fp8["val"][step]
-            change = f"{got - expected:+11.4f} ({got / expected - 1:+.2%})"
-            print(f"{'':8} {step:>6} {expected:15.4f} {got:14.4f} {change}")
-        for name, run in (("bf16 head", bf16), ("FP8 head", fp8)):
+        results = {head: summary(train(args, data_dir, seed, head)) for head in heads}
+        runs.append({"seed": seed, **{f"{head}_head": result for head, result in results.items()}})
+        print(f"seed {seed}: validation loss by step, and each head's change from the bf16 head's")
+        for step, expected in results["bf16"]["val"].items():
+            cells = [f"bf16 {expected:.4f}"]
+            for head in heads[1:]:
+                got = results[head]["val"][step]
+                cells.append(f"{head} {got:.4f} ({got - expected:+.4f}, {got / expected - 1:+.2%})")
+            print(f"{'':8} step {step:>6}: " + "; ".join(cells))
+        for head, run in results.items():
             speed = f"{run['tok_per_s']:,.0f} tokens/s" if run["tok_per_s"] else "no speed"
-            print(
-                f"{'':8} {name}: training loss of the last 20 steps {run['train_loss_last_20']:.4f}; {speed}"
-            )
+            loss = run["train_loss_last_20"]
+            print(f"{'':8} {head} head: training loss of the last 20 steps {loss:.4f}; {speed}")
     result = {"data_dir": str(data_dir), "config": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -108,13 +108,16 @@ def both_heads(model, x, targets, reduction: str, *, autocast: bool, **fused_kwa
 
 
 def fp8_cases() -> list[dict]:
-    """FusedFP8HeadLoss against GPT.head in bf16."""
+    """FusedFP8HeadLoss (and the candidate FusedFP8GradHeadLoss: "fp8_grads") against GPT.head in bf16."""
     cases = []
     for cap in (15.0, None):
         model, x, targets = setting(cap)
         for reduction in ("sum", "mean", "none"):
-            case = both_heads(model, x, targets, reduction, autocast=True, block=64, num_warps=1, fp8=True)
-            cases.append({"cap": cap, **case})
+            for head in ("fp8", "fp8_grads"):
+                case = both_heads(
+                    model, x, targets, reduction, autocast=True, block=64, num_warps=1, **{head: True}
+                )
+                cases.append({"cap": cap, "head": head, **case})
     return cases
 
 
