@@ -20,7 +20,6 @@ import torch
 from nanogpt.fused_loss import (
     BLOCK,
     NUM_WARPS,
-    FusedFP8GradHeadLoss,
     FusedFP8HeadLoss,
     FusedHeadLoss,
     head_loss,
@@ -72,23 +71,15 @@ def fused_head(
     reduction: str = "mean",
     block: int = BLOCK,
     num_warps: int = NUM_WARPS,
-    fp8: bool = False,
-    fp8_grads: bool = False,
-    compiled: bool = False,
+    function: type[torch.autograd.Function] = FusedHeadLoss,
 ) -> torch.Tensor:
-    """GPT.head's loss (targets given) through the trainer's FusedHeadLoss, or another head (fp8:
-    FusedFP8HeadLoss, the trainer's under fp8_head; fp8_grads: FusedFP8GradHeadLoss; compiled:
+    """GPT.head's loss (targets given) through the trainer's FusedHeadLoss, or another head `function`
+    (FusedFP8HeadLoss, the trainer's under fp8_head; the candidates FusedFP8GradHeadLoss and
     CompiledHeadLoss): hidden states (B, T, C) → the loss."""
-    if fp8 + fp8_grads + compiled > 1:
-        raise ValueError("fused_head: fp8, fp8_grads and compiled are separate heads; choose one")
     B, T, C = x.shape
     weight = model.lm_head.weight
-    if (fp8 or fp8_grads) and not fp8_fits(B * T, C, weight.size(0)):
+    if issubclass(function, FusedFP8HeadLoss) and not fp8_fits(B * T, C, weight.size(0)):
         raise ValueError(f"FP8 head: {B * T} rows of {C} by {weight.size(0)} are not all multiples of 16")
-    function = (
-        FusedFP8HeadLoss if fp8 else FusedFP8GradHeadLoss if fp8_grads else CompiledHeadLoss if compiled
-        else FusedHeadLoss
-    )  # fmt: skip
     cap, vocab_size = model.config.logit_softcap, model.config.vocab_size
     return head_loss(
         x, weight, targets, cap=cap, vocab_size=vocab_size, reduction=reduction, block=block,

@@ -298,16 +298,17 @@ def main(argv: list[str] | None = None) -> dict:
     has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
     # On a GPU only: on the CPU the kernel runs only under the Triton interpreter (the tests run it there).
     if "fused_loss" not in skip and device.type == "cuda":
-        from benchmarks.fused_head_loss import fused_head
+        from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
+        from nanogpt.fused_loss import FusedFP8HeadLoss
 
         compiled_trunk_only = compile_(model.trunk, dynamic=False)  # the head runs eagerly: matmuls, kernel
         variants = {
             "fused Triton loss": {},
-            "fused Triton loss, FP8 lm_head": {"fp8": True},
-            "loss and gradient compiled in the forward": {"compiled": True},
+            "fused Triton loss, FP8 lm_head": {"function": FusedFP8HeadLoss},
+            "loss and gradient compiled in the forward": {"function": CompiledHeadLoss},
         }
         for label, options in variants.items():
-            if options.get("fp8") and not has_fp8:
+            if options.get("function") is FusedFP8HeadLoss and not has_fp8:
                 continue
             step = fwd_bwd(
                 lambda o=options: fused_head(model, compiled_trunk_only(x), y, reduction="sum", **o)

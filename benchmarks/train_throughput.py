@@ -282,12 +282,15 @@ def head_variant(name: str) -> Iterator[None]:
         # Eager (a graph break under torch.compile), as the trainer runs its own fused loss. Evaluation
         # (no gradient) and generation keep the model's own head.
         eager_fused_head = torch.compiler.disable(fused_head)
-        options = {"fp8_grads": True} if name == "fp8-grads" else {"compiled": True}
+        from benchmarks.fused_head_loss import CompiledHeadLoss
+        from nanogpt.fused_loss import FusedFP8GradHeadLoss
+
+        function = FusedFP8GradHeadLoss if name == "fp8-grads" else CompiledHeadLoss
 
         def replacement(self, x, targets=None, *, reduction="mean"):
             if targets is None or not torch.is_grad_enabled():
                 return original(self, x, targets, reduction=reduction)
-            return eager_fused_head(self, x, targets, reduction=reduction, **options)
+            return eager_fused_head(self, x, targets, reduction=reduction, function=function)
 
     with mock.patch.object(GPT, attribute, replacement):
         yield

@@ -16,7 +16,7 @@ import triton.language as tl
 from interpreted import small_training_run
 
 from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
-from nanogpt.fused_loss import FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid
+from nanogpt.fused_loss import FusedFP8GradHeadLoss, FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -113,9 +113,9 @@ def fp8_cases() -> list[dict]:
     for cap in (15.0, None):
         model, x, targets = setting(cap)
         for reduction in ("sum", "mean", "none"):
-            for head in ("fp8", "fp8_grads"):
+            for head, function in (("fp8", FusedFP8HeadLoss), ("fp8_grads", FusedFP8GradHeadLoss)):
                 case = both_heads(
-                    model, x, targets, reduction, autocast=True, block=64, num_warps=1, **{head: True}
+                    model, x, targets, reduction, autocast=True, block=64, num_warps=1, function=function
                 )
                 cases.append({"cap": cap, "head": head, **case})
     return cases
@@ -174,7 +174,7 @@ def bf16_and_float32_cases() -> list[dict]:
                     )
                     cases.append({"cap": cap, "block": block, **case})
             for reduction in ("sum", "none"):  # the same by torch.compile, no kernel of ours
-                case = both_heads(model, x, targets, reduction, autocast=autocast, compiled=True)
+                case = both_heads(model, x, targets, reduction, autocast=autocast, function=CompiledHeadLoss)
                 cases.append({"cap": cap, "block": "compiled", **case})
     return cases
 
@@ -210,8 +210,6 @@ def edge_cases() -> dict:
     self_test(torch.device("cpu"), torch.bfloat16, fp8=True)  # the FP8 head too
     result["self_test"] = "passed"
     # An FP8 head whose gradients come out 1000 times too large (a scale lost): its self-test fails.
-    from nanogpt.fused_loss import FusedFP8HeadLoss
-
     backward = FusedFP8HeadLoss.backward
     wrong = staticmethod(lambda ctx, grad: backward(ctx, grad * 1000))
     with mock.patch.object(FusedFP8HeadLoss, "backward", wrong):

@@ -162,10 +162,12 @@ def test_the_trainer_with_its_fused_loss_trains_as_with_the_unfused_head():
 @pytest.mark.parametrize("cap", [15.0, None])
 @pytest.mark.parametrize("variant", ["bf16", "fp8", "compiled"])
 def test_the_fused_loss_matches_the_head_on_a_gpu(cap, variant):
-    from benchmarks.fused_head_loss import fused_head
+    from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
+    from nanogpt.fused_loss import FusedFP8HeadLoss, FusedHeadLoss
     from nanogpt.model import GPT, GPTConfig
 
     fp8 = variant == "fp8"
+    function = {"bf16": FusedHeadLoss, "fp8": FusedFP8HeadLoss, "compiled": CompiledHeadLoss}[variant]
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
     with torch.device(device):
@@ -178,7 +180,7 @@ def test_the_fused_loss_matches_the_head_on_a_gpu(cap, variant):
     wanted = (x, model.lm_head.weight)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         expected = model.head(x, targets, reduction="sum")
-        got = fused_head(model, x, targets, reduction="sum", fp8=fp8, compiled=variant == "compiled")
+        got = fused_head(model, x, targets, reduction="sum", function=function)
     expected_grads = torch.autograd.grad(expected * 1e-3, wanted)
     got_grads = torch.autograd.grad(got * 1e-3, wanted)
     # FP8: x and the weight in e4m3 (3 mantissa bits), the logits' gradient in e5m2 (2).
