@@ -396,6 +396,9 @@ def head_loss(
     return torch.where(count > 0, losses.sum() / count.clamp(min=1), float("nan"))
 
 
+SELF_TEST_VOCAB = 100  # self_test's vocabulary: 128 columns of logits, the last 28 padding
+
+
 def self_test(
     device: torch.device, dtype: torch.dtype = torch.float32, cap: float | None = 15.0, *, fp8: bool = False
 ) -> None:
@@ -409,13 +412,13 @@ def self_test(
     e5m2 kernel, its FP8 matmuls, the transpose) against torch from the same e4m3 operands."""
     generator = torch.Generator().manual_seed(0)
     x, weight = torch.randn(64, 32, generator=generator), torch.randn(128, 32, generator=generator)
-    targets = torch.randint(0, 100, (64,), generator=generator)
+    targets = torch.randint(0, SELF_TEST_VOCAB, (64,), generator=generator)
     targets[:3] = -1
     x, weight, targets = x.to(device, dtype), weight.to(device, dtype), targets.to(device)
     if fp8:  # and the bf16 head's kernel below too: shapes FP8 matmuls do not take fall back to it
         _fp8_self_test(x.clone(), weight.clone(), targets, cap)
     with torch.no_grad():
-        losses = FusedHeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, False)
+        losses = FusedHeadLoss.apply(x, weight, targets, cap, SELF_TEST_VOCAB, BLOCK, NUM_WARPS, False)
         expected = _capped_losses(x, weight, targets, cap)
     error = (losses - expected).abs().max().item()
     # A broken kernel is off by whole units; a tanh by tanh.approx.f32 errs by up to 2^-11 of the cap
@@ -424,10 +427,10 @@ def self_test(
         raise RuntimeError(f"the fused loss's self-test on {x.device} is off by {error:.3g}")
 
 
-def _capped_losses(x, weight, targets, cap, vocab_size: int = 100, logits_dtype=torch.float32):
-    """torch's losses (none reduced) of the soft-capped logits x @ weightᵀ over the first vocab_size, the
-    logits rounded to logits_dtype first."""
-    logits = (x @ weight.t()).to(logits_dtype).float()[:, :vocab_size]
+def _capped_losses(x, weight, targets, cap, logits_dtype=torch.float32):
+    """torch's losses (none reduced) of the soft-capped logits x @ weightᵀ over the self-test's vocabulary,
+    the logits rounded to logits_dtype first."""
+    logits = (x @ weight.t()).to(logits_dtype).float()[:, :SELF_TEST_VOCAB]
     if cap is not None:
         logits = cap * torch.tanh(logits / cap)
     return F.cross_entropy(logits, targets, ignore_index=-1, reduction="none")
@@ -439,7 +442,7 @@ def _fp8_self_test(x, weight, targets, cap) -> None:
     gradient, in direction and in size, against torch in float32 from the e4m3-rounded operands."""
     x, weight = x.requires_grad_(), weight.float().requires_grad_()
     with torch.enable_grad():
-        losses = FusedFP8HeadLoss.apply(x, weight, targets, cap, 100, BLOCK, NUM_WARPS, True)
+        losses = FusedFP8HeadLoss.apply(x, weight, targets, cap, SELF_TEST_VOCAB, BLOCK, NUM_WARPS, True)
         got = torch.autograd.grad(losses.sum() * 1e-3, (x, weight))
         operands = [
             t8.float() * scale for t8, scale in (to_fp8(x.detach(), FP8_INPUT), to_fp8(weight, FP8_INPUT))
