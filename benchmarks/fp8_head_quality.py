@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nanogpt.events import read_events
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,13 +68,16 @@ def train(args: argparse.Namespace, data_dir: Path, seed: int, head: str) -> lis
     if args.compile is not None:
         config["compile"] = {"true": True, "false": False}.get(args.compile, args.compile)
     (run_dir / "config.json").write_text(json.dumps(config))
-    command = [sys.executable, "-m", "nanogpt.train", "--config", str(run_dir / "config.json")]
+    # The trainer itself, or this module running it with the candidate head patched in (`--train-one`).
     if head == "fp8-grads":
-        command[1:4] = ["-m", "benchmarks.fp8_head_quality", "--train-one"]
-    done = subprocess.run(command, cwd=ROOT)
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    if done.returncode != 0 or events[-1].get("status") != "done":
-        raise SystemExit(f"{run_dir}: the run did not finish (exit {done.returncode}): {events[-1]}")
+        command = ["-m", "benchmarks.fp8_head_quality", "--train-one", str(run_dir / "config.json")]
+    else:
+        command = ["-m", "nanogpt.train", "--config", str(run_dir / "config.json")]
+    done = subprocess.run([sys.executable, *command], cwd=ROOT)
+    events, _ = read_events(run_dir / "events.jsonl")
+    last = events[-1] if events else "no events"
+    if done.returncode != 0 or not events or last.get("status") != "done":
+        raise SystemExit(f"{run_dir}: the run did not finish (exit {done.returncode}): {last}")
     return events
 
 
