@@ -277,14 +277,12 @@ def head_variant(name: str) -> Iterator[None]:
     if name == "sigmoid":
         from benchmarks.train_breakdown import sigmoid_softcap as replacement
     else:
-        from benchmarks.fused_head_loss import fused_head
+        from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
+        from nanogpt.fused_loss import FusedFP8GradHeadLoss
 
         # Eager (a graph break under torch.compile), as the trainer runs its own fused loss. Evaluation
         # (no gradient) and generation keep the model's own head.
         eager_fused_head = torch.compiler.disable(fused_head)
-        from benchmarks.fused_head_loss import CompiledHeadLoss
-        from nanogpt.fused_loss import FusedFP8GradHeadLoss
-
         function = FusedFP8GradHeadLoss if name == "fp8-grads" else CompiledHeadLoss
 
         def replacement(self, x, targets=None, *, reduction="mean"):
