@@ -7,7 +7,10 @@ model, data, seed, steps and schedule), its validation losses side by side; one 
 
 `--heads`: bf16 (`fp8_head: false`, the reference), fp8 (`fp8_head: true`), fp8-grads (a candidate: the
 fused FP8 head with its forward matmul in bf16, nanogpt.fused_loss.FusedFP8GradHeadLoss, patched into the
-model for its run as benchmarks/train_throughput.py's `--ours-head fp8-grads` does).
+model for its run as benchmarks/train_throughput.py's `--ours-head fp8-grads` does), bf16-rerun (the bf16
+run again, as it is: on a GPU, whose kernels may sum in a different order each run, what any small change
+to the arithmetic does to the losses by itself; on the CPU the same losses). With several seeds, each
+head's mean change over them is printed beside the bf16 head's own range from seed to seed.
 
 Data: a prepared data directory (`--data-dir`), else the machine's own Python source prepared with
 `--tokenizer` (`--max-bytes` of it; under `--data-root`). Each run is `python -m nanogpt.train` in a
@@ -39,7 +42,7 @@ def prepared_data(args: argparse.Namespace) -> Path:
     return prepare(config, root=args.data_root, progress=False).data_dir
 
 
-HEADS = ("bf16", "fp8", "fp8-grads")
+HEADS = ("bf16", "bf16-rerun", "fp8", "fp8-grads")
 
 
 def train(args: argparse.Namespace, data_dir: Path, seed: int, head: str) -> list[dict]:
@@ -101,6 +104,20 @@ def summary(events: list[dict]) -> dict:
     }
 
 
+def over_seeds(runs: list[dict], heads: list[str]) -> dict:
+    """At each validation step: each head's mean change from the bf16 head's loss (its own seed's), and the
+    bf16 head's range over the seeds, the scale a change must clear to be more than the luck of a seed."""
+    table = {}
+    for step in runs[0]["bf16_head"]["val"]:
+        expected = [run["bf16_head"]["val"][step] for run in runs]
+        row = {"bf16_range": max(expected) - min(expected)}
+        for head in heads[1:]:
+            changes = [run[f"{head}_head"]["val"][step] - run["bf16_head"]["val"][step] for run in runs]
+            row[head] = sum(changes) / len(changes)
+        table[step] = row
+    return table
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="a prepared data directory")
@@ -153,6 +170,13 @@ def main(argv: list[str] | None = None) -> dict:
             loss = run["train_loss_last_20"]
             print(f"{'':8} {head} head: training loss of the last 20 steps {loss:.4f}; {speed}")
     result = {"data_dir": str(data_dir), "config": {k: str(v) for k, v in vars(args).items()}, "runs": runs}
+    if len(runs) > 1:
+        result["over_seeds"] = over_seeds(runs, heads)
+        print(f"over {len(runs)} seeds: each head's mean change from the bf16 head's validation loss")
+        for step, row in result["over_seeds"].items():
+            cells = [f"bf16's range from seed to seed {row['bf16_range']:.4f}"]
+            cells += [f"{head} {row[head]:+.4f}" for head in heads[1:]]
+            print(f"{'':8} step {step:>6}: " + "; ".join(cells))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return result

@@ -65,7 +65,7 @@ for step in "${steps[@]}"; do
       --ref-micro-batch 128 --ours-micro-batch auto --ours-head default,fp8-grads --json "$out/fp8_grads.json" ;;
     head) run_step head 120 "${pyf[@]}" -m benchmarks.head_matmuls --json "$out/head.json" ;;
     fp8_quality) run_step fp8_quality 540 "${pyf[@]}" -m benchmarks.fp8_head_quality --tokenizer "$gpt2" \
-      --heads bf16,fp8,fp8-grads --out "$out/fp8_quality" --json "$out/fp8_quality.json" ;;
+      --heads bf16,bf16-rerun,fp8,fp8-grads --out "$out/fp8_quality" --json "$out/fp8_quality.json" ;;
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
         --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;

@@ -299,7 +299,7 @@ def test_the_fp8_head_quality_benchmark_trains_both_heads_per_seed_and_compares_
         "--data-dir", str(data_dir), "--depth", "1", "--aspect-ratio", "32", "--head-dim", "16",
         "--sequence-len", "32", "--steps", "4", "--total-batch", "256", "--eval-every", "2",
         "--val-tokens", "512", "--seeds", "0,1", "--device", "cpu", "--compile", "false",
-        "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json"),
+        "--heads", "bf16,bf16-rerun,fp8", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json"),
     ]  # fmt: skip
     result = fp8_head_quality.main(args)
     assert json.loads((tmp_path / "q.json").read_text())["runs"] == json.loads(json.dumps(result["runs"]))
@@ -312,6 +312,15 @@ def test_the_fp8_head_quality_benchmark_trains_both_heads_per_seed_and_compares_
         for step, loss in bf16["val"].items():
             assert math.isfinite(loss) and abs(fp8["val"][step] / loss - 1) < 0.05
         assert bf16["tok_per_s"] > 0 and fp8["tok_per_s"] > 0
+        # The same run again: on the CPU, the same arithmetic in the same order.
+        assert run["bf16-rerun_head"]["val"] == bf16["val"]
+    # Over the seeds: each head's mean change, and the bf16 head's spread from seed to seed.
+    for step, row in result["over_seeds"].items():
+        bf16_losses = [run["bf16_head"]["val"][step] for run in result["runs"]]
+        assert row["bf16_range"] == max(bf16_losses) - min(bf16_losses) > 0
+        assert row["bf16-rerun"] == 0
+        changes = [run["fp8_head"]["val"][step] - run["bf16_head"]["val"][step] for run in result["runs"]]
+        assert row["fp8"] == pytest.approx(sum(changes) / 2) and row["fp8"] != 0
     started = json.loads((tmp_path / "runs/seed1-fp8-head/events.jsonl").read_text().splitlines()[0])
     assert started["config"]["fp8_head"] is True and started["config"]["seed"] == 1
     # The runs are kept: a second call into the same directory refuses rather than mixing them.
