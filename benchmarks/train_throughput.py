@@ -13,9 +13,8 @@ its FP8 head), `--ours-attention` (default, cudnn: cuDNN's attention kernel firs
 fused-compiled, fp8-grads: candidate heads patched into the model for the run), `--ours-mlp` (default: the
 trainer's, its fused MLP on CUDA; unfused: `fused_mlp: false`; fastest: the fused MLP at the fastest
 launches of a benchmarks/mlp_kernel.py run, `--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto,
-true, false: `weight_copies`), `--ours-qkv` (separate: the model's three matmuls; fused: a candidate, one
-matmul over the concatenated weights, patched into the model for the run) and `--ours-micro-batch`
-(sizes, or auto). `--ref-micro-batch` takes sizes too, one reference run each.
+true, false: `weight_copies`) and `--ours-micro-batch` (sizes, or auto). `--ref-micro-batch` takes sizes
+too, one reference run each.
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -294,23 +293,9 @@ def head_variant(name: str) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def qkv_variant(name: str) -> Iterator[None]:
-    """The attention's q, k and v projections as `name` says inside the block: "separate" (the model's),
-    "fused" (benchmarks/train_breakdown.py's candidate: one matmul over the concatenated weights)."""
-    if name == "separate":
-        yield
-        return
-    from benchmarks.train_breakdown import fused_qkv_forward
-    from nanogpt.model import CausalSelfAttention
-
-    with mock.patch.object(CausalSelfAttention, "forward", fused_qkv_forward):
-        yield
-
-
 class Variant(NamedTuple):
     """One run of ours: the config's compile, fp8_head, micro-batch and weight_copies, the attention
-    backend, the head and MLP by their names in HEADS and MLPS, and the q, k, v projections (qkv_variant)."""
+    backend, and the head and MLP by their names in HEADS and MLPS."""
 
     compile: bool | str
     fp8_head: bool
@@ -319,7 +304,6 @@ class Variant(NamedTuple):
     micro_batch: int | str
     mlp: str
     weight_copies: bool | str
-    qkv: str = "separate"
 
 
 def run_ours(
@@ -331,7 +315,7 @@ def run_ours(
     in GPT-2's vocabulary), timed from its own `step` events."""
     from nanogpt import train
 
-    compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv = variant
+    compile_, fp8_head, attention, head, micro_batch, mlp, copies = variant
     run_dir = make_run_dir(
         args, micro_batch, compile_, fp8_head, HEADS[head][1], fused_mlp=MLPS[mlp][1], weight_copies=copies
     )
@@ -343,7 +327,6 @@ def run_ours(
         contextlib.nullcontext() if backends is None else sdpa_kernel(backends, set_priority=True),
         head_variant(head),
         mlp_variant(launches),
-        qkv_variant(qkv),
     ):
         code = train.run(run_dir / "config.json")
     assert code == 0, f"the trainer exited with {code}; see {run_dir}/events.jsonl"
@@ -364,7 +347,6 @@ def run_ours(
     fused_mlp = start["device"].get("fused_mlp", False)
     labels += MLPS[mlp][0] if mlp != "default" else ", fused MLP" * fused_mlp
     labels += ", weight copies" * start["device"].get("weight_copies", False)
-    labels += ", q k v in one matmul" * (qkv == "fused")
     if launches is not None:
         from benchmarks.mlp_kernel import describe
 
@@ -415,7 +397,7 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
     booleans = {"true": True, "false": False}
     attentions, heads = {name: name for name in ATTENTION_BACKENDS}, {name: name for name in HEADS}
     variants = [
-        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies, qkv)
+        Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
         for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
@@ -425,7 +407,6 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
         for copies in parse_choices(
             args.ours_weight_copies, "--ours-weight-copies", {**booleans, "auto": "auto"}
         )
-        for qkv in parse_choices(args.ours_qkv, "--ours-qkv", {"separate": "separate", "fused": "fused"})
     ]
     if any(v.fp8_head and v.head in ("fused-compiled", "fp8-grads") for v in variants):
         raise SystemExit(
@@ -495,12 +476,6 @@ def main() -> None:
         default="auto",
         help="comma-separated `weight_copies` settings (true: the matrices cast once per step; false: by "
         "autocast in every micro-batch), one run each",
-    )
-    parser.add_argument(
-        "--ours-qkv",
-        default="separate",
-        help="comma-separated q, k, v projections (separate: the model's three matmuls; fused: one matmul "
-        "over the concatenated weights, a candidate), one run each",
     )
     parser.add_argument(
         "--mlp-tiles-from",
