@@ -17,13 +17,7 @@ which the tests use.
 
 import torch
 
-from nanogpt.fused_loss import (
-    BLOCK,
-    NUM_WARPS,
-    FusedFP8HeadLoss,
-    FusedHeadLoss,
-    head_loss,
-)  # fmt: skip
+from nanogpt.fused_loss import BLOCK, NUM_WARPS, FusedFP8HeadLoss, FusedHeadLoss, head_loss
 from nanogpt.model import GPT, fp8_fits
 
 

@@ -8,13 +8,13 @@
 # Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), fp8 (the same at micro-batch
 # 128 with fp8_head off and on), fp8_grads (the same with the candidate head whose forward is in bf16),
 # head (the lm_head's matmuls in bf16 and FP8, alone), fp8_quality (what fp8_head and the candidate cost
-# in loss on real text), profile (where a step's time goes, by torch.profiler), breakdown (the same by taking parts away, beside candidate changes), generate
-# (KV cache vs recompute), eval (the core preset batched vs one at a time), overhead (a study of small
-# cells under compile: auto, which compiles cells this short regionally: per-cell overhead and GPU-busy
-# fraction; overhead_serial, not in the default list: the same study without the overlapped start-up). A
-# step that fails or runs out of time is reported and the next one runs. Beside each step's log,
-# STEP.clocks.csv samples the GPU's clock, power and temperature. GPT2_DIR and EVAL_BUNDLE default to
-# ../shared's copies.
+# in loss on real text, beside a second bf16 run), profile (where a step's time goes, by torch.profiler),
+# breakdown (the same by taking parts away, beside candidate changes), generate (KV cache vs recompute),
+# eval (the core preset batched vs one at a time), overhead (a study of small cells under compile: auto,
+# which compiles cells this short regionally: per-cell overhead and GPU-busy fraction; overhead_serial, not
+# in the default list: the same study without the overlapped start-up). A step that fails or runs out of
+# time is reported and the next one runs. Beside each step's log, STEP.clocks.csv samples the GPU's clock,
+# power and temperature. GPT2_DIR and EVAL_BUNDLE default to ../shared's copies.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
 shift
