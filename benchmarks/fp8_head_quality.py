@@ -66,8 +66,10 @@ def train(args: argparse.Namespace, data_dir: Path, seed: int, head: str) -> lis
         "device": args.device,
         "fp8_head": head == "fp8",
     }
-    if head == "fp8-grads":
-        config["fused_loss"] = False  # the patched head does the loss (train_throughput.HEADS)
+    if head == "fp8-grads":  # the patched head does the loss: the config's fused_loss as train_throughput's
+        from benchmarks.train_throughput import HEADS as THROUGHPUT_HEADS
+
+        config["fused_loss"] = THROUGHPUT_HEADS[head][1]
     if args.compile is not None:
         config["compile"] = {"true": True, "false": False}.get(args.compile, args.compile)
     (run_dir / "config.json").write_text(json.dumps(config))
