@@ -36,7 +36,15 @@ def app(tmp_path, monkeypatch):
 async def study_shown(pilot) -> None:
     app = pilot.app
     await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
-    await pilot.pause()
+    # The cells' table widens its columns to its rows on a later refresh; a frame taken between showed the
+    # first row cut to the header's widths once (in a full test run): wait for every row and a width that
+    # holds over a pause.
+    table = app.screen.query_one("#cells", DataTable)
+    await until(pilot, lambda: table.row_count == 6, what="the study's 6 cells in the table")
+    width = None
+    while width != table.virtual_size.width:
+        width = table.virtual_size.width
+        await pilot.pause()
 
 
 def test_study_screen(snap_compare, app):
