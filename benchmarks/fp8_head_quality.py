@@ -2,12 +2,10 @@
 model, data, seed, steps and schedule), its validation losses side by side; one run of each per seed.
 
     python -m benchmarks.fp8_head_quality --tokenizer ../shared/tokenizers/gpt2 --out fp8q/ --json fp8q.json
-    python -m benchmarks.fp8_head_quality --data-dir DIR --steps 400 --seeds 0,1 --heads bf16,fp8,fp8-grads \
-        --out fp8q/
+    python -m benchmarks.fp8_head_quality --data-dir DIR --steps 400 --seeds 0,1 \
+        --heads bf16,bf16-rerun,fp8 --out fp8q/
 
-`--heads`: bf16 (`fp8_head: false`, the reference), fp8 (`fp8_head: true`), fp8-grads (a candidate: the
-fused FP8 head with its forward matmul in bf16, nanogpt.fused_loss.FusedFP8GradHeadLoss, patched into the
-model for its run as benchmarks/train_throughput.py's `--ours-head fp8-grads` does), bf16-rerun (the bf16
+`--heads`: bf16 (`fp8_head: false`, the reference), fp8 (`fp8_head: true`), bf16-rerun (the bf16
 run again, as it is: on a GPU, whose kernels may sum in a different order each run, what any small change
 to the arithmetic does to the losses by itself; on the CPU the same losses). With several seeds, each
 head's mean change over them is printed beside the bf16 head's own range from seed to seed.
@@ -42,7 +40,7 @@ def prepared_data(args: argparse.Namespace) -> Path:
     return prepare(config, root=args.data_root, progress=False).data_dir
 
 
-HEADS = ("bf16", "bf16-rerun", "fp8", "fp8-grads")
+HEADS = ("bf16", "bf16-rerun", "fp8")
 
 
 def train(args: argparse.Namespace, data_dir: Path, seed: int, head: str) -> list[dict]:
@@ -66,33 +64,16 @@ def train(args: argparse.Namespace, data_dir: Path, seed: int, head: str) -> lis
         "device": args.device,
         "fp8_head": head == "fp8",
     }
-    if head == "fp8-grads":  # the patched head does the loss: the config's fused_loss as train_throughput's
-        from benchmarks.train_throughput import HEADS as THROUGHPUT_HEADS
-
-        config["fused_loss"] = THROUGHPUT_HEADS[head][1]
     if args.compile is not None:
         config["compile"] = {"true": True, "false": False}.get(args.compile, args.compile)
     (run_dir / "config.json").write_text(json.dumps(config))
-    # The trainer itself, or this module running it with the candidate head patched in (`--train-one`).
-    if head == "fp8-grads":
-        command = ["-m", "benchmarks.fp8_head_quality", "--train-one", str(run_dir / "config.json")]
-    else:
-        command = ["-m", "nanogpt.train", "--config", str(run_dir / "config.json")]
-    done = subprocess.run([sys.executable, *command], cwd=ROOT)
+    command = [sys.executable, "-m", "nanogpt.train", "--config", str(run_dir / "config.json")]
+    done = subprocess.run(command, cwd=ROOT)
     events, _ = read_events(run_dir / "events.jsonl")
     last = events[-1] if events else "no events"
     if done.returncode != 0 or not events or last.get("status") != "done":
         raise SystemExit(f"{run_dir}: the run did not finish (exit {done.returncode}): {last}")
     return events
-
-
-def train_with_fp8_grads_head(config: Path) -> None:
-    """The trainer on `config` with the fp8-grads head patched in (this process, `--train-one`)."""
-    from benchmarks.train_throughput import head_variant
-    from nanogpt.train import run
-
-    with head_variant("fp8-grads"):
-        raise SystemExit(run(config))
 
 
 def summary(events: list[dict]) -> dict:
@@ -136,14 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--val-tokens", type=int, default=1_048_576)
     parser.add_argument("--seeds", default="0", help="comma-separated; each seed one run of each head")
     parser.add_argument("--heads", default="bf16,fp8", help=f"comma-separated, of {', '.join(HEADS)}")
-    parser.add_argument("--train-one", type=Path, help=argparse.SUPPRESS)  # a run with the fp8-grads head
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", help="the trainer's compile setting (default: its own)")
     parser.add_argument("--out", type=Path, help="a directory for the runs (new); required")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    if args.train_one is not None:
-        train_with_fp8_grads_head(args.train_one)
     if args.out is None:
         parser.error("--out: required (a new directory for the runs)")
     try:

@@ -68,8 +68,8 @@ def fused_head(
     function: type[torch.autograd.Function] = FusedHeadLoss,
 ) -> torch.Tensor:
     """GPT.head's loss (targets given) through the trainer's FusedHeadLoss, or another head `function`
-    (FusedFP8HeadLoss, the trainer's under fp8_head; the candidates FusedFP8GradHeadLoss and
-    CompiledHeadLoss): hidden states (B, T, C) → the loss."""
+    (FusedFP8HeadLoss, the trainer's under fp8_head; the candidate CompiledHeadLoss): hidden states
+    (B, T, C) → the loss."""
     B, T, C = x.shape
     weight = model.lm_head.weight
     if issubclass(function, FusedFP8HeadLoss) and not fp8_fits(B * T, C, weight.size(0)):

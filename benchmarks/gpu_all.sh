@@ -6,9 +6,8 @@
 #   benchmarks/gpu_all.sh OUT_DIR generate eval        # only these
 #
 # Steps: tests (pytest -m gpu), train (throughput vs the nanoGPT reference), fp8 (the same at micro-batch
-# 128 with fp8_head off and on), fp8_grads (the same with the candidate head whose forward is in bf16),
-# head (the lm_head's matmuls in bf16 and FP8, alone), fp8_quality (what fp8_head and the candidate cost
-# in loss on real text, beside a second bf16 run), profile (where a step's time goes, by torch.profiler),
+# 128 with fp8_head off and on), head (the lm_head's matmuls in bf16 and FP8, alone), fp8_quality (what
+# fp8_head costs in loss on real text, two seeds, beside a second bf16 run of each), profile (where a step's time goes, by torch.profiler),
 # breakdown (the same by taking parts away, beside candidate changes), generate (KV cache vs recompute),
 # eval (the core preset batched vs one at a time), overhead (a study of small cells under compile: auto,
 # which compiles cells this short regionally: per-cell overhead and GPU-busy fraction; overhead_serial, not
@@ -19,7 +18,7 @@ set -uo pipefail
 out=${1:?usage: benchmarks/gpu_all.sh OUT_DIR [step ...]}
 shift
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests train fp8 fp8_grads head fp8_quality profile breakdown generate eval overhead)
+[ ${#steps[@]} -eq 0 ] && steps=(tests train fp8 head fp8_quality profile breakdown generate eval overhead)
 mkdir -p "$out"
 gpt2=${GPT2_DIR:-../shared/tokenizers/gpt2}
 bundle=${EVAL_BUNDLE:-../shared/eval_bundle}
@@ -61,11 +60,10 @@ for step in "${steps[@]}"; do
       --ours-head default,unfused --json "$out/train.json" ;;
     fp8) run_step fp8 420 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --ref-micro-batch 128 \
       --ours-micro-batch auto --ours-fp8-head false,true --json "$out/fp8.json" ;;
-    fp8_grads) run_step fp8_grads 420 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" \
-      --ref-micro-batch 128 --ours-micro-batch auto --ours-head default,fp8-grads --json "$out/fp8_grads.json" ;;
     head) run_step head 120 "${pyf[@]}" -m benchmarks.head_matmuls --json "$out/head.json" ;;
-    fp8_quality) run_step fp8_quality 540 "${pyf[@]}" -m benchmarks.fp8_head_quality --tokenizer "$gpt2" \
-      --heads bf16,bf16-rerun,fp8,fp8-grads --out "$out/fp8_quality" --json "$out/fp8_quality.json" ;;
+    fp8_quality) run_step fp8_quality 900 "${pyf[@]}" -m benchmarks.fp8_head_quality --tokenizer "$gpt2" \
+      --max-bytes 250MB --steps 160 --seeds 0,1 --heads bf16,bf16-rerun,fp8 --out "$out/fp8_quality" \
+      --json "$out/fp8_quality.json" ;;
     profile)
       run_step profile 180 "${pyf[@]}" -m benchmarks.train_throughput --gpt2-dir "$gpt2" --skip-reference \
         --timed-steps 3 --profile-steps 3 --profile-dir "$out/profile" ;;
@@ -78,7 +76,7 @@ for step in "${steps[@]}"; do
     overhead_serial)  # the same study with resources.overlap_startup off, for the comparison
       run_step overhead_serial 590 "${overhead_study[@]}" --no-overlap --json "$out/overhead_serial.json" ;;
     *)
-      echo "unknown step: $step (steps: tests train fp8 fp8_grads head fp8_quality profile breakdown generate eval" \
+      echo "unknown step: $step (steps: tests train fp8 head fp8_quality profile breakdown generate eval" \
         "overhead overhead_serial)" >&2
       exit 2 ;;
   esac

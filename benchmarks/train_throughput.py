@@ -10,7 +10,7 @@ Ours can run in several variants, one run each (every combination of the lists g
 (true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8, with the fused loss
 its FP8 head), `--ours-attention` (default, cudnn: cuDNN's attention kernel first), `--ours-head`
 (default: the trainer's own, with its fused loss on CUDA; unfused: `fused_loss: false`; sigmoid,
-fused-compiled, fp8-grads: candidate heads patched into the model for the run), `--ours-mlp` (default: the
+fused-compiled: candidate heads patched into the model for the run), `--ours-mlp` (default: the
 trainer's, its fused MLP on CUDA; unfused: `fused_mlp: false`; fastest: the fused MLP at the fastest
 launches of a benchmarks/mlp_kernel.py run, `--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto,
 true, false: `weight_copies`) and `--ours-micro-batch` (sizes, or auto). `--ref-micro-batch` takes sizes
@@ -213,15 +213,13 @@ ATTENTION_BACKENDS = {
 # The head a run of ours may train with: the trainer's own (its fused loss on CUDA, `fused_loss: auto`), its
 # compiled head (`fused_loss: false`), or a candidate of benchmarks/train_breakdown.py patched into the
 # model's class for the run (the trainer builds its model in this process): the soft-cap through the
-# sigmoid (in the compiled head), the loss and its gradient taken in the forward by torch.compile
-# (benchmarks/fused_head_loss.py), or the fused FP8 head with its forward matmul in bf16
-# (nanogpt.fused_loss.FusedFP8GradHeadLoss). Name → (label, the config's fused_loss).
+# sigmoid (in the compiled head), or the loss and its gradient taken in the forward by torch.compile
+# (benchmarks/fused_head_loss.py). Name → (label, the config's fused_loss).
 HEADS = {
     "default": ("", "auto"),
     "unfused": (", unfused loss", False),
     "sigmoid": (", unfused loss, sigmoid soft-cap", False),
     "fused-compiled": (", loss and gradient compiled in the forward", False),
-    "fp8-grads": (", fused loss, FP8 head with its forward in bf16", False),
 }
 
 
@@ -277,17 +275,15 @@ def head_variant(name: str) -> Iterator[None]:
         from benchmarks.train_breakdown import sigmoid_softcap as replacement
     else:
         from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
-        from nanogpt.fused_loss import FusedFP8GradHeadLoss
 
         # Eager (a graph break under torch.compile), as the trainer runs its own fused loss. Evaluation
         # (no gradient) and generation keep the model's own head.
         eager_fused_head = torch.compiler.disable(fused_head)
-        function = FusedFP8GradHeadLoss if name == "fp8-grads" else CompiledHeadLoss
 
         def replacement(self, x, targets=None, *, reduction="mean"):
             if targets is None or not torch.is_grad_enabled():
                 return original(self, x, targets, reduction=reduction)
-            return eager_fused_head(self, x, targets, reduction=reduction, function=function)
+            return eager_fused_head(self, x, targets, reduction=reduction, function=CompiledHeadLoss)
 
     with mock.patch.object(GPT, attribute, replacement):
         yield
@@ -408,10 +404,9 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
             args.ours_weight_copies, "--ours-weight-copies", {**booleans, "auto": "auto"}
         )
     ]
-    if any(v.fp8_head and v.head in ("fused-compiled", "fp8-grads") for v in variants):
+    if any(v.fp8_head and v.head == "fused-compiled" for v in variants):
         raise SystemExit(
-            "--ours-fp8-head true with --ours-head fused-compiled or fp8-grads: those heads do their own "
-            "matmuls"
+            "--ours-fp8-head true with --ours-head fused-compiled: that head does its own matmuls"
         )
     return variants
 
@@ -462,8 +457,7 @@ def main() -> None:
         default="default",
         help="comma-separated heads (default: the trainer's, with its fused loss on CUDA; unfused: "
         "fused_loss false; sigmoid: that, the soft-cap through the sigmoid; fused-compiled: the loss and "
-        "its gradient in the forward, by torch.compile; fp8-grads: the fused FP8 head with its forward "
-        "matmul in bf16)",
+        "its gradient in the forward, by torch.compile)",
     )
     parser.add_argument(
         "--ours-mlp",

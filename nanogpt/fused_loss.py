@@ -293,7 +293,18 @@ class FusedFP8HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
-        return _fp8_head_forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform, True)
+        x8, x_scale = to_fp8(x, FP8_INPUT)
+        w8, w_scale = to_fp8(weight, FP8_INPUT)
+        # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
+        logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
+        grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
+        args = (cap, vocab_size, FP8_GRAD_MULTIPLIER, block, num_warps, True)
+        losses = losses_writing_grad(logits, targets, grad8, *args)
+        # What the weight's gradient multiplies: x8 transposed (half the bytes of bf16 x), or x itself.
+        saved_x = (transpose(x8), x_scale) if uniform else (x, x_scale)
+        ctx.save_for_backward(*saved_x, w8, w_scale, grad8)
+        ctx.weight_dtype, ctx.x_dtype, ctx.uniform = weight.dtype, x.dtype, uniform
+        return losses
 
     @staticmethod
     @once_differentiable
@@ -323,39 +334,6 @@ class FusedFP8HeadLoss(torch.autograd.Function):
             g_transposed, transpose(xs8).t(), scale_a=g_scale, scale_b=xs_scale, out_dtype=torch.float32
         )
         return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
-
-
-def _fp8_head_forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform, fp8_logits):
-    """The FP8 heads' forward: the logits (by an FP8 matmul, or in x's dtype), the kernel writing their
-    gradient in e5m2, and what the backward's FP8 matmuls take saved."""
-    x8, x_scale = to_fp8(x, FP8_INPUT)
-    w8, w_scale = to_fp8(weight, FP8_INPUT)
-    if fp8_logits:
-        # _scaled_mm takes its first operand row-major and its second column-major: w8ᵀ as a view is.
-        logits = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=x.dtype)
-    else:
-        logits = x @ weight.to(x.dtype).t()
-    grad8 = torch.empty(logits.shape, device=x.device, dtype=FP8_GRAD)
-    args = (cap, vocab_size, FP8_GRAD_MULTIPLIER, block, num_warps, True)
-    losses = losses_writing_grad(logits, targets, grad8, *args)
-    # What the weight's gradient multiplies: x8 transposed (half the bytes of bf16 x), or x itself.
-    saved_x = (transpose(x8), x_scale) if uniform else (x, x_scale)
-    ctx.save_for_backward(*saved_x, w8, w_scale, grad8)
-    ctx.weight_dtype, ctx.x_dtype, ctx.uniform = weight.dtype, x.dtype, uniform
-    return losses
-
-
-class FusedFP8GradHeadLoss(FusedFP8HeadLoss):
-    """FusedFP8HeadLoss with its forward matmul in x's dtype, as FusedHeadLoss multiplies: the exact head's
-    logits and losses, and only the two gradient matmuls in FP8 (from the e5m2 gradient, e4m3 x and
-    weight). A candidate, not a trainer setting: benchmarks/train_throughput.py's `--ours-head fp8-grads`
-    and benchmarks/fp8_head_quality.py's `--heads` patch it in. At depth 12 on an H100 the two gradient
-    matmuls are about 10.7 of the 16 ms a micro-batch that FP8 saves over bf16 (benchmarks/head_matmuls.py,
-    2026-12-07); its speed and loss in training are not measured yet."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
-        return _fp8_head_forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform, False)
 
 
 def head_loss(

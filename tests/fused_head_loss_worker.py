@@ -16,7 +16,7 @@ import triton.language as tl
 from interpreted import small_training_run
 
 from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
-from nanogpt.fused_loss import FusedFP8GradHeadLoss, FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid
+from nanogpt.fused_loss import FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -108,16 +108,15 @@ def both_heads(model, x, targets, reduction: str, *, autocast: bool, **fused_kwa
 
 
 def fp8_cases() -> list[dict]:
-    """FusedFP8HeadLoss (and the candidate FusedFP8GradHeadLoss: "fp8_grads") against GPT.head in bf16."""
+    """FusedFP8HeadLoss against GPT.head in bf16."""
     cases = []
     for cap in (15.0, None):
         model, x, targets = setting(cap)
         for reduction in ("sum", "mean", "none"):
-            for head, function in (("fp8", FusedFP8HeadLoss), ("fp8_grads", FusedFP8GradHeadLoss)):
-                case = both_heads(
-                    model, x, targets, reduction, autocast=True, block=64, num_warps=1, function=function
-                )
-                cases.append({"cap": cap, "head": head, **case})
+            case = both_heads(
+                model, x, targets, reduction, autocast=True, block=64, num_warps=1, function=FusedFP8HeadLoss
+            )
+            cases.append({"cap": cap, **case})
     return cases
 
 
