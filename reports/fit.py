@@ -101,7 +101,11 @@ def fit_points(
     check_metric(metric)
     points = list(points)
     problems: list[str] = []
-    isoflop = fit_isoflop(points, metric=metric, n_boot=n_boot, seed=seed) if points else None
+    isoflop = None
+    if points:
+        isoflop = _guarded(
+            problems, "isoflop fit", fit_isoflop, points, metric=metric, n_boot=n_boot, seed=seed
+        )
     if isoflop is not None:
         problems += isoflop.skipped
         problems += [f"budget {p.budget:.3g}: {p.advice}" for p in isoflop.parabolas if p.advice]
@@ -116,7 +120,8 @@ def fit_points(
             problems.append("power laws over budgets need minima at 2 or more budgets")
     with Workers() as workers:
         parametric = _try_parametric(points, n_boot, seed, workers, problems, what="parametric fit")
-        prediction = _prediction(points, isoflop, metric, n_boot, seed, workers, problems)
+        args = (points, isoflop, metric, n_boot, seed, workers, problems)
+        prediction = _guarded(problems, "prediction check", _prediction, *args)
     if not points:
         problems.insert(0, "no points to fit")
     return StudyFits(
@@ -130,11 +135,24 @@ def fit_points(
     )
 
 
+def _guarded(problems: list[str], what: str, fit, *args, **kwargs):
+    """fit(*args, **kwargs), or None with a problem line when it fails: one fit that breaks on odd data
+    must not take the others (and the report, or `nanostudy fit`) down with it."""
+    try:
+        return fit(*args, **kwargs)
+    except Exception as error:  # any failure of one fit is reported; the rest still run
+        problems.append(f"{what}: failed: {type(error).__name__}: {error}")
+        return None
+
+
 def _try_parametric(points, n_boot, seed, workers, problems, *, what) -> ParametricFit | None:
     try:
         return fit_parametric(points, n_boot=n_boot, seed=seed, workers=workers)
-    except ValueError as error:
+    except ValueError as error:  # the points cannot determine the law: said plainly
         problems.append(f"{what}: {error}")
+        return None
+    except Exception as error:  # see _guarded
+        problems.append(f"{what}: failed: {type(error).__name__}: {error}")
         return None
 
 

@@ -71,7 +71,11 @@ class Parabola:
 
 @dataclass(frozen=True, kw_only=True)
 class PowerLaw:
-    """y = k·C^exponent, fitted in log-log; `boot` holds (k, exponent) of each resample."""
+    """y = k·C^exponent, fitted in log-log; `boot` holds (ln k, exponent) of each resample.
+
+    In logs because a resample may put a budget's minimum absurdly far out (a nearly flat parabola: N* of
+    1e88), and its k then overflows a float; y and its band are computed as exp(ln k + exponent·ln C), so
+    such a resample gives an infinite (or zero) y rather than an error, and widens the band to it."""
 
     k: float
     exponent: float
@@ -80,12 +84,14 @@ class PowerLaw:
     boot: np.ndarray = field(repr=False)  # (resamples, 2)
 
     def __call__(self, c):
-        return self.k * np.power(c, self.exponent)
+        with np.errstate(over="ignore", divide="ignore"):
+            return np.exp(np.log(self.k) + self.exponent * np.log(c))
 
     def band(self, c) -> Interval:
         """95% interval of y at each C over the resamples (arrays in, arrays out)."""
-        c = np.asarray(c, dtype=np.float64)[..., None]
-        return percentile_interval(self.boot[:, 0] * np.power(c, self.boot[:, 1]))
+        log_c = np.log(np.asarray(c, dtype=np.float64))[..., None]
+        with np.errstate(over="ignore"):
+            return percentile_interval(np.exp(self.boot[:, 0] + self.boot[:, 1] * log_c))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +149,10 @@ def fit_isoflop(
 def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of) -> Parabola:
     n_range = (kept[0].n, kept[-1].n)
     interior = bool(math.log(n_range[0]) <= x_opt <= math.log(n_range[1]))
-    n_opt, boot_n = math.exp(x_opt), np.exp(boot[:, 0])
+    n_opt = math.exp(x_opt)
+    with np.errstate(over="ignore", divide="ignore"):  # a nearly flat resampled parabola: N* = inf, D* = 0
+        boot_n = np.exp(boot[:, 0])
+        boot_d = budget / flops_per_token(boot_n)
     return Parabola(
         budget=budget,
         n_points=len(kept),
@@ -151,7 +160,7 @@ def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_to
         n_opt=n_opt,
         n_opt_ci=percentile_interval(boot_n),
         d_opt=float(budget / flops_per_token(n_opt)),
-        d_opt_ci=percentile_interval(budget / flops_per_token(boot_n)),
+        d_opt_ci=percentile_interval(boot_d),
         loss_opt=float(loss_opt),
         loss_opt_ci=percentile_interval(boot[:, 1]),
         interior=interior,
@@ -227,21 +236,25 @@ def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
     n_opt = np.exp([x for _, x, _, _ in boot_minima])
     loss_opt = np.array([loss for _, _, loss, _ in boot_minima])
     boot = np.stack([b for *_, b in boot_minima], axis=1)  # (resamples, budgets, 2)
-    boot_n = np.exp(boot[..., 0])
+    with np.errstate(over="ignore", divide="ignore"):  # N* = inf, D* = 0: see PowerLaw
+        boot_n = np.exp(boot[..., 0])
+        boot_d = budgets / flops_per_token(boot_n)
     series = {
         "n_opt": (n_opt, boot_n),
-        "d_opt": (budgets / flops_per_token(n_opt), budgets / flops_per_token(boot_n)),
+        "d_opt": (budgets / flops_per_token(n_opt), boot_d),
         "loss_opt": (loss_opt, boot[..., 1]),
     }
     laws = {}
     for name, (values, resampled) in series.items():
-        k, exponent = _log_log_line(budgets, values)
+        log_k, exponent = _log_log_line(budgets, values)
         fits = np.array([_log_log_line(budgets, row) for row in resampled]).reshape(-1, 2)
-        fits = fits[np.isfinite(fits).all(axis=1)]
+        fits = fits[~np.isnan(fits).any(axis=1)]  # resamples with fewer than 2 budgets' minima
+        with np.errstate(over="ignore"):
+            k, k_ci = np.exp(log_k), np.exp(percentile_interval(fits[:, 0]))
         laws[name] = PowerLaw(
-            k=k,
+            k=float(k),
             exponent=exponent,
-            k_ci=percentile_interval(fits[:, 0]),
+            k_ci=(float(k_ci[0]), float(k_ci[1])),
             exponent_ci=percentile_interval(fits[:, 1]),
             boot=fits,
         )
@@ -249,7 +262,7 @@ def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
 
 
 def _log_log_line(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(k, exponent) of y = k·C^exponent by least squares in logs, over the finite positive y; NaN with
+    """(ln k, exponent) of y = k·C^exponent by least squares in logs, over the finite positive y; NaN with
     fewer than 2 of them."""
     ok = np.isfinite(y) & (y > 0)
     if ok.sum() < 2:
@@ -257,7 +270,7 @@ def _log_log_line(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     log_c, log_y = np.log(c[ok]), np.log(y[ok])
     mean_c = log_c.mean()
     exponent = float(np.sum((log_c - mean_c) * (log_y - log_y.mean())) / np.sum((log_c - mean_c) ** 2))
-    return math.exp(log_y.mean() - exponent * mean_c), exponent
+    return float(log_y.mean() - exponent * mean_c), exponent
 
 
 def _depth_model(points: Sequence[Point]):

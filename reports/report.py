@@ -146,9 +146,9 @@ def build_report(data: StudyData, fits: Any, *, metric: str = "bpb", fit_error: 
     `fit_error` may say why)."""
     label = METRIC_LABELS.get(metric, metric)
     sections = [
-        _isoflop_section(data, fits, label, fit_error),
-        _optimum_section(fits, label),
-        _parametric_section(fits, label),
+        _guarded("isoflop", "Isoflop curves", _isoflop_section, data, fits, label, fit_error),
+        _guarded("optimum", "Compute-optimal N*, D* and L*", _optimum_section, fits, label),
+        _guarded("parametric", "Parametric fit L(N, D)", _parametric_section, fits, label),
         _training_section(data),
         _evals_section(data),
         _throughput_section(data),
@@ -188,10 +188,23 @@ def _summary_section(data: StudyData, fits: Any, label: str, left_out: list[str]
     if fits is not None:
         advice = [_advice_line(p) for p in _parabolas(fits) if p.advice]
         body += notice("Grid advice", advice, kind="advice")
-        body += _laws_table(fits, label)
-        body += _recommendations(data, fits)
-        body += _prediction(fits)
+        parts = ((_laws_table, (fits, label)), (_recommendations, (data, fits)), (_prediction, (fits,)))
+        for part, args in parts:
+            try:
+                body += part(*args)
+            except Exception as error:  # one table that breaks on odd fits leaves the others
+                failed = f"{part.__name__.strip('_')}: failed: {type(error).__name__}: {error}"
+                body += notice("Not shown", [failed])
     return Section(anchor="summary", title="Summary", html=body)
+
+
+def _guarded(anchor: str, title: str, build, *args) -> Section:
+    """build(*args), or an empty section saying why it failed: each fit's section fails on its own."""
+    try:
+        return build(*args)
+    except Exception as error:  # the rest of the report still renders
+        failed = f"{title}: failed: {type(error).__name__}: {error}"
+        return Section(anchor=anchor, title=title, left_out=[failed])
 
 
 def _laws_table(fits: Any, label: str) -> str:

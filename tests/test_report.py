@@ -135,6 +135,17 @@ def test_fits_that_fail_leave_a_report_without_them(store, tmp_path: Path, monke
     assert "training" in _specs((tmp_path / "r.html").read_text())
 
 
+def test_a_fit_section_that_fails_leaves_the_other_sections(store, fits, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise OverflowError("math range error")
+
+    monkeypatch.setattr(reports.report.charts, "optimum_chart", broken)
+    report = build_report(read_study(store, "synthetic"), fits)
+    assert "Compute-optimal N*, D* and L*: failed: OverflowError: math range error" in report.left_out
+    names = [name for name, _ in report.charts()]
+    assert "isoflop" in names and "parametric" in names and "n-opt" not in names
+
+
 def test_charts_export_as_png_and_svg(store, fits, tmp_path: Path) -> None:
     report = build_report(read_study(store, "synthetic"), fits)
     charts = report.charts()[:2]
