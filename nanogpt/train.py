@@ -1193,9 +1193,17 @@ class Trainer:
                 self._end("diverged", f"training loss is {loss} at step {self.step}")
                 return EXIT_DIVERGED
             if last or (every_val is not None and self.step % every_val == 0):
-                self._validate()
+                val_loss = self._validate()
+                if val_loss is not None and not math.isfinite(val_loss):
+                    self._end("diverged", f"validation loss is {val_loss} at step {self.step}")
+                    return EXIT_DIVERGED
             stopping = stop_votes > 0 and not last
             if last or stopping or (every_ckpt is not None and self.step % every_ckpt == 0):
+                # The step's loss was computed before its update: the update itself may have left
+                # non-finite weights, which are not worth a checkpoint.
+                if not self._weights_finite():
+                    self._end("diverged", f"non-finite weights after step {self.step}")
+                    return EXIT_DIVERGED
                 self._checkpoint(final=last, stopping=stopping)
             # After the checkpoint, so that a failing benchmark never costs the trained weights; never on the
             # way out of a stop (the runner reads a stop from the last event being a stopping checkpoint).
@@ -1269,7 +1277,9 @@ class Trainer:
             step=self.step, tokens=tokens, flops=float(tokens * self.flops_per_token), elapsed_s=elapsed_s
         )
 
-    def _validate(self) -> None:
+    def _validate(self) -> float | None:
+        """Writes a `val` event; returns the validation loss (the same on every rank), None when the
+        validation batches hold no target to score."""
         self.model.eval()
         val_loss, val_bpb, val_tokens = evaluate(
             self.forward, self.val_loader, self.val_batches, self.token_bytes, self.runtime
@@ -1277,6 +1287,12 @@ class Trainer:
         self.model.train()
         self.last_val = (val_loss, val_bpb)
         self._emit("val", **self._counters(), val_loss=val_loss, val_bpb=val_bpb, val_tokens=val_tokens)
+        return val_loss if val_tokens else None
+
+    def _weights_finite(self) -> bool:
+        """Whether every parameter is finite on every rank (a collective; one host sync)."""
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
+        return not _any_rank(not bool(finite), self.runtime)
 
     def _run_gauntlet(self) -> None:
         """The eval gauntlet on the current weights, every rank scoring its share; rank 0 writes one `eval`

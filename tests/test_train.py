@@ -252,6 +252,39 @@ def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, data_dir):
     assert ckpt.list_checkpoints(tmp_path) == []  # a diverged state is not worth keeping
 
 
+def test_non_finite_weights_or_validation_end_the_run_as_diverged_without_a_checkpoint(tmp_path, data_dir):
+    """Each step's loss is computed before its update, so an update that leaves non-finite weights shows
+    first in the validation or at the checkpoint; neither may pass as a finished run."""
+    huge = {"matrix_lr": 1e30, "embedding_lr": 1e30, "unembedding_lr": 1e30}
+    schedule = {"cooldown_frac": 0.0}
+    # (steps, eval.every_steps, checkpoint.every_steps, message); the weights turn non-finite in step 2,
+    # whose loss (like step 1's) is finite.
+    cases = {
+        "final": (2, None, None, "validation loss is nan at step 2"),
+        "checkpoint-mid-run": (4, None, 2, "non-finite weights after step 2"),
+        "validation-mid-run": (4, 2, None, "validation loss is nan at step 2"),
+    }
+    for name, (num_steps, every_val, every_ckpt, message) in cases.items():
+        run_dir = tmp_path / name
+        config = tiny_config(
+            data_dir,
+            optim=huge,
+            schedule=schedule,
+            train={"num_steps": num_steps},
+            eval={"every_steps": every_val},
+            checkpoint={"every_steps": every_ckpt},
+        )
+        assert run(write_run(run_dir, config)) == EXIT_DIVERGED, name
+        events = events_of(run_dir)
+        for event in events:
+            validate(event)
+        assert all(e["loss"] is not None for e in events if e["kind"] == "step"), name
+        end = events[-1]
+        assert end["kind"] == "end" and end["status"] == "diverged" and end["message"] == message, end
+        assert ckpt.list_checkpoints(run_dir) == [], name
+        assert not any(e["kind"] == "checkpoint" for e in events), name
+
+
 def test_an_exception_mid_run_ends_it_with_an_error_event_and_exit_1(tmp_path, data_dir, monkeypatch, capsys):
     calls = []
     real_step = MuonAdamW.step
