@@ -83,6 +83,9 @@ class Session:
         except json.JSONDecodeError as e:
             self._error(None, f"not a JSON object: {e}")
             return None
+        except RecursionError:  # json's decoder recurses once per level of nesting
+            self._error(None, "not a JSON object: nested too deeply")
+            return None
         if not isinstance(request, dict):
             self._error(None, f"a request is a JSON object, got {type(request).__name__}")
             return None
@@ -186,6 +189,10 @@ def writer(stream: TextIO) -> Emit:
 
     def emit(event: dict[str, Any]) -> None:
         line = json.dumps(event, ensure_ascii=False) + "\n"
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate echoed from a request ("\ud800"): escape it
+            line = json.dumps(event) + "\n"
         with lock:
             stream.write(line)
             stream.flush()

@@ -199,3 +199,18 @@ def test_the_process_over_its_pipes(chat_runs, tmp_path):
             "fatal": True,
         }
     ]
+
+
+def test_a_line_nested_too_deeply_or_a_key_with_a_lone_surrogate_is_answered_and_the_process_goes_on(
+    chat_runs,
+):
+    deep = "[" * 100_000 + "]" * 100_000
+    surrogate = '{"id": "s", "messages": [], "\\ud800": 1}'  # the error message names the key
+    stdin = "\n".join([deep, surrogate, json.dumps({"id": "q", "messages": HI, "seed": 0})]) + "\n"
+    code, events, stderr = _process(str(chat_runs.chat), "--device", "cpu", stdin=stdin)
+    assert code == 0, stderr
+    errors = [e for e in events if e["event"] == "error"]
+    assert [(e["id"], e["fatal"]) for e in errors] == [(None, False), ("s", False)]
+    assert errors[0]["message"] == "not a JSON object: nested too deeply"
+    assert errors[1]["message"].startswith("\ud800: unknown field of a generate request")
+    assert events[-1]["event"] == "done" and events[-1]["id"] == "q" and events[-1]["text"] == REPLY
