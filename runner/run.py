@@ -40,6 +40,8 @@ from nanogpt.gpu_lock import default_lock_dir, lock_path
 from runner.executor import CONFIG_NAME, Executor, Exited, Handle, LaunchRequest, describe_exit
 from runner.gpus import GpuPool
 from runner.ingest import EventTail
+from runner.lock import is_locked
+from runner.lock import lock_path as study_lock_path
 from runner.scheduler import Candidate, assign, decide_outcome, retry_budget_left
 from store import (
     Attempt,
@@ -55,9 +57,11 @@ from store import (
     final_checkpoint,
     get_cell,
     heartbeat,
+    list_studies,
     open_attempts,
     record_launch,
     rewind,
+    studies_of_cell,
     transition,
 )
 
@@ -175,6 +179,7 @@ class StudyLoop:
             self.recover()
             self._retry_failed_with_budget_left()
             last_heartbeat = time.monotonic()
+            states: dict[str, CellStatus] = {}
             while self._signals.count < 2:
                 if self._signals.count and not self._signals.forwarded:
                     self._stop_all()
@@ -194,6 +199,16 @@ class StudyLoop:
                 self.log(
                     f"leaving {len(self._active)} trainer(s) to finish stopping on their own; "
                     "the next `nanostudy run` resumes their cells"
+                )
+            elsewhere = [
+                cell_id
+                for cell_id, status in states.items()
+                if cell_id in self.launches and status.state is CellState.RUNNING
+            ]
+            if elsewhere and not self._signals.count:
+                self.log(
+                    f"{len(elsewhere)} cell(s) still train under another runner (a study that shares them); "
+                    "`nanostudy status` shows them, and they count for this study once done"
                 )
         return self._signals.count > 0
 
@@ -468,6 +483,12 @@ class StudyLoop:
                     f"({attempt.executor.value}); left to it"
                 )
                 continue
+            if (runner := self._other_runner(attempt.cell_id)) is not None:
+                self.log(
+                    f"{self._name(attempt.cell_id)}: attempt {attempt.number} belongs to the runner of "
+                    f"study {runner!r} (the cell is shared); left to it"
+                )
+                continue
             cell = get_cell(self.store, attempt.cell_id)
             assert cell is not None
             launch = self.launches.get(attempt.cell_id)
@@ -521,6 +542,14 @@ class StudyLoop:
                 _Active(attempt=attempt, handle=gone, tail=tail, run_dir=run_dir, gpus=gpus),
                 Exited(code=None, from_trainer=False),
             )
+
+    def _other_runner(self, cell_id: str) -> str | None:
+        """The name of another study that shares the cell and whose runner is running now, if any."""
+        ours = next((study.name for study in list_studies(self.store) if study.id == self.study_id), None)
+        for name in studies_of_cell(self.store, cell_id):
+            if name != ours and is_locked(study_lock_path(self.store, name)):
+                return name
+        return None
 
     def _name(self, cell_id: str) -> str:
         return self._labels.get(cell_id, f"cell {cell_id}")

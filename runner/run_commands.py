@@ -36,10 +36,11 @@ from store import (
     NewCell,
     Store,
     StoreNotFoundError,
-    add_cells,
+    cell_states,
     default_db_path,
     open_store,
-    upsert_study,
+    record_study,
+    studies_of_cell,
 )
 
 RERUN_CHOICES = ("failed", "diverged", "cancelled")
@@ -100,11 +101,14 @@ def run_study(
         for warning in planned.warnings:
             log(f"warning: {warning}")
         ensure_bundles([cell.config for cell in planned.cells], log=log)
-        record = upsert_study(store, name=study.name, path=str(study_path), spec=study.to_dict())
-        assert record.id is not None
         cells = [new_cell(cell, runs_root) for cell in planned.cells]
-        added = add_cells(store, record.id, cells)
+        # One transaction: a study whose cells cannot be recorded is not recorded either.
+        record, added = record_study(
+            store, name=study.name, path=str(study_path), spec=study.to_dict(), cells=cells
+        )
+        assert record.id is not None
         log(f"study {study.name}: {len(cells)} cells ({added} new); database {store.name}")
+        _log_shared(store, study.name, cells, log)
         moved = rerun(store, record.id, set(rerun_states)) if rerun_states else []
         if moved:
             log(f"--rerun: {len(moved)} cell(s) back to pending")
@@ -144,6 +148,20 @@ def run_study(
     ids = {cell.id for cell in planned.cells}
     all_done = all(cell.state == CellState.DONE.value for cell in status.cells if cell.id in ids)
     return RunResult(study_name=study.name, interrupted=interrupted, all_done=all_done), store
+
+
+def _log_shared(store: Store, study_name: str, cells: list[NewCell], log) -> None:
+    """Say which of the study's cells other studies planned too: their results are shared, not retrained."""
+    shared: dict[str, int] = {}
+    for cell in cells:
+        for other in studies_of_cell(store, cell.id):
+            if other != study_name:
+                shared[other] = shared.get(other, 0) + 1
+    done = sum(state is CellState.DONE for state in cell_states(store, [cell.id for cell in cells]).values())
+    for other, count in shared.items():
+        log(f"study {study_name}: {count} cell(s) shared with study {other} (same config, trained once)")
+    if shared and done:
+        log(f"study {study_name}: {done} cell(s) already done")
 
 
 def _slurm_executor(study, runs_root: Path, *, trainer_env: dict[str, str] | None, log):
@@ -231,20 +249,20 @@ def plan_study(study_path: Path, *, db: str | None = None, data_root: Path | Non
         if config is not None and (found := find_prepared(config, root=root)) is not None:
             data_dirs["mid-training"] = found
     device = local_device(study)
-    states: dict[str, str] = {}
+    store = None
     db_path = db or default_db_path(study_path)
     if "://" in str(db_path) or Path(db_path).is_file():
-        try:
+        # A runner may be creating it this moment: nothing recorded yet.
+        with contextlib.suppress(StoreNotFoundError):
             store = open_store(db_path, create=False)
-        except StoreNotFoundError:  # a runner is creating it this moment: nothing recorded yet
-            store = None
-        if store is not None:
-            with store:
-                device = measured_throughput(store, device)
-                with contextlib.suppress(UnknownStudyError):
-                    states = {cell.id: cell.state for cell in study_status(store, study.name).cells}
-    planned = plan(study, data_dirs=data_dirs, measured=device)
-    return planned, {cell.id: states.get(cell.id, "new") for cell in planned.cells}
+    if store is None:
+        planned = plan(study, data_dirs=data_dirs, measured=device)
+        return planned, dict.fromkeys((cell.id for cell in planned.cells), "new")
+    with store:
+        planned = plan(study, data_dirs=data_dirs, measured=measured_throughput(store, device))
+        # By cell id, not through the study: a cell another study planned (and maybe trained) is shared.
+        states = cell_states(store, [cell.id for cell in planned.cells])
+    return planned, {cell.id: states[cell.id].value if cell.id in states else "new" for cell in planned.cells}
 
 
 def format_plan(planned, states: dict[str, str], *, num_devices: int = 1) -> str:

@@ -20,7 +20,16 @@ from store.attempts import (
     record_launch,
     stale_attempts,
 )
-from store.cells import FinishedCellError, NewCell, add_cells, cells_of, get_cell, transition
+from store.cells import (
+    FinishedCellError,
+    NewCell,
+    add_cells,
+    cell_states,
+    cells_of,
+    get_cell,
+    studies_of_cell,
+    transition,
+)
 from store.engine import (
     SchemaVersionError,
     Store,
@@ -63,7 +72,7 @@ from store.schema import (
     Fit,
     Study,
 )
-from store.studies import get_study, latest_fits, list_studies, save_fit, upsert_study
+from store.studies import get_study, latest_fits, list_studies, record_study, save_fit, upsert_study
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -94,6 +103,7 @@ __all__ = [
     "attempts_of",
     "best_cell",
     "best_checkpoint",
+    "cell_states",
     "cell_statuses",
     "cells_of",
     "checkpoints_of",
@@ -116,9 +126,11 @@ __all__ = [
     "open_store",
     "ranked_checkpoints",
     "record_launch",
+    "record_study",
     "rewind",
     "save_fit",
     "stale_attempts",
+    "studies_of_cell",
     "study_summary",
     "train_curve",
     "transition",

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from store.cells import lock_cell_state, transition_in
+from store.cells import in_study, lock_cell_state, transition_in
 from store.engine import Store, now
 from store.schema import CELL_STATE_AFTER, Attempt, AttemptOutcome, Cell, CellState, Executor
 
@@ -157,7 +157,7 @@ def attempt_counts(store: Store, study_id: int) -> dict[str, int]:
     query = (
         sa.select(_attempts.c.cell_id, sa.func.count())
         .join(_cells, _cells.c.id == _attempts.c.cell_id)
-        .where(_cells.c.study_id == study_id)
+        .where(in_study(study_id))
         .group_by(_attempts.c.cell_id)
     )
     with store.read() as conn:
@@ -168,7 +168,7 @@ def open_attempts(store: Store, study_id: int | None = None) -> list[Attempt]:
     """Attempts not yet ended (their trainers may still be alive), optionally of one study only."""
     query = select(Attempt).where(col(Attempt.ended_at).is_(None))
     if study_id is not None:
-        query = query.join(Cell, col(Cell.id) == col(Attempt.cell_id)).where(Cell.study_id == study_id)
+        query = query.join(Cell, col(Cell.id) == col(Attempt.cell_id)).where(in_study(study_id))
     with store.session() as session:
         return list(session.exec(query.order_by(col(Attempt.id))).all())
 

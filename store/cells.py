@@ -16,11 +16,12 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from store.engine import Store, insert_ignoring_duplicates, now
-from store.schema import ALLOWED_TRANSITIONS, FINISHED_STATES, Cell, CellMode, CellState, Study
+from store.schema import ALLOWED_TRANSITIONS, FINISHED_STATES, Cell, CellMode, CellState, Study, StudyCell
 from store.values import clean_json, finite
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
 _studies: sa.Table = Study.__table__  # type: ignore[attr-defined]
+_links: sa.Table = StudyCell.__table__  # type: ignore[attr-defined]
 
 # Built once: every ingest runs it, and building a statement costs more than SQLite executing it.
 _LOCK_STATE = sa.select(_cells.c.state).where(_cells.c.id == sa.bindparam("cell_id")).with_for_update()
@@ -82,12 +83,20 @@ class NewCell:
 
 
 def add_cells(store: Store, study_id: int, cells: Sequence[NewCell]) -> int:
-    """Insert the cells the study does not have yet; returns how many were new.
+    """Link the cells to the study, inserting those the database does not have yet; returns how many are
+    new to the study.
 
     Cells already present keep their state and results: the id is a hash of the resolved config, so an
-    existing id is the same training run. An id owned by another study is an error rather than a silent
-    skip, and so is a mid-training cell whose parent is unknown.
+    existing id is the same training run, whichever study planned it first; a cell done for another study
+    is done for this one too. A mid-training cell whose parent is unknown is an error. All or nothing: one
+    transaction.
     """
+    with store.write() as conn:
+        return add_cells_in(conn, study_id, cells)
+
+
+def add_cells_in(conn: Connection, study_id: int, cells: Sequence[NewCell]) -> int:
+    """`add_cells` inside the caller's write transaction."""
     ids = [cell.id for cell in cells]
     if len(set(ids)) != len(ids):
         duplicated = sorted({cell_id for cell_id in ids if ids.count(cell_id) > 1})
@@ -96,28 +105,48 @@ def add_cells(store: Store, study_id: int, cells: Sequence[NewCell]) -> int:
     # Parents first: foreign keys are checked row by row.
     ordered = sorted(cells, key=lambda cell: cell.mode is CellMode.MID_TRAINING)
     rows = [_row(cell, study_id, stamp) for cell in ordered]
-    with store.write() as conn:
-        if conn.execute(sa.select(_studies.c.id).where(_studies.c.id == study_id)).first() is None:
-            raise ValueError(f"add_cells: study {study_id} is not in the database")
-        before = _count(conn, study_id)
-        parents = {cell.parent_cell_id for cell in cells if cell.parent_cell_id} - set(ids)
-        if parents:
-            known = set(conn.execute(sa.select(_cells.c.id).where(_cells.c.id.in_(parents))).scalars())
-            if missing := sorted(parents - known):
-                raise ValueError(f"add_cells: parent cell(s) {missing} are not in the database")
-        for chunk in _chunks(rows, 500):
-            insert_ignoring_duplicates(conn, _cells, chunk)
-            elsewhere = conn.execute(
-                sa.select(_cells.c.id, _cells.c.study_id).where(
-                    _cells.c.id.in_([row["id"] for row in chunk]), _cells.c.study_id != study_id
-                )
-            ).first()
-            if elsewhere is not None:
-                raise ValueError(
-                    f"add_cells: cell {elsewhere.id} already belongs to study {elsewhere.study_id} "
-                    f"(cell ids are global; make the study part of the id to train it again here)"
-                )
-        return _count(conn, study_id) - before
+    links = [{"study_id": study_id, "cell_id": cell.id, "created_at": stamp} for cell in ordered]
+    if conn.execute(sa.select(_studies.c.id).where(_studies.c.id == study_id)).first() is None:
+        raise ValueError(f"add_cells: study {study_id} is not in the database")
+    before = _count(conn, study_id)
+    parents = {cell.parent_cell_id for cell in cells if cell.parent_cell_id} - set(ids)
+    if parents:
+        known = set(conn.execute(sa.select(_cells.c.id).where(_cells.c.id.in_(parents))).scalars())
+        if missing := sorted(parents - known):
+            raise ValueError(f"add_cells: parent cell(s) {missing} are not in the database")
+    for chunk in _chunks(rows, 500):
+        insert_ignoring_duplicates(conn, _cells, chunk)
+    for chunk in _chunks(links, 500):
+        insert_ignoring_duplicates(conn, _links, chunk)
+    return _count(conn, study_id) - before
+
+
+def in_study(study_id: int) -> sa.ColumnElement[bool]:
+    """The WHERE clause that keeps the cells of one study (through `study_cells`)."""
+    return _cells.c.id.in_(sa.select(_links.c.cell_id).where(_links.c.study_id == study_id))
+
+
+def cell_states(store: Store, cell_ids: Iterable[str]) -> dict[str, CellState]:
+    """The state of each of these cells the database has, whichever studies they belong to."""
+    ids = list(cell_ids)
+    states: dict[str, CellState] = {}
+    with store.read() as conn:
+        for start in range(0, len(ids), 500):
+            query = sa.select(_cells.c.id, _cells.c.state).where(_cells.c.id.in_(ids[start : start + 500]))
+            states.update((cell_id, CellState(state)) for cell_id, state in conn.execute(query))
+    return states
+
+
+def studies_of_cell(store: Store, cell_id: str) -> list[str]:
+    """The names of the studies a cell belongs to, oldest link first."""
+    query = (
+        sa.select(_studies.c.name)
+        .join(_links, _links.c.study_id == _studies.c.id)
+        .where(_links.c.cell_id == cell_id)
+        .order_by(_links.c.created_at, _studies.c.id)
+    )
+    with store.read() as conn:
+        return list(conn.execute(query).scalars())
 
 
 def get_cell(store: Store, cell_id: str) -> Cell | None:
@@ -133,7 +162,7 @@ def cells_of(
     This is the status query behind the TUI's table: one SELECT, no per-cell lookups, since the ingest keeps
     each cell's progress and latest losses on its own row.
     """
-    query = select(Cell).where(Cell.study_id == study_id)
+    query = select(Cell).where(in_study(study_id))
     if states is not None:
         query = query.where(col(Cell.state).in_(list(states)))
     if mode is not None:
@@ -231,7 +260,7 @@ def _row(cell: NewCell, study_id: int, stamp: float) -> dict[str, Any]:
 
 def _count(conn: Connection, study_id: int) -> int:
     return conn.execute(
-        sa.select(sa.func.count()).select_from(_cells).where(_cells.c.study_id == study_id)
+        sa.select(sa.func.count()).select_from(_links).where(_links.c.study_id == study_id)
     ).scalar_one()
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from store.schema import SCHEMA_VERSION, TABLES, Meta
+from store.schema import SCHEMA_VERSION, TABLES, Cell, Meta, StudyCell
 
 DEFAULT_DB_NAME = "nanostudy.db"
 BUSY_TIMEOUT_S = 30.0
@@ -191,13 +191,58 @@ def _check_or_create_schema(store: Store, *, create: bool) -> None:
     _check_version(store)
 
 
-def _check_version(store: Store) -> None:
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Version 2 links cells to studies in `study_cells`: each cell joins the study it was made for."""
+    links = StudyCell.__table__  # type: ignore[attr-defined]
+    links.create(conn)
+    cells = Cell.__table__  # type: ignore[attr-defined]
+    rows = sa.select(cells.c.study_id, cells.c.id, cells.c.created_at)
+    conn.execute(sa.insert(links).from_select(["study_id", "cell_id", "created_at"], rows))
+
+
+# version -> the step that upgrades a database of that version to the next, in one transaction.
+MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def _read_version(conn: Connection, store: Store, *, lock: bool = False) -> int:
     meta = Meta.__table__  # type: ignore[attr-defined]
-    with store.read() as conn:
-        found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    query = sa.select(meta.c.value).where(meta.c.key == "schema_version")
+    found = conn.execute(query.with_for_update() if lock else query).scalar()
     if found is None or not found.isdigit():
         raise SchemaVersionError(f"{store.name}: no valid schema_version in its meta table (found {found!r})")
-    if int(found) != SCHEMA_VERSION:
+    return int(found)
+
+
+def _migrate(store: Store) -> None:
+    """Upgrade an older database step by step, each step and its new version in one write transaction (a
+    failure leaves the database as it was); another process upgrading it at the same time is waited for."""
+    meta = Meta.__table__  # type: ignore[attr-defined]
+    version: int | str = "?"
+    while True:
+        try:
+            with store.write() as conn:
+                version = _read_version(conn, store, lock=True)
+                if version >= SCHEMA_VERSION or version not in MIGRATIONS:
+                    return
+                MIGRATIONS[version](conn)
+                conn.execute(
+                    sa.update(meta).where(meta.c.key == "schema_version").values(value=str(version + 1))
+                )
+        except sa.exc.DBAPIError as error:
+            raise SchemaVersionError(
+                f"{store.name}: database schema version {version} is older than this nanostudy's "
+                f"{SCHEMA_VERSION} and could not be upgraded ({error.orig}); nothing was changed"
+            ) from error
+
+
+def _check_version(store: Store) -> None:
+    with store.read() as conn:
+        found = _read_version(conn, store)
+    if found < SCHEMA_VERSION and found in MIGRATIONS:
+        _migrate(store)
+        with store.read() as conn:
+            found = _read_version(conn, store)
+    if found != SCHEMA_VERSION:
         relation = "older" if int(found) < SCHEMA_VERSION else "newer"
         raise SchemaVersionError(
             f"{store.name}: database schema version {found} is {relation} than this nanostudy's "

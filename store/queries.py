@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from store.cells import cells_of
+from store.cells import cells_of, in_study
 from store.engine import Store
 from store.schema import Cell, CellMode, CellState, Checkpoint, CheckpointKind, Eval, TrainMetric, ValMetric
 
@@ -105,7 +105,7 @@ def study_summary(store: Store, study_id: int) -> StudySummary:
             sa.func.sum(c.flops),
             sa.func.max(c.updated_at),
         )
-        .where(c.study_id == study_id)
+        .where(in_study(study_id))
         .group_by(c.state)
     )
     with store.read() as conn:
@@ -140,7 +140,7 @@ def cell_statuses(store: Store, study_id: int) -> list[CellStatus]:
     c = _cells.c
     query = (
         sa.select(*(c[name] for name in CellStatus._fields))
-        .where(c.study_id == study_id)
+        .where(in_study(study_id))
         .order_by(c.mode, c.flops_budget, c.depth, c.seed, c.id)
     )
     with store.read() as conn:
@@ -154,7 +154,7 @@ def latest_train_points(store: Store, study_id: int) -> dict[str, TrainPoint]:
     query = (
         sa.select(_train.c.cell_id, *(_train.c[name] for name in TrainPoint._fields))
         .join(_cells, sa.and_(_cells.c.id == _train.c.cell_id, _cells.c.steps_done == _train.c.step))
-        .where(_cells.c.study_id == study_id)
+        .where(in_study(study_id))
     )
     with store.read() as conn:
         return {cell_id: TrainPoint._make(point) for cell_id, *point in conn.execute(query)}
@@ -185,7 +185,7 @@ def val_curves(
     query = (
         sa.select(_val.c.cell_id, *(_val.c[name] for name in ValPoint._fields))
         .join(_cells, _cells.c.id == _val.c.cell_id)
-        .where(_cells.c.study_id == study_id, _cells.c.state.in_(list(states)))
+        .where(in_study(study_id), _cells.c.state.in_(list(states)))
         .order_by(_val.c.cell_id, _val.c.step)
     )
     curves: dict[str, list[ValPoint]] = defaultdict(list)
@@ -203,7 +203,7 @@ def evals_of(store: Store, *, cell_id: str | None = None, study_id: int | None =
     if cell_id is not None:
         query = query.where(Eval.cell_id == cell_id)
     else:
-        query = query.join(Cell, col(Cell.id) == col(Eval.cell_id)).where(Cell.study_id == study_id)
+        query = query.join(Cell, col(Cell.id) == col(Eval.cell_id)).where(in_study(study_id))
     with store.session() as session:
         return list(session.exec(query.order_by(col(Eval.cell_id), col(Eval.step), col(Eval.task))).all())
 
@@ -269,9 +269,7 @@ def _final_checkpoints(store: Store, study_id: int) -> dict[str, tuple[Cell, Che
     query = (
         select(Cell, Checkpoint)
         .join(Checkpoint, col(Checkpoint.cell_id) == col(Cell.id))
-        .where(
-            Cell.study_id == study_id, Cell.state == CellState.DONE, Checkpoint.kind == CheckpointKind.FINAL
-        )
+        .where(in_study(study_id), Cell.state == CellState.DONE, Checkpoint.kind == CheckpointKind.FINAL)
         .order_by(col(Checkpoint.step))
     )
     with store.session() as session:

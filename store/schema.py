@@ -8,8 +8,11 @@ Conventions, every table:
 - Enums are stored as their lower-case values in a VARCHAR with a CHECK constraint (no native PostgreSQL
   enum types), so `SELECT state FROM cells` reads `pending`, and a new state needs no type migration.
 
-Bump SCHEMA_VERSION with any change to a table below; `store.engine.open_store` refuses a database
-written with another version rather than guess at a migration.
+Bump SCHEMA_VERSION with any change to a table below, and either write the step that upgrades the previous
+version in `store.engine.MIGRATIONS` or let `store.engine.open_store` refuse the older database. A newer
+database is always refused.
+
+Versions: 1, the first; 2 adds `study_cells` (a cell may belong to several studies).
 """
 
 import enum
@@ -18,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import JSON, Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class CellState(enum.StrEnum):
@@ -122,7 +125,10 @@ class Study(SQLModel, table=True):
 class Cell(SQLModel, table=True):
     """One point of the grid: a fully resolved training config and where it stands.
 
-    The id is the runner's short hash of the resolved config, so re-planning a study finds its cells again.
+    The id is the runner's short hash of the resolved config, so re-planning a study finds its cells again,
+    and a second study that plans the same config shares the cell (and its results) rather than training it
+    twice: which studies a cell belongs to is `study_cells`; `study_id` is only the study that planned it
+    first.
     `train_loss`, `val_*` and the progress columns follow the newest ingested event (the ingest updates them
     in the same transaction as the metric rows), so status views need no scan of the metrics; once the cell
     is done they are its final results.
@@ -132,7 +138,7 @@ class Cell(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_cells_study_state", "study_id", "state"),)
 
     id: str = Field(primary_key=True, max_length=64)
-    study_id: int = Field(foreign_key="studies.id", ondelete="CASCADE")
+    study_id: int = Field(foreign_key="studies.id", ondelete="CASCADE")  # the first study that planned it
     mode: CellMode = Field(sa_type=_enum(CellMode))
     parent_cell_id: str | None = Field(default=None, foreign_key="cells.id", max_length=64)
     # The grid coordinates: all of them as JSON, plus the usual three as columns to filter and sort on.
@@ -160,6 +166,17 @@ class Cell(SQLModel, table=True):
     created_at: float
     updated_at: float
     finished_at: float | None = None
+
+
+class StudyCell(SQLModel, table=True):
+    """A cell's membership of a study: every study that plans a cell links it, the first one included."""
+
+    __tablename__ = "study_cells"
+    study_id: int = Field(primary_key=True, foreign_key="studies.id", ondelete="CASCADE")
+    cell_id: str = Field(
+        primary_key=True, foreign_key="cells.id", ondelete="CASCADE", max_length=64, index=True
+    )
+    created_at: float
 
 
 class Attempt(SQLModel, table=True):
@@ -289,5 +306,17 @@ class Fit(SQLModel, table=True):
 # other SQLModel table in the process would join.
 TABLES: tuple[sa.Table, ...] = tuple(
     model.__table__  # type: ignore[attr-defined]
-    for model in (Meta, Study, Cell, Attempt, TrainMetric, ValMetric, Eval, Checkpoint, IngestOffset, Fit)
+    for model in (
+        Meta,
+        Study,
+        Cell,
+        StudyCell,
+        Attempt,
+        TrainMetric,
+        ValMetric,
+        Eval,
+        Checkpoint,
+        IngestOffset,
+        Fit,
+    )
 )

@@ -1,11 +1,13 @@
 """Studies and their fitted laws: the rows that belong to a whole study rather than to one cell."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
+from store.cells import NewCell, add_cells_in
 from store.engine import Store, now
 from store.schema import Fit, Study
 from store.values import clean_json
@@ -19,27 +21,44 @@ def upsert_study(store: Store, *, name: str, path: str, spec: Mapping[str, Any])
 
     Re-running an edited study file keeps its id (and so its cells); the spec kept is the newest.
     """
+    with store.write() as conn:
+        _upsert_study_in(conn, name=name, path=path, spec=spec)
+    study = get_study(store, name)
+    assert study is not None, f"study {name!r} vanished right after it was written"
+    return study
+
+
+def record_study(
+    store: Store, *, name: str, path: str, spec: Mapping[str, Any], cells: Sequence[NewCell]
+) -> tuple[Study, int]:
+    """`upsert_study` and `store.cells.add_cells` in one transaction: (the study, how many cells are new to
+    it). When the cells cannot be added, the study is not recorded either (no empty study is left)."""
+    with store.write() as conn:
+        study_id = _upsert_study_in(conn, name=name, path=path, spec=spec)
+        added = add_cells_in(conn, study_id, cells)
+    study = get_study(store, name)
+    assert study is not None, f"study {name!r} vanished right after it was written"
+    return study, added
+
+
+def _upsert_study_in(conn: Connection, *, name: str, path: str, spec: Mapping[str, Any]) -> int:
     if not name:
         raise ValueError("study name: must not be empty")
     spec_json = clean_json(dict(spec))
     stamp = now()
-    with store.write() as conn:
-        found = conn.execute(sa.select(_studies.c.id).where(_studies.c.name == name)).scalar()
-        if found is None:
-            conn.execute(
-                sa.insert(_studies).values(
-                    name=name, path=str(path), spec=spec_json, created_at=stamp, updated_at=stamp
-                )
-            )
-        else:
-            conn.execute(
-                sa.update(_studies)
-                .where(_studies.c.id == found)
-                .values(path=str(path), spec=spec_json, updated_at=stamp)
-            )
-    study = get_study(store, name)
-    assert study is not None, f"study {name!r} vanished right after it was written"
-    return study
+    found = conn.execute(sa.select(_studies.c.id).where(_studies.c.name == name)).scalar()
+    if found is None:
+        return conn.execute(
+            sa.insert(_studies)
+            .values(name=name, path=str(path), spec=spec_json, created_at=stamp, updated_at=stamp)
+            .returning(_studies.c.id)
+        ).scalar_one()
+    conn.execute(
+        sa.update(_studies)
+        .where(_studies.c.id == found)
+        .values(path=str(path), spec=spec_json, updated_at=stamp)
+    )
+    return found
 
 
 def get_study(store: Store, name: str) -> Study | None:

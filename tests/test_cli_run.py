@@ -117,6 +117,28 @@ def test_run_trains_every_cell_once_and_a_new_depth_adds_only_its_cell(tmp_path,
             assert steps == sorted(set(steps)) and steps[-1] == len(steps)
 
 
+def test_a_second_study_shares_the_cells_the_first_trained(tmp_path, corpus, capsys):
+    first_path = _study(tmp_path, corpus)
+    assert _run(first_path, tmp_path) == 0
+    trained = _attempts(_status(first_path, capsys))
+    # A copy under another name with one more depth: the two shared cells are done already.
+    second_path = tmp_path / "cli2.yaml"
+    second_path.write_text(
+        _study(tmp_path, corpus, depths="[1, 2, 3]").read_text().replace("name: cli", "name: cli2")
+    )
+    capsys.readouterr()
+    assert main(["plan", str(second_path), "--data-root", str(tmp_path / "data"), "--json"]) == 0
+    planned = {cell["id"]: cell["state"] for cell in json.loads(capsys.readouterr().out)["cells"]}
+    assert {planned[cell_id] for cell_id in trained} == {"done"} and sorted(planned.values()).count(
+        "new"
+    ) == 1
+    assert _run(second_path, tmp_path) == 0
+    assert "2 cell(s) shared with study cli" in capsys.readouterr().out
+    second = _attempts(_status(second_path, capsys))
+    assert len(second) == 3 and {cell_id: second[cell_id] for cell_id in trained} == trained
+    assert _attempts(_status(first_path, capsys)) == trained  # the first study keeps exactly its cells
+
+
 def test_relative_paths_on_the_command_line_reach_the_trainers(tmp_path, corpus, capsys, monkeypatch):
     # A trainer runs in its run directory: a relative --data-root, --runs-dir or study path must reach it
     # resolved, or every cell fails with "no manifest" for data that was prepared.

@@ -57,9 +57,11 @@ from store import (
     open_store,
     ranked_checkpoints,
     record_launch,
+    record_study,
     rewind,
     save_fit,
     stale_attempts,
+    studies_of_cell,
     study_summary,
     train_curve,
     transition,
@@ -224,7 +226,7 @@ def test_new_database_records_the_schema_version(store: Store) -> None:
         assert value.scalar() == str(SCHEMA_VERSION)
 
 
-@pytest.mark.parametrize(("stored", "word"), [(SCHEMA_VERSION - 1, "older"), (SCHEMA_VERSION + 1, "newer")])
+@pytest.mark.parametrize(("stored", "word"), [(0, "older"), (SCHEMA_VERSION + 1, "newer")])
 def test_schema_version_mismatch_names_file_and_both_versions(tmp_path: Path, stored: int, word: str) -> None:
     path = tmp_path / "nanostudy.db"
     with open_store(path) as opened, opened.write() as conn:
@@ -234,6 +236,34 @@ def test_schema_version_mismatch_names_file_and_both_versions(tmp_path: Path, st
     message = str(error.value)
     assert str(path) in message and f"version {stored}" in message and f"{SCHEMA_VERSION}" in message
     assert word in message
+
+
+def test_record_study_leaves_no_study_behind_when_its_cells_fail(store: Store) -> None:
+    orphan = _cell("child", mode=CellMode.MID_TRAINING, parent_cell_id="ghost")
+    with pytest.raises(ValueError, match="ghost"):
+        record_study(store, name="half", path="half.yaml", spec={}, cells=[_cell("a"), orphan])
+    assert [study.name for study in list_studies(store)] == [] and get_cell(store, "a") is None
+    study, added = record_study(store, name="whole", path="whole.yaml", spec={}, cells=[_cell("a")])
+    assert added == 1 and [cell.id for cell in cells_of(store, study.id)] == ["a"]
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_cells(tmp_path: Path) -> None:
+    path = tmp_path / "nanostudy.db"
+    with open_store(path) as opened:
+        study_id = _study(opened, "old")
+        add_cells(opened, study_id, [_cell("a"), _cell("b", seed=1)])
+        # What version 1 was: no study_cells table, each cell owned by cells.study_id alone.
+        with opened.write() as conn:
+            conn.exec_driver_sql("DROP TABLE study_cells")
+            conn.execute(sa.update(Meta.__table__).values(value="1"))
+    with open_store(path, create=False) as upgraded:
+        assert [cell.id for cell in cells_of(upgraded, study_id)] == ["a", "b"]
+        with upgraded.read() as conn:
+            version = conn.execute(sa.select(Meta.__table__.c.value)).scalar()
+        assert version == str(SCHEMA_VERSION)
+        other = _study(upgraded, "new")
+        assert add_cells(upgraded, other, [_cell("a")]) == 1
+        assert studies_of_cell(upgraded, "a") == ["old", "new"]
 
 
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
@@ -296,16 +326,28 @@ def test_add_cells_is_idempotent_and_keeps_existing_state(store: Store) -> None:
     assert stored.config == {"depth": 4, "lr": 0.02} and stored.axes["flops"] == 1e15
 
 
-def test_add_cells_refuses_a_cell_of_another_study_and_an_unknown_parent(store: Store) -> None:
+def test_a_cell_is_shared_by_the_studies_that_plan_it(store: Store) -> None:
     mine, theirs = _study(store, "mine"), _study(store, "theirs")
-    add_cells(store, theirs, [_cell("shared")])
-    with pytest.raises(ValueError, match=f"cell shared already belongs to study {theirs}"):
-        add_cells(store, mine, [_cell("shared")])
+    assert add_cells(store, theirs, [_cell("shared"), _cell("theirs only", seed=1)]) == 2
+    _put_in_state(store, "shared", CellState.DONE)
+    # The same config planned by a second study is the same cell, done already: linked, never retrained.
+    assert add_cells(store, mine, [_cell("shared"), _cell("mine only", seed=2)]) == 2
+    assert add_cells(store, mine, [_cell("shared")]) == 0
+    assert {c.id: c.state for c in cells_of(store, mine)} == {"shared": "done", "mine only": "pending"}
+    assert {c.id: c.state for c in cells_of(store, theirs)} == {"shared": "done", "theirs only": "pending"}
+    assert study_summary(store, mine).counts[CellState.DONE] == 1
+    assert [status.id for status in cell_statuses(store, mine)] == ["shared", "mine only"]
+    assert studies_of_cell(store, "shared") == ["theirs", "mine"]
+
+
+def test_add_cells_refuses_an_unknown_study_or_parent_and_writes_nothing(store: Store) -> None:
+    mine = _study(store, "mine")
     with pytest.raises(ValueError, match="study 999 is not in the database"):
         add_cells(store, 999, [_cell("lost")])
     orphan = _cell("child", mode=CellMode.MID_TRAINING, parent_cell_id="ghost")
     with pytest.raises(ValueError, match=r"parent cell\(s\) \['ghost'\]"):
-        add_cells(store, mine, [orphan])
+        add_cells(store, mine, [_cell("fine"), orphan])
+    assert get_cell(store, "fine") is None and cells_of(store, mine) == []
     # A parent listed after its child in the same call is fine: parents are inserted first.
     child = _cell("kid", mode=CellMode.MID_TRAINING, parent_cell_id="mom")
     assert add_cells(store, mine, [child, _cell("mom")]) == 2
