@@ -426,6 +426,7 @@ class _Document:
         self.lines: dict[str, int] = {}
         self.problems: list[tuple[int, str]] = []
         self.root: Any = None
+        self.unreadable = False  # a YAML syntax error: nothing past it can be checked
         loader = _exponent_float_loader()(text)
         try:
             node = loader.get_single_node()
@@ -434,6 +435,7 @@ class _Document:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
             self.problems.append((line, f"{path}:{line}: YAML: {e.problem or e.context}"))
+            self.unreadable = True
         finally:
             loader.dispose()
 
@@ -445,6 +447,7 @@ class _Document:
                 child = f"{key}.{name}" if key else name
                 line = key_node.start_mark.line + 1
                 if name in out:
+                    # Reported, and the first value kept, so the rest of the file is still checked.
                     self.add(child, f"given twice (first at line {self.lines[child]})", line=line)
                     continue
                 self.lines[child] = line
@@ -1108,7 +1111,7 @@ def load(path: str | os.PathLike, *, executor: str | None = None) -> Study:
 def parse(text: str, *, path: str | os.PathLike = "<study>", executor: str | None = None) -> Study:
     """`load` for a study given as text (`path` names it in the problems)."""
     doc = _Document(Path(path), text)
-    if doc.problems:
+    if doc.unreadable:
         raise StudyError([message for _, message in doc.problems])
     raw = doc.root
     if not isinstance(raw, dict):

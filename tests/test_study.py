@@ -144,6 +144,18 @@ def test_every_problem_at_once_with_its_line():
         assert problem.startswith(f"bad.yaml:{line_of(body, needle)}: {message}"), problem
 
 
+def test_a_key_given_twice_does_not_hide_the_other_problems():
+    retry = "retry:\n  max_attempts: 1\n"
+    text = "seed: 3\n" + GOOD.replace("aspect_ratio", "aspect_ratoi") + retry + retry
+    first, second = len(text.splitlines()) - 3, len(text.splitlines()) - 1
+    typo = line_of(text, "aspect_ratoi")
+    assert problems(text) == [
+        "s.yaml:1: seed: not a key here; it belongs in grid.seed",
+        f"s.yaml:{typo}: model.aspect_ratoi: unknown key (did you mean 'aspect_ratio'?)",
+        f"s.yaml:{second}: retry: given twice (first at line {first})",
+    ]
+
+
 def test_a_key_given_twice_is_an_error_naming_both_lines():
     text = GOOD + "model:\n  aspect_ratio: 8\n"
     [problem] = problems(text)
