@@ -46,6 +46,15 @@ CHAT_KEYS = {
 }
 
 
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    """UTF-8 JSON; a lone surrogate (a request may hold one, "\\ud800", and errors echo its keys) has no
+    UTF-8 form, so then everything outside ASCII is escaped."""
+    try:
+        return json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(data).encode()
+
+
 class ApiError(Exception):
     """An error answered with OpenAI's error object."""
 
@@ -207,7 +216,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _event(self, data: dict[str, Any]) -> None:
-        self._write_chunk(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+        self._write_chunk(b"data: " + _json_bytes(data) + b"\n\n")
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -262,6 +271,10 @@ class ChatHandler(BaseHTTPRequestHandler):
             raise ApiError(
                 HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {e}", code="invalid_json"
             ) from None
+        except RecursionError:  # json's decoder recurses once per level of nesting
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, "the body is not valid JSON: nested too deeply", code="invalid_json"
+            ) from None
 
     def _drain(self) -> None:
         try:
@@ -274,7 +287,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _json(self, status: HTTPStatus, data: dict[str, Any]) -> None:
-        self._send(status, json.dumps(data, ensure_ascii=False).encode(), "application/json")
+        self._send(status, _json_bytes(data), "application/json")
 
     def _error(self, error: ApiError) -> None:
         self._json(error.status, error.body())

@@ -312,3 +312,16 @@ def test_the_official_openai_client(server):
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(model="nanostudy", messages=HI, n=3)
     assert error.value.status_code == 400 and error.value.param == "n"
+
+
+def test_a_body_nested_too_deeply_or_with_a_lone_surrogate_gets_400_and_the_server_stays_up(server):
+    status, _, error = call(server, "POST", "/v1/chat/completions", "[" * 100_000 + "]" * 100_000)
+    assert status == 400 and error["error"]["code"] == "invalid_json", error
+    assert "nested too deeply" in error["error"]["message"]
+    body = '{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'  # errors name the key
+    status, _, error = call(server, "POST", "/v1/chat/completions", body)
+    assert status == 400 and error["error"]["param"] == "\ud800", error
+    body = '{"messages": [{"role": "user", "content": "hi", "\\udfff": 1}]}'
+    status, _, error = call(server, "POST", "/v1/chat/completions", body)
+    assert status == 400 and "\udfff" in error["error"]["message"], error
+    assert call(server, "POST", "/v1/chat/completions", {"messages": HI, "max_tokens": 2})[0] == 200
