@@ -261,7 +261,12 @@ def _load_torch(path: Path, device: torch.device | str) -> Any:
 
 
 def load_model_state(checkpoint_dir: str | os.PathLike, device: torch.device | str) -> dict:
-    return _load_torch(Path(checkpoint_dir) / MODEL_NAME, device)
+    """model.pt's state_dict; CheckpointError when the file holds anything else (a bare tensor, a list)."""
+    path = Path(checkpoint_dir) / MODEL_NAME
+    state = _load_torch(path, device)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a model's state_dict")
+    return state
 
 
 def load_optim_state(checkpoint_dir: str | os.PathLike, rank: int, device: torch.device | str) -> dict:

@@ -780,10 +780,6 @@ class Trainer:
         source = self.resume_dir or self.init_dir
         if source is not None:
             state = ckpt.load_model_state(source, runtime.device)
-            if not isinstance(state, dict):
-                raise ckpt.CheckpointError(
-                    f"{source / ckpt.MODEL_NAME}: holds a {type(state).__name__}, not a model's state_dict"
-                )
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:

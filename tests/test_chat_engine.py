@@ -202,6 +202,9 @@ def test_a_checkpoint_of_another_shape(chat_runs, tmp_path):
     _edit_meta(copy, lambda meta: meta["model_config"].update(mlp="relu2"))
     with pytest.raises(ckpt.CheckpointError, match=r"model\.pt: cannot be loaded"):
         ChatEngine.load(copy)
+    torch.save(torch.zeros(3), copy / "model.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"model\.pt: holds a Tensor, not a model's state_dict"):
+        ChatEngine.load(copy)
 
 
 def test_the_tokenizer_must_be_the_one_it_was_trained_with(chat_runs, tmp_path, chat):
