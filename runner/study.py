@@ -37,7 +37,7 @@ from nanogpt.config import (
 )
 from nanogpt.shards import ShardError, read_manifest
 from runner.data.prepare import PrepareConfig
-from runner.data.sources import SourceSpec, parse_bytes
+from runner.data.sources import SourceSpec, matching_files, parse_bytes
 from runner.slurm.settings import SlurmSettings, parse_settings
 
 MODES = ("pretraining", "mid-training", "all")
@@ -699,6 +699,15 @@ def _parse_source(doc: _Document, key: str, raw: Any) -> dict[str, Any] | str | 
             if not paths or not all(isinstance(p, str) and p for p in paths):
                 doc.add(where, f"expected a path or a list of paths, got {value!r}")
                 value = None
+            else:
+                listed = isinstance(value, list)
+                for index, pattern in enumerate(paths):
+                    if not matching_files(pattern):
+                        at = f"{where}[{index}]" if listed else where
+                        doc.add(
+                            at, f"{pattern!r} matches no files{_from_cwd(pattern)}; check the path or glob"
+                        )
+                        value = None
         elif kind == "size":
             value = _size(doc, where, value)
         ok = ok and value is not None
@@ -707,6 +716,11 @@ def _parse_source(doc: _Document, key: str, raw: Any) -> dict[str, Any] | str | 
         doc.add(key, "missing 'name' (fineweb-edu, openwebtext, task-mixture, local, python-source)")
         return None
     return out if ok else None
+
+
+def _from_cwd(pattern: str) -> str:
+    relative = not Path(os.path.expanduser(pattern)).is_absolute()
+    return f" (relative paths are read from the current directory, {os.getcwd()})" if relative else ""
 
 
 def _size(doc: _Document, key: str, value: Any) -> int | None:

@@ -75,7 +75,9 @@ def test_the_id_ignores_data_paths_but_not_the_data():
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "x"}, parent_id="p")
 
 
-def test_mode_all_gives_each_point_a_child_after_its_parent():
+def test_mode_all_gives_each_point_a_child_after_its_parent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jsonl").write_text("")  # the chats themselves are read only when the data is prepared
     cells = plan(parse(GOOD.replace("mode: pretraining", "mode: all") + MID)).cells
     assert [c.mode for c in cells[:2]] == ["pretraining", "mid-training"] and len(cells) == 16
     for parent, child in zip(cells[::2], cells[1::2], strict=True):

@@ -156,6 +156,17 @@ def test_a_key_given_twice_does_not_hide_the_other_problems():
     ]
 
 
+def test_local_paths_that_match_no_file_are_problems_of_the_study(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    source = f"  source: {{name: local, paths: ['{tmp_path}/*.txt', /nonexistent/x.txt]}}\n"
+    text = GOOD.replace("  source: {name: python-source, max_bytes: 1MB}\n", source) + "seed: 1\n"
+    line = line_of(text, "nonexistent")
+    assert problems(text) == [
+        f"s.yaml:{line}: data.source.paths[1]: '/nonexistent/x.txt' matches no files; check the path or glob",
+        f"s.yaml:{len(text.splitlines())}: seed: not a key here; it belongs in grid.seed",
+    ]
+
+
 def test_a_key_given_twice_is_an_error_naming_both_lines():
     text = GOOD + "model:\n  aspect_ratio: 8\n"
     [problem] = problems(text)
@@ -212,7 +223,9 @@ def test_mode_rules():
     )
 
 
-def test_mode_all_builds_both_stages_of_each_point():
+def test_mode_all_builds_both_stages_of_each_point(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jsonl").write_text("")  # the chats themselves are read only when the data is prepared
     mid = "mid_training:\n  data: {source: {name: local, paths: x.jsonl, format: chat}}\n  steps: 7\n"
     mid += "  optim: {matrix_lr: 0.01}\n"
     study = parse(GOOD.replace("mode: pretraining", "mode: all") + mid)

@@ -315,12 +315,15 @@ def _python_source() -> Iterator[Document]:
 # local files
 
 
+def matching_files(pattern: str) -> list[str]:
+    """The files a `paths` entry names (a path or a glob, `~` expanded; relative to the current directory)."""
+    return sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+
+
 def local_files(spec: SourceSpec) -> list[str]:
     files: list[str] = []
     for pattern in spec.paths:
-        matches = sorted(
-            p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
-        )
+        matches = matching_files(pattern)
         if not matches:
             raise SourceError(f"paths: {pattern!r} matches no files; check the path or glob")
         files.extend(matches)
