@@ -282,6 +282,15 @@ class ChatEngine:
             )
         return ids
 
+    def check_sampling(self, sampling: Sampling) -> None:
+        """SamplingError where the settings cannot work with this model (what Sampling checks alone cannot
+        know): a max_tokens beyond the context."""
+        if sampling.max_tokens is not None and sampling.max_tokens > self.context_tokens:
+            raise SamplingError(
+                "max_tokens",
+                f"{sampling.max_tokens} is more than the model's context of {self.context_tokens} tokens",
+            )
+
     def stream(self, messages: Sequence[ChatMessage], sampling: Sampling = Sampling()) -> Iterator[Delta]:
         """The reply to one conversation, as it is sampled. Bad input raises here, at the call."""
         return self.stream_batch([messages], sampling)
@@ -294,11 +303,7 @@ class ChatEngine:
         if not conversations:
             raise ValueError("conversations: at least one is needed")
         prompts = [self.prompt_tokens(messages) for messages in conversations]
-        if sampling.max_tokens is not None and sampling.max_tokens > self.context_tokens:
-            raise SamplingError(
-                "max_tokens",
-                f"{sampling.max_tokens} is more than the model's context of {self.context_tokens} tokens",
-            )
+        self.check_sampling(sampling)
         # Room left in the context: the last sampled token is never fed back, hence the + 1.
         room = self.context_tokens - max(len(p) for p in prompts) + 1
         max_new = room if sampling.max_tokens is None else min(sampling.max_tokens, room)

@@ -93,6 +93,7 @@ def _cmd_chat(args) -> int:
             top_p=args.top_p,
             seed=args.seed,
         )
+        engine.check_sampling(sampling)  # here, not at the first message
     except RequestError as error:
         print(f"nanostudy chat: error: --{error.param.replace('_', '-')}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -87,6 +87,13 @@ def test_bad_targets_and_options(chat_runs, monkeypatch, capsys, tmp_path):
     assert code == 2 and "holds no checkpoint" in err
     code, _, err = chat(monkeypatch, capsys, str(chat_runs.chat), "--temperature", "5", typed="")
     assert code == 2 and "--temperature: temperature: must be a number in [0, 2], got 5.0" in err
+    # Checked once the model's context is known, before the first message (not a traceback at it).
+    code, out, err = chat(monkeypatch, capsys, str(chat_runs.chat), "--max-tokens", "100000", typed="hi\n")
+    assert code == 2 and "you>" not in out, out
+    assert err.splitlines()[-1] == (
+        f"nanostudy chat: error: --max-tokens: max_tokens: 100000 is more than the model's context of "
+        f"{CONTEXT} tokens"
+    ), err
     code, _, err = chat(monkeypatch, capsys, "tiny", "--db", str(tmp_path / "none.db"), typed="")
     assert code == 2 and "none.db" in err
 
