@@ -34,12 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from store import SchemaVersionError, StoreOpenError
+
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("nanostudy: interrupted", file=sys.stderr)
         return 130
+    except (StoreOpenError, SchemaVersionError) as error:
+        # Every command that opens the database: a bad --db, an unreachable server, another schema version.
+        print(f"nanostudy {args.command}: error: {error}", file=sys.stderr)
+        return 2
     if args.command in AFTER_COMMAND:
         _after(AFTER_COMMAND[args.command], args, code)
     return code

@@ -94,9 +94,10 @@ def run_study(
         cell_executor, pool = _slurm_executor(study, runs_root, trainer_env=trainer_env, log=log)
     else:
         cell_executor, pool = None, None
+    data_root = writable_dir(data_root or default_data_root(), "--data-root")
     store = open_store(db or default_db_path(study_path))
     with StudyLock(lock_path(store, study.name), study.name):
-        data_dirs = prepare_data(study, root=data_root or default_data_root(), log=log)
+        data_dirs = prepare_data(study, root=data_root, log=log)
         planned = plan(study, data_dirs=data_dirs)
         for warning in planned.warnings:
             log(f"warning: {warning}")
@@ -148,6 +149,18 @@ def run_study(
     ids = {cell.id for cell in planned.cells}
     all_done = all(cell.state == CellState.DONE.value for cell in status.cells if cell.id in ids)
     return RunResult(study_name=study.name, interrupted=interrupted, all_done=all_done), store
+
+
+def writable_dir(path: Path, option: str) -> Path:
+    """`path`, made if missing; ValueError naming the option and the path when it cannot hold files."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{option} {path}: cannot be created ({error.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: not writable")
+    return path
 
 
 def _log_shared(store: Store, study_name: str, cells: list[NewCell], log) -> None:

@@ -34,6 +34,7 @@ from store.engine import (
     SchemaVersionError,
     Store,
     StoreNotFoundError,
+    StoreOpenError,
     default_db_path,
     open_store,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "SchemaVersionError",
     "Store",
     "StoreNotFoundError",
+    "StoreOpenError",
     "Study",
     "StudySummary",
     "TrainPoint",

@@ -38,6 +38,11 @@ class SchemaVersionError(RuntimeError):
     """The database was written by another version of nanostudy's schema."""
 
 
+class StoreOpenError(OSError):
+    """The database cannot be opened: a path that cannot hold a SQLite file, a file that is not a database,
+    a server that does not answer. The message names the path or URL and the driver's reason."""
+
+
 class StoreNotFoundError(FileNotFoundError):
     """A reader asked for a database that does not exist yet."""
 
@@ -115,7 +120,12 @@ def open_store(target: str | Path, *, create: bool = True, busy_timeout_s: float
         path = Path(url.database)
         if not create and not path.exists():
             raise StoreNotFoundError(f"{path}: no nanostudy database here yet (the runner creates it)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise StoreOpenError(f"database {path}: is a directory; give a database file (or a new name)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreOpenError(f"database {path}: cannot create its folder ({error.strerror})") from None
         engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
         _install_sqlite_hooks(engine, busy_timeout_s)
     else:
@@ -133,6 +143,10 @@ def open_store(target: str | Path, *, create: bool = True, busy_timeout_s: float
     store = Store(engine=engine, name=name)
     try:
         _check_or_create_schema(store, create=create)
+    except sa.exc.DBAPIError as error:
+        engine.dispose()
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise StoreOpenError(f"database {name}: cannot be opened ({reason})") from None
     except BaseException:
         engine.dispose()
         raise

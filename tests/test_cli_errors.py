@@ -1,0 +1,58 @@
+"""Command-line mistakes are one line on stderr and exit 2, never a traceback: a --db that cannot hold a
+database, a server that does not answer, a --data-root that cannot be made, bad option values."""
+
+from pathlib import Path
+
+import pytest
+from data_fixtures import write_text_corpus
+from runner_fixtures import tiny_study_yaml
+
+from runner.cli import main
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    write_text_corpus(tmp_path / "text", num_files=4)
+    path = tmp_path / "s.yaml"
+    path.write_text(tiny_study_yaml("s", tmp_path / "text", "  depth: [1]\n  flops: [2e8]\n  seed: [0]\n"))
+    return path
+
+
+def _one_error_line(capsys, command: str, *needles: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"nanostudy {command}: error: "), err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("command", ["run", "status", "plan", "cancel", "report"])
+def test_a_db_that_is_no_database_is_one_line_and_exit_2(study: Path, tmp_path: Path, capsys, command):
+    not_a_db = tmp_path / "notes.db"
+    not_a_db.write_text("name: not a database, but a long enough text file to be read as one\n" * 20)
+    assert main([command, str(study), "--db", str(not_a_db)]) == 2
+    _one_error_line(capsys, command, str(not_a_db), "not a database")
+
+
+@pytest.mark.parametrize("command", ["run", "status", "cancel"])
+def test_a_directory_or_an_unopenable_path_as_db_is_one_line_and_exit_2(study, tmp_path, capsys, command):
+    assert main([command, str(study), "--db", str(tmp_path)]) == 2
+    _one_error_line(capsys, command, str(tmp_path), "directory")
+    if command == "run":
+        assert main([command, str(study), "--db", "/proc/nanostudy-test.db"]) == 2
+        _one_error_line(capsys, command, "/proc/nanostudy-test.db", "cannot be opened")
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2(study: Path, capsys):
+    pytest.importorskip("psycopg")
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
+    for command in ("run", "status"):
+        assert main([command, str(study), "--db", url]) == 2
+        _one_error_line(capsys, command, url, "cannot be opened")
+
+
+def test_a_data_root_that_cannot_be_made_stops_run_before_the_database(study: Path, tmp_path: Path, capsys):
+    db = tmp_path / "fresh" / "n.db"
+    assert main(["run", str(study), "--db", str(db), "--data-root", "/proc/nanostudy-test"]) == 2
+    _one_error_line(capsys, "run", "--data-root /proc/nanostudy-test")
+    assert not db.exists()
