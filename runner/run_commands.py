@@ -38,6 +38,7 @@ from store import (
     StoreNotFoundError,
     cell_states,
     default_db_path,
+    move_run_dirs,
     open_store,
     record_study,
     studies_of_cell,
@@ -109,6 +110,13 @@ def run_study(
         )
         assert record.id is not None
         log(f"study {study.name}: {len(cells)} cells ({added} new); database {store.name}")
+        # A cell never tried takes this run's directory; one with attempts keeps its checkpoints' directory.
+        kept = move_run_dirs(store, {cell.id: cell.run_dir for cell in cells if cell.run_dir})
+        if kept and runs_dir:
+            log(
+                f"warning: {len(kept)} of {len(cells)} cell(s) keep their run directory from an earlier run "
+                f"(they were tried there; their checkpoints are there), not {runs_root}"
+            )
         _log_shared(store, study.name, cells, log)
         moved = rerun(store, record.id, set(rerun_states)) if rerun_states else []
         if moved:

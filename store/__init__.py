@@ -27,6 +27,7 @@ from store.cells import (
     cell_states,
     cells_of,
     get_cell,
+    move_run_dirs,
     studies_of_cell,
     transition,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "latest_fits",
     "latest_train_points",
     "list_studies",
+    "move_run_dirs",
     "open_attempts",
     "open_store",
     "ranked_checkpoints",

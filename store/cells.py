@@ -16,7 +16,16 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from store.engine import Store, insert_ignoring_duplicates, now
-from store.schema import ALLOWED_TRANSITIONS, FINISHED_STATES, Cell, CellMode, CellState, Study, StudyCell
+from store.schema import (
+    ALLOWED_TRANSITIONS,
+    FINISHED_STATES,
+    Attempt,
+    Cell,
+    CellMode,
+    CellState,
+    Study,
+    StudyCell,
+)
 from store.values import clean_json, finite
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
@@ -119,6 +128,30 @@ def add_cells_in(conn: Connection, study_id: int, cells: Sequence[NewCell]) -> i
     for chunk in _chunks(links, 500):
         insert_ignoring_duplicates(conn, _links, chunk)
     return _count(conn, study_id) - before
+
+
+def move_run_dirs(store: Store, run_dirs: Mapping[str, str]) -> list[str]:
+    """Give each cell its new run directory, unless it has had an attempt (its checkpoints and events live
+    in the old one); returns the ids of the cells that keep a different, older run directory."""
+    attempts: sa.Table = Attempt.__table__  # type: ignore[attr-defined]
+    tried = sa.select(attempts.c.cell_id).where(attempts.c.cell_id == _cells.c.id).exists()
+    moved = sa.or_(_cells.c.run_dir.is_(None), _cells.c.run_dir != sa.bindparam("new_dir"))
+    kept = []
+    with store.write() as conn:
+        for cell_id, run_dir in run_dirs.items():
+            conn.execute(
+                sa.update(_cells)
+                .where(_cells.c.id == cell_id, moved, ~tried)
+                .values(run_dir=sa.bindparam("new_dir"), updated_at=now()),
+                {"new_dir": run_dir},
+            )
+        ids = list(run_dirs)
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(_cells.c.id, _cells.c.run_dir).where(_cells.c.id.in_(ids[start : start + 500]))
+            )
+            kept += [cell_id for cell_id, run_dir in rows if run_dir != run_dirs[cell_id]]
+    return sorted(kept)
 
 
 def in_study(study_id: int) -> sa.ColumnElement[bool]:

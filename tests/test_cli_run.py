@@ -139,6 +139,22 @@ def test_a_second_study_shares_the_cells_the_first_trained(tmp_path, corpus, cap
     assert _attempts(_status(first_path, capsys)) == trained  # the first study keeps exactly its cells
 
 
+def test_runs_dir_moves_cells_never_tried_and_warns_about_the_others(tmp_path, corpus, capsys):
+    path = _study(tmp_path, corpus, depths="[1]")
+    assert _run(path, tmp_path, "--runs-dir", str(tmp_path / "first")) == 0
+    # One more depth, and a run into another directory: the done cell stays where its checkpoints are.
+    path = _study(tmp_path, corpus, depths="[1, 2]")
+    capsys.readouterr()
+    assert main(["plan", str(path), "--data-root", str(tmp_path / "data"), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)["cells"]
+    [fresh] = [cell["id"] for cell in planned if cell["state"] == "new"]
+    assert _run(path, tmp_path, "--runs-dir", str(tmp_path / "second")) == 0
+    out = capsys.readouterr().out
+    assert "warning: 1 of 2 cell(s) keep their run directory from an earlier run" in out
+    assert (tmp_path / "second" / fresh / "events.jsonl").is_file()
+    assert not (tmp_path / "first" / fresh).exists()
+
+
 def test_relative_paths_on_the_command_line_reach_the_trainers(tmp_path, corpus, capsys, monkeypatch):
     # A trainer runs in its run directory: a relative --data-root, --runs-dir or study path must reach it
     # resolved, or every cell fails with "no manifest" for data that was prepared.

@@ -53,6 +53,7 @@ from store import (
     latest_fits,
     latest_train_points,
     list_studies,
+    move_run_dirs,
     open_attempts,
     open_store,
     ranked_checkpoints,
@@ -236,6 +237,18 @@ def test_schema_version_mismatch_names_file_and_both_versions(tmp_path: Path, st
     message = str(error.value)
     assert str(path) in message and f"version {stored}" in message and f"{SCHEMA_VERSION}" in message
     assert word in message
+
+
+def test_move_run_dirs_moves_only_cells_never_tried(store: Store) -> None:
+    study_id = _study(store)
+    add_cells(
+        store, study_id, [_cell("fresh", run_dir="/old/fresh"), _cell("tried", seed=1, run_dir="/old/tried")]
+    )
+    assert claim(store, "tried", executor=Executor.LOCAL, host="h") is not None
+    assert move_run_dirs(store, {"fresh": "/new/fresh", "tried": "/new/tried"}) == ["tried"]
+    assert (
+        get_cell(store, "fresh").run_dir == "/new/fresh" and get_cell(store, "tried").run_dir == "/old/tried"
+    )
 
 
 def test_record_study_leaves_no_study_behind_when_its_cells_fail(store: Store) -> None:
