@@ -35,6 +35,22 @@ META_NAME = "meta.json"
 MODEL_NAME = "model.pt"
 FORMAT_VERSION = 1
 RANK_STATE_KEYS = ("loader", "rng")  # what every rank's entry in meta.json's rank_states holds
+RESUME_KEYS = ("config", "device_batch_size")  # what a resume needs beside what every reader does
+# meta.json's keys that must have a type when present: (types, in words).
+META_TYPES = {
+    "step": ((int,), "an integer"),
+    "world_size": ((int,), "an integer"),
+    "model_config": ((dict,), "an object"),
+    "config": ((dict,), "an object"),
+    "tokenizer": ((dict, type(None)), "an object"),
+    "device_batch_size": ((int,), "an integer"),
+    "total_steps": ((int,), "an integer"),
+    "grad_accum": ((int,), "an integer"),
+    "tokens": ((int,), "an integer"),
+    "flops": ((int, float), "a number"),
+    "elapsed_s": ((int, float), "a number"),
+    "last_val": ((list,), "a list"),
+}
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
 
@@ -86,14 +102,45 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def _decode_rng_state(state: Any) -> tuple[tuple, tuple, torch.Tensor, torch.Tensor | None]:
+    """rng_state()'s JSON as the generators take it, each tried on a fresh generator of its kind (the
+    process's own are left alone); ValueError naming the part that is damaged."""
+    if not isinstance(state, dict):
+        raise ValueError(f"must be an object, got {type(state).__name__}")
+    part = "python"
+    try:
+        version, internal, gauss = state["python"]
+        python = (version, tuple(int(x) for x in _b64_uint32(internal)), gauss)
+        random.Random().setstate(python)
+        part = "numpy"
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        numpy = (kind, _b64_uint32(keys).copy(), pos, has_gauss, cached)
+        np.random.RandomState().set_state(numpy)
+        part = "torch"
+        cpu = _b64_tensor(state["torch"])
+        torch.Generator().set_state(cpu)
+        part = "cuda"
+        # Only decoded: checking it against a CUDA generator would initialise CUDA in whoever reads this.
+        cuda = None if state.get("cuda") is None else _b64_tensor(state["cuda"])
+    except KeyError:
+        raise ValueError(f"{part}: missing") from None
+    except Exception as e:  # a wrong type, length or value: TypeError, ValueError, RuntimeError, ...
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{part}: not a {part} generator state ({detail})") from None
+    return python, numpy, cpu, cuda
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(int(x) for x in _b64_uint32(internal)), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, _b64_uint32(keys).copy(), pos, has_gauss, cached))
-    torch.set_rng_state(_b64_tensor(state["torch"]))
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(_b64_tensor(state["cuda"]))
+    """Restore rng_state()'s generators; ValueError, the generators untouched, when any part is damaged."""
+    python, numpy, cpu, cuda = _decode_rng_state(state)
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(cpu)
+    if cuda is not None and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state(cuda)
+        except RuntimeError as e:
+            raise ValueError(f"cuda: not a cuda generator state ({str(e).strip()[:200]})") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -227,7 +274,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{path}: holds no checkpoint ({META_NAME} or {CHECKPOINTS_DIR}/step_*)")
 
 
-def read_meta(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+def read_meta(checkpoint_dir: str | os.PathLike, *, resume: bool = False) -> dict[str, Any]:
+    """meta.json, checked: the keys every reader needs, and the type and shape of every key the trainer
+    reads (`resume`: also those a resume needs), so that a damaged file is a CheckpointError naming it."""
     path = Path(checkpoint_dir) / META_NAME
     try:
         meta = json.loads(path.read_text())
@@ -238,9 +287,23 @@ def read_meta(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path}: checkpoint format {version!r}, this code reads {FORMAT_VERSION}")
-    for key in ("step", "world_size", "model_config", "rank_states"):
+    required = ("step", "world_size", "model_config", "rank_states", *(RESUME_KEYS if resume else ()))
+    for key in required:
         if key not in meta:
             raise CheckpointError(f"{path}: missing key {key!r}")
+    for key, (kinds, what) in META_TYPES.items():
+        if key in meta and not _is_a(meta[key], kinds):
+            raise CheckpointError(f"{path}: {key} must be {what}, got {meta[key]!r}"[:300])
+    for key, least in (("step", 0), ("world_size", 1), ("device_batch_size", 1)):
+        if key in meta and meta[key] < least:
+            raise CheckpointError(f"{path}: {key} must be at least {least}, got {meta[key]!r}")
+    last_val = meta.get("last_val", [None, None])
+    if len(last_val) != 2 or not all(v is None or _is_a(v, (int, float)) for v in last_val):
+        raise CheckpointError(f"{path}: last_val must be [loss, bpb], numbers or null, got {last_val!r}")
+    tokenizer = meta.get("tokenizer") or {}
+    for key in ("name", "hash"):
+        if not _is_a(tokenizer.get(key), (str, type(None))):
+            raise CheckpointError(f"{path}: tokenizer.{key} must be a string, got {tokenizer[key]!r}")
     world_size, rank_states = meta["world_size"], meta["rank_states"]
     if not isinstance(rank_states, list) or len(rank_states) != world_size:
         raise CheckpointError(f"{path}: rank_states must list one entry per rank ({world_size!r} ranks)")
@@ -248,7 +311,16 @@ def read_meta(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
         for key in RANK_STATE_KEYS:
             if not isinstance(state, dict) or not isinstance(state.get(key), dict):
                 raise CheckpointError(f"{path}: rank_states[{rank}] has no {key!r} state")
+        try:
+            _decode_rng_state(state["rng"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: rank_states[{rank}].rng.{e}") from None
     return meta
+
+
+def _is_a(value: Any, kinds: tuple[type, ...]) -> bool:
+    """isinstance, where a JSON true/false is no number."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
 def _load_torch(path: Path, device: torch.device | str) -> Any:

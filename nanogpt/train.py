@@ -678,7 +678,7 @@ class Trainer:
         config = self.config
         self.manifest = read_manifest(config.data.train_dir)
         self.resume_dir = ckpt.latest_checkpoint(self.run_dir)
-        self.resume_meta = ckpt.read_meta(self.resume_dir) if self.resume_dir else None
+        self.resume_meta = ckpt.read_meta(self.resume_dir, resume=True) if self.resume_dir else None
         self.init_dir = self.init_meta = None
         if config.mode == "mid-training" and self.resume_dir is None:
             self.init_dir = ckpt.resolve_checkpoint(config.init_from)
@@ -968,6 +968,11 @@ class Trainer:
                 self.train_loader.load_state_dict(self.resume_meta["rank_states"][runtime.rank]["loader"])
             except ValueError as e:
                 raise InputError(f"{self.resume_dir / ckpt.META_NAME}: {e}") from None
+            except (KeyError, TypeError) as e:
+                raise ckpt.CheckpointError(
+                    f"{self.resume_dir / ckpt.META_NAME}: rank_states[{runtime.rank}].loader is damaged "
+                    f"({type(e).__name__}: {e})"
+                ) from None
         rows, width = device_batch_size * seq_len, self.gpt_config.n_embd
         if config.fp8_head and not fp8_fits(rows, width, self.gpt_config.padded_vocab_size):
             self.warnings.append(
@@ -1069,7 +1074,11 @@ class Trainer:
         self.elapsed_before_s = meta.get("elapsed_s", 0.0)
         self.last_val = tuple(meta.get("last_val", (None, None)))
         if self.resume_meta is not None:
-            ckpt.set_rng_state(self.resume_meta["rank_states"][runtime.rank]["rng"])
+            try:  # read_meta checked every part but the CUDA generator's, which needs CUDA to check
+                ckpt.set_rng_state(self.resume_meta["rank_states"][runtime.rank]["rng"])
+            except ValueError as e:
+                where = self.resume_dir / ckpt.META_NAME
+                raise ckpt.CheckpointError(f"{where}: rank_states[{runtime.rank}].rng.{e}") from None
         self.device = device_info(runtime)
         self.device["compile"] = compile_ = resolve_compile(
             config.compile,

@@ -119,3 +119,41 @@ def test_rng_state_survives_json_and_restores_every_generator():
     ckpt.set_rng_state(state)
     got = (random.random(), np.random.rand(), torch.rand(2))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda m: m["rank_states"][0]["rng"].update(torch="AAAA"), r"rank_states\[0\]\.rng\.torch: not a"),
+        (lambda m: m["rank_states"][0]["rng"].update(numpy=[1, 2]), r"rank_states\[0\]\.rng\.numpy: not a"),
+        (lambda m: m["rank_states"][0]["rng"].pop("python"), r"rank_states\[0\]\.rng\.python: missing"),
+        (lambda m: m.update(step="6"), "step must be an integer, got '6'"),
+        (lambda m: m.update(step=True), "step must be an integer, got True"),
+        (lambda m: m.update(world_size=0, rank_states=[]), "world_size must be at least 1"),
+        (lambda m: m.update(model_config=[]), "model_config must be an object"),
+        (lambda m: m.update(config=[]), "config must be an object"),
+        (lambda m: m.update(elapsed_s="1"), "elapsed_s must be a number"),
+        (lambda m: m.update(last_val=[None, "x"]), r"last_val must be \[loss, bpb\]"),
+    ],
+)
+def test_damaged_meta_fields_are_errors_naming_the_file(tmp_path, edit, problem):
+    path = save(tmp_path, 2)
+    meta_path = path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ckpt.CheckpointError, match=rf"meta\.json: {problem}"):
+        ckpt.read_meta(path)
+
+
+def test_a_resume_needs_the_batch_geometry_and_config_and_a_damaged_rng_state_changes_nothing(tmp_path):
+    path = save(tmp_path, 2)
+    assert "device_batch_size" not in ckpt.read_meta(path)  # enough for chat and mid-training's init
+    with pytest.raises(ckpt.CheckpointError, match="missing key 'config'"):
+        ckpt.read_meta(path, resume=True)
+    state = ckpt.rng_state()
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    with pytest.raises(ValueError, match="torch: not a torch generator state"):
+        ckpt.set_rng_state({**state, "torch": "AAAA"})
+    assert torch.equal(torch.get_rng_state(), before)

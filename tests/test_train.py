@@ -568,6 +568,49 @@ def _meta_without(key):
     return breakage
 
 
+def _meta_edited(name, edit, problem):
+    """A hand-damaged meta.json: `edit` changes the parsed file in place."""
+
+    def breakage(run_dir, data_dir, config):
+        meta_path = run_dir / "checkpoints" / "step_000012" / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        edit(meta)
+        meta_path.write_text(json.dumps(meta))
+        return "step_000012/meta.json", problem
+
+    breakage.__name__ = name
+    return breakage
+
+
+META_DAMAGE = [
+    _meta_edited(
+        "rng_torch_not_a_state",
+        lambda m: m["rank_states"][0]["rng"].update(torch="AAAA"),
+        "rank_states[0].rng.torch: not a torch generator state",
+    ),
+    _meta_edited(
+        "rng_without_python",
+        lambda m: m["rank_states"][0]["rng"].pop("python"),
+        "rank_states[0].rng.python: missing",
+    ),
+    _meta_edited(
+        "loader_without_epoch", lambda m: m["rank_states"][0]["loader"].pop("epoch"), "loader is damaged"
+    ),
+    _meta_edited("config_a_list", lambda m: m.update(config=[]), "config must be an object, got []"),
+    _meta_edited("step_a_string", lambda m: m.update(step="6"), "step must be an integer, got '6'"),
+    _meta_edited("step_negative", lambda m: m.update(step=-1), "step must be at least 0"),
+    _meta_edited(
+        "without_device_batch_size", lambda m: m.pop("device_batch_size"), "missing key 'device_batch_size'"
+    ),
+    _meta_edited("last_val_short", lambda m: m.update(last_val=[1.0]), "last_val must be [loss, bpb]"),
+    _meta_edited(
+        "tokenizer_hash_a_number",
+        lambda m: m["tokenizer"].update(hash=5),
+        "tokenizer.hash must be a string, got 5",
+    ),
+]
+
+
 def model_of_another_shape(run_dir, data_dir, config):
     """meta.json says depth 2 width 32 (as configured), model.pt holds width 64 weights."""
     wider = GPT(GPTConfig(depth=2, aspect_ratio=32, head_dim=16, sequence_len=32, vocab_size=257))
@@ -597,6 +640,7 @@ def model_not_a_state_dict(run_dir, data_dir, config):
         optimizer_shard_of_another_shape,
         _meta_without("loader"),
         _meta_without("rng"),
+        *META_DAMAGE,
         model_of_another_shape,
         model_not_a_state_dict,
     ],
