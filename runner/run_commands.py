@@ -106,7 +106,7 @@ def run_study(
         cells = [new_cell(cell, runs_root) for cell in planned.cells]
         # One transaction: a study whose cells cannot be recorded is not recorded either.
         record, added = record_study(
-            store, name=study.name, path=str(study_path), spec=study.to_dict(), cells=cells
+            store, name=study.name, path=str(Path(study_path).resolve()), spec=study.to_dict(), cells=cells
         )
         assert record.id is not None
         log(f"study {study.name}: {len(cells)} cells ({added} new); database {store.name}")

@@ -172,8 +172,10 @@ def test_relative_paths_on_the_command_line_reach_the_trainers(tmp_path, corpus,
     with open_store(tmp_path / "nanostudy.db", create=False) as store:
         from store import cells_of, get_study
 
-        [cell] = cells_of(store, get_study(store, "cli").id)
+        study = get_study(store, "cli")
+        [cell] = cells_of(store, study.id)
         assert Path(cell.run_dir) == run_dir and Path(cell.run_dir).is_absolute()
+        assert study.path == str(tmp_path / "cli.yaml")  # absolute, whatever the directory run started in
 
 
 def test_cancel_reaches_the_running_runner_and_rerun_resumes_the_cell(tmp_path, corpus, capsys):
