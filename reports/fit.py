@@ -109,13 +109,11 @@ def fit_points(
     if isoflop is not None:
         problems += isoflop.skipped
         problems += [f"budget {p.budget:.3g}: {p.advice}" for p in isoflop.parabolas if p.advice]
-        problems += [
-            f"budget {p.budget:.3g}: {p.n_points} points; the bootstrap needs 4 or more for an interval "
-            "(its minimum enters the power laws' resamples as fitted, so their intervals leave out its "
-            "uncertainty)"
-            for p in isoflop.parabolas
-            if p.n_boot == 0 and n_boot > 0
-        ]
+        if n_boot > 0 and isoflop.parabolas and all(p.n_boot == 0 for p in isoflop.parabolas):
+            problems.append(
+                "isoflop minima have no intervals: every budget has 3 points, which its parabola fits "
+                "exactly, leaving no scatter to estimate the noise from (4 or more points at some budget)"
+            )
         if isoflop.n_opt is None:
             problems.append("power laws over budgets need minima at 2 or more budgets")
     with Workers() as workers:

@@ -1,12 +1,20 @@
 """Chinchilla approach 2: per FLOP budget, a parabola of the loss in ln N; its minimum gives N*(C), D*(C).
 
 For each budget with at least 3 points (3 distinct N) the loss is fitted as c2·x² + c1·x + c0 with
-x = ln N, by least squares. With 5 or more points one outlier may be left out: the point whose deleted
-residual (its distance from the parabola fitted to the others) is largest is dropped when that distance
-exceeds both OUTLIER_SPREAD × the others' residual scatter and OUTLIER_FRACTION × the budget's median loss.
-With 4 points the other 3 fit a parabola exactly, so there is no scatter to judge a point by, and a real
-curve's honest edge point (real curves are not exact parabolas in ln N) would be taken for an outlier:
-nothing is left out then.
+x = ln N, by least squares.
+
+The noise: relative residuals (loss − parabola) / the budget's median loss, pooled over budgets (seed noise
+is multiplicative, and alike across budgets), with Σ(points − 3) degrees of freedom. A budget of 4 points
+has 1 of its own, of 3 none; pooled, every budget's scatter informs every other's.
+
+Outlier: with 5 or more points one may be left out: the point whose *studentized deleted residual* is
+largest, its distance from the parabola of the others divided by σ·√(1 + h) (σ: the pooled scale, with
+this budget's own part from the others; h: the point's leverage on the others' parabola, large at the
+edges), when it exceeds Student's t at 1 − OUTLIER_ALPHA / (2·points) (so seed noise trips it in at most
+OUTLIER_ALPHA of budgets) and the distance is at least OUTLIER_FRACTION of the median loss; or, whatever
+the scatter, when the distance per √(1 + h) exceeds OUTLIER_GROSS of the median loss (a diverged cell at a
+budget with too few points to estimate the noise). With 4 points nothing is left out: the other 3 fit a
+parabola exactly, and a real curve's honest edge point would be taken for an outlier.
 
 The minimum is at x* = −c1 / (2·c2) (only when c2 > 0), so N* = e^x*, L* = c0 − c1² / (4·c2), and
 D* = C / (FLOPs per token at N*), the FLOPs per token following the cells' own (a log-log line of
@@ -17,13 +25,13 @@ extrapolation, and `advice` says which depths to add.
 Power laws y = k·C^exponent are fitted to N*, D* and L* by least squares in log-log over the budgets that
 have a minimum.
 
-Bootstrap: each resample draws, within every budget, that budget's (kept) cells with replacement, and
-refits the parabolas and the power laws; a budget whose resampled cells give no minimum (fewer than 3
-distinct N, or no convexity) drops out of that resample. A budget with only 3 points has no interval
-(NaN): resampling 3 points can only return the same parabola or none. Its minimum still enters every
-resample of the power laws, as fitted: were it dropped there, the laws' intervals would describe the
-other budgets only while their estimates use all of them, and an estimate could fall outside its own
-interval. The laws' intervals then leave out that budget's own uncertainty (the report says so).
+Intervals, a parametric bootstrap: each resample draws the noise's scale σ from its distribution given the
+pooled scatter (σ² = SS / χ²_dof), then every budget's parabola coefficients as least squares gives them for
+the fitted curve plus normal noise of that scale (normal about the fit, covariance σ²·(XᵀX)⁻¹), and refits
+the power laws on the drawn minima. Case resampling, used before, undercovers with few points: with 4, a
+resample often has 3 distinct N, which the parabola fits exactly. A draw with no minimum (c2 ≤ 0) puts it
+at ±inf (and L* at −inf), widening the interval; it drops out of that resample's power laws. Without any
+residual degree of freedom (every budget of 3 points) there are no intervals (NaN).
 """
 
 import itertools
@@ -33,14 +41,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from reports.intervals import Interval, percentile_interval
 from reports.points import Point, flops_per_token_model
 
 MIN_POINTS = 3
-MIN_POINTS_FOR_CI = 4
-OUTLIER_SPREAD = 5.0
+# Outlier rule (module docstring): a budget's chance of losing a point to seed noise is at most
+# OUTLIER_ALPHA (Bonferroni over its points, normal noise); the point must also be OUTLIER_FRACTION of the
+# median loss off the others' parabola; or, whatever the scatter, OUTLIER_GROSS of it per unit of spread.
+OUTLIER_ALPHA = 0.01
 OUTLIER_FRACTION = 0.02
+OUTLIER_GROSS = 0.10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +126,7 @@ def fit_isoflop(
     flops_per_token = flops_per_token_model(points)
     depth_of = _depth_model(points)
     rng = np.random.default_rng(seed)
-    parabolas, skipped, boot_minima = [], [], []
+    skipped, groups = [], {}
     for budget in sorted(by_budget):
         group = sorted(by_budget[budget], key=lambda p: p.n)
         distinct = len({p.n for p in group})
@@ -124,21 +136,36 @@ def fit_isoflop(
                 f"a parabola needs at least {MIN_POINTS}"
             )
             continue
-        kept, outlier = _without_outlier(group)
+        groups[budget] = group
+    # Each budget's relative residual sum of squares and degrees of freedom, all its points fitted: the
+    # other budgets' scatter helps judge one budget's outlier (module docstring).
+    scatter = {budget: _relative_scatter(group) for budget, group in groups.items()}
+    curves = []
+    for budget, group in groups.items():
+        others_ss = sum(ss for b, (ss, _) in scatter.items() if b != budget)
+        others_dof = sum(dof for b, (_, dof) in scatter.items() if b != budget)
+        kept, outlier = _without_outlier(group, others_ss, others_dof)
         x = np.log([p.n for p in kept])
         y = np.array([p.loss for p in kept])
         coeffs = _solve(x, y, np.ones((1, len(kept))))[0]
         if not coeffs[0] > 0:
+            left_out = f", {_cell_name(outlier)} left out as an outlier" if outlier is not None else ""
             skipped.append(
-                f"budget {budget:.3g}: the loss is not convex in ln N (c2 = {coeffs[0]:.3g}); no minimum"
+                f"budget {budget:.3g}: the loss is not convex in ln N (c2 = {coeffs[0]:.3g}{left_out}); "
+                "no minimum"
             )
             continue
-        weights = _resample_weights(rng, len(kept), n_boot) if len(kept) >= MIN_POINTS_FOR_CI else None
-        boot = _minima(_solve(x, y, weights)) if weights is not None else np.full((n_boot, 2), np.nan)
+        curves.append((budget, kept, outlier, x, y, coeffs))
+    # The pooled relative scatter of the kept points about their parabolas, and one draw of the noise's
+    # scale per resample (its uncertainty: σ² = SS / χ²_dof).
+    ss = sum(_relative_scatter(kept)[0] for _, kept, *_ in curves)
+    dof = sum(len(kept) - MIN_POINTS for _, kept, *_ in curves)
+    sigma = np.sqrt(ss / rng.chisquare(dof, n_boot)) if dof > 0 and n_boot > 0 else None
+    parabolas, boot_minima = [], []
+    for budget, kept, outlier, x, y, coeffs in curves:
         x_opt, loss_opt = _minima(coeffs[None, :])[0]
-        # A budget without resamples of its own enters every resample of the laws as fitted (docstring).
-        fixed = np.tile([x_opt, loss_opt], (n_boot, 1)) if weights is None else boot
-        boot_minima.append((budget, x_opt, loss_opt, fixed))
+        boot = _drawn_minima(rng, x, y, sigma) if sigma is not None else np.full((n_boot, 2), np.nan)
+        boot_minima.append((budget, x_opt, loss_opt, boot))
         parabolas.append(
             _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of)
         )
@@ -146,13 +173,42 @@ def fit_isoflop(
     return IsoflopFit(metric=metric, parabolas=parabolas, skipped=skipped, **laws)
 
 
+def _relative_scatter(group: list[Point]) -> tuple[float, int]:
+    """(Σ ((loss − parabola) / median loss)², points − 3) of the parabola fitted to all the points."""
+    x = np.log([p.n for p in group])
+    y = np.array([p.loss for p in group])
+    c2, c1, c0 = _solve(x, y, np.ones((1, len(group))))[0]
+    residuals = (y - ((c2 * x + c1) * x + c0)) / float(np.median(y))
+    return float(np.sum(residuals**2)), len(group) - MIN_POINTS
+
+
+def _drawn_minima(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """(x*, loss*) of the parabola refitted to the fitted curve plus normal noise of scale σ · median loss,
+    one row per σ: the least-squares coefficients are then normal about the fit, with covariance
+    σ²·(XᵀX)⁻¹, and are drawn as such. A draw with no minimum (c2 ≤ 0) has it at ±inf in the direction the
+    curve falls, and loss* = −inf: it widens the interval rather than vanishing from it."""
+    mean = x.mean()
+    u = x - mean
+    design = np.stack([u * u, u, np.ones_like(u)], axis=1)
+    normal = design.T @ design
+    fitted = np.linalg.solve(normal, design.T @ y)  # (q2, q1, q0) in x − mean
+    root = np.linalg.cholesky(np.linalg.inv(normal))
+    scale = (sigma * float(np.median(y)))[:, None]
+    q2, q1, q0 = (fitted + scale * (rng.standard_normal((len(sigma), 3)) @ root.T)).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        convex = q2 > 0
+        x_opt = np.where(convex, mean - q1 / (2 * q2), np.where(q1 < 0, np.inf, -np.inf))
+        loss_opt = np.where(convex, q0 - q1 * q1 / (4 * q2), -np.inf)
+    return np.stack([x_opt, loss_opt], axis=1)
+
+
 def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of) -> Parabola:
     n_range = (kept[0].n, kept[-1].n)
     interior = bool(math.log(n_range[0]) <= x_opt <= math.log(n_range[1]))
     n_opt = math.exp(x_opt)
-    with np.errstate(over="ignore", divide="ignore"):  # a nearly flat resampled parabola: N* = inf, D* = 0
+    with np.errstate(over="ignore"):  # a nearly flat resampled parabola: N* = inf
         boot_n = np.exp(boot[:, 0])
-        boot_d = budget / flops_per_token(boot_n)
+    boot_d = _tokens(budget, boot_n, flops_per_token)
     return Parabola(
         budget=budget,
         n_points=len(kept),
@@ -165,10 +221,22 @@ def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_to
         loss_opt_ci=percentile_interval(boot[:, 1]),
         interior=interior,
         advice=None if interior else _advice(n_opt, kept, depth_of),
-        outlier=(outlier.cell_id or f"N={outlier.n:.3g}") if outlier is not None else None,
+        outlier=_cell_name(outlier) if outlier is not None else None,
         n_range=n_range,
         n_boot=int(np.isfinite(boot[:, 0]).sum()),
     )
+
+
+def _cell_name(point: Point) -> str:
+    return point.cell_id or f"N={point.n:.3g}"
+
+
+def _tokens(budget, n: np.ndarray, flops_per_token) -> np.ndarray:
+    """D = C / (FLOPs per token at N), with D = 0 at N = inf and D = inf at N = 0 (a drawn minimum that ran
+    off: see `_drawn_minima`)."""
+    with np.errstate(all="ignore"):
+        d = budget / flops_per_token(n)
+    return np.where(np.isposinf(n), 0.0, np.where(n == 0, np.inf, d))
 
 
 def _solve(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -199,32 +267,47 @@ def _minima(coeffs: np.ndarray) -> np.ndarray:
     return np.stack([x_opt, loss_opt], axis=1)
 
 
-def _resample_weights(rng: np.random.Generator, num_points: int, n_boot: int) -> np.ndarray:
-    draws = rng.integers(0, num_points, size=(n_boot, num_points))
-    counts = np.zeros((n_boot, num_points))
-    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1.0)
-    return counts
+def _without_outlier(
+    group: list[Point], others_ss: float, others_dof: int
+) -> tuple[list[Point], Point | None]:
+    """The budget's points less its one outlier, if it has one (rule in the module docstring).
 
-
-def _without_outlier(group: list[Point]) -> tuple[list[Point], Point | None]:
-    """The budget's points less its one outlier, if it has one (rule in the module docstring)."""
-    if len(group) < MIN_POINTS + 2:  # the others need a residual degree of freedom (module docstring)
+    `others_ss` and `others_dof`: the other budgets' relative residual sum of squares and degrees of freedom,
+    pooled with this budget's own (the point in question left out) into the scale of the noise."""
+    num = len(group)
+    if num < MIN_POINTS + 2:  # the others need a residual degree of freedom (module docstring)
         return group, None
     x = np.log([p.n for p in group])
     y = np.array([p.loss for p in group])
-    leave_one_out = 1.0 - np.eye(len(group))
+    level = float(np.median(y))
+    leave_one_out = 1.0 - np.eye(num)
     fits = _solve(x, y, leave_one_out)
-    predicted = (fits[:, 0] * x + fits[:, 1]) * x + fits[:, 2]
-    deleted = np.abs(y - predicted)  # NaN where the others have < 3 distinct N
-    if not np.isfinite(deleted).any():
+    if not np.isfinite(fits).all():  # the others of some point have < 3 distinct N: judge none
         return group, None
-    worst = int(np.nanargmax(deleted))
-    others = np.delete(np.arange(len(group)), worst)
-    fitted_others = (fits[worst, 0] * x[others] + fits[worst, 1]) * x[others] + fits[worst, 2]
-    dof = len(others) - 3
-    scatter = math.sqrt(float(np.sum((y[others] - fitted_others) ** 2)) / dof)
-    if deleted[worst] > max(OUTLIER_SPREAD * scatter, OUTLIER_FRACTION * float(np.median(y))):
-        return [group[i] for i in others], group[worst]
+    predicted = (fits[:, 0] * x + fits[:, 1]) * x + fits[:, 2]
+    deleted = np.abs(y - predicted) / level  # each point's distance from the others' parabola
+    fitted_all = (fits[:, 0, None] * x + fits[:, 1, None]) * x + fits[:, 2, None]  # (left out, point)
+    own_ss = np.sum(((y - fitted_all) * leave_one_out) ** 2, axis=1) / level**2
+    dof = num - 1 - MIN_POINTS + others_dof
+    scale = np.sqrt((own_ss + others_ss) / dof)
+    u = x - x.mean()
+    design = np.stack([u * u, u, np.ones_like(u)], axis=1)
+    # Leverage of each point on the parabola of the others: its deleted residual's variance is σ²·(1 + h).
+    leverage = np.array(
+        [
+            design[i] @ np.linalg.solve(np.delete(design, i, 0).T @ np.delete(design, i, 0), design[i])
+            for i in range(num)
+        ]
+    )
+    spread = np.sqrt(1.0 + leverage)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        studentized = np.nan_to_num(deleted / (scale * spread), nan=0.0, posinf=np.inf)
+    worst = int(np.argmax(studentized))
+    critical = float(student_t.ppf(1.0 - OUTLIER_ALPHA / (2 * num), dof))
+    significant = studentized[worst] > critical and deleted[worst] > OUTLIER_FRACTION
+    gross = deleted[worst] / spread[worst] > OUTLIER_GROSS
+    if significant or gross:
+        return [p for i, p in enumerate(group) if i != worst], group[worst]
     return group, None
 
 
@@ -236,9 +319,9 @@ def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
     n_opt = np.exp([x for _, x, _, _ in boot_minima])
     loss_opt = np.array([loss for _, _, loss, _ in boot_minima])
     boot = np.stack([b for *_, b in boot_minima], axis=1)  # (resamples, budgets, 2)
-    with np.errstate(over="ignore", divide="ignore"):  # N* = inf, D* = 0: see PowerLaw
+    with np.errstate(over="ignore"):  # N* = inf: see PowerLaw
         boot_n = np.exp(boot[..., 0])
-        boot_d = budgets / flops_per_token(boot_n)
+    boot_d = _tokens(budgets, boot_n, flops_per_token)
     series = {
         "n_opt": (n_opt, boot_n),
         "d_opt": (budgets / flops_per_token(n_opt), boot_d),

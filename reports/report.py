@@ -225,7 +225,8 @@ def _laws_table(fits: Any, label: str) -> str:
     if not rows:
         return "<p>No law could be fitted (see above).</p>\n"
     intro = (
-        f"<h3>Fitted laws ({esc(label)})</h3>\n<p>Intervals are 95% bootstrap intervals over resampled cells"
+        f"<h3>Fitted laws ({esc(label)})</h3>\n<p>Intervals are 95% bootstrap intervals (the parametric law: "
+        "over resampled cells; the isoflop laws: over draws of the noise pooled across budgets)"
         + (f" ({fits.parametric.n_boot} resamples)" if par is not None else "")
         + ". Parametric: L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup>; "
         + "N* ∝ C<sup>a</sup>, D* ∝ C<sup>b</sup>.</p>\n"

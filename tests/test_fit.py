@@ -269,18 +269,18 @@ def test_budgets_with_fewer_than_three_points_are_reported_not_fitted() -> None:
     assert fit.skipped[0].startswith("budget 1e+18: 2 point(s)") and "at least 3" in fit.skipped[0]
     assert fit.skipped[1].startswith("budget 1e+19: 3 point(s), 2 distinct N")
     assert fit.n_opt is None  # one budget: no power law
-    # Three points give a minimum but no bootstrap interval.
+    # Three points give a minimum but, with no other budget, no scatter to draw an interval from.
     assert all(math.isnan(v) for v in fit.parabolas[0].n_opt_ci)
     fits = fit_points(points, n_boot=20)
     assert fit.skipped[0] in fits.problems
-    assert any("needs 4 or more for an interval" in line for line in fits.problems)
+    assert any("minima have no intervals: every budget has 3 points" in line for line in fits.problems)
 
 
-def test_a_three_point_budget_enters_every_resample_of_the_power_laws() -> None:
+def test_a_three_point_budget_gets_an_interval_from_the_pooled_scatter() -> None:
     # Noisy budgets of 5 points, and a smallest budget of 3 whose minimum lies off their trend (as in a
-    # real study, where the smallest budget's models are undertrained). Its minimum has no interval of its
-    # own, but the power laws' estimates use it, so their resamples must use it too: otherwise the
-    # intervals describe the other budgets only, and here an estimate would fall outside its interval.
+    # real study, where the smallest budget's models are undertrained). Its parabola fits its 3 points
+    # exactly, but the noise's scale pooled over the other budgets gives it draws, so it has an interval and
+    # its uncertainty enters the power laws' intervals, which contain their estimates.
     rng = np.random.default_rng(0)
     points = parabola_points(1e17, 1e6, loss_opt=10 * 1e17**-0.05 + 0.8, n_values=[3e5, 1e6, 3e6])
     for budget in [1e18, 1e19, 1e20]:
@@ -293,7 +293,8 @@ def test_a_three_point_budget_enters_every_resample_of_the_power_laws() -> None:
             for p in noisy
         ]
     fit = fit_isoflop(points, n_boot=200)
-    assert fit.parabolas[0].n_boot == 0 and all(p.n_boot > 100 for p in fit.parabolas[1:])
+    three = fit.parabolas[0]
+    assert three.n_points == 3 and three.n_boot > 100 and three.n_opt_ci[0] < three.n_opt < three.n_opt_ci[1]
     for law in (fit.n_opt, fit.d_opt, fit.loss_opt):
         assert len(law.boot) == 200
         assert law.exponent_ci[0] <= law.exponent <= law.exponent_ci[1]
