@@ -23,6 +23,7 @@ from nanogpt.gauntlet.tasks import resolve as resolve_preset  # the task table: 
 
 CONFIG_NAME = "config.json"
 MODES = ("pretraining", "mid-training")
+MAX_SEED = 2**63
 
 
 def _check_positive_int(owner: object, *keys: str) -> None:
@@ -248,8 +249,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive_int(self, "log_every")
-        if self.seed < 0:
-            raise ValueError(f"seed: must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < MAX_SEED:  # torch.manual_seed takes at most 64 bits
+            raise ValueError(f"seed: must be an integer in [0, 2^63), got {self.seed}")
         if self.mode == "pretraining":
             if self.model is None:
                 raise ValueError("model: required for pretraining")
@@ -289,10 +290,14 @@ class RunConfig:
             raise ValueError(f"{path}: config file not found") from None
         except OSError as e:
             raise ValueError(f"{path}: cannot read the config ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except RecursionError:  # json's decoder recurses once per level of nesting
+            raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
         return cls.from_dict(raw, source=str(path))
 
 

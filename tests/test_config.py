@@ -96,7 +96,9 @@ def test_exactly_one_horizon(horizon, expected):
         ("checkpoint", {"keep_last": 0}, "checkpoint.keep_last: must be a positive integer"),
         ("wandb", {"mode": "on"}, "wandb.mode: expected one of 'disabled', 'online', 'offline'"),
         ("data", {"train_dir": ""}, "data.train_dir: must not be empty"),
-        (None, {"seed": -1}, "seed: must be >= 0"),
+        (None, {"seed": -1}, "seed: must be an integer in [0, 2^63), got -1"),
+        (None, {"seed": 1e20}, "seed: must be an integer in [0, 2^63), got 100000000000000000000"),
+        (None, {"seed": 2**63}, "seed: must be an integer in [0, 2^63)"),
         (None, {"model": 4}, "model: expected an object, got a number"),
     ],
 )
@@ -130,6 +132,16 @@ def test_missing_and_corrupt_files_are_one_line_errors(tmp_path):
     top.write_text("[1, 2]")
     with pytest.raises(ValueError, match="top level: expected an object, got a list"):
         RunConfig.from_json(top)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"model": {"depth": 4}, "wandb": {"name": "caf\xe9"}}')
+    with pytest.raises(ValueError) as info:
+        RunConfig.from_json(latin1)
+    assert str(info.value) == f"{latin1}: not UTF-8 text (invalid continuation byte at byte 46)"
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError) as info:
+        RunConfig.from_json(deep)
+    assert str(info.value) == f"{deep}: not valid JSON (nested too deeply)"
 
 
 def test_sections_validate_when_built_in_python():
