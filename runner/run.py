@@ -42,7 +42,7 @@ from runner.gpus import GpuPool
 from runner.ingest import EventTail
 from runner.lock import is_locked
 from runner.lock import lock_path as study_lock_path
-from runner.scheduler import Candidate, assign, decide_outcome, retry_budget_left
+from runner.scheduler import Candidate, assign, decide_outcome, refused_input, retry_budget_left
 from store import (
     Attempt,
     AttemptOutcome,
@@ -269,6 +269,14 @@ class StudyLoop:
         if self.options.rerun_diverged:
             retryable[AttemptOutcome.DIVERGED] = CellState.DIVERGED
         if outcome not in retryable:
+            return
+        attempts = attempts_of(self.store, cell_id)
+        if attempts and refused_input(attempts[-1].outcome, attempts[-1].exit_code, attempts[-1].reason):
+            if not quiet:
+                self.log(
+                    f"{self._name(cell_id)}: not retried: the trainer refused its config or input (exit 2) "
+                    "and would again; fix it, then `nanostudy run --rerun failed`"
+                )
             return
         failures = self._failures(cell_id)
         if not retry_budget_left(failures=failures, max_attempts=self.options.max_attempts):

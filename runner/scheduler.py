@@ -17,6 +17,8 @@ EXIT_STOPPED = 143  # nanogpt.train: stopped on request after writing a checkpoi
 REQUEUE_JOB_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL"})
 # The reason of an attempt whose trainer the runner stopped on its way out (Ctrl-C, SIGTERM).
 STOPPED_BY_RUNNER = "stopped by the runner"
+# How the reason of an attempt whose trainer refused its config or input (exit 2) begins.
+BAD_INPUT_REASON = "bad config or input"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,7 +101,7 @@ def decide_outcome(
         lines = (error_tail or "").strip().splitlines()
         detail = lines[-1].removeprefix("error: ") if lines else None
         return AttemptOutcome.FAILED, _join(
-            f"bad config or input: {detail}" if detail else "bad config or input", error_tail
+            f"{BAD_INPUT_REASON}: {detail}" if detail else BAD_INPUT_REASON, error_tail
         )
     if exited.job_state is not None:
         what = f"the Slurm job ended {exited.job_state} without an end event ({describe_exit(exited.code)})"
@@ -127,6 +129,16 @@ def _decide_job_state(
     if job_state == "CANCELLED":
         return AttemptOutcome.FAILED, _join("the Slurm job was cancelled outside nanostudy", error_tail)
     return None
+
+
+def refused_input(outcome: AttemptOutcome | None, exit_code: int | None, reason: str | None) -> bool:
+    """Whether an attempt failed because its trainer refused its config or input (exit 2): a retry would
+    fail the same way (a second trainer refused by the run directory's lock exits 2 too)."""
+    return (
+        outcome is AttemptOutcome.FAILED
+        and exit_code == EXIT_BAD_INPUT
+        and (reason or "").startswith(BAD_INPUT_REASON)
+    )
 
 
 def retry_budget_left(*, failures: int, max_attempts: int) -> bool:

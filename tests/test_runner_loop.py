@@ -88,7 +88,7 @@ def test_a_crash_fails_with_the_stderr_tail_and_is_retried_up_to_the_count(study
             "flaky": ["crash", "done"],
             "broken": ["crash"],
             "errors": ["error", "done"],
-            "badcfg": ["bad_input"],
+            "badcfg": ["bad_input", "done"],  # a retry would fail the same way: none is made
         },
     )
     options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=2)
@@ -126,6 +126,7 @@ def test_a_crash_fails_with_the_stderr_tail_and_is_retried_up_to_the_count(study
         make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=more).run() is False
     )
     assert len(attempts_of(study.store, "broken")) == 3
+    assert len(attempts_of(study.store, "badcfg")) == 1 and _states(study)["badcfg"] is CellState.FAILED
 
 
 def test_diverged_is_not_retried_unless_asked(study, tmp_path):
