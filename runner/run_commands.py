@@ -17,6 +17,7 @@ invalid study or option; 1 otherwise. STUDY for `status` and `cancel` is the stu
 with `--db`.
 """
 
+import argparse
 import contextlib
 import json
 import os
@@ -144,7 +145,7 @@ def run_study(
             executor=cell_executor,
             pool=pool,
             options=LoopOptions(
-                max_parallel=max_parallel or study.resources.max_parallel,
+                max_parallel=study.resources.max_parallel if max_parallel is None else max_parallel,
                 max_attempts=study.retry.max_attempts,
                 rerun_diverged=study.retry.rerun_diverged,
                 overlap_startup=study.resources.overlap_startup,
@@ -505,6 +506,17 @@ def _cmd_cancel(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (checked before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(subparsers) -> None:
     plan_parser = subparsers.add_parser(
         "plan",
@@ -526,7 +538,9 @@ def register(subparsers) -> None:
     run.add_argument("--db", help="database file or URL (default: nanostudy.db beside the study)")
     run.add_argument("--runs-dir", type=Path, dest="runs_dir", help="run directories (default: runs/<study>)")
     run.add_argument("--gpus", help="GPU indices to use, e.g. 0,2,3 (default: every free GPU)")
-    run.add_argument("--max-parallel", type=int, dest="max_parallel", help="cells at once")
+    run.add_argument(
+        "--max-parallel", type=_positive_int, dest="max_parallel", help="cells at once (at least 1)"
+    )
     run.add_argument(
         "--rerun",
         action="append",

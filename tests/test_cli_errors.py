@@ -56,3 +56,12 @@ def test_a_data_root_that_cannot_be_made_stops_run_before_the_database(study: Pa
     assert main(["run", str(study), "--db", str(db), "--data-root", "/proc/nanostudy-test"]) == 2
     _one_error_line(capsys, "run", "--data-root /proc/nanostudy-test")
     assert not db.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_max_parallel_below_one_is_refused_before_anything_runs(study: Path, tmp_path: Path, capsys, value):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(study), "--max-parallel", value, "--data-root", str(tmp_path / "data")])
+    assert exited.value.code == 2
+    assert "--max-parallel" in capsys.readouterr().err
+    assert not (tmp_path / "nanostudy.db").exists() and not (tmp_path / "data").exists()
