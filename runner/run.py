@@ -564,9 +564,9 @@ class StudyLoop:
 
 
 def label(status: CellStatus) -> str:
-    """'cell 3f2a9c1b0d4e (d4 1e+15 FLOPs seed 0)': how the log names a cell."""
+    """'cell 3f2a9c1b0d4e (d4 7.5e+15 FLOPs seed 0)': how the log names a cell (budgets to 3 digits)."""
     mode = " mid" if status.mode is CellMode.MID_TRAINING else ""
-    return f"cell {status.id} (d{status.depth} {status.flops_budget:.0e} FLOPs seed {status.seed}{mode})"
+    return f"cell {status.id} (d{status.depth} {status.flops_budget:.3g} FLOPs seed {status.seed}{mode})"
 
 
 def newest_checkpoint_step(run_dir: Path) -> int | None:

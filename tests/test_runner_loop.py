@@ -30,7 +30,7 @@ from nanogpt.events import read_events
 from runner import api
 from runner.gpus import GpuPool
 from runner.lock import StudyLock, StudyLockedError, lock_path
-from runner.run import LoopOptions, newest_checkpoint_step
+from runner.run import LoopOptions, label, newest_checkpoint_step
 from store import AttemptOutcome, CellState, attempts_of, cell_statuses, checkpoints_of, get_cell, train_curve
 
 
@@ -429,3 +429,9 @@ def test_with_overlap_startup_a_gpus_next_cell_sets_up_while_the_current_one_tra
         mine = [row for row in rows if row["gpus"] == [gpu]]
         wall = max(row["ended_at"] for row in mine) - min(row["started_at"] for row in mine)
         assert sum(row["train_s"] + row["overhead_s"] for row in mine) == pytest.approx(wall)
+
+
+def test_the_log_names_a_budget_with_its_significant_digits(study):
+    _cells(study, [{"id": "odd", "flops": 7.5e10}])
+    [status] = cell_statuses(study.store, study.id)
+    assert "7.5e+10 FLOPs" in label(status)  # one digit would show 8e+10
