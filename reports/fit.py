@@ -116,6 +116,8 @@ def fit_points(
             )
         if isoflop.n_opt is None:
             problems.append("power laws over budgets need minima at 2 or more budgets")
+        elif isoflop.loss_opt is None:
+            problems.append("L*(C) = E + k·C^e (three parameters) needs minima at 3 or more budgets")
     with Workers() as workers:
         parametric = _try_parametric(points, n_boot, seed, workers, problems, what="parametric fit")
         args = (points, isoflop, metric, n_boot, seed, workers, problems)
@@ -156,7 +158,7 @@ def _try_parametric(points, n_boot, seed, workers, problems, *, what) -> Paramet
 
 def _prediction(points, isoflop, metric, n_boot, seed, workers, problems) -> PredictionCheck | None:
     """Refit without the largest budget and predict its best loss (the parametric law, else the isoflop
-    L*(C) power law); measured is that budget's parabola minimum when interior, else its lowest loss."""
+    L*(C) = E + k·C^e law); measured is that budget's parabola minimum when interior, else its lowest loss."""
     budgets = sorted({p.budget for p in points})
     if len(budgets) < 3:
         problems.append(f"prediction check: needs 3 or more budgets (one held out), got {len(budgets)}")
@@ -188,8 +190,8 @@ def _prediction(points, isoflop, metric, n_boot, seed, workers, problems) -> Pre
         predicted_ci=power_law.band(held_out),
         measured=measured,
         method=(
-            f"isoflop L*(C) power law over the {len(train_isoflop.parabolas)} budgets below {held_out:.3g}, "
-            f"extrapolated; measured: {measured_how}"
+            f"isoflop L*(C) = E + k·C^e over the {len(train_isoflop.parabolas)} budgets below "
+            f"{held_out:.3g}, extrapolated; measured: {measured_how}"
         ),
     )
 

@@ -116,9 +116,11 @@ def format_fits(fits, *, source: str) -> str:
         for label, law in (("N*", iso.n_opt), ("D*", iso.d_opt), ("L*", iso.loss_opt)):
             if law is not None:
                 exponent_ci = _interval(law.exponent_ci, ".4f")
-                lines.append(
-                    f"  {label} = {_num(law.k)}·C^{law.exponent:.4f}, exponent 95% interval {exponent_ci}"
-                )
+                offset = f"{law.offset:.4f} + " if label == "L*" else ""
+                text = f"  {label} = {offset}{_num(law.k)}·C^{law.exponent:.4f}, exponent 95% {exponent_ci}"
+                if label == "L*":
+                    text += f", E 95% {_interval(law.offset_ci, '.4f')}"
+                lines.append(text)
     check = fits.prediction
     if check is not None:
         lines += [

@@ -53,6 +53,10 @@ MIN_POINTS = 3
 OUTLIER_ALPHA = 0.01
 OUTLIER_FRACTION = 0.02
 OUTLIER_GROSS = 0.10
+# L*(C) = E + k·C^e has three parameters: it needs this many budgets' minima, and is profiled over E on a
+# grid of this many values, twice.
+MIN_BUDGETS_WITH_OFFSET = 3
+_OFFSET_GRID = 200
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +87,8 @@ class Parabola:
 
 @dataclass(frozen=True, kw_only=True)
 class PowerLaw:
-    """y = k·C^exponent, fitted in log-log; `boot` holds (ln k, exponent) of each resample.
+    """y = offset + k·C^exponent; `boot` holds (ln k, exponent, offset) of each resample. The offset is 0
+    for N*(C) and D*(C); for L*(C) it is the irreducible loss E, fitted (module docstring).
 
     In logs because a resample may put a budget's minimum absurdly far out (a nearly flat parabola: N* of
     1e88), and its k then overflows a float; y and its band are computed as exp(ln k + exponent·ln C), so
@@ -93,17 +98,19 @@ class PowerLaw:
     exponent: float
     k_ci: Interval
     exponent_ci: Interval
-    boot: np.ndarray = field(repr=False)  # (resamples, 2)
+    boot: np.ndarray = field(repr=False)  # (resamples, 3)
+    offset: float = 0.0
+    offset_ci: Interval = (0.0, 0.0)
 
     def __call__(self, c):
         with np.errstate(over="ignore", divide="ignore"):
-            return np.exp(np.log(self.k) + self.exponent * np.log(c))
+            return self.offset + np.exp(np.log(self.k) + self.exponent * np.log(c))
 
     def band(self, c) -> Interval:
         """95% interval of y at each C over the resamples (arrays in, arrays out)."""
         log_c = np.log(np.asarray(c, dtype=np.float64))[..., None]
         with np.errstate(over="ignore"):
-            return percentile_interval(np.exp(self.boot[:, 0] + self.boot[:, 1] * log_c))
+            return percentile_interval(self.boot[:, 2] + np.exp(self.boot[:, 0] + self.boot[:, 1] * log_c))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,19 +336,66 @@ def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
     }
     laws = {}
     for name, (values, resampled) in series.items():
-        log_k, exponent = _log_log_line(budgets, values)
-        fits = np.array([_log_log_line(budgets, row) for row in resampled]).reshape(-1, 2)
-        fits = fits[~np.isnan(fits).any(axis=1)]  # resamples with fewer than 2 budgets' minima
+        if name == "loss_opt":
+            if len(budgets) < MIN_BUDGETS_WITH_OFFSET:
+                laws[name] = None
+                continue
+            full = _offset_power_law(budgets, values[None, :])[0]
+            fits = _offset_power_law(budgets, resampled)
+        else:
+            full = np.array([*_log_log_line(budgets, values), 0.0])
+            fits = np.array([[*_log_log_line(budgets, row), 0.0] for row in resampled]).reshape(-1, 3)
+        fits = fits[~np.isnan(fits).any(axis=1)]  # resamples with too few budgets' minima
         with np.errstate(over="ignore"):
-            k, k_ci = np.exp(log_k), np.exp(percentile_interval(fits[:, 0]))
+            k, k_ci = np.exp(full[0]), np.exp(percentile_interval(fits[:, 0]))
         laws[name] = PowerLaw(
             k=float(k),
-            exponent=exponent,
+            exponent=float(full[1]),
             k_ci=(float(k_ci[0]), float(k_ci[1])),
             exponent_ci=percentile_interval(fits[:, 1]),
             boot=fits,
+            offset=float(full[2]),
+            offset_ci=percentile_interval(fits[:, 2]),
         )
     return laws
+
+
+def _offset_power_law(c: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(ln k, exponent, E) of y = E + k·C^exponent for each row of y (R, budgets), least squares in y over
+    its finite values, 0 ≤ E < the row's smallest y; NaN for a row with fewer than 3 finite values.
+
+    Profiled over E: for each E on a grid (twice, the second finer around the first's best), ln k and the
+    exponent are the least-squares line of ln(y − E) against ln C, and the E with the smallest squared
+    error in y is kept."""
+    ok = np.isfinite(y) & (y > 0)
+    ceiling = np.where(ok, y, np.inf).min(axis=1)  # (R,)
+    log_c = np.log(c)
+    low, high = np.zeros(len(y)), np.where(ok.sum(axis=1) >= MIN_BUDGETS_WITH_OFFSET, ceiling, np.nan)
+    for _ in range(2):
+        fractions = np.linspace(0.0, 1.0, _OFFSET_GRID + 2)[1:-1]
+        offsets = low[:, None] + (high - low)[:, None] * fractions  # (R, G), strictly inside (low, high)
+        offsets[:, 0] = np.where(low == 0, 0.0, offsets[:, 0])  # E = 0, a pure power law, is a candidate
+        weights = ok[:, None, :].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_y = np.log(np.where(ok[:, None, :], y[:, None, :] - offsets[..., None], 1.0))
+        count = weights.sum(axis=2)
+        mean_c = (weights * log_c).sum(axis=2) / count
+        mean_y = (weights * log_y).sum(axis=2) / count
+        slope = (weights * (log_c - mean_c[..., None]) * (log_y - mean_y[..., None])).sum(axis=2) / (
+            weights * (log_c - mean_c[..., None]) ** 2
+        ).sum(axis=2)
+        intercept = mean_y - slope * mean_c
+        with np.errstate(over="ignore", invalid="ignore"):
+            fitted = offsets[..., None] + np.exp(intercept[..., None] + slope[..., None] * log_c)
+            error = np.where(ok[:, None, :], (y[:, None, :] - fitted) ** 2, 0.0).sum(axis=2)
+        best = np.argmin(np.where(np.isfinite(error), error, np.inf), axis=1)
+        rows = np.arange(len(y))
+        step = (high - low) / (_OFFSET_GRID + 1)
+        chosen = offsets[rows, best]
+        low, high = np.maximum(chosen - step, 0.0), np.minimum(chosen + step, ceiling * (1 - 1e-9))
+    out = np.stack([intercept[rows, best], slope[rows, best], chosen], axis=1)
+    out[np.isnan(high)] = np.nan
+    return out
 
 
 def _log_log_line(c: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -211,12 +211,18 @@ def _laws_table(fits: Any, label: str) -> str:
     rows = []
     iso = fits.isoflop
     if iso is not None:
-        for name, law in (("N*(C)", iso.n_opt), ("D*(C)", iso.d_opt), ("L*(C)", iso.loss_opt)):
+        for name, law in (("N*(C)", iso.n_opt), ("D*(C)", iso.d_opt)):
             if law is not None:
                 rows.append(
                     (f"{name} = k·C^e (isoflop)", f"e = {law.exponent:.3f}", _ci(law.exponent_ci, ".3f"),
                      f"k = {law.k:.3g}", _ci(law.k_ci, ".3g"))
                 )  # fmt: skip
+        if iso.loss_opt is not None:
+            law = iso.loss_opt
+            rows.append(
+                ("L*(C) = E + k·C^e (isoflop)", f"e = {law.exponent:.3f}", _ci(law.exponent_ci, ".3f"),
+                 f"E = {law.offset:.4g}", _ci(law.offset_ci, ".4g"))
+            )  # fmt: skip
     par = fits.parametric
     if par is not None:
         for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
@@ -353,7 +359,8 @@ def _optimum_section(fits: Any, label: str) -> Section:
 def _law_text(law: Any) -> str:
     interval = _ci(law.exponent_ci, ".3f")
     bounded = f"95% interval {interval}" if interval != "-" else "no interval (too few resampled minima)"
-    return f"fit: {law.k:.3g} · C^{law.exponent:.3f}, exponent {bounded}"
+    offset = f"{law.offset:.4g} + " if law.offset else ""
+    return f"fit: {offset}{law.k:.3g} · C^{law.exponent:.3f}, exponent {bounded}"
 
 
 def _parametric_section(fits: Any, label: str) -> Section:

@@ -112,3 +112,32 @@ def test_a_diverged_cell_is_still_an_outlier(budgets) -> None:
             fit = fit_isoflop(bad, n_boot=0)
             name = points[index].cell_id
             assert any(p.outlier == name for p in fit.parabolas) or any(name in s for s in fit.skipped)
+
+
+# -------------------------------------------------------------------------- L*(C) and its extrapolation
+
+
+def test_loss_law_keeps_the_irreducible_loss() -> None:
+    # Noise-free cells: a pure power law through the minima predicted 1.6269 [1.6263, 1.6274] at C=1e23,
+    # below E, against a true best loss of 2.0050.
+    fit = fit_isoflop(grid(), n_boot=100)
+    ns = np.exp(np.linspace(15, 30, 150001))
+    true = float(law(ns, 1e23 / (6 * ns)).min())
+    low, high = fit.loss_opt.band(1e23)
+    assert float(fit.loss_opt(1e23)) == pytest.approx(true, abs=0.002)
+    assert low <= true <= high
+    assert fit.loss_opt.offset == pytest.approx(E, abs=0.01)
+
+
+def test_prediction_fallback_uses_the_loss_law_with_its_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the parametric law the check extrapolates L*(C): on noise-free data it predicted 2.5653 for a
+    # measured 2.5998, "outside" for a perfect fit.
+    monkeypatch.setattr(reports.fit, "fit_parametric", _refuse)
+    check = fit_points(grid(), n_boot=50).prediction
+    assert check.method.startswith("isoflop L*(C) = E + k·C^e")
+    assert check.predicted == pytest.approx(check.measured, abs=0.002)
+    assert check.predicted_ci[0] <= check.measured <= check.predicted_ci[1]
+
+
+def _refuse(*args, **kwargs):
+    raise ValueError("not fitted in this test")
