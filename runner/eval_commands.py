@@ -181,7 +181,11 @@ def eval_study(
     specs, preset_max = resolve(preset)
     cap = preset_max if max_examples is None else max_examples
     out = []
-    for cell in cells_of(store, study.id, states=[CellState.DONE]):
+    done = cells_of(store, study.id, states=[CellState.DONE])
+    if not done:
+        total = len(cells_of(store, study.id))
+        log(f"study {study_name}: no finished cells to evaluate (0 of {total} done); nothing scored")
+    for cell in done:
         checkpoint = final_checkpoint(store, cell.id)
         if checkpoint is None or cell.run_dir is None:
             log(f"cell {cell.id}: done but no final checkpoint in the database; skipped")

@@ -68,8 +68,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _study(tmp_path: Path, eval_lines: str = "", *, mode: str = "pretraining", mid: str = "") -> Path:
+    # The loader checks that local paths match files (relative ones from the current directory).
+    (tmp_path / "corpus").mkdir(exist_ok=True)
+    (tmp_path / "corpus" / "a.txt").write_text("text")
+    (tmp_path / "chats.jsonl").write_text("")
+    text = STUDY.format(mode=mode, eval=eval_lines) + mid
+    text = text.replace("'corpus/*.txt'", f"'{tmp_path}/corpus/*.txt'").replace(
+        "'chats.jsonl'", f"'{tmp_path}/chats.jsonl'"
+    )
     path = tmp_path / "g.yaml"
-    path.write_text(STUDY.format(mode=mode, eval=eval_lines) + mid)
+    path.write_text(text)
     return path
 
 
@@ -234,6 +242,17 @@ def test_nanostudy_eval_of_a_study_scores_every_done_cells_final_checkpoint(fini
     with open_store(db, create=False) as store:
         tasks = {r.task for r in evals_of(store, cell_id="c1")}
     assert "winograd" in tasks
+
+
+def test_nanostudy_eval_of_a_study_with_no_done_cell_says_so(tmp_path, capsys):
+    store = open_store(tmp_path / "nanostudy.db")
+    study = upsert_study(store, name="early", path=str(tmp_path / "early.yaml"), spec={})
+    add_cells(store, study.id, [_cell("p1", tiny_config(tmp_path), tmp_path / "runs" / "p1")])
+    store.close()
+    bundle = write_bundle(tmp_path / "bundle", TINY_TASKS)
+    args = ["eval", "early", "--db", str(tmp_path / "nanostudy.db"), "--eval-bundle", str(bundle)]
+    assert main([*args, "--tasks", "winograd"]) == 0
+    assert "study early: no finished cells to evaluate (0 of 1 done)" in capsys.readouterr().out
 
 
 def test_nanostudy_eval_refuses_bad_input_in_one_line(finished, tmp_path, capsys):
