@@ -237,7 +237,7 @@ def optimum_chart(
 def parametric_chart(fit: Any, points: Sequence[Any], *, metric_label: str) -> alt.LayerChart:
     """Contours of the fitted L(N, D) = E + A/N^α + B/D^β over the (N, D) plane (log-log), the cells on top
     coloured by their measured loss on the same scale, and the efficient frontier (the N and D that minimise
-    L at each compute C = 6·N·D)."""
+    L at each compute C, spent at the cells' FLOPs per token: `ParametricFit.optimal`)."""
     ns, ds = [p.n for p in points], [p.d for p in points]
     n_low, n_high = min(ns) / 3, max(ns) * 3
     d_low, d_high = min(ds) / 3, max(ds) * 3
@@ -302,7 +302,7 @@ def parametric_chart(fit: Any, points: Sequence[Any], *, metric_label: str) -> a
         height=HEIGHT,
         title=alt.TitleParams(
             "Parametric fit: contours of L(N, D), the cells, the efficient frontier",
-            subtitle="dashed black: the compute-optimal N and D for each budget (C = 6·N·D)",
+            subtitle="dashed black: the compute-optimal N and D for each budget (C = FLOPs per token × D)",
         ),
     )
 

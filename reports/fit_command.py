@@ -80,7 +80,8 @@ def format_fits(fits, *, source: str) -> str:
         rows += [(name, _num(getattr(par, name)), _interval(par.ci[name], ".4g")) for name in _PARAMS]
         lines += _table(rows)
         budgets = sorted({p.budget for p in fits.points})
-        rows = [("C (= 6·N·D)", "N_opt", "95% interval", "D_opt", "95% interval", "D/N")]
+        factor, extra = par.flops_per_token
+        rows = [("C (FLOPs)", "N_opt", "95% interval", "D_opt", "95% interval", "D/N")]
         for c in (budgets[-1], budgets[-1] * 10, budgets[-1] * 100):
             n_opt, d_opt = par.optimal(c)
             ci = par.optimal_ci(c)
@@ -94,7 +95,12 @@ def format_fits(fits, *, source: str) -> str:
                     f"{d_opt / n_opt:.1f}",
                 )
             )
-        lines += ["", "compute-optimal allocation of the parametric law:", *_table(rows)]
+        spent = "C = 6·N·D" if (factor, extra) == (6.0, 0.0) else f"D = C / ({factor:.4g}·N^{1 + extra:.4f})"
+        lines += [
+            "",
+            f"compute-optimal allocation of the parametric law ({spent}, the points' FLOPs per token):",
+            *_table(rows),
+        ]
     iso = fits.isoflop
     if iso is not None and iso.parabolas:
         rows = [("budget", "points", "N*", "95% interval", "D*", "95% interval", "L*", "95% interval", "")]

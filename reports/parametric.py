@@ -15,8 +15,12 @@ refitted from a few starts rather than 4,500: the full fit's best and every othe
 objective is at most `_RIVAL_FACTOR` (2) times the best's, a basin a resample might prefer. The 95%
 intervals are the 2.5th and 97.5th percentiles over the resamples.
 
-Compute-optimal allocation under C = 6·N·D (Hoffmann et al., eq. 4):
-    N_opt(C) = G·(C/6)^a,  D_opt(C) = G⁻¹·(C/6)^b,  G = (αA / (βB))^(1/(α+β)),  a = β/(α+β),  b = α/(α+β).
+Compute-optimal allocation at a FLOP budget C, with the cells' own FLOPs per token κ·N^(1+s)
+(`reports.points.flops_per_token_law`; attention counts, so C/(6·N·D) is 1.1-1.2 for small models), so
+D = C / (κ·N^(1+s)); minimizing A/N^α + B/D^β along it:
+    N_opt(C) = (αA / (β(1+s)·B·κ^β))^(1/(α+β(1+s))) · C^(β/(α+β(1+s))),   D_opt = C / (κ·N_opt^(1+s)).
+With κ = 6, s = 0 (C = 6·N·D) this is Hoffmann et al.'s eq. 4: N_opt = G·(C/6)^a, D_opt = G⁻¹·(C/6)^b,
+G = (αA / (βB))^(1/(α+β)), a = β/(α+β), b = α/(α+β).
 """
 
 import itertools
@@ -31,7 +35,7 @@ from scipy.optimize import minimize
 from reports.huber import HuberObjective
 from reports.intervals import Interval, percentile_interval
 from reports.lbfgs import BatchResult, Workers, minimize_chunk
-from reports.points import Point
+from reports.points import Point, flops_per_token_law
 
 # Hoffmann et al. (2022), appendix D.2; Besiroglu et al. (2024) use the same grid.
 GRID_ALPHA = GRID_BETA = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -74,6 +78,8 @@ class ParametricFit:
     objective: float  # the Huber loss at the optimum
     num_starts: int  # starting points of the full fit
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of "fit" and "bootstrap"
+    # (κ, s): FLOPs per token = κ·N^(1+s), from the points; the allocation spends C on it
+    flops_per_token: tuple[float, float] = (6.0, 0.0)
 
     @property
     def a(self) -> float:
@@ -94,13 +100,15 @@ class ParametricFit:
         return percentile_interval(_loss(self.boot.T, np.asarray(n)[..., None], np.asarray(d)[..., None]))
 
     def optimal(self, c):
-        """(N_opt, D_opt) minimizing L̂ under C = 6·N·D (floats for a scalar C, else arrays)."""
-        n_opt, d_opt = _optimal(np.array([self.E, self.A, self.B, self.alpha, self.beta]), c)
+        """(N_opt, D_opt) minimizing L̂ at C FLOPs, D = C / FLOPs per token at N (floats for a scalar C, else
+        arrays)."""
+        params = np.array([self.E, self.A, self.B, self.alpha, self.beta])
+        n_opt, d_opt = _optimal(params, c, self.flops_per_token)
         return (float(n_opt), float(d_opt)) if np.ndim(n_opt) == 0 else (n_opt, d_opt)
 
     def optimal_ci(self, c) -> dict[str, Interval]:
         """95% intervals of N_opt, D_opt and D_opt / N_opt at C over the resamples."""
-        n_opt, d_opt = _optimal(self.boot.T, np.asarray(c, dtype=np.float64)[..., None])
+        n_opt, d_opt = _optimal(self.boot.T, np.asarray(c, dtype=np.float64)[..., None], self.flops_per_token)
         return {
             "n": percentile_interval(n_opt),
             "d": percentile_interval(d_opt),
@@ -173,6 +181,7 @@ def fit_parametric(
         objective=best_f,
         num_starts=len(grid),
         seconds=seconds,
+        flops_per_token=flops_per_token_law(points),
     )
 
 
@@ -265,10 +274,12 @@ def _loss(params, n, d):
     return e + a / np.power(n, alpha) + b / np.power(d, beta)
 
 
-def _optimal(params, c):
+def _optimal(params, c, flops_per_token=(6.0, 0.0)):
     _, a, b, alpha, beta = params
+    factor, extra = flops_per_token
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        g = np.power(alpha * a / (beta * b), 1.0 / (alpha + beta))
-        n_opt = g * np.power(np.asarray(c) / 6.0, beta / (alpha + beta))
-        d_opt = np.power(np.asarray(c) / 6.0, alpha / (alpha + beta)) / g
+        power = alpha + beta * (1.0 + extra)
+        g = np.power(alpha * a / (beta * (1.0 + extra) * b * factor**beta), 1.0 / power)
+        n_opt = g * np.power(np.asarray(c), beta / power)
+        d_opt = np.asarray(c) / (factor * np.power(n_opt, 1.0 + extra))
     return n_opt, d_opt

@@ -40,16 +40,21 @@ class Point:
 
 
 def flops_per_token_model(points: Sequence[Point]) -> Callable[[np.ndarray], np.ndarray]:
-    """FLOPs per token as a function of N, following the points' own C / D: a line of ln(C / D / N) in
-    ln N fitted over the points (exactly 6·N for points with C = 6·N·D; attention FLOPs make small models
-    cost more per parameter, which the line captures)."""
+    """FLOPs per token as a function of N, following the points' own C / D (see `flops_per_token_law`)."""
+    factor, extra = flops_per_token_law(points)
+    return lambda n: factor * np.power(np.asarray(n), 1.0 + extra)
+
+
+def flops_per_token_law(points: Sequence[Point]) -> tuple[float, float]:
+    """(κ, s) of FLOPs per token = κ·N^(1 + s): a line of ln(C / D / N) in ln N fitted over the points
+    (exactly (6, 0) for points with C = 6·N·D; attention FLOPs make small models cost more per parameter,
+    which s < 0 captures)."""
     log_n = np.log([p.n for p in points])
     log_ratio = np.log([p.flops_per_token / p.n for p in points])
     if len(np.unique(log_n)) < 2:
-        slope, intercept = 0.0, float(log_ratio.mean())
-    else:
-        slope, intercept = (float(v) for v in np.polyfit(log_n, log_ratio, 1))
-    return lambda n: np.asarray(n) * np.exp(intercept + slope * np.log(n))
+        return math.exp(float(log_ratio.mean())), 0.0
+    slope, intercept = (float(v) for v in np.polyfit(log_n, log_ratio, 1))
+    return math.exp(intercept), slope
 
 
 def check_metric(metric: str) -> str:

@@ -141,3 +141,16 @@ def test_prediction_fallback_uses_the_loss_law_with_its_floor(monkeypatch: pytes
 
 def _refuse(*args, **kwargs):
     raise ValueError("not fitted in this test")
+
+
+# -------------------------------------------------------------------------- FLOPs per token beyond 6·N
+
+
+def test_parametric_allocation_spends_the_budget_at_the_cells_flops_per_token() -> None:
+    # Cells that spend 7·N FLOPs per token (attention): taking C as 6·N·D put the optimum at C=1e23 7% too
+    # high in N and 9% in D, a model costing 1.167×C.
+    fit = fit_points(grid(flops_per_param=7.0), n_boot=0).parametric
+    assert fit.flops_per_token == pytest.approx((7.0, 0.0), abs=1e-9)
+    n_opt, d_opt = fit.optimal(1e23)
+    assert n_opt == pytest.approx(true_optimum(1e23, 7.0), rel=1e-3)
+    assert 7.0 * n_opt * d_opt == pytest.approx(1e23, rel=1e-9)
