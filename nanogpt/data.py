@@ -68,9 +68,11 @@ class TokenLoader:
         self.seed = seed
         self.shuffle = split == "train"
 
+        self.vocab_size = self.manifest.tokenizer.vocab_size
+        self._paths = list(self.manifest.shard_paths(split))
         self._tokens: list[np.ndarray] = []
         self._masks: list[np.ndarray | None] = []
-        for info, path in zip(self.manifest.shards(split), self.manifest.shard_paths(split), strict=True):
+        for info, path in zip(self.manifest.shards(split), self._paths, strict=True):
             check_shard_header(path, read_header(path), self.manifest, expected_tokens=info.num_tokens)
             tokens, mask = open_shard(path)
             self._tokens.append(tokens)
@@ -152,6 +154,10 @@ class TokenLoader:
         T = self.seq_len
         reads = [self._read(int(i) * T, T + 1) for i in sequences]
         tokens = np.stack([r[0] for r in reads])  # (B, T + 1)
+        # One max over the batch on the host: an id past the vocabulary (a damaged shard with a valid
+        # header) would index past the embedding (an IndexError) or a padded row (an infinite loss).
+        if tokens.max() >= self.vocab_size:
+            raise self._out_of_vocabulary(sequences, tokens)
         x = torch.from_numpy(tokens[:, :-1].copy())
         targets = tokens[:, 1:].copy()
         if reads[0][1] is not None:
@@ -161,6 +167,18 @@ class TokenLoader:
         if self._pin:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _out_of_vocabulary(self, sequences: np.ndarray, tokens: np.ndarray) -> ShardError:
+        """The error for the first token of this batch past the vocabulary, naming its shard."""
+        row, column = (int(i[0]) for i in np.nonzero(tokens >= self.vocab_size))
+        start = int(sequences[row]) * self.seq_len + column  # its offset in the split's stream
+        shard = int(np.searchsorted(self._starts, start, side="right")) - 1
+        offset = start - int(self._starts[shard])
+        return ShardError(
+            f"{self._paths[shard]}: token id {int(tokens[row, column])} at token {offset:,} "
+            f"is outside the vocabulary of {self.vocab_size} ({self.manifest.tokenizer.name}); the shard is "
+            "damaged: prepare the data again"
+        )
 
     def reset(self) -> None:
         """Back to the start of epoch 0 (the validation loop calls this before every evaluation)."""

@@ -15,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from trainer_fixtures import byte_tokenizer, make_data_dir, tiny_config, write_run
 
 from nanogpt import checkpoint as ckpt
+from nanogpt import shards
 from nanogpt import train as train_module
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
@@ -283,6 +285,23 @@ def test_non_finite_weights_or_validation_end_the_run_as_diverged_without_a_chec
         assert end["kind"] == "end" and end["status"] == "diverged" and end["message"] == message, end
         assert ckpt.list_checkpoints(run_dir) == [], name
         assert not any(e["kind"] == "checkpoint" for e in events), name
+
+
+@pytest.mark.parametrize("token_id", [300, 60_000])  # inside the padded vocabulary (320), and past it
+def test_a_token_id_outside_the_vocabulary_is_one_line_naming_the_shard(tmp_path, token_id, capsys):
+    """A shard with a valid header whose tokens were damaged: every 16th token of the training split."""
+    data = make_data_dir(tmp_path / "data")
+    shard = data / "train_000000.bin"
+    tokens = np.memmap(shard, dtype="<u2", mode="r+", offset=shards.HEADER_BYTES)
+    tokens[::16] = token_id
+    tokens.flush()
+    del tokens
+    capsys.readouterr()
+    assert run(write_run(tmp_path / "run", tiny_config(data))) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {shard}: token id {token_id} at token "), err
+    assert "is outside the vocabulary of 257 (bytes)" in err
+    assert ckpt.list_checkpoints(tmp_path / "run") == []
 
 
 def test_an_exception_mid_run_ends_it_with_an_error_event_and_exit_1(tmp_path, data_dir, monkeypatch, capsys):
