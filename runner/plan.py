@@ -410,6 +410,8 @@ class _Planner:
         # RunConfig needs init_from for mid-training; the horizon does not depend on it.
         placeholder = "-" if mode == "mid-training" and not config["init_from"] else config["init_from"]
         checked = RunConfig.from_dict({**config, "init_from": placeholder})
+        if mode == "pretraining" and not self._budget_fits(checked, numbers, model, axes):
+            return None
         num_steps = num_steps_for(checked, numbers.flops_per_token)
         num_tokens = num_steps * checked.train.total_batch_tokens
         flops = float(numbers.flops_per_token) * num_tokens
@@ -435,6 +437,34 @@ class _Planner:
             eta_s=eta_s,
             eta_measured=measured,
         )
+
+    def _budget_fits(
+        self, checked: RunConfig, numbers: "_ModelNumbers", model: Mapping[str, Any], axes: Mapping[str, Any]
+    ) -> bool:
+        """A FLOP budget below one optimizer step would be rounded up to a whole step (the trainer trains at
+        least one): that cell's C would not be its budget, so it is a problem at the budget's line."""
+        train = checked.train
+        if train.num_steps is not None or train.target_tokens is not None or train.target_flops is None:
+            return True
+        one_step_flops = float(numbers.flops_per_token) * train.total_batch_tokens
+        if train.target_flops >= one_step_flops:
+            return True
+        grid = self.study.grid
+        budget = axes.get("flops")
+        key = (
+            f"grid.flops[{grid.flops.index(budget)}]"
+            if budget in grid.flops and not grid.depth_by_flops
+            else "grid.flops"
+        )
+        self.problems.append(
+            self.study.problem(
+                key,
+                f"budget {train.target_flops:.3g} FLOPs is less than one optimizer step at depth "
+                f"{model['depth']} ({train.total_batch_tokens:,} tokens × {numbers.flops_per_token:,} FLOPs "
+                "per token); the smallest budget for this depth is {one_step_flops:.3g} FLOPs",
+            )
+        )
+        return False
 
     def _gpus(
         self, model: Mapping[str, Any], numbers: _ModelNumbers, total_batch_tokens: int, ident: str

@@ -12,7 +12,7 @@ from nanogpt.model import GPT, GPTConfig
 from runner.cli import main
 from runner.data.prepare import PrepareConfig, find_prepared, prepare
 from runner.plan import Throughput, cell_id, plan
-from runner.study import parse
+from runner.study import StudyError, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 MID = "mid_training:\n  data: {source: {name: local, paths: x.jsonl, format: chat}}\n  steps: 7\n"
@@ -159,3 +159,15 @@ def test_plan_command_reports_an_invalid_study_and_exits_2(tmp_path, capsys):
     path.write_text(GOOD.replace("[1, 2]", "[0, 2]"))
     assert main(["plan", str(path)]) == 2
     assert capsys.readouterr().err.startswith(f"{path}:7: grid.depth[0]: must be positive, got 0")
+
+
+def test_a_budget_below_one_optimizer_step_is_a_problem_at_its_line():
+    text = GOOD.replace("flops: [1e9, 3e9]", "flops: [1e3, 3e9]")
+    with pytest.raises(StudyError) as caught:
+        plan(parse(text, path="s.yaml"))
+    problems = caught.value.problems
+    assert len(problems) == 2  # depths 1 and 2
+    assert problems[0].startswith(
+        "s.yaml:8: grid.flops[0]: budget 1e+03 FLOPs is less than one optimizer step"
+    )
+    assert "the smallest budget for this depth is" in problems[0]
