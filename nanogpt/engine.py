@@ -249,6 +249,9 @@ def _cache_shape(model: GPT, *, batch_size: int, max_len: int, dtype: torch.dtyp
     )
 
 
+GREEDY_BELOW_TEMPERATURE = 1e-6
+
+
 def sample_next_token(
     logits: torch.Tensor,
     *,
@@ -259,8 +262,10 @@ def sample_next_token(
 ) -> torch.Tensor:
     """One token id per row from logits (B, V): argmax when temperature is 0, else a sample from
     softmax(logits / temperature) restricted to the top_k most likely tokens and then to the smallest
-    set whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019)."""
-    if temperature == 0:
+    set whose probability reaches top_p (nucleus sampling, Holtzman et al. 2019). A temperature below
+    GREEDY_BELOW_TEMPERATURE is taken as 0: dividing float32 logits by it could overflow to inf (NaN
+    probabilities), and its distribution is the argmax's anyway."""
+    if temperature < GREEDY_BELOW_TEMPERATURE:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
@@ -269,8 +274,10 @@ def sample_next_token(
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token once the more likely ones already hold top_p; the most likely is always kept.
+        # Drop a token once the more likely ones already hold top_p; the most likely is always kept (a
+        # top_p below float32's smallest number rounds to 0, which the first token's 0 would reach).
         drop = torch.cumsum(probs, dim=-1) - probs >= top_p
+        drop[:, 0] = False
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -108,6 +108,20 @@ def test_sample_next_token_is_argmax_at_temperature_zero_and_with_top_k_one():
     assert torch.equal(sample_next_token(logits, temperature=1.0, top_k=1), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45, 1e-7])
+def test_a_tiny_temperature_is_greedy(temperature):
+    logits = torch.randn(5, VOCAB, generator=torch.Generator().manual_seed(0)) * 20
+    got = sample_next_token(logits, temperature=temperature, top_p=0.9, generator=torch.Generator())
+    assert torch.equal(got, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-9])
+def test_a_tiny_top_p_keeps_the_most_likely_token(top_p):
+    logits = torch.randn(5, VOCAB, generator=torch.Generator().manual_seed(0))
+    got = sample_next_token(logits, temperature=1.0, top_p=top_p, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, logits.argmax(-1))
+
+
 def test_top_k_and_top_p_restrict_the_support():
     probs = torch.tensor([0.05, 0.5, 0.15, 0.3])
     logits = probs.log().expand(4000, 4)
