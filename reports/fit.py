@@ -99,8 +99,8 @@ def fit_points(
 ) -> StudyFits:
     """Both approaches and the prediction check on the points; what cannot be fitted is in `problems`."""
     check_metric(metric)
-    points = list(points)
     problems: list[str] = []
+    points = _finite_points(points, problems)
     isoflop = None
     if points:
         isoflop = _guarded(
@@ -133,6 +133,20 @@ def fit_points(
         prediction=prediction,
         problems=problems,
     )
+
+
+def _finite_points(points: Sequence[Point], problems: list[str]) -> list[Point]:
+    """The points whose loss, N, D and C are finite and positive; one problem line names the others."""
+    kept, bad = [], []
+    for point in points:
+        values = (point.loss, point.n, point.d, point.c)
+        (kept if all(0 < value < np.inf for value in values) else bad).append(point)
+    if bad:
+        shown = ", ".join(f"{p.cell_id or f'N={p.n:.3g}'} (loss {p.loss})" for p in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        what = "point(s) with a non-finite or non-positive value left out"
+        problems.append(f"{len(bad)} {what}: {shown}{more}")
+    return kept
 
 
 def _guarded(problems: list[str], what: str, fit, *args, **kwargs):

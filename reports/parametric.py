@@ -150,6 +150,11 @@ def fit_parametric(
         started = time.perf_counter()
         found = _minimize(objective, objective.to_centred(grid), pool, **_GRID_TOLERANCES)
         candidates = _distinct_minima(found)
+        if len(candidates) == 0:
+            raise ValueError(
+                f"none of the {len(grid):,} starts reached a finite objective (a loss that is not finite "
+                "and positive?)"
+            )
         polished = _minimize(objective, candidates, pool, **_TIGHT_TOLERANCES)
         best = _polish(objective, polished.x[int(np.argmin(polished.f))])
         best_f = _value(objective, best)

@@ -79,7 +79,7 @@ def store_points(store: Store, study_name: str, *, metric: str = "bpb") -> tuple
         if cell.state is not CellState.DONE or cell.mode is not CellMode.PRETRAINING:
             continue
         value = getattr(cell, column)
-        if value is None or not value > 0 or cell.num_tokens <= 0 or cell.flops <= 0:
+        if value is None or not 0 < value < math.inf or cell.num_tokens <= 0 or cell.flops <= 0:
             missing.append(cell.id)
             continue
         points.append(
@@ -96,7 +96,9 @@ def store_points(store: Store, study_name: str, *, metric: str = "bpb") -> tuple
     problems = []
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        problems.append(f"{len(missing)} done cell(s) have no final {column} and are left out: {shown}")
+        problems.append(
+            f"{len(missing)} done cell(s) have no finite positive final {column} and are left out: {shown}"
+        )
     return points, problems
 
 

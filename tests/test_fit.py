@@ -524,7 +524,9 @@ def test_fit_study_reads_done_pretraining_cells(tmp_path: Path) -> None:
 
         fits = fit_study(store, "iso", n_boot=30)
         assert fits.study == "iso" and fits.metric == "bpb" and len(fits.points) == 12
-        assert fits.problems[0] == "1 done cell(s) have no final val_bpb and are left out: b1e+16-d6"
+        assert fits.problems[0] == (
+            "1 done cell(s) have no finite positive final val_bpb and are left out: b1e+16-d6"
+        )
         assert [p.budget for p in fits.isoflop.parabolas] == budgets
         assert fits.parametric is not None and fits.parametric.n_points == 12
         with pytest.raises(ValueError, match="study 'nope' is not in the database"):

@@ -154,3 +154,20 @@ def test_parametric_allocation_spends_the_budget_at_the_cells_flops_per_token() 
     n_opt, d_opt = fit.optimal(1e23)
     assert n_opt == pytest.approx(true_optimum(1e23, 7.0), rel=1e-3)
     assert 7.0 * n_opt * d_opt == pytest.approx(1e23, rel=1e-9)
+
+
+# -------------------------------------------------------------------------- non-finite losses
+
+
+@pytest.mark.parametrize("bad_loss", [math.nan, math.inf])
+def test_a_non_finite_loss_is_left_out_by_name(bad_loss: float) -> None:
+    # Once: "the loss is not convex in ln N (c2 = nan)", "parametric fit: not enough values to unpack", and
+    # the prediction check silently on its fallback.
+    points = grid()
+    points[3] = replace(points[3], loss=bad_loss)
+    fits = fit_points(points, n_boot=10)
+    assert fits.problems[0] == (
+        f"1 point(s) with a non-finite or non-positive value left out: {points[3].cell_id} (loss {bad_loss})"
+    )
+    assert len(fits.problems) == 1 and len(fits.points) == len(points) - 1
+    assert fits.parametric is not None and fits.prediction.method.startswith("parametric fit")
