@@ -154,9 +154,9 @@ def _num(value: float) -> str:
 
 def _interval(interval, fmt: str = ".3g") -> str:
     low, high = interval
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if math.isnan(low) or math.isnan(high):
         return "[n/a]"
-    return f"[{low:{fmt}}, {high:{fmt}}]"
+    return f"[{low:{fmt}}, {high:{fmt}}]"  # an unbounded end shows as inf or -inf
 
 
 def _finite(value):

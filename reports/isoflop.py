@@ -379,12 +379,14 @@ def _offset_power_law(c: np.ndarray, y: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             log_y = np.log(np.where(ok[:, None, :], y[:, None, :] - offsets[..., None], 1.0))
         count = weights.sum(axis=2)
-        mean_c = (weights * log_c).sum(axis=2) / count
-        mean_y = (weights * log_y).sum(axis=2) / count
-        slope = (weights * (log_c - mean_c[..., None]) * (log_y - mean_y[..., None])).sum(axis=2) / (
-            weights * (log_c - mean_c[..., None]) ** 2
-        ).sum(axis=2)
-        intercept = mean_y - slope * mean_c
+        # A resample with fewer than two usable budgets divides by zero here: NaN, its error never chosen.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_c = (weights * log_c).sum(axis=2) / count
+            mean_y = (weights * log_y).sum(axis=2) / count
+            slope = (weights * (log_c - mean_c[..., None]) * (log_y - mean_y[..., None])).sum(axis=2) / (
+                weights * (log_c - mean_c[..., None]) ** 2
+            ).sum(axis=2)
+            intercept = mean_y - slope * mean_c
         with np.errstate(over="ignore", invalid="ignore"):
             fitted = offsets[..., None] + np.exp(intercept[..., None] + slope[..., None] * log_c)
             error = np.where(ok[:, None, :], (y[:, None, :] - fitted) ** 2, 0.0).sum(axis=2)

@@ -291,7 +291,7 @@ def _prediction(fits: Any) -> str:
         return ""
     low, high = check.predicted_ci
     verdict = ""
-    if math.isfinite(low) and math.isfinite(high):
+    if not (math.isnan(low) or math.isnan(high)):
         verdict = f" ({'inside' if low <= check.measured <= high else 'outside'} the interval)"
     return (
         f"<p>Prediction check ({esc(check.method)}): fitted without the largest budget "
@@ -514,12 +514,17 @@ def _no_points(data: StudyData, fits: Any) -> str:
 
 
 def _ci(interval: Sequence[float] | None, fmt: str) -> str:
-    if interval is None or not all(math.isfinite(value) for value in interval):
-        return "-"  # a bootstrap that could not bound it
+    if interval is None or any(math.isnan(value) for value in interval):
+        return "-"  # no interval (too few points or resamples)
     low, high = interval
-    if fmt == "si":
-        return f"[{si(low)}, {si(high)}]"
-    return f"[{low:{fmt}}, {high:{fmt}}]"
+    return f"[{_end(low, fmt)}, {_end(high, fmt)}]"
+
+
+def _end(value: float, fmt: str) -> str:
+    """An interval's end; an unbounded one (the bootstrap's draws ran off to it) as ∞ or −∞."""
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return si(value) if fmt == "si" else f"{value:{fmt}}"
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -2,6 +2,7 @@
 writes it after `nanostudy run`, and PNG/SVG export. The browser half is tests/test_report_browser.py."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -276,3 +277,18 @@ def test_run_writes_the_report_and_keeps_its_exit_code(tmp_path: Path, monkeypat
     monkeypatch.setattr(runner.run_commands, "_cmd_run", lambda args: 2)  # an invalid study: no report
     assert main(["run", str(study)]) == 2
     assert "report" not in capsys.readouterr().err
+
+
+def test_an_interval_with_an_unbounded_end_is_shown_with_that_end_not_hidden():
+    # A budget whose drawn parabolas sometimes have no minimum: N* down to 0, D* up to infinity, L* down to
+    # minus infinity. Both ends are shown (it used to read "-" in the report and "[n/a]" in `nanostudy fit`);
+    # only a NaN end, no interval at all, is shown as missing.
+    from reports.fit_command import _interval
+    from reports.report import _ci
+
+    assert _ci((0.0, 6.44e6), "si") == "[0, 6.44M]"
+    assert _ci((4.3e7, math.inf), "si") == "[43M, ∞]"
+    assert _ci((-math.inf, 0.8584), ".4f") == "[−∞, 0.8584]"
+    assert _ci((math.nan, 1.0), ".4f") == _ci(None, ".4f") == "-"
+    assert _interval((4.32e7, math.inf)) == "[4.32e+07, inf]"
+    assert _interval((math.nan, 1.0)) == "[n/a]"
