@@ -11,6 +11,7 @@ Exit codes: 0 done, 1 error, 2 bad config or input (nothing written), 3 diverged
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import importlib
 import importlib.metadata
 import math
@@ -558,6 +559,38 @@ def device_info(runtime: Runtime) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------
 # The run
+
+
+RUN_LOCK_NAME = ".trainer.lock"
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """Take the run directory's lock, RUN_DIR/.trainer.lock (fcntl.flock, exclusive), for as long as the
+    returned descriptor stays open: the kernel releases it when the process ends however it ends (kill -9
+    included), so no lock is ever left behind. The holder writes its pid into the file. InputError, naming
+    the directory, when another trainer holds it (two trainers on one run directory would interleave their
+    events and checkpoints) or when the directory cannot be written in."""
+    path = run_dir / RUN_LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise InputError(f"{run_dir}: cannot write in the run directory ({e.strerror}: {path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(
+            f"{run_dir}: another trainer (pid {holder}) is training this run directory; "
+            "wait for it to end, or stop it"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    events = run_dir / EVENTS_NAME
+    if events.exists() and not os.access(events, os.W_OK):
+        os.close(fd)
+        raise InputError(f"{events}: cannot be written (permission denied)")
+    return fd
 
 
 class _StopRequest:
@@ -1416,7 +1449,7 @@ def run(config_path: str | os.PathLike) -> int:
     except ValueError as e:
         _report(str(e))
         return EXIT_BAD_INPUT
-    runtime = None
+    runtime = run_lock = None
     try:
         runtime = init_runtime(config)
         gpu_lock = GpuLock.from_env(runtime.local_rank)
@@ -1428,6 +1461,8 @@ def run(config_path: str | os.PathLike) -> int:
         beside_claim = standby and _any_rank(claimed, runtime)  # standby is agreed: every rank calls, or none
         trainer, error = None, None
         try:
+            if runtime.master:  # first, so that a second trainer on this directory fails before any wait
+                run_lock = lock_run_dir(config_path.parent)
             trainer = Trainer(
                 config,
                 config_path.parent,
@@ -1464,6 +1499,8 @@ def run(config_path: str | os.PathLike) -> int:
     finally:
         if runtime is not None and runtime.distributed and dist.is_initialized():
             dist.destroy_process_group()
+        if run_lock is not None:
+            os.close(run_lock)  # the process's exit would too; run() may be called again in one process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -797,6 +797,59 @@ def start_blocked_trainer(config_path: Path, lock: GpuLock) -> subprocess.Popen:
     return proc
 
 
+def test_a_second_trainer_on_a_run_directory_fails_fast_and_a_killed_one_leaves_no_lock(
+    tmp_path, data_dir, capsys
+):
+    """The first trainer holds the run directory's lock from its set-up on (here it waits for a GPU lock
+    the test holds); a second one exits 2 naming the directory and the holder, writing nothing. Killed
+    with SIGKILL, the first leaves no lock: the next trainer trains."""
+    config_path = write_run(tmp_path / "run", tiny_config(data_dir))
+    gpu = GpuLock(tmp_path / "gpu0.lock")
+    assert gpu.try_acquire()
+    first = start_blocked_trainer(config_path, gpu)
+    try:
+        capsys.readouterr()
+        assert run(config_path) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: {tmp_path / 'run'}: another trainer (pid {first.pid}) is training this run directory; "
+            "wait for it to end, or stop it\n"
+        )
+        assert not (tmp_path / "run" / "events.jsonl").exists()
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert run(config_path) == EXIT_DONE
+    assert [e["kind"] for e in events_of(tmp_path / "run")].count("start") == 1
+
+
+def test_a_run_directory_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path, data_dir, capsys, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    config_path = write_run(run_dir, tiny_config(data_dir))
+    run_dir.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: refuse what a read-only directory would
+        real_open = os.open
+
+        def read_only_open(path, flags, *args, **kwargs):
+            if Path(path).parent == run_dir and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only_open)
+    try:
+        capsys.readouterr()
+        assert run(config_path) == EXIT_BAD_INPUT
+    finally:
+        run_dir.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run_dir}: cannot write in the run directory (Permission denied") and (
+        err.count("\n") == 1
+    ), err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+
+
 @pytest.mark.slow
 def test_a_trainer_on_standby_sets_up_waits_for_the_gpu_lock_then_trains_as_if_alone(
     tmp_path, data_dir, finished_run
