@@ -461,7 +461,7 @@ class _Planner:
                 key,
                 f"budget {train.target_flops:.3g} FLOPs is less than one optimizer step at depth "
                 f"{model['depth']} ({train.total_batch_tokens:,} tokens × {numbers.flops_per_token:,} FLOPs "
-                "per token); the smallest budget for this depth is {one_step_flops:.3g} FLOPs",
+                f"per token); the smallest budget for this depth is {one_step_flops:.3g} FLOPs",
             )
         )
         return False

@@ -42,7 +42,7 @@ data:
   tokenizer: gpt2
 grid:
   depth: [1, 2]
-  flops: [1e9]
+  flops: [3e9]
 model:
   aspect_ratio: 16
   head_dim: 16

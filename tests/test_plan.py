@@ -170,4 +170,4 @@ def test_a_budget_below_one_optimizer_step_is_a_problem_at_its_line():
     assert problems[0].startswith(
         "s.yaml:8: grid.flops[0]: budget 1e+03 FLOPs is less than one optimizer step"
     )
-    assert "the smallest budget for this depth is" in problems[0]
+    assert problems[0].endswith("); the smallest budget for this depth is 1.42e+07 FLOPs"), problems[0]
