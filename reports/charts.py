@@ -34,9 +34,9 @@ NUM_LINE_POINTS = 80
 
 
 def flops_label(flops: float) -> str:
-    """A FLOP budget as the grid names it: 1e15, 3e15, 7.5e10."""
-    mantissa, exponent = f"{flops:.2g}".split("e") if "e" in f"{flops:.2g}" else (f"{flops:.2g}", "0")
-    return f"{mantissa}e{int(exponent)}"
+    """A FLOP budget as the grid names it, to 3 significant digits: 1e15, 3e15, 7.5e10, 1.25e15."""
+    mantissa, _, exponent = f"{flops:.2e}".partition("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def budget_order(budgets: Iterable[float]) -> list[str]:
@@ -59,6 +59,22 @@ def _plain(value: Any) -> Any:
 
 def _finite(*values: Any) -> bool:
     return all(isinstance(v, int | float | np.generic) and np.isfinite(v) for v in values)
+
+
+def _text(value: Any, fmt: str) -> str:
+    """A number as a tooltip shows it, "–" for none (Vega would write null), ∞ for an unbounded end."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if np.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:{fmt}}"
+
+
+def _interval_text(low: Any, high: Any, fmt: str) -> str:
+    """A 95% interval as a tooltip shows it: [low, high], or "–" where there is none (too few points)."""
+    if _text(low, fmt) == "–" or _text(high, fmt) == "–":
+        return "–"
+    return f"[{_text(low, fmt)}, {_text(high, fmt)}]"
 
 
 def _bounded(rows: list[dict[str, Any]], series: str) -> bool:
@@ -108,6 +124,7 @@ def isoflop_chart(points: Sequence[Any], parabolas: Sequence[Any], *, metric_lab
                 "N": parabola.n_opt,
                 "N_low": low,
                 "N_high": high,
+                "N_ci": _interval_text(low, high, ",.0f"),
                 "loss": parabola.loss_opt,
                 "budget": label,
                 "interior": "yes" if parabola.interior else "no: extend the grid",
@@ -146,15 +163,17 @@ def isoflop_chart(points: Sequence[Any], parabolas: Sequence[Any], *, metric_lab
             tooltip=[
                 alt.Tooltip("budget:O", title="budget"),
                 alt.Tooltip("N:Q", format=",.0f", title="N*"),
-                alt.Tooltip("N_low:Q", format=",.0f", title="N* low (95%)"),
-                alt.Tooltip("N_high:Q", format=",.0f", title="N* high (95%)"),
+                alt.Tooltip("N_ci:N", title="N* (95%)"),
                 alt.Tooltip("loss:Q", format=".4f"),
                 "interior:N",
             ]
         )
     )
-    layers = [fits, interval] if any(_finite(row.get("N_low"), row.get("N_high")) for row in rows) else [fits]
-    return alt.layer(*layers, cells, minima).properties(
+    # Only layers with data: an empty one makes Vega warn of an infinite extent.
+    layers = [fits] if parabolas else []
+    layers += [interval] if any(_finite(row.get("N_low"), row.get("N_high")) for row in rows) else []
+    layers += [cells, minima] if parabolas else [cells]
+    return alt.layer(*layers).properties(
         width=WIDTH, height=HEIGHT, title="Isoflop curves: loss against model size at each FLOP budget"
     )
 
@@ -178,7 +197,14 @@ def optimum_chart(
 
     `minima` are (budget C, value, (low, high)); `law` a `PowerLaw` (or None: points only)."""
     rows: list[dict[str, Any]] = [
-        {"series": "isoflop minima", "C": c, "y": value, "low": low, "high": high}
+        {
+            "series": "isoflop minima",
+            "C": c,
+            "y": value,
+            "low": low,
+            "high": high,
+            "ci": _interval_text(low, high, ".4g"),
+        }
         for c, value, (low, high) in minima
     ]
     grid = _log_grid(*c_range)
@@ -217,8 +243,7 @@ def optimum_chart(
             tooltip=[
                 alt.Tooltip("C:Q", format=".2e"),
                 alt.Tooltip("y:Q", format=".4~s", title=y_title),
-                alt.Tooltip("low:Q", format=".4~s", title="low (95%)"),
-                alt.Tooltip("high:Q", format=".4~s", title="high (95%)"),
+                alt.Tooltip("ci:N", title="95% interval"),
             ]
         )
     )
@@ -402,6 +427,7 @@ def throughput_chart(cells: Sequence[CellRow]) -> alt.HConcatChart | alt.Chart:
             "N": cell.num_params,
             "tok_per_s": cell.tok_per_s,
             "mfu": cell.mfu,
+            "MFU": _text(cell.mfu, ".1%"),
             "depth": cell.depth,
             "cell": cell.id,
             "device": cell.device or "?",
@@ -417,7 +443,7 @@ def throughput_chart(cells: Sequence[CellRow]) -> alt.HConcatChart | alt.Chart:
             "depth:O",
             "device:N",
             alt.Tooltip("tok_per_s:Q", format=",.0f"),
-            alt.Tooltip("mfu:Q", format=".1%"),
+            "MFU:N",
         ],
     )
     speed = base.mark_point(filled=True, size=60).encode(

@@ -292,3 +292,53 @@ def test_an_interval_with_an_unbounded_end_is_shown_with_that_end_not_hidden():
     assert _ci((math.nan, 1.0), ".4f") == _ci(None, ".4f") == "-"
     assert _interval((4.32e7, math.inf)) == "[4.32e+07, inf]"
     assert _interval((math.nan, 1.0)) == "[n/a]"
+
+
+def test_chart_tooltips_show_no_null_and_a_chart_without_parabolas_has_no_empty_layers():
+    import dataclasses
+
+    from reports import charts
+    from reports.data import CellRow
+    from reports.points import Point
+
+    def values(chart) -> list[dict]:
+        """Every row of the chart's inline data, wherever in the spec it sits."""
+
+        def walk(node):
+            if isinstance(node, dict):
+                data = node.get("data")
+                yield from data["values"] if isinstance(data, dict) and "values" in data else ()
+                for key, child in node.items():
+                    if key != "data":
+                        yield from walk(child)
+            elif isinstance(node, list):
+                for child in node:
+                    yield from walk(child)
+
+        return list(walk(chart.to_dict()))
+
+    def tooltips(chart) -> list[str]:
+        return re.findall(r"'field': '([^']+)'", str(chart.to_dict()).split("'tooltip'", 1)[-1])
+
+    # Throughput on the CPU: no MFU, which a tooltip showed as "mfu null".
+    cpu = CellRow(
+        id="c1", mode="pretraining", parent_id=None, depth=2, budget_flops=1e12, seed=0, state="done",
+        reason=None, num_params=1000, num_tokens=10, flops=1e12, steps_done=1, steps_total=1, train_loss=1.0,
+        val_loss=1.0, val_bpb=1.0, num_attempts=1, device="x86_64", num_gpus=0, gpu_hours=0.0, cpu_hours=0.1,
+        tok_per_s=1000.0, mfu=None,
+    )  # fmt: skip
+    gpu = dataclasses.replace(cpu, id="c2", device="NVIDIA H100", mfu=0.4321)
+    rows = values(charts.throughput_chart([cpu, gpu]))
+    assert {row["cell"]: row["MFU"] for row in rows} == {"c1": "–", "c2": "43.2%"}
+    assert "mfu" not in tooltips(charts.throughput_chart([cpu]))
+    # Isoflop minima and the optimum charts: an interval the fit could not give is "–", not two nulls.
+    nan = float("nan")
+    chart = charts.optimum_chart(
+        [(1e15, 3e6, (nan, nan)), (3e15, 5e6, (4e6, float("inf")))], None, y_title="N*", title="t",
+        c_range=(1e15, 3e15),
+    )  # fmt: skip
+    assert [row["ci"] for row in values(chart)] == ["–", "[4e+06, ∞]"]
+    # One cell, no parabola: only the cells' layer (empty layers made Vega warn of an infinite extent).
+    point = Point(n=1000.0, d=10.0, c=6e4, loss=2.0, budget=6e4, cell_id="c1", depth=2)
+    chart = charts.isoflop_chart([point], [], metric_label="loss")
+    assert len(chart.to_dict()["layer"]) == 1

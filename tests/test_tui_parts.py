@@ -9,7 +9,7 @@ from runner.api import CellProgress
 from tui.cell_screen import thin
 from tui.chat_process import choose_placement
 from tui.chat_screen import sampling_settings
-from tui.format import UNKNOWN, duration, progress_bar, si, sparkline
+from tui.format import UNKNOWN, duration, flops, progress_bar, si, sparkline
 from tui.gpu_telemetry import GpuSample, Ours, occupants, sample
 from tui.heatmap import grid_points
 
@@ -21,6 +21,11 @@ def test_formats():
     assert progress_bar(5, 0, width=4) == "░░░░   0%"  # no steps planned: nothing done
     assert sparkline([0, 50, 100], highest=100) == "▁▅█"
     assert sparkline([3, 3]) == "██" and sparkline([0, 0]) == "▁▁" and sparkline([]) == ""  # scaled from 0
+    # Budgets to 3 significant digits, as the report and the runner's log name them (one digit made 1.5e15,
+    # 2e15 and 2.5e15 one heatmap column title, and the quickstart's 7.5e10 read 8e10).
+    assert [flops(x) for x in (1e15, 7.5e10, 1.9e11, 1.5e15, 2.5e15, 1.25e15, 3e14)] == [
+        "1e15", "7.5e10", "1.9e11", "1.5e15", "2.5e15", "1.25e15", "3e14"
+    ]  # fmt: skip
 
 
 def _cell(cell_id, depth, flops, state, *, seed=0, bpb=None, step=0, mode="pretraining") -> CellProgress:

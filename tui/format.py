@@ -25,8 +25,10 @@ def si(number: float | None, *, digits: int = 3) -> str:
 
 
 def flops(number: float) -> str:
-    """A FLOP budget as a grid label: 1e+15."""
-    return f"{number:.0e}".replace("e+", "e")
+    """A FLOP budget as a grid label, to 3 significant digits: 1e15, 7.5e10, 1.25e15 (as the report and the
+    runner's log name it; one digit made 1.5e15, 2e15 and 2.5e15 all '2e15')."""
+    mantissa, _, exponent = f"{number:.2e}".partition("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def fixed(number: float | None, decimals: int = 3) -> str:
