@@ -559,6 +559,25 @@ def test_chat_without_a_finished_cell_says_so(tmp_path):
     run(scenario)
 
 
+def test_chat_for_a_study_the_store_lacks_says_so_and_stops_looking(tmp_path):
+    with open_store(tmp_path / "nanostudy.db") as store:
+        upsert_study(store, name="empty", path="empty.yaml", spec={})
+
+    async def scenario():
+        app = make_app(tmp_path / "nanostudy.db", study="empty")
+        async with app.run_test(size=SIZE) as pilot:
+            app.open_chat("nowhere")
+            banner = await until(
+                pilot,
+                lambda: isinstance(app.screen, ChatScreen) and app.screen.query_one(ProblemBanner).message,
+            )
+            assert "nowhere" in banner
+            # The status line said "finding the best checkpoint…" for good after a failed lookup.
+            assert str(app.screen.query_one("#status", Static).render()) == ""
+
+    run(scenario)
+
+
 def test_chat_with_the_real_model(tmp_path, tmp_path_factory, monkeypatch):
     """`python -m nanogpt.chat` itself on the tiny mid-trained checkpoint of the chat fixtures: it answers
     what it was taught, greedily."""

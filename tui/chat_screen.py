@@ -111,9 +111,14 @@ class ChatScreen(Screen):
         try:
             candidates = self.app.source.read(api.checkpoint_candidates, self.study)
         except StoreProblem as problem:
-            self.app.call_from_thread(self._problem, str(problem))
+            self.app.call_from_thread(self._no_candidates, str(problem))
             return
         self.app.call_from_thread(self._got_candidates, candidates)
+
+    def _no_candidates(self, problem: str) -> None:
+        """The store could not be read: the banner says why; the status no longer says it is looking."""
+        self._problem(problem)
+        self._status("")
 
     def _got_candidates(self, candidates: list[api.BestCheckpoint]) -> None:
         self.candidates = candidates
