@@ -369,17 +369,20 @@ class _Planner:
 
         mid = self.study.mid_training
         assert mid is not None and mid.init_from is not None
-        meta = read_meta(resolve_checkpoint(Path(mid.init_from).expanduser()))
+        # The exact checkpoint, absolute: the cell's config (and so the store) records where it starts.
+        checkpoint = resolve_checkpoint(Path(mid.init_from).expanduser()).resolve()
+        meta = read_meta(checkpoint)
         model = {k: v for k, v in meta["model_config"].items() if k != "vocab_size"}
-        # The store files every cell under a depth and a budget: the checkpoint's, for a study like this.
-        axes = {"depth": model["depth"], "flops": float(meta.get("flops") or 0.0) or math.nan, **axes}
+        # Planned without a depth, the config has no model section: the trainer takes the checkpoint's shape.
         config = cell_config(
             self.study,
             axes,
             mode="mid-training",
             train_dir=self._train_dir("mid-training"),
-            init_from=mid.init_from,
+            init_from=str(checkpoint),
         )
+        # The store files every cell under a depth and a budget: the checkpoint's, for a study like this.
+        axes = {"depth": model["depth"], "flops": float(meta.get("flops") or 0.0) or math.nan, **axes}
         ident = cell_id(config, data=self._data_ids["mid-training"], parent_id=None)
         vocab_size = (
             self._vocab_size("mid-training")

@@ -461,16 +461,17 @@ class StudyLoop:
 
     def _write_config(self, cell_id: str, run_dir: Path) -> None:
         """RUN_DIR/config.json from the planned config; a mid-training cell gets its parent's final
-        checkpoint as `init_from`, as the store recorded it (never a guessed path)."""
+        checkpoint as `init_from`, as the store recorded it (never a guessed path). One without a parent
+        (mode mid-training) keeps the checkpoint its config names, which the store recorded with the cell."""
         cell = get_cell(self.store, cell_id)
         assert cell is not None
         config = dict(cell.config)
         launch = self.launches.get(cell_id)
         if launch is not None and launch.gauntlet:
             config["eval"] = {**config.get("eval", {}), **launch.gauntlet}
-        if cell.mode is CellMode.MID_TRAINING:
-            parent = get_cell(self.store, cell.parent_cell_id or "")
-            checkpoint = final_checkpoint(self.store, cell.parent_cell_id or "")
+        if cell.mode is CellMode.MID_TRAINING and cell.parent_cell_id is not None:
+            parent = get_cell(self.store, cell.parent_cell_id)
+            checkpoint = final_checkpoint(self.store, cell.parent_cell_id)
             if parent is None or parent.run_dir is None or checkpoint is None:
                 raise RuntimeError(f"parent cell {cell.parent_cell_id}: no final checkpoint in the database")
             config["init_from"] = str((Path(parent.run_dir) / checkpoint.path).resolve())

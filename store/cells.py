@@ -70,10 +70,17 @@ class NewCell:
             modes = ", ".join(mode.value for mode in CellMode)
             raise ValueError(f"cell {self.id}: mode {self.mode!r} is not one of {modes}")
         object.__setattr__(self, "mode", CellMode(self.mode))
-        if (self.mode is CellMode.MID_TRAINING) != (self.parent_cell_id is not None):
+        if self.mode is CellMode.PRETRAINING and self.parent_cell_id is not None:
             raise ValueError(
-                f"cell {self.id}: parent_cell_id={self.parent_cell_id!r} with mode {self.mode.value!r} "
-                "(a mid-training cell needs its parent pretraining cell; a pretraining cell has none)"
+                f"cell {self.id}: parent_cell_id={self.parent_cell_id!r} with mode 'pretraining' "
+                "(a pretraining cell has no parent)"
+            )
+        # Mode mid-training: no parent cell; the checkpoint the study names is in the config, recorded here.
+        init_from = self.config.get("init_from")
+        if self.mode is CellMode.MID_TRAINING and self.parent_cell_id is None and not init_from:
+            raise ValueError(
+                f"cell {self.id}: a mid-training cell needs its parent pretraining cell or, without one, "
+                "the checkpoint it starts from as config['init_from']"
             )
         for name in ("depth", "num_params", "num_tokens", "flops_per_token", "steps_total", "seed"):
             value = getattr(self, name)
@@ -97,8 +104,8 @@ def add_cells(store: Store, study_id: int, cells: Sequence[NewCell]) -> int:
 
     Cells already present keep their state and results: the id is a hash of the resolved config, so an
     existing id is the same training run, whichever study planned it first; a cell done for another study
-    is done for this one too. A mid-training cell whose parent is unknown is an error. All or nothing: one
-    transaction.
+    is done for this one too. A mid-training cell whose parent is unknown is an error (one without a
+    parent starts from the checkpoint its config names). All or nothing: one transaction.
     """
     with store.write() as conn:
         return add_cells_in(conn, study_id, cells)

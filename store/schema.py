@@ -55,7 +55,9 @@ FINISHED_STATES = frozenset({CellState.DONE, CellState.FAILED, CellState.DIVERGE
 
 class CellMode(enum.StrEnum):
     PRETRAINING = "pretraining"
-    MID_TRAINING = "mid-training"  # starts from its parent pretraining cell's final checkpoint
+    # Starts from its parent pretraining cell's final checkpoint (mode all), or, without a parent, from the
+    # checkpoint the study names, recorded in its config's init_from (mode mid-training).
+    MID_TRAINING = "mid-training"
 
 
 class Executor(enum.StrEnum):

@@ -246,6 +246,45 @@ def test_mode_all_mid_trains_each_cell_from_its_own_final_checkpoint(tmp_path, c
     assert tokenizers == {"bpe300"} or tokenizers == {"bpe300", "bpe300+chat"}
 
 
+def test_mode_mid_training_trains_from_the_checkpoint_the_study_names(tmp_path, corpus, capsys):
+    from trainer_fixtures import make_data_dir, tiny_config, write_run
+
+    from nanogpt.train import EXIT_DONE, run
+
+    init_run = tmp_path / "init-run"
+    config = tiny_config(make_data_dir(tmp_path / "init-data"), checkpoint={"every_steps": None})
+    assert run(write_run(init_run, config)) == EXIT_DONE
+    path = tmp_path / "mid.yaml"
+    path.write_text(
+        "name: mid\n"
+        "mode: mid-training\n"
+        "grid: {seed: [0]}\n"
+        "train: {total_batch_tokens: 256, device_batch_size: 8, device: cpu, compile: false}\n"
+        "eval: {every_steps: null, val_tokens: 512}\n"
+        "retry: {max_attempts: 1}\n"
+        "mid_training:\n"
+        f"  init_from: '{init_run}'\n"
+        "  data:\n"
+        f"    source: {{name: local, paths: '{corpus / 'chats.jsonl'}', format: chat}}\n"
+        "    val_fraction: 0.2\n"
+        "  steps: 3\n"
+    )
+    assert _run(path, tmp_path, "--db", str(tmp_path / "fresh.db")) == 0
+    capsys.readouterr()
+    assert main(["status", str(path), "--db", str(tmp_path / "fresh.db"), "--json"]) == 0
+    [cell] = json.loads(capsys.readouterr().out)["cells"]
+    assert cell["mode"] == "mid-training" and cell["parent_id"] is None
+    assert cell["state"] == "done" and cell["step"] == 3 and cell["val_loss"] > 0
+    start = json.loads((tmp_path / "runs" / "mid" / cell["id"] / "events.jsonl").read_text().splitlines()[0])
+    # The run directory the study names, resolved to its newest checkpoint when planned; the store records it.
+    final = init_run / "checkpoints" / "step_000012"
+    assert start["mode"] == "mid-training" and start["init_from"] == str(final)
+    with open_store(tmp_path / "fresh.db", create=False) as store:
+        from store import get_cell
+
+        assert get_cell(store, cell["id"]).config["init_from"] == str(final)
+
+
 def test_an_invalid_study_exits_2_and_starts_nothing(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\ngrid: {depth: [1], flops: [0]}\n")

@@ -367,12 +367,21 @@ def test_add_cells_refuses_an_unknown_study_or_parent_and_writes_nothing(store: 
     assert get_cell(store, "kid").parent_cell_id == "mom"
 
 
+def test_a_mid_training_cell_without_a_parent_records_the_checkpoint_it_starts_from(store: Store) -> None:
+    # Mode mid-training: every cell starts from the checkpoint the study names; there is no parent cell.
+    config = {"init_from": "/runs/base/checkpoints/step_000100", "mode": "mid-training"}
+    cell = _cell("mid", mode=CellMode.MID_TRAINING, config=config)
+    assert add_cells(store, _study(store), [cell]) == 1
+    stored = get_cell(store, "mid")
+    assert stored.parent_cell_id is None and stored.config["init_from"] == config["init_from"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"id": ""}, "cell id"),
         ({"mode": "finetuning"}, "mode 'finetuning' is not one of pretraining, mid-training"),
-        ({"mode": CellMode.MID_TRAINING}, "parent_cell_id=None"),
+        ({"mode": CellMode.MID_TRAINING}, r"needs its parent pretraining cell or.*config\['init_from'\]"),
         ({"parent_cell_id": "p"}, "parent_cell_id='p'"),
         ({"num_tokens": 0}, "num_tokens must be an integer >= 1"),
         ({"depth": 2.5}, "depth must be an integer >= 1"),
