@@ -2,13 +2,16 @@
 chat masks, trained BPE tokenizers that tiktoken encodes exactly as Hugging Face does, and clear errors."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from data_fixtures import GPT2_DIR, write_jsonl, write_text_corpus
+from data_fixtures import GPT2_DIR, sentence, write_jsonl, write_text_corpus
 
 from nanogpt.data import TokenLoader
 from nanogpt.shards import ShardError, open_shard, read_manifest, verify_shards
@@ -17,6 +20,8 @@ from runner.data.bpe import _byte_decoder, hf_to_ranks, train_bpe, train_hf_bpe
 from runner.data.prepare import PrepareConfig, prepare
 from runner.data.sources import Document, SourceError, SourceSpec, iter_documents
 from runner.data.tokenize import is_validation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -406,3 +411,35 @@ def test_chat_data_with_gpt2_gets_the_chat_ids_after_its_vocabulary(tmp_path):
     num_documents = int((tokens == 50_256).sum())
     assert int((tokens == 50_257).sum()) == int((tokens == 50_258).sum()) == 2 * num_documents > 0
     assert set(tokens[mask == 1].tolist()) - set(range(50_256)) == {50_258}  # the assistant's closing marker
+
+
+def test_two_processes_preparing_the_same_data_at_once_both_succeed(tmp_path, tokenizer_dir):
+    # Many chunks of documents and small shards: each process saves its resumable state many times.
+    write_jsonl(tmp_path / "docs.jsonl", [{"text": sentence(i, length=20)} for i in range(40_000)])
+    command = [
+        sys.executable, "-m", "runner.cli", "prepare", "--source", "local",
+        "--set", f"paths={tmp_path / 'docs.jsonl'}", "--tokenizer", str(tokenizer_dir),
+        "--shard-tokens", "1000", "--val-fraction", "0.1", "--root", str(tmp_path / "data"),
+        "--quiet", "--workers", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    [data_dir] = (tmp_path / "data").glob("local-*")
+    assert not (data_dir / ".prepare").exists()
+    # One prepared the data while the other waited for it, then found it ready.
+    waited = [err for _, err in outputs if "waiting for another process preparing" in err]
+    assert len(waited) <= 1 and (not waited or f"{data_dir} (pid " in waited[0])
+    source = SourceSpec(name="local", paths=(str(tmp_path / "docs.jsonl"),))
+    config = PrepareConfig(source=source, tokenizer=str(tokenizer_dir), shard_tokens=1000, val_fraction=0.1)
+    alone = prepare(config, root=tmp_path / "alone", num_workers=1, progress=False).data_dir
+    assert alone.name == data_dir.name
+    shards = sorted(p.name for p in data_dir.glob("*.bin"))
+    assert len(shards) > 10 and shards == sorted(p.name for p in alone.glob("*.bin"))
+    assert all((data_dir / name).read_bytes() == (alone / name).read_bytes() for name in shards)

@@ -2,7 +2,8 @@
 
 The data directory's name carries a hash of everything that decides its bytes (source spec and the files it
 currently covers, tokenizer hash, shard size, validation fraction), so studies that ask for the same data
-share one directory and a second preparation finds the manifest and does nothing.
+share one directory and a second preparation finds the manifest and does nothing. One process at a time
+prepares a directory (`runner.data.lock`): a second one started meanwhile waits, then finds it prepared.
 
 Resumable: shards are written in order with atomic renames. After every chunk of documents that completed a
 shard, `.prepare/state.json` records how many source documents are consumed, the finished shards, and (in
@@ -35,6 +36,7 @@ from nanogpt.shards import (
     write_shard,
 )
 from nanogpt.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from runner.data.lock import exclusive
 from runner.data.sources import (
     SourceError,
     SourceSpec,
@@ -150,13 +152,21 @@ def _trained_tokenizer_dir(config: PrepareConfig, root: Path, recipe: dict | Non
 
 def trained_tokenizer(config: PrepareConfig, *, root: Path, progress: bool = True) -> Tokenizer:
     """A BPE trained on the source's training documents (never its validation ones), cached by inputs."""
-    from runner.data.bpe import capped_texts, train_bpe
-
     recipe = _bpe_recipe(config)
-    vocab_size = recipe["vocab_size"]
     directory = _trained_tokenizer_dir(config, root, recipe)
     if (directory / "tokenizer.json").is_file():
         return load_tokenizer(directory)
+    with exclusive(directory, root=root, doing="training the tokenizer"):
+        # Another process may have trained it while this one waited for the lock.
+        if (directory / "tokenizer.json").is_file():
+            return load_tokenizer(directory)
+        return _train_tokenizer(config, recipe, directory, progress=progress)
+
+
+def _train_tokenizer(config: PrepareConfig, recipe: dict, directory: Path, *, progress: bool) -> Tokenizer:
+    from runner.data.bpe import capped_texts, train_bpe
+
+    vocab_size = recipe["vocab_size"]
     num_texts = 0
 
     def texts():
@@ -370,12 +380,44 @@ def prepare(
     check_source(config.source)
     tokenizer = resolve_tokenizer(config, root=root, progress=progress)
     data_dir, data_id = data_dir_for(config, tokenizer, root=root)
-    if (data_dir / MANIFEST_NAME).is_file():
-        manifest = read_manifest(data_dir)
-        if manifest.identity == data_id:
-            return PrepareResult(data_dir=data_dir, status="already prepared", manifest=manifest)
-        raise ShardError(f"{data_dir}: holds a different preparation; delete it and run again")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if (found := _already_prepared(data_dir, data_id)) is not None:
+        return found
+    with exclusive(data_dir, root=root):
+        # Another process may have prepared it while this one waited for the lock.
+        if (found := _already_prepared(data_dir, data_id)) is not None:
+            return found
+        return _prepare_into(
+            data_dir,
+            data_id,
+            config,
+            tokenizer,
+            num_workers,
+            progress=progress,
+            stop_after_shards=stop_after_shards,
+        )
+
+
+def _already_prepared(data_dir: Path, data_id: str) -> PrepareResult | None:
+    if not (data_dir / MANIFEST_NAME).is_file():
+        return None
+    manifest = read_manifest(data_dir)
+    if manifest.identity == data_id:
+        return PrepareResult(data_dir=data_dir, status="already prepared", manifest=manifest)
+    raise ShardError(f"{data_dir}: holds a different preparation; delete it and run again")
+
+
+def _prepare_into(
+    data_dir: Path,
+    data_id: str,
+    config: PrepareConfig,
+    tokenizer: Tokenizer,
+    num_workers: int | None,
+    *,
+    progress: bool,
+    stop_after_shards: int | None,
+) -> PrepareResult:
+    """The preparation itself, from its saved state if an earlier one was interrupted; the caller holds the
+    data directory's lock."""
     tokenizer_dir = data_dir / "tokenizer"
     if (
         not (tokenizer_dir / "tokenizer.json").is_file()
