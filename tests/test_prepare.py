@@ -202,6 +202,37 @@ def test_chat_data_has_assistant_only_mask(tmp_path, tokenizer_dir):
     assert torch.equal(y[0], expected) and (y == -1).any() and (y >= 0).any()
 
 
+def test_chat_data_with_nothing_to_train_on_is_refused(tmp_path, tokenizer_dir):
+    # Without an assistant turn every token is masked out: a trainer would "train" on nothing.
+    def chat(i: int, *, answered: bool) -> dict:
+        answer = [{"role": "assistant", "content": f"number {i}"}] if answered else []
+        return {"messages": [{"role": "user", "content": f"say {i}"}, *answer]}
+
+    write_jsonl(tmp_path / "asked.jsonl", [chat(i, answered=False) for i in range(100)])
+    source = SourceSpec(name="local", paths=(str(tmp_path / "asked.jsonl"),), format="chat")
+    config = PrepareConfig(source=source, tokenizer=str(tokenizer_dir), val_fraction=0.2)
+    with pytest.raises(
+        SourceError, match=r"source local: the train split has no assistant tokens to train on"
+    ):
+        prepare(config, root=tmp_path / "a", num_workers=1, progress=False)
+    # Answered only where a chat lands in the training split: the validation loss would have nothing to score.
+    answered, asked = ([chat(i, answered=a) for i in range(100)] for a in (True, False))
+    rows = [row for row, val in zip(answered, _held_out(tmp_path, answered), strict=True) if not val]
+    rows += [row for row, val in zip(asked, _held_out(tmp_path, asked), strict=True) if val]
+    write_jsonl(tmp_path / "half.jsonl", rows)
+    source = SourceSpec(name="local", paths=(str(tmp_path / "half.jsonl"),), format="chat")
+    config = PrepareConfig(source=source, tokenizer=str(tokenizer_dir), val_fraction=0.2)
+    with pytest.raises(SourceError, match=r"the val split has no assistant tokens to train on"):
+        prepare(config, root=tmp_path / "b", num_workers=1, progress=False)
+
+
+def _held_out(tmp_path: Path, rows: list[dict]) -> list[bool]:
+    """Whether each chat lands in the validation split (val_fraction 0.2)."""
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    source = SourceSpec(name="local", paths=(str(tmp_path / "rows.jsonl"),), format="chat")
+    return [is_validation(doc, 0.2) for doc in iter_documents(source)]
+
+
 def test_bpe_tiktoken_matches_huggingface_and_covers_every_byte():
     texts = [d.text for d in iter_documents(SourceSpec(name="python-source", max_bytes=600_000))]
     train, held_out = texts[:-20], texts[-20:]

@@ -30,6 +30,7 @@ from nanogpt.shards import (
     ShardError,
     ShardInfo,
     TokenizerInfo,
+    open_shard,
     read_header,
     read_manifest,
     write_manifest,
@@ -464,6 +465,14 @@ def _prepare_into(
             raise SourceError(
                 f"source {config.source.name}: the {split} split is empty after {documents_done} documents "
                 f"(val_fraction {config.val_fraction}); give more data or change val_fraction"
+            )
+        # Chat data trains on assistant tokens only (mask 1): without any, a run would learn nothing and
+        # validate nothing, yet report done.
+        if with_mask and not any(open_shard(data_dir / info.file)[1].any() for info in writer.shards):
+            raise SourceError(
+                f"source {config.source.name}: the {split} split has no assistant tokens to train on after "
+                f"{documents_done} documents (only assistant turns are trained); check the conversations' "
+                "roles"
             )
     manifest = Manifest(
         data_dir=data_dir,
