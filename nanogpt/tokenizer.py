@@ -71,6 +71,16 @@ class ChatMessage:
             raise ValueError(f"content: must be a string, got {type(self.content).__name__}")
 
 
+def _check_ranks(name: str, mergeable_ranks: dict[bytes, int]) -> None:
+    ranks = sorted(mergeable_ranks.values())
+    if ranks != list(range(len(ranks))):
+        raise TokenizerError(f"tokenizer {name}: ranks must be 0..{len(ranks) - 1} without gaps")
+    missing_bytes = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
+    if missing_bytes:
+        # Without every single byte some text cannot be encoded at all.
+        raise TokenizerError(f"tokenizer {name}: {len(missing_bytes)} single bytes have no token")
+
+
 class Tokenizer:
     """A tiktoken encoding with its metadata. Construct through `load_tokenizer` or `from_ranks`."""
 
@@ -85,21 +95,30 @@ class Tokenizer:
     ):
         if EOT not in special_tokens:
             raise TokenizerError(f"tokenizer {name}: special tokens lack {EOT}")
-        ranks = sorted(mergeable_ranks.values())
-        if ranks != list(range(len(ranks))):
-            raise TokenizerError(f"tokenizer {name}: ranks must be 0..{len(ranks) - 1} without gaps")
-        missing_bytes = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
-        if missing_bytes:
-            # Without every single byte some text cannot be encoded at all.
-            raise TokenizerError(f"tokenizer {name}: {len(missing_bytes)} single bytes have no token")
+        _check_ranks(name, mergeable_ranks)
+        # Special tokens take ids after the ranks: one id for two tokens would decode to either.
+        clashing = sorted(token for token, i in special_tokens.items() if i < len(mergeable_ranks))
+        if clashing:
+            raise TokenizerError(
+                f"tokenizer {name}: special token ids {clashing} collide with the ranks' ids "
+                f"0..{len(mergeable_ranks) - 1}; special tokens take ids from {len(mergeable_ranks)} up"
+            )
+        if len(set(special_tokens.values())) != len(special_tokens):
+            raise TokenizerError(f"tokenizer {name}: special tokens share an id ({special_tokens})")
         self.name = name
         self.pattern = pattern
         self.mergeable_ranks = mergeable_ranks
         self.special_tokens = dict(special_tokens)
         self.metadata = dict(metadata or {})
-        self._encoding = tiktoken.Encoding(
-            name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
-        )
+        try:
+            self._encoding = tiktoken.Encoding(
+                name=name,
+                pat_str=pattern,
+                mergeable_ranks=mergeable_ranks,
+                special_tokens=self.special_tokens,
+            )
+        except ValueError as e:  # tiktoken's regex engine refused the pattern
+            raise TokenizerError(f"tokenizer {name}: pattern: not a valid regular expression ({e})") from None
         self.vocab_size = self._encoding.max_token_value + 1
         self.eot_id = self.special_tokens[EOT]
         self.hash = _tokenizer_hash(pattern, mergeable_ranks, self.special_tokens)
@@ -388,22 +407,43 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
 def _load_saved(directory: Path) -> Tokenizer:
     meta_path, ranks_path = directory / TOKENIZER_JSON, directory / TOKENIZER_RANKS
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(meta_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TokenizerError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{meta_path}: not a JSON object")
     for key in ("name", "pattern", "special_tokens"):
         if key not in meta:
             raise TokenizerError(f"{meta_path}: missing key {key!r}")
+    for key in ("name", "pattern"):
+        if not isinstance(meta[key], str):
+            raise TokenizerError(f"{meta_path}: {key}: must be a string, got {type(meta[key]).__name__}")
+    specials = meta["special_tokens"]
+    if not isinstance(specials, dict) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in specials.values()
+    ):
+        raise TokenizerError(
+            f"{meta_path}: special_tokens: must map each special token to its id (an integer >= 0), "
+            f"got {specials!r}"
+        )
     if not ranks_path.is_file():
         raise TokenizerError(f"{ranks_path}: missing; the tokenizer directory is incomplete, train it again")
+    ranks = read_ranks(ranks_path)
+    try:
+        _check_ranks(meta["name"], ranks)
+    except TokenizerError as e:
+        raise TokenizerError(f"{ranks_path}: {e}") from None
     known = {"format_version", "name", "pattern", "special_tokens", "vocab_size", "hash"}
-    tokenizer = Tokenizer(
-        name=meta["name"],
-        pattern=meta["pattern"],
-        mergeable_ranks=read_ranks(ranks_path),
-        special_tokens={str(k): int(v) for k, v in meta["special_tokens"].items()},
-        metadata={k: v for k, v in meta.items() if k not in known},
-    )
+    try:
+        tokenizer = Tokenizer(
+            name=meta["name"],
+            pattern=meta["pattern"],
+            mergeable_ranks=ranks,
+            special_tokens=specials,
+            metadata={k: v for k, v in meta.items() if k not in known},
+        )
+    except TokenizerError as e:  # the ranks are checked: the pattern or the special tokens
+        raise TokenizerError(f"{meta_path}: {e}") from None
     if "hash" in meta and meta["hash"] != tokenizer.hash:
         raise TokenizerError(
             f"{meta_path}: recorded hash {meta['hash'][:12]} differs from the files' {tokenizer.hash[:12]}: "

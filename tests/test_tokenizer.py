@@ -1,6 +1,7 @@
 """Tokenizers: real GPT-2 files offline, saved tokenizers, chat rendering, byte lengths, clear errors."""
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,55 @@ def test_hash_depends_on_ranks_and_specials():
     ranks[b"abc"], ranks[b"ab"] = 256, 257
     swapped = Tokenizer(name="tiny", pattern=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 258})
     assert swapped.hash != base.hash
+
+
+def _edited(tmp_path: Path, **changes) -> Path:
+    """A saved tiny tokenizer whose tokenizer.json has `changes` (None: the key removed)."""
+    import json
+
+    tiny_tokenizer().save(tmp_path)
+    meta = json.loads((tmp_path / "tokenizer.json").read_text())
+    meta.update(changes)
+    meta = {key: value for key, value in meta.items() if value is not None}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(meta))
+    return tmp_path / "tokenizer.json"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"special_tokens": ["<|endoftext|>"]}, r"special_tokens: must map each special token to its id"),
+        ({"special_tokens": {EOT: "x"}}, r"special_tokens: must map each special token to its id"),
+        ({"name": 7}, r"name: must be a string"),
+        ({"pattern": "(?<bad"}, r"pattern: not a valid regular expression"),
+        # The id of byte 5's token: the hash (removed) would have caught the edit; the ids must not.
+        ({"special_tokens": {EOT: 5}, "hash": None}, r"special token ids \['<\|endoftext\|>'\] collide"),
+    ],
+)
+def test_a_malformed_tokenizer_json_is_one_error_naming_the_file(tmp_path, changes, message):
+    path = _edited(tmp_path, **changes)
+    with pytest.raises(TokenizerError, match=rf"^{re.escape(str(path))}: (tokenizer tiny: )?{message}"):
+        load_tokenizer(tmp_path)
+
+
+def test_a_binary_or_non_object_tokenizer_json_is_named(tmp_path):
+    path = _edited(tmp_path)
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(TokenizerError, match=rf"^{re.escape(str(path))}: not valid JSON"):
+        load_tokenizer(tmp_path)
+    path.write_text("[1, 2]")
+    with pytest.raises(TokenizerError, match=rf"^{re.escape(str(path))}: not a JSON object"):
+        load_tokenizer(tmp_path)
+
+
+def test_special_ids_must_not_collide_with_ranks_or_each_other():
+    ranks = {bytes([b]): b for b in range(256)}
+    with pytest.raises(TokenizerError, match=r"special token ids \['<\|endoftext\|>'\] collide"):
+        Tokenizer(name="t", pattern=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 255})
+    with pytest.raises(TokenizerError, match="share an id"):
+        Tokenizer(
+            name="t", pattern=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256, IM_END: 256}
+        )
 
 
 def test_missing_bytes_refused():
