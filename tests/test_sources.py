@@ -91,8 +91,17 @@ def test_local_errors_name_file_and_line(tmp_path):
     with pytest.raises(SourceError, match=r"b\.jsonl:2: not a JSON object"):
         list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "b.jsonl"),))))
     write_parquet(tmp_path / "c.parquet", [{"content": "x"}])
-    with pytest.raises(SourceError, match=r"c\.parquet: no column 'text'"):
+    with pytest.raises(
+        SourceError, match=r"c\.parquet: no column 'text' \(columns: content\); set text_field$"
+    ):
         list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "c.parquet"),))))
+    # With format chat the missing field is the messages: the option to set is messages_field.
+    with pytest.raises(
+        SourceError, match=r"a\.jsonl:1: no field 'messages' \(fields: text\); set messages_field$"
+    ):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "a.jsonl"),), format="chat")))
+    with pytest.raises(SourceError, match=r"c\.parquet: no column 'messages' .*; set messages_field$"):
+        list(iter_documents(SourceSpec(name="local", paths=(str(tmp_path / "c.parquet"),), format="chat")))
 
 
 def test_local_chat_format(tmp_path):

@@ -336,7 +336,7 @@ def _local(spec: SourceSpec) -> Iterator[Document]:
         if suffix in (".jsonl", ".json"):
             rows = _jsonl_rows(path)
         elif suffix == ".parquet":
-            rows = _parquet_rows(path, [spec.messages_field if spec.format == "chat" else spec.text_field])
+            rows = _parquet_rows(path, spec)
         else:
             try:
                 yield Document(text=Path(path).read_text(encoding="utf-8"), where=path)
@@ -349,10 +349,17 @@ def _local(spec: SourceSpec) -> Iterator[Document]:
             yield _row_document(row, spec, where=f"{path}:{number}")
 
 
+def _field(spec: SourceSpec) -> tuple[str, str]:
+    """The field a row's document is read from, and the option that names it."""
+    return (
+        (spec.messages_field, "messages_field") if spec.format == "chat" else (spec.text_field, "text_field")
+    )
+
+
 def _row_document(row: dict, spec: SourceSpec, *, where: str) -> Document:
-    key = spec.messages_field if spec.format == "chat" else spec.text_field
+    key, option = _field(spec)
     if key not in row:
-        raise SourceError(f"{where}: no field {key!r} (fields: {', '.join(sorted(row))}); set text_field")
+        raise SourceError(f"{where}: no field {key!r} (fields: {', '.join(sorted(row))}); set {option}")
     if spec.format == "chat":
         from runner.data.chat import messages_from_rows
 
@@ -380,7 +387,7 @@ def _jsonl_rows(path: str) -> Iterator[dict]:
             yield row
 
 
-def _parquet_rows(path: str, columns: list[str]) -> Iterator[dict]:
+def _parquet_rows(path: str, spec: SourceSpec) -> Iterator[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -388,13 +395,12 @@ def _parquet_rows(path: str, columns: list[str]) -> Iterator[dict]:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{path}: not a readable parquet file ({_brief(e)})") from None
-    missing = [c for c in columns if c not in parquet.schema_arrow.names]
-    if missing:
+    key, option = _field(spec)
+    if key not in parquet.schema_arrow.names:
         raise SourceError(
-            f"{path}: no column {missing[0]!r} (columns: {', '.join(parquet.schema_arrow.names)}); "
-            "set text_field"
+            f"{path}: no column {key!r} (columns: {', '.join(parquet.schema_arrow.names)}); set {option}"
         )
-    batches = parquet.iter_batches(columns=columns, batch_size=1024)
+    batches = parquet.iter_batches(columns=[key], batch_size=1024)
     yield from iter_rows(
         (row for batch in batches for row in batch.to_pylist()),
         where=path,
