@@ -416,6 +416,12 @@ class StudyLoop:
         if attempt is None:
             return  # no longer pending: cancelled or taken a moment ago
         assert attempt.id is not None
+        # Another study's `run --runs-dir` may have moved this never-tried cell between the read above and
+        # the claim; once claimed (an attempt exists) it moves no more, so its directory is read again.
+        # A never-tried cell has no checkpoint in either directory: resume_step holds for both.
+        claimed = get_cell(self.store, cell_id)
+        if claimed is not None and claimed.run_dir and Path(claimed.run_dir) != run_dir:
+            run_dir = Path(claimed.run_dir)
         try:
             # Lines nobody ingested yet (the end of an attempt cancelled while no runner watched), then
             # forget what comes after the checkpoint the trainer will resume from: it re-emits those steps.

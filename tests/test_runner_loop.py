@@ -80,6 +80,31 @@ def test_cells_run_largest_first_and_their_events_become_rows_once(study, tmp_pa
     assert all(len(attempts_of(study.store, cell)) == 1 for cell in starts)
 
 
+def test_a_cell_moved_by_another_run_between_read_and_claim_trains_where_the_store_says(
+    study, tmp_path, monkeypatch
+):
+    # Another study's `run --runs-dir` moves a never-tried shared cell (store.move_run_dirs) after this
+    # runner read its run directory and before it claimed the cell: the trainer ran in the old directory
+    # while the store recorded the new one, and the done cell pointed at a directory that did not exist.
+    from runner import run as run_module
+    from store import move_run_dirs
+
+    _cells(study, [{"id": "moved"}])
+    elsewhere = tmp_path / "elsewhere" / "moved"
+    newest = run_module.newest_checkpoint_step
+
+    def move_then_look(run_dir):
+        move_run_dirs(study.store, {"moved": str(elsewhere)})
+        return newest(run_dir)
+
+    monkeypatch.setattr(run_module, "newest_checkpoint_step", move_then_look)
+    assert make_loop(study.store, study.id, python=fake_python(tmp_path)).run() is False
+    cell = get_cell(study.store, "moved")
+    assert cell.state is CellState.DONE and cell.run_dir == str(elsewhere)
+    events, _ = read_events(elsewhere / "events.jsonl")
+    assert events[-1]["kind"] == "end" and not (study.runs / "moved" / "events.jsonl").exists()
+
+
 def test_a_crash_fails_with_the_stderr_tail_and_is_retried_up_to_the_count(study, tmp_path):
     _cells(study, [{"id": "flaky"}, {"id": "broken"}, {"id": "errors"}, {"id": "badcfg"}])
     plan = write_plan(
