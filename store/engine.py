@@ -262,6 +262,22 @@ def _check_version(store: Store) -> None:
             f"{store.name}: database schema version {found} is {relation} than this nanostudy's "
             f"{SCHEMA_VERSION}; use a nanostudy that matches it, or a new --db for this one"
         )
+    _link_unlinked_cells(store)
+
+
+def _link_unlinked_cells(store: Store) -> None:
+    """Link each cell that no study links to the study it was made for. A version-1 nanostudy that had
+    the database open before another process upgraded it adds cells without links, which every per-study
+    read (through `study_cells`) would miss; they are found here when the database is next opened."""
+    cells, links = Cell.__table__, StudyCell.__table__  # type: ignore[attr-defined]
+    unlinked = sa.select(cells.c.study_id, cells.c.id, cells.c.created_at).where(
+        ~sa.select(links.c.cell_id).where(links.c.cell_id == cells.c.id).exists()
+    )
+    with store.read() as conn:
+        if conn.execute(unlinked.limit(1)).first() is None:
+            return
+    with store.write() as conn:
+        conn.execute(sa.insert(links).from_select(["study_id", "cell_id", "created_at"], unlinked))
 
 
 def insert_ignoring_duplicates(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:

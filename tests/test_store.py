@@ -279,6 +279,21 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_cells(tmp_path: Path) ->
         assert studies_of_cell(upgraded, "a") == ["old", "new"]
 
 
+def test_cells_an_older_nanostudy_added_after_the_upgrade_are_linked_at_the_next_open(tmp_path: Path) -> None:
+    # A version-1 process that opened the database before another process upgraded it inserts cells with
+    # cells.study_id alone, no study_cells row: every per-study read missed them (status showed 0 cells).
+    path = tmp_path / "nanostudy.db"
+    with open_store(path) as opened:
+        study_id = _study(opened, "late")
+        add_cells(opened, study_id, [_cell("a")])
+        with opened.write() as conn:
+            conn.exec_driver_sql("DELETE FROM study_cells WHERE cell_id = 'a'")
+        assert cells_of(opened, study_id) == []
+    with open_store(path, create=False) as reopened:
+        assert [cell.id for cell in cells_of(reopened, study_id)] == ["a"]
+        assert studies_of_cell(reopened, "a") == ["late"]
+
+
 def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.db"
     engine = sa.create_engine(f"sqlite:///{path}")
