@@ -542,37 +542,27 @@ def test_a_checkpoint_that_cannot_load_is_a_message(demo, prefix, message):
     run(scenario)
 
 
-def test_chat_without_a_finished_cell_says_so(tmp_path):
+@pytest.mark.parametrize(
+    ("study", "expected"),
+    [
+        ("empty", "has no finished cell with a final checkpoint yet"),
+        ("nowhere", "nowhere"),  # a study the store lacks: the lookup itself fails
+    ],
+)
+def test_chat_without_a_checkpoint_says_why_and_stops_looking(tmp_path, study, expected):
     with open_store(tmp_path / "nanostudy.db") as store:
         upsert_study(store, name="empty", path="empty.yaml", spec={})
 
     async def scenario():
         app = make_app(tmp_path / "nanostudy.db", study="empty")
         async with app.run_test(size=SIZE) as pilot:
-            app.open_chat("empty")
+            app.open_chat(study)
             banner = await until(
                 pilot,
                 lambda: isinstance(app.screen, ChatScreen) and app.screen.query_one(ProblemBanner).message,
             )
-            assert "has no finished cell with a final checkpoint yet" in banner
-
-    run(scenario)
-
-
-def test_chat_for_a_study_the_store_lacks_says_so_and_stops_looking(tmp_path):
-    with open_store(tmp_path / "nanostudy.db") as store:
-        upsert_study(store, name="empty", path="empty.yaml", spec={})
-
-    async def scenario():
-        app = make_app(tmp_path / "nanostudy.db", study="empty")
-        async with app.run_test(size=SIZE) as pilot:
-            app.open_chat("nowhere")
-            banner = await until(
-                pilot,
-                lambda: isinstance(app.screen, ChatScreen) and app.screen.query_one(ProblemBanner).message,
-            )
-            assert "nowhere" in banner
-            # The status line said "finding the best checkpoint…" for good after a failed lookup.
+            assert expected in banner
+            # After a failed lookup the status line kept saying "finding the best checkpoint…".
             assert str(app.screen.query_one("#status", Static).render()) == ""
 
     run(scenario)
