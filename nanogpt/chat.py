@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from nanogpt.events import utf8_json
+
 PROTOCOL_VERSION = 1
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_k", "top_p", "stop", "seed")
 REQUEST_KEYS = {
@@ -188,11 +190,7 @@ def writer(stream: TextIO) -> Emit:
     lock = threading.Lock()
 
     def emit(event: dict[str, Any]) -> None:
-        line = json.dumps(event, ensure_ascii=False) + "\n"
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate echoed from a request ("\ud800"): escape it
-            line = json.dumps(event) + "\n"
+        line = utf8_json(event) + "\n"
         with lock:
             stream.write(line)
             stream.flush()

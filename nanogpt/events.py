@@ -161,6 +161,18 @@ def validate(event: Any) -> None:
         raise ValueError(f"end event: status {event['status']!r} is not one of {', '.join(END_STATUSES)}")
 
 
+def utf8_json(data: Any) -> str:
+    """JSON with text as it is (not escaped to ASCII), which UTF-8 can always encode: a lone surrogate
+    ("\\ud800", which a request may hold and an error may echo) has no UTF-8 form, so then everything
+    outside ASCII is escaped. The chat process's lines and the chat server's replies."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data)
+    return text
+
+
 class EventWriter:
     """Appends validated events to a JSON-lines file, one write and flush per line.
 

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from nanogpt.events import utf8_json
+
 MAX_BODY_BYTES = 1 << 20
 SOCKET_TIMEOUT_S = 120.0  # a client that neither reads nor sends for this long is dropped
 CHAT_KEYS = {
@@ -44,15 +46,6 @@ CHAT_KEYS = {
     "seed",
     "n",
 }
-
-
-def _json_bytes(data: dict[str, Any]) -> bytes:
-    """UTF-8 JSON; a lone surrogate (a request may hold one, "\\ud800", and errors echo its keys) has no
-    UTF-8 form, so then everything outside ASCII is escaped."""
-    try:
-        return json.dumps(data, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return json.dumps(data).encode()
 
 
 class ApiError(Exception):
@@ -216,7 +209,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _event(self, data: dict[str, Any]) -> None:
-        self._write_chunk(b"data: " + _json_bytes(data) + b"\n\n")
+        self._write_chunk(b"data: " + utf8_json(data).encode() + b"\n\n")
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -287,7 +280,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _json(self, status: HTTPStatus, data: dict[str, Any]) -> None:
-        self._send(status, _json_bytes(data), "application/json")
+        self._send(status, utf8_json(data).encode(), "application/json")
 
     def _error(self, error: ApiError) -> None:
         self._json(error.status, error.body())
