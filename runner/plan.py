@@ -541,9 +541,14 @@ def measured_throughput(store: Store, device: Throughput, *, max_cells: int = 20
     """`device` with the speeds that finished cells reached on a device of the same name: for each, the
     FLOPs of its last step over its training time, per process. Reads the `max_cells` most recently
     finished cells of every study in the store."""
-    done = [
-        cell for study in list_studies(store) for cell in cells_of(store, study.id, states=[CellState.DONE])
-    ]
+    # By id: a cell that several studies share is one measurement.
+    done = list(
+        {
+            cell.id: cell
+            for study in list_studies(store)
+            for cell in cells_of(store, study.id, states=[CellState.DONE])
+        }.values()
+    )
     done.sort(key=lambda cell: cell.finished_at or 0.0, reverse=True)
     rates: dict[tuple[int, int, int, int], list[float]] = {}
     for cell in done[:max_cells]:

@@ -171,3 +171,28 @@ def test_a_budget_below_one_optimizer_step_is_a_problem_at_its_line():
         "s.yaml:8: grid.flops[0]: budget 1e+03 FLOPs is less than one optimizer step"
     )
     assert problems[0].endswith("); the smallest budget for this depth is 1.42e+07 FLOPs"), problems[0]
+
+
+def test_a_cell_two_studies_share_is_one_speed_measurement(tmp_path):
+    import store as st
+    from runner.plan import measured_throughput
+
+    model = {"depth": 1, "aspect_ratio": 16, "head_dim": 16, "sequence_len": 32}
+    with st.open_store(tmp_path / "nanostudy.db") as store:
+        first, second = (st.upsert_study(store, name=n, path=f"{n}.yaml", spec={}).id for n in ("a", "b"))
+        for cell_id, flops_per_s, studies in (("shared", 1e9, (first, second)), ("alone", 4e9, (first,))):
+            for study_id in studies:
+                st.add_cells(store, study_id, [st.NewCell(
+                    id=cell_id, mode=st.CellMode.PRETRAINING, depth=1, flops_budget=1e9, seed=0, num_params=1,
+                    num_tokens=1, flops_per_token=1, steps_total=2, config={"model": model},
+                    axes={"depth": 1, "flops": 1e9, "seed": 0},
+                )])  # fmt: skip
+            attempt = st.claim(store, cell_id, executor=st.Executor.LOCAL, host="h")
+            start = {"kind": "start", "device": {"name": "x"}, "world_size": 1}
+            step = {"step": 2, "tokens": 64, "flops": 1e9, "loss": 1.0, "elapsed_s": 1e9 / flops_per_s}
+            st.ingest(store, cell_id, attempt_id=attempt.id, train=[step], start=start)
+            st.end_attempt(store, attempt.id, st.AttemptOutcome.DONE)
+            st.transition(store, cell_id, st.CellState.RUNNING, st.CellState.DONE)
+        measured = measured_throughput(store, Throughput(device_type="cpu", device_name="x"))
+    # Once each: the median of 1e9 and 4e9 FLOP/s, not of 1e9, 1e9 and 4e9 (the shared cell per study).
+    assert list(measured.flops_per_s.values()) == [pytest.approx(2.5e9)]
