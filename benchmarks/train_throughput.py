@@ -6,15 +6,15 @@ Prints, for each: tokens/s, MFU against the H100's 989 TFLOP/s dense bf16 peak a
 8192^3 matmul measured here first, compile/start-up seconds and peak memory; then the ratio ours/ref.
 Both train on the same random tokens with the same total batch (gradient accumulation to reach it).
 
-Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile`
-(true, blocks, false), `--ours-fp8-head` (false, true: the lm_head's matmuls in FP8, with the fused loss
-its FP8 head), `--ours-attention` (default, cudnn: cuDNN's attention kernel first), `--ours-head`
-(default: the trainer's own, with its fused loss on CUDA; unfused: `fused_loss: false`; sigmoid,
-fused-compiled: candidate heads patched into the model for the run), `--ours-mlp` (default: the
-trainer's, its fused MLP on CUDA; unfused: `fused_mlp: false`; fastest: the fused MLP at the fastest
-launches of a benchmarks/mlp_kernel.py run, `--mlp-tiles-from mlp.json`), `--ours-weight-copies` (auto,
-true, false: `weight_copies`) and `--ours-micro-batch` (sizes, or auto). `--ref-micro-batch` takes sizes
-too, one reference run each.
+Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile` (true,
+blocks, false), `--ours-fp8-head` (auto, the trainer's default: FP8 where the GPU has it; false; true: the
+lm_head's matmuls in FP8, with the fused loss its FP8 head), `--ours-attention` (default, cudnn: cuDNN's
+attention kernel first), `--ours-head` (default: the trainer's own, with its fused loss on CUDA; unfused:
+`fused_loss: false`; sigmoid, fused-compiled: candidate heads patched into the model for the run),
+`--ours-mlp` (default: the trainer's, its fused MLP on CUDA; unfused: `fused_mlp: false`; fastest: the fused
+MLP at the fastest launches of a benchmarks/mlp_kernel.py run, `--mlp-tiles-from mlp.json`),
+`--ours-weight-copies` (auto, true, false: `weight_copies`) and `--ours-micro-batch` (sizes, or auto).
+`--ref-micro-batch` takes sizes too, one reference run each.
 
 `--profile-steps N` runs N more steps of ours after the timed ones under torch.profiler
 (nanogpt/profiling.py), prints where a step's time goes (phases, kernel categories, top kernels) and, with
@@ -153,7 +153,7 @@ def make_run_dir(
     args: argparse.Namespace,
     micro_batch: int | str,
     compile_: bool | str = True,
-    fp8_head: bool = False,
+    fp8_head: bool | str = "auto",
     fused_loss: bool | str = "auto",
     fused_mlp: bool | str = "auto",
     weight_copies: bool | str = "auto",
@@ -294,7 +294,7 @@ class Variant(NamedTuple):
     backend, and the head and MLP by their names in HEADS and MLPS."""
 
     compile: bool | str
-    fp8_head: bool
+    fp8_head: bool | str
     attention: str
     head: str
     micro_batch: int | str
@@ -337,7 +337,7 @@ def run_ours(
     steady_s = sorted(timed)[len(timed) // 2]
     tokens_per_s = len(timed) * args.total_batch / sum(timed)
     achieved = tokens_per_s * start["flops_per_token"]
-    labels = COMPILE_LABELS[compile_] + ", FP8 head" * fp8_head
+    labels = COMPILE_LABELS[compile_] + ", FP8 head" * start["device"].get("fp8_head", fp8_head is True)
     labels += ("" if attention == "default" else f", {attention} attention") + HEADS[head][0]
     labels += ", fused loss" * (head == "default" and start["device"].get("fused_loss", False))
     fused_mlp = start["device"].get("fused_mlp", False)
@@ -395,7 +395,7 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
     variants = [
         Variant(compile_, fp8_head, attention, head, micro_batch, mlp, copies)
         for compile_ in parse_choices(args.ours_compile, "--ours-compile", {**booleans, "blocks": "blocks"})
-        for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", booleans)
+        for fp8_head in parse_choices(args.ours_fp8_head, "--ours-fp8-head", {**booleans, "auto": "auto"})
         for attention in parse_choices(args.ours_attention, "--ours-attention", attentions)
         for head in parse_choices(args.ours_head, "--ours-head", heads)
         for micro_batch in parse_micro_batches(args.ours_micro_batch)
@@ -404,7 +404,7 @@ def ours_variants(args: argparse.Namespace) -> list[Variant]:
             args.ours_weight_copies, "--ours-weight-copies", {**booleans, "auto": "auto"}
         )
     ]
-    if any(v.fp8_head and v.head == "fused-compiled" for v in variants):
+    if any(v.fp8_head is True and v.head == "fused-compiled" for v in variants):
         raise SystemExit(
             "--ours-fp8-head true with --ours-head fused-compiled: that head does its own matmuls"
         )
@@ -444,8 +444,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--ours-fp8-head",
-        default="false",
-        help="comma-separated `fp8_head` settings (true: the lm_head's matmuls in FP8), one run each",
+        default="auto",
+        help="comma-separated `fp8_head` settings (auto: the trainer's default; true: the lm_head's matmuls "
+        "in FP8; false), one run each",
     )
     parser.add_argument(
         "--ours-attention",

@@ -46,6 +46,7 @@ META_TYPES = {
     "device_batch_size": ((int,), "an integer"),
     "total_steps": ((int,), "an integer"),
     "grad_accum": ((int,), "an integer"),
+    "fp8_head": ((bool,), "true or false"),
     "tokens": ((int,), "an integer"),
     "flops": ((int, float), "a number"),
     "elapsed_s": ((int, float), "a number"),

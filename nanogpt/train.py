@@ -132,7 +132,7 @@ def init_runtime(config: RunConfig) -> Runtime:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
         capability = torch.cuda.get_device_capability(device)
-        if config.fp8_head and capability < FP8_CAPABILITY:
+        if config.fp8_head is True and capability < FP8_CAPABILITY:
             raise ConfigError(
                 f"fp8_head: needs FP8 tensor cores (compute capability 8.9 or newer); "
                 f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}"
@@ -448,14 +448,19 @@ def resolve_compile(
 
 
 def resolve_fused_loss(
-    config: RunConfig, device: torch.device, *, dtype: torch.dtype = torch.float32, cap: float | None = 15.0
+    config: RunConfig,
+    device: torch.device,
+    *,
+    dtype: torch.dtype = torch.float32,
+    cap: float | None = 15.0,
+    fp8: bool = False,
 ) -> tuple[bool, str | None]:
     """(whether the run trains with nanogpt.fused_loss, a warning). "auto": on CUDA once the kernel has
     passed its self-test there; a kernel that cannot build or run (no triton, no C compiler for its
     launcher, a GPU Triton does not support) leaves it off, with a warning. true: the same test, whose
     failure is an error (the CPU was refused by init_runtime, outside the Triton interpreter). The test
-    runs in the training's dtype (the autocast one) and soft-cap, and under fp8_head through the FP8 head,
-    so it compiles the kernels training then uses."""
+    runs in the training's dtype (the autocast one) and soft-cap, and with `fp8` (the head the run is to
+    train: `fp8_head_candidate`) through the FP8 head, so it compiles the kernels training then uses."""
     wanted = config.fused_loss
     if wanted is False or (wanted == "auto" and device.type != "cuda"):
         return False, None
@@ -463,10 +468,63 @@ def resolve_fused_loss(
     def test() -> None:
         from nanogpt import fused_loss
 
-        fused_loss.self_test(device, dtype, cap, fp8=config.fp8_head)
+        fused_loss.self_test(device, dtype, cap, fp8=fp8)
 
     why = _kernel_failure(test, f"the Triton kernel fails on {device}")
     return (True, None) if why is None else (False, _off_or_error("fused_loss", wanted, why))
+
+
+def fp8_head_candidate(config: RunConfig, device: torch.device, recorded: bool | None = None) -> bool:
+    """Whether the run's lm_head is to train in FP8, before its kernels are tested. true: yes (init_runtime
+    refused a GPU without FP8 tensor cores; on the CPU it is slow reference code). "auto": what the run's
+    checkpoint `recorded` (its first start decided, and its resumes keep it), else on CUDA with FP8 tensor
+    cores. A checkpoint whose head trained in FP8, resumed where there is no FP8, is an error: the head
+    would change in mid-run."""
+    if config.fp8_head is not True and config.fp8_head != "auto":
+        return False
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
+    if config.fp8_head is True or recorded is None:
+        return config.fp8_head is True or has_fp8
+    if recorded and not has_fp8:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
+        raise ConfigError(
+            f"fp8_head: auto, and this run's checkpoint trained its head in FP8, which {name} cannot (FP8 "
+            "tensor cores: compute capability 8.9 or newer); resume on such a GPU, or train the run again "
+            "with fp8_head: false"
+        )
+    return recorded
+
+
+def resolve_head(
+    config: RunConfig,
+    device: torch.device,
+    *,
+    dtype: torch.dtype = torch.float32,
+    cap: float | None = 15.0,
+    recorded: bool | None = None,
+) -> tuple[bool, bool, list[str]]:
+    """(whether the run trains with the fused loss, whether its lm_head trains in FP8, warnings), where
+    `recorded` is what the run's checkpoint says its head trained in (None: a first start, or a checkpoint
+    from before it was recorded). `fp8_head: auto` at a first start turns the FP8 head on only with the
+    fused loss, once the fused FP8 head has passed its self-test (without the fused loss, the FP8 head,
+    nanogpt.model.FP8Linear, measured slower than the bf16 head: docs/benchmarks.md); if that test fails,
+    the head stays in the autocast dtype and the fused loss is tested without it. Otherwise
+    `resolve_fused_loss` decides the fused loss, tested in the head `fp8_head_candidate` gives."""
+    fp8 = fp8_head_candidate(config, device, recorded)
+    kwargs: dict[str, Any] = dict(dtype=dtype, cap=cap)
+    if not (fp8 and config.fp8_head == "auto" and recorded is None):
+        fused, warning = resolve_fused_loss(config, device, fp8=fp8, **kwargs)
+        return fused, fp8, [] if warning is None else [warning]
+    if config.fused_loss is False:
+        return False, False, []
+    fused, why = resolve_fused_loss(
+        dataclasses.replace(config, fused_loss="auto"), device, fp8=True, **kwargs
+    )
+    if fused:
+        return True, True, []
+    fused, warning = resolve_fused_loss(config, device, **kwargs)
+    why = "fp8_head: off, " + (why or "").removeprefix("fused_loss: off, ")
+    return fused, False, [why] if warning is None else [why, warning]
 
 
 def _kernel_failure(test: Callable[[], None], failing: str) -> str | None:
@@ -633,12 +691,20 @@ TRAJECTORY_KEYS = ("model", "train", "optim", "schedule", "mode", "seed", "dtype
 RESUME_MUTABLE_KEYS = ("train.max_seconds", "train.device_batch_size")
 
 
+# Defaults that changed: what a checkpoint whose config lacks the key (older than the key) trained with.
+EARLIER_DEFAULTS = {"fp8_head": False}
+# Keys whose "auto" adopts what the checkpoint trained with (resolve_head), whatever its config said.
+AUTO_ADOPTS_CHECKPOINT = ("fp8_head",)
+
+
 def _config_difference(saved: dict, current: dict) -> str | None:
     """The first trajectory-deciding key whose value differs, as 'key: saved vs current'. A key that an
     older checkpoint's config lacks had its default then."""
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)} | EARLIER_DEFAULTS
     for key in TRAJECTORY_KEYS:
         a, b = saved.get(key, defaults[key]), current.get(key)
+        if key in AUTO_ADOPTS_CHECKPOINT and b == "auto":
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             for sub in sorted(set(a) | set(b)):
                 if f"{key}.{sub}" not in RESUME_MUTABLE_KEYS and a.get(sub) != b.get(sub):
@@ -802,6 +868,14 @@ class Trainer:
             )
         return ours
 
+    def _recorded_fp8_head(self) -> bool | None:
+        """What the checkpoint this run resumes says its head trained in: its `fp8_head`, else (written
+        before that was recorded) its config's setting, then always true or false; None for a first start."""
+        if self.resume_meta is None:
+            return None
+        recorded = self.resume_meta.get("fp8_head", self.resume_meta["config"].get("fp8_head", False))
+        return recorded if isinstance(recorded, bool) else None
+
     def _build_model(self) -> None:
         runtime = self.runtime
         # The same seed on every rank gives every rank the same initial weights.
@@ -820,22 +894,24 @@ class Trainer:
                 raise ckpt.CheckpointError(
                     f"{source / ckpt.MODEL_NAME}: does not fit the model ({first})"
                 ) from None
-        model.fp8_head = self.config.fp8_head
-        model.fused_loss, warning = resolve_fused_loss(
-            self.config, runtime.device, dtype=runtime.dtype, cap=self.gpt_config.logit_softcap
+        model.fused_loss, model.fp8_head, warnings = resolve_head(
+            self.config,
+            runtime.device,
+            dtype=runtime.dtype,
+            cap=self.gpt_config.logit_softcap,
+            recorded=self._recorded_fp8_head(),
         )
-        if warning is not None:
-            self.warnings.append(warning)
+        self.warnings.extend(warnings)
         fused, warning = resolve_fused_mlp(self.config, self.gpt_config, runtime.device, dtype=runtime.dtype)
         for block in model.transformer.h:
             block.mlp.fused = fused
         if warning is not None:
             self.warnings.append(warning)
-        if self.config.fp8_head and runtime.device.type == "cpu":
+        if model.fp8_head and runtime.device.type == "cpu":
             self.warnings.append("fp8_head on the CPU: FP8 matmuls are slow reference code here")
         if resolve_weight_copies(self.config, runtime.dtype):
             # Not under fp8_head's lm_head, which casts its float32 weight to FP8 itself.
-            skip = ("lm_head",) if self.config.fp8_head else ()
+            skip = ("lm_head",) if model.fp8_head else ()
             self.weight_copies = WeightCopies(model, runtime.dtype, skip=skip)
         self.model = model
         self.num_params = sum(p.numel() for p in model.parameters())
@@ -1007,7 +1083,8 @@ class Trainer:
                     f"({type(e).__name__}: {e})"
                 ) from None
         rows, width = device_batch_size * seq_len, self.gpt_config.n_embd
-        if config.fp8_head and not fp8_fits(rows, width, self.gpt_config.padded_vocab_size):
+        if self.model.fp8_head and not fp8_fits(rows, width, self.gpt_config.padded_vocab_size):
+            self.model.fp8_head = False
             self.warnings.append(
                 f"fp8_head: off, FP8 matmuls need multiples of 16 (micro-batch × sequence_len = {rows} rows "
                 f"of n_embd {width}); the head multiplies exactly"
@@ -1123,6 +1200,7 @@ class Trainer:
         self.device["fused_loss"] = self.model.fused_loss
         self.device["fused_mlp"] = self.model.transformer.h[0].mlp.fused is not None
         self.device["weight_copies"] = self.weight_copies is not None
+        self.device["fp8_head"] = self.model.fp8_head
         self.forward = compiled_forward(self.model, compile_)
         # Training steps read the copies where there are any; evaluation reads the parameters.
         copies = self.weight_copies
@@ -1359,6 +1437,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "device_batch_size": self.device_batch_size,
             "grad_accum": self.grad_accum,
+            "fp8_head": self.model.fp8_head,  # what the head trained in (config fp8_head: auto decides it)
             "tokens": counters["tokens"],
             "flops": counters["flops"],
             "elapsed_s": counters["elapsed_s"],

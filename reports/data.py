@@ -59,6 +59,9 @@ class CellRow:
     val_bpb: float | None
     num_attempts: int
     device: str | None  # from the newest attempt's start event, e.g. "NVIDIA H100 80GB HBM3" or "cpu"
+    # Whether the newest attempt trained the lm_head in FP8 (its start event; `fp8_head: auto` takes FP8
+    # where the GPU has it, so one study's cells may differ); None when no attempt has started.
+    fp8_head: bool | None
     num_gpus: int  # of the newest attempt; 0 on the CPU
     gpu_hours: float
     cpu_hours: float
@@ -128,6 +131,7 @@ def read_study(store: Store, study_name: str) -> StudyData:
                 val_bpb=cell.val_bpb,
                 num_attempts=len(attempts),
                 device=_device_name(newest),
+                fp8_head=_fp8_head(newest),
                 num_gpus=newest.num_gpus if newest else 0,
                 gpu_hours=gpu_hours,
                 cpu_hours=cpu_hours,
@@ -184,6 +188,17 @@ def _device_name(attempt: Attempt | None) -> str | None:
     name = device.get("name") or device.get("type")
     count = device.get("count") or 1
     return f"{count}× {name}" if name and count > 1 else name
+
+
+def _fp8_head(attempt: Attempt | None) -> bool | None:
+    """The head an attempt trained: its start event's device.fp8_head, else (written before that was
+    recorded) its config's fp8_head, then always true or false."""
+    if attempt is None or not attempt.start_event:
+        return None
+    resolved = (attempt.start_event.get("device") or {}).get("fp8_head")
+    if resolved is None:
+        resolved = (attempt.start_event.get("config") or {}).get("fp8_head", False)
+    return resolved if isinstance(resolved, bool) else None
 
 
 def _newest_evals(evals: list[Eval]) -> list[Eval]:

@@ -185,6 +185,7 @@ def _summary_section(data: StudyData, fits: Any, label: str, left_out: list[str]
         + f"; {sum(c.flops for c in data.cells if c.state == 'done'):.3g} FLOPs trained in done cells.</p>\n"
     )
     body += notice("What this report leaves out", left_out)
+    body += notice("Mixed heads", _mixed_heads(data))
     if fits is not None:
         advice = [_advice_line(p) for p in _parabolas(fits) if p.advice]
         body += notice("Grid advice", advice, kind="advice")
@@ -447,6 +448,21 @@ def _throughput_section(data: StudyData) -> Section:
     return section
 
 
+def _mixed_heads(data: StudyData) -> list[str]:
+    """A line when the done cells trained their lm_head in different precisions (fp8_head: auto on GPUs
+    with and without FP8, or cells recorded before auto was the default)."""
+    done = [cell for cell in data.cells if cell.state == "done" and cell.fp8_head is not None]
+    fp8 = [cell for cell in done if cell.fp8_head]
+    if not fp8 or len(fp8) == len(done):
+        return []
+    return [
+        f"{len(fp8)} of the {len(done)} done cells trained the lm_head's matmuls in FP8, the others in the "
+        "autocast dtype (the cell table's device column says which). At depth 12 the FP8 head changed the "
+        "validation loss by less than a rerun of the same cell does; for one head throughout, set "
+        "fp8_head: true or false in the study (docs/training.md)."
+    ]
+
+
 def _cells_section(data: StudyData) -> Section:
     header = ("cell", "mode", "depth", "budget", "seed", "state", "N", "D", "C", "steps", "val loss",
               "val bpb", "tries", "device", "hours", "tok/s", "MFU", "reason")  # fmt: skip
@@ -470,7 +486,8 @@ def _cell_row(cell: CellRow) -> str:
         cell.id, "mid" if cell.mode == "mid-training" else "pre", cell.depth,
         charts.flops_label(cell.budget_flops), cell.seed, cell.state, si(cell.num_params),
         si(cell.num_tokens), f"{cell.flops:.2e}", f"{cell.steps_done}/{cell.steps_total}",
-        _num(cell.val_loss, ".4f"), _num(cell.val_bpb, ".4f"), cell.num_attempts, cell.device or "-",
+        _num(cell.val_loss, ".4f"), _num(cell.val_bpb, ".4f"), cell.num_attempts,
+        (cell.device or "-") + ", FP8 head" * bool(cell.fp8_head),
         _hours(cell), _num(cell.tok_per_s, ",.0f"), _num(cell.mfu, ".1%"),
     )  # fmt: skip
     cells = "".join(

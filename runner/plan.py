@@ -55,9 +55,12 @@ NOT_IN_ID = (
     # study does not retrain it (`nanostudy eval STUDY` scores its final checkpoints instead).
     *(f"eval.{key}" for key in GAUNTLET_KEYS),
 )
-# Trainer config keys added after studies existed, at the value that trains as before: left out of the id
-# at that value, so that the cells of an existing study keep their ids (and their results).
-ID_OMITTED_AT = {"fp8_head": False}
+# Trainer config keys added after studies existed, at the values that train as before: left out of the id
+# at those values, so that the cells of an existing study keep their ids (and their results). fp8_head's
+# "auto" (the FP8 head where the GPU has FP8 tensor cores) is a speed setting like fused_loss's: its change
+# to the losses is within a GPU's run-to-run noise (docs/training.md), and the report says which head each
+# cell trained (the start event's device.fp8_head). true, FP8 wherever the cell runs, is in the id.
+ID_OMITTED_AT = {"fp8_head": (False, "auto")}
 # When the store has no measurement for this machine: rough training speeds, FLOP/s per device. A GPU at
 # about 40% of an H100's dense bf16 peak; a laptop-class CPU core pair in float32 (what the quickstart's
 # cells reach on the 2-core machine its comments describe). Only the ETA uses them.
@@ -246,8 +249,11 @@ def cell_id(config: Mapping[str, Any], *, data: Mapping[str, Any], parent_id: st
         for section in sections:
             inner = inner.get(section) or {}
         inner.pop(last, None)
-    for key, value in ID_OMITTED_AT.items():
-        if key in content and content[key] == value:
+    for key, values in ID_OMITTED_AT.items():
+        # A bool matches only itself (a 1 is no true).
+        if key in content and any(
+            content[key] is v if isinstance(v, bool) else content[key] == v for v in values
+        ):
             del content[key]
     content = {"config": content, "data": data, "parent": parent_id}
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -211,6 +211,10 @@ def test_throughput_variants_are_every_combination_and_refuse_fp8_head_with_a_fu
     args.ours_fp8_head = "true"
     with pytest.raises(SystemExit, match="--ours-fp8-head true with --ours-head fused-compiled"):
         train_throughput.ours_variants(args)
+    # auto (the trainer's default) leaves that head alone: it trains no fused loss, so no FP8 head either.
+    args.ours_fp8_head = "auto,false"
+    assert [v.fp8_head for v in train_throughput.ours_variants(args)] == ["auto", "auto", False, False] * 2
+    args.ours_fp8_head = "true"
     args.ours_head = "fp8-grads"  # measured and removed on 2026-12-07: no longer a choice
     with pytest.raises(SystemExit, match="fp8-grads"):
         train_throughput.ours_variants(args)

@@ -102,11 +102,11 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
     monkeypatch.setattr(fused_loss, "self_test", lambda *args, **kwargs: pytest.fail("the kernel ran"))
     assert resolve_fused_loss(config(fused_loss=False), cuda) == (False, None)
     assert resolve_fused_loss(config(), torch.device("cpu")) == (False, None)
-    # Under fp8_head the test runs the FP8 head (its kernels are the ones training will use).
+    # For an FP8 head the test runs the FP8 head (its kernels are the ones training will use).
     tested = []
     monkeypatch.setattr(fused_loss, "self_test", lambda *args, fp8: tested.append(fp8))
-    assert resolve_fused_loss(config(fp8_head=True), cuda) == (True, None)
-    assert resolve_fused_loss(config(fp8_head=True, fused_loss=True), cuda) == (True, None)
+    assert resolve_fused_loss(config(), cuda, fp8=True) == (True, None)
+    assert resolve_fused_loss(config(fused_loss=True), cuda, fp8=True) == (True, None)
     assert resolve_fused_loss(config(), cuda) == (True, None)
     assert tested == [True, True, False]
     # On this machine the kernel cannot launch outside the interpreter (CPU tensors): a real failure.
@@ -124,6 +124,61 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
     assert resolve_fused_loss(config(), cuda) == (False, f"fused_loss: off, {why}")
     with pytest.raises(ConfigError, match=re.escape(f"fused_loss: true, but {why}")):
         resolve_fused_loss(config(fused_loss=True), cuda)
+
+
+def test_fp8_head_auto_takes_fp8_tensor_cores_with_the_fused_loss_and_a_resume_keeps_its_head(monkeypatch):
+    """`fp8_head: auto` (the default) on a GPU of compute capability 8.9+ trains the fused FP8 head once it
+    passes its self-test; on older GPUs, on the CPU or without the fused loss it keeps the head in the
+    autocast dtype; a resume keeps the head its checkpoint trained, and cannot resume an FP8 head where
+    there is no FP8."""
+    from nanogpt import fused_loss
+    from nanogpt.config import RunConfig
+    from nanogpt.train import ConfigError, resolve_head
+
+    def config(**settings) -> RunConfig:
+        base = {"model": {"depth": 1}, "data": {"train_dir": "unused"}, "train": {"num_steps": 1}}
+        return RunConfig.from_dict({**base, **settings})
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    gpu = {"capability": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu["capability"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "an A100")
+    tested = []
+    monkeypatch.setattr(fused_loss, "self_test", lambda *args, fp8: tested.append(fp8))
+    assert config().fp8_head == "auto"
+    assert resolve_head(config(), cuda) == (True, True, []) and tested == [True]
+    # Without the fused loss auto leaves the head alone (the unfused FP8 head is the slower); true does not.
+    assert resolve_head(config(fused_loss=False), cuda) == (False, False, [])
+    assert resolve_head(config(fused_loss=False, fp8_head=True), cuda) == (False, True, [])
+    assert resolve_head(config(fp8_head=False), cuda) == (True, False, [])
+    assert resolve_head(config(), cpu) == (False, False, [])
+    tested.clear()
+    gpu["capability"] = (8, 0)
+    assert resolve_head(config(), cuda) == (True, False, []) and tested == [False]
+    # A resume keeps its checkpoint's head: bf16 on an FP8 GPU, FP8 where there is FP8, else an error.
+    gpu["capability"] = (9, 0)
+    assert resolve_head(config(), cuda, recorded=False) == (True, False, [])
+    assert resolve_head(config(), cuda, recorded=True) == (True, True, [])
+    assert resolve_head(config(fp8_head=False), cuda, recorded=True) == (True, False, [])
+    gpu["capability"] = (8, 0)
+    with pytest.raises(ConfigError, match="checkpoint trained its head in FP8, which an A100 cannot"):
+        resolve_head(config(), cuda, recorded=True)
+    with pytest.raises(ConfigError, match="checkpoint trained its head in FP8, which the CPU cannot"):
+        resolve_head(config(), cpu, recorded=True)
+
+    # The FP8 head's kernels failing their self-test: auto trains the bf16 head, with the fused loss if that
+    # passes without FP8, and says why; where the fused loss is required (true) too.
+    def fails_in_fp8(*args, fp8):
+        if fp8:
+            raise RuntimeError("no FP8 here")
+
+    gpu["capability"] = (9, 0)
+    monkeypatch.setattr(fused_loss, "self_test", fails_in_fp8)
+    why = "fp8_head: off, the Triton kernel fails on cuda:0 (RuntimeError: no FP8 here)"
+    assert resolve_head(config(), cuda) == (True, False, [why])
+    assert resolve_head(config(fused_loss=True), cuda) == (True, False, [why])
+    with pytest.raises(ConfigError, match="fused_loss: true, but the Triton kernel fails"):
+        resolve_head(config(fp8_head=True, fused_loss=True), cuda)
 
 
 @needs_cpp_compiler

@@ -58,8 +58,10 @@ def test_ids_are_stable_and_only_new_settings_make_new_cells():
     changed = _ids(GOOD + "optim: {matrix_lr: 0.03}\n")
     assert set(changed.values()).isdisjoint(base.values())
     assert set(_ids(GOOD.replace("bpe:300", "bpe:400")).values()).isdisjoint(base.values())
-    # fp8_head came after studies existed: off, as every earlier cell trained, it leaves their ids alone.
-    assert _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: false")) == base
+    # fp8_head came after studies existed: off, as every earlier cell trained, and auto (the default, a
+    # speed setting like fused_loss) leave their ids alone; true (FP8 wherever the cell runs) does not.
+    for value in ("false", "auto"):
+        assert _ids(GOOD.replace("  device: cpu", f"  device: cpu\n  fp8_head: {value}")) == base
     fp8 = _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: true"))
     assert set(fp8.values()).isdisjoint(base.values())
 
@@ -71,6 +73,10 @@ def test_the_id_ignores_data_paths_but_not_the_data():
     # The id of a config written before fp8_head existed, and of one that has it off, is the same.
     data = {"source": "x"}
     assert cell_id({**config, "fp8_head": False}, data=data) == cell_id(config, data=data)
+    assert cell_id({**config, "fp8_head": "auto"}, data=data) == cell_id(config, data=data)
+    # A 1 or 0 where true or false belongs is not taken for them.
+    assert cell_id({**config, "fp8_head": 0}, data=data) != cell_id(config, data=data)
+    assert cell_id({**config, "fp8_head": True}, data=data) != cell_id(config, data=data)
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "y"})
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "x"}, parent_id="p")
 

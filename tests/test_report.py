@@ -126,6 +126,33 @@ def test_budgets_with_too_few_points_are_named(tmp_path: Path) -> None:
     assert "isoflop" in _specs(html)  # the budget that has enough points is drawn
 
 
+def test_done_cells_that_trained_different_heads_are_said_to_and_marked(tmp_path: Path, monkeypatch) -> None:
+    """fp8_head: auto trains the FP8 head only on GPUs with FP8: a study run on two kinds of GPU mixes
+    heads, which the summary says and the cell table marks cell by cell (from each start event)."""
+    import report_fixtures
+
+    ingest, heads = report_fixtures.ingest, iter([True, False, None, True])
+
+    def ingest_with_head(store, cell_id, *, start, **rows):
+        device = {**start["device"], "fp8_head": next(heads)}
+        if device["fp8_head"] is None:  # a start event from before the head was recorded: its config's
+            del device["fp8_head"]
+            start = {**start, "config": {"fp8_head": False}}
+        return ingest(store, cell_id, start={**start, "device": device}, **rows)
+
+    monkeypatch.setattr(report_fixtures, "ingest", ingest_with_head)
+    store = sparse_study(tmp_path / "sparse.db")
+    write_report(store, "sparse", tmp_path / "sparse.html", n_boot=N_BOOT)
+    html = (tmp_path / "sparse.html").read_text()
+    assert "Mixed heads" in html and "2 of the 4 done cells trained the lm_head&#x27;s matmuls in FP8" in html
+    rows = re.findall(r'<tr class="[^"]*" data-state=.*?</tr>', html, flags=re.S)
+    assert [("FP8 head" in row) for row in rows] == [True, False, False, True]
+    # One head throughout: nothing to say.
+    heads = iter([False] * 4)
+    write_report(sparse_study(tmp_path / "other.db"), "sparse", tmp_path / "other.html", n_boot=N_BOOT)
+    assert "Mixed heads" not in (tmp_path / "other.html").read_text()
+
+
 def test_fits_that_fail_leave_a_report_without_them(store, tmp_path: Path, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise ValueError("the optimiser did not converge")
@@ -324,8 +351,8 @@ def test_chart_tooltips_show_no_null_and_a_chart_without_parabolas_has_no_empty_
     cpu = CellRow(
         id="c1", mode="pretraining", parent_id=None, depth=2, budget_flops=1e12, seed=0, state="done",
         reason=None, num_params=1000, num_tokens=10, flops=1e12, steps_done=1, steps_total=1, train_loss=1.0,
-        val_loss=1.0, val_bpb=1.0, num_attempts=1, device="x86_64", num_gpus=0, gpu_hours=0.0, cpu_hours=0.1,
-        tok_per_s=1000.0, mfu=None,
+        val_loss=1.0, val_bpb=1.0, num_attempts=1, device="x86_64", fp8_head=False, num_gpus=0, gpu_hours=0.0,
+        cpu_hours=0.1, tok_per_s=1000.0, mfu=None,
     )  # fmt: skip
     gpu = dataclasses.replace(cpu, id="c2", device="NVIDIA H100", mfu=0.4321)
     rows = values(charts.throughput_chart([cpu, gpu]))

@@ -197,19 +197,58 @@ def test_resume_is_bit_identical(tmp_path, finished_run, data_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default(tmp_path, finished_run, data_dir):
-    """A checkpoint written before `fp8_head` existed has no such key in its config: it was trained with
-    the default (off), so a config that leaves it off resumes it, exactly."""
+@pytest.mark.parametrize("now", [False, "auto"])
+def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default_then(
+    tmp_path, finished_run, data_dir, capsys, now
+):
+    """A checkpoint written before `fp8_head` existed has no such key in its config (nor the head it trained
+    in its meta): it was trained with the default then (off), so a config that has it off, or auto (which
+    adopts the checkpoint's head), resumes it, exactly; one that asks for FP8 does not."""
     resumed = tmp_path / "resumed"
-    write_run(resumed, tiny_config(data_dir))
+    write_run(resumed, tiny_config(data_dir, fp8_head=now))
     checkpoint = resumed / "checkpoints" / "step_000006"
     shutil.copytree(finished_run / "checkpoints" / "step_000006", checkpoint)
     meta = json.loads((checkpoint / ckpt.META_NAME).read_text())
-    del meta["config"]["fp8_head"]
+    del meta["config"]["fp8_head"], meta["fp8_head"]
     (checkpoint / ckpt.META_NAME).write_text(json.dumps(meta))
+    write_run(tmp_path / "fp8", tiny_config(data_dir, fp8_head=True))
+    shutil.copytree(checkpoint, tmp_path / "fp8" / "checkpoints" / "step_000006")
     assert run(resumed / "config.json") == EXIT_DONE
     straight = losses(finished_run)
     assert all(loss == straight[step] for step, loss in losses(resumed).items())
+    assert [e["device"]["fp8_head"] for e in events_of(resumed) if e["kind"] == "start"] == [False]
+    capsys.readouterr()
+    assert run(tmp_path / "fp8" / "config.json") == EXIT_BAD_INPUT
+    assert "(fp8_head: False in the checkpoint, True now)" in capsys.readouterr().err
+
+
+def test_fp8_head_auto_trains_the_exact_head_on_the_cpu_and_a_resume_keeps_its_checkpoints_head(
+    tmp_path, finished_run, data_dir, capsys
+):
+    """The default, `fp8_head: auto`, leaves the head exact on the CPU (no FP8 tensor cores): the losses of
+    `fp8_head: false`, and every checkpoint and start event says so. A checkpoint whose head trained in FP8
+    resumed under auto keeps FP8, which the CPU has not: a one-line error, and the run stays as it was."""
+    assert tiny_config(data_dir).get("fp8_head") is None  # finished_run trained at the default
+    off = tmp_path / "off"
+    assert run(write_run(off, tiny_config(data_dir, fp8_head=False))) == EXIT_DONE
+    assert losses(off) == losses(finished_run)
+    start = events_of(finished_run)[0]
+    assert start["config"]["fp8_head"] == "auto" and start["device"]["fp8_head"] is False
+    metas = [json.loads(p.read_text()) for p in sorted(finished_run.glob("checkpoints/*/meta.json"))]
+    assert metas and all(meta["fp8_head"] is False for meta in metas)
+
+    fp8 = tmp_path / "fp8"
+    assert run(write_run(fp8, tiny_config(data_dir, fp8_head=True))) == EXIT_DONE
+    assert json.loads((fp8 / "checkpoints" / "step_000006" / "meta.json").read_text())["fp8_head"] is True
+    shutil.rmtree(fp8 / "checkpoints" / "step_000012")  # as if stopped at step 6
+    write_run(fp8, tiny_config(data_dir, fp8_head="auto"))
+    before = snapshot(fp8)
+    capsys.readouterr()
+    assert run(fp8 / "config.json") == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "fp8_head: auto, and this run's checkpoint trained its head in FP8, which the CPU cannot" in err
+    assert snapshot(fp8) == before
 
 
 def test_fp8_head_trains_close_to_the_exact_head(tmp_path, finished_run, data_dir):
@@ -529,7 +568,7 @@ def changed_dtype(run_dir, data_dir, config):
 
 def changed_fp8_head(run_dir, data_dir, config):
     config["fp8_head"] = True
-    return "step_000012/meta.json", "(fp8_head: False in the checkpoint, True now)"
+    return "step_000012/meta.json", "(fp8_head: 'auto' in the checkpoint, True now)"
 
 
 def other_world_size(run_dir, data_dir, config):
