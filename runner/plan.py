@@ -18,7 +18,6 @@ one axis of a study adds cells and keeps the others.
 import dataclasses
 import hashlib
 import json
-import math
 import platform
 import statistics
 from collections.abc import Mapping
@@ -189,7 +188,8 @@ def plan(
     cells: list[PlannedCell] = []
     if study.mode == "mid-training":
         for axes in study.grid.points():
-            cells.append(planner.external_mid_training(axes))
+            if (cell := planner.external_mid_training(axes)) is not None:
+                cells.append(cell)
     else:
         for axes in study.grid.points():
             parent = planner.pretraining(axes)
@@ -369,7 +369,7 @@ class _Planner:
             ident, "mid-training", parent.id, parent.axes, config, self._vocab_size("mid-training")
         )
 
-    def external_mid_training(self, axes: Mapping[str, Any]) -> PlannedCell:
+    def external_mid_training(self, axes: Mapping[str, Any]) -> PlannedCell | None:
         """Mode mid-training: every cell starts from the one checkpoint the study names."""
         from nanogpt.checkpoint import read_meta, resolve_checkpoint
 
@@ -387,8 +387,22 @@ class _Planner:
             train_dir=self._train_dir("mid-training"),
             init_from=str(checkpoint),
         )
-        # The store files every cell under a depth and a budget: the checkpoint's, for a study like this.
-        axes = {"depth": model["depth"], "flops": float(meta.get("flops") or 0.0) or math.nan, **axes}
+        # The store files every cell under a depth and a budget: the checkpoint's, for a study like this:
+        # the FLOPs it trained, else its tokens at its model's FLOPs per token.
+        flops = meta.get("flops") or 0.0
+        if not flops and meta.get("tokens"):
+            numbers = self._model(model, meta["model_config"]["vocab_size"])
+            flops = meta["tokens"] * numbers.flops_per_token if numbers is not None else 0.0
+        if not flops:
+            self.problems.append(
+                self.study.problem(
+                    "mid_training.init_from",
+                    f"{checkpoint / 'meta.json'} records neither the FLOPs nor the tokens it trained (step "
+                    f"{meta['step']}): the cells of a mid-training study are filed under that budget",
+                )
+            )
+            return None
+        axes = {"depth": model["depth"], "flops": float(flops), **axes}
         ident = cell_id(config, data=self._data_ids["mid-training"], parent_id=None)
         vocab_size = (
             self._vocab_size("mid-training")

@@ -12,7 +12,7 @@ from nanogpt.model import GPT, GPTConfig
 from runner.cli import main
 from runner.data.prepare import PrepareConfig, find_prepared, prepare
 from runner.plan import Throughput, cell_id, plan
-from runner.study import StudyError, parse
+from runner.study import StudyError, load, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 MID = "mid_training:\n  data: {source: {name: local, paths: x.jsonl, format: chat}}\n  steps: 7\n"
@@ -64,6 +64,43 @@ def test_ids_are_stable_and_only_new_settings_make_new_cells():
         assert _ids(GOOD.replace("  device: cpu", f"  device: cpu\n  fp8_head: {value}")) == base
     fp8 = _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: true"))
     assert set(fp8.values()).isdisjoint(base.values())
+
+
+def test_a_mid_training_study_files_its_cells_under_the_checkpoints_flops(tmp_path):
+    """Mode mid-training: each cell's budget is the FLOPs its checkpoint trained (meta.json's flops), else
+    its tokens at the model's FLOPs per token; a checkpoint that records neither is a study problem at
+    mid_training.init_from (its budget was NaN, which the store refused)."""
+    from trainer_fixtures import make_data_dir, tiny_config, write_run
+
+    from nanogpt import checkpoint as ckpt
+    from nanogpt.train import EXIT_DONE, run
+
+    init_run = tmp_path / "init-run"
+    config = tiny_config(make_data_dir(tmp_path / "data"), checkpoint={"every_steps": None})
+    assert run(write_run(init_run, config)) == EXIT_DONE
+    meta_path = ckpt.latest_checkpoint(init_run) / ckpt.META_NAME
+    meta = json.loads(meta_path.read_text())
+    study = tmp_path / "mid.yaml"
+    study.write_text(
+        "name: mid\nmode: mid-training\ngrid: {seed: [0, 1]}\n"
+        "train: {total_batch_tokens: 256, device_batch_size: 8, device: cpu}\n"
+        f"mid_training:\n  init_from: '{init_run}'\n"
+        f"  data: {{source: {{name: local, paths: '{tmp_path / 'x.jsonl'}', format: chat}}}}\n  steps: 3\n"
+    )
+    (tmp_path / "x.jsonl").write_text("")
+    cells = plan(load(study)).cells
+    assert [cell.axes["flops"] for cell in cells] == [meta["flops"]] * 2 and meta["flops"] > 0
+    with torch.device("meta"):
+        per_token = GPT(GPTConfig(**meta["model_config"])).estimate_flops()
+    meta_path.write_text(json.dumps({key: value for key, value in meta.items() if key != "flops"}))
+    assert [cell.axes["flops"] for cell in plan(load(study)).cells] == [meta["tokens"] * per_token] * 2
+    meta_path.write_text(json.dumps({**meta, "flops": 0, "tokens": 0}))
+    with pytest.raises(StudyError) as raised:
+        plan(load(study))
+    assert list(raised.value.problems) == [
+        f"{study}:6: mid_training.init_from: {meta_path} records neither the FLOPs nor the tokens it "
+        "trained (step 12): the cells of a mid-training study are filed under that budget"
+    ]
 
 
 def test_the_id_ignores_data_paths_but_not_the_data():
