@@ -77,6 +77,15 @@ class TokenLoader:
             tokens, mask = open_shard(path)
             self._tokens.append(tokens)
             self._masks.append(mask)
+        # Chat data trains only where its loss mask is 1 (the assistant's tokens): none at all trains and
+        # validates on nothing, yet a run would end done. Data prepared today is refused at preparation;
+        # this catches what was prepared before that check (the first shard with one ends the search).
+        if self._masks and self._masks[0] is not None and not any(mask.any() for mask in self._masks):
+            raise ShardError(
+                f"{self.manifest.data_dir}: the {split} split has no token to train on (its loss mask, which "
+                "marks the assistant's tokens of chat data, is 0 throughout); check the conversations' roles "
+                "and prepare the data again"
+            )
         # _starts[i] is the stream offset of shard i's first token.
         self._starts = np.cumsum([0] + [len(t) for t in self._tokens])
         self.tokens_per_epoch = int(self._starts[-1])

@@ -13,8 +13,9 @@ from nanogpt.shards import Manifest, ShardError, ShardInfo, TokenizerInfo, write
 HASH = "ef" * 32
 
 
-def make_data_dir(path, train_sizes=(1000, 700, 301), val_sizes=(200,), with_mask=False):
-    """Shards whose token at stream position p is p (mod 60000): every read can be checked by position."""
+def make_data_dir(path, train_sizes=(1000, 700, 301), val_sizes=(200,), with_mask=False, masked_out=()):
+    """Shards whose token at stream position p is p (mod 60000): every read can be checked by position.
+    With a mask, the splits in `masked_out` have it 0 throughout."""
     path.mkdir(parents=True, exist_ok=True)
     splits = {}
     for split, sizes in (("train", train_sizes), ("val", val_sizes)):
@@ -22,6 +23,8 @@ def make_data_dir(path, train_sizes=(1000, 700, 301), val_sizes=(200,), with_mas
         for i, n in enumerate(sizes):
             tokens = np.arange(start, start + n) % 60_000
             mask = (tokens % 3 != 0).astype(np.uint8) if with_mask else None
+            if mask is not None and split in masked_out:
+                mask[:] = 0
             name = f"{split}_{i:06d}.bin"
             digest = write_shard(
                 path / name, tokens, tokenizer_name="t", tokenizer_hash=HASH, mask=mask, vocab_size=60_000
@@ -200,6 +203,17 @@ def test_mask_turns_targets_into_minus_one(tmp_path):
     expected = torch.where(positions % 3 != 0, positions, torch.full_like(positions, -1))
     assert torch.equal(y[0], expected)
     assert torch.equal(x[0], positions - 1)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_split_whose_loss_mask_is_0_throughout_is_refused(tmp_path, split):
+    """Chat data prepared before preparation refused it: no assistant token in a split, nothing to train or
+    validate on. The loader says so, naming the data; the other split loads."""
+    data = make_data_dir(tmp_path, with_mask=True, masked_out=(split,))
+    with pytest.raises(ShardError, match=f"^{tmp_path}: the {split} split has no token to train on"):
+        TokenLoader(data, split=split, batch_size=1, seq_len=30)
+    other = "val" if split == "train" else "train"
+    assert TokenLoader(data, split=other, batch_size=1, seq_len=30).next_batch()[1].max() > 0
 
 
 def test_too_little_data_and_bad_arguments(tmp_path):
