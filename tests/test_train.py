@@ -1186,6 +1186,12 @@ def test_gpu_run_with_compile_bf16_and_probed_batch(tmp_path, data_dir):
     start = events[0]
     assert start["device"]["type"] == "cuda" and start["device"]["dtype"] == "bfloat16"
     assert start["device_batch_size"] == 64 and start["grad_accum"] == 1  # a tiny model fits all 64 sequences
+    # fp8_head: auto (the default) trains the fused FP8 head where there are FP8 tensor cores, and says so.
+    has_fp8 = torch.cuda.get_device_capability() >= train_module.FP8_CAPABILITY
+    assert start["config"]["fp8_head"] == "auto" and start["device"]["fused_loss"] is True
+    assert start["device"]["fp8_head"] is has_fp8, start["warnings"]
+    meta = json.loads((ckpt.latest_checkpoint(tmp_path) / ckpt.META_NAME).read_text())
+    assert meta["fp8_head"] is has_fp8
     steps = [e for e in events if e["kind"] == "step"]
     if start["device"]["peak_flops"] is not None:
         assert all(0 < e["mfu"] < 1 for e in steps)
