@@ -19,6 +19,7 @@ from store.attempts import (
     open_attempts,
     record_launch,
     stale_attempts,
+    take_over_attempt,
 )
 from store.cells import (
     FinishedCellError,
@@ -136,6 +137,7 @@ __all__ = [
     "stale_attempts",
     "studies_of_cell",
     "study_summary",
+    "take_over_attempt",
     "train_curve",
     "transition",
     "upsert_study",

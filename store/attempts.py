@@ -2,14 +2,16 @@
 
 The runner's life cycle of one try, each step one transaction:
 
-    attempt = claim(store, cell_id, executor=..., host=...)      # pending -> running, attempt opened
-    if attempt is None: ...                                      # someone else got it
+    attempt = claim(store, cell_id, executor=..., host=..., study_id=...)  # pending -> running, opened
+    if attempt is None: ...                                                # someone else got it
     record_launch(store, attempt.id, pid=..., pid_start_time=...)
-    heartbeat(store, [attempt.id, ...])                          # every few seconds while it runs
+    heartbeat(store, [attempt.id, ...])                                    # every few seconds while it runs
     end_attempt(store, attempt.id, AttemptOutcome.DONE, exit_code=0, val_bpb=...)  # running -> done
 
 A restarted runner looks at `open_attempts` (re-adopt the live ones: same host, pid and pid start time);
-the reaper ends each of `stale_attempts` with outcome LOST, which puts its cell back to pending.
+the reaper ends each of `stale_attempts` with outcome LOST, which puts its cell back to pending. An
+attempt records the study whose runner looks after it; a runner that recovers another study's attempt of a
+shared cell (that study's runner died) first makes it its own with `take_over_attempt`.
 """
 
 from collections.abc import Iterable
@@ -35,10 +37,13 @@ def claim(
     gpus: str | None = None,
     num_gpus: int = 0,
     resume_step: int | None = None,
+    study_id: int | None = None,
 ) -> Attempt | None:
     """Move a pending cell to running and open its next attempt, atomically; None if it was not pending.
 
     The guarded UPDATE decides the winner: of two concurrent claims exactly one sees a row count of 1.
+    `study_id` is the study whose runner claims it (a cell may be shared): the attempt is that runner's to
+    look after, and a restarted runner of that study recovers it.
     """
     executor = Executor(executor)
     if num_gpus < 0:
@@ -64,6 +69,7 @@ def claim(
                 gpus=gpus,
                 num_gpus=num_gpus,
                 resume_step=resume_step,
+                study_id=study_id,
                 started_at=stamp,
                 heartbeat_at=stamp,
             )
@@ -89,6 +95,26 @@ def record_launch(
         )
     if result.rowcount != 1:
         raise ValueError(f"attempt {attempt_id}: not an open attempt")
+
+
+def take_over_attempt(store: Store, attempt_id: int, *, study_id: int, from_study_id: int | None) -> bool:
+    """Make an open attempt the one of `study_id`'s runner if it is still `from_study_id`'s (None: an attempt
+    from before schema version 3); True if this call moved it.
+
+    A compare-and-swap, like `claim`: of two runners taking over the same attempt exactly one wins, and
+    the loser leaves the attempt to the winner.
+    """
+    with store.write() as conn:
+        result = conn.execute(
+            sa.update(_attempts)
+            .where(
+                _attempts.c.id == attempt_id,
+                _attempts.c.ended_at.is_(None),
+                _attempts.c.study_id.is_not_distinct_from(from_study_id),
+            )
+            .values(study_id=study_id)
+        )
+    return result.rowcount == 1
 
 
 def heartbeat(store: Store, attempt_ids: Iterable[int]) -> int:

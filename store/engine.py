@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from store.schema import SCHEMA_VERSION, TABLES, Cell, Meta, StudyCell
+from store.schema import SCHEMA_VERSION, TABLES, Attempt, Cell, Meta, StudyCell
 
 DEFAULT_DB_NAME = "nanostudy.db"
 BUSY_TIMEOUT_S = 30.0
@@ -214,8 +214,21 @@ def _migrate_1_to_2(conn: Connection) -> None:
     conn.execute(sa.insert(links).from_select(["study_id", "cell_id", "created_at"], rows))
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Version 3 records in `attempts.study_id` the study whose runner looks after each attempt; older
+    attempts get NULL (unknown), which the runner treats as it treated every attempt before."""
+    attempts = Attempt.__table__  # type: ignore[attr-defined]
+    column = attempts.c.study_id
+    # SQLAlchemy has no ADD COLUMN construct (that is Alembic's); the type is compiled for the dialect.
+    preparer = conn.dialect.identifier_preparer
+    conn.exec_driver_sql(
+        f"ALTER TABLE {preparer.format_table(attempts)} ADD COLUMN {preparer.format_column(column)} "
+        f"{column.type.compile(conn.dialect)}"
+    )
+
+
 # version -> the step that upgrades a database of that version to the next, in one transaction.
-MIGRATIONS = {1: _migrate_1_to_2}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _read_version(conn: Connection, store: Store, *, lock: bool = False) -> int:

@@ -12,7 +12,8 @@ Bump SCHEMA_VERSION with any change to a table below, and either write the step 
 version in `store.engine.MIGRATIONS` or let `store.engine.open_store` refuse the older database. A newer
 database is always refused.
 
-Versions: 1, the first; 2 adds `study_cells` (a cell may belong to several studies).
+Versions: 1, the first; 2 adds `study_cells` (a cell may belong to several studies); 3 adds
+`attempts.study_id` (the study whose runner looks after an attempt).
 """
 
 import enum
@@ -21,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import JSON, Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class CellState(enum.StrEnum):
@@ -199,6 +200,11 @@ class Attempt(SQLModel, table=True):
     gpus: str | None = None  # the CUDA_VISIBLE_DEVICES it was given; None on the CPU
     num_gpus: int = 0
     resume_step: int | None = None  # the checkpoint step it resumed from; None from scratch
+    # The study whose runner looks after the attempt: the one that claimed it, or one that took it over after
+    # that runner died (a cell may be shared). A restarted runner recovers its own attempts and leaves another
+    # study's to that study's runner while it lives. NULL: claimed before schema version 3. A plain integer,
+    # not a foreign key: like `host`, it records who ran the attempt; nothing cascades from it.
+    study_id: int | None = None
     started_at: float
     heartbeat_at: float
     ended_at: float | None = None

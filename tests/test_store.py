@@ -64,6 +64,7 @@ from store import (
     stale_attempts,
     studies_of_cell,
     study_summary,
+    take_over_attempt,
     train_curve,
     transition,
     upsert_study,
@@ -265,9 +266,11 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_cells(tmp_path: Path) ->
     with open_store(path) as opened:
         study_id = _study(opened, "old")
         add_cells(opened, study_id, [_cell("a"), _cell("b", seed=1)])
-        # What version 1 was: no study_cells table, each cell owned by cells.study_id alone.
+        # What version 1 was: no study_cells table, each cell owned by cells.study_id alone (and, as in
+        # version 2, no attempts.study_id).
         with opened.write() as conn:
             conn.exec_driver_sql("DROP TABLE study_cells")
+            conn.exec_driver_sql("ALTER TABLE attempts DROP COLUMN study_id")
             conn.execute(sa.update(Meta.__table__).values(value="1"))
     with open_store(path, create=False) as upgraded:
         assert [cell.id for cell in cells_of(upgraded, study_id)] == ["a", "b"]
@@ -277,6 +280,109 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_cells(tmp_path: Path) ->
         other = _study(upgraded, "new")
         assert add_cells(upgraded, other, [_cell("a")]) == 1
         assert studies_of_cell(upgraded, "a") == ["old", "new"]
+
+
+def _schema_version(store: Store) -> str:
+    with store.read() as conn:
+        return conn.execute(sa.select(Meta.__table__.c.value)).scalar()
+
+
+def _attempt_columns(store: Store) -> list[str]:
+    with store.read() as conn:
+        return [column["name"] for column in sa.inspect(conn).get_columns("attempts")]
+
+
+def _make_older(store: Store, version: int) -> str:
+    """Turn the database into what `version` (1 or 2) wrote; returns the URL to open it again."""
+    with store.write() as conn:
+        if version < 2:
+            conn.exec_driver_sql("DROP TABLE study_cells")
+        conn.exec_driver_sql("ALTER TABLE attempts DROP COLUMN study_id")
+        conn.execute(sa.update(Meta.__table__).values(value=str(version)))
+    url = store.engine.url.render_as_string(hide_password=False)
+    store.close()
+    return url
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_database_is_upgraded_and_its_attempts_keep_no_study(store: Store, version: int) -> None:
+    study_id = _study(store, "old")
+    add_cells(store, study_id, [_cell("open"), _cell("ended", seed=1)])
+    running = claim(store, "open", executor=Executor.LOCAL, host="h")
+    record_launch(store, running.id, pid=4242, pid_start_time=123.5)
+    _put_in_state(store, "ended", CellState.FAILED)
+    url = _make_older(store, version)
+    for _ in range(2):  # the second open finds version 3 and changes nothing
+        with open_store(url, create=False) as upgraded:
+            assert _schema_version(upgraded) == str(SCHEMA_VERSION) == "3"
+            assert _attempt_columns(upgraded).count("study_id") == 1
+            # The attempts made before: unknown study, and the open one is still open, as it was.
+            (still_open,) = open_attempts(upgraded, study_id)
+            assert (still_open.id, still_open.pid, still_open.study_id) == (running.id, 4242, None)
+            assert [a.study_id for a in attempts_of(upgraded, "ended")] == [None]
+            assert [cell.id for cell in cells_of(upgraded, study_id)] == ["open", "ended"]
+    with open_store(url, create=False) as upgraded:
+        assert transition(upgraded, "ended", CellState.FAILED, CellState.PENDING)
+        again = claim(upgraded, "ended", executor=Executor.LOCAL, host="h", study_id=study_id)
+        assert again.study_id == study_id and get_attempt(upgraded, again.id).study_id == study_id
+
+
+def test_an_interrupted_upgrade_leaves_the_database_as_it_was(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from store import engine
+
+    study_id = _study(store, "old")
+    add_cells(store, study_id, [_cell("a")])
+    url = _make_older(store, 2)
+    upgrade = engine.MIGRATIONS[2]
+
+    def upgrade_then_die(conn: sa.Connection) -> None:
+        upgrade(conn)
+        raise KeyboardInterrupt  # after the new column, before the new version: the transaction is lost
+
+    monkeypatch.setitem(engine.MIGRATIONS, 2, upgrade_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        open_store(url, create=False)
+    raw = sa.create_engine(url)  # not open_store, which would upgrade it
+    try:
+        with raw.connect() as conn:
+            assert conn.execute(sa.select(Meta.__table__.c.value)).scalar() == "2"
+            assert "study_id" not in {column["name"] for column in sa.inspect(conn).get_columns("attempts")}
+    finally:
+        raw.dispose()
+    monkeypatch.setitem(engine.MIGRATIONS, 2, upgrade)
+    with open_store(url, create=False) as reopened:
+        assert _schema_version(reopened) == str(SCHEMA_VERSION)
+        assert _attempt_columns(reopened).count("study_id") == 1
+        assert [cell.id for cell in cells_of(reopened, study_id)] == ["a"]
+
+
+def test_several_openers_of_an_older_database_at_once_upgrade_it_once(store: Store) -> None:
+    study_id = _study(store, "old")
+    add_cells(store, study_id, [_cell("a"), _cell("b", seed=1)])
+    url = _make_older(store, 1)
+    num_openers = 4
+    start, errors = threading.Barrier(num_openers), queue.Queue()
+
+    def open_it() -> None:
+        try:
+            start.wait(timeout=30)
+            with open_store(url, create=False) as opened:
+                assert _schema_version(opened) == str(SCHEMA_VERSION)
+        except BaseException as error:  # reported to the test below
+            errors.put(repr(error))
+
+    openers = [threading.Thread(target=open_it) for _ in range(num_openers)]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join(timeout=60)
+    assert list(errors.queue) == []
+    with open_store(url, create=False) as upgraded:
+        assert _attempt_columns(upgraded).count("study_id") == 1
+        assert [cell.id for cell in cells_of(upgraded, study_id)] == ["a", "b"]
+        assert studies_of_cell(upgraded, "a") == ["old"]
 
 
 def test_cells_an_older_nanostudy_added_after_the_upgrade_are_linked_at_the_next_open(tmp_path: Path) -> None:
@@ -499,6 +605,26 @@ def test_attempt_lifecycle(store: Store) -> None:
     with pytest.raises(ValueError, match="not an open attempt"):
         record_launch(store, first.id, pid=1)
     assert heartbeat(store, [first.id]) == 0
+
+
+def test_an_attempt_records_its_runners_study_and_one_runner_takes_it_over(store: Store) -> None:
+    mine, theirs, third = _study(store, "mine"), _study(store, "theirs"), _study(store, "third")
+    add_cells(store, mine, [_cell("shared")])
+    add_cells(store, theirs, [_cell("shared")])
+    attempt = claim(store, "shared", executor=Executor.LOCAL, host="h", study_id=theirs)
+    assert attempt.study_id == theirs and open_attempts(store, mine)[0].study_id == theirs
+    # Two runners that found theirs dead: the first compare-and-swap wins, the second finds it taken.
+    assert take_over_attempt(store, attempt.id, study_id=mine, from_study_id=theirs)
+    assert not take_over_attempt(store, attempt.id, study_id=third, from_study_id=theirs)
+    assert get_attempt(store, attempt.id).study_id == mine
+    assert end_attempt(store, attempt.id, AttemptOutcome.LOST)
+    assert not take_over_attempt(store, attempt.id, study_id=theirs, from_study_id=mine)  # closed
+    # An attempt from before schema version 3 has no study: it is taken over from None.
+    old = claim(store, "shared", executor=Executor.LOCAL, host="h")
+    assert old.study_id is None
+    assert not take_over_attempt(store, old.id, study_id=mine, from_study_id=theirs)
+    assert take_over_attempt(store, old.id, study_id=mine, from_study_id=None)
+    assert get_attempt(store, old.id).study_id == mine
 
 
 def test_stale_attempts_are_found_and_reaped(store: Store) -> None:
