@@ -6,6 +6,7 @@ in the user's cache directory, keyed by the URL and the study, so it guards the 
 writes its pid, host and start time into the file, for the message the second runner prints.
 """
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -13,11 +14,13 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from store import Store
 
-# `is_locked` probes with a shared lock for an instant; a runner starting in that instant waits it out.
+# `is_locked` probes with a shared lock for an instant, and `held_if_free` holds a free lock while another
+# study's runner takes over an attempt; a runner starting in that instant waits it out.
 _ACQUIRE_WAIT_S = 1.0
 
 
@@ -94,6 +97,29 @@ def is_locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+@contextlib.contextmanager
+def held_if_free(path: Path) -> Iterator[bool]:
+    """Hold a study's lock for the body if no runner holds it (True), else False at once; the holder's record
+    in the file is left as it is.
+
+    Another study's runner takes over an attempt of a dead runner under that runner's study lock: the dead
+    runner's successor, starting in that instant, waits for it (`StudyLock` waits up to a second) and then
+    finds the attempt taken, so the two never both recover it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
+        yield free
+    finally:
+        os.close(fd)  # closing the descriptor drops the flock
 
 
 def holder(path: Path) -> str:

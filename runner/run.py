@@ -17,7 +17,9 @@ The loop ends when none of our trainers runs and no cell can start. The runner i
 database, and every write is one of the store's named, transactional functions, so a runner killed at
 any moment leaves a consistent database: on the next start `recover()` re-adopts the trainers that still
 run (they live in their own sessions and outlive the runner) and closes the attempts of those that ended
-meanwhile, deciding from their events (see `scheduler.decide_outcome`).
+meanwhile, deciding from their events (see `scheduler.decide_outcome`). Each attempt records the study
+whose runner looks after it: a cell shared with another study whose runner is live is left to that runner,
+and one whose runner died is taken over.
 
 Ctrl-C or SIGTERM: every trainer is asked to stop (it checkpoints and exits), the loop waits for them,
 ingests the rest and puts their cells back to pending; a second Ctrl-C leaves at once (the trainers still
@@ -40,7 +42,7 @@ from nanogpt.gpu_lock import default_lock_dir, lock_path
 from runner.executor import CONFIG_NAME, Executor, Exited, Handle, LaunchRequest, describe_exit
 from runner.gpus import GpuPool
 from runner.ingest import EventTail
-from runner.lock import is_locked
+from runner.lock import held_if_free, is_locked
 from runner.lock import lock_path as study_lock_path
 from runner.scheduler import Candidate, assign, decide_outcome, refused_input, retry_budget_left
 from store import (
@@ -62,6 +64,7 @@ from store import (
     record_launch,
     rewind,
     studies_of_cell,
+    take_over_attempt,
     transition,
 )
 
@@ -412,6 +415,7 @@ class StudyLoop:
             gpus=None if gpus is None else ",".join(map(str, gpus)),
             num_gpus=0 if gpus is None else len(gpus),
             resume_step=resume_step,
+            study_id=self.study_id,
         )
         if attempt is None:
             return  # no longer pending: cancelled or taken a moment ago
@@ -489,82 +493,114 @@ class StudyLoop:
 
     def recover(self) -> None:
         """Re-adopt the trainers of open attempts that still run; close the attempts of those that ended
-        while no runner watched them."""
+        while no runner watched them. Those on another host, and those of a shared cell that another
+        study's live runner looks after, are left to them (see `_take`)."""
         for attempt in open_attempts(self.store, self.study_id):
-            assert attempt.id is not None
-            if attempt.executor != self.executor.kind or attempt.host != self.executor.host:
+            if not self._here(attempt):
                 self.log(
                     f"{self._name(attempt.cell_id)}: attempt {attempt.number} runs on {attempt.host} "
                     f"({attempt.executor.value}); left to it"
                 )
                 continue
+            if (left := self._take(attempt)) is not None:
+                self.log(f"{self._name(attempt.cell_id)}: attempt {attempt.number} {left}; left to it")
+                continue
+            self._recover(attempt)
+
+    def _here(self, attempt: Attempt) -> bool:
+        """Whether this runner's executor could have started the attempt (same kind, same host)."""
+        return attempt.executor == self.executor.kind and attempt.host == self.executor.host
+
+    def _take(self, attempt: Attempt) -> str | None:
+        """Make the open attempt this runner's to recover; or, left to another runner, say why.
+
+        Ours: our study's previous runner made it, and that runner is dead (we hold the study's lock).
+        Another study's (the cell is shared): left to its runner while that one is live, else taken over
+        under that study's lock, so that its runner, restarting in that instant, cannot recover it too.
+        One made before schema version 3 (no study recorded): left while any other study sharing the cell
+        has a live runner, as then; else taken. Taking over is a compare-and-swap: of two runners taking
+        the same attempt, one wins.
+        """
+        assert attempt.id is not None
+        owner = attempt.study_id
+        if owner == self.study_id:
+            return None
+        if owner is None:
             if (runner := self._other_runner(attempt.cell_id)) is not None:
-                self.log(
-                    f"{self._name(attempt.cell_id)}: attempt {attempt.number} belongs to the runner of "
-                    f"study {runner!r} (the cell is shared); left to it"
-                )
-                continue
-            cell = get_cell(self.store, attempt.cell_id)
-            assert cell is not None
-            launch = self.launches.get(attempt.cell_id)
-            run_dir = Path(cell.run_dir) if cell.run_dir else launch.run_dir if launch else None
-            if run_dir is None:
-                end_attempt(self.store, attempt.id, AttemptOutcome.LOST, reason="no run directory recorded")
-                continue
-            tail = EventTail(
-                self.store, attempt.cell_id, run_dir, attempt_id=attempt.id, since=attempt.started_at
-            )
-            tail.recover_trace()
-            handle = self.executor.adopt(attempt, run_dir)
-            gpus = tuple(int(gpu) for gpu in attempt.gpus.split(",")) if attempt.gpus else None
-            if handle is not None:
-                recorded = (attempt.pid, attempt.pid_start_time, attempt.job_id)
-                if (handle.pid, handle.pid_start_time, handle.job_id) != recorded:
-                    record_launch(
-                        self.store,
-                        attempt.id,
-                        pid=handle.pid,
-                        pid_start_time=handle.pid_start_time,
-                        job_id=handle.job_id,
-                    )
-                tail.pump()
-                self._active[attempt.id] = _Active(
-                    attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
-                )
-                self.log(
-                    f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} ({handle.where})"
-                )
-                continue
-            tail.pump()
-            if attempt.pid is None and attempt.job_id is None and tail.trace.start is None:
-                end_attempt(
+                return f"belongs to the runner of study {runner!r} (the cell is shared)"
+            taken = take_over_attempt(self.store, attempt.id, study_id=self.study_id, from_study_id=None)
+        else:
+            name = self._study_name(owner)
+            lock = held_if_free(study_lock_path(self.store, name)) if name else contextlib.nullcontext(True)
+            with lock as free:
+                if not free:
+                    return f"belongs to the runner of study {name!r} (the cell is shared)"
+                taken = take_over_attempt(self.store, attempt.id, study_id=self.study_id, from_study_id=owner)
+        return None if taken else "was closed or taken over by another runner meanwhile"
+
+    def _recover(self, attempt: Attempt) -> None:
+        """Re-adopt the attempt's trainer if it still runs, else close the attempt from its events."""
+        assert attempt.id is not None
+        cell = get_cell(self.store, attempt.cell_id)
+        assert cell is not None
+        launch = self.launches.get(attempt.cell_id)
+        run_dir = Path(cell.run_dir) if cell.run_dir else launch.run_dir if launch else None
+        if run_dir is None:
+            end_attempt(self.store, attempt.id, AttemptOutcome.LOST, reason="no run directory recorded")
+            return
+        tail = EventTail(
+            self.store, attempt.cell_id, run_dir, attempt_id=attempt.id, since=attempt.started_at
+        )
+        tail.recover_trace()
+        handle = self.executor.adopt(attempt, run_dir)
+        gpus = tuple(int(gpu) for gpu in attempt.gpus.split(",")) if attempt.gpus else None
+        if handle is not None:
+            recorded = (attempt.pid, attempt.pid_start_time, attempt.job_id)
+            if (handle.pid, handle.pid_start_time, handle.job_id) != recorded:
+                record_launch(
                     self.store,
                     attempt.id,
-                    AttemptOutcome.LOST,
-                    reason="the runner stopped before this attempt's trainer started",
+                    pid=handle.pid,
+                    pid_start_time=handle.pid_start_time,
+                    job_id=handle.job_id,
                 )
-                self.log(
-                    f"{self._name(attempt.cell_id)}: attempt {attempt.number} never started; pending again"
-                )
-                continue
-            gone = Handle(
-                attempt_id=attempt.id,
-                pid=attempt.pid,
-                pid_start_time=attempt.pid_start_time,
-                job_id=attempt.job_id,
+            tail.pump()
+            self._active[attempt.id] = _Active(
+                attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
             )
-            self._finish(
-                _Active(attempt=attempt, handle=gone, tail=tail, run_dir=run_dir, gpus=gpus),
-                Exited(code=None, from_trainer=False),
+            self.log(f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} ({handle.where})")
+            return
+        tail.pump()
+        if attempt.pid is None and attempt.job_id is None and tail.trace.start is None:
+            end_attempt(
+                self.store,
+                attempt.id,
+                AttemptOutcome.LOST,
+                reason="the runner stopped before this attempt's trainer started",
             )
+            self.log(f"{self._name(attempt.cell_id)}: attempt {attempt.number} never started; pending again")
+            return
+        gone = Handle(
+            attempt_id=attempt.id,
+            pid=attempt.pid,
+            pid_start_time=attempt.pid_start_time,
+            job_id=attempt.job_id,
+        )
+        self._finish(
+            _Active(attempt=attempt, handle=gone, tail=tail, run_dir=run_dir, gpus=gpus),
+            Exited(code=None, from_trainer=False),
+        )
 
     def _other_runner(self, cell_id: str) -> str | None:
         """The name of another study that shares the cell and whose runner is running now, if any."""
-        ours = next((study.name for study in list_studies(self.store) if study.id == self.study_id), None)
+        ours = self._study_name(self.study_id)
         for name in studies_of_cell(self.store, cell_id):
             if name != ours and is_locked(study_lock_path(self.store, name)):
                 return name
         return None
+
+    def _study_name(self, study_id: int) -> str | None:
+        return next((study.name for study in list_studies(self.store) if study.id == study_id), None)
 
     def _name(self, cell_id: str) -> str:
         return self._labels.get(cell_id, f"cell {cell_id}")
