@@ -19,7 +19,7 @@ any moment leaves a consistent database: on the next start `recover()` re-adopts
 run (they live in their own sessions and outlive the runner) and closes the attempts of those that ended
 meanwhile, deciding from their events (see `scheduler.decide_outcome`). Each attempt records the study
 whose runner looks after it: a cell shared with another study whose runner is live is left to that runner,
-and one whose runner died is taken over.
+and one whose runner died is taken over, at the start or, while the loop runs, as soon as it is noticed.
 
 Ctrl-C or SIGTERM: every trainer is asked to stop (it checkpoints and exits), the loop waits for them,
 ingests the rest and puts their cells back to pending; a second Ctrl-C leaves at once (the trainers still
@@ -190,6 +190,8 @@ class StudyLoop:
                 states = {status.id: status for status in cell_statuses(self.store, self.study_id)}
                 self._labels.update((cell_id, label(status)) for cell_id, status in states.items())
                 self._notice_cancels(states)
+                if not self._signals.count and self._recover_abandoned(states):
+                    states = {status.id: status for status in cell_statuses(self.store, self.study_id)}
                 if not self._signals.count:
                     self._schedule(states)
                 if time.monotonic() - last_heartbeat >= self.options.heartbeat_s:
@@ -506,6 +508,35 @@ class StudyLoop:
                 self.log(f"{self._name(attempt.cell_id)}: attempt {attempt.number} {left}; left to it")
                 continue
             self._recover(attempt)
+
+    def _recover_abandoned(self, states: Mapping[str, CellStatus]) -> bool:
+        """Recover the open attempts of our cells that run elsewhere once the runner looking after them has
+        died (another study's that shares the cell; see `_take`): a runner recovers only at its own start,
+        so such a cell would otherwise stay running until that study ran again. True if any was recovered
+        (its cell's state changed)."""
+        busy = {active.cell_id for active in self._active.values()}
+        elsewhere = {
+            cell_id
+            for cell_id, status in states.items()
+            if status.state is CellState.RUNNING and cell_id in self.launches and cell_id not in busy
+        }
+        if not elsewhere:
+            return False
+        recovered = False
+        for attempt in open_attempts(self.store, self.study_id):
+            if attempt.cell_id not in elsewhere or not self._here(attempt):
+                continue
+            if self._take(attempt) is not None:
+                continue  # its runner is live: it looks after the attempt
+            runner = self._study_name(attempt.study_id) if attempt.study_id is not None else None
+            self.log(
+                f"{self._name(attempt.cell_id)}: attempt {attempt.number} was left by "
+                + (f"the runner of study {runner!r}" if runner else "a runner")
+                + ", which has stopped; taking it over"
+            )
+            self._recover(attempt)
+            recovered = True
+        return recovered
 
     def _here(self, attempt: Attempt) -> bool:
         """Whether this runner's executor could have started the attempt (same kind, same host)."""

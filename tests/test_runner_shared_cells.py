@@ -1,9 +1,10 @@
 """Runners of two studies that share a cell, with real processes and the fake trainer: which runner looks
-after an open attempt of the shared cell when one of them died (`StudyLoop.recover` at a start). Study
-"tiny" is A; "other" is B, whose live runner a test plays by holding its lock."""
+after an open attempt of the shared cell when one of them died (`StudyLoop.recover` at a start, and the
+loop while it runs). Study "tiny" is A; "other" is B, whose live runner a test plays by holding its lock."""
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -105,7 +106,7 @@ def test_an_attempt_of_the_sharing_study_is_left_to_its_live_runner(studies):
         here = {"executor": loop.executor.kind, "host": loop.executor.host}
         theirs = claim(studies.store, "shared", **here, study_id=studies.other)
         with _holds(studies, "tiny"):
-            assert loop.run() is False  # "mine" trains
+            assert loop.run() is False  # "mine" trains; each turn looks at "shared" again
     assert any(
         "belongs to the runner of study 'other' (the cell is shared); left to it" in line for line in log
     )
@@ -113,4 +114,62 @@ def test_an_attempt_of_the_sharing_study_is_left_to_its_live_runner(studies):
     (attempt,) = attempts_of(studies.store, "shared")
     assert (attempt.id, attempt.ended_at, attempt.study_id) == (theirs.id, None, studies.other)
     assert get_cell(studies.store, "shared").state is CellState.RUNNING
+    assert get_cell(studies.store, "mine").state is CellState.DONE
+
+
+def test_at_its_start_a_runner_takes_over_an_attempt_of_the_sharing_study_whose_runner_died(studies):
+    log: list[str] = []
+    loop = _loop(studies, studies.tiny, log)
+    here = {"executor": loop.executor.kind, "host": loop.executor.host}
+    # B's runner claimed the shared cell and died before its trainer started; B is not running now.
+    theirs = claim(studies.store, "shared", **here, study_id=studies.other)
+    write_plan(studies.root, {})  # every trainer ends done at once
+    with _holds(studies, "tiny"):
+        assert loop.run() is False
+    assert any("attempt 1 never started; pending again" in line for line in log), log
+    attempts = attempts_of(studies.store, "shared")
+    assert [(a.id, a.outcome, a.study_id) for a in attempts] == [
+        (theirs.id, AttemptOutcome.LOST, studies.tiny),
+        (attempts[1].id, AttemptOutcome.DONE, studies.tiny),
+    ]
+
+
+def test_a_live_runner_takes_over_the_shared_cell_of_a_runner_that_died(studies):
+    # B's runner trains the shared cell while A's runner starts (A leaves it to B), then B's runner dies:
+    # A takes the attempt over at once and re-adopts its trainer, rather than leaving the cell running
+    # until B is run again. B, restarted while A looks after it, leaves it to A: one runner watches it.
+    write_plan(studies.root, {"shared": ["slow"], "mine": ["slow"]})  # A's loop runs while B's dies
+    theirs_runner = _runner_process(studies, "other")
+    theirs = wait_for(lambda: _open_attempt(studies, "shared"), timeout_s=20, what="B's trainer to start")
+    assert theirs.study_id == studies.other
+
+    log: list[str] = []
+    with _holds(studies, "tiny"):
+        loop = threading.Thread(target=_loop(studies, studies.tiny, log).run)
+        loop.start()
+        try:
+            wait_for(lambda: any("left to it" in line for line in log), timeout_s=20, what="A to leave it")
+            kill9(theirs_runner.pid)
+            theirs_runner.wait()
+            wait_for(
+                lambda: any("taking it over" in line for line in log), timeout_s=20, what="A's take-over"
+            )
+            assert get_cell(studies.store, "shared").state is CellState.RUNNING
+            restarted: list[str] = []
+            with _holds(studies, "other"):
+                assert _loop(studies, studies.other, restarted).run() is False
+            assert any("belongs to the runner of study 'tiny'" in line for line in restarted), restarted
+        finally:
+            loop.join(timeout=60)
+        assert not loop.is_alive()
+    assert any(
+        "attempt 1 was left by the runner of study 'other', which has stopped; taking it over" in line
+        for line in log
+    )
+    assert any("re-adopted attempt 1" in line for line in log), log
+    attempts = attempts_of(studies.store, "shared")
+    assert [(a.number, a.outcome, a.pid, a.study_id) for a in attempts] == [
+        (1, AttemptOutcome.DONE, theirs.pid, studies.tiny)
+    ]
+    assert [point.step for point in train_curve(studies.store, "shared")] == list(range(1, 41))
     assert get_cell(studies.store, "mine").state is CellState.DONE
