@@ -35,6 +35,7 @@ from store import (
     open_attempts,
     open_store,
     ranked_checkpoints,
+    studies_of_cell,
     study_summary,
     transition,
 )
@@ -339,9 +340,10 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
     """Cancel one cell, or every unfinished cell of the study.
 
     Pending cells become cancelled. A running cell's open attempt is closed as cancelled (the cell with
-    it, in one transaction); its trainer is then stopped by the runner that watches it, or, when no runner
-    holds the study on this machine, by this call (one SIGTERM to the process we started, verified by pid
-    and start time; `wait_s` waits that long for it to exit). Finished cells are left as they are.
+    it, in one transaction); its trainer is then stopped by the runner that watches it (`_watched`: for a
+    cell that several studies share, maybe another study's), or, when no runner on this machine watches
+    it, by this call (one SIGTERM to the process we started, verified by pid and start time; `wait_s` waits
+    that long for it to exit). Finished cells are left as they are.
     """
     study = _study(store, name)
     statuses = cell_statuses(store, study.id)
@@ -349,7 +351,6 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
         statuses = [status for status in statuses if status.id == cell_id]
         if not statuses:
             raise ValueError(f"study {name!r} has no cell {cell_id!r}")
-    runner_active = is_locked(lock_path(store, study.name))
     cancelled, stopping, stopped_here, unchanged = [], [], [], []
     to_stop: list[tuple[Executor, Handle]] = []
     for status in statuses:
@@ -365,7 +366,7 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             unchanged.append(status.id)
             continue
         stopping.append(status.id)
-        if not runner_active:
+        if not _watched(store, attempt, study):
             executor = executor_for(attempt)
             handle = executor.adopt(attempt, _run_dir(store, status.id))
             if handle is not None:
@@ -423,6 +424,17 @@ def _study(store: Store, name: str) -> Study:
         raise UnknownStudyError(f"{store.name}: no study named {name!r} (studies here: {known})")
     assert study.id is not None
     return study
+
+
+def _watched(store: Store, attempt: Attempt, study: Study) -> bool:
+    """Whether a live runner watches the attempt (and so stops its trainer once the attempt is closed): the
+    runner of the study the attempt records (`attempts.study_id`), else, for an attempt from before that was
+    recorded, of this study or of any study that shares the cell."""
+    if attempt.study_id is not None:
+        names = [other.name for other in _list_studies(store) if other.id == attempt.study_id]
+    else:
+        names = [study.name, *studies_of_cell(store, attempt.cell_id)]
+    return any(is_locked(lock_path(store, name)) for name in names)
 
 
 def _open_attempt(store: Store, cell_id: str) -> Attempt | None:

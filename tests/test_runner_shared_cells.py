@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 from runner_fixtures import (
     ROOT,
@@ -21,6 +22,7 @@ from runner_fixtures import (
 )
 from trainer_fixtures import make_data_dir
 
+from runner import api
 from runner.lock import StudyLock, lock_path
 from store import (
     AttemptOutcome,
@@ -173,3 +175,18 @@ def test_a_live_runner_takes_over_the_shared_cell_of_a_runner_that_died(studies)
     ]
     assert [point.step for point in train_curve(studies.store, "shared")] == list(range(1, 41))
     assert get_cell(studies.store, "mine").state is CellState.DONE
+
+
+def test_cancelling_a_shared_cell_leaves_its_trainer_to_the_live_runner_that_watches_it(studies):
+    # B's runner trains the shared cell; A's is not running. `nanostudy cancel tiny` closes the attempt
+    # and leaves the stop to B's runner (it signalled the trainer itself too, as if nobody watched it).
+    theirs_runner = _runner_process(studies, "other")
+    theirs = wait_for(lambda: _open_attempt(studies, "shared"), timeout_s=20, what="B's trainer to start")
+    result = api.cancel(studies.store, "tiny", cell_id="shared")
+    assert result.stopping == ("shared",) and result.stopped_here == ()
+    output, _ = theirs_runner.communicate(timeout=60)
+    assert "cancelled through the store; stopping its trainer" in output, output
+    assert not psutil.pid_exists(theirs.pid) or psutil.Process(theirs.pid).status() == psutil.STATUS_ZOMBIE
+    assert get_cell(studies.store, "shared").state is CellState.CANCELLED
+    (attempt,) = attempts_of(studies.store, "shared")
+    assert (attempt.outcome, attempt.study_id) == (AttemptOutcome.CANCELLED, studies.other)
