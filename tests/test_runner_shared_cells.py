@@ -76,6 +76,18 @@ def _holds(studies, name: str) -> StudyLock:
     return StudyLock(lock_path(studies.store, name), name)
 
 
+def _assert_readopted_and_done(studies, log: list[str], pid: int) -> None:
+    """Study A's runner re-adopted the shared cell's first attempt (the trainer of process `pid`), which
+    trained to its end under A, every step ingested once; A's own cell trained too."""
+    assert any("re-adopted attempt 1" in line for line in log), log
+    attempts = attempts_of(studies.store, "shared")
+    assert [(a.number, a.outcome, a.pid, a.study_id) for a in attempts] == [
+        (1, AttemptOutcome.DONE, pid, studies.tiny)
+    ]
+    assert [point.step for point in train_curve(studies.store, "shared")] == list(range(1, 41))
+    assert get_cell(studies.store, "mine").state is CellState.DONE
+
+
 def test_a_restarted_runner_recovers_its_own_attempt_while_the_sharing_studys_runner_lives(studies):
     # A's runner claims the shared cell and dies; its trainer lives on. B's runner is live. A, restarted,
     # holds A's lock, so the attempt's runner is certainly dead: A re-adopts it. (It was left "to" B,
@@ -90,14 +102,8 @@ def test_a_restarted_runner_recovers_its_own_attempt_while_the_sharing_studys_ru
     log: list[str] = []
     with _holds(studies, "other"), _holds(studies, "tiny"):
         assert _loop(studies, studies.tiny, log).run() is False
-    assert any("re-adopted attempt 1" in line for line in log), log
     assert not any("left to it" in line for line in log), log
-    attempts = attempts_of(studies.store, "shared")
-    assert [(a.number, a.outcome, a.pid, a.study_id) for a in attempts] == [
-        (1, AttemptOutcome.DONE, first.pid, studies.tiny)
-    ]
-    assert [point.step for point in train_curve(studies.store, "shared")] == list(range(1, 41))
-    assert get_cell(studies.store, "mine").state is CellState.DONE
+    _assert_readopted_and_done(studies, log, first.pid)
 
 
 def test_an_attempt_of_the_sharing_study_is_left_to_its_live_runner(studies):
@@ -168,13 +174,7 @@ def test_a_live_runner_takes_over_the_shared_cell_of_a_runner_that_died(studies)
         "attempt 1 was left by the runner of study 'other', which has stopped; taking it over" in line
         for line in log
     )
-    assert any("re-adopted attempt 1" in line for line in log), log
-    attempts = attempts_of(studies.store, "shared")
-    assert [(a.number, a.outcome, a.pid, a.study_id) for a in attempts] == [
-        (1, AttemptOutcome.DONE, theirs.pid, studies.tiny)
-    ]
-    assert [point.step for point in train_curve(studies.store, "shared")] == list(range(1, 41))
-    assert get_cell(studies.store, "mine").state is CellState.DONE
+    _assert_readopted_and_done(studies, log, theirs.pid)
 
 
 def test_cancelling_a_shared_cell_leaves_its_trainer_to_the_live_runner_that_watches_it(studies):
