@@ -225,10 +225,10 @@ class RunConfig:
     # The lm_head's matmuls in FP8 during training steps (with the fused loss nanogpt.fused_loss's
     # FusedFP8HeadLoss, else nanogpt.model.FP8Linear); evaluation and generation stay in the autocast
     # dtype. "auto": on for CUDA runs on GPUs with FP8 tensor cores (compute capability 8.9+) that train
-    # with the fused loss, decided at a run's first start and kept by its resumes (nanogpt.train.
-    # resolve_fp8_head); 7-9% more tokens/s at depth 12 on an H100, at a loss change within the GPU's
-    # run-to-run noise (docs/training.md). true: required (an error on a GPU without FP8); false: the
-    # head in the autocast dtype.
+    # with the fused loss, decided at a run's first start (nanogpt.train.resolve_head); 7.7-8.6% more
+    # tokens/s at depth 12 on an H100, at a loss change within the GPU's run-to-run noise
+    # (docs/training.md). auto pins nothing (a cell's id is the same as before it existed); true pins FP8
+    # (an error on a GPU without it), false the autocast dtype.
     fp8_head: bool | Literal["auto"] = "auto"
     # The training loss and its gradient in one Triton kernel (nanogpt.fused_loss): the same loss, 3% more
     # tokens/s at depth 12 on an H100. "auto": on for CUDA runs when triton imports and the kernel passes

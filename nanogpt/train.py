@@ -476,23 +476,14 @@ def resolve_fused_loss(
 
 def fp8_head_candidate(config: RunConfig, device: torch.device, recorded: bool | None = None) -> bool:
     """Whether the run's lm_head is to train in FP8, before its kernels are tested. true: yes (init_runtime
-    refused a GPU without FP8 tensor cores; on the CPU it is slow reference code). "auto": what the run's
-    checkpoint `recorded` (its first start decided, and its resumes keep it), else on CUDA with FP8 tensor
-    cores. A checkpoint whose head trained in FP8, resumed where there is no FP8, is an error: the head
-    would change in mid-run."""
-    if config.fp8_head is not True and config.fp8_head != "auto":
+    refused a GPU without FP8 tensor cores; on the CPU it is slow reference code). "auto": on CUDA with FP8
+    tensor cores, unless the run's checkpoint `recorded` that its head trained in the autocast dtype (a
+    run's first start decides; its resumes keep a bf16 head)."""
+    if config.fp8_head is True:
+        return True
+    if config.fp8_head != "auto" or recorded is False:
         return False
-    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
-    if config.fp8_head is True or recorded is None:
-        return config.fp8_head is True or has_fp8
-    if recorded and not has_fp8:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
-        raise ConfigError(
-            f"fp8_head: auto, and this run's checkpoint trained its head in FP8, which {name} cannot (FP8 "
-            "tensor cores: compute capability 8.9 or newer); resume on such a GPU, or train the run again "
-            "with fp8_head: false"
-        )
-    return recorded
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_CAPABILITY
 
 
 def resolve_head(
@@ -505,26 +496,38 @@ def resolve_head(
 ) -> tuple[bool, bool, list[str]]:
     """(whether the run trains with the fused loss, whether its lm_head trains in FP8, warnings), where
     `recorded` is what the run's checkpoint says its head trained in (None: a first start, or a checkpoint
-    from before it was recorded). `fp8_head: auto` at a first start turns the FP8 head on only with the
-    fused loss, once the fused FP8 head has passed its self-test (without the fused loss, the FP8 head,
-    nanogpt.model.FP8Linear, measured slower than the bf16 head: docs/benchmarks.md); if that test fails,
-    the head stays in the autocast dtype and the fused loss is tested without it. Otherwise
-    `resolve_fused_loss` decides the fused loss, tested in the head `fp8_head_candidate` gives."""
-    fp8 = fp8_head_candidate(config, device, recorded)
+    from before it was recorded). `fp8_head: auto` turns the FP8 head on (`fp8_head_candidate`) only with
+    the fused loss, once the fused FP8 head has passed its self-test (without the fused loss, the FP8 head,
+    nanogpt.model.FP8Linear, measured slower than the bf16 head: docs/benchmarks.md); otherwise the head
+    trains in the autocast dtype and the fused loss is tested without FP8. auto pins nothing: a resume whose
+    checkpoint trained the FP8 head where it cannot train now (a GPU without FP8, a failing kernel) goes on
+    in the autocast dtype and says so (`true` and `false` pin the head). For true and false,
+    `resolve_fused_loss` decides the fused loss, tested in the head asked for."""
     kwargs: dict[str, Any] = dict(dtype=dtype, cap=cap)
-    if not (fp8 and config.fp8_head == "auto" and recorded is None):
+    fp8 = fp8_head_candidate(config, device, recorded)
+    if config.fp8_head != "auto":
         fused, warning = resolve_fused_loss(config, device, fp8=fp8, **kwargs)
         return fused, fp8, [] if warning is None else [warning]
-    if config.fused_loss is False:
-        return False, False, []
-    fused, why = resolve_fused_loss(
-        dataclasses.replace(config, fused_loss="auto"), device, fp8=True, **kwargs
-    )
-    if fused:
-        return True, True, []
+    warnings = []
+    if fp8 and config.fused_loss is not False:
+        auto = dataclasses.replace(config, fused_loss="auto")
+        fused, why = resolve_fused_loss(auto, device, fp8=True, **kwargs)
+        if fused:
+            return True, True, []
+        warnings.append("fp8_head: off, " + (why or "").removeprefix("fused_loss: off, "))
+        reason = "its kernels fail here"
+    elif fp8:
+        reason = "fused_loss: false"
+    else:
+        reason = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'} has no FP8"
+    if recorded:
+        warnings.insert(
+            0,
+            f"fp8_head: auto, and this run's checkpoint trained its head in FP8, which cannot go on here "
+            f"({reason}): the head goes on in the autocast dtype",
+        )
     fused, warning = resolve_fused_loss(config, device, **kwargs)
-    why = "fp8_head: off, " + (why or "").removeprefix("fused_loss: off, ")
-    return fused, False, [why] if warning is None else [why, warning]
+    return fused, False, warnings if warning is None else [*warnings, warning]
 
 
 def _kernel_failure(test: Callable[[], None], failing: str) -> str | None:
@@ -1556,6 +1559,8 @@ def run(config_path: str | os.PathLike) -> int:
         device_batch_size = agree_on_setup(
             error, runtime, 0 if trainer is None else trainer.proposed_batch_size
         )
+        # One head on every rank: FP8 only if every rank can (fp8_head: auto decides on each rank's GPU).
+        trainer.model.fp8_head = not _any_rank(not trainer.model.fp8_head, runtime)
         try:
             trainer.build(device_batch_size)
         except Exception as e:

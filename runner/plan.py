@@ -54,12 +54,13 @@ NOT_IN_ID = (
     # study does not retrain it (`nanostudy eval STUDY` scores its final checkpoints instead).
     *(f"eval.{key}" for key in GAUNTLET_KEYS),
 )
-# Trainer config keys added after studies existed, at the values that train as before: left out of the id
-# at those values, so that the cells of an existing study keep their ids (and their results). fp8_head's
-# "auto" (the FP8 head where the GPU has FP8 tensor cores) is a speed setting like fused_loss's: its change
-# to the losses is within a GPU's run-to-run noise (docs/training.md), and the report says which head each
-# cell trained (the start event's device.fp8_head). true, FP8 wherever the cell runs, is in the id.
-ID_OMITTED_AT = {"fp8_head": (False, "auto")}
+# Trainer config keys added after studies existed, left out of the id at their default, so that the cells
+# of an existing study keep their ids (and their results). fp8_head's default, "auto" (the FP8 head where
+# the GPU has FP8 tensor cores), pins nothing, like fused_loss: its change to the losses is within a GPU's
+# run-to-run noise (docs/training.md), and the report says which head each cell trained (the start event's
+# device.fp8_head); the cells planned before it, at false, keep their ids under it. true and false pin the
+# head, so each is in the id: a study that asks for one gets cells that trained with it.
+ID_OMITTED_AT = {"fp8_head": ("auto",)}
 # When the store has no measurement for this machine: rough training speeds, FLOP/s per device. A GPU at
 # about 40% of an H100's dense bf16 peak; a laptop-class CPU core pair in float32 (what the quickstart's
 # cells reach on the 2-core machine its comments describe). Only the ETA uses them.
@@ -250,10 +251,7 @@ def cell_id(config: Mapping[str, Any], *, data: Mapping[str, Any], parent_id: st
             inner = inner.get(section) or {}
         inner.pop(last, None)
     for key, values in ID_OMITTED_AT.items():
-        # A bool matches only itself (a 1 is no true).
-        if key in content and any(
-            content[key] is v if isinstance(v, bool) else content[key] == v for v in values
-        ):
+        if key in content and content[key] in values:
             del content[key]
     content = {"config": content, "data": data, "parent": parent_id}
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -129,8 +129,8 @@ def test_a_kernel_that_fails_its_self_test_leaves_auto_off_and_refuses_true(monk
 def test_fp8_head_auto_takes_fp8_tensor_cores_with_the_fused_loss_and_a_resume_keeps_its_head(monkeypatch):
     """`fp8_head: auto` (the default) on a GPU of compute capability 8.9+ trains the fused FP8 head once it
     passes its self-test; on older GPUs, on the CPU or without the fused loss it keeps the head in the
-    autocast dtype; a resume keeps the head its checkpoint trained, and cannot resume an FP8 head where
-    there is no FP8."""
+    autocast dtype; a resume keeps a bf16 head, and an FP8 head where it can, else goes on in bf16 and says
+    so (auto pins nothing)."""
     from nanogpt import fused_loss
     from nanogpt.config import RunConfig
     from nanogpt.train import ConfigError, resolve_head
@@ -155,16 +155,23 @@ def test_fp8_head_auto_takes_fp8_tensor_cores_with_the_fused_loss_and_a_resume_k
     tested.clear()
     gpu["capability"] = (8, 0)
     assert resolve_head(config(), cuda) == (True, False, []) and tested == [False]
-    # A resume keeps its checkpoint's head: bf16 on an FP8 GPU, FP8 where there is FP8, else an error.
+    # A resume keeps its checkpoint's head: bf16 on an FP8 GPU, FP8 where it can, else bf16, saying why.
     gpu["capability"] = (9, 0)
     assert resolve_head(config(), cuda, recorded=False) == (True, False, [])
     assert resolve_head(config(), cuda, recorded=True) == (True, True, [])
     assert resolve_head(config(fp8_head=False), cuda, recorded=True) == (True, False, [])
+    switched = (
+        "fp8_head: auto, and this run's checkpoint trained its head in FP8, which cannot go on here ({}): "
+        "the head goes on in the autocast dtype"
+    )
+    assert resolve_head(config(fused_loss=False), cuda, recorded=True) == (
+        False, False, [switched.format("fused_loss: false")]
+    )  # fmt: skip
     gpu["capability"] = (8, 0)
-    with pytest.raises(ConfigError, match="checkpoint trained its head in FP8, which an A100 cannot"):
-        resolve_head(config(), cuda, recorded=True)
-    with pytest.raises(ConfigError, match="checkpoint trained its head in FP8, which the CPU cannot"):
-        resolve_head(config(), cpu, recorded=True)
+    for device, name in ((cuda, "an A100"), (cpu, "the CPU")):
+        fused, fp8, warnings = resolve_head(config(), device, recorded=True)
+        assert (fused, fp8) == (device is cuda, False)
+        assert warnings == [switched.format(f"{name} has no FP8")]
 
     # The FP8 head's kernels failing their self-test: auto trains the bf16 head, with the fused loss if that
     # passes without FP8, and says why; where the fused loss is required (true) too.
@@ -177,6 +184,7 @@ def test_fp8_head_auto_takes_fp8_tensor_cores_with_the_fused_loss_and_a_resume_k
     why = "fp8_head: off, the Triton kernel fails on cuda:0 (RuntimeError: no FP8 here)"
     assert resolve_head(config(), cuda) == (True, False, [why])
     assert resolve_head(config(fused_loss=True), cuda) == (True, False, [why])
+    assert resolve_head(config(), cuda, recorded=True)[2] == [switched.format("its kernels fail here"), why]
     with pytest.raises(ConfigError, match="fused_loss: true, but the Triton kernel fails"):
         resolve_head(config(fp8_head=True, fused_loss=True), cuda)
 

@@ -58,12 +58,14 @@ def test_ids_are_stable_and_only_new_settings_make_new_cells():
     changed = _ids(GOOD + "optim: {matrix_lr: 0.03}\n")
     assert set(changed.values()).isdisjoint(base.values())
     assert set(_ids(GOOD.replace("bpe:300", "bpe:400")).values()).isdisjoint(base.values())
-    # fp8_head came after studies existed: off, as every earlier cell trained, and auto (the default, a
-    # speed setting like fused_loss) leave their ids alone; true (FP8 wherever the cell runs) does not.
-    for value in ("false", "auto"):
-        assert _ids(GOOD.replace("  device: cpu", f"  device: cpu\n  fp8_head: {value}")) == base
-    fp8 = _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: true"))
-    assert set(fp8.values()).isdisjoint(base.values())
+    # fp8_head came after studies existed: at its default, auto (which pins no head, like fused_loss), a
+    # cell keeps the id it had before fp8_head existed and while its default was false (this one's then);
+    # true and false pin the head, so a study asking for one gets cells trained with it.
+    assert _ids(GOOD.replace("  device: cpu", "  device: cpu\n  fp8_head: auto")) == base
+    assert base[("pretraining", 1, 1e9, 0)] == "ecd7d830ae90"
+    for value in ("true", "false"):
+        pinned = _ids(GOOD.replace("  device: cpu", f"  device: cpu\n  fp8_head: {value}"))
+        assert set(pinned.values()).isdisjoint(base.values())
 
 
 def test_a_mid_training_study_files_its_cells_under_the_checkpoints_flops(tmp_path):
@@ -107,13 +109,11 @@ def test_the_id_ignores_data_paths_but_not_the_data():
     config = {"model": {"depth": 1}, "data": {"train_dir": "/a"}, "train": {"num_steps": 1}}
     moved = {**config, "data": {"train_dir": "/elsewhere"}}
     assert cell_id(config, data={"source": "x"}) == cell_id(moved, data={"source": "x"})
-    # The id of a config written before fp8_head existed, and of one that has it off, is the same.
+    # The id of a config written before fp8_head existed, and of one at its default (auto), is the same.
     data = {"source": "x"}
-    assert cell_id({**config, "fp8_head": False}, data=data) == cell_id(config, data=data)
     assert cell_id({**config, "fp8_head": "auto"}, data=data) == cell_id(config, data=data)
-    # A 1 or 0 where true or false belongs is not taken for them.
-    assert cell_id({**config, "fp8_head": 0}, data=data) != cell_id(config, data=data)
-    assert cell_id({**config, "fp8_head": True}, data=data) != cell_id(config, data=data)
+    for pinned in (True, False):
+        assert cell_id({**config, "fp8_head": pinned}, data=data) != cell_id(config, data=data)
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "y"})
     assert cell_id(config, data={"source": "x"}) != cell_id(config, data={"source": "x"}, parent_id="p")
 
