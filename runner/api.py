@@ -366,7 +366,7 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             unchanged.append(status.id)
             continue
         stopping.append(status.id)
-        if not _watched(store, attempt, study):
+        if not _watched(store, attempt):
             executor = executor_for(attempt)
             handle = executor.adopt(attempt, _run_dir(store, status.id))
             if handle is not None:
@@ -426,14 +426,14 @@ def _study(store: Store, name: str) -> Study:
     return study
 
 
-def _watched(store: Store, attempt: Attempt, study: Study) -> bool:
+def _watched(store: Store, attempt: Attempt) -> bool:
     """Whether a live runner watches the attempt (and so stops its trainer once the attempt is closed): the
     runner of the study the attempt records (`attempts.study_id`), else, for an attempt from before that was
-    recorded, of this study or of any study that shares the cell."""
+    recorded, of any study the cell belongs to."""
     if attempt.study_id is not None:
-        names = [other.name for other in _list_studies(store) if other.id == attempt.study_id]
+        names = [study.name for study in _list_studies(store) if study.id == attempt.study_id]
     else:
-        names = [study.name, *studies_of_cell(store, attempt.cell_id)]
+        names = studies_of_cell(store, attempt.cell_id)
     return any(is_locked(lock_path(store, name)) for name in names)
 
 
