@@ -787,7 +787,10 @@ class Trainer:
             self.init_meta = ckpt.read_meta(self.init_dir)
         if self.resume_meta is not None:
             where = self.resume_dir / ckpt.META_NAME
-            difference = _config_difference(self.resume_meta.get("config", {}), config.to_dict())
+            saved = dict(self.resume_meta.get("config", {}))
+            if saved.get("fp8_head") == "auto" and self._recorded_fp8_head() is not None:
+                saved["fp8_head"] = self._recorded_fp8_head()  # auto pinned nothing: the head it chose
+            difference = _config_difference(saved, config.to_dict())
             if difference is not None:
                 raise InputError(f"{where}: the run's config changed since this checkpoint ({difference})")
             if self.resume_meta["world_size"] != self.runtime.world_size:
@@ -1088,6 +1091,8 @@ class Trainer:
         rows, width = device_batch_size * seq_len, self.gpt_config.n_embd
         if self.model.fp8_head and not fp8_fits(rows, width, self.gpt_config.padded_vocab_size):
             self.model.fp8_head = False
+            if self.weight_copies is not None:  # made without the lm_head, which now reads its copy too
+                self.weight_copies = WeightCopies(self.model, runtime.dtype)
             self.warnings.append(
                 f"fp8_head: off, FP8 matmuls need multiples of 16 (micro-batch × sequence_len = {rows} rows "
                 f"of n_embd {width}); the head multiplies exactly"

@@ -255,6 +255,22 @@ def test_fp8_head_auto_trains_the_exact_head_on_the_cpu_and_a_resume_keeps_its_c
     assert json.loads((fp8 / "checkpoints" / "step_000012" / "meta.json").read_text())["fp8_head"] is False
 
 
+def test_a_checkpoint_trained_under_auto_resumes_under_the_setting_of_the_head_it_chose(
+    tmp_path, finished_run, data_dir
+):
+    """`auto` pins nothing, so its checkpoint resumes under the true or false that names the head it
+    trained (here the CPU's exact head: false), exactly (test_bad_input_is_one_line_and_damages_nothing:
+    not under true)."""
+    checkpoint = finished_run / "checkpoints" / "step_000006"
+    assert json.loads((checkpoint / ckpt.META_NAME).read_text())["config"]["fp8_head"] == "auto"
+    resumed = tmp_path / "resumed"
+    write_run(resumed, tiny_config(data_dir, fp8_head=False))
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "step_000006")
+    assert run(resumed / "config.json") == EXIT_DONE
+    straight = losses(finished_run)
+    assert all(loss == straight[step] for step, loss in losses(resumed).items())
+
+
 def test_fp8_head_trains_close_to_the_exact_head(tmp_path, finished_run, data_dir):
     """The lm_head's matmuls in FP8 (torch._scaled_mm runs on the CPU too): the run's losses differ from
     the exact head's (it took effect) by little, and its validation, which multiplies the weights exactly,
@@ -281,6 +297,21 @@ def test_fp8_head_on_shapes_it_cannot_take_says_so_and_trains_the_exact_head(tmp
     warnings = events_of(fp8)[0]["warnings"]
     assert any("fp8_head: off" in w and "120 rows" in w for w in warnings), warnings
     assert losses(fp8) == losses(exact)
+
+
+def test_fp8_head_off_for_its_shapes_gives_the_lm_head_its_weight_copy(tmp_path, data_dir):
+    """The weight copies are made before the micro-batch is known, without the lm_head (which casts its
+    own weight to FP8); when the shapes then turn the FP8 head off, the lm_head reads a bf16 copy like
+    every other matrix."""
+    shape = dict(model={"sequence_len": 20}, train={"num_steps": 2, "total_batch_tokens": 240,
+                 "device_batch_size": 6}, eval={"every_steps": None, "val_tokens": 240})  # fmt: skip
+    config = tiny_config(data_dir, fp8_head=True, dtype="bfloat16", **shape)
+    config = RunConfig.from_json(write_run(tmp_path, config))
+    trainer = Trainer(config, tmp_path, init_runtime(config))
+    lm_head = trainer.model.lm_head.weight
+    assert trainer.model.fp8_head and all(p is not lm_head for p in trainer.weight_copies.params)
+    trainer.build(trainer.proposed_batch_size)
+    assert not trainer.model.fp8_head and any(p is lm_head for p in trainer.weight_copies.params)
 
 
 def test_non_finite_loss_ends_the_run_as_diverged(tmp_path, data_dir):
@@ -572,7 +603,7 @@ def changed_dtype(run_dir, data_dir, config):
 
 def changed_fp8_head(run_dir, data_dir, config):
     config["fp8_head"] = True
-    return "step_000012/meta.json", "(fp8_head: 'auto' in the checkpoint, True now)"
+    return "step_000012/meta.json", "(fp8_head: False in the checkpoint, True now)"  # auto chose False
 
 
 def other_world_size(run_dir, data_dir, config):
