@@ -20,6 +20,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 EVENTS_NAME = "events.jsonl"
+# The file (set by the runner) where each trainer process appends its exit code: a launcher's own code
+# (torchrun's 1 for any failed worker, a Slurm job's) does not say that the trainer refused its input.
+EXIT_RECORD_ENV = "NANOSTUDY_EXIT_RECORD"
 END_STATUSES = ("done", "diverged", "error")
 
 COMMON_FIELDS = {"v": "int", "kind": "str", "time": "float"}
@@ -234,3 +237,26 @@ def read_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict[str
         if isinstance(event, dict):
             events.append(event)
     return events, offset + end
+
+
+def record_exit(code: int) -> None:
+    """Append this process's exit code, as one JSON line {"rank", "code"}, to the file named in
+    EXIT_RECORD_ENV, if any. Best effort: a plain launcher sees the code anyway."""
+    path = os.environ.get(EXIT_RECORD_ENV)
+    if not path:
+        return
+    line = json.dumps({"rank": int(os.environ.get("RANK", "0")), "code": code}) + "\n"
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError:
+        pass
+
+
+def recorded_exits(path: str | os.PathLike) -> list[int]:
+    """The exit codes that trainer processes recorded in `path` (record_exit); none for a missing file."""
+    return [
+        event["code"]
+        for event in read_events(path)[0]
+        if isinstance(event.get("code"), int) and not isinstance(event["code"], bool)
+    ]

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from nanogpt import checkpoint as ckpt
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
-from nanogpt.events import EVENTS_NAME, EventWriter, read_events
+from nanogpt.events import EVENTS_NAME, EventWriter, read_events, record_exit
 from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
 from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
 from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
@@ -1601,6 +1601,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
+    record_exit(code)
     # Everything the run writes is written and closed by now: events, checkpoints (saved synchronously),
     # W&B, the profile; the process group is destroyed. Skip the interpreter's teardown (torch's, and the
     # shutdown of torch.compile's worker pool, which notices its parent gone): 1.2 s per cell on a CPU,

@@ -44,6 +44,7 @@ from typing import Protocol
 
 import psutil
 
+from nanogpt.events import EXIT_RECORD_ENV
 from nanogpt.gpu_lock import GPU_LOCKS_ENV
 from store import Attempt
 from store import Executor as ExecutorKind
@@ -102,6 +103,11 @@ def log_paths(run_dir: Path, attempt_number: int) -> tuple[Path, Path]:
     """The attempt's stdout and stderr files."""
     logs = run_dir / LOGS_DIR
     return logs / f"attempt_{attempt_number}.out", logs / f"attempt_{attempt_number}.err"
+
+
+def exit_record_path(run_dir: Path, attempt_number: int) -> Path:
+    """Where the attempt's trainer processes record their exit codes (nanogpt.events.record_exit)."""
+    return run_dir / LOGS_DIR / f"attempt_{attempt_number}.exit"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -209,6 +215,7 @@ class LocalExecutor:
         env = dict(os.environ)
         env.update(self.extra_env)
         env[MARKER_ENV] = request.marker
+        env[EXIT_RECORD_ENV] = str(exit_record_path(request.run_dir, request.attempt_number))
         env.pop(GPU_LOCKS_ENV, None)
         if request.gpu_locks:
             env[GPU_LOCKS_ENV] = os.pathsep.join(request.gpu_locks)

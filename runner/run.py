@@ -38,13 +38,29 @@ from pathlib import Path
 from typing import Any
 
 from nanogpt.config import RunConfig
+from nanogpt.events import recorded_exits
 from nanogpt.gpu_lock import default_lock_dir, lock_path
-from runner.executor import CONFIG_NAME, Executor, Exited, Handle, LaunchRequest, describe_exit
+from runner.executor import (
+    CONFIG_NAME,
+    Executor,
+    Exited,
+    Handle,
+    LaunchRequest,
+    describe_exit,
+    exit_record_path,
+)
 from runner.gpus import GpuPool
 from runner.ingest import EventTail
 from runner.lock import held_if_free, is_locked
 from runner.lock import lock_path as study_lock_path
-from runner.scheduler import Candidate, assign, decide_outcome, refused_input, retry_budget_left
+from runner.scheduler import (
+    Candidate,
+    assign,
+    decide_outcome,
+    refused_input,
+    retry_budget_left,
+    with_recorded_exit,
+)
 from store import (
     Attempt,
     AttemptOutcome,
@@ -255,6 +271,7 @@ class StudyLoop:
         active.tail.pump()
         attempt = active.attempt
         trace = active.tail.trace
+        exited = with_recorded_exit(exited, recorded_exits(exit_record_path(active.run_dir, attempt.number)))
         needs_stderr = trace.end is None or trace.end.get("status") == "error"
         tail = self.executor.error_tail(active.run_dir, attempt.number) if needs_stderr else None
         outcome, reason = decide_outcome(trace, exited, stop_requested=active.stop_requested, error_tail=tail)

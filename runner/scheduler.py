@@ -3,7 +3,7 @@ and whether a failed cell is tried again. `runner.run` applies them.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runner.executor import Exited, describe_exit
 from runner.ingest import AttemptTrace
@@ -129,6 +129,15 @@ def _decide_job_state(
     if job_state == "CANCELLED":
         return AttemptOutcome.FAILED, _join("the Slurm job was cancelled outside nanostudy", error_tail)
     return None
+
+
+def with_recorded_exit(exited: Exited, recorded: Sequence[int]) -> Exited:
+    """`exited`, or the trainer's exit 2 where a launcher's own code hides it (torchrun exits 1 for any
+    failed worker; a Slurm job has srun's code) and one of the trainer's processes recorded that it refused
+    its config or input (`recorded`: nanogpt.events.recorded_exits), so that the cell is not retried."""
+    if exited.from_trainer or EXIT_BAD_INPUT not in recorded:
+        return exited
+    return replace(exited, code=EXIT_BAD_INPUT, from_trainer=True)
 
 
 def refused_input(outcome: AttemptOutcome | None, exit_code: int | None, reason: str | None) -> bool:

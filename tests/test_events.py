@@ -6,7 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from nanogpt.events import SCHEMA, SCHEMA_VERSION, EventWriter, read_events, sanitize, validate
+from nanogpt.events import (
+    EXIT_RECORD_ENV,
+    SCHEMA,
+    SCHEMA_VERSION,
+    EventWriter,
+    read_events,
+    record_exit,
+    recorded_exits,
+    sanitize,
+    validate,
+)
 
 STEP = dict(
     step=3,
@@ -129,3 +139,21 @@ def test_reader_returns_complete_lines_only_and_resumes_from_its_offset(tmp_path
         f.write(second[20:])
     events, offset = read_events(path, offset)
     assert [e["kind"] for e in events] == ["end"] and offset == path.stat().st_size
+
+
+def test_each_process_records_its_exit_code_where_the_runner_asked(tmp_path, monkeypatch):
+    record = tmp_path / "attempt_1.exit"
+    monkeypatch.delenv(EXIT_RECORD_ENV, raising=False)
+    record_exit(2)  # not asked: nothing written anywhere
+    assert not record.exists() and recorded_exits(record) == []
+    monkeypatch.setenv(EXIT_RECORD_ENV, str(record))
+    monkeypatch.setenv("RANK", "1")
+    record_exit(2)
+    monkeypatch.setenv("RANK", "0")
+    record_exit(143)
+    with open(record, "a") as f:
+        f.write('{"rank": 2, "code": true}\n{"rank": 3, "co')  # not a code; a line cut short
+    assert record.read_text().splitlines()[:2] == ['{"rank": 1, "code": 2}', '{"rank": 0, "code": 143}']
+    assert recorded_exits(record) == [2, 143]
+    monkeypatch.setenv(EXIT_RECORD_ENV, str(tmp_path / "missing" / "attempt_1.exit"))
+    record_exit(2)  # a directory that is gone: the exit goes on

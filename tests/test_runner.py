@@ -231,6 +231,21 @@ def test_a_diverging_cell_is_diverged_and_not_retried(study):
     assert attempt.exit_code == 3 and attempt.outcome is AttemptOutcome.DIVERGED
 
 
+def test_under_torchrun_a_refused_input_is_the_trainers_exit_2_and_not_retried(study):
+    """torchrun exits 1 for any failed worker: the trainer's own exit 2 (its data refused) reaches the
+    runner through the attempt's exit record, so the cell fails at once with the trainer's one-line error,
+    as under the plain launcher, rather than being retried as a crash."""
+    (study.root / "empty").mkdir()
+    _cells(study, [{"id": "a", "config": {"data": {"train_dir": str(study.root / "empty")}}}])
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=3)
+    assert make_loop(study.store, study.id, launcher="torchrun", options=options).run() is False
+    [attempt] = attempts_of(study.store, "a")
+    assert attempt.outcome is AttemptOutcome.FAILED and attempt.exit_code == 2
+    assert attempt.reason.startswith("bad config or input: ") and "empty" in attempt.reason
+    assert get_cell(study.store, "a").state is CellState.FAILED
+    assert (study.runs / "a" / "logs" / "attempt_1.exit").read_text() == '{"rank": 0, "code": 2}\n'
+
+
 def test_torchrun_launcher_stop_is_read_from_the_events(study):
     """Under torchrun the exit code is torchrun's (1 for any failed worker); a clean stop is recognised by the
     checkpoint the trainer wrote on its way out."""

@@ -10,7 +10,7 @@ import pytest
 
 from runner.executor import Exited, LaunchRequest, LocalExecutor, error_tail, verified_process
 from runner.ingest import AttemptTrace
-from runner.scheduler import Candidate, assign, decide_outcome
+from runner.scheduler import Candidate, assign, decide_outcome, with_recorded_exit
 from store import AttemptOutcome
 
 
@@ -113,6 +113,27 @@ def test_decide_outcome(events, exited, stop, expected):
         assert reason is None
 
 
+@pytest.mark.parametrize(
+    ("exited", "recorded", "expected"),
+    [
+        # torchrun's 1 or a Slurm job's, where a rank recorded its refusal: the trainer's 2.
+        (Exited(code=1, from_trainer=False), [2, 2], Exited(code=2, from_trainer=True)),
+        (
+            Exited(code=1, from_trainer=False, job_state="FAILED"),
+            [2],
+            Exited(code=2, from_trainer=True, job_state="FAILED"),
+        ),
+        (Exited(code=None, from_trainer=False), [2], Exited(code=2, from_trainer=True)),
+        # Nothing refused, nothing recorded, or the trainer's own code already: as it was.
+        (Exited(code=1, from_trainer=False), [1, 143], Exited(code=1, from_trainer=False)),
+        (Exited(code=1, from_trainer=False), [], Exited(code=1, from_trainer=False)),
+        (Exited(code=3, from_trainer=True), [2], Exited(code=3, from_trainer=True)),
+    ],
+)
+def test_a_recorded_refusal_is_the_trainers_exit_2(exited, recorded, expected):
+    assert with_recorded_exit(exited, recorded) == expected
+
+
 def test_failure_reasons_say_what_happened():
     trace = _trace(START, STEP)
     _, reason = decide_outcome(
@@ -195,6 +216,7 @@ def test_the_executor_sets_the_environment_and_signals_once(tmp_path):
     env = executor.environment(gpu_request)
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert env["NANOSTUDY_ATTEMPT"] == "c:1"
+    assert env["NANOSTUDY_EXIT_RECORD"] == str(tmp_path / "logs" / "attempt_1.exit")
     command = executor.command(gpu_request)
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cpu_request = LaunchRequest(cell_id="c", attempt_id=2, attempt_number=2, run_dir=tmp_path, gpus=None)

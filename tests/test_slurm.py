@@ -169,6 +169,19 @@ def test_a_two_node_cell_of_two_processes_each_rendezvous_as_four_ranks(study):
     assert '--nnodes "$SLURM_NNODES" --nproc-per-node 2' in script
 
 
+def test_a_trainer_refusing_its_input_fails_its_cell_without_a_retry(study):
+    """The job's exit code is srun's (torchrun's 1); the trainer's own exit 2 reaches the runner through
+    the attempt's exit record, with the trainer's one-line error as the reason."""
+    (study.root / "empty").mkdir()
+    bad = {"data": {"train_dir": str(study.root / "empty")}}
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "bad", "config": bad}])
+    assert slurm_loop(study.store, study.id, _settings(), root=study.root).run() is False
+    [attempt] = attempts_of(study.store, "bad")
+    assert attempt.outcome is AttemptOutcome.FAILED and attempt.exit_code == 2
+    assert attempt.reason.startswith("bad config or input: ") and "empty" in attempt.reason
+    assert get_cell(study.store, "bad").state is CellState.FAILED
+
+
 def test_the_jobs_gpus_reach_the_trainer(study):
     add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "gpu"}])
     plan = write_plan(study.root, {"gpu": ["done"]})

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanogpt.events import EXIT_RECORD_ENV
 from runner.executor import (
     INDUCTOR_CACHE_DIR,
     MARKER_ENV,
@@ -34,6 +35,7 @@ from runner.executor import (
     LaunchRequest,
     Running,
     error_tail,
+    exit_record_path,
     log_paths,
     trainer_pythonpath,
 )
@@ -85,6 +87,7 @@ class SlurmExecutor:
         """The variables the script exports (sbatch passes the runner's own environment too)."""
         env = {
             MARKER_ENV: request.marker,
+            EXIT_RECORD_ENV: str(exit_record_path(request.run_dir, request.attempt_number)),
             "PYTHONPATH": trainer_pythonpath(os.environ.get("PYTHONPATH")),
             "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE_DIR)),
         }
