@@ -16,6 +16,7 @@ import triton.language as tl
 from interpreted import small_training_run
 
 from benchmarks.fused_head_loss import CompiledHeadLoss, fused_head
+from nanogpt import fused_loss
 from nanogpt.fused_loss import FusedFP8HeadLoss, FusedHeadLoss, _round_to_e5m2_grid
 from nanogpt.model import GPT, GPTConfig
 
@@ -117,6 +118,35 @@ def fp8_cases() -> list[dict]:
                 model, x, targets, reduction, autocast=True, block=64, num_warps=1, function=FusedFP8HeadLoss
             )
             cases.append({"cap": cap, **case})
+    return cases
+
+
+def fp8_chunked_cases() -> list[dict]:
+    """FusedFP8HeadLoss over 48 rows in chunks of 16 (FP8_CHUNK_ROWS) against the whole at once: the
+    largest difference in the losses and each gradient, relative to the largest value."""
+    cases = []
+    for reduction in ("mean", "none"):
+        model, x, targets = setting(15.0)
+        weights = torch.rand(3, 16) if reduction == "none" else torch.tensor(1.0)
+        results, loss_kernel_calls = [], []
+        for chunk in (fused_loss.FP8_CHUNK_ROWS, 16):
+            counted = mock.Mock(wraps=fused_loss.losses_writing_grad)
+            with (
+                mock.patch.object(fused_loss, "FP8_CHUNK_ROWS", chunk),
+                mock.patch.object(fused_loss, "losses_writing_grad", counted),
+                torch.autocast("cpu", torch.bfloat16),
+            ):
+                got = fused_head(model, x, targets, reduction=reduction, block=64, num_warps=1,
+                                 function=FusedFP8HeadLoss)  # fmt: skip
+            grads = torch.autograd.grad((got * weights).sum(), (x, model.lm_head.weight))
+            results.append((got, *grads))
+            loss_kernel_calls.append(counted.call_count)
+        whole, chunked = results
+        errors = [relative_error(c, w) for c, w in zip(chunked, whole, strict=True)]
+        names = ("loss", "grad_x", "grad_w")
+        cases.append(
+            {"reduction": reduction, "calls": loss_kernel_calls, **dict(zip(names, errors, strict=True))}
+        )
     return cases
 
 
@@ -286,7 +316,9 @@ def main() -> None:
         json.dump(transpose_cases(), sys.stdout)
         return
     if sys.argv[1:] == ["fp8"]:
-        json.dump({"rounding": e5m2_rounding(), "cases": fp8_cases()}, sys.stdout)
+        json.dump(
+            {"rounding": e5m2_rounding(), "cases": fp8_cases(), "chunked": fp8_chunked_cases()}, sys.stdout
+        )
         return
     json.dump(bf16_and_float32_cases(), sys.stdout)
 

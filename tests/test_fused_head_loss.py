@@ -48,6 +48,12 @@ def test_the_fp8_variant_rounds_like_torch_and_stays_close_to_the_head():
         assert case["cosine_x"] > 0.995 and case["cosine_w"] > 0.995, case
         assert case["norm_error_x"] < 0.1 and case["norm_error_w"] < 0.1, case
         assert case["loss"] < 0.05, case
+    # In chunks of rows (FP8_CHUNK_ROWS) as at once: the same numbers, but for the weight's gradient summed
+    # over the chunks in float32.
+    assert [case["reduction"] for case in result["chunked"]] == ["mean", "none"]
+    for case in result["chunked"]:
+        assert case["calls"] == [1, 3], case  # the loss kernel on 48 rows at once, then in chunks of 16
+        assert case["loss"] == case["grad_x"] == 0.0 and case["grad_w"] < 1e-5, case
 
 
 def test_the_fp8_heads_transpose_is_torchs_at_tile_edges_and_refuses_what_it_does_not_take():
@@ -253,6 +259,43 @@ def test_the_fused_loss_matches_the_head_on_a_gpu(cap, variant):
         cosine = torch.nn.functional.cosine_similarity(g.flatten().float(), e.flatten().float(), dim=0)
         assert cosine > (0.995 if fp8 else 0.9999)
     assert got_grads[0][0, :17].abs().max() == 0  # ignored positions
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_the_fp8_head_in_chunks_of_rows_is_the_fp8_head_at_once_on_a_gpu(reduction):
+    """1,024 rows in chunks of 256 (FP8_CHUNK_ROWS), as the trainer's 131,072 in chunks of 32,768."""
+    from benchmarks.fused_head_loss import fused_head
+    from nanogpt import fused_loss
+    from nanogpt.model import GPT, GPTConfig
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 matmuls need compute capability 8.9 or newer")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = GPT(GPTConfig(depth=2, vocab_size=50257, sequence_len=256, logit_softcap=15.0))
+        x = torch.randn(4, 256, model.config.n_embd, requires_grad=True)
+        targets = torch.randint(0, 50257, (4, 256))
+        weights = torch.rand(4, 256) if reduction == "none" else torch.tensor(1.0)
+    model.init_weights()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.05)
+    results = []
+    for chunk in (fused_loss.FP8_CHUNK_ROWS, 256):
+        counted = mock.Mock(wraps=fused_loss.losses_writing_grad)
+        with (
+            mock.patch.object(fused_loss, "FP8_CHUNK_ROWS", chunk),
+            mock.patch.object(fused_loss, "losses_writing_grad", counted),
+            torch.autocast("cuda", dtype=torch.bfloat16),
+        ):
+            got = fused_head(model, x, targets, reduction=reduction, function=fused_loss.FusedFP8HeadLoss)
+        grads = torch.autograd.grad((got * weights).sum(), (x, model.lm_head.weight))
+        results.append((counted.call_count, got.detach(), grads))
+    (calls_whole, whole, whole_grads), (calls_chunked, chunked, chunked_grads) = results
+    assert (calls_whole, calls_chunked) == (1, 4)
+    torch.testing.assert_close(chunked, whole, rtol=1e-3, atol=1e-5)
+    for c, w in zip(chunked_grads, whole_grads, strict=True):
+        assert ((c.float() - w.float()).norm() / w.float().norm()).item() < 1e-2
 
 
 def depth_2_model_and_batch():
