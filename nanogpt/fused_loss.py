@@ -281,10 +281,11 @@ def transpose(t: torch.Tensor, block: int = TRANSPOSE_BLOCK) -> torch.Tensor:
 
 
 # The FP8 head's forward computes the bf16 logits this many rows at a time (each chunk's kernel writes its
-# rows of the one e5m2 gradient, then the chunk is freed), and its backward turns the gradient for the
-# weight's product as many rows at a time: the head then holds the e5m2 gradient and one chunk, 8.2 GB at
-# 131,072 rows of 50,304 (depth 12's micro-batch of 128 on an H100), not the whole bf16 logits beside it
-# (19.8 GB). A multiple of 16, as FP8 matmuls need.
+# rows of the one e5m2 gradient, then the chunk is freed): at 131,072 rows of 50,304 (depth 12's micro-batch
+# of 128 on an H100) it holds the 6.6 GB gradient and a 3.3 GB chunk, not the 13.2 GB of whole bf16 logits
+# beside it. The backward's peak is then the gradient and its transposed copy (13.2 GB, as the bf16 head's
+# logits); transposing in chunks too would cost an addition of the weight's float32 gradient per chunk.
+# A multiple of 16, as FP8 matmuls need.
 FP8_CHUNK_ROWS = 32_768
 
 
@@ -298,11 +299,11 @@ class FusedFP8HeadLoss(torch.autograd.Function):
     accumulated in float32): x and the weight in e4m3, each with one scale from its largest magnitude (small
     tensors), and the logits' gradient written by the kernel directly in e5m2 at the fixed
     FP8_GRAD_MULTIPLIER (a byte a logit, against bf16's two), FP8_CHUNK_ROWS rows of bf16 logits at a time.
-    The weight's gradient takes the gradient transposed (by `transpose`, a chunk of rows at a time, the
-    chunks' products summed in float32). With `uniform` (one upstream number for every row: a mean or a
-    sum, as the trainer's loss) that number joins the matmuls' scales and the backward reuses the forward's
-    e4m3 x; otherwise each row's scales x's gradient and x, cast to e4m3 again. Shapes must pass
-    nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's dtype, x's in x's."""
+    The weight's gradient takes the gradient transposed, by `transpose`. With `uniform` (one upstream
+    number for every row: a mean or a sum, as the trainer's loss) that number joins the matmuls' scales
+    and the backward reuses the forward's e4m3 x; otherwise each row's scales x's gradient and x, cast to
+    e4m3 again. Shapes must pass nanogpt.model.fp8_fits; the weight's gradient comes out in the weight's
+    dtype, x's in x's."""
 
     @staticmethod
     def forward(ctx, x, weight, targets, cap, vocab_size, block, num_warps, uniform):
@@ -318,8 +319,9 @@ class FusedFP8HeadLoss(torch.autograd.Function):
             )
             losses[start:end] = losses_writing_grad(logits, targets[start:end], grad8[start:end], *args)
             del logits
-        # What the weight's gradient multiplies: x8 (half the bytes of bf16 x), or x itself.
-        ctx.save_for_backward(x8 if uniform else x, x_scale, w8, w_scale, grad8)
+        # What the weight's gradient multiplies: x8 transposed (half the bytes of bf16 x), or x itself.
+        saved_x = (transpose(x8), x_scale) if uniform else (x, x_scale)
+        ctx.save_for_backward(*saved_x, w8, w_scale, grad8)
         ctx.weight_dtype, ctx.x_dtype, ctx.uniform = weight.dtype, x.dtype, uniform
         return losses
 
@@ -330,33 +332,26 @@ class FusedFP8HeadLoss(torch.autograd.Function):
         # torch.full, not torch.tensor: a tensor from a Python number is copied to the GPU synchronously,
         # which would stall the host before every backward.
         g_scale = torch.full((), 1 / FP8_GRAD_MULTIPLIER, device=grad8.device, dtype=torch.float32)
-        # grad_x = g @ w: w (out, in) is needed column-major, its small transposed copy.
-        w_columns = transpose(w8).t()
+        # grad_x = g @ w: w (out, in) is needed column-major, its small transposed copy. grad_w = gᵀ @ x: gᵀ
+        # row-major (the gradient's one transposed copy), x column-major (a small transposed copy).
+        w_columns, g_transposed = transpose(w8).t(), transpose(grad8)
         if ctx.uniform:
             g_scale = g_scale * grad_losses[0].float()  # a device scalar: no wait for the host
             grad_x = torch._scaled_mm(
                 grad8, w_columns, scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype
             )
-            x8, x8_scale = x_saved, x_scale
-        else:
-            scale = grad_losses.float()[:, None]  # one number per row: it scales the small operands
-            grad_x = torch._scaled_mm(
-                grad8, w_columns, scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32
+            grad_w = torch._scaled_mm(
+                g_transposed, x_saved.t(), scale_a=g_scale, scale_b=x_scale, out_dtype=torch.float32
             )
-            grad_x = (grad_x * scale).to(ctx.x_dtype)
-            # One e4m3 scale for x·scale: rows weighted very unevenly lose precision.
-            x8, x8_scale = to_fp8(x_saved.float() * scale, FP8_INPUT)
-        # grad_w = gᵀ @ x, summed over chunks of rows: each chunk's gᵀ row-major (its transposed copy), its
-        # x column-major (a small transposed copy).
-        grad_w = None
-        for start, end in row_chunks(grad8.size(0), FP8_CHUNK_ROWS):
-            part = torch._scaled_mm(
-                transpose(grad8[start:end]), transpose(x8[start:end]).t(),
-                scale_a=g_scale, scale_b=x8_scale, out_dtype=torch.float32,
-            )  # fmt: skip
-            grad_w = part if grad_w is None else grad_w.add_(part)
-        if grad_w is None:  # no rows
-            grad_w = torch.zeros(w8.shape, device=w8.device, dtype=torch.float32)
+            return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
+        scale = grad_losses.float()[:, None]  # one number per row: it scales the small operands
+        grad_x = torch._scaled_mm(grad8, w_columns, scale_a=g_scale, scale_b=w_scale, out_dtype=torch.float32)
+        grad_x = (grad_x * scale).to(ctx.x_dtype)
+        # One e4m3 scale for x·scale: rows weighted very unevenly lose precision.
+        xs8, xs_scale = to_fp8(x_saved.float() * scale, FP8_INPUT)
+        grad_w = torch._scaled_mm(
+            g_transposed, transpose(xs8).t(), scale_a=g_scale, scale_b=xs_scale, out_dtype=torch.float32
+        )
         return grad_x, grad_w.to(ctx.weight_dtype), None, None, None, None, None, None
 
 
