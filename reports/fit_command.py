@@ -6,7 +6,9 @@ Without --json, a readable summary: the parametric law with 95% intervals, the c
 it implies, the isoflop minima per budget (a budget is C rounded to 2 significant digits; C = 6·N·D without
 --flops) and the power laws over them, the prediction check, and what could not be fitted. With --json,
 one JSON object: E, A, B, alpha, beta, a, b, `ci` ({name: [low, high]} for each of those) and n_points
-(the parametric fit only). Exit codes: 0 fitted, 1 the table cannot determine the law, 2 bad input.
+(the parametric fit only). Exit codes: 0 a law was fitted (the parametric law, or the isoflop N*(C) over 2
+or more budgets; with --json, the parametric law); 1 none could be (what could, such as one budget's
+minimum, is still printed, with why the rest was not); 2 bad input.
 
 This module is imported to register its parser with every `nanostudy` command: scipy is loaded only when
 the command runs.
@@ -63,7 +65,8 @@ def _cmd_fit(args) -> int:
         return 0
     fits = fit_points(points, n_boot=args.boot, seed=args.seed)
     print(format_fits(fits, source=str(args.table)))
-    return 0 if fits.parametric is not None or (fits.isoflop and fits.isoflop.parabolas) else 1
+    # One budget's parabola is a minimum, not a law: a script that asks for a law learns it got none.
+    return 0 if fits.parametric is not None or (fits.isoflop and fits.isoflop.n_opt is not None) else 1
 
 
 def format_fits(fits, *, source: str) -> str:

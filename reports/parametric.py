@@ -21,6 +21,14 @@ D = C / (κ·N^(1+s)); minimizing A/N^α + B/D^β along it:
     N_opt(C) = (αA / (β(1+s)·B·κ^β))^(1/(α+β(1+s))) · C^(β/(α+β(1+s))),   D_opt = C / (κ·N_opt^(1+s)).
 With κ = 6, s = 0 (C = 6·N·D) this is Hoffmann et al.'s eq. 4: N_opt = G·(C/6)^a, D_opt = G⁻¹·(C/6)^b,
 G = (αA / (βB))^(1/(α+β)), a = β/(α+β), b = α/(α+β).
+
+What the law cannot be fitted to: the points must vary in compute and in allocation. At one compute
+budget ln D = ln C − ln κ − ln N, so ln N and ln D move together and A/N^α cannot be told from B/D^β (the
+fit then returns any exponents, a negative one included); at one tokens-per-parameter ratio D/N, likewise.
+So N·D and D/N must each vary by at least `MIN_SPREAD`× over the points. A best fit with α ≤ 0 or β ≤ 0
+(the loss not falling with N or with D) is no scaling law, and is refused too. A resample with such an
+exponent has no compute-optimal allocation in the interior: its N_opt is 0 (α ≤ 0: the loss only rises with
+N) or infinite (β ≤ 0), widening the interval to that end.
 """
 
 import itertools
@@ -43,6 +51,8 @@ GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 BOOT_STARTS = 8
 MIN_POINTS = 6  # five parameters; fewer points cannot pin them down
+# N·D (compute) and D/N (allocation) must each vary by this factor over the points (module docstring).
+MIN_SPREAD = 2.0
 CI_NAMES = ("E", "A", "B", "alpha", "beta", "a", "b")
 # Below this many (rows × points), one process is faster than starting workers.
 _PARALLEL_MIN_WORK = 400_000
@@ -131,7 +141,8 @@ def fit_parametric(
     """Fit the law to the points from the full start grid, then bootstrap it `n_boot` times.
 
     `workers`: a `Workers` to share, or the number of processes (default: the CPUs available). The result
-    does not depend on it. Raises ValueError when the points cannot determine five parameters.
+    does not depend on it. Raises ValueError when the points cannot determine five parameters (too few,
+    or at one compute budget or one tokens per parameter) or the best fit has α ≤ 0 or β ≤ 0.
     """
     n = np.array([p.n for p in points], dtype=np.float64)
     d = np.array([p.d for p in points], dtype=np.float64)
@@ -141,6 +152,7 @@ def fit_parametric(
             f"the parametric fit needs at least {MIN_POINTS} points with 2 or more distinct N and D "
             f"(got {len(points)} points, {len(np.unique(n))} distinct N, {len(np.unique(d))} distinct D)"
         )
+    _check_spread(n, d)
     if n_boot < 0:
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     pool = workers if isinstance(workers, Workers) else Workers(workers)
@@ -158,6 +170,7 @@ def fit_parametric(
         polished = _minimize(objective, candidates, pool, **_TIGHT_TOLERANCES)
         best = _polish(objective, polished.x[int(np.argmin(polished.f))])
         best_f = _value(objective, best)
+        _check_exponents(objective.from_centred(best))
         # Other basins whose minimum is close enough to the best that a resample might prefer them.
         rivals = polished.x[
             (polished.f <= _RIVAL_FACTOR * best_f) & (np.abs(polished.x - best).max(axis=1) > 1e-3)
@@ -188,6 +201,32 @@ def fit_parametric(
         seconds=seconds,
         flops_per_token=flops_per_token_law(points),
     )
+
+
+def _check_spread(n: np.ndarray, d: np.ndarray) -> None:
+    """Raise ValueError when N·D or D/N varies by less than MIN_SPREAD× over the points: ln N and ln D are
+    then (nearly) collinear, and the law's N and D terms cannot be told apart (module docstring)."""
+    for name, values, alike in (
+        ("N·D", n * d, "one compute budget? There ln D = ln C − ln 6 − ln N"),
+        ("D/N", d / n, "one ratio of tokens to parameters? There ln D = ln N + a constant"),
+    ):
+        low, high = float(values.min()), float(values.max())
+        if high / low < MIN_SPREAD:
+            raise ValueError(
+                f"{name} varies only {high / low:.2f}× over the {len(n)} points ({low:.3g} to {high:.3g}: "
+                f"{alike}), so A/N^alpha and B/D^beta cannot be told apart; the law needs {name} to vary by "
+                f"at least {MIN_SPREAD:g}×"
+            )
+
+
+def _check_exponents(theta: np.ndarray) -> None:
+    """Raise ValueError when the best fit's α or β is ≤ 0: the loss would not fall with N or with D."""
+    alpha, beta = float(theta[3]), float(theta[4])
+    if alpha <= 0 or beta <= 0:
+        raise ValueError(
+            f"the best fit has alpha = {alpha:.4g} and beta = {beta:.4g}: an exponent <= 0 means the loss "
+            "does not fall with N (alpha) or D (beta): no scaling law, and no allocation, is given"
+        )
 
 
 def _minimize(objective: HuberObjective, x0: np.ndarray, pool: Workers, **options) -> BatchResult:
@@ -280,11 +319,14 @@ def _loss(params, n, d):
 
 
 def _optimal(params, c, flops_per_token=(6.0, 0.0)):
+    """(N_opt, D_opt) at C for params (5, ...); N_opt = 0 where α ≤ 0 (the loss only rises with N along the
+    isoflop), inf where β ≤ 0 < α (it only falls), NaN where both (module docstring)."""
     _, a, b, alpha, beta = params
     factor, extra = flops_per_token
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         power = alpha + beta * (1.0 + extra)
         g = np.power(alpha * a / (beta * (1.0 + extra) * b * factor**beta), 1.0 / power)
         n_opt = g * np.power(np.asarray(c), beta / power)
+        n_opt = np.where(alpha <= 0, np.where(beta <= 0, np.nan, 0.0), np.where(beta <= 0, np.inf, n_opt))
         d_opt = np.asarray(c) / (factor * np.power(n_opt, 1.0 + extra))
     return n_opt, d_opt

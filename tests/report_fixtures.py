@@ -4,7 +4,8 @@
 Chinchilla law L(N, D) = E + A/N^α + B/D^β (with 0.3% noise), plus one failed and one diverged cell, with
 attempts on a GPU (a fake clock gives them hours of wall time), training and validation curves, throughput
 and MFU, and two eval tasks: enough for every section of the report to render. `empty_study` and
-`sparse_study` are the bad inputs (no finished cell; budgets with too few points).
+`sparse_study` are the bad inputs (no finished cell; budgets with too few points); `one_budget_study` has a
+full isoflop curve at a single budget, which determines a minimum but no law.
 """
 
 import math
@@ -109,6 +110,18 @@ def sparse_study(db: Path, name: str = "sparse") -> Store:
     with clock.patch():
         for cell_id, (budget, depth) in ids.items():
             _train(store, clock, random.Random(2), cell_id, budget, depth, "done", evals=False)
+    return store
+
+
+def one_budget_study(db: Path, name: str = "one") -> Store:
+    """Six done cells at one budget (depths 4 to 14): N and D are collinear, so no parametric law."""
+    store, study_id = new_study(db, name)
+    ids = {f"o{depth:02d}": depth for depth in (4, 6, 8, 10, 12, 14)}
+    add_cells(store, study_id, [_new_cell(cell_id, 1e18, depth) for cell_id, depth in ids.items()])
+    clock = FakeClock()
+    with clock.patch():
+        for cell_id, depth in ids.items():
+            _train(store, clock, random.Random(3), cell_id, 1e18, depth, "done", evals=False)
     return store
 
 

@@ -3,6 +3,7 @@ the prediction check, bad tables, `nanostudy fit`, and a study read from a real 
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,49 @@ def test_compute_optimal_allocation_minimizes_the_law() -> None:
 def test_parametric_fit_refuses_too_few_points() -> None:
     with pytest.raises(ValueError, match="at least 6 points"):
         fit_parametric(isoflop_points([1e20], per_budget=5), n_boot=0)
+
+
+def test_parametric_fit_refuses_points_at_one_compute_budget_or_one_tokens_per_parameter() -> None:
+    # One budget makes ln D = ln C − ln 6 − ln N: the law is not identified, and the fit once returned
+    # α = 4.898, A = 3.7e37 (or, in a report, α = −0.270 with recommended model sizes) with no warning.
+    with pytest.raises(ValueError, match=r"N·D varies only 1\.00× over the 7 points .*one compute budget"):
+        fit_parametric(isoflop_points([1e20], per_budget=7), n_boot=0)
+    # Every run at 20 tokens per parameter: ln D = ln N + a constant, the same collinearity.
+    n = np.geomspace(1e7, 1e9, 8)
+    same_ratio = [
+        Point(n=x, d=20 * x, c=120 * x * x, loss=float(true_loss(x, 20 * x)), budget=120 * x * x) for x in n
+    ]
+    with pytest.raises(ValueError, match=r"D/N varies only 1\.00× over the 8 points"):
+        fit_parametric(same_ratio, n_boot=0)
+
+
+def test_a_law_whose_loss_rises_with_n_is_not_fitted() -> None:
+    # A full grid of N and D whose loss grows with N: the best fit has α ≈ −0.15, which is no scaling law,
+    # and its compute-optimal allocation would be nonsense.
+    points = [
+        Point(n=n, d=d, c=6 * n * d, loss=1.5 + 0.02 * n**0.15 + 400 / d**0.28, budget=6 * n * d)
+        for n in np.geomspace(1e7, 1e9, 4)
+        for d in np.geomspace(1e9, 1e11, 4)
+    ]
+    with pytest.raises(ValueError, match=r"alpha = -0\.15\d* and beta = 0\.28"):
+        fit_parametric(points, n_boot=0)
+    fits = fit_points(points, n_boot=0)
+    assert fits.parametric is None
+    assert any(line.startswith("parametric fit: the best fit has alpha = -0.15") for line in fits.problems)
+
+
+def test_resamples_with_a_non_positive_exponent_have_no_interior_optimum() -> None:
+    # A resample with α ≤ 0 has its loss rising with N along every isoflop (N_opt = 0), one with β ≤ 0 has it
+    # falling (N_opt = inf); the closed form gave them NaN, which the percentiles dropped, hiding them.
+    fit = fit_parametric(isoflop_points(np.logspace(18, 21, 4), per_budget=5), n_boot=0)
+    good = np.tile([fit.E, fit.A, fit.B, fit.alpha, fit.beta], (40, 1))
+    for column, side in ((3, 0), (4, 1)):
+        boot = good.copy()
+        boot[:4, column] = -0.1  # 10% of the resamples, beyond the 2.5% of either tail
+        ci = replace(fit, boot=boot).optimal_ci(1e22)
+        assert ci["n"][side] == (0.0, math.inf)[side]
+        assert ci["d"][1 - side] == (math.inf, 0.0)[side]
+        assert ci["n"][1 - side] == pytest.approx(fit.optimal(1e22)[0])
 
 
 @pytest.mark.slow
@@ -453,6 +497,20 @@ def test_fit_command_readable_output_and_bad_input(
     few = write_csv(tmp_path / "few.csv", ["model_size,tokens,loss", "1e8,2e9,3", "2e8,1e9,3"])
     assert run_fit([str(few), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--json"]) == 1
     assert "at least 6 points" in capsys.readouterr().err
+
+
+def test_fit_command_on_one_budget_prints_its_minimum_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Once exit 0 with α = 4.898, A = 3.7e37 and a compute-optimal allocation from them.
+    table = table_of(isoflop_points([1e19], per_budget=7, noise=0.005), tmp_path / "one.csv")
+    argv = [str(table), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--boot", "20"]
+    assert run_fit(argv) == 1
+    out = capsys.readouterr().out
+    assert "parametric:" not in out and "compute-optimal allocation" not in out
+    assert "isoflop minima" in out and "parametric fit: N·D varies only 1.00×" in out
+    assert run_fit([*argv, "--json"]) == 1
+    assert "N·D varies only 1.00× over the 7 points" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- from the store

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, sparse_study
+from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, one_budget_study, sparse_study
 
 import reports.report
 from reports.data import attempt_hours, read_study, thin
@@ -124,6 +124,18 @@ def test_budgets_with_too_few_points_are_named(tmp_path: Path) -> None:
     assert any("power laws over budgets need minima at 2 or more" in line for line in result.left_out)
     assert "budget 1e+18: 1 point(s)" in html and "What this report leaves out" in html
     assert "isoflop" in _specs(html)  # the budget that has enough points is drawn
+
+
+def test_one_budget_gives_its_minimum_but_no_law_and_no_recommendation(tmp_path: Path) -> None:
+    # Once: α = −0.270, β = −0.2195 (a law under which loss rises with compute) with a = 0.4485 and model
+    # sizes recommended for 10×, 100× and 1000× the budget, without a word of warning.
+    store = one_budget_study(tmp_path / "one.db")
+    result = write_report(store, "one", tmp_path / "one.html", n_boot=N_BOOT)
+    html = (tmp_path / "one.html").read_text()
+    assert any(line.startswith("parametric fit: N·D varies only 1.") for line in result.left_out)
+    assert "Recommended model size" not in html and "α (exponent of N)" not in html
+    assert "a = β/(α+β)" not in html
+    assert "isoflop" in _specs(html) and "parametric" not in _specs(html)  # the curve's minimum is drawn
 
 
 def test_done_cells_that_trained_different_heads_are_said_to_and_marked(tmp_path: Path, monkeypatch) -> None:
