@@ -54,7 +54,8 @@ def write_cells_csv(store, name: str, path: Path) -> None:
     """Every cell of the study, one row each, with the columns of `reports.data.CellRow` (the report's cell
     table): N, D, C, losses, attempts, cost and speed. Empty fields where a value is unknown. Its done
     pretraining rows are what the report fits: `nanostudy fit FILE --n num_params --d num_tokens --loss
-    val_bpb --flops flops` on them gives the report's parametric law."""
+    val_bpb --flops flops` reads only those (by the `state` and `mode` columns) and gives the report's
+    parametric law."""
     import csv
     import dataclasses
 

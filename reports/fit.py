@@ -30,6 +30,7 @@ from reports.points import (
     points_from_store,
     points_from_table,
     store_points,
+    table_points,
 )
 from store import Store
 
@@ -48,6 +49,7 @@ __all__ = [
     "fit_study",
     "points_from_store",
     "points_from_table",
+    "table_points",
 ]
 
 # N grid of the law's minimum along one isoflop: this many points, this far beyond the sampled N.

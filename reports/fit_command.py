@@ -14,6 +14,7 @@ This module is imported to register its parser with every `nanostudy` command: s
 the command runs.
 """
 
+import dataclasses
 import json
 import math
 import sys
@@ -43,19 +44,21 @@ def register_fit(subparsers) -> None:
 
 
 def _cmd_fit(args) -> int:
-    from reports.fit import fit_parametric, fit_points, points_from_table
+    from reports.fit import fit_parametric, fit_points, table_points
 
     if args.boot < 0:
         print(f"nanostudy fit: error: --boot must be >= 0, got {args.boot}", file=sys.stderr)
         return 2
     try:
-        points = points_from_table(
+        points, left_out = table_points(
             args.table, n_col=args.n_col, d_col=args.d_col, loss_col=args.loss_col, flops_col=args.flops_col
         )
     except ValueError as error:
         print(f"nanostudy fit: error: {error}", file=sys.stderr)
         return 2
     if args.json:
+        for line in left_out:  # stdout holds the JSON object alone
+            print(f"nanostudy fit: {line}", file=sys.stderr)
         try:
             fit = fit_parametric(points, n_boot=args.boot, seed=args.seed)
         except ValueError as error:
@@ -64,6 +67,7 @@ def _cmd_fit(args) -> int:
         print(json.dumps(_finite(fit.to_json())))
         return 0
     fits = fit_points(points, n_boot=args.boot, seed=args.seed)
+    fits = dataclasses.replace(fits, problems=left_out + fits.problems)
     print(format_fits(fits, source=str(args.table)))
     # One budget's parabola is a minimum, not a law: a script that asks for a law learns it got none.
     return 0 if fits.parametric is not None or (fits.isoflop and fits.isoflop.n_opt is not None) else 1

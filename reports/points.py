@@ -6,11 +6,15 @@ cell trained, and the loss = its final validation bits per byte (`metric="bpb"`,
 tokenizers) or loss in nats per token (`metric="loss"`).
 
 From a CSV table (papers' data, other tools' results): named columns for N, D, the loss and optionally C;
-every bad value is reported as `FILE:LINE: column 'NAME': problem`, all of them at once.
+every bad value is reported as `FILE:LINE: column 'NAME': problem`, all of them at once. A table with a
+`state` column (as `nanostudy report --format csv` writes) has its rows that are not `done` left out, and
+one with a `mode` column its rows that are not `pretraining`, as the store's points are: those rows carry a
+planned D and a partial loss.
 """
 
 import csv
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +109,20 @@ def store_points(store: Store, study_name: str, *, metric: str = "bpb") -> tuple
 def points_from_table(
     path: str | Path, *, n_col: str, d_col: str, loss_col: str, flops_col: str | None = None
 ) -> list[Point]:
-    """One point per data row of a CSV file with a header row; C = 6·N·D without a FLOPs column.
+    """One point per data row of a CSV file with a header row (see `table_points`)."""
+    return table_points(path, n_col=n_col, d_col=d_col, loss_col=loss_col, flops_col=flops_col)[0]
 
-    Each point's budget is its C rounded to 2 significant digits, so the rows of one isoflop curve group
-    together. Raises ValueError listing every problem as `FILE:LINE: column 'NAME': ...` (a missing,
-    non-numeric, non-finite or non-positive value, or an unknown column name).
+
+def table_points(
+    path: str | Path, *, n_col: str, d_col: str, loss_col: str, flops_col: str | None = None
+) -> tuple[list[Point], list[str]]:
+    """The points of a CSV file's data rows, and a line for each kind of row left out.
+
+    C = 6·N·D without a FLOPs column. Each point's budget is its C rounded to 2 significant digits, so the
+    rows of one isoflop curve group together. Rows whose `state` column (when the table has one) is not
+    `done`, or whose `mode` column is not `pretraining`, are left out before their values are read, as
+    `store_points` leaves out such cells. Raises ValueError listing every problem as `FILE:LINE: column
+    'NAME': ...` (a missing, non-numeric, non-finite or non-positive value, or an unknown column name).
     """
     path = Path(path)
     try:
@@ -137,8 +150,17 @@ def points_from_table(
         columns[key] = names.index(name)
     if len(rows) == 1:
         raise ValueError(f"{path}: no data rows after the header")
+    # The cell table's own columns: only done pretraining cells are what the report fits.
+    wanted_states = {"state": CellState.DONE.value, "mode": CellMode.PRETRAINING.value}
+    filters = {name: names.index(name) for name in wanted_states if names.count(name) == 1}
+    left_out: dict[str, Counter] = {name: Counter() for name in filters}
     points, problems = [], []
     for line, row in rows[1:]:
+        found = {name: (row[i] if i < len(row) else "").strip() for name, i in filters.items()}
+        unwanted = [name for name, value in found.items() if value != wanted_states[name]]
+        if unwanted:
+            left_out[unwanted[0]][found[unwanted[0]] or "(empty)"] += 1
+            continue
         values = {}
         for key, index in columns.items():
             value, problem = _positive(row[index] if index < len(row) else "")
@@ -160,7 +182,14 @@ def points_from_table(
         )
     if problems:
         raise ValueError(_join_problems(problems))
-    return points
+    notes = [
+        f"{sum(counts.values())} row(s) of {path.name} left out by their {name!r} column, not "
+        f"{wanted_states[name]!r}: "
+        + ", ".join(f"{count} {value}" for value, count in sorted(counts.items()))
+        for name, counts in left_out.items()
+        if counts
+    ]
+    return points, notes
 
 
 def _numbered_rows(reader) -> Iterator[tuple[int, list[str]]]:

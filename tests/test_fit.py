@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from reports.fit import Point, fit_parametric, fit_points, fit_study, points_from_store, points_from_table
+from reports.fit import (
+    Point,
+    fit_parametric,
+    fit_points,
+    fit_study,
+    points_from_store,
+    points_from_table,
+    table_points,
+)
 from reports.huber import HuberObjective
 from reports.isoflop import fit_isoflop
 from reports.lbfgs import Workers, minimize_batched
@@ -408,6 +416,37 @@ def test_points_from_table(tmp_path: Path) -> None:
     assert [p.cell_id for p in points] == ["runs.csv:2", "runs.csv:4"]
     with_flops = points_from_table(table, n_col="params", d_col="tokens", loss_col="loss", flops_col="flops")
     assert [p.c for p in with_flops] == [1.3e18, 1.2e18] and with_flops[0].budget == 1.3e18
+
+
+def test_table_rows_not_done_or_not_pretraining_are_left_out_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The report's cell table: a failed cell has a planned D and a partial (or no) loss, a mid-training cell
+    # starts from its parent; neither is a point of the report's fit.
+    table = write_csv(
+        tmp_path / "cells.csv",
+        [
+            "id,mode,state,N,D,bpb",
+            "a,pretraining,done,1e8,2e9,3.1",
+            "b,pretraining,failed,1e8,2e9,",
+            "c,pretraining,diverged,2e8,1e9,3.9",
+            "d,mid-training,done,2e8,1e9,2.5",
+            "e,pretraining,done,2e8,1e9,3.2",
+            "f,pretraining,failed,3e8,1e9,3.3",
+        ],
+    )
+    points, left_out = table_points(table, n_col="N", d_col="D", loss_col="bpb")
+    assert [p.cell_id for p in points] == ["cells.csv:2", "cells.csv:6"]
+    assert left_out == [
+        "3 row(s) of cells.csv left out by their 'state' column, not 'done': 1 diverged, 2 failed",
+        "1 row(s) of cells.csv left out by their 'mode' column, not 'pretraining': 1 mid-training",
+    ]
+    assert cli.main(["fit", str(table), "--n", "N", "--d", "D", "--loss", "bpb", "--boot", "0"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"{table}: 2 points") and f"  {left_out[0]}" in out and f"  {left_out[1]}" in out
+    # Without those columns every row is a point.
+    plain = write_csv(tmp_path / "plain.csv", ["N,D,bpb", "1e8,2e9,3.1", "2e8,1e9,3.9"])
+    assert len(table_points(plain, n_col="N", d_col="D", loss_col="bpb")[0]) == 2
 
 
 def test_bad_table_rows_name_file_line_and_column(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, one_budge
 
 import reports.report
 from reports.data import attempt_hours, read_study, thin
-from reports.fit import fit_study
+from reports.fit import fit_study, table_points
 from reports.report import build_report, write_report
 from runner.cli import main
 from store import Attempt, Executor
@@ -268,19 +268,22 @@ def test_nanostudy_report_csv_is_the_cell_table_and_fits_like_the_store(fits, tm
         assert int(row["num_params"]) == cell.num_params and int(row["depth"]) == cell.depth
         assert row["state"] == cell.state
         assert row["val_bpb"] == ("" if cell.val_bpb is None else repr(cell.val_bpb))
-    # `nanostudy fit` on the table's done pretraining rows makes the store's own parametric fit.
-    done = tmp_path / "done.csv"
-    with done.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["state"] == "done" and r["mode"] == "pretraining")
-    columns = {"--n": "num_params", "--d": "num_tokens", "--loss": "val_bpb", "--flops": "flops"}
-    argv = ["fit", str(done), *(item for pair in columns.items() for item in pair)]
-    assert main([*argv, "--boot", "0", "--json"]) == 0
-    table_fit = json.loads(capsys.readouterr().out)
-    assert table_fit["n_points"] == len(fits.points)
-    for key in ("E", "alpha", "beta"):
-        assert table_fit[key] == pytest.approx(getattr(fits.parametric, key), rel=1e-3)
+    # The documented route: `nanostudy fit` on the whole table makes the store's own points and parametric
+    # fit. The failed and diverged rows carry a planned D and a partial val_bpb; they once made 14 points.
+    assert {row["state"] for row in rows} == {"done", "failed", "diverged"}
+    columns = {"n_col": "num_params", "d_col": "num_tokens", "loss_col": "val_bpb", "flops_col": "flops"}
+    points, left_out = table_points(path, **columns)
+    assert left_out == ["2 row(s) of synthetic-cells.csv left out by their 'state' column, not 'done': "
+                        "1 diverged, 1 failed"]  # fmt: skip
+    assert [(p.n, p.d, p.c, p.loss) for p in points] == [(p.n, p.d, p.c, p.loss) for p in fits.points]
+    flags = ["--n", "num_params", "--d", "num_tokens", "--loss", "val_bpb", "--flops", "flops"]
+    assert main(["fit", str(path), *flags, "--boot", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    table_fit = json.loads(captured.out)
+    assert "left out by their 'state' column" in captured.err
+    assert table_fit["n_points"] == len(fits.points) == 12
+    for key in ("E", "A", "B", "alpha", "beta"):
+        assert table_fit[key] == getattr(fits.parametric, key)
 
 
 def test_nanostudy_report_bad_input(tmp_path: Path, capsys) -> None:
