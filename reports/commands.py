@@ -1,7 +1,8 @@
 """The reports' commands.
 
     nanostudy report STUDY [-o FILE] [--format html|png|svg|csv] [--db URL] [--metric bpb|loss] [--boot N]
-    nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--json]     (reports/fit_command.py)
+    nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--budget COL] [--json]
+                                                                              (reports/fit_command.py)
 
 STUDY is the study file (its `name:`; the database beside it unless --db), or the study's name with --db (or
 with a nanostudy.db in the current directory). This module is imported by every `nanostudy` command to

@@ -1,10 +1,12 @@
 """`nanostudy fit`: the scaling-law fits of any table (papers' data, other tools' results).
 
-    nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--json] [--boot N] [--seed S]
+    nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--budget COL] [--json] [--boot N]
+                            [--seed S]
 
-Without --json, a readable summary: the parametric law with 95% intervals, the compute-optimal allocation
-it implies, the isoflop minima per budget (a budget is C rounded to 2 significant digits; C = 6·N·D without
---flops) and the power laws over them, the prediction check, and what could not be fitted. With --json,
+Without --json, a readable summary: how the rows were grouped into budgets (--budget, else a budget_flops
+column, else C grouped within 1.25×; C = 6·N·D without --flops), the parametric law with 95% intervals, the
+compute-optimal allocation it implies, the isoflop minima per budget and the power laws over them, the
+prediction check, and what could not be fitted. With --json,
 one JSON object: E, A, B, alpha, beta, a, b, `ci` ({name: [low, high]} for each of those) and n_points
 (the parametric fit only). Exit codes: 0 a law was fitted (the parametric law, or the isoflop N*(C) over 2
 or more budgets; with --json, the parametric law); 1 none could be (what could, such as one budget's
@@ -37,6 +39,13 @@ def register_fit(subparsers) -> None:
     fit.add_argument("--d", required=True, dest="d_col", metavar="COL", help="column of D (tokens)")
     fit.add_argument("--loss", required=True, dest="loss_col", metavar="COL", help="column of the loss")
     fit.add_argument("--flops", dest="flops_col", metavar="COL", help="column of C (default: 6·N·D)")
+    fit.add_argument(
+        "--budget",
+        dest="budget_col",
+        metavar="COL",
+        help="column of each row's FLOP budget, its isoflop curve (default: budget_flops if the table has "
+        "it, else C grouped within 1.25×)",
+    )
     fit.add_argument("--json", action="store_true", help="the parametric fit as one JSON object")
     fit.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
@@ -50,8 +59,13 @@ def _cmd_fit(args) -> int:
         print(f"nanostudy fit: error: --boot must be >= 0, got {args.boot}", file=sys.stderr)
         return 2
     try:
-        points, left_out = table_points(
-            args.table, n_col=args.n_col, d_col=args.d_col, loss_col=args.loss_col, flops_col=args.flops_col
+        points, left_out, budgets = table_points(
+            args.table,
+            n_col=args.n_col,
+            d_col=args.d_col,
+            loss_col=args.loss_col,
+            flops_col=args.flops_col,
+            budget_col=args.budget_col,
         )
     except ValueError as error:
         print(f"nanostudy fit: error: {error}", file=sys.stderr)
@@ -68,14 +82,16 @@ def _cmd_fit(args) -> int:
         return 0
     fits = fit_points(points, n_boot=args.boot, seed=args.seed)
     fits = dataclasses.replace(fits, problems=left_out + fits.problems)
-    print(format_fits(fits, source=str(args.table)))
+    print(format_fits(fits, source=str(args.table), budgets=budgets))
     # One budget's parabola is a minimum, not a law: a script that asks for a law learns it got none.
     return 0 if fits.parametric is not None or (fits.isoflop and fits.isoflop.n_opt is not None) else 1
 
 
-def format_fits(fits, *, source: str) -> str:
-    """A `StudyFits` as text: the laws, their intervals, the minima per budget, and the problems."""
+def format_fits(fits, *, source: str, budgets: str | None = None) -> str:
+    """A `StudyFits` as text: the laws, their intervals, the minima per budget, and the problems; `budgets`
+    says how the points were grouped into budgets."""
     lines = [f"{source}: {len(fits.points)} points, {len({p.budget for p in fits.points})} budgets"]
+    lines += [f"  {budgets}"] if budgets else []
     par = fits.parametric
     if par is not None:
         lines += [

@@ -25,6 +25,12 @@ from store import CellMode, CellState, Store, cell_statuses, get_study
 
 # metric name → the cell column holding its final value
 METRICS = {"bpb": "val_bpb", "loss": "val_loss"}
+# A table's column of each row's budget, as `nanostudy report --format csv` writes it: used when present.
+BUDGET_COLUMN = "budget_flops"
+# Without a budget column, rows whose C lies within this factor of their group's smallest C are one budget:
+# an isoflop curve's C/(6·N·D) varies 1.11-1.20 with the attention FLOPs (docs/results/h100-isoflop), so
+# its 6·N·D spans 1.08×, and budgets are usually 2× or more apart.
+BUDGET_TOLERANCE = 1.25
 _MAX_LISTED_PROBLEMS = 20
 
 
@@ -114,17 +120,88 @@ def points_from_table(
 
 
 def table_points(
-    path: str | Path, *, n_col: str, d_col: str, loss_col: str, flops_col: str | None = None
-) -> tuple[list[Point], list[str]]:
-    """The points of a CSV file's data rows, and a line for each kind of row left out.
+    path: str | Path,
+    *,
+    n_col: str,
+    d_col: str,
+    loss_col: str,
+    flops_col: str | None = None,
+    budget_col: str | None = None,
+) -> tuple[list[Point], list[str], str]:
+    """The points of a CSV file's data rows, a line for each kind of row left out, and how the rows were
+    grouped into budgets, in words.
 
-    C = 6·N·D without a FLOPs column. Each point's budget is its C rounded to 2 significant digits, so the
-    rows of one isoflop curve group together. Rows whose `state` column (when the table has one) is not
-    `done`, or whose `mode` column is not `pretraining`, are left out before their values are read, as
-    `store_points` leaves out such cells. Raises ValueError listing every problem as `FILE:LINE: column
-    'NAME': ...` (a missing, non-numeric, non-finite or non-positive value, or an unknown column name).
+    C = 6·N·D without a FLOPs column. A point's budget (its isoflop curve) is its row's value in
+    `budget_col`, or without one in the `budget_flops` column when the table has it (`nanostudy report
+    --format csv`); otherwise the rows are grouped by C, each group the rows within BUDGET_TOLERANCE× of its
+    smallest C, and its budget is their C's geometric mean. Rows whose `state` column (when the table has
+    one) is not `done`, or whose `mode` column is not `pretraining`, are left out before their values are
+    read, as `store_points` leaves out such cells. Raises ValueError listing every problem as
+    `FILE:LINE: column 'NAME': ...` (a missing, non-numeric, non-finite or non-positive value, or an
+    unknown column name).
     """
     path = Path(path)
+    header_line, names, rows = _read_table(path)
+    if budget_col is None and names.count(BUDGET_COLUMN) == 1:
+        budget_col = BUDGET_COLUMN
+    wanted = {"n": n_col, "d": d_col, "loss": loss_col, "c": flops_col, "budget": budget_col}
+    columns = {}
+    for key, name in wanted.items():
+        if name is None:
+            continue
+        if names.count(name) != 1:
+            found = "no" if name not in names else "more than one"
+            raise ValueError(
+                f"{path}:{header_line}: {found} column named {name!r} (columns: {', '.join(names)})"
+            )
+        columns[key] = names.index(name)
+    # The cell table's own columns: only done pretraining cells are what the report fits.
+    wanted_states = {"state": CellState.DONE.value, "mode": CellMode.PRETRAINING.value}
+    filters = {name: names.index(name) for name in wanted_states if names.count(name) == 1}
+    left_out: dict[str, Counter] = {name: Counter() for name in filters}
+    kept, problems = [], []
+    for line, row in rows:
+        found = {name: (row[i] if i < len(row) else "").strip() for name, i in filters.items()}
+        unwanted = [name for name, value in found.items() if value != wanted_states[name]]
+        if unwanted:
+            left_out[unwanted[0]][found[unwanted[0]] or "(empty)"] += 1
+            continue
+        values = {}
+        for key, index in columns.items():
+            value, problem = _positive(row[index] if index < len(row) else "")
+            if problem:
+                problems.append(f"{path}:{line}: column {wanted[key]!r}: {problem}")
+            values[key] = value
+        if all(value is not None for value in values.values()):
+            values["c"] = values.get("c") or 6.0 * values["n"] * values["d"]
+            kept.append((line, values))
+    if problems:
+        raise ValueError(_join_problems(problems))
+    if budget_col is not None:
+        budgets = [values["budget"] for _, values in kept]
+        grouped = f"budgets: from the {budget_col!r} column"
+    else:
+        budgets = _grouped_budgets([values["c"] for _, values in kept])
+        grouped = (
+            f"budgets: the rows' {'C' if flops_col else 'C = 6·N·D'} grouped, each group the rows within "
+            f"{BUDGET_TOLERANCE:g}× of its smallest (no budget column)"
+        )
+    points = [
+        Point(n=v["n"], d=v["d"], c=v["c"], loss=v["loss"], budget=budget, cell_id=f"{path.name}:{line}")
+        for (line, v), budget in zip(kept, budgets, strict=True)
+    ]
+    notes = [
+        f"{sum(counts.values())} row(s) of {path.name} left out by their {name!r} column, not "
+        f"{wanted_states[name]!r}: "
+        + ", ".join(f"{count} {value}" for value, count in sorted(counts.items()))
+        for name, counts in left_out.items()
+        if counts
+    ]
+    return points, notes, grouped
+
+
+def _read_table(path: Path) -> tuple[int, list[str], list[tuple[int, list[str]]]]:
+    """(the header's line, its column names, the non-blank data rows with their lines) of a CSV file."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
             numbered = _numbered_rows(csv.reader(file))
@@ -137,59 +214,28 @@ def table_points(
         raise ValueError(f"{path}: not a CSV file ({error})") from None
     if not rows:
         raise ValueError(f"{path}: empty (a header row naming the columns, then one row per run)")
-    header_line, header = rows[0]
-    names = [name.strip() for name in header]
-    wanted = {"n": n_col, "d": d_col, "loss": loss_col} | ({"c": flops_col} if flops_col else {})
-    columns = {}
-    for key, name in wanted.items():
-        if names.count(name) != 1:
-            found = "no" if name not in names else "more than one"
-            raise ValueError(
-                f"{path}:{header_line}: {found} column named {name!r} (columns: {', '.join(names)})"
-            )
-        columns[key] = names.index(name)
     if len(rows) == 1:
         raise ValueError(f"{path}: no data rows after the header")
-    # The cell table's own columns: only done pretraining cells are what the report fits.
-    wanted_states = {"state": CellState.DONE.value, "mode": CellMode.PRETRAINING.value}
-    filters = {name: names.index(name) for name in wanted_states if names.count(name) == 1}
-    left_out: dict[str, Counter] = {name: Counter() for name in filters}
-    points, problems = [], []
-    for line, row in rows[1:]:
-        found = {name: (row[i] if i < len(row) else "").strip() for name, i in filters.items()}
-        unwanted = [name for name, value in found.items() if value != wanted_states[name]]
-        if unwanted:
-            left_out[unwanted[0]][found[unwanted[0]] or "(empty)"] += 1
-            continue
-        values = {}
-        for key, index in columns.items():
-            value, problem = _positive(row[index] if index < len(row) else "")
-            if problem:
-                problems.append(f"{path}:{line}: column {wanted[key]!r}: {problem}")
-            values[key] = value
-        if any(value is None for value in values.values()):
-            continue
-        c = values.get("c") or 6.0 * values["n"] * values["d"]
-        points.append(
-            Point(
-                n=values["n"],
-                d=values["d"],
-                c=c,
-                loss=values["loss"],
-                budget=float(f"{c:.1e}"),
-                cell_id=f"{path.name}:{line}",
-            )
-        )
-    if problems:
-        raise ValueError(_join_problems(problems))
-    notes = [
-        f"{sum(counts.values())} row(s) of {path.name} left out by their {name!r} column, not "
-        f"{wanted_states[name]!r}: "
-        + ", ".join(f"{count} {value}" for value, count in sorted(counts.items()))
-        for name, counts in left_out.items()
-        if counts
-    ]
-    return points, notes
+    header_line, header = rows[0]
+    return header_line, [name.strip() for name in header], rows[1:]
+
+
+def _grouped_budgets(flops: list[float]) -> list[float]:
+    """Each row's budget: from the smallest C up, a group takes the rows within BUDGET_TOLERANCE× of its
+    smallest C, and its budget is their C's geometric mean (the one C when they agree)."""
+    order = sorted(range(len(flops)), key=lambda i: flops[i])
+    budgets = [0.0] * len(flops)
+    start = 0
+    while start < len(order):
+        stop = start
+        while stop < len(order) and flops[order[stop]] <= flops[order[start]] * BUDGET_TOLERANCE:
+            stop += 1
+        group = [flops[i] for i in order[start:stop]]
+        budget = group[0] if group[0] == group[-1] else math.exp(sum(map(math.log, group)) / len(group))
+        for i in order[start:stop]:
+            budgets[i] = budget
+        start = stop
+    return budgets
 
 
 def _numbered_rows(reader) -> Iterator[tuple[int, list[str]]]:

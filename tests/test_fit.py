@@ -412,10 +412,44 @@ def test_points_from_table(tmp_path: Path) -> None:
     )
     points = points_from_table(table, n_col="params", d_col="tokens", loss_col="loss")
     assert [(p.n, p.d, p.loss) for p in points] == [(1e8, 2e9, 3.1), (2e8, 1e9, 3.2)]
-    assert points[0].c == pytest.approx(6 * 1e8 * 2e9) and points[0].budget == 1.2e18
+    assert points[0].c == pytest.approx(6 * 1e8 * 2e9) and points[0].budget == points[0].c
     assert [p.cell_id for p in points] == ["runs.csv:2", "runs.csv:4"]
     with_flops = points_from_table(table, n_col="params", d_col="tokens", loss_col="loss", flops_col="flops")
-    assert [p.c for p in with_flops] == [1.3e18, 1.2e18] and with_flops[0].budget == 1.3e18
+    # C within 1.25× of each other: one budget, their geometric mean.
+    assert [p.c for p in with_flops] == [1.3e18, 1.2e18]
+    assert [p.budget for p in with_flops] == [pytest.approx(math.sqrt(1.3e18 * 1.2e18))] * 2
+
+
+def attention_table(path: Path, *, budget_column: bool) -> Path:
+    """Isoflop curves at 1e18, 3e18 and 1e19 whose cells spend 6·N·r FLOPs per token, r from 1.20 (the
+    smallest model) to 1.11 (the largest), as attention makes them do: 6·N·D spans 1.08× along a curve."""
+    rows = ["N,D,loss" + (",budget_flops" if budget_column else "")]
+    for budget in (1e18, 3e18, 1e19):
+        sizes = true_optimum(budget) * np.exp(np.linspace(-1, 1, 5))
+        for n, r in zip(sizes.tolist(), np.linspace(1.20, 1.11, 5).tolist(), strict=True):
+            d = budget / (6 * n * r)
+            rows.append(f"{n!r},{d!r},{float(true_loss(n, d))!r}" + (f",{budget!r}" if budget_column else ""))
+    return write_csv(path, rows)
+
+
+def test_table_budgets_group_an_isoflop_curve_whose_flops_per_token_vary(tmp_path: Path) -> None:
+    # 6·N·D rounded to 2 significant digits broke each curve into 3 or 4 budgets (15 points into 9 on
+    # docs/results/h100-isoflop), most too small for a parabola.
+    columns = {"n_col": "N", "d_col": "D", "loss_col": "loss"}
+    points, _, grouped = table_points(attention_table(tmp_path / "a.csv", budget_column=False), **columns)
+    budgets = sorted({p.budget for p in points})
+    assert len(budgets) == 3 and [sum(p.budget == b for p in points) for b in budgets] == [5, 5, 5]
+    assert budgets[0] == pytest.approx(1e18 / 1.155, rel=0.01)  # the curve's 6·N·D, not its C
+    assert grouped.startswith("budgets: the rows' C = 6·N·D grouped, each group the rows within 1.25×")
+    # A budget column, named or the report's budget_flops, is used as it is.
+    points, _, grouped = table_points(attention_table(tmp_path / "b.csv", budget_column=True), **columns)
+    assert sorted({p.budget for p in points}) == [1e18, 3e18, 1e19]
+    assert grouped == "budgets: from the 'budget_flops' column"
+    table = write_csv(tmp_path / "c.csv", ["N,D,loss,grid", "1e8,2e9,3.1,7e17", "2e8,1e9,3.2,7e17"])
+    points, _, grouped = table_points(table, **columns, budget_col="grid")
+    assert [p.budget for p in points] == [7e17, 7e17] and grouped == "budgets: from the 'grid' column"
+    with pytest.raises(ValueError, match=r"c.csv:1: no column named 'budget'"):
+        table_points(table, **columns, budget_col="budget")
 
 
 def test_table_rows_not_done_or_not_pretraining_are_left_out_and_counted(
@@ -435,7 +469,7 @@ def test_table_rows_not_done_or_not_pretraining_are_left_out_and_counted(
             "f,pretraining,failed,3e8,1e9,3.3",
         ],
     )
-    points, left_out = table_points(table, n_col="N", d_col="D", loss_col="bpb")
+    points, left_out, _ = table_points(table, n_col="N", d_col="D", loss_col="bpb")
     assert [p.cell_id for p in points] == ["cells.csv:2", "cells.csv:6"]
     assert left_out == [
         "3 row(s) of cells.csv left out by their 'state' column, not 'done': 1 diverged, 2 failed",
@@ -528,6 +562,10 @@ def test_fit_command_readable_output_and_bad_input(
     out = capsys.readouterr().out
     assert "parametric: L(N, D) = E + A/N^alpha + B/D^beta" in out
     assert "isoflop minima" in out and "prediction check, budget 1e+21 held out" in out
+    assert (
+        out.splitlines()[1] == "  budgets: the rows' C = 6·N·D grouped, each group the rows within 1.25× of "
+        "its smallest (no budget column)"
+    )
     bad = write_csv(tmp_path / "bad.csv", ["model_size,tokens,loss", "1e8,2e9,", "1e8,2e9,3"])
     assert run_fit([str(bad), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--json"]) == 2
     assert f"{bad}:2: column 'loss': missing value" in capsys.readouterr().err

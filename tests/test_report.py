@@ -272,10 +272,12 @@ def test_nanostudy_report_csv_is_the_cell_table_and_fits_like_the_store(fits, tm
     # fit. The failed and diverged rows carry a planned D and a partial val_bpb; they once made 14 points.
     assert {row["state"] for row in rows} == {"done", "failed", "diverged"}
     columns = {"n_col": "num_params", "d_col": "num_tokens", "loss_col": "val_bpb", "flops_col": "flops"}
-    points, left_out = table_points(path, **columns)
+    points, left_out, budgets = table_points(path, **columns)
     assert left_out == ["2 row(s) of synthetic-cells.csv left out by their 'state' column, not 'done': "
                         "1 diverged, 1 failed"]  # fmt: skip
-    assert [(p.n, p.d, p.c, p.loss) for p in points] == [(p.n, p.d, p.c, p.loss) for p in fits.points]
+    assert budgets == "budgets: from the 'budget_flops' column"
+    same = [(p.n, p.d, p.c, p.loss, p.budget) for p in fits.points]
+    assert [(p.n, p.d, p.c, p.loss, p.budget) for p in points] == same
     flags = ["--n", "num_params", "--d", "num_tokens", "--loss", "val_bpb", "--flops", "flops"]
     assert main(["fit", str(path), *flags, "--boot", "0", "--json"]) == 0
     captured = capsys.readouterr()
