@@ -216,6 +216,8 @@ class StudyLoop:
                 if not self._active and (self._signals.count or not self._runnable(states)):
                     break
                 time.sleep(self.options.poll_s)
+            if self._signals.count and not self._signals.forwarded:
+                self._stop_all()  # two signals within one poll: the trainers still get their one SIGTERM
             if self._active:
                 self.log(
                     f"leaving {len(self._active)} trainer(s) to finish stopping on their own; "

@@ -300,6 +300,29 @@ def test_cancel_with_no_runner_stops_our_trainer_itself(study, tmp_path):
     assert events[-1]["kind"] == "checkpoint"  # stopped with SIGTERM: it checkpointed
 
 
+def test_two_signals_within_one_poll_still_stop_the_trainers(study, tmp_path):
+    """A second Ctrl-C leaves at once, but only after each trainer has had its SIGTERM: two signals that
+    arrive within one poll once left the trainer training on with no runner."""
+    _cells(study, [{"id": "hangs"}])
+    plan = write_plan(tmp_path, {"hangs": ["hang"]})
+    log: list[str] = []
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, log=log)
+    watch = loop._watch
+
+    def two_signals_once_stepping() -> None:
+        watch()
+        if get_cell(study.store, "hangs").steps_done >= 2:
+            loop._signals.count = 2  # as the handler counts them, between two polls
+
+    loop._watch = two_signals_once_stepping  # type: ignore[method-assign]
+    assert loop.run() is True
+    [attempt] = attempts_of(study.store, "hangs")
+    wait_for(lambda: _zombie(attempt.pid), timeout_s=20, what="the trainer to stop")
+    events, _ = read_events(study.runs / "hangs" / "events.jsonl")
+    assert events[-1]["kind"] == "checkpoint"  # it stopped on SIGTERM, checkpointing
+    assert any("stopping 1 trainer(s)" in line for line in log), log
+
+
 def test_second_runner_on_the_same_study_refuses(study):
     path = lock_path(study.store, "tiny")
     with StudyLock(path, "tiny"):
