@@ -1,8 +1,12 @@
 """The `nanostudy` command line: one subcommand per module, each registering its own parser."""
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 # Each module here exposes `register(subparsers)`, which adds its subcommands and sets `func` on them;
 # `func(args)` returns the exit code. Modules are imported only when the CLI runs, never at import time.
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        code = int(args.func(args) or 0)
+        with _sigterm_interrupts():
+            code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("nanostudy: interrupted", file=sys.stderr)
         return 130
@@ -49,6 +54,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in AFTER_COMMAND:
         _after(AFTER_COMMAND[args.command], args, code)
     return code
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts a command as Ctrl-C does (exit 130, "interrupted"), where Python's default would
+    end the process at once with 143 and no word: a `run` stopped while it prepares data or plans, before
+    its loop installs its own handlers (runner.run). The previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _after(hook: str, args: argparse.Namespace, code: int) -> None:

@@ -1,6 +1,9 @@
 """Command-line mistakes are one line on stderr and exit 2, never a traceback: a --db that cannot hold a
 database, a server that does not answer, a --data-root that cannot be made, bad option values."""
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,31 @@ def test_max_parallel_below_one_is_refused_before_anything_runs(study: Path, tmp
     assert exited.value.code == 2
     assert "--max-parallel" in capsys.readouterr().err
     assert not (tmp_path / "nanostudy.db").exists() and not (tmp_path / "data").exists()
+
+
+SIGTERM_IN_A_COMMAND = """
+import os, signal, sys, time, types
+from runner import cli
+
+def command(args):
+    os.kill(os.getpid(), signal.SIGTERM)  # as `kill` during a run's data preparation
+    time.sleep(30)
+    return 0
+
+args = types.SimpleNamespace(command="run", func=command)
+cli.build_parser = lambda: types.SimpleNamespace(parse_args=lambda argv: args)
+cli.AFTER_COMMAND = {}
+sys.exit(cli.main([]))
+"""
+
+
+def test_sigterm_interrupts_a_command_as_ctrl_c_does(tmp_path):
+    """Exit 130 and one line, not Python's silent 143; and the process's own handler comes back after."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_A_COMMAND], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr.strip()) == (130, "nanostudy: interrupted")
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["status", "no-such-study", "--db", str(tmp_path / "nanostudy.db")]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
