@@ -187,12 +187,14 @@ def _as_best(cell: Cell, checkpoint: Checkpoint) -> BestCheckpoint:
 def resolve_study(study: str, db: str | None = None) -> tuple[str, str]:
     """(database, study name) for STUDY as the commands take it, without opening anything: a study file
     (its `name`; the database beside it unless `db`), or a study's name (in `db`, else in nanostudy.db in
-    the current directory). StudyError (a ValueError) for a bad study file."""
+    the current directory). StudyError (a ValueError) for a study file without a readable name: the rest of
+    it is not checked, so that a study edited (or whose data moved) since it ran can still be watched and
+    cancelled."""
     path = Path(study)
     if path.is_file():
-        from runner.study import load
+        from runner.study import study_name
 
-        return str(db or default_db_path(path)), load(path).name
+        return str(db or default_db_path(path)), study_name(path)
     return str(db or "nanostudy.db"), study
 
 

@@ -1122,6 +1122,31 @@ def load(path: str | os.PathLike, *, executor: str | None = None) -> Study:
     return parse(text, path=path, executor=executor)
 
 
+def study_name(path: str | os.PathLike) -> str:
+    """The name of the study a file declares (its `name`, else the file's stem) without checking the rest:
+    what `status` and `cancel` need, which must work after the file was edited (a typo, a new grid) or
+    names data that is not here (a relative path, another directory). StudyError for a file that cannot be
+    read as YAML or whose `name` is not a non-empty string."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StudyError([f"{path}: no such study file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise StudyError([f"{path}: cannot be read ({e})"]) from None
+    doc = _Document(path, text)
+    if doc.unreadable:
+        raise StudyError([message for _, message in doc.problems])
+    if not isinstance(doc.root, dict):
+        raise StudyError([f"{path}:1: study: expected a mapping of keys (name, mode, data, grid, ...)"])
+    if "name" not in doc.root:
+        return path.stem
+    name = _as_str(doc, "name", doc.root["name"])
+    if name is None:
+        raise StudyError([message for _, message in doc.problems])
+    return name
+
+
 def parse(text: str, *, path: str | os.PathLike = "<study>", executor: str | None = None) -> Study:
     """`load` for a study given as text (`path` names it in the problems)."""
     doc = _Document(Path(path), text)

@@ -105,5 +105,22 @@ def test_resolve_study_opens_nothing(tmp_path, monkeypatch):
     assert api.resolve_study(str(study_file)) == (str(ROOT / "studies" / "nanostudy.db"), "quickstart")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [not, a, name]\n")
-    with pytest.raises(ValueError, match=r"bad\.yaml"):
+    with pytest.raises(ValueError, match=r"bad\.yaml:1: name: expected a non-empty string"):
         api.resolve_study(str(bad))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ngrid: [\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml:\d+: YAML"):
+        api.resolve_study(str(broken))
+
+
+def test_status_and_cancel_find_a_study_whose_file_changed_since_it_ran(tmp_path):
+    """Only the name is read: a key mistyped in an edit, or data a relative path no longer finds from here,
+    must not keep anyone from watching or cancelling the study that runs."""
+    edited = tmp_path / "edited.yaml"
+    text = (ROOT / "studies" / "quickstart.yaml").read_text()
+    edited.write_text(text + "\noptim: {matrix_lrr: 0.04}\n")
+    db = str(tmp_path / "nanostudy.db")
+    assert api.resolve_study(str(edited)) == (db, "quickstart")
+    unnamed = tmp_path / "unnamed.yaml"
+    unnamed.write_text("data: {source: {name: local, paths: 'nowhere/*.txt'}}\n")
+    assert api.resolve_study(str(unnamed)) == (db, "unnamed")  # a study without `name` is its file's stem
