@@ -33,6 +33,7 @@ from runner.study import GAUNTLET_KEYS, PRETRAINING_TOKENIZER, Study, StudyError
 from store import CellState, Store, attempts_of, cells_of, list_studies, train_curve
 
 ID_LENGTH = 12
+MAX_TOKENS = float(2**63 - 1)  # a run's tokens are a 64-bit integer (the store's, the trainer's events)
 GPT2_VOCAB_SIZE = 50_257  # GPT-2's 50,256 merges and <|endoftext|>, as tiktoken's "gpt2" encoding has them
 UNPREPARED = "<prepared by the runner>"  # data.train_dir of a cell whose data is not prepared yet
 # Trainer config keys that cannot change what a cell trains or measures (paths, and settings the trainer
@@ -468,7 +469,8 @@ class _Planner:
         if train.num_steps is not None or train.target_tokens is not None or train.target_flops is None:
             return True
         one_step_flops = float(numbers.flops_per_token) * train.total_batch_tokens
-        if train.target_flops >= one_step_flops:
+        tokens = train.target_flops / float(numbers.flops_per_token)
+        if one_step_flops <= train.target_flops and tokens < MAX_TOKENS:
             return True
         grid = self.study.grid
         budget = axes.get("flops")
@@ -477,14 +479,19 @@ class _Planner:
             if budget in grid.flops and not grid.depth_by_flops
             else "grid.flops"
         )
-        self.problems.append(
-            self.study.problem(
-                key,
+        if tokens >= MAX_TOKENS:
+            problem = (
+                f"budget {train.target_flops:.3g} FLOPs is {tokens:.3g} tokens at depth {model['depth']} "
+                f"({numbers.flops_per_token:,} FLOPs per token), more than the {MAX_TOKENS:.3g} a run can "
+                "count; a typo in the exponent?"
+            )
+        else:
+            problem = (
                 f"budget {train.target_flops:.3g} FLOPs is less than one optimizer step at depth "
                 f"{model['depth']} ({train.total_batch_tokens:,} tokens × {numbers.flops_per_token:,} FLOPs "
-                f"per token); the smallest budget for this depth is {one_step_flops:.3g} FLOPs",
+                f"per token); the smallest budget for this depth is {one_step_flops:.3g} FLOPs"
             )
-        )
+        self.problems.append(self.study.problem(key, problem))
         return False
 
     def _gpus(

@@ -216,6 +216,18 @@ def test_a_budget_below_one_optimizer_step_is_a_problem_at_its_line():
     assert problems[0].endswith("); the smallest budget for this depth is 1.42e+07 FLOPs"), problems[0]
 
 
+def test_a_budget_past_what_a_run_can_count_is_a_problem_at_its_line():
+    """1e30 FLOPs at a tiny depth is about 1e25 tokens: past a 64-bit count (the store refused it with an
+    OverflowError traceback once the study ran)."""
+    text = GOOD.replace("flops: [1e9, 3e9]", "flops: [1e9, 1e30]")
+    with pytest.raises(StudyError) as caught:
+        plan(parse(text, path="s.yaml"))
+    problems = caught.value.problems
+    assert len(problems) == 2  # depths 1 and 2
+    assert problems[0].startswith("s.yaml:8: grid.flops[1]: budget 1e+30 FLOPs is "), problems[0]
+    assert problems[0].endswith("more than the 9.22e+18 a run can count; a typo in the exponent?"), problems
+
+
 def test_a_cell_two_studies_share_is_one_speed_measurement(tmp_path):
     import store as st
     from runner.plan import measured_throughput
