@@ -418,6 +418,9 @@ def _exponent_float_loader() -> type[yaml.SafeLoader]:
     return Loader
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"  # YAML's `<<` key
+
+
 class _Document:
     """The study file's values with the line of every key and list item, and the problems found so far."""
 
@@ -427,6 +430,7 @@ class _Document:
         self.problems: list[tuple[int, str]] = []
         self.root: Any = None
         self.unreadable = False  # a YAML syntax error: nothing past it can be checked
+        self._open: set[int] = set()  # the mappings and lists being read: an alias to one is recursive
         loader = _exponent_float_loader()(text)
         try:
             node = loader.get_single_node()
@@ -436,30 +440,50 @@ class _Document:
             line = mark.line + 1 if mark else 1
             self.problems.append((line, f"{path}:{line}: YAML: {e.problem or e.context}"))
             self.unreadable = True
+        except RecursionError:  # `<<: *x` inside the mapping x itself: PyYAML's merge never ends
+            self.problems.append((1, f"{path}: YAML: a merge key (<<) refers to a mapping that contains it"))
+            self.unreadable = True
         finally:
             loader.dispose()
 
     def _value(self, node: yaml.Node, key: str, loader: yaml.SafeLoader) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-                child = f"{key}.{name}" if key else name
-                line = key_node.start_mark.line + 1
-                if name in out:
-                    # Reported, and the first value kept, so the rest of the file is still checked.
-                    self.add(child, f"given twice (first at line {self.lines[child]})", line=line)
-                    continue
-                self.lines[child] = line
-                out[name] = self._value(value_node, child, loader)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for index, item in enumerate(node.value):
-                self.lines[f"{key}[{index}]"] = item.start_mark.line + 1
-                items.append(self._value(item, f"{key}[{index}]", loader))
-            return items
-        return loader.construct_object(node, deep=True)
+        if isinstance(node, yaml.ScalarNode):
+            return loader.construct_object(node, deep=True)
+        if id(node) in self._open:  # an alias inside its own anchor: `a: &x {b: *x}`
+            self.add(key, "an alias to the mapping or list that contains it")
+            return None
+        self._open.add(id(node))
+        try:
+            return (
+                self._mapping(node, key, loader)
+                if isinstance(node, yaml.MappingNode)
+                else [self._item(item, f"{key}[{index}]", loader) for index, item in enumerate(node.value)]
+            )
+        finally:
+            self._open.discard(id(node))
+
+    def _item(self, node: yaml.Node, key: str, loader: yaml.SafeLoader) -> Any:
+        self.lines[key] = node.start_mark.line + 1
+        return self._value(node, key, loader)
+
+    def _mapping(self, node: yaml.MappingNode, key: str, loader: yaml.SafeLoader) -> dict[str, Any]:
+        own = sum(key_node.tag != MERGE_TAG for key_node, _ in node.value)
+        loader.flatten_mapping(node)  # `<<: *defaults`: their keys first, then the mapping's own
+        merged = len(node.value) - own
+        out: dict[str, Any] = {}
+        from_merge: set[str] = set()  # keys a later one may override, as YAML's merge says
+        for index, (key_node, value_node) in enumerate(node.value):
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            child = f"{key}.{name}" if key else name
+            line = key_node.start_mark.line + 1
+            if name in out and name not in from_merge:
+                # Reported, and the first value kept, so the rest of the file is still checked.
+                self.add(child, f"given twice (first at line {self.lines[child]})", line=line)
+                continue
+            (from_merge.add if index < merged else from_merge.discard)(name)
+            self.lines[child] = line
+            out[name] = self._value(value_node, child, loader)
+        return out
 
     def line(self, key: str) -> int:
         return _nearest_line(self.lines, key)

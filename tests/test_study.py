@@ -173,6 +173,21 @@ def test_a_key_given_twice_is_an_error_naming_both_lines():
     assert problem == f"s.yaml:{len(text.splitlines()) - 1}: model: given twice (first at line 10)"
 
 
+def test_yaml_merge_keys_merge_and_a_recursive_alias_is_a_problem():
+    """`<<:` as YAML defines it (PyYAML's safe loader takes it): the merged keys, which the mapping's own
+    override without a 'given twice'; the same key twice among its own is still a problem; an alias inside
+    the mapping it names is one problem, not a RecursionError."""
+    own = "model:\n  aspect_ratio: 16\n  head_dim: 16\n"
+    merged = "model:\n  <<: {aspect_ratio: 8, head_dim: 16}\n  aspect_ratio: 16\n"
+    study = parse(GOOD.replace(own, merged), path="s.yaml")
+    assert study.to_dict()["training"]["model"] == {"aspect_ratio": 16, "head_dim": 16, "sequence_len": 32}
+    twice = GOOD.replace(own, merged + "  aspect_ratio: 4\n")
+    assert problems(twice) == ["s.yaml:13: model.aspect_ratio: given twice (first at line 12)"]
+    recursive = GOOD + "wandb: &w\n  project: *w\n"
+    alias = "s.yaml:18: wandb.project: an alias to the mapping or list that contains it"
+    assert problems(recursive)[0] == alias
+
+
 @pytest.mark.parametrize(
     ("edit", "needle", "message"),
     [
