@@ -120,6 +120,7 @@ def fit_points(
             problems.append("power laws over budgets need minima at 2 or more budgets")
         elif isoflop.loss_opt is None:
             problems.append("L*(C) = E + k·C^e (three parameters) needs minima at 3 or more budgets")
+        problems += _extrapolation_lines(isoflop)
     with Workers() as workers:
         parametric = _try_parametric(points, n_boot, seed, workers, problems, what="parametric fit")
         args = (points, isoflop, metric, n_boot, seed, workers, problems)
@@ -135,6 +136,33 @@ def fit_points(
         prediction=prediction,
         problems=problems,
     )
+
+
+def _extrapolation_lines(isoflop: IsoflopFit) -> list[str]:
+    """What the power laws over budgets did with the minima outside the sampled N: left them out, or (too
+    few inside) kept them, which can bias the exponent and narrow its interval. One line per outcome."""
+    outcomes: dict[tuple[str, tuple[float, ...]], list[str]] = {}
+    for label, law in (("N*(C)", isoflop.n_opt), ("D*(C)", isoflop.d_opt), ("L*(C)", isoflop.loss_opt)):
+        if law is not None and law.excluded:
+            outcomes.setdefault(("excluded", law.excluded), []).append(label)
+        elif law is not None and law.extrapolated:
+            outcomes.setdefault(("extrapolated", law.extrapolated), []).append(label)
+    lines = []
+    for (outcome, budgets), labels in outcomes.items():
+        laws = ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else labels[0]
+        listed = ", ".join(f"{budget:.3g}" for budget in budgets)
+        if outcome == "excluded":
+            lines.append(
+                f"{laws}: fitted to the minima inside the sampled N only; left out: budget(s) {listed} "
+                "(minimum outside the sampled N)"
+            )
+        else:
+            lines.append(
+                f"{laws}: the exponent includes minima outside the sampled sizes, at budget(s) {listed} (too "
+                "few budgets have theirs inside to leave them out); an extrapolated minimum can bias the "
+                "exponent and make its interval too narrow"
+            )
+    return lines
 
 
 def _finite_points(points: Sequence[Point], problems: list[str]) -> list[Point]:

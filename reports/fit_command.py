@@ -149,6 +149,11 @@ def format_fits(fits, *, source: str, budgets: str | None = None) -> str:
                 text = f"  {label} = {offset}{_num(law.k)}·C^{law.exponent:.4f}, exponent 95% {exponent_ci}"
                 if label == "L*":
                     text += f", E 95% {_interval(law.offset_ci, '.4f')}"
+                if law.excluded:
+                    budgets = ", ".join(f"{c:.3g}" for c in law.excluded)
+                    text += f"; minima inside the sampled N only, budget {budgets} left out"
+                if law.extrapolated:
+                    text += "; includes minima outside the sampled sizes"
                 lines.append(text)
     check = fits.prediction
     if check is not None:

@@ -22,8 +22,12 @@ C/D/N against N over every point, so attention FLOPs count; exactly 6·N when C 
 *interior* when N* lies within the smallest and largest N sampled at that budget; otherwise it is an
 extrapolation, and `advice` says which depths to add.
 
-Power laws y = k·C^exponent are fitted to N*, D* and L* by least squares in log-log over the budgets that
-have a minimum.
+Power laws y = k·C^exponent are fitted to N*, D* and L* by least squares in log-log over the budgets whose
+minimum is interior, when there are enough of them for the law (2; 3 for L*): an extrapolated minimum is
+biased, and its tight interval pulled the exponent's: with 6 fixed sizes at budgets 1e18..1e20, the largest
+budget's minimum above them, the N* exponent's 95% interval held the true exponent in 53 of 100 studies at
+0.2% noise, 87 without that budget. With fewer interior minima the law is fitted over every budget that has
+a minimum, and says so (`PowerLaw.extrapolated`).
 
 Intervals, a parametric bootstrap: each resample draws the noise's scale σ from its distribution given the
 pooled scatter (σ² = SS / χ²_dof), then every budget's parabola coefficients as least squares gives them for
@@ -101,6 +105,10 @@ class PowerLaw:
     boot: np.ndarray = field(repr=False)  # (resamples, 3)
     offset: float = 0.0
     offset_ci: Interval = (0.0, 0.0)
+    # Budgets whose minimum lies outside their sampled N: left out of the law (enough interior minima), or
+    # in it (too few): one of the two is empty.
+    excluded: tuple[float, ...] = ()
+    extrapolated: tuple[float, ...] = ()
 
     def __call__(self, c):
         with np.errstate(over="ignore", divide="ignore"):
@@ -176,7 +184,7 @@ def fit_isoflop(
         parabolas.append(
             _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of)
         )
-    laws = _power_laws(boot_minima, flops_per_token)
+    laws = _power_laws(boot_minima, [p.interior for p in parabolas], flops_per_token)
     return IsoflopFit(metric=metric, parabolas=parabolas, skipped=skipped, **laws)
 
 
@@ -318,14 +326,14 @@ def _without_outlier(
     return group, None
 
 
-def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
-    """N*, D*, L* power laws over the budgets with a minimum, with resampled fits."""
-    if len(boot_minima) < 2:
-        return {"n_opt": None, "d_opt": None, "loss_opt": None}
+def _power_laws(boot_minima, interior: list[bool], flops_per_token) -> dict[str, PowerLaw | None]:
+    """N*, D*, L* power laws over the budgets with a minimum, with resampled fits: over the interior minima
+    when there are enough of them for the law, else over all (module docstring)."""
     budgets = np.array([b for b, *_ in boot_minima])
+    inside = np.array(interior, dtype=bool)
     n_opt = np.exp([x for _, x, _, _ in boot_minima])
     loss_opt = np.array([loss for _, _, loss, _ in boot_minima])
-    boot = np.stack([b for *_, b in boot_minima], axis=1)  # (resamples, budgets, 2)
+    boot = np.stack([b for *_, b in boot_minima], axis=1) if boot_minima else np.empty((0, 0, 2))
     with np.errstate(over="ignore"):  # N* = inf: see PowerLaw
         boot_n = np.exp(boot[..., 0])
     boot_d = _tokens(budgets, boot_n, flops_per_token)
@@ -336,18 +344,22 @@ def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
     }
     laws = {}
     for name, (values, resampled) in series.items():
+        need = MIN_BUDGETS_WITH_OFFSET if name == "loss_opt" else 2
+        if len(budgets) < need:
+            laws[name] = None
+            continue
+        used = inside if inside.sum() >= need else np.ones_like(inside)
+        c, values, resampled = budgets[used], values[used], resampled[:, used]
         if name == "loss_opt":
-            if len(budgets) < MIN_BUDGETS_WITH_OFFSET:
-                laws[name] = None
-                continue
-            full = _offset_power_law(budgets, values[None, :])[0]
-            fits = _offset_power_law(budgets, resampled)
+            full = _offset_power_law(c, values[None, :])[0]
+            fits = _offset_power_law(c, resampled)
         else:
-            full = np.array([*_log_log_line(budgets, values), 0.0])
-            fits = np.array([[*_log_log_line(budgets, row), 0.0] for row in resampled]).reshape(-1, 3)
+            full = np.array([*_log_log_line(c, values), 0.0])
+            fits = np.array([[*_log_log_line(c, row), 0.0] for row in resampled]).reshape(-1, 3)
         fits = fits[~np.isnan(fits).any(axis=1)]  # resamples with too few budgets' minima
         with np.errstate(over="ignore"):
             k, k_ci = np.exp(full[0]), np.exp(percentile_interval(fits[:, 0]))
+        outside = tuple(float(b) for b in budgets[~inside])
         laws[name] = PowerLaw(
             k=float(k),
             exponent=float(full[1]),
@@ -356,6 +368,8 @@ def _power_laws(boot_minima, flops_per_token) -> dict[str, PowerLaw | None]:
             boot=fits,
             offset=float(full[2]),
             offset_ci=percentile_interval(fits[:, 2]),
+            excluded=outside if not used.all() else (),
+            extrapolated=outside if used.all() else (),
         )
     return laws
 

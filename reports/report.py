@@ -215,14 +215,14 @@ def _laws_table(fits: Any, label: str) -> str:
         for name, law in (("N*(C)", iso.n_opt), ("D*(C)", iso.d_opt)):
             if law is not None:
                 rows.append(
-                    (f"{name} = k·C^e (isoflop)", f"e = {law.exponent:.3f}", _ci(law.exponent_ci, ".3f"),
-                     f"k = {law.k:.3g}", _ci(law.k_ci, ".3g"))
+                    (f"{name} = k·C^e (isoflop{_minima_used(law)})", f"e = {law.exponent:.3f}",
+                     _ci(law.exponent_ci, ".3f"), f"k = {law.k:.3g}", _ci(law.k_ci, ".3g"))
                 )  # fmt: skip
         if iso.loss_opt is not None:
             law = iso.loss_opt
             rows.append(
-                ("L*(C) = E + k·C^e (isoflop)", f"e = {law.exponent:.3f}", _ci(law.exponent_ci, ".3f"),
-                 f"E = {law.offset:.4g}", _ci(law.offset_ci, ".4g"))
+                (f"L*(C) = E + k·C^e (isoflop{_minima_used(law)})", f"e = {law.exponent:.3f}",
+                 _ci(law.exponent_ci, ".3f"), f"E = {law.offset:.4g}", _ci(law.offset_ci, ".4g"))
             )  # fmt: skip
     par = fits.parametric
     if par is not None:
@@ -239,6 +239,16 @@ def _laws_table(fits: Any, label: str) -> str:
         + "N* ∝ C<sup>a</sup>, D* ∝ C<sup>b</sup>.</p>\n"
     )
     return intro + table(("law", "estimate", "95% interval", "", ""), rows)
+
+
+def _minima_used(law: Any) -> str:
+    """Which budgets' minima an isoflop law was fitted to, when not simply all of them."""
+    if law.extrapolated:
+        return "; includes minima outside the sampled sizes, which can bias it and narrow its interval"
+    if law.excluded:
+        budgets = ", ".join(f"{c:.2g}" for c in law.excluded)
+        return f"; minima inside the sampled sizes only: budget {budgets} left out"
+    return ""
 
 
 _PARAM_NAMES = {
@@ -361,7 +371,7 @@ def _law_text(law: Any) -> str:
     interval = _ci(law.exponent_ci, ".3f")
     bounded = f"95% interval {interval}" if interval != "-" else "no interval (too few resampled minima)"
     offset = f"{law.offset:.4g} + " if law.offset else ""
-    return f"fit: {offset}{law.k:.3g} · C^{law.exponent:.3f}, exponent {bounded}"
+    return f"fit: {offset}{law.k:.3g} · C^{law.exponent:.3f}, exponent {bounded}{_minima_used(law)}"
 
 
 def _parametric_section(fits: Any, label: str) -> Section:

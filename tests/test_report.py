@@ -1,6 +1,7 @@
 """The HTML report: every section from a realistic store, bad input said and survived, the CLI, the hook that
 writes it after `nanostudy run`, and PNG/SVG export. The browser half is tests/test_report_browser.py."""
 
+import dataclasses
 import json
 import math
 import re
@@ -184,6 +185,22 @@ def test_a_fit_section_that_fails_leaves_the_other_sections(store, fits, monkeyp
     assert "Compute-optimal N*, D* and L*: failed: OverflowError: math range error" in report.left_out
     names = [name for name, _ in report.charts()]
     assert "isoflop" in names and "parametric" in names and "n-opt" not in names
+
+
+def test_an_isoflop_law_over_minima_outside_the_sampled_sizes_is_marked(store, fits) -> None:
+    # The summary showed the N*(C) exponent with no caveat when extrapolated minima were in it.
+    data = read_study(store, "synthetic")
+    iso = fits.isoflop
+    assert "outside the sampled sizes" not in build_report(data, fits).html()  # every minimum inside
+    marked = dataclasses.replace(iso, n_opt=dataclasses.replace(iso.n_opt, extrapolated=(1e18,)))
+    summary = build_report(data, dataclasses.replace(fits, isoflop=marked)).sections[0].html
+    assert (
+        "N*(C) = k·C^e (isoflop; includes minima outside the sampled sizes, which can bias it and narrow its "
+        "interval)"
+    ) in summary
+    left = dataclasses.replace(iso, d_opt=dataclasses.replace(iso.d_opt, excluded=(1e18,)))
+    summary = build_report(data, dataclasses.replace(fits, isoflop=left)).sections[0].html
+    assert "D*(C) = k·C^e (isoflop; minima inside the sampled sizes only: budget 1e+18 left out)" in summary
 
 
 def test_charts_export_as_png_and_svg(store, fits, tmp_path: Path) -> None:
