@@ -9,6 +9,7 @@ the study's attempts recorded (`scancel`).
 """
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,8 +404,12 @@ def retry(store: Store, name: str, cell_id: str) -> bool:
     )
 
 
-def rerun(store: Store, study_id: int, states: set[CellState]) -> list[str]:
-    """Every cell of the study in one of `states` (failed, diverged, cancelled) back to pending."""
+def rerun(
+    store: Store, study_id: int, states: set[CellState], *, only: Collection[str] | None = None
+) -> list[str]:
+    """Every cell of the study in one of `states` (failed, diverged, cancelled) back to pending; with
+    `only`, just those of these ids (`run --rerun`: the cells the study file plans now, which its run will
+    start; a cell an earlier version of the file planned would be left pending for good)."""
     unknown = set(states) - set(RETRYABLE_STATES)
     if unknown:
         raise ValueError(
@@ -412,6 +417,8 @@ def rerun(store: Store, study_id: int, states: set[CellState]) -> list[str]:
         )
     moved = []
     for status in cell_statuses(store, study_id):
+        if only is not None and status.id not in only:
+            continue
         if status.state in states and transition(
             store, status.id, status.state, CellState.PENDING, reason=f"rerun of a {status.state.value} cell"
         ):

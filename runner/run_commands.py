@@ -119,7 +119,8 @@ def run_study(
                 f"(they were tried there; their checkpoints are there), not {runs_root}"
             )
         _log_shared(store, study.name, cells, log)
-        moved = rerun(store, record.id, set(rerun_states)) if rerun_states else []
+        planned_ids = {cell.id for cell in cells}
+        moved = rerun(store, record.id, set(rerun_states), only=planned_ids) if rerun_states else []
         if moved:
             log(f"--rerun: {len(moved)} cell(s) back to pending")
         if cell_executor is None:

@@ -179,6 +179,7 @@ def test_rerun_moves_cells_back_and_gives_them_a_fresh_budget(study, tmp_path):
     )
     assert _states(study) == {"broken": CellState.FAILED, "boom": CellState.DIVERGED}
 
+    assert api.rerun(study.store, study.id, {CellState.FAILED}, only={"boom"}) == []  # not planned now
     moved = api.rerun(study.store, study.id, {CellState.FAILED})
     assert moved == ["broken"]
     loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options)
