@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, open_study, rerun, study_status
 from runner.executor import LocalExecutor
@@ -39,11 +40,15 @@ from store import (
     StoreNotFoundError,
     cell_states,
     default_db_path,
+    get_study,
     move_run_dirs,
     open_store,
     record_study,
     studies_of_cell,
 )
+
+if TYPE_CHECKING:
+    from runner.study import Study
 
 RERUN_CHOICES = ("failed", "diverged", "cancelled")
 
@@ -59,6 +64,31 @@ class RunResult:
         if self.interrupted:
             return 130
         return 0 if self.all_done else 1
+
+
+def _check_same_file(store: Store, study: "Study", path: Path) -> None:
+    """StudyError when the database has a study of this name recorded from another study file that still
+    exists: a copy of a study file, edited but not renamed, would otherwise run as the same study, its
+    cells mixed with the original's in the status and the report. A study file that moved (the recorded
+    one is gone) takes the study over."""
+    from runner.study import StudyError
+
+    recorded = get_study(store, study.name)
+    if recorded is None or not recorded.path:
+        return
+    other = Path(recorded.path)
+    if not other.is_file() or other.resolve() == path.resolve():
+        return
+    raise StudyError(
+        [
+            study.problem(
+                "name",
+                f"{study.name!r} is the name of the study in {store.name} recorded from {other}, which still "
+                "exists: give this file a name of its own (or move that file away to go on with the study "
+                "from this one)",
+            )
+        ]
+    )
 
 
 def run_study(
@@ -99,6 +129,7 @@ def run_study(
     data_root = writable_dir(data_root or default_data_root(), "--data-root")
     store = open_store(db or default_db_path(study_path))
     with StudyLock(lock_path(store, study.name), study.name):
+        _check_same_file(store, study, Path(study_path))
         data_dirs = prepare_data(study, root=data_root, log=log)
         planned = plan(study, data_dirs=data_dirs)
         for warning in planned.warnings:

@@ -11,7 +11,7 @@ from data_fixtures import sentence, write_text_corpus
 from runner_fixtures import tiny_study_yaml, wait_for
 
 from runner.cli import main
-from store import StoreNotFoundError, open_store
+from store import StoreNotFoundError, open_store, upsert_study
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,28 @@ def _status(path: Path, capsys) -> dict:
 
 def _attempts(status: dict) -> dict[str, int]:
     return {cell["id"]: cell["attempts"] for cell in status["cells"]}
+
+
+def test_a_copy_of_a_study_file_under_the_same_name_is_refused_until_the_original_moves(
+    tmp_path, corpus, capsys
+):
+    """A copied study file, edited but not renamed, would run as the original's study: its cells in the
+    same status and report. Refused (before any data is prepared) while the original file exists; once
+    it is gone, the study moved, and the copy goes on with it."""
+    original = _study(tmp_path, corpus)
+    db = str(tmp_path / "nanostudy.db")
+    with open_store(db) as store:
+        upsert_study(store, name="cli", path=str(original), spec={})
+    copy = tmp_path / "copy" / "cli-more-seeds.yaml"
+    copy.parent.mkdir()
+    copy.write_text(original.read_text().replace("seed: [0]", "seed: [0, 1]"))
+    capsys.readouterr()
+    assert _run(copy, tmp_path, "--db", db) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{copy}:1: name: 'cli' is the name of the study in ") and str(original) in err, err
+    assert not any((tmp_path / "data").iterdir())  # refused before any data was prepared
+    original.unlink()
+    assert _run(copy, tmp_path, "--db", db, "--max-parallel", "1") == 0
 
 
 def test_run_trains_every_cell_once_and_a_new_depth_adds_only_its_cell(tmp_path, corpus, capsys):
