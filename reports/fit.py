@@ -44,6 +44,7 @@ __all__ = [
     "PowerLaw",
     "PredictionCheck",
     "StudyFits",
+    "distinct_points",
     "fit_parametric",
     "fit_points",
     "fit_study",
@@ -102,7 +103,7 @@ def fit_points(
     """Both approaches and the prediction check on the points; what cannot be fitted is in `problems`."""
     check_metric(metric)
     problems: list[str] = []
-    points = _finite_points(points, problems)
+    points = distinct_points(_finite_points(points, problems), problems)
     isoflop = None
     if points:
         isoflop = _guarded(
@@ -177,6 +178,32 @@ def _finite_points(points: Sequence[Point], problems: list[str]) -> list[Point]:
         what = "point(s) with a non-finite or non-positive value left out"
         problems.append(f"{len(bad)} {what}: {shown}{more}")
     return kept
+
+
+def distinct_points(points: Sequence[Point], problems: list[str]) -> list[Point]:
+    """The points with each exact repeat of an earlier one's (N, D, loss) left out, and a problem line naming
+    them. Seeds that did not change the result are one measurement: counted as independent replicates they
+    shrank every interval (a study with each cell tripled: 2.5-3× narrower, the N*(C) exponent's excluding
+    the truth)."""
+    first: dict[tuple[float, float, float], Point] = {}
+    repeats = []
+    for point in points:
+        key = (point.n, point.d, point.loss)
+        if key in first:
+            repeats.append(f"{_name(point)} (as {_name(first[key])})")
+        else:
+            first[key] = point
+    if repeats:
+        more = f" and {len(repeats) - 10} more" if len(repeats) > 10 else ""
+        problems.append(
+            f"{len(repeats)} point(s) repeat another exactly (the same N, D and loss: seeds that did not "
+            f"change the result?), so each result is fitted once: {', '.join(repeats[:10])}{more}"
+        )
+    return list(first.values())
+
+
+def _name(point: Point) -> str:
+    return point.cell_id or f"N={point.n:.3g}, D={point.d:.3g}"
 
 
 def _guarded(problems: list[str], what: str, fit, *args, **kwargs):

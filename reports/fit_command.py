@@ -53,7 +53,7 @@ def register_fit(subparsers) -> None:
 
 
 def _cmd_fit(args) -> int:
-    from reports.fit import fit_parametric, fit_points, table_points
+    from reports.fit import distinct_points, fit_parametric, fit_points, table_points
 
     if args.boot < 0:
         print(f"nanostudy fit: error: --boot must be >= 0, got {args.boot}", file=sys.stderr)
@@ -71,6 +71,7 @@ def _cmd_fit(args) -> int:
         print(f"nanostudy fit: error: {error}", file=sys.stderr)
         return 2
     if args.json:
+        points = distinct_points(points, left_out)  # as fit_points does
         for line in left_out:  # stdout holds the JSON object alone
             print(f"nanostudy fit: {line}", file=sys.stderr)
         try:

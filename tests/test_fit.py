@@ -554,6 +554,19 @@ def test_fit_command_json_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert out["n_points"] == 24 and out["alpha"] == pytest.approx(TRUE["alpha"], rel=0.2)
 
 
+def test_fit_command_json_fits_a_repeated_row_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    points = isoflop_points(np.logspace(18, 21, 4), per_budget=6, noise=0.002)
+    table = table_of(points + points[:5], tmp_path / "t.csv")
+    argv = [str(table), "--n", "model_size", "--d", "tokens", "--loss", "loss", "--json", "--boot", "0"]
+    assert run_fit(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n_points"] == 24
+    assert "nanostudy fit: 5 point(s) repeat another exactly" in captured.err
+    assert "t.csv:26 (as t.csv:2)" in captured.err
+
+
 def test_fit_command_readable_output_and_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

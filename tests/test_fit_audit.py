@@ -225,3 +225,26 @@ def test_a_non_finite_loss_is_left_out_by_name(bad_loss: float) -> None:
     )
     assert len(fits.problems) == 1 and len(fits.points) == len(points) - 1
     assert fits.parametric is not None and fits.prediction.method.startswith("parametric fit")
+
+
+# -------------------------------------------------------------------------- repeated results
+
+
+def test_seeds_with_identical_results_are_fitted_once() -> None:
+    # Each cell tripled with the same loss (seeds that changed nothing) was taken for three replicates: the
+    # intervals shrank 2.5-3×, and the N*(C) exponent's, [0.416, 0.4496], excluded the true 0.4516.
+    base = grid(k=5, noise=0.005, seed=3)
+    tripled = [replace(p, cell_id=f"{p.cell_id}-s{s}") for p in base for s in range(3)]
+    once, thrice = fit_points(base, n_boot=50), fit_points(tripled, n_boot=50)
+    assert len(thrice.points) == len(base)
+    assert thrice.problems[0].startswith(
+        f"{2 * len(base)} point(s) repeat another exactly (the same N, D and loss: seeds that did not change "
+        f"the result?), so each result is fitted once: {base[0].cell_id}-s1 (as {base[0].cell_id}-s0), "
+    )
+    assert thrice.problems[1:] == once.problems
+    assert thrice.isoflop.n_opt.exponent_ci == once.isoflop.n_opt.exponent_ci
+    assert [p.n_opt_ci for p in thrice.isoflop.parabolas] == [p.n_opt_ci for p in once.isoflop.parabolas]
+    assert thrice.parametric.ci == once.parametric.ci
+    # Seeds that did change the loss are replicates, and all kept.
+    noisy = [replace(p, loss=p.loss * (1 + 1e-4 * int(p.cell_id[-1]))) for p in tripled]
+    assert len(fit_points(noisy, n_boot=0).points) == len(tripled)
