@@ -137,11 +137,17 @@ def run_study(
         ensure_bundles([cell.config for cell in planned.cells], log=log)
         cells = [new_cell(cell, runs_root) for cell in planned.cells]
         # One transaction: a study whose cells cannot be recorded is not recorded either.
-        record, added = record_study(
+        record, added, left_out = record_study(
             store, name=study.name, path=str(Path(study_path).resolve()), spec=study.to_dict(), cells=cells
         )
         assert record.id is not None
         log(f"study {study.name}: {len(cells)} cells ({added} new); database {store.name}")
+        if left_out:
+            log(
+                f"{left_out} cell(s) that an earlier version of the study file planned are no longer in its "
+                "plan: left out of its status, report and fits (their results stay in the database, and "
+                "come back if the file plans them again)"
+            )
         # A cell never tried takes this run's directory; one with attempts keeps its checkpoints' directory.
         kept = move_run_dirs(store, {cell.id: cell.run_dir for cell in cells if cell.run_dir})
         if kept and runs_dir:

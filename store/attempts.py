@@ -191,10 +191,12 @@ def attempt_counts(store: Store, study_id: int) -> dict[str, int]:
 
 
 def open_attempts(store: Store, study_id: int | None = None) -> list[Attempt]:
-    """Attempts not yet ended (their trainers may still be alive), optionally of one study only."""
+    """Attempts not yet ended (their trainers may still be alive), optionally of one study's cells only:
+    every cell it ever planned, so that its runner recovers the attempt of a cell its file has dropped."""
     query = select(Attempt).where(col(Attempt.ended_at).is_(None))
     if study_id is not None:
-        query = query.join(Cell, col(Cell.id) == col(Attempt.cell_id)).where(in_study(study_id))
+        cells = in_study(study_id, planned_only=False)
+        query = query.join(Cell, col(Cell.id) == col(Attempt.cell_id)).where(cells)
     with store.session() as session:
         return list(session.exec(query.order_by(col(Attempt.id))).all())
 

@@ -7,7 +7,7 @@ the state already changed.
 """
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,8 +99,8 @@ class NewCell:
 
 
 def add_cells(store: Store, study_id: int, cells: Sequence[NewCell]) -> int:
-    """Link the cells to the study, inserting those the database does not have yet; returns how many are
-    new to the study.
+    """Link the cells to the study (planned), inserting those the database does not have yet; returns how
+    many are new to the study.
 
     Cells already present keep their state and results: the id is a hash of the resolved config, so an
     existing id is the same training run, whichever study planned it first; a cell done for another study
@@ -121,7 +121,9 @@ def add_cells_in(conn: Connection, study_id: int, cells: Sequence[NewCell]) -> i
     # Parents first: foreign keys are checked row by row.
     ordered = sorted(cells, key=lambda cell: cell.mode is CellMode.MID_TRAINING)
     rows = [_row(cell, study_id, stamp) for cell in ordered]
-    links = [{"study_id": study_id, "cell_id": cell.id, "created_at": stamp} for cell in ordered]
+    links = [
+        {"study_id": study_id, "cell_id": cell.id, "created_at": stamp, "planned": True} for cell in ordered
+    ]
     if conn.execute(sa.select(_studies.c.id).where(_studies.c.id == study_id)).first() is None:
         raise ValueError(f"add_cells: study {study_id} is not in the database")
     before = _count(conn, study_id)
@@ -134,6 +136,7 @@ def add_cells_in(conn: Connection, study_id: int, cells: Sequence[NewCell]) -> i
         insert_ignoring_duplicates(conn, _cells, chunk)
     for chunk in _chunks(links, 500):
         insert_ignoring_duplicates(conn, _links, chunk)
+    _mark_planned(conn, study_id, ids)  # a cell linked before, since left out, is planned again
     return _count(conn, study_id) - before
 
 
@@ -161,9 +164,31 @@ def move_run_dirs(store: Store, run_dirs: Mapping[str, str]) -> list[str]:
     return sorted(kept)
 
 
-def in_study(study_id: int) -> sa.ColumnElement[bool]:
-    """The WHERE clause that keeps the cells of one study (through `study_cells`)."""
-    return _cells.c.id.in_(sa.select(_links.c.cell_id).where(_links.c.study_id == study_id))
+def in_study(study_id: int, *, planned_only: bool = True) -> sa.ColumnElement[bool]:
+    """The WHERE clause that keeps the cells of one study (through `study_cells`): those its file, as last
+    run, plans; with `planned_only=False` every cell it ever planned (whose attempts its runner recovers)."""
+    links = sa.select(_links.c.cell_id).where(_links.c.study_id == study_id)
+    return _cells.c.id.in_(links.where(_links.c.planned) if planned_only else links)
+
+
+def replan_in(conn: Connection, study_id: int, cell_ids: Collection[str]) -> int:
+    """Mark the study's links planned exactly for `cell_ids` (the cells its file plans now, already
+    linked), inside the caller's write transaction; returns how many of its cells are left out."""
+    conn.execute(sa.update(_links).where(_links.c.study_id == study_id).values(planned=False))
+    _mark_planned(conn, study_id, cell_ids)
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(_links).where(_links.c.study_id == study_id, ~_links.c.planned)
+    ).scalar_one()
+
+
+def _mark_planned(conn: Connection, study_id: int, cell_ids: Collection[str]) -> None:
+    ids = list(cell_ids)
+    for start in range(0, len(ids), 500):
+        conn.execute(
+            sa.update(_links)
+            .where(_links.c.study_id == study_id, _links.c.cell_id.in_(ids[start : start + 500]))
+            .values(planned=True)
+        )
 
 
 def cell_states(store: Store, cell_ids: Iterable[str]) -> dict[str, CellState]:

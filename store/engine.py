@@ -218,17 +218,33 @@ def _migrate_2_to_3(conn: Connection) -> None:
     """Version 3 records in `attempts.study_id` the study whose runner looks after each attempt; older
     attempts get NULL (unknown), which the runner treats as it treated every attempt before."""
     attempts = Attempt.__table__  # type: ignore[attr-defined]
-    column = attempts.c.study_id
-    # SQLAlchemy has no ADD COLUMN construct (that is Alembic's); the type is compiled for the dialect.
+    _add_column(conn, attempts, attempts.c.study_id)
+
+
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4 records in `study_cells.planned` whether the study file, as last run, plans the cell;
+    every link so far is planned (as every cell linked to a study counted before)."""
+    links = StudyCell.__table__  # type: ignore[attr-defined]
+    # Step 1 -> 2 creates study_cells as the schema has it now, with the column already.
+    if "planned" not in {column["name"] for column in sa.inspect(conn).get_columns(links.name)}:
+        _add_column(conn, links, links.c.planned, default=sa.true())
+
+
+def _add_column(conn: Connection, table: sa.Table, column: sa.Column, *, default: Any = None) -> None:
+    """ALTER TABLE ... ADD COLUMN: SQLAlchemy has no construct for it (that is Alembic's); the type and any
+    default are compiled for the dialect. With a default the column is NOT NULL, and existing rows get it."""
     preparer = conn.dialect.identifier_preparer
-    conn.exec_driver_sql(
-        f"ALTER TABLE {preparer.format_table(attempts)} ADD COLUMN {preparer.format_column(column)} "
+    sql = (
+        f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)} "
         f"{column.type.compile(conn.dialect)}"
     )
+    if default is not None:
+        sql += f" NOT NULL DEFAULT {default.compile(dialect=conn.dialect)}"
+    conn.exec_driver_sql(sql)
 
 
 # version -> the step that upgrades a database of that version to the next, in one transaction.
-MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def _read_version(conn: Connection, store: Store, *, lock: bool = False) -> int:

@@ -13,7 +13,8 @@ version in `store.engine.MIGRATIONS` or let `store.engine.open_store` refuse the
 database is always refused.
 
 Versions: 1, the first; 2 adds `study_cells` (a cell may belong to several studies); 3 adds
-`attempts.study_id` (the study whose runner looks after an attempt).
+`attempts.study_id` (the study whose runner looks after an attempt); 4 adds `study_cells.planned` (whether
+the study file, as last run, still plans the cell).
 """
 
 import enum
@@ -22,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import JSON, Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class CellState(enum.StrEnum):
@@ -172,7 +173,12 @@ class Cell(SQLModel, table=True):
 
 
 class StudyCell(SQLModel, table=True):
-    """A cell's membership of a study: every study that plans a cell links it, the first one included."""
+    """A cell's membership of a study: every study that plans a cell links it, the first one included.
+
+    `planned`: the study file, as last run, plans the cell. A cell that an earlier version of the file
+    planned (a depth since removed, a learning rate since changed: another cell id) stays linked, with its
+    results, but the study's status, report and fits leave it out (`store.cells.in_study`); planned again,
+    it comes back as it was."""
 
     __tablename__ = "study_cells"
     study_id: int = Field(primary_key=True, foreign_key="studies.id", ondelete="CASCADE")
@@ -180,6 +186,8 @@ class StudyCell(SQLModel, table=True):
         primary_key=True, foreign_key="cells.id", ondelete="CASCADE", max_length=64, index=True
     )
     created_at: float
+    # A server default: a process of version 3 that still has the database open links cells as planned.
+    planned: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
 
 
 class Attempt(SQLModel, table=True):

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
-from store.cells import NewCell, add_cells_in
+from store.cells import NewCell, add_cells_in, replan_in
 from store.engine import Store, now
 from store.schema import Fit, Study
 from store.values import clean_json
@@ -30,15 +30,18 @@ def upsert_study(store: Store, *, name: str, path: str, spec: Mapping[str, Any])
 
 def record_study(
     store: Store, *, name: str, path: str, spec: Mapping[str, Any], cells: Sequence[NewCell]
-) -> tuple[Study, int]:
-    """`upsert_study` and `store.cells.add_cells` in one transaction: (the study, how many cells are new to
-    it). When the cells cannot be added, the study is not recorded either (no empty study is left)."""
+) -> tuple[Study, int, int]:
+    """`upsert_study` and `store.cells.add_cells` in one transaction, the cells being the study's whole
+    plan: (the study, how many cells are new to it, how many cells an earlier plan of it had that this one
+    leaves out: they keep their results but leave the study's status, report and fits). When the cells
+    cannot be added, the study is not recorded either (no empty study is left)."""
     with store.write() as conn:
         study_id = _upsert_study_in(conn, name=name, path=path, spec=spec)
         added = add_cells_in(conn, study_id, cells)
+        left_out = replan_in(conn, study_id, [cell.id for cell in cells])
     study = get_study(store, name)
     assert study is not None, f"study {name!r} vanished right after it was written"
-    return study, added
+    return study, added, left_out
 
 
 def _upsert_study_in(conn: Connection, *, name: str, path: str, spec: Mapping[str, Any]) -> int:

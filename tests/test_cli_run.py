@@ -130,6 +130,20 @@ def test_run_trains_every_cell_once_and_a_new_depth_adds_only_its_cell(tmp_path,
     [new] = set(after) - set(first)
     assert after[new] == 1
 
+    # A depth dropped from the grid: its cell leaves the status (and the report), and comes back, done, when
+    # the grid has it again.
+    path = _study(tmp_path, corpus, depths="[2, 3]")
+    capsys.readouterr()
+    assert _run(path, tmp_path) == 0
+    assert "1 cell(s) that an earlier version of the study file planned are no longer in its plan" in (
+        capsys.readouterr().out
+    )
+    dropped = _status(path, capsys)
+    assert len(dropped["cells"]) == 2 and 1 not in {cell["depth"] for cell in dropped["cells"]}
+    path = _study(tmp_path, corpus, depths="[1, 2, 3]")
+    assert _run(path, tmp_path) == 0
+    assert _attempts(_status(path, capsys)) == after  # nothing trained again
+
     # The store holds every step of every cell once.
     with open_store(tmp_path / "nanostudy.db", create=False) as store:
         from store import train_curve

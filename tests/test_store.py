@@ -257,8 +257,30 @@ def test_record_study_leaves_no_study_behind_when_its_cells_fail(store: Store) -
     with pytest.raises(ValueError, match="ghost"):
         record_study(store, name="half", path="half.yaml", spec={}, cells=[_cell("a"), orphan])
     assert [study.name for study in list_studies(store)] == [] and get_cell(store, "a") is None
-    study, added = record_study(store, name="whole", path="whole.yaml", spec={}, cells=[_cell("a")])
-    assert added == 1 and [cell.id for cell in cells_of(store, study.id)] == ["a"]
+    study, added, left_out = record_study(store, name="whole", path="whole.yaml", spec={}, cells=[_cell("a")])
+    assert (added, left_out) == (1, 0) and [cell.id for cell in cells_of(store, study.id)] == ["a"]
+
+
+def test_a_cell_the_study_file_no_longer_plans_leaves_its_status_and_comes_back_as_it_was(
+    store: Store,
+) -> None:
+    """Re-recording a study with its new plan (a depth removed, a setting changed: another cell id) leaves
+    the old cells linked, with their results and state, but out of every per-study read; the cell's other
+    studies keep it; planned again, it is back, done as it was."""
+    a, b, c = _cell("a"), _cell("b", seed=1), _cell("c", seed=2)
+    study, *_ = record_study(store, name="s", path="s.yaml", spec={}, cells=[a, b])
+    other, *_ = record_study(store, name="t", path="t.yaml", spec={}, cells=[b])
+    transition(store, "b", CellState.PENDING, CellState.RUNNING)
+    transition(store, "b", CellState.RUNNING, CellState.DONE)
+    _, added, left_out = record_study(store, name="s", path="s.yaml", spec={}, cells=[a, c])
+    assert (added, left_out) == (1, 1)
+    assert [status.id for status in cell_statuses(store, study.id)] == ["a", "c"]
+    assert [cell.id for cell in cells_of(store, other.id)] == ["b"]  # the other study's plan is its own
+    _, added, left_out = record_study(store, name="s", path="s.yaml", spec={}, cells=[a, b, c])
+    assert (added, left_out) == (0, 0)
+    assert {status.id: status.state for status in cell_statuses(store, study.id)} == {
+        "a": CellState.PENDING, "b": CellState.DONE, "c": CellState.PENDING,
+    }  # fmt: skip
 
 
 def test_a_version_1_database_is_upgraded_and_keeps_its_cells(tmp_path: Path) -> None:
@@ -288,23 +310,30 @@ def _schema_version(store: Store) -> str:
 
 
 def _attempt_columns(store: Store) -> list[str]:
+    return _columns(store, "attempts")
+
+
+def _columns(store: Store, table: str) -> list[str]:
     with store.read() as conn:
-        return [column["name"] for column in sa.inspect(conn).get_columns("attempts")]
+        return [column["name"] for column in sa.inspect(conn).get_columns(table)]
 
 
 def _make_older(store: Store, version: int) -> str:
-    """Turn the database into what `version` (1 or 2) wrote; returns the URL to open it again."""
+    """Turn the database into what `version` (1, 2 or 3) wrote; returns the URL to open it again."""
     with store.write() as conn:
         if version < 2:
             conn.exec_driver_sql("DROP TABLE study_cells")
-        conn.exec_driver_sql("ALTER TABLE attempts DROP COLUMN study_id")
+        else:
+            conn.exec_driver_sql("ALTER TABLE study_cells DROP COLUMN planned")
+        if version < 3:
+            conn.exec_driver_sql("ALTER TABLE attempts DROP COLUMN study_id")
         conn.execute(sa.update(Meta.__table__).values(value=str(version)))
     url = store.engine.url.render_as_string(hide_password=False)
     store.close()
     return url
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_database_is_upgraded_and_its_attempts_keep_no_study(store: Store, version: int) -> None:
     study_id = _study(store, "old")
     add_cells(store, study_id, [_cell("open"), _cell("ended", seed=1)])
@@ -312,10 +341,11 @@ def test_an_older_database_is_upgraded_and_its_attempts_keep_no_study(store: Sto
     record_launch(store, running.id, pid=4242, pid_start_time=123.5)
     _put_in_state(store, "ended", CellState.FAILED)
     url = _make_older(store, version)
-    for _ in range(2):  # the second open finds version 3 and changes nothing
+    for _ in range(2):  # the second open finds version 4 and changes nothing
         with open_store(url, create=False) as upgraded:
-            assert _schema_version(upgraded) == str(SCHEMA_VERSION) == "3"
+            assert _schema_version(upgraded) == str(SCHEMA_VERSION) == "4"
             assert _attempt_columns(upgraded).count("study_id") == 1
+            assert _columns(upgraded, "study_cells").count("planned") == 1  # every link planned, as before
             # The attempts made before: unknown study, and the open one is still open, as it was.
             (still_open,) = open_attempts(upgraded, study_id)
             assert (still_open.id, still_open.pid, still_open.study_id) == (running.id, 4242, None)
