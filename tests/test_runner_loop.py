@@ -318,7 +318,11 @@ def test_two_signals_within_one_poll_still_stop_the_trainers(study, tmp_path):
     loop._watch = two_signals_once_stepping  # type: ignore[method-assign]
     assert loop.run() is True
     [attempt] = attempts_of(study.store, "hangs")
-    wait_for(lambda: _zombie(attempt.pid), timeout_s=20, what="the trainer to stop")
+    try:
+        wait_for(lambda: _zombie(attempt.pid), timeout_s=20, what="the trainer to stop")
+    finally:
+        if not _zombie(attempt.pid):
+            kill9(attempt.pid)  # a trainer left running would hang on for good
     events, _ = read_events(study.runs / "hangs" / "events.jsonl")
     assert events[-1]["kind"] == "checkpoint"  # it stopped on SIGTERM, checkpointing
     assert any("stopping 1 trainer(s)" in line for line in log), log
