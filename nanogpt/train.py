@@ -630,7 +630,7 @@ def lock_run_dir(run_dir: Path) -> int:
     returned descriptor stays open: the kernel releases it when the process ends however it ends (kill -9
     included), so no lock is ever left behind. The holder writes its pid into the file. InputError, naming
     the directory, when another trainer holds it (two trainers on one run directory would interleave their
-    events and checkpoints) or when the directory cannot be written in."""
+    events and checkpoints) or when the directory, its events or its checkpoints cannot be written."""
     path = run_dir / RUN_LOCK_NAME
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -647,10 +647,14 @@ def lock_run_dir(run_dir: Path) -> int:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    events = run_dir / EVENTS_NAME
+    events, checkpoints = run_dir / EVENTS_NAME, run_dir / ckpt.CHECKPOINTS_DIR
     if events.exists() and not os.access(events, os.W_OK):
         os.close(fd)
         raise InputError(f"{events}: cannot be written (permission denied)")
+    # A run that could not write its checkpoints would find out at its first one, its steps lost.
+    if checkpoints.is_dir() and not os.access(checkpoints, os.W_OK | os.X_OK):
+        os.close(fd)
+        raise InputError(f"{checkpoints}: cannot be written in (no permission, or a read-only filesystem)")
     return fd
 
 

@@ -897,6 +897,29 @@ def test_a_second_trainer_on_a_run_directory_fails_fast_and_a_killed_one_leaves_
     assert [e["kind"] for e in events_of(tmp_path / "run")].count("start") == 1
 
 
+def test_checkpoints_that_cannot_be_written_are_refused_before_any_step(
+    tmp_path, finished_run, data_dir, capsys, monkeypatch
+):
+    """A read-only checkpoints/ (a mount, permissions) would fail the run at its first checkpoint, every
+    step before it lost: one line and exit 2 at the start instead, nothing written."""
+    run_dir = tmp_path / "run"
+    config_path = write_run(run_dir, tiny_config(data_dir))
+    checkpoints = run_dir / "checkpoints"
+    shutil.copytree(finished_run / "checkpoints" / "step_000006", checkpoints / "step_000006")
+    checkpoints.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: refuse what a read-only directory would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != checkpoints and real_access(p, mode))
+    try:
+        capsys.readouterr()
+        assert run(config_path) == EXIT_BAD_INPUT
+    finally:
+        checkpoints.chmod(0o755)
+    err = capsys.readouterr().err
+    assert err == f"error: {checkpoints}: cannot be written in (no permission, or a read-only filesystem)\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".trainer.lock", "checkpoints", "config.json"]
+
+
 def test_a_run_directory_that_cannot_be_written_is_one_line_and_exit_2(
     tmp_path, data_dir, capsys, monkeypatch
 ):
