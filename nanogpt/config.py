@@ -50,6 +50,11 @@ def _check_positive_float(owner: object, *keys: str, allow_zero: bool = False) -
             raise ValueError(f"{key}: must be a finite number {bound}, got {value!r}")
 
 
+MAX_DEPTH = 4_096
+MAX_WIDTH = 65_536  # n_embd: several times the widest models trained so far
+MAX_SEQ = 1 << 24
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelSection:
     """The model's shape; nanogpt.model.GPTConfig adds the tokenizer's vocab_size to it."""
@@ -64,6 +69,14 @@ class ModelSection:
     def __post_init__(self) -> None:
         _check_positive_int(self, "depth", "aspect_ratio", "head_dim", "sequence_len")
         _check_positive_float(self, "logit_softcap")
+        # Past these a value is a typo, not a model (and overflowed tensor sizes deep in torch).
+        limits = {"depth": MAX_DEPTH, "head_dim": MAX_WIDTH, "sequence_len": MAX_SEQ}
+        for key, most in limits.items():
+            if getattr(self, key) > most:
+                raise ValueError(f"{key}: at most {most:,}, got {getattr(self, key):,}")
+        if (width := self.depth * self.aspect_ratio) > MAX_WIDTH:
+            what = "depth × aspect_ratio, the model's width,"
+            raise ValueError(f"aspect_ratio: {what} is {width:,}: more than {MAX_WIDTH:,}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -84,6 +84,11 @@ def test_exactly_one_horizon(horizon, expected):
         ("model", {"depth": True}, "model.depth: expected an integer, got a boolean"),
         ("model", {"depth": 2.5}, "model.depth: expected an integer, got a number (2.5)"),
         ("model", {"mlp": "swiglu"}, "model.mlp: expected one of 'relu2', 'gelu', got 'swiglu'"),
+        # Past these, a typo (they once overflowed tensor sizes in torch: a C++ traceback, exit 1).
+        ("model", {"depth": 10**30}, "model.depth: at most 4,096, got 1,000,000,000,000,000,"),
+        ("model", {"depth": 2_000}, "model.aspect_ratio: depth × aspect_ratio, the model's width, is 128,0"),
+        ("model", {"head_dim": 2**20}, "model.head_dim: at most 65,536, got 1,048,576"),
+        ("model", {"sequence_len": 2**30}, "model.sequence_len: at most 16,777,216"),
         ("train", {"device_batch_size": "max"}, "train.device_batch_size: expected an integer or 'auto'"),
         ("train", {"device_batch_size": 0}, "train.device_batch_size: must be a positive integer, got 0"),
         ("optim", {"matrix_lr": "0.02"}, "optim.matrix_lr: expected a number, got a string"),
