@@ -49,6 +49,12 @@ def test_spec_from_dict_and_canonical_form():
         ({"name": "python-source", "max_bytes": "lots"}, "max_bytes: expected a size"),
         ({"name": "local", "paths": "x", "format": "html"}, "format"),
         ({"name": "fineweb-edu", "dataset": "a", "data_files": "b"}, "not both"),
+        # `nanostudy prepare --set` passes JSON values as given (a study file's go through its own checks).
+        ({"name": "python-source", "max_documents": "150"}, r"max_documents: expected an integer, got str"),
+        ({"name": "python-source", "max_documents": True}, r"max_documents: expected an integer, got bool"),
+        ({"name": "python-source", "max_documents": 150.5}, r"max_documents: expected an integer, got float"),
+        ({"name": "python-source", "seed": -1}, r"seed: must be >= 0, got -1"),
+        ({"name": "local", "paths": "x", "text_field": 3}, r"text_field: expected a string, got int \(3\)"),
     ],
 )
 def test_spec_errors_name_the_key(raw, message):

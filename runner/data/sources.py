@@ -105,6 +105,16 @@ class SourceSpec:
                 raise ValueError(
                     f"datasets: unknown subset {subset!r}; choose from {', '.join(MIXTURE_SUBSETS)}"
                 )
+        for key in ("name", "text_field", "format", "messages_field", "config", "dataset", "data_files"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key}: expected a string, got {type(value).__name__} ({value!r})")
+        for key in ("seed", "max_documents"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{key}: expected an integer, got {type(value).__name__} ({value!r})")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
         if self.max_documents is not None and self.max_documents <= 0:
             raise ValueError(f"max_documents: must be positive, got {self.max_documents}")
         if self.max_bytes is not None and self.max_bytes <= 0:
