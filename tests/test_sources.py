@@ -323,6 +323,24 @@ def test_a_hub_stream_failing_midway_names_the_source(monkeypatch):
         next(documents)
 
 
+def test_an_unreachable_hub_subset_of_the_task_mixture_names_its_own_option(monkeypatch, tmp_path):
+    """Offline, a task-mixture subset left at its hub id says to give `datasets: {subset: <folder>}`, not
+    `dataset:`, which task-mixture refuses."""
+    import datasets
+
+    from runner.data.chat import iter_task_mixture
+
+    def unreachable(path, **kwargs):
+        raise ConnectionError("Couldn't reach the hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(SourceError) as caught:
+        next(iter_task_mixture(SourceSpec(name="task-mixture")))
+    message = str(caught.value)
+    assert message.startswith("dataset 'HuggingFaceTB/smol-smoltalk' (config None, split test) could not be")
+    assert "give `datasets: {smoltalk: <folder>}`" in message and "`dataset: <local folder>`" not in message
+
+
 def test_task_mixture_caps_smoltalk_validation_at_5000_rows(tmp_path):
     datasets = {
         "smoltalk": str(smoltalk_folder(tmp_path, num_train=4, num_test=SMOLTALK_VAL_ROWS + 7)),

@@ -109,7 +109,14 @@ def _config_for(path: str, config: str | None) -> str | None:
 
 def _rows(part: SubsetSplit, override: str | None):
     path = override or part.hub_id
-    return load_hub_dataset(path, config=_config_for(path, part.config), split=part.split)
+    if override is not None:
+        advice = f"Check the folder given as datasets.{part.subset}"
+    else:
+        advice = (
+            "Without access to the Hugging Face hub, download it elsewhere and give "
+            f"`datasets: {{{part.subset}: <folder>}}` (its validation split is read whatever its weight)"
+        )
+    return load_hub_dataset(path, config=_config_for(path, part.config), split=part.split, advice=advice)
 
 
 def _read(dataset, part: SubsetSplit, override: str | None) -> Iterator[dict]:

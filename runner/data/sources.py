@@ -456,8 +456,17 @@ def data_files_builder(pattern: str) -> tuple[str, list[str]]:
     return next(iter(builders)), files
 
 
-def load_hub_dataset(path: str, *, config: str | None, split: str, data_files: str | None = None):
-    """`datasets.load_dataset(..., streaming=True)`, with an error that says what to do offline."""
+HUB_ADVICE = (
+    "Without access to the Hugging Face hub, download it elsewhere and give `dataset: <local folder>` or "
+    "`data_files: <glob of parquet/jsonl files>`"
+)
+
+
+def load_hub_dataset(
+    path: str, *, config: str | None, split: str, data_files: str | None = None, advice: str = HUB_ADVICE
+):
+    """`datasets.load_dataset(..., streaming=True)`, with an error that says what to do offline (`advice`:
+    the options of the source at hand)."""
     import datasets
 
     try:
@@ -472,9 +481,7 @@ def load_hub_dataset(path: str, *, config: str | None, split: str, data_files: s
         raise
     except Exception as e:  # datasets raises many kinds (connection, missing config, bad files)
         raise SourceError(
-            f"dataset {path!r} (config {config}, split {split}) could not be loaded: {_brief(e)}. Without "
-            "access to the Hugging Face hub, download it elsewhere and give "
-            "`dataset: <local folder>` or `data_files: <glob of parquet/jsonl files>`"
+            f"dataset {path!r} (config {config}, split {split}) could not be loaded: {_brief(e)}. {advice}"
         ) from None
 
 
