@@ -62,6 +62,12 @@ def test_spec_errors_name_the_key(raw, message):
         SourceSpec.from_dict(raw)
 
 
+def test_a_whole_float_is_a_count():
+    assert SourceSpec.from_dict({"name": "python-source", "max_documents": 4e1, "seed": 2.0}) == SourceSpec(
+        name="python-source", max_documents=40, seed=2
+    )
+
+
 def test_parse_bytes_units():
     assert parse_bytes("1.5GB") == 1_500_000_000
     assert parse_bytes("2MiB") == 2 * 2**20

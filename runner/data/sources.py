@@ -144,6 +144,9 @@ class SourceSpec:
                 values[key] = tuple(sorted((str(k), cast(v)) for k, v in values[key].items()))
         if values.get("max_bytes") is not None:
             values["max_bytes"] = parse_bytes(values["max_bytes"])
+        for key in ("seed", "max_documents"):  # 1e5 from JSON or YAML is a count; 150.5 is not
+            if isinstance(values.get(key), float) and values[key].is_integer():
+                values[key] = int(values[key])
         return cls(**values)
 
     def to_dict(self) -> dict:

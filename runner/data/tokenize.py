@@ -6,6 +6,7 @@ Kept apart from prepare.py so worker processes import only this light module (ti
 import hashlib
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -96,6 +97,11 @@ _worker_val_fraction = 0.0
 def _init_worker(tokenizer: Tokenizer, val_fraction: float) -> None:
     global _worker_tokenizer, _worker_val_fraction
     _worker_tokenizer, _worker_val_fraction = tokenizer, val_fraction
+    # The parent alone handles an interrupt (Ctrl-C reaches the whole process group; the command's SIGTERM
+    # handler is inherited by the fork) and then terminates the pool: a worker ends quietly, without a
+    # KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _work(documents: list[Document]) -> ChunkTokens:
