@@ -436,6 +436,16 @@ class _Planner:
             return None
         num_steps = num_steps_for(checked, numbers.flops_per_token)
         num_tokens = num_steps * checked.train.total_batch_tokens
+        if mode == "mid-training" and num_tokens >= MAX_TOKENS:  # pretraining: _budget_fits
+            horizon = next(k for k in ("flops", "tokens", "steps") if getattr(self.study.mid_training, k))
+            self.problems.append(
+                self.study.problem(
+                    f"mid_training.{horizon}",
+                    f"{num_tokens:.3g} tokens ({num_steps:.3g} steps), more than the {MAX_TOKENS:.3g} a run "
+                    "can count; a typo in the exponent?",
+                )
+            )
+            return None
         flops = float(numbers.flops_per_token) * num_tokens
         stage_dir = self.data_dirs.get(mode)
         epochs = epochs_needed(stage_dir, num_tokens) if stage_dir is not None else None

@@ -129,6 +129,17 @@ def test_mode_all_gives_each_point_a_child_after_its_parent(tmp_path, monkeypatc
         assert child.num_steps == 7 and child.config["init_from"] is None
 
 
+def test_a_mid_training_horizon_past_what_a_run_can_count_is_a_problem_at_its_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.jsonl").write_text("")
+    text = GOOD.replace("mode: pretraining", "mode: all") + MID.replace("steps: 7", "flops: 1e30")
+    with pytest.raises(StudyError) as caught:
+        plan(parse(text, path="s.yaml"))
+    line = text.splitlines().index("  flops: 1e30") + 1
+    assert caught.value.problems[0].startswith(f"s.yaml:{line}: mid_training.flops: "), caught.value.problems
+    assert caught.value.problems[0].endswith("a run can count; a typo in the exponent?")
+
+
 def test_auto_gpus_take_the_fewest_whose_memory_holds_the_model():
     text = GOOD.replace("  device: cpu\n", "") + "resources: {gpus_per_cell: auto}\n"
     study = parse(text)
