@@ -440,9 +440,6 @@ class _Document:
             line = mark.line + 1 if mark else 1
             self.problems.append((line, f"{path}:{line}: YAML: {e.problem or e.context}"))
             self.unreadable = True
-        except RecursionError:  # `<<: *x` inside the mapping x itself: PyYAML's merge never ends
-            self.problems.append((1, f"{path}: YAML: a merge key (<<) refers to a mapping that contains it"))
-            self.unreadable = True
         finally:
             loader.dispose()
 
@@ -467,23 +464,56 @@ class _Document:
         return self._value(node, key, loader)
 
     def _mapping(self, node: yaml.MappingNode, key: str, loader: yaml.SafeLoader) -> dict[str, Any]:
-        own = sum(key_node.tag != MERGE_TAG for key_node, _ in node.value)
-        loader.flatten_mapping(node)  # `<<: *defaults`: their keys first, then the mapping's own
-        merged = len(node.value) - own
+        # `<<: *defaults` or `<<: [*a, *b]`, as YAML defines the merge: the mapping's own keys win, then
+        # the merged mappings in order (PyYAML's own flatten_mapping lets a later one win for most names,
+        # and rewrites the node, which an alias to it visits again).
+        merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                for name, pair in self._merge_sources(value_node, f"{key}.<<" if key else "<<"):
+                    merged.setdefault(name, pair)
         out: dict[str, Any] = {}
-        from_merge: set[str] = set()  # keys a later one may override, as YAML's merge says
-        for index, (key_node, value_node) in enumerate(node.value):
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
             name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
             child = f"{key}.{name}" if key else name
             line = key_node.start_mark.line + 1
-            if name in out and name not in from_merge:
+            if name in out:
                 # Reported, and the first value kept, so the rest of the file is still checked.
                 self.add(child, f"given twice (first at line {self.lines[child]})", line=line)
                 continue
-            (from_merge.add if index < merged else from_merge.discard)(name)
             self.lines[child] = line
             out[name] = self._value(value_node, child, loader)
+        for name, (key_node, value_node) in merged.items():
+            if name not in out:
+                child = f"{key}.{name}" if key else name
+                self.lines[child] = key_node.start_mark.line + 1
+                out[name] = self._value(value_node, child, loader)
         return out
+
+    def _merge_sources(self, value: yaml.Node, key: str) -> list[tuple[str, tuple[yaml.Node, yaml.Node]]]:
+        """The (name, (key node, value node)) pairs a `<<` brings, first the one that wins: each mapping's
+        own keys before what its own `<<` brings, and the mappings of a list in order."""
+        pairs = []
+        for source in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            if not isinstance(source, yaml.MappingNode):
+                self.add(key, "expected a mapping, or a list of mappings, to merge")
+                continue
+            if id(source) in self._open:
+                self.add(key, "merges a mapping that contains it")
+                continue
+            self._open.add(id(source))
+            try:
+                for key_node, value_node in source.value:
+                    if key_node.tag != MERGE_TAG and isinstance(key_node, yaml.ScalarNode):
+                        pairs.append((str(key_node.value), (key_node, value_node)))
+                for key_node, value_node in source.value:
+                    if key_node.tag == MERGE_TAG:
+                        pairs += self._merge_sources(value_node, key)
+            finally:
+                self._open.discard(id(source))
+        return pairs
 
     def line(self, key: str) -> int:
         return _nearest_line(self.lines, key)

@@ -186,6 +186,22 @@ def test_yaml_merge_keys_merge_and_a_recursive_alias_is_a_problem():
     recursive = GOOD + "wandb: &w\n  project: *w\n"
     alias = "s.yaml:18: wandb.project: an alias to the mapping or list that contains it"
     assert problems(recursive)[0] == alias
+    merges_itself = "s.yaml:17: wandb.<<: merges a mapping that contains it"
+    assert problems(GOOD + "wandb: &w {<<: *w}\n") == [merges_itself]
+
+
+def test_a_list_of_merged_mappings_gives_the_earlier_ones_keys_and_an_alias_reads_the_same():
+    """YAML's merge: in `<<: [*a, *b]` a key of a wins over b's (PyYAML's own merge lets b win for most
+    names); a merging mapping reached again through an alias reads the same, without a 'given twice'."""
+    own = "model:\n  aspect_ratio: 16\n  head_dim: 16\n  sequence_len: 32\n"
+    listed = "model: &m\n  <<: [{aspect_ratio: 16, sequence_len: 32}, {aspect_ratio: 8, head_dim: 16}]\n"
+    study = parse(GOOD.replace(own, listed), path="s.yaml")
+    assert study.to_dict()["training"]["model"] == {"aspect_ratio": 16, "head_dim": 16, "sequence_len": 32}
+    schedule = "schedule: &s {<<: {warmup_frac: 0.1, cooldown_frac: 0.2}, warmup_frac: 0.0}\n"
+    mid = "mid_training:\n  data: {source: {name: task-mixture}}\n  tokens: 1000\n  schedule: *s\n"
+    study = parse(GOOD.replace("mode: pretraining", "mode: all") + schedule + mid, path="s.yaml")
+    both = {"warmup_frac": 0.0, "cooldown_frac": 0.2}
+    assert study.to_dict()["training"]["schedule"] == both == study.mid_training.overrides["schedule"]
 
 
 @pytest.mark.parametrize(
