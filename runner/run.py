@@ -289,6 +289,8 @@ class StudyLoop:
         self._maybe_retry(attempt.cell_id, outcome)
 
     def _maybe_retry(self, cell_id: str, outcome: AttemptOutcome, *, quiet: bool = False) -> None:
+        if cell_id not in self.launches:
+            return  # a cell the study file no longer plans (its attempt recovered): no run would start it
         retryable = {AttemptOutcome.FAILED: CellState.FAILED}
         if self.options.rerun_diverged:
             retryable[AttemptOutcome.DIVERGED] = CellState.DIVERGED
@@ -615,10 +617,18 @@ class StudyLoop:
                     job_id=handle.job_id,
                 )
             tail.pump()
-            self._active[attempt.id] = _Active(
-                attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus
-            )
+            active = _Active(attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus)
+            self._active[attempt.id] = active
             self.log(f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} ({handle.where})")
+            if attempt.cell_id not in self.launches:
+                # The study file was edited since: nobody would see it in the study, nor be able to cancel it.
+                name = self._name(attempt.cell_id)
+                self.log(
+                    f"{name}: no longer in the study file's plan; stopping its trainer (it checkpoints, and "
+                    "resumes if a study plans the cell again)"
+                )
+                active.stop_requested = True
+                self.executor.cancel(handle)
             return
         tail.pump()
         if attempt.pid is None and attempt.job_id is None and tail.trace.start is None:

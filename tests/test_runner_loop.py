@@ -31,7 +31,16 @@ from runner import api
 from runner.gpus import GpuPool
 from runner.lock import StudyLock, StudyLockedError, lock_path
 from runner.run import LoopOptions, label, newest_checkpoint_step
-from store import AttemptOutcome, CellState, attempts_of, cell_statuses, checkpoints_of, get_cell, train_curve
+from store import (
+    AttemptOutcome,
+    CellState,
+    attempts_of,
+    cell_statuses,
+    checkpoints_of,
+    get_cell,
+    record_study,
+    train_curve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +292,36 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_live_trainer_of_a_cell_the_edited_study_no_longer_plans_is_stopped_not_waited_for(study, tmp_path):
+    """The runner died; the study file was then edited so that a cell whose trainer still runs is no longer
+    planned (out of the status, which cancel reads). The next runner adopts that trainer and stops it (a
+    checkpoint, then its cell pending, for a study that plans it again), rather than waiting on it unseen."""
+    _, kept = _cells(study, [{"id": "dropped"}, {"id": "kept", "seed": 1}])
+    plan = write_plan(tmp_path, {"dropped": ["hang"], "kept": ["done"]})
+    runner = _runner(study.root / "nanostudy.db", plan)
+    try:
+        attempt = wait_for(lambda: _open_attempt(study, "dropped"), timeout_s=30, what="the trainer to start")
+        wait_for(lambda: get_cell(study.store, "dropped").steps_done >= 2, timeout_s=20, what="steps")
+    finally:
+        kill9(runner.pid)
+        runner.wait()
+    assert psutil.pid_exists(attempt.pid)
+    _, _, left_out = record_study(study.store, name="tiny", path="tiny.yaml", spec={}, cells=[kept])
+    assert left_out == 1 and set(_states(study)) == {"kept"}
+    log: list[str] = []
+    try:
+        loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, log=log)
+        assert loop.run() is False
+    finally:
+        if not _zombie(attempt.pid):
+            kill9(attempt.pid)
+    assert any("dropped" in line and "no longer in the study file's plan" in line for line in log), log
+    [stopped] = attempts_of(study.store, "dropped")
+    assert stopped.outcome is AttemptOutcome.INTERRUPTED
+    assert get_cell(study.store, "dropped").state is CellState.PENDING
+    assert _states(study) == {"kept": CellState.DONE}
 
 
 def test_cancel_with_no_runner_stops_our_trainer_itself(study, tmp_path):
