@@ -65,7 +65,8 @@ def decide_outcome(
 
     - An `end` event decides: done, diverged, or error (failed, with the trainer's message and stderr).
     - No event at all and exit 0: the trainer found its run already done (its final checkpoint and `end`
-      were written by an earlier attempt) and wrote nothing: done.
+      were written by an earlier attempt) and wrote nothing: done (for a Slurm job, one that COMPLETED:
+      a job cancelled while queued has exit code 0 too).
     - No `end`, and we asked it to stop: interrupted, resumable from its last checkpoint; not a failure.
     - A Slurm job that ended TIMEOUT, PREEMPTED or NODE_FAIL: interrupted likewise (a TIMEOUT that wrote
       no checkpoint is failed: the next job would time out at the same place); CANCELLED by someone else
@@ -83,7 +84,9 @@ def decide_outcome(
             return AttemptOutcome.DIVERGED, end.get("message") or "diverged"
         message = end.get("message") or "the trainer reported an error"
         return AttemptOutcome.FAILED, _join(message, error_tail)
-    if trace.start is None and trace.last_kind is None and exited.code == EXIT_DONE:
+    # A Slurm job cancelled while still queued also ends with exit code 0 and no events: not done.
+    finished = exited.job_state in (None, "COMPLETED")
+    if trace.start is None and trace.last_kind is None and exited.code == EXIT_DONE and finished:
         return AttemptOutcome.DONE, None
     if stop_requested:
         return AttemptOutcome.INTERRUPTED, STOPPED_BY_RUNNER

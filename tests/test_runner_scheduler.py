@@ -101,6 +101,10 @@ FINAL = {"kind": "checkpoint", "step": 9, "final": True}
         # A run found already done writes no events and exits 0 (torchrun: 0 when every rank did).
         ((), Exited(code=0, from_trainer=True), False, AttemptOutcome.DONE),
         ((), Exited(code=0, from_trainer=False), False, AttemptOutcome.DONE),
+        ((), Exited(code=0, from_trainer=False, job_state="COMPLETED"), False, AttemptOutcome.DONE),
+        # A Slurm job cancelled while queued: exit code 0, no events, never trained.
+        ((), Exited(code=0, from_trainer=False, job_state="CANCELLED"), True, AttemptOutcome.INTERRUPTED),
+        ((), Exited(code=0, from_trainer=False, job_state="CANCELLED"), False, AttemptOutcome.FAILED),
         ((START, STEP), Exited(code=0, from_trainer=True), False, AttemptOutcome.FAILED),
     ],
 )

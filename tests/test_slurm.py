@@ -214,6 +214,25 @@ def test_a_job_scancelled_outside_nanostudy_fails_and_is_retried(study):
     assert get_cell(study.store, "c").state is CellState.DONE
 
 
+def test_a_job_scancelled_while_queued_is_not_taken_for_a_cell_already_done(study):
+    """A job cancelled before it started ends with exit code 0 and no events, as a trainer that finds its
+    run already done: it was recorded done, never trained, and no run trained it again."""
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
+    plan = write_plan(study.root, {"c": ["done"]})
+    held = {**CPU, "sbatch": ["--hold"]}
+    runner = _runner(study, held, "--fake", str(plan), "--max-attempts", "1")
+    try:
+        job_id = wait_for(lambda: _job_of(study, "c", 1), timeout_s=60, what="attempt 1's job id")
+        subprocess.run(["scancel", job_id], check=True)
+        assert runner.wait(timeout=120) == 0
+    finally:
+        kill9(runner.pid)
+    [attempt] = attempts_of(study.store, "c")
+    assert attempt.outcome is AttemptOutcome.FAILED
+    assert attempt.reason.startswith("the Slurm job was cancelled outside nanostudy")
+    assert get_cell(study.store, "c").state is CellState.FAILED
+
+
 def test_a_preempted_job_is_submitted_again_and_resumes_from_its_checkpoint(study):
     add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
     plan = write_plan(study.root, {"c": ["hang", "done"]})
