@@ -100,9 +100,11 @@ def decide_outcome(
     if not exited.from_trainer and trace.stopped_at_checkpoint:
         return AttemptOutcome.INTERRUPTED, "the trainer stopped after a checkpoint (SIGTERM or max_seconds)"
     if exited.from_trainer and exited.code == EXIT_BAD_INPUT:
-        # The trainer's one-line error is its last line on stderr: lead with it, so a summary shows it.
+        # The trainer's one-line error is its last `error:` line on stderr (under torchrun, whose report of
+        # the worker's exit code follows it), else its last line: lead with it, so a summary shows it.
         lines = (error_tail or "").strip().splitlines()
-        detail = lines[-1].removeprefix("error: ") if lines else None
+        errors = [line for line in lines if line.startswith("error: ")]
+        detail = (errors or lines)[-1].removeprefix("error: ") if lines else None
         return AttemptOutcome.FAILED, _join(
             f"{BAD_INPUT_REASON}: {detail}" if detail else BAD_INPUT_REASON, error_tail
         )

@@ -415,7 +415,17 @@ def _exponent_float_loader() -> type[yaml.SafeLoader]:
         re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
         list("-+0123456789"),
     )
+    # YAML 1.1 reads 12:00:00 as the base-60 number 43200 (12 hours as 30 days of Slurm minutes); YAML 1.2
+    # has no base 60: such a value stays the text it is. Checked before the int and float resolvers.
+    first = list("-+0123456789")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:str", SEXAGESIMAL, first)
+    for char in first:
+        resolvers = Loader.yaml_implicit_resolvers[char]
+        resolvers.insert(0, resolvers.pop())
     return Loader
+
+
+SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"  # YAML's `<<` key

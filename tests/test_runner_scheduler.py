@@ -151,6 +151,12 @@ def test_failure_reasons_say_what_happened():
         error_tail="warn\nerror: c.json: bad",
     )
     assert reason == "bad config or input: c.json: bad\nwarn\nerror: c.json: bad"
+    # Under torchrun its report of the worker's exit code follows the trainer's line.
+    under_torchrun = "error: c.json: bad\nE1207 21:41:32 api.py:1002] failed (exitcode: 2) local_rank: 0"
+    _, reason = decide_outcome(
+        _trace(), Exited(code=2, from_trainer=True), stop_requested=False, error_tail=under_torchrun
+    )
+    assert reason.splitlines()[0] == "bad config or input: c.json: bad"
     _, reason = decide_outcome(
         _trace(), Exited(code=2, from_trainer=True), stop_requested=False, error_tail=None
     )

@@ -182,6 +182,15 @@ def test_a_trainer_refusing_its_input_fails_its_cell_without_a_retry(study):
     assert get_cell(study.store, "bad").state is CellState.FAILED
 
 
+def test_a_run_directory_with_a_space_in_its_path_is_submitted(study):
+    runs = study.root / "runs with space"
+    add_tiny_cells(study.store, study.id, study.data, runs, [{"id": "c"}])
+    plan = write_plan(study.root, {"c": ["done"]})
+    assert slurm_loop(study.store, study.id, _settings(), root=study.root, plan=plan).run() is False
+    assert get_cell(study.store, "c").state is CellState.DONE
+    assert (runs / "c" / "logs" / "attempt_1.out").is_file()
+
+
 def test_the_jobs_gpus_reach_the_trainer(study):
     add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "gpu"}])
     plan = write_plan(study.root, {"gpu": ["done"]})

@@ -80,6 +80,15 @@ def test_slurm_settings_load_with_their_defaults_and_values():
     assert study.to_dict()["resources"]["slurm"]["sbatch"] == ["--mem=0", "--constraint=h100"]
 
 
+def test_an_unquoted_time_of_day_is_slurms_time_and_a_python_in_home_is_expanded(monkeypatch):
+    """YAML 1.1 reads 12:00:00 as the base-60 number 43200: 30 days of Slurm minutes, not 12 hours. The
+    script quotes the interpreter, so `~` is expanded here (on the login node) or never."""
+    monkeypatch.setenv("HOME", "/home/me")
+    settings = _study("partition: gpu\ntime: 12:00:00\npython: ~/venv/bin/python\n").resources.slurm
+    assert (settings.time, settings.python) == ("12:00:00", "/home/me/venv/bin/python")
+    assert _study("partition: gpu\ntime: 1:30\n").resources.slurm.time == "1:30"
+
+
 def test_bad_slurm_keys_are_reported_at_their_lines_all_at_once():
     slurm = """\
     partitoin: gpu
@@ -146,8 +155,8 @@ def test_the_batch_script_holds_every_setting_and_is_valid_bash(tmp_path):
     options = [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")]
     assert options == [
         "--job-name=nanostudy-abc-3",
-        f"--output={tmp_path}/run dir/logs/attempt_3.out",
-        f"--error={tmp_path}/run dir/logs/attempt_3.err",
+        f'--output="{tmp_path}/run dir/logs/attempt_3.out"',  # quoted: sbatch refuses the space otherwise
+        f'--error="{tmp_path}/run dir/logs/attempt_3.err"',
         "--open-mode=append",
         "--nodes=2",
         "--ntasks-per-node=1",

@@ -52,8 +52,8 @@ def batch_script(
         "#!/bin/bash",
         f"# nanostudy: cell {request.cell_id}, attempt {request.attempt_number} (each retry gets its own)",
         f"#SBATCH --job-name={job_name(request.cell_id, request.attempt_number)}",
-        f"#SBATCH --output={out_path}",
-        f"#SBATCH --error={err_path}",
+        f'#SBATCH --output="{out_path}"',  # quoted: a path with a space is otherwise "Invalid directive"
+        f'#SBATCH --error="{err_path}"',
         "#SBATCH --open-mode=append",
         *(f"#SBATCH {option}" for option in sbatch_options(settings)),
     ]

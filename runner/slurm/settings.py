@@ -17,6 +17,7 @@ reports them at their lines with the study's other problems.
 """
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -89,7 +90,8 @@ def parse_settings(
             continue
         elif key in ("partition", "account", "qos", "python"):
             if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value):
-                values[key] = value
+                # The script quotes the interpreter: `~` and $HOME are expanded here, on the login node.
+                values[key] = os.path.expandvars(os.path.expanduser(value)) if key == "python" else value
             else:
                 bad(key, f"expected a name without spaces, got {value!r}")
         elif key == "time":
