@@ -138,6 +138,7 @@ class CancelResult:
     stopping: tuple[str, ...]  # running cells, now cancelled; their trainers are being stopped
     stopped_here: tuple[str, ...]  # of those, the ones whose trainer this call signalled (no runner active)
     unchanged: tuple[str, ...]  # done, failed or diverged (already finished), or already cancelled
+    still_running: tuple[str, ...] = ()  # of stopped_here, the ones still running when `wait_s` ran out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -355,7 +356,7 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
         if not statuses:
             raise ValueError(f"study {name!r} has no cell {cell_id!r}")
     cancelled, stopping, stopped_here, unchanged = [], [], [], []
-    to_stop: list[tuple[Executor, Handle]] = []
+    to_stop: list[tuple[Executor, Handle, str]] = []
     for status in statuses:
         if status.state is CellState.PENDING and transition(
             store, status.id, CellState.PENDING, CellState.CANCELLED, reason=CANCEL_REASON
@@ -374,19 +375,18 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             handle = executor.adopt(attempt, _run_dir(store, status.id))
             if handle is not None:
                 executor.cancel(handle)
-                to_stop.append((executor, handle))
+                to_stop.append((executor, handle, status.id))
                 stopped_here.append(status.id)
     deadline = time.monotonic() + wait_s
     while to_stop and time.monotonic() < deadline:
-        to_stop = [
-            (executor, handle) for executor, handle in to_stop if isinstance(executor.poll(handle), Running)
-        ]
+        to_stop = [entry for entry in to_stop if isinstance(entry[0].poll(entry[1]), Running)]
         time.sleep(0.2)
     return CancelResult(
         cancelled=tuple(cancelled),
         stopping=tuple(stopping),
         stopped_here=tuple(stopped_here),
         unchanged=tuple(unchanged),
+        still_running=tuple(cell for _, _, cell in to_stop),
     )
 
 

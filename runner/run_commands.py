@@ -539,6 +539,11 @@ def _cmd_cancel(args) -> int:
     if result.stopping:
         who = "stopped here" if result.stopped_here else "the runner stops their trainers"
         print(f"cancelled {len(result.stopping)} running cell(s) ({who})")
+    if result.still_running:
+        print(
+            f"{len(result.still_running)} trainer(s) still stopping after {args.wait:g} s: "
+            f"{', '.join(result.still_running)}; `nanostudy status` shows when they end"
+        )
     if not result.cancelled and not result.stopping:
         print("nothing to cancel (every cell is finished)")
     return 0

@@ -356,6 +356,27 @@ def test_nanostudy_cancel_scancels_our_job_when_no_runner_holds_the_study(study)
     subprocess.run(["scancel", other], check=True)
 
 
+def test_nanostudy_cancel_ends_a_job_still_running_its_setup_lines(study):
+    """A signal to the job's steps reaches nothing while its batch script runs the study's setup lines (no
+    trainer yet): such a job is cancelled outright; it trained on, the cell cancelled, once."""
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
+    plan = write_plan(study.root, {"c": ["done"]})
+    runner = _runner(study, {**CPU, "setup": ["sleep 60"]}, "--fake", str(plan))
+    try:
+        job_id = wait_for(lambda: _job_of(study, "c", 1), timeout_s=60, what="attempt 1's job id")
+        wait_for(lambda: squeue_state(job_id) == "RUNNING", timeout_s=60, what="the job to run its setup")
+    finally:
+        kill9(runner.pid)
+        runner.wait(timeout=10)
+    from runner.api import cancel
+
+    result = cancel(study.store, "tiny", cell_id="c", wait_s=30)
+    assert (result.stopped_here, result.still_running) == (("c",), ())
+    assert squeue_state(job_id) == "CANCELLED"
+    assert not (study.runs / "c" / "events.jsonl").exists()  # no trainer ever started
+    assert get_cell(study.store, "c").state is CellState.CANCELLED
+
+
 # -- refusals ---------------------------------------------------------------------------------------------
 
 

@@ -144,6 +144,16 @@ def _queued_one_by_one(ids: list[str]) -> dict[str, JobInfo]:
     return found
 
 
+def has_launched_step(job_id: str) -> bool:
+    """Whether the job runs a step of its own (`srun`: the trainers), beyond its batch script (`ID.batch`,
+    which runs the study's setup lines first) and Slurm's `extern` step."""
+    result = run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i"])
+    if result.returncode != 0:
+        raise SlurmError(f"squeue: {_failed(result)}")
+    steps = [line.strip().rpartition(".")[2] for line in result.stdout.splitlines() if line.strip()]
+    return any(step not in ("batch", "extern") for step in steps)
+
+
 def named(name: str) -> list[JobInfo]:
     """This user's jobs of that name, in any state squeue still knows."""
     result = run(["squeue", "--noheader", "--states=all", "--me", f"--name={name}", "--format=%i|%T|%j|%r"])

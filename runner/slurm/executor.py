@@ -155,8 +155,9 @@ class SlurmExecutor:
     # -- stopping --------------------------------------------------------------------------------------
 
     def cancel(self, handle: Handle) -> None:
-        """Ask the job to stop: SIGTERM to its step (the trainer checkpoints and exits), outright when it
-        has not started; poll() cancels it outright after `stop_grace_s`."""
+        """Ask the job to stop: SIGTERM to its step (the trainer checkpoints and exits), outright when the
+        trainers' step has not started (a queued job, or one still running its setup lines, which a
+        signal to the steps would not reach); poll() cancels it outright after `stop_grace_s`."""
         job = self._jobs[handle.attempt_id]
         if job.stop_deadline is not None:
             return
@@ -165,7 +166,8 @@ class SlurmExecutor:
             info = (
                 commands.queued([job.job_id]).get(job.job_id) or job.info
             )  # fresh: it may have just started
-            started = info is not None and info.state not in ("PENDING", "CONFIGURING")
+            running = info is not None and info.state not in ("PENDING", "CONFIGURING")
+            started = running and commands.has_launched_step(job.job_id)
             commands.cancel(job.job_id, signal="TERM" if started else None)
         except SlurmError:
             job.stop_deadline = time.monotonic()  # try the outright cancel at the next poll
