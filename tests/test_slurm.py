@@ -417,6 +417,27 @@ def test_sbatch_refusing_a_job_fails_the_cell_with_the_reason_and_a_rerun_runs_i
     assert _outcomes(study, "c") == [AttemptOutcome.FAILED, AttemptOutcome.DONE]
 
 
+def test_a_job_queued_though_sbatch_failed_is_found_by_its_name_and_watched(study, monkeypatch):
+    """sbatch can report an error after the controller queued the job (its reply timed out): that job is
+    the attempt's, found by its name, rather than one trained unwatched beside a second submission."""
+    from runner.slurm import commands
+
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "c"}])
+    plan = write_plan(study.root, {"c": ["done"]})
+    submitted = []
+
+    def submit_then_time_out(script):
+        submitted.append(real_submit(script))
+        raise SlurmError("sbatch refused the job: Socket timed out on send/recv operation")
+
+    real_submit = commands.submit
+    monkeypatch.setattr(commands, "submit", submit_then_time_out)
+    assert slurm_loop(study.store, study.id, _settings(), root=study.root, plan=plan).run() is False
+    [attempt] = attempts_of(study.store, "c")
+    assert attempt.outcome is AttemptOutcome.DONE and [attempt.job_id] == submitted
+    assert get_cell(study.store, "c").state is CellState.DONE
+
+
 def test_an_unreachable_controller_is_reported_before_anything_is_submitted(
     slurm_cluster, tmp_path, monkeypatch
 ):

@@ -104,7 +104,16 @@ class SlurmExecutor:
         path.write_text(
             batch_script(request, self.settings, python=self.python, env=self.environment(request))
         )
-        job_id = commands.submit(path)
+        try:
+            job_id = commands.submit(path)
+        except SlurmError:
+            # sbatch can fail after the controller queued the job (a reply that timed out): that job would
+            # train unwatched beside the retry. Found by its name (each attempt's own), it is this attempt's.
+            name = job_name(request.cell_id, request.attempt_number)
+            found = [info for info in _named_quietly(name) if not info.final]
+            if len(found) != 1:
+                raise
+            job_id = found[0].job_id
         self._jobs[request.attempt_id] = _Job(job_id=job_id)
         self._refreshed_at = float("-inf")
         return Handle(attempt_id=request.attempt_id, job_id=job_id, launcher="sbatch")
@@ -192,3 +201,11 @@ class SlurmExecutor:
             return None
         self._jobs[attempt.id] = _Job(job_id=info.job_id, info=info)
         return Handle(attempt_id=attempt.id, job_id=info.job_id, launcher="adopted")
+
+
+def _named_quietly(name: str) -> list[JobInfo]:
+    """The jobs of that name squeue knows, or none when squeue does not answer either."""
+    try:
+        return commands.named(name)
+    except SlurmError:
+        return []
