@@ -6,7 +6,7 @@ from runner_fixtures import FakeNvml
 from tui_fixtures import TelemetryNvml
 
 from runner.api import CellProgress
-from tui.cell_screen import thin
+from tui.cell_screen import summary_line, thin
 from tui.chat_process import choose_placement
 from tui.chat_screen import sampling_settings
 from tui.format import UNKNOWN, duration, flops, progress_bar, si, sparkline
@@ -34,6 +34,21 @@ def _cell(cell_id, depth, flops, state, *, seed=0, bpb=None, step=0, mode="pretr
         num_params=1, attempts=0, step=step, steps_total=100, tokens=0, train_loss=None, val_loss=None,
         val_bpb=bpb, eta_s=None,
     )  # fmt: skip
+
+
+def test_a_reason_with_square_brackets_is_shown_as_written():
+    """A failed cell's reason is the trainer's stderr: `[rank0]: ...` or a gloo error's `[/pytorch/...]`,
+    which as markup dropped the rank, or crashed the detail screen (a closing tag matching no open one)."""
+    from dataclasses import replace
+
+    from rich.text import Text
+
+    for reason in (
+        "RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer",
+        "[rank0]: torch.OutOfMemoryError: CUDA out of memory",
+    ):
+        cell = replace(_cell("a", 2, 1e15, "failed"), reason=reason)
+        assert Text.from_markup(summary_line(cell)).plain.endswith(f"reason: {reason}")
 
 
 def test_grid_points_show_the_most_urgent_state_then_the_mean_bpb():

@@ -46,7 +46,7 @@ def summary_line(cell: api.CellProgress) -> str:
         parts.append(f"{si(cell.tok_per_s)} tok/s, MFU {percent(cell.mfu)}, ETA {duration(cell.eta_s)}")
     line = "  │  ".join(parts)
     if cell.reason:
-        line += f"\n[{style}]reason: {cell.reason}[/]"
+        line += f"\n[{style}]reason: {escape(cell.reason)}[/]"  # a reason may hold [rank0] or [/path]
     return line
 
 
