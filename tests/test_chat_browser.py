@@ -146,3 +146,32 @@ def test_type_a_message_and_see_the_reply_stream_in(browser, server):
     )
     assert blocked == []
     page.close()
+
+
+LOG = "[...document.getElementById('log').children].map(e => `${e.className}: ${e.textContent}`)"
+
+
+def test_new_chat_mid_reply_starts_an_empty_conversation(browser, server):
+    """New chat while a reply streams: the stopped reply stays behind with its conversation; the new one
+    starts empty (no partial reply, no note that it stopped) and its first request holds its message alone."""
+    page = browser.new_page()
+    sent = []
+    page.on("request", lambda request: request.method == "POST" and sent.append(request.post_data_json))
+    page.goto(server.url + "/")
+    wait_until(page, "document.getElementById('model').textContent.includes('chat model')")
+
+    _send(page, "the cat sees a book.")
+    wait_until(page, f"(r => r && r.textContent.length > 1 && !r.dataset.done)({LAST_REPLY})")
+    page.click("summary")
+    page.click("#new")
+    wait_until(page, "!document.getElementById('send').disabled")
+    assert page.evaluate(LOG) == []
+
+    _send(page, "hello")
+    wait_until(page, f"(r => r && r.dataset.done === 'true')({LAST_REPLY})")
+    assert [body["messages"] for body in sent] == [
+        [{"role": "user", "content": "the cat sees a book."}],
+        [{"role": "user", "content": "hello"}],
+    ]
+    assert page.evaluate(LOG) == ["msg user: hello", f"msg assistant: {REPLY}"]
+    page.close()
