@@ -208,6 +208,17 @@ def test_generation_stops_at_the_stop_strings_normalizes_and_matches_at_a_word_b
     assert len(model.calls) < 10
 
 
+def test_a_generation_prompt_cut_to_the_context_counts_as_truncated(tmp_path):
+    """A prompt keeps its last sequence_len - max_new_tokens + 1 tokens (65 of a 128-token context here);
+    one longer is truncated, counted as the log-likelihood tasks count theirs (it was always 0 here)."""
+    gsm8k = [{"context": "5+7?", "answer": "12"}, {"context": "q" * 500 + "5+7?", "answer": "12"}]
+    tokenizer = byte_tokenizer().with_chat_tokens()
+    result, _, _ = _run(
+        tmp_path, {"chat_gsm8k": gsm8k}, {}, tokenizer=tokenizer, sequence_len=128, preset="chat_gsm8k"
+    )
+    assert _by_name(result)["chat_gsm8k"].extra["num_truncated"] == 1
+
+
 def test_chat_choice_scores_the_letters_and_chat_generation_the_number(tmp_path):
     tokenizer = byte_tokenizer().with_chat_tokens()
     im_end = tokenizer.special("<|im_end|>")

@@ -40,6 +40,7 @@ from nanogpt.gauntlet.scoring import (
     PAD_MULTIPLE,
     Request,
     generate_greedy,
+    prompt_room,
     score_requests,
 )
 from nanogpt.gauntlet.tasks import (
@@ -298,10 +299,11 @@ def score_items(
             stop_tokens=stop_tokens,
             max_rows=max_generation_rows,
         )
+        room = prompt_room(model.config.sequence_len, spec.max_new_tokens)
         for row, (item, output) in enumerate(zip(items, outputs, strict=True)):
             text = tokenizer.decode([t for t in output if t not in stop_tokens])
             right = is_correct(spec, text, item.answers)
-            results[row] = (1.0, float(right), float(right), 0.0)
+            results[row] = (1.0, float(right), float(right), float(len(item.prompt) > room))
         return results
     requests = [
         Request(context=context, continuation=continuation)

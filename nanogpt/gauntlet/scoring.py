@@ -103,6 +103,13 @@ def score_requests(
 
 
 @torch.inference_mode()
+def prompt_room(sequence_len: int, max_new_tokens: int) -> int:
+    """How many of a prompt's last tokens `generate_greedy` keeps: `sequence_len - max_new_tokens + 1`,
+    with `max_new_tokens` at most half the sequence_len, so that short-context models keep half their
+    context for the prompt."""
+    return sequence_len - max(1, min(max_new_tokens, sequence_len // 2)) + 1
+
+
 def generate_greedy(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -117,11 +124,10 @@ def generate_greedy(
     prompts of similar length). A row ends at a stop token (kept) or once its decoded text contains a
     stop string (the tokens are kept; the caller cuts the text); the batch ends when every row has.
 
-    A prompt keeps its last `sequence_len - max_new_tokens + 1` tokens; `max_new_tokens` is at most half
-    the sequence_len, so that short-context models keep half their context for the prompt."""
+    A prompt keeps its last `prompt_room(sequence_len, max_new_tokens)` tokens."""
     seq_len = model.config.sequence_len
-    max_new = max(1, min(max_new_tokens, seq_len // 2))
-    keep = seq_len - max_new + 1
+    keep = prompt_room(seq_len, max_new_tokens)
+    max_new = seq_len - keep + 1
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
     for first in range(0, len(order), max_rows):
