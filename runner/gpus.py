@@ -48,24 +48,40 @@ def load_nvml() -> Any | None:
     return pynvml
 
 
-def discover(nvml: Any) -> list[Gpu]:
-    """Every GPU NVML sees, with its memory and the pids of its compute processes."""
+def discover(nvml: Any, *, unreadable: dict[int, str] | None = None) -> list[Gpu]:
+    """Every GPU NVML sees, with its memory and the pids of its compute processes.
+
+    A GPU that NVML cannot read (NVMLError_GpuIsLost after an Xid error, ...) is left out, so it is never
+    free, and the other GPUs still are; a crash here would stop the runner and the TUI's chat. Its error
+    goes into `unreadable`, by index, when given.
+    """
     gpus = []
     for index in range(nvml.nvmlDeviceGetCount()):
-        handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-        processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            processes = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            uuid, name = _text(nvml.nvmlDeviceGetUUID(handle)), _text(nvml.nvmlDeviceGetName(handle))
+        except Exception as error:  # pynvml raises an NVMLError subclass per error code
+            if unreadable is not None:
+                unreadable[index] = nvml_error(error)
+            continue
         gpus.append(
             Gpu(
                 index=index,
-                uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                name=_text(nvml.nvmlDeviceGetName(handle)),
+                uuid=uuid,
+                name=name,
                 memory_total_bytes=int(memory.total),
                 memory_used_bytes=int(memory.used),
                 pids=tuple(sorted(int(process.pid) for process in processes)),
             )
         )
     return gpus
+
+
+def nvml_error(error: Exception) -> str:
+    """'NVMLError_GpuIsLost: GPU is lost': the class names the error even where its text is only a code."""
+    return f"{type(error).__name__}: {error}"
 
 
 def _text(value: str | bytes) -> str:
@@ -89,10 +105,11 @@ class GpuPool:
         visible_devices: str | None = None,
     ):
         self.nvml = nvml
-        gpus = discover(nvml) if nvml is not None else []
-        known = {gpu.index for gpu in gpus}
+        self.unreadable: dict[int, str] = {}  # GPUs NVML could not read at the last look: never free
+        gpus = discover(nvml, unreadable=self.unreadable) if nvml is not None else []
+        known = {gpu.index for gpu in gpus} | set(self.unreadable)
         if restrict is not None:
-            if not gpus:
+            if not known:
                 raise ValueError(
                     f"--gpus {','.join(map(str, restrict))}: no NVIDIA GPU found (NVML unavailable)"
                 )
@@ -122,7 +139,8 @@ class GpuPool:
         if self.cpu:
             return []
         ours = {*our_pids, os.getpid()}
-        by_index = {gpu.index: gpu for gpu in discover(self.nvml)}
+        self.unreadable = {}
+        by_index = {gpu.index: gpu for gpu in discover(self.nvml, unreadable=self.unreadable)}
         return [
             index
             for index in self.usable
@@ -132,7 +150,12 @@ class GpuPool:
     def describe(self) -> str:
         if self.cpu:
             return "CPU (no usable GPU)"
-        return ", ".join(f"{index}: {self.names.get(index, '?')}" for index in self.usable)
+        return ", ".join(
+            f"{index}: cannot be read ({self.unreadable[index]})"
+            if index in self.unreadable
+            else f"{index}: {self.names.get(index, '?')}"
+            for index in self.usable
+        )
 
 
 def _visible(value: str, gpus: list[Gpu]) -> tuple[int, ...]:

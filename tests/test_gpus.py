@@ -17,6 +17,32 @@ def test_discover_reads_every_gpu():
     assert gpus[2].uuid.startswith("GPU-00000002")
 
 
+class LostGpu(FakeNvml):
+    """GPU `lost` raises at every reading, as NVML's calls do once the driver has lost it (an Xid error)."""
+
+    def __init__(self, num_gpus: int, *, lost: int):
+        super().__init__(num_gpus)
+        self.lost = lost
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        if handle == self.lost:
+            raise RuntimeError("GPU is lost")
+        return super().nvmlDeviceGetMemoryInfo(handle)
+
+
+def test_a_gpu_nvml_cannot_read_is_skipped_and_named():
+    unreadable = {}
+    assert [gpu.index for gpu in discover(LostGpu(3, lost=1), unreadable=unreadable)] == [0, 2]
+    assert unreadable == {1: "RuntimeError: GPU is lost"}
+    pool = GpuPool(nvml=LostGpu(3, lost=1))
+    assert pool.usable == (0, 1, 2)  # still this machine's GPU (--gpus 1 is not "no such GPU"), never free
+    assert pool.free(assigned=set(), our_pids=set()) == [0, 2]
+    assert pool.describe() == (
+        "0: NVIDIA H100 80GB HBM3, 1: cannot be read (RuntimeError: GPU is lost), 2: NVIDIA H100 80GB HBM3"
+    )
+    assert GpuPool(nvml=LostGpu(2, lost=1), restrict=(1,)).free(assigned=set(), our_pids=set()) == []
+
+
 def test_a_gpu_with_someone_elses_process_is_not_free():
     nvml = FakeNvml(4, foreign={1: [1000]})
     pool = GpuPool(nvml=nvml)

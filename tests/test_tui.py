@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Static
-from tui_fixtures import STUDY, TelemetryNvml, demo_study
+from tui_fixtures import STUDY, LostGpuNvml, TelemetryNvml, demo_study
 
 from runner.cli import main
 from store import CellState, cell_statuses, get_cell, ingest, open_store, upsert_study
@@ -26,6 +26,7 @@ from tui.app import NanostudyApp
 from tui.cell_screen import CellScreen
 from tui.chat_screen import ChatScreen
 from tui.confirm import ConfirmScreen
+from tui.format import UNKNOWN
 from tui.gpu_screen import NO_NVML, GpuScreen
 from tui.problem import ProblemBanner
 from tui.studies_screen import StudiesScreen
@@ -350,6 +351,32 @@ def test_gpu_screen_shows_telemetry_history_and_who_runs_where(demo):
             await until(pilot, lambda: len(str(table.get_row("0")[3])) >= 3, what="a utilisation history")
             history = str(table.get_row("0")[3])
             assert len(set(history)) > 1  # utilisation moved between samples: the sparkline shows it
+
+    run(scenario)
+
+
+def test_gpu_screen_shows_a_gpu_nvml_cannot_read_as_an_error_row(demo):
+    # GPU 1 is lost after the first samples (an Xid error): its row says so, GPU 0's goes on updating.
+    nvml = LostGpuNvml(2, lost=1, lost_at=3)
+
+    async def scenario():
+        app = make_app(demo.db, nvml_loader=lambda: nvml)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+            await pilot.press("g")
+            table = await until(
+                pilot, lambda: isinstance(app.screen, GpuScreen) and app.screen.query_one(DataTable)
+            )
+            lost = "NVML cannot read it: NVMLError_GpuIsLost: GPU is lost"
+            await until(
+                pilot, lambda: table.row_count == 2 and lost in str(table.get_row("1")[9]), what="GPU 1 lost"
+            )
+            second = [str(v) for v in table.get_row("1")]
+            assert second[:3] == ["1", "NVIDIA H100 80GB HBM3", UNKNOWN] and second[4] == UNKNOWN
+            ticks = nvml.tick
+            await until(pilot, lambda: nvml.tick > ticks + 1, what="more samples")
+            assert isinstance(app.screen, GpuScreen)
+            assert [str(v) for v in table.get_row("0")][6] == "40°C"
 
     run(scenario)
 

@@ -1,16 +1,17 @@
 """The TUI's pure parts, without an app: number formats, the heatmap's grid points, who runs on a GPU,
-where the chat model goes, the chat's sampling settings, curve thinning, NVML readings a GPU lacks."""
+where the chat model goes, the chat's sampling settings, curve thinning, NVML readings a GPU lacks, a GPU
+NVML cannot read."""
 
 import pytest
 from runner_fixtures import FakeNvml
-from tui_fixtures import TelemetryNvml
+from tui_fixtures import LostGpuNvml, TelemetryNvml
 
 from runner.api import CellProgress
 from tui.cell_screen import summary_line, thin
 from tui.chat_process import choose_placement
 from tui.chat_screen import sampling_settings
 from tui.format import UNKNOWN, duration, flops, progress_bar, si, sparkline
-from tui.gpu_telemetry import GpuSample, Ours, occupants, sample
+from tui.gpu_telemetry import GpuSample, History, Ours, occupants, sample
 from tui.heatmap import grid_points
 
 
@@ -147,3 +148,17 @@ def test_readings_a_gpu_lacks_are_none():
     )
     assert (gpu.temperature_c, gpu.pids, gpu.memory_used_bytes) == (40, (7,), 1 << 30)
     assert gpu.name == "NVIDIA H100 80GB HBM3"  # bytes from old pynvml decoded
+
+
+def test_a_gpu_nvml_cannot_read_is_a_sample_with_its_error_and_never_gets_the_chat():
+    nvml = LostGpuNvml(3, lost=2)
+    gpus = sample(nvml)
+    assert [gpu.error for gpu in gpus] == [None, None, "NVMLError_GpuIsLost: GPU is lost"]
+    assert gpus[2].name == "NVIDIA H100 80GB HBM3" and gpus[2].util_percent is None
+    assert gpus[1].memory_total_bytes == 80 << 30 and gpus[1].temperature_c == 41  # the others read as usual
+    history = History()
+    history.add(gpus)
+    assert sorted(history.util) == [0, 1]  # nothing read, no point on its sparkline
+    # The chat model would take the highest free GPU: the lost one is skipped, not a crash.
+    assert choose_placement(nvml).label == "GPU 1"
+    assert choose_placement(LostGpuNvml(1, lost=0)).label == "CPU"

@@ -1,5 +1,5 @@
 """A small study in every state, written through the store as the runner writes it, for the TUI's tests and
-the runner API's status views; and a fake NVML with telemetry.
+the runner API's status views; and a fake NVML with telemetry, and one with a GPU that is lost.
 
 The demo study ("demo"): depths 2, 4, 8 × budgets 1e15, 1e16, and one mid-training cell.
 
@@ -189,3 +189,22 @@ class TelemetryNvml(FakeNvml):
 
     def nvmlDeviceGetClockInfo(self, handle, clock):
         return {self.NVML_CLOCK_SM: 1980, self.NVML_CLOCK_MEM: 2619}[clock]
+
+
+class NVMLError_GpuIsLost(Exception):  # pynvml's name for it
+    def __str__(self) -> str:
+        return "GPU is lost"
+
+
+class LostGpuNvml(TelemetryNvml):
+    """TelemetryNvml whose GPU `lost` is gone from the `lost_at`-th sample on (an Xid error): every reading
+    of it raises, as NVML's do once the driver has lost the GPU."""
+
+    def __init__(self, num_gpus: int, *, lost: int, lost_at: int = 1, **kwargs):
+        super().__init__(num_gpus, **kwargs)
+        self.lost, self.lost_at = lost, lost_at
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        if handle == self.lost and self.tick >= self.lost_at:
+            raise NVMLError_GpuIsLost()
+        return super().nvmlDeviceGetMemoryInfo(handle)

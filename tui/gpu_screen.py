@@ -6,6 +6,7 @@ without a GPU the screen says so.
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
@@ -112,6 +113,15 @@ class GpuScreen(PollingScreen):
                 table.add_row(*row, key=key)
 
     def _row(self, gpu: GpuSample, who: list[str]) -> tuple[str, ...]:
+        if gpu.error is not None:
+            # Its readings are empty, not zero: say so in the row, where the eye looks for this GPU.
+            blank = (UNKNOWN,) * (len(COLUMNS) - 3)
+            return (
+                str(gpu.index),
+                gpu.name,
+                *blank,
+                f"[red]NVML cannot read it: {escape(gpu.error)}[/]",
+            )
         gib = 1 << 30
         power = UNKNOWN if gpu.power_w is None else f"{gpu.power_w:.0f} W"
         if gpu.power_w is not None and gpu.power_limit_w:

@@ -1,7 +1,9 @@
 """What the GPU screen shows of each GPU, read from NVML, and who runs on it.
 
 NVML is injected (any object with pynvml's functions: tests pass a fake), as in `runner.gpus`. A reading
-a GPU does not support (power on some boards, clocks in some modes) is None rather than an error.
+a GPU does not support (power on some boards, clocks in some modes) is None rather than an error; a GPU
+NVML cannot read at all (NVMLError_GpuIsLost, ...) is a sample with its `error`, so that one bad GPU never
+hides the others.
 Nothing here touches CUDA: the TUI never imports torch.
 """
 
@@ -9,6 +11,8 @@ import collections
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from runner.gpus import nvml_error
 
 HISTORY_LEN = 30  # samples kept per GPU for the sparklines: 30 s at the default poll
 
@@ -26,6 +30,7 @@ class GpuSample:
     sm_clock_mhz: int | None
     memory_clock_mhz: int | None
     pids: tuple[int, ...]  # compute processes on it now
+    error: str | None = None  # NVML could not read this GPU: every reading above is empty
 
 
 def _maybe(read: Callable[[], Any]) -> Any:
@@ -37,37 +42,55 @@ def _maybe(read: Callable[[], Any]) -> Any:
 
 
 def sample(nvml: Any) -> list[GpuSample]:
-    """One reading of every GPU NVML sees."""
+    """One reading of every GPU NVML sees; a GPU it cannot read is a sample with its error."""
     samples = []
     for index in range(nvml.nvmlDeviceGetCount()):
-        handle = nvml.nvmlDeviceGetHandleByIndex(index)
-        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-        name = nvml.nvmlDeviceGetName(handle)
-        power_mw = _maybe(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h))
-        limit_mw = _maybe(lambda h=handle: nvml.nvmlDeviceGetEnforcedPowerLimit(h))
-        samples.append(
-            GpuSample(
-                index=index,
-                name=name.decode() if isinstance(name, bytes) else name,
-                util_percent=_maybe(lambda h=handle: float(nvml.nvmlDeviceGetUtilizationRates(h).gpu)),
-                memory_used_bytes=int(memory.used),
-                memory_total_bytes=int(memory.total),
-                temperature_c=_maybe(
-                    lambda h=handle: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)
-                ),
-                power_w=None if power_mw is None else power_mw / 1000,
-                power_limit_w=None if limit_mw is None else limit_mw / 1000,
-                sm_clock_mhz=_maybe(lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)),
-                memory_clock_mhz=_maybe(lambda h=handle: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM)),
-                pids=tuple(
-                    sorted(
-                        int(p.pid)
-                        for p in _maybe(lambda h=handle: nvml.nvmlDeviceGetComputeRunningProcesses(h)) or []
-                    )
-                ),
+        try:
+            samples.append(_sample_gpu(nvml, index))
+        except Exception as error:  # NVMLError_GpuIsLost, NVMLError_Unknown, ...: raised by any call
+            name = _maybe(lambda i=index: nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(i)))
+            samples.append(
+                GpuSample(
+                    index=index,
+                    name=(name.decode() if isinstance(name, bytes) else name) or "?",
+                    util_percent=None,
+                    memory_used_bytes=0,
+                    memory_total_bytes=0,
+                    temperature_c=None,
+                    power_w=None,
+                    power_limit_w=None,
+                    sm_clock_mhz=None,
+                    memory_clock_mhz=None,
+                    pids=(),
+                    error=nvml_error(error),
+                )
             )
-        )
     return samples
+
+
+def _sample_gpu(nvml: Any, index: int) -> GpuSample:
+    handle = nvml.nvmlDeviceGetHandleByIndex(index)
+    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    name = nvml.nvmlDeviceGetName(handle)
+    power_mw = _maybe(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+    limit_mw = _maybe(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle))
+    return GpuSample(
+        index=index,
+        name=name.decode() if isinstance(name, bytes) else name,
+        util_percent=_maybe(lambda: float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+        memory_used_bytes=int(memory.used),
+        memory_total_bytes=int(memory.total),
+        temperature_c=_maybe(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+        power_w=None if power_mw is None else power_mw / 1000,
+        power_limit_w=None if limit_mw is None else limit_mw / 1000,
+        sm_clock_mhz=_maybe(lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)),
+        memory_clock_mhz=_maybe(lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM)),
+        pids=tuple(
+            sorted(
+                int(p.pid) for p in _maybe(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle)) or []
+            )
+        ),
+    )
 
 
 class History:
@@ -79,6 +102,8 @@ class History:
 
     def add(self, samples: Iterable[GpuSample]) -> None:
         for gpu in samples:
+            if gpu.error is not None:  # nothing was read: no point on the sparkline
+                continue
             self.util.setdefault(gpu.index, collections.deque(maxlen=HISTORY_LEN)).append(
                 gpu.util_percent or 0.0
             )
