@@ -68,10 +68,19 @@ class Session:
             if request["type"] == "generate":
                 self._generate(request, lines)
             elif request["type"] == "cancel":
-                self._error(
-                    request.get("id"), f"cancel: no generation with id {request.get('id')!r} is running"
-                )
+                self._cancel_waiting(request.get("id"))
         return EXIT_OK
+
+    def _cancel_waiting(self, request_id: Any) -> None:
+        """Cancel a generation that waits its turn (it ends at once, with nothing generated), else say
+        that no generation has that id."""
+        found = [r for r in self._waiting if r["type"] == "generate" and r.get("id") == request_id]
+        if not found or request_id is None:
+            self._error(request_id, f"cancel: no generation with id {request_id!r} is running or waiting")
+            return
+        self._waiting.remove(found[0])
+        done = {"event": "done", "id": request_id, "finish_reason": "cancelled", "text": ""}
+        self.emit(done | {"prompt_tokens": 0, "completion_tokens": 0, "elapsed_s": 0.0, "tokens_per_s": None})
 
     def _parse(self, line: str | None) -> dict[str, Any] | None:
         """A checked request; None for a blank or bad line (answered with an error event) or the end."""
@@ -178,9 +187,7 @@ class Session:
             elif request.get("id") == running_id:
                 stop = True
             else:
-                self._error(
-                    request.get("id"), f"cancel: no generation with id {request.get('id')!r} is running"
-                )
+                self._cancel_waiting(request.get("id"))
 
     def _error(self, request_id: Any, message: str, *, fatal: bool = False) -> None:
         self.emit({"event": "error", "id": request_id, "message": message, "fatal": fatal})

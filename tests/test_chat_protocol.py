@@ -111,12 +111,28 @@ def test_bad_requests_get_error_events_and_the_session_goes_on(chat):
         (6, f"max_tokens: 1000000000 is more than the model's context of {CONTEXT} tokens"),
         (7, f"the conversation is {CONTEXT + 20} tokens, more than the model's context of {CONTEXT} tokens"),
         (None, "id: must be a string or an integer"),
-        (9, "cancel: no generation with id 9 is running"),
+        (9, "cancel: no generation with id 9 is running or waiting"),
     ]
     assert len(messages) == len(expected)
     for (got_id, got), (want_id, want) in zip(messages, expected, strict=True):
         assert got_id == want_id and got.startswith(want), (got_id, got)
     assert events[-1]["event"] == "done" and events[-1]["id"] == 10 and events[-1]["text"] == REPLY
+
+
+def test_cancel_of_a_waiting_generation_ends_it_before_it_starts(base):
+    """A cancel may name a generation still waiting its turn (docs/chat.md: it stops that generation): it
+    ends at once, cancelled, with nothing generated, and the others go on."""
+    long = {"messages": HI, "seed": 0}
+    code, events = converse(
+        base,
+        {**long, "id": "x", "max_tokens": 20},
+        {**long, "id": "y"},  # arrives while x runs: waits its turn
+        {"type": "cancel", "id": "y"},
+    )
+    assert code == 0 and not [e for e in events if e["event"] == "error"]
+    done = [(e["id"], e["finish_reason"], e["text"]) for e in events if e["event"] == "done"]
+    assert done[0] == ("y", "cancelled", "") and done[1][:2] == ("x", "length")
+    assert [e["id"] for e in events if e["event"] == "start"] == ["x"]
 
 
 def test_cancel_stops_the_running_generation_and_queued_ones_follow(base):
