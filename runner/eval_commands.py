@@ -172,8 +172,11 @@ def eval_study(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Score and store every done cell's final checkpoint. Cells whose rows for this preset are all stored
-    already are skipped. One dict per cell: cell, checkpoint, step, added, kept, events (or skipped)."""
+    already are skipped; a cell whose checkpoint cannot be read (deleted, damaged) is named and the others
+    are scored. One dict per cell: cell, checkpoint, step, added, kept, events (or skipped, or error)."""
+    from nanogpt.checkpoint import CheckpointError
     from nanogpt.gauntlet.tasks import resolve, result_name
+    from nanogpt.tokenizer import TokenizerError
 
     study = get_study(store, study_name)
     if study is None:
@@ -198,9 +201,14 @@ def eval_study(
             out.append({"cell": cell.id, "step": checkpoint.step, "skipped": "already scored"})
             continue
         t0 = time.time()
-        step, result = evaluate_checkpoint(
-            path, preset=preset, bundle=bundle, device=device, max_examples=cap
-        )
+        try:
+            step, result = evaluate_checkpoint(
+                path, preset=preset, bundle=bundle, device=device, max_examples=cap
+            )
+        except (CheckpointError, TokenizerError) as error:  # this cell's files: the others are scored
+            log(f"cell {cell.id}: error: {error}; not scored")
+            out.append({"cell": cell.id, "checkpoint": str(path), "error": str(error)})
+            continue
         added, kept = store_scores(store, cell.id, step, result)
         where = f"cell {cell.id} (depth {cell.depth}, {cell.flops_budget:.1e} FLOPs, step {step})"
         also = f", {kept} already there" if kept else ""
@@ -294,6 +302,10 @@ def _cmd_eval(args) -> int:
         return 2
     if args.json:
         print(json.dumps(results, indent=1))
+    failed = [result["cell"] for result in results if "error" in result]
+    if failed:
+        print(f"nanostudy eval: {len(failed)} cell(s) not scored: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,6 +3,7 @@ applies it at launch and fetches the bundle, `nanostudy eval` scores finished ch
 scores (new rows on done cells only), and the report charts the averages."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,33 @@ def test_nanostudy_eval_of_a_study_scores_every_done_cells_final_checkpoint(fini
     with open_store(db, create=False) as store:
         tasks = {r.task for r in evals_of(store, cell_id="c1")}
     assert "winograd" in tasks
+
+
+def test_nanostudy_eval_of_a_study_scores_the_other_cells_when_one_checkpoint_is_gone(
+    finished, tmp_path, capsys
+):
+    """A done cell whose final checkpoint was deleted is named, not scored, and the others are scored
+    (the first such cell stopped the whole study's evaluation); the exit is 1."""
+    run_dirs = {name: tmp_path / "runs" / name for name in ("gone", "kept")}
+    for run_dir in run_dirs.values():
+        shutil.copytree(finished["run_dir"], run_dir)
+    shutil.rmtree(run_dirs["gone"] / "checkpoints" / "step_000012")
+    db = tmp_path / "nanostudy.db"
+    with open_store(db) as store:
+        study = upsert_study(store, name="e", path=str(tmp_path / "e.yaml"), spec={})
+        config = json.loads((finished["run_dir"] / "config.json").read_text())
+        add_cells(store, study.id, [_cell(name, config, run_dir) for name, run_dir in run_dirs.items()])
+        for name, run_dir in run_dirs.items():
+            transition(store, name, CellState.PENDING, CellState.RUNNING)
+            ingest(store, name, **rows_of(read_events(run_dir / "events.jsonl")[0]))
+            transition(store, name, CellState.RUNNING, CellState.DONE)
+    args = ["eval", "e", "--db", str(db), "--eval-bundle", str(finished["bundle"]), "--device", "cpu"]
+    assert main([*args, "--tasks", "winograd"]) == 1
+    captured = capsys.readouterr()
+    assert "cell gone: error: " in captured.out and "cell kept (depth 2" in captured.out
+    assert captured.err == "nanostudy eval: 1 cell(s) not scored: gone\n"
+    with open_store(db, create=False) as store:
+        assert evals_of(store, cell_id="kept") and not evals_of(store, cell_id="gone")
 
 
 def test_nanostudy_eval_of_a_study_with_no_done_cell_says_so(tmp_path, capsys):
