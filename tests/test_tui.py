@@ -18,13 +18,14 @@ import pytest
 from rich.console import Console
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Static
-from tui_fixtures import STUDY, LostGpuNvml, TelemetryNvml, demo_study
+from tui_fixtures import STUDY, LostGpuNvml, TelemetryNvml, demo_study, finish_cell, unfinished_study
 
 from runner.cli import main
 from store import CellState, cell_statuses, get_cell, ingest, open_store, upsert_study
 from tui.app import NanostudyApp
 from tui.cell_screen import CellScreen
 from tui.chat_screen import ChatScreen
+from tui.checkpoint_picker import CheckpointPicker
 from tui.confirm import ConfirmScreen
 from tui.format import UNKNOWN
 from tui.gpu_screen import NO_NVML, GpuScreen
@@ -576,7 +577,7 @@ def test_a_checkpoint_that_cannot_load_is_a_message(demo, prefix, message):
         ("nowhere", "nowhere"),  # a study the store lacks: the lookup itself fails
     ],
 )
-def test_chat_without_a_checkpoint_says_why_and_stops_looking(tmp_path, study, expected):
+def test_chat_without_a_checkpoint_says_why(tmp_path, study, expected):
     with open_store(tmp_path / "nanostudy.db") as store:
         upsert_study(store, name="empty", path="empty.yaml", spec={})
 
@@ -591,6 +592,40 @@ def test_chat_without_a_checkpoint_says_why_and_stops_looking(tmp_path, study, e
             assert expected in banner
             # After a failed lookup the status line kept saying "finding the best checkpoint…".
             assert str(app.screen.query_one("#status", Static).render()) == ""
+
+    run(scenario)
+
+
+def test_chat_waits_for_a_first_checkpoint_and_ctrl_o_sees_cells_finished_since(tmp_path):
+    db = unfinished_study(tmp_path)
+
+    async def scenario():
+        app = make_app(db, study="later")
+        async with app.run_test(size=SIZE) as pilot:
+            app.open_chat("later")
+            banner = await until(
+                pilot,
+                lambda: isinstance(app.screen, ChatScreen) and app.screen.query_one(ProblemBanner).message,
+            )
+            screen = app.screen
+            assert "no finished cell with a final checkpoint yet" in banner
+            assert "looking again every 1 s" in banner  # 5 polls of 0.2 s
+            await pilot.press("ctrl+o")
+            await until(
+                pilot, lambda: "no checkpoint to choose from" in [n.message for n in app._notifications]
+            )
+
+            # A cell finishes while the chat is open: its model loads, without a key pressed.
+            finish_cell(db, "c1", 1.5)
+            await until(pilot, lambda: screen.ready, what="the first checkpoint's model", timeout_s=10)
+            assert screen.checkpoint.cell_id == "c1" and screen.query_one(ProblemBanner).message is None
+            assert not screen.query_one("#prompt", Input).disabled
+
+            # Another finishes: Ctrl+O lists it, although the screen looked before it was done.
+            finish_cell(db, "c2", 1.4)
+            await pilot.press("ctrl+o")
+            picker = await until(pilot, lambda: isinstance(app.screen, CheckpointPicker) and app.screen)
+            assert [c.cell_id for c in picker.candidates] == ["c2", "c1"]  # the lower bpb first
 
     run(scenario)
 

@@ -159,6 +159,23 @@ def demo_study(root: Path, *, chat_runs=None) -> DemoStudy:
     return DemoStudy(db=db, runs=runs)
 
 
+def unfinished_study(root: Path) -> Path:
+    """Study "later" in `root/nanostudy.db`: cells c1 and c2, neither finished yet (`finish_cell` ends one),
+    for a chat opened before any model exists. The database's path."""
+    db = root / "nanostudy.db"
+    with open_store(db) as store:
+        study = upsert_study(store, name="later", path=str(root / "later.yaml"), spec={"name": "later"})
+        runs = root / "runs"
+        add_cells(store, study.id, [_cell("c1", 2, 1e15, runs), _cell("c2", 4, 1e15, runs)])
+    return db
+
+
+def finish_cell(db: Path, cell_id: str, bpb: float) -> None:
+    """The cell done, with its final checkpoint, as a runner records it."""
+    with open_store(db) as store:
+        _finish(store, cell_id, bpb)
+
+
 class TelemetryNvml(FakeNvml):
     """FakeNvml with the telemetry the GPU screen reads; utilisation moves on at each sample."""
 

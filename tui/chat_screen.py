@@ -1,8 +1,10 @@
 """Chat with the study's best checkpoint: a `nanogpt.chat` subprocess, its reply streamed token by token.
 
 The model is `runner.api.best_checkpoint`'s (done mid-training cells first, then the largest budget, then
-the lowest val bpb); Ctrl+O picks another from `runner.api.checkpoint_candidates`. It loads on a free GPU
-when there is one, else on the CPU. A chat model (mid-trained) gets the whole conversation, rendered with
+the lowest val bpb); Ctrl+O picks another from `runner.api.checkpoint_candidates`, read again at each press
+(cells finish while the chat is open). A study with no finished cell yet is looked at again every
+LOOK_AGAIN_POLLS polls until one is, and its model loads then. It loads on a free GPU when there is one,
+else on the CPU. A chat model (mid-trained) gets the whole conversation, rendered with
 its chat template by the process; a base model gets the last message alone, to continue as plain text.
 Loading and generating happen in the subprocess and its events arrive as messages, so the screen stays
 responsive; a checkpoint that cannot load is a message on the screen.
@@ -18,6 +20,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
+from textual.worker import Worker
 
 from runner import api
 from tui.chat_process import ChatProcess, Placement, choose_placement
@@ -26,6 +29,7 @@ from tui.problem import ProblemBanner
 from tui.source import StoreProblem
 
 DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_MAX_TOKENS = 0.9, 200, 256
+LOOK_AGAIN_POLLS = 5  # without a checkpoint, look for one every 5 polls (5 s by default): a cheap query
 
 
 class ChatEvent(Message):
@@ -85,6 +89,7 @@ class ChatScreen(Screen):
         self.reply: Static | None = None
         self.reply_text = ""
         self._ids = itertools.count(1)
+        self._finding: Worker | None = None  # the lookup of the candidates under way
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]chat[/] with the best checkpoint of {self.study}", id="model")
@@ -102,33 +107,54 @@ class ChatScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._find_checkpoints()
+        self._finding = self._find_checkpoints()
+        # Opened before any cell finished (or before the database exists), the chat waits for a model.
+        self.set_interval(LOOK_AGAIN_POLLS * self.app.poll_s, self._look_again)
 
     # --- choosing and loading a checkpoint --------------------------------------------------------
 
-    @work(thread=True, group="chat-load")
-    def _find_checkpoints(self) -> None:
+    def _look_again(self) -> None:
+        """While no checkpoint is chosen, read the candidates again (unless a lookup is under way)."""
+        if self.checkpoint is None and (self._finding is None or self._finding.is_finished):
+            self._finding = self._find_checkpoints()
+
+    @work(thread=True, group="chat-find")
+    def _find_checkpoints(self, *, pick: bool = False) -> None:
+        """Off the UI thread: the candidates, best first; with `pick`, then the picker (Ctrl+O)."""
         try:
             candidates = self.app.source.read(api.checkpoint_candidates, self.study)
         except StoreProblem as problem:
-            self.app.call_from_thread(self._no_candidates, str(problem))
+            self.app.call_from_thread(self._no_candidates, str(problem), pick)
             return
-        self.app.call_from_thread(self._got_candidates, candidates)
+        self.app.call_from_thread(self._got_candidates, candidates, pick)
 
-    def _no_candidates(self, problem: str) -> None:
-        """The store could not be read: the banner says why; the status no longer says it is looking."""
-        self._problem(problem)
-        self._status("")
-
-    def _got_candidates(self, candidates: list[api.BestCheckpoint]) -> None:
-        self.candidates = candidates
-        if not candidates:
-            self._problem(
-                f"study {self.study!r} has no finished cell with a final checkpoint yet: nothing to chat with"
-            )
+    def _no_candidates(self, problem: str, pick: bool) -> None:
+        """The store could not be read. Before any model: the banner says why, and the status no longer
+        says it is looking. Ctrl+O over a loaded model: a notice, and the candidates read before."""
+        if not self.is_attached:
+            return
+        if self.checkpoint is None:
+            self._problem(problem)
             self._status("")
+        elif pick:
+            self.notify(problem, severity="error")
+            self._pick()
+
+    def _got_candidates(self, candidates: list[api.BestCheckpoint], pick: bool) -> None:
+        if not self.is_attached:  # closed while the lookup ran
             return
-        self._load(candidates[0])
+        self.candidates = candidates
+        if self.checkpoint is None:
+            if not candidates:
+                self._problem(
+                    f"study {self.study!r} has no finished cell with a final checkpoint yet: nothing to chat "
+                    f"with (looking again every {LOOK_AGAIN_POLLS * self.app.poll_s:g} s)"
+                )
+                self._status("")
+            else:
+                self._load(candidates[0])
+        if pick:
+            self._pick()
 
     def _load(self, checkpoint: api.BestCheckpoint) -> None:
         self.checkpoint = checkpoint
@@ -298,6 +324,10 @@ class ChatScreen(Screen):
         conversation.mount(Static("(a new conversation)", classes="note"))
 
     def action_choose_checkpoint(self) -> None:
+        """Ctrl+O: the candidates as they are now (a cell may have finished since the last look), to pick."""
+        self._find_checkpoints(pick=True)
+
+    def _pick(self) -> None:
         if not self.candidates:
             self.notify("no checkpoint to choose from", severity="warning")
             return
