@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 from textual.css.query import NoMatches
@@ -511,6 +512,55 @@ def test_chat_with_another_checkpoint_a_base_model_continues_text(demo, tmp_path
             assert await send(pilot, app, "once upon") == "1 messages, t=0.9 k=200: once upon"
             assert await send(pilot, app, "a time") == "1 messages, t=0.9 k=200: a time"  # no history
             assert requests(log)[-1]["messages"] == [{"role": "user", "content": "a time"}]
+
+    run(scenario)
+
+
+def live_chat_processes() -> list[int]:
+    """The pids of this test's fake chat processes that still run."""
+    return [
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if child.is_running()
+        and child.status() != psutil.STATUS_ZOMBIE
+        and any(str(FAKE_CHAT) == part for part in child.cmdline())
+    ]
+
+
+def test_checkpoints_picked_faster_than_a_model_loads_end_in_the_last_one_alone(demo, monkeypatch):
+    # Closing a loading process waits until it is ready (2 s): the second pick came while the first still
+    # closed the old process, and the two loads then raced: the header named one checkpoint, the ready
+    # process was the other's, and a second process stayed alive until the TUI exited.
+    monkeypatch.setenv("FAKE_CHAT_LOAD_S", "2")
+
+    async def pick(pilot, app, downs: int) -> None:
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(app.screen, CheckpointPicker))
+        await pilot.press(*["down"] * downs, "enter")
+
+    async def scenario():
+        app = make_app(demo.db)
+        async with app.run_test(size=SIZE) as pilot:
+            app.open_chat(STUDY)
+            screen = await until(
+                pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.process and app.screen
+            )
+            await pick(pilot, app, 1)  # d4-c15
+            await pilot.pause(0.3)
+            await pick(pilot, app, 2)  # d2-c15
+            await until(pilot, lambda: screen.ready, timeout_s=30, what="a model")
+            assert screen.checkpoint.cell_id == "d2-c15"
+            assert screen.ready["model"] == "d2-c15/step_000200"
+            await pilot.pause(2.5)  # any other load would have finished by now
+            assert live_chat_processes() == [screen.process.pid]
+            assert screen.ready["model"] == "d2-c15/step_000200"
+        await until_gone(live_chat_processes)
+
+    async def until_gone(pids):
+        deadline = time.monotonic() + 10
+        while pids() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert pids() == []  # none outlives the TUI's chat
 
     run(scenario)
 

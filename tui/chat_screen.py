@@ -11,6 +11,7 @@ responsive; a checkpoint that cannot load is a message on the screen.
 """
 
 import itertools
+import threading
 from typing import Any, ClassVar
 
 from textual import work
@@ -33,12 +34,14 @@ LOOK_AGAIN_POLLS = 5  # without a checkpoint, look for one every 5 polls (5 s by
 
 
 class ChatEvent(Message):
-    """One event of the chat process, delivered on the UI thread."""
+    """One event of the chat process, delivered on the UI thread; `load` is the number of the load that
+    started the process."""
 
-    def __init__(self, event: dict[str, Any], process: ChatProcess) -> None:
+    def __init__(self, event: dict[str, Any], process: ChatProcess, load: int) -> None:
         super().__init__()
         self.event = event
         self.process = process
+        self.load = load
 
 
 def sampling_settings(temperature: str, top_k: str, max_tokens: str) -> dict[str, Any]:
@@ -90,6 +93,9 @@ class ChatScreen(Screen):
         self.reply_text = ""
         self._ids = itertools.count(1)
         self._finding: Worker | None = None  # the lookup of the candidates under way
+        # Loads are numbered on the UI thread; only the newest may start a process, one load at a time.
+        self._loads = 0
+        self._load_lock = threading.Lock()
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]chat[/] with the best checkpoint of {self.study}", id="model")
@@ -157,35 +163,51 @@ class ChatScreen(Screen):
             self._pick()
 
     def _load(self, checkpoint: api.BestCheckpoint) -> None:
+        self._loads += 1
         self.checkpoint = checkpoint
         self.ready, self.generating = None, None
         self.query_one("#prompt", Input).disabled = True
         self.query_one(ProblemBanner).clear()
         self.query_one("#model", Static).update(f"[b]chat[/] {describe_checkpoint(checkpoint)}")
         self._status(f"loading {checkpoint.path} …")
-        self._start_process(checkpoint)
+        self._start_process(checkpoint, self._loads)
 
-    @work(thread=True, exclusive=True, group="chat-load")
-    def _start_process(self, checkpoint: api.BestCheckpoint) -> None:
-        """Off the UI thread: stop the old process, look for a free GPU, start the new one."""
-        old, self.process = self.process, None  # from now on the old one's events (its exit) are ignored
-        if old is not None:
-            old.close()
-        placement = choose_placement(self.app.nvml())
-        process = ChatProcess(self.app.chat_command(checkpoint.path, placement.device), placement.env)
-        # Set before it starts, so that its first event already finds it current.
-        self.process, self.placement = process, placement
-        try:
-            # Each event is tagged with its process: a late event of a replaced process is ignored.
-            process.start(lambda event: self.post_message(ChatEvent(event, process)))
-        except OSError as error:
-            self.process = None
-            self.app.call_from_thread(self._problem, f"cannot start the chat process: {error}")
+    @work(thread=True, group="chat-load")
+    def _start_process(self, checkpoint: api.BestCheckpoint, load: int) -> None:
+        """Off the UI thread: stop the old process, look for a free GPU, start the new one.
+
+        Closing the old process may take seconds (it finishes loading first), and checkpoints can be picked
+        faster than that: the lock lets one load at a time replace the process, and a load that a newer one
+        has overtaken starts nothing (or closes what it started), so the header, the process and the replies
+        are of one checkpoint and at most one process lives.
+        """
+        with self._load_lock:
+            if load != self._loads:  # a newer load waits for the lock: it closes the old process
+                return
+            old, self.process = self.process, None  # from now on the old one's events (its exit) are ignored
+            if old is not None:
+                old.close()
+            if load != self._loads:
+                return
+            placement = choose_placement(self.app.nvml())
+            process = ChatProcess(self.app.chat_command(checkpoint.path, placement.device), placement.env)
+            # Set before it starts, so that its first event already finds it current.
+            self.process, self.placement = process, placement
+            try:
+                # Each event is tagged with its process and load: a late event of a replaced one is ignored.
+                process.start(lambda event: self.post_message(ChatEvent(event, process, load)))
+            except OSError as error:
+                self.process = None
+                self.app.call_from_thread(self._problem, f"cannot start the chat process: {error}")
+                return
+            if load != self._loads:  # picked again, or the screen closed, while it started
+                self.process = None
+                process.close()
 
     # --- the process's events ---------------------------------------------------------------------
 
     def on_chat_event(self, message: ChatEvent) -> None:
-        if message.process is not self.process:
+        if message.process is not self.process or message.load != self._loads:
             return
         event = message.event
         kind = event.get("event")
@@ -340,6 +362,7 @@ class ChatScreen(Screen):
             self._load(checkpoint)
 
     def on_unmount(self) -> None:
+        self._loads += 1  # a load still under way closes the process it starts
         process, self.process = self.process, None
         if process is not None:
             process.close(timeout_s=2.0)
