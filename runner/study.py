@@ -1176,14 +1176,17 @@ def _settle_mid_tokenizer(
 def load(path: str | os.PathLike, *, executor: str | None = None) -> Study:
     """Parse and check a study file; raises StudyError with every problem found. `executor` overrides
     resources.executor (`nanostudy run --executor slurm`)."""
-    path = Path(path)
+    return parse(_read(Path(path)), path=path, executor=executor)
+
+
+def _read(path: Path) -> str:
+    """The study file's text; StudyError when it is missing or unreadable."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise StudyError([f"{path}: no such study file"]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise StudyError([f"{path}: cannot be read ({e})"]) from None
-    return parse(text, path=path, executor=executor)
 
 
 def study_name(path: str | os.PathLike) -> str:
@@ -1192,13 +1195,7 @@ def study_name(path: str | os.PathLike) -> str:
     names data that is not here (a relative path, another directory). StudyError for a file that cannot be
     read as YAML or whose `name` is not a non-empty string."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise StudyError([f"{path}: no such study file"]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise StudyError([f"{path}: cannot be read ({e})"]) from None
-    doc = _Document(path, text)
+    doc = _Document(path, _read(path))
     if doc.unreadable:
         raise StudyError([message for _, message in doc.problems])
     if not isinstance(doc.root, dict):

@@ -332,17 +332,20 @@ def test_the_command_line(tmp_path, monkeypatch, capsys):
 # --- the GPU screen --------------------------------------------------------------------------------
 
 
+async def _gpu_table(app, pilot) -> DataTable:
+    """From the study screen, `g`: the GPU screen's table."""
+    await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+    await pilot.press("g")
+    return await until(pilot, lambda: isinstance(app.screen, GpuScreen) and app.screen.query_one(DataTable))
+
+
 def test_gpu_screen_shows_telemetry_history_and_who_runs_where(demo):
     nvml = TelemetryNvml(2, foreign={1: [999_999]})
 
     async def scenario():
         app = make_app(demo.db, nvml_loader=lambda: nvml)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
-            await pilot.press("g")
-            table = await until(
-                pilot, lambda: isinstance(app.screen, GpuScreen) and app.screen.query_one(DataTable)
-            )
+            table = await _gpu_table(app, pilot)
             await until(pilot, lambda: table.row_count == 2)
             first = [str(v) for v in table.get_row("0")]
             assert first[1] == "NVIDIA H100 80GB HBM3" and first[4] == "0.0 / 80 GiB" and first[6] == "40°C"
@@ -364,11 +367,7 @@ def test_gpu_screen_shows_a_gpu_nvml_cannot_read_as_an_error_row(demo):
     async def scenario():
         app = make_app(demo.db, nvml_loader=lambda: nvml)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
-            await pilot.press("g")
-            table = await until(
-                pilot, lambda: isinstance(app.screen, GpuScreen) and app.screen.query_one(DataTable)
-            )
+            table = await _gpu_table(app, pilot)
             lost = "NVML cannot read it: NVMLError_GpuIsLost: GPU is lost"
             await until(
                 pilot, lambda: table.row_count == 2 and lost in str(table.get_row("1")[9]), what="GPU 1 lost"
