@@ -61,7 +61,13 @@ def test_cell_detail_of_a_failed_cell(snap_compare, app):
         # A table sizes itself to its new rows on a later refresh (39 cells wide with the "no eval scores"
         # row, 29 before): wait for that, not for a fixed time.
         evals = pilot.app.screen.query_one("#evals", DataTable)
-        await until(pilot, lambda: evals.virtual_size.width >= 39)
+        task = evals.ordered_columns[0]
+        wide = len("no eval scores")
+        await until(pilot, lambda: task.content_width >= wide and evals.virtual_size.width >= 39)
+        # Then the refresh that lays the wider columns out (a frame taken before it, under load, once showed
+        # the header-only widths of both tables).
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause()
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
