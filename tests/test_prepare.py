@@ -4,7 +4,6 @@ chat masks, trained BPE tokenizers that tiktoken encodes exactly as Hugging Face
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from nanogpt.tokenizer import IM_END, IM_START, load_tokenizer
 from runner.data.bpe import _byte_decoder, hf_to_ranks, train_bpe, train_hf_bpe
 from runner.data.prepare import PrepareConfig, prepare
 from runner.data.sources import Document, SourceError, SourceSpec, iter_documents
-from runner.data.tokenize import TokenizePool, is_validation
+from runner.data.tokenize import is_validation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -477,18 +476,28 @@ def test_two_processes_preparing_the_same_data_at_once_both_succeed(tmp_path, to
     assert all((data_dir / name).read_bytes() == (alone / name).read_bytes() for name in shards)
 
 
-def _handlers() -> tuple[object, object]:
-    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+WORKER_SIGNALS = """
+import os, signal, sys
+from nanogpt.tokenizer import load_tokenizer
+from runner.data.tokenize import TokenizePool
+
+def handlers(_):
+    wanted = (signal.SIG_IGN, signal.SIG_DFL)
+    return (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == wanted
+
+signal.signal(signal.SIGTERM, lambda *_: None)  # a handler that keeps a process alive (runner.cli's raises)
+with TokenizePool(load_tokenizer(sys.argv[1]), val_fraction=0.1, num_workers=2) as pool:
+    print(all(pool._pool.map(handlers, range(16), chunksize=1)))
+"""
 
 
 def test_tokenizer_workers_leave_interrupts_to_the_parent(tokenizer_dir):
-    """Ctrl-C reaches the whole process group and the command's SIGTERM handler (runner.cli) is inherited
-    by the fork: each worker raised its own KeyboardInterrupt traceback. Workers ignore SIGINT and die
-    quietly on the SIGTERM with which the parent terminates the pool."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as runner.cli installs
-    try:
-        with TokenizePool(load_tokenizer(tokenizer_dir), val_fraction=0.1, num_workers=2) as pool:
-            handlers = pool._pool.apply(_handlers)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert handlers == (signal.SIG_IGN, signal.SIG_DFL)
+    """Ctrl-C reaches the whole process group and the command's SIGTERM handler (runner.cli) would be
+    inherited by the fork: each worker raised its own KeyboardInterrupt traceback, and a handler that
+    returns kept a worker alive through the pool's terminate(). Workers are forked ignoring SIGINT and
+    dying on SIGTERM; the pool closes (in a subprocess, so that a hang fails in seconds)."""
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_SIGNALS, str(tokenizer_dir)], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr

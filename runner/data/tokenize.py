@@ -3,10 +3,12 @@
 Kept apart from prepare.py so worker processes import only this light module (tiktoken, numpy).
 """
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -97,11 +99,23 @@ _worker_val_fraction = 0.0
 def _init_worker(tokenizer: Tokenizer, val_fraction: float) -> None:
     global _worker_tokenizer, _worker_val_fraction
     _worker_tokenizer, _worker_val_fraction = tokenizer, val_fraction
-    # The parent alone handles an interrupt (Ctrl-C reaches the whole process group; the command's SIGTERM
-    # handler is inherited by the fork) and then terminates the pool: a worker ends quietly, without a
-    # KeyboardInterrupt traceback of its own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _worker_signals() -> Iterator[None]:
+    """The parent alone handles an interrupt (Ctrl-C reaches the whole process group; the command's SIGTERM
+    handler would be inherited by the fork) and then terminates the pool: workers are forked ignoring
+    SIGINT and dying quietly on SIGTERM, with no KeyboardInterrupt traceback of their own and no window
+    before an initializer in which a handler could keep one alive through the pool's terminate()."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
 
 
 def _work(documents: list[Document]) -> ChunkTokens:
@@ -126,9 +140,10 @@ class TokenizePool:
             # guard. Create the pool before any threads (progress bars) exist.
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            self._pool = context.Pool(
-                self.num_workers, initializer=_init_worker, initargs=(tokenizer, val_fraction)
-            )
+            with _worker_signals():
+                self._pool = context.Pool(
+                    self.num_workers, initializer=_init_worker, initargs=(tokenizer, val_fraction)
+                )
 
     def imap(self, chunks: Iterable[list[Document]]) -> Iterator[ChunkTokens]:
         if self._pool is None:
