@@ -792,8 +792,8 @@ class Trainer:
         if self.resume_meta is not None:
             where = self.resume_dir / ckpt.META_NAME
             saved = dict(self.resume_meta.get("config", {}))
-            if saved.get("fp8_head") == "auto" and self._recorded_fp8_head() is not None:
-                saved["fp8_head"] = self._recorded_fp8_head()  # auto pinned nothing: the head it chose
+            if saved.get("fp8_head") == "auto" and (chosen := self._recorded_fp8_head()) is not None:
+                saved["fp8_head"] = chosen  # auto pinned nothing: compare the head it chose
             difference = _config_difference(saved, config.to_dict())
             if difference is not None:
                 raise InputError(f"{where}: the run's config changed since this checkpoint ({difference})")
