@@ -410,14 +410,12 @@ def _exponent_float_loader() -> type[yaml.SafeLoader]:
         """YAML 1.1 reads `1e18` as a string (its floats need a dot and a signed exponent); here numbers with
         an exponent are floats, as in YAML 1.2 and JSON."""
 
+    first = list("-+0123456789")  # the characters a number may start with
     Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), first
     )
     # YAML 1.1 reads 12:00:00 as the base-60 number 43200 (12 hours as 30 days of Slurm minutes); YAML 1.2
     # has no base 60: such a value stays the text it is. Checked before the int and float resolvers.
-    first = list("-+0123456789")
     Loader.add_implicit_resolver("tag:yaml.org,2002:str", SEXAGESIMAL, first)
     for char in first:
         resolvers = Loader.yaml_implicit_resolvers[char]
