@@ -48,15 +48,27 @@ def load_nvml() -> Any | None:
     return pynvml
 
 
+class GpuListError(ValueError):
+    """NVML answered at start-up but cannot say how many GPUs there are (nvmlDeviceGetCount failed)."""
+
+
+def gpu_count(nvml: Any) -> int:
+    """How many GPUs NVML sees; GpuListError naming NVML's error when it cannot say."""
+    try:
+        return int(nvml.nvmlDeviceGetCount())
+    except Exception as error:  # NVMLError_Unknown, NVMLError_DriverNotLoaded after a driver reload, ...
+        raise GpuListError(f"NVML cannot list this machine's GPUs ({nvml_error(error)})") from error
+
+
 def discover(nvml: Any, *, unreadable: dict[int, str] | None = None) -> list[Gpu]:
     """Every GPU NVML sees, with its memory and the pids of its compute processes.
 
     A GPU that NVML cannot read (NVMLError_GpuIsLost after an Xid error, ...) is left out, so it is never
     free, and the other GPUs still are; a crash here would stop the runner and the TUI's chat. Its error
-    goes into `unreadable`, by index, when given.
+    goes into `unreadable`, by index, when given. GpuListError when NVML cannot count the GPUs at all.
     """
     gpus = []
-    for index in range(nvml.nvmlDeviceGetCount()):
+    for index in range(gpu_count(nvml)):
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
@@ -94,7 +106,9 @@ class GpuPool:
 
     `restrict` is `--gpus`; without it the runner's own CUDA_VISIBLE_DEVICES (indices or GPU UUIDs)
     restricts, as it would for any CUDA program. An empty usable set means CPU mode (`cpu` is True); asking
-    for GPUs that do not exist is a ValueError.
+    for GPUs that do not exist is a ValueError, and so is an NVML that cannot list the GPUs at the start
+    (GpuListError). When it fails later, no GPU is free until it answers again (`problem` says why): a
+    runner waits rather than stops.
     """
 
     def __init__(
@@ -106,6 +120,7 @@ class GpuPool:
     ):
         self.nvml = nvml
         self.unreadable: dict[int, str] = {}  # GPUs NVML could not read at the last look: never free
+        self.problem: str | None = None  # NVML could not list the GPUs at the last look: none is free
         gpus = discover(nvml, unreadable=self.unreadable) if nvml is not None else []
         known = {gpu.index for gpu in gpus} | set(self.unreadable)
         if restrict is not None:
@@ -140,7 +155,12 @@ class GpuPool:
             return []
         ours = {*our_pids, os.getpid()}
         self.unreadable = {}
-        by_index = {gpu.index: gpu for gpu in discover(self.nvml, unreadable=self.unreadable)}
+        try:
+            by_index = {gpu.index: gpu for gpu in discover(self.nvml, unreadable=self.unreadable)}
+        except GpuListError as error:
+            self.problem = str(error)
+            return []
+        self.problem = None
         return [
             index
             for index in self.usable

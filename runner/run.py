@@ -383,8 +383,10 @@ class StudyLoop:
                 standby_gpus = [gpu for gpu in without_others if gpu in ready]
         chosen = assign(candidates, free_gpus=free, slots=slots) if slots > 0 else []
         if not chosen and not self._active and not self._waiting_logged:
+            why = self.pool.problem if self.pool is not None and self.pool.problem else None
             self.log(
-                f"waiting for a free GPU ({len(candidates)} cell(s) ready; other processes hold the GPUs)"
+                f"waiting for a free GPU ({len(candidates)} cell(s) ready; "
+                f"{why or 'other processes hold the GPUs'})"
             )
             self._waiting_logged = True
         for candidate, gpus in chosen:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from runner.api import CellProgress, StudyStatus, UnknownStudyError, cancel, open_study, rerun, study_status
 from runner.executor import LocalExecutor
-from runner.gpus import GpuPool, load_nvml, parse_gpu_list
+from runner.gpus import GpuListError, GpuPool, load_nvml, parse_gpu_list
 from runner.lock import StudyLock, StudyLockedError, lock_path
 from runner.slurm.commands import SlurmError
 from store import (
@@ -498,7 +498,10 @@ def _cmd_plan(args) -> int:
         return 0
     num_devices = 1
     if planned.device_type == "cuda":
-        num_devices = len(GpuPool(nvml=load_nvml(), restrict=None, visible_devices=None).usable) or 1
+        try:
+            num_devices = len(GpuPool(nvml=load_nvml(), restrict=None, visible_devices=None).usable) or 1
+        except GpuListError as error:  # the plan itself is still right; its ETA assumes one GPU
+            print(f"nanostudy plan: warning: {error}; the ETA assumes one GPU", file=sys.stderr)
     print(format_plan(planned, states, num_devices=num_devices))
     return 0
 

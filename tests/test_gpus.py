@@ -5,7 +5,7 @@ import os
 import pytest
 from runner_fixtures import FakeNvml
 
-from runner.gpus import GpuPool, discover, parse_gpu_list
+from runner.gpus import GpuListError, GpuPool, discover, parse_gpu_list
 
 
 def test_discover_reads_every_gpu():
@@ -41,6 +41,33 @@ def test_a_gpu_nvml_cannot_read_is_skipped_and_named():
         "0: NVIDIA H100 80GB HBM3, 1: cannot be read (RuntimeError: GPU is lost), 2: NVIDIA H100 80GB HBM3"
     )
     assert GpuPool(nvml=LostGpu(2, lost=1), restrict=(1,)).free(assigned=set(), our_pids=set()) == []
+
+
+class Uncountable(FakeNvml):
+    """nvmlDeviceGetCount fails while `failing` is set, as it does while the driver reloads."""
+
+    failing = False
+
+    def nvmlDeviceGetCount(self):
+        if self.failing:
+            raise RuntimeError("Unknown Error")
+        return super().nvmlDeviceGetCount()
+
+
+def test_an_nvml_that_cannot_list_the_gpus_is_an_error_at_the_start_and_a_wait_later():
+    nvml = Uncountable(2)
+    nvml.failing = True
+    with pytest.raises(
+        GpuListError, match=r"NVML cannot list this machine's GPUs \(RuntimeError: Unknown Error\)"
+    ):
+        GpuPool(nvml=nvml)
+    nvml.failing = False
+    pool = GpuPool(nvml=nvml)
+    nvml.failing = True
+    assert pool.free(assigned=set(), our_pids=set()) == []  # a runner waits, rather than stops
+    assert pool.problem == "NVML cannot list this machine's GPUs (RuntimeError: Unknown Error)"
+    nvml.failing = False
+    assert pool.free(assigned=set(), our_pids=set()) == [0, 1] and pool.problem is None
 
 
 def test_a_gpu_with_someone_elses_process_is_not_free():

@@ -398,6 +398,36 @@ def test_gpu_selection_with_a_fake_nvml(study, tmp_path):
     assert attempts_of(study.store, "two")[0].num_gpus == 2
 
 
+class CountFailsNvml(FakeNvml):
+    """nvmlDeviceGetCount fails at its calls in `failing` (from 1), as while the driver reloads."""
+
+    def __init__(self, num_gpus: int, *, failing: range):
+        super().__init__(num_gpus)
+        self.failing, self.calls = failing, 0
+
+    def nvmlDeviceGetCount(self):
+        self.calls += 1
+        if self.calls in self.failing:
+            raise RuntimeError("Unknown Error")
+        return super().nvmlDeviceGetCount()
+
+
+def test_a_runner_waits_while_nvml_cannot_list_the_gpus_and_says_why(study, tmp_path):
+    _cells(study, [{"id": "one", "flops": 1e9}])
+    pool = GpuPool(nvml=CountFailsNvml(1, failing=range(2, 6)))  # the pool's own look is call 1
+    log: list[str] = []
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), pool=pool, log=log)
+    assert loop.run() is False
+    assert _states(study) == {"one": CellState.DONE}
+    [attempt] = attempts_of(study.store, "one")
+    assert attempt.gpus == "0"
+    assert any(
+        "waiting for a free GPU (1 cell(s) ready; NVML cannot list this machine's GPUs "
+        "(RuntimeError: Unknown Error))" in line
+        for line in log
+    ), log
+
+
 def test_eight_one_gpu_and_two_four_gpu_cells_on_a_fake_8_gpu_machine(study, tmp_path, monkeypatch):
     """Issue 11's placement with real processes (fake trainers of 40 steps × 0.1 s) on a fake 8-GPU NVML:
     the two four-GPU cells start together on all 8 GPUs; as each ends, four one-GPU cells take its GPUs

@@ -19,7 +19,15 @@ import pytest
 from rich.console import Console
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Static
-from tui_fixtures import STUDY, LostGpuNvml, TelemetryNvml, demo_study, finish_cell, unfinished_study
+from tui_fixtures import (
+    STUDY,
+    LostGpuNvml,
+    TelemetryNvml,
+    UncountableNvml,
+    demo_study,
+    finish_cell,
+    unfinished_study,
+)
 
 from runner.cli import main
 from store import CellState, cell_statuses, get_cell, ingest, open_store, upsert_study
@@ -378,6 +386,24 @@ def test_gpu_screen_shows_a_gpu_nvml_cannot_read_as_an_error_row(demo):
             await until(pilot, lambda: nvml.tick > ticks + 1, what="more samples")
             assert isinstance(app.screen, GpuScreen)
             assert [str(v) for v in table.get_row("0")][6] == "40°C"
+
+    run(scenario)
+
+
+def test_gpu_screen_says_when_nvml_cannot_list_the_gpus_and_shows_them_once_it_can(demo):
+    # The count fails at the 2nd to 4th samples (a driver reload): a note, not a crash; then the rows again.
+    nvml = UncountableNvml(2, failing=range(2, 5))
+
+    async def scenario():
+        app = make_app(demo.db, nvml_loader=lambda: nvml)
+        async with app.run_test(size=SIZE) as pilot:
+            await _gpu_table(app, pilot)
+            problem = "NVML cannot list this machine's GPUs (NVMLError_Unknown: Unknown Error)"
+            await until(pilot, lambda: problem in text_of(app, "#note"), what="the listing problem")
+            await until(pilot, lambda: nvml.tick >= 6, what="samples after the failures")
+            assert isinstance(app.screen, GpuScreen)
+            await until(pilot, lambda: text_of(app, "#note") == "", what="the note cleared")
+            assert app.screen.query_one(DataTable).row_count == 2
 
     run(scenario)
 

@@ -4,7 +4,7 @@ NVML cannot read."""
 
 import pytest
 from runner_fixtures import FakeNvml
-from tui_fixtures import LostGpuNvml, TelemetryNvml
+from tui_fixtures import LostGpuNvml, TelemetryNvml, UncountableNvml
 
 from runner.api import CellProgress
 from tui.cell_screen import summary_line, thin
@@ -160,5 +160,15 @@ def test_a_gpu_nvml_cannot_read_is_a_sample_with_its_error_and_never_gets_the_ch
     history.add(gpus)
     assert sorted(history.util) == [0, 1]  # nothing read, no point on its sparkline
     # The chat model would take the highest free GPU: the lost one is skipped, not a crash.
-    assert choose_placement(nvml).label == "GPU 1"
-    assert choose_placement(LostGpuNvml(1, lost=0)).label == "CPU"
+    # ... and named where the chat says where it runs, or the place would look like a choice.
+    assert choose_placement(nvml).label == "GPU 1; GPU 2 cannot be read (NVMLError_GpuIsLost: GPU is lost)"
+    assert choose_placement(LostGpuNvml(1, lost=0)).label == (
+        "CPU; GPU 0 cannot be read (NVMLError_GpuIsLost: GPU is lost)"
+    )
+    assert choose_placement(LostGpuNvml(3, lost=2), visible_devices="0").label == "GPU 0"  # 2 is not ours
+
+
+def test_the_chat_runs_on_the_cpu_when_nvml_cannot_list_the_gpus():
+    placement = choose_placement(UncountableNvml(2, failing=range(1, 2)))
+    assert placement.device == "cpu" and placement.env == {}
+    assert placement.label == "CPU (NVML cannot list this machine's GPUs (NVMLError_Unknown: Unknown Error))"

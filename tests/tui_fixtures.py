@@ -225,3 +225,23 @@ class LostGpuNvml(TelemetryNvml):
         if handle == self.lost and self.tick >= self.lost_at:
             raise NVMLError_GpuIsLost()
         return super().nvmlDeviceGetMemoryInfo(handle)
+
+
+class NVMLError_Unknown(Exception):  # pynvml's name for it
+    def __str__(self) -> str:
+        return "Unknown Error"
+
+
+class UncountableNvml(TelemetryNvml):
+    """TelemetryNvml whose nvmlDeviceGetCount fails at the samples in `failing` (counted from 1), as NVML's
+    does while the driver reloads, and answers again after them."""
+
+    def __init__(self, num_gpus: int, *, failing: range, **kwargs):
+        super().__init__(num_gpus, **kwargs)
+        self.failing = failing
+
+    def nvmlDeviceGetCount(self):
+        count = super().nvmlDeviceGetCount()
+        if self.tick in self.failing:
+            raise NVMLError_Unknown()
+        return count

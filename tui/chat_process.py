@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.gpus import GpuPool
+from runner.gpus import GpuListError, GpuPool
 
 Event = dict[str, Any]
 STDERR_LINES = 20  # kept for the message when the process dies
@@ -40,14 +40,26 @@ def choose_placement(nvml: Any | None, visible_devices: str | None = None) -> Pl
     The GPU is named by its NVML index in CUDA_VISIBLE_DEVICES with CUDA_DEVICE_ORDER=PCI_BUS_ID, as the
     executor does for trainers, so CUDA sees exactly that one GPU.
     """
-    if nvml is not None:
+    if nvml is None:
+        return Placement(device="cpu", env={}, label="CPU")
+    try:
         pool = GpuPool(nvml=nvml, visible_devices=visible_devices)
-        free = pool.free(assigned=(), our_pids=())
-        if free:
-            index = free[-1]  # the runner fills GPUs from the lowest index: take the other end
-            env = {"CUDA_VISIBLE_DEVICES": str(index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-            return Placement(device="cuda", env=env, label=f"GPU {index}")
-    return Placement(device="cpu", env={}, label="CPU")
+    except GpuListError as error:
+        return Placement(device="cpu", env={}, label=f"CPU ({error})")
+    free = pool.free(assigned=(), our_pids=())
+    # A GPU skipped because NVML cannot read it is named: otherwise the chat's place looks like a choice.
+    skipped = "".join(
+        f"; GPU {index} cannot be read ({why})"
+        for index, why in sorted(pool.unreadable.items())
+        if index in pool.usable
+    )
+    if pool.problem is not None:
+        skipped = f"; {pool.problem}"
+    if free:
+        index = free[-1]  # the runner fills GPUs from the lowest index: take the other end
+        env = {"CUDA_VISIBLE_DEVICES": str(index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        return Placement(device="cuda", env=env, label=f"GPU {index}{skipped}")
+    return Placement(device="cpu", env={}, label=f"CPU{skipped}")
 
 
 def chat_command(checkpoint: Path, device: str) -> list[str]:

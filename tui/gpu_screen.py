@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
+from runner.gpus import GpuListError
 from tui.format import UNKNOWN, sparkline
 from tui.gpu_telemetry import GpuSample, History, occupants, psutil_ancestors, psutil_name, sample
 from tui.polling import PollingScreen
@@ -36,7 +37,8 @@ NO_NVML = (
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GpuReading:
-    samples: list[GpuSample] | None  # None: NVML unavailable
+    samples: list[GpuSample] | None  # None: NVML unavailable, or `nvml_problem`
+    nvml_problem: str | None = None  # NVML is there but cannot list the GPUs now
     occupants: dict[int, list[str]]
     store_problem: str | None  # the GPUs show, but which cell runs where is unknown
 
@@ -72,7 +74,10 @@ class GpuScreen(PollingScreen):
         nvml = self.app.nvml()
         if nvml is None:
             return GpuReading(samples=None, occupants={}, store_problem=None)
-        samples = sample(nvml)
+        try:
+            samples = sample(nvml)
+        except GpuListError as error:  # the next poll tries again: a driver reload may end it
+            return GpuReading(samples=None, occupants={}, store_problem=None, nvml_problem=str(error))
         ours, problem = None, None
         if self.study is not None:
             try:
@@ -91,6 +96,9 @@ class GpuScreen(PollingScreen):
     def show(self, reading: GpuReading) -> None:
         note = self.query_one("#note", Static)
         table = self.query_one(DataTable)
+        if reading.nvml_problem is not None:
+            note.update(f"[red]{escape(reading.nvml_problem)}[/]; trying again at the next poll.")
+            return
         if reading.samples is None:
             note.update(NO_NVML)
             return

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from runner.gpus import nvml_error
+from runner.gpus import gpu_count, nvml_error
 
 HISTORY_LEN = 30  # samples kept per GPU for the sparklines: 30 s at the default poll
 
@@ -42,9 +42,10 @@ def _maybe(read: Callable[[], Any]) -> Any:
 
 
 def sample(nvml: Any) -> list[GpuSample]:
-    """One reading of every GPU NVML sees; a GPU it cannot read is a sample with its error."""
+    """One reading of every GPU NVML sees; a GPU it cannot read is a sample with its error. GpuListError
+    when NVML cannot count them."""
     samples = []
-    for index in range(nvml.nvmlDeviceGetCount()):
+    for index in range(gpu_count(nvml)):
         try:
             samples.append(_sample_gpu(nvml, index))
         except Exception as error:  # NVMLError_GpuIsLost, NVMLError_Unknown, ...: raised by any call
