@@ -157,6 +157,20 @@ def test_items_start_with_end_of_text_and_a_contexts_trailing_space_goes_to_its_
     assert first.contexts[0] is first.contexts[1]  # one encoding of the shared context
 
 
+def test_a_fields_own_surrounding_whitespace_is_stripped_as_llm_foundry_does(tmp_path):
+    # simple_arithmetic_withspaces' continuations start with a space, PIQA's queries end with a newline,
+    # Jeopardy has answers ending in one: with the delimiter's space they made "=  2" and "\n\nAnswer:".
+    tokenizer = byte_tokenizer()
+    arithmetic = [{"context": "1 + 1 =", "continuation": " 2"}, {"context": "2 + 2 =", "continuation": " 4 "}]
+    piqa = [{"query": "Question: dresser\n", "choices": ["a b", "c"], "gold": 0}]
+    bundle = write_bundle(tmp_path, {"simple_arithmetic_withspaces": arithmetic, "piqa": piqa})
+    items = build_items(load_task(TASKS["simple_arithmetic_withspaces"], bundle), tokenizer)
+    assert items[0].contexts == ((tokenizer.eot_id, *b"2 + 2 = 4\n1 + 1 ="),)
+    assert items[0].continuations == (tuple(b" 2"),) and items[1].continuations == (tuple(b" 4"),)
+    (item,) = build_items(load_task(TASKS["piqa"], bundle), tokenizer)
+    assert item.contexts[0] == (tokenizer.eot_id, *b"Question: dresser\nAnswer:")
+
+
 def test_the_chat_prompt_is_the_one_mid_training_asks_mmlu_questions_with():
     from runner.data.chat import mmlu_messages
 

@@ -97,7 +97,9 @@ def load_task(spec: TaskSpec, bundle_dir: str | Path) -> LoadedTask:
         if problem is not None:
             problems.append(f"{path}:{number}: {problem}")
             continue
-        rows.append(row)
+        # As llm-foundry's `strip_data`: a string field's surrounding whitespace is the data's noise
+        # (simple_arithmetic_withspaces' " -734", PIQA's "dresser\n"); the delimiters say where spaces go.
+        rows.append({key: value.strip() if isinstance(value, str) else value for key, value in row.items()})
         lines.append(number)
     if not rows and not problems:
         problems.append(f"{path}: holds no rows")
