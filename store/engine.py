@@ -168,7 +168,11 @@ def _install_sqlite_hooks(engine: Engine, busy_timeout_s: float) -> None:
         cursor = dbapi_conn.cursor()
         # busy_timeout first, so that switching to WAL waits for a lock rather than failing.
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL is written into the file and outlives us: only ours (or a new, empty file) is switched, never
+        # another program's database that `_check_or_create_schema` is about to refuse.
+        tables = {row[0] for row in cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables or Meta.__tablename__ in tables:
+            cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         # 64 MiB of page cache (default 2 MiB): a runner ingesting round-robin into a thousand cells touches

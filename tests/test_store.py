@@ -438,6 +438,9 @@ def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
     engine.dispose()
     with pytest.raises(SchemaVersionError, match="not a nanostudy database"):
         open_store(path)
+    # Refused and left as it was: its journal mode is written into the file, and was switched to WAL.
+    with sa.create_engine(f"sqlite:///{path}").connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "delete"
 
 
 def test_readers_do_not_create_a_database(tmp_path: Path) -> None:
