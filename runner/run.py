@@ -54,6 +54,8 @@ from runner.ingest import EventTail
 from runner.lock import held_if_free, is_locked
 from runner.lock import lock_path as study_lock_path
 from runner.scheduler import (
+    BAD_INPUT_REASON,
+    EXIT_BAD_INPUT,
     Candidate,
     assign,
     decide_outcome,
@@ -86,6 +88,10 @@ from store import (
 
 # The trainer's checkpoint directories (nanogpt.checkpoint, which imports torch, so not imported here).
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+class RefusedConfig(ValueError):
+    """A cell's recorded config that the trainer's own checks refuse (`RunConfig.from_dict`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -468,7 +474,15 @@ class StudyLoop:
                 gpu_locks=self._gpu_locks(gpus),
             )
             handle = self.executor.submit(request)
-        except Exception as error:  # a bad config, a run directory we cannot write, a failed fork
+        except RefusedConfig as error:  # the trainer would refuse it too (exit 2): no retry fixes it
+            reason = f"{BAD_INPUT_REASON}: {error}"
+            end_attempt(
+                self.store, attempt.id, AttemptOutcome.FAILED, exit_code=EXIT_BAD_INPUT, reason=reason
+            )
+            self.log(f"{self._name(cell_id)}: could not start the trainer: {reason}")
+            self._maybe_retry(cell_id, AttemptOutcome.FAILED)
+            return
+        except Exception as error:  # a run directory we cannot write, a failed fork
             reason = f"could not start the trainer: {type(error).__name__}: {error}"
             end_attempt(self.store, attempt.id, AttemptOutcome.FAILED, reason=reason)
             self.log(f"{self._name(cell_id)}: {reason}")
@@ -512,7 +526,11 @@ class StudyLoop:
             config["init_from"] = str((Path(parent.run_dir) / checkpoint.path).resolve())
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / CONFIG_NAME
-        RunConfig.from_dict(config, source=str(path)).write(path)
+        try:
+            run_config = RunConfig.from_dict(config, source=str(path))
+        except ValueError as error:
+            raise RefusedConfig(str(error)) from None
+        run_config.write(path)
 
     # -- after a restart -------------------------------------------------------------------------------
 

@@ -163,6 +163,21 @@ def test_a_crash_fails_with_the_stderr_tail_and_is_retried_up_to_the_count(study
     assert len(attempts_of(study.store, "badcfg")) == 1 and _states(study)["badcfg"] is CellState.FAILED
 
 
+def test_a_config_the_runner_itself_refuses_at_launch_fails_once_and_is_not_retried(study, tmp_path):
+    # A config in the database that the trainer's checks refuse (as one from a hand-edited database, or a
+    # planner change that the trainer's bounds do not allow): every retry would be refused the same way.
+    _cells(study, [{"id": "huge", "config": {"model": {"depth": 5000}}}, {"id": "fine"}])
+    log: list[str] = []
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=3)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), options=options, log=log)
+    assert loop.run() is False
+    assert _states(study) == {"huge": CellState.FAILED, "fine": CellState.DONE}
+    [attempt] = attempts_of(study.store, "huge")
+    assert attempt.exit_code == 2 and attempt.reason.startswith("bad config or input: ")
+    assert "config.json: model.depth: at most 4,096, got 5,000" in attempt.reason
+    assert any("huge" in line and "not retried" in line for line in log), log
+
+
 def test_diverged_is_not_retried_unless_asked(study, tmp_path):
     _cells(study, [{"id": "boom"}])
     plan = write_plan(tmp_path, {"boom": ["diverged", "done"]})
