@@ -44,6 +44,7 @@ from store import best_checkpoint as _best_checkpoint
 from store import list_studies as _list_studies
 
 CANCEL_REASON = "cancelled by the user"
+UNPLANNED_STOP_REASON = "stopped by a cancel of the study, whose file no longer plans this cell"
 RETRYABLE_STATES = (CellState.FAILED, CellState.DIVERGED, CellState.CANCELLED)
 
 
@@ -139,6 +140,9 @@ class CancelResult:
     stopped_here: tuple[str, ...]  # of those, the ones whose trainer this call signalled (no runner active)
     unchanged: tuple[str, ...]  # done, failed or diverged (already finished), or already cancelled
     still_running: tuple[str, ...] = ()  # of stopped_here, the ones still running when `wait_s` ran out
+    # Cells an earlier version of the study file planned whose trainer, started by this study, still ran
+    # with no runner watching: stopped here at a checkpoint (pending again; they resume if planned again).
+    unplanned_stopped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -377,6 +381,23 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
                 executor.cancel(handle)
                 to_stop.append((executor, handle, status.id))
                 stopped_here.append(status.id)
+    unplanned_stopped = []
+    if cell_id is None:
+        # A trainer of a cell that the edited file no longer plans belongs to the study all the same: its
+        # runner stops it when it starts; with no runner live, so does a cancel of the whole study.
+        planned = {status.id for status in cell_statuses(store, study.id)}
+        for attempt in open_attempts(store, study.id):
+            if attempt.cell_id in planned or attempt.study_id != study.id or _watched(store, attempt):
+                continue
+            executor = executor_for(attempt)
+            handle = executor.adopt(attempt, _run_dir(store, attempt.cell_id))
+            if handle is None:  # it ended meanwhile: the next runner closes the attempt from its events
+                continue
+            executor.cancel(handle)
+            assert attempt.id is not None
+            end_attempt(store, attempt.id, AttemptOutcome.INTERRUPTED, reason=UNPLANNED_STOP_REASON)
+            to_stop.append((executor, handle, attempt.cell_id))
+            unplanned_stopped.append(attempt.cell_id)
     deadline = time.monotonic() + wait_s
     while to_stop and time.monotonic() < deadline:
         to_stop = [entry for entry in to_stop if isinstance(entry[0].poll(entry[1]), Running)]
@@ -387,6 +408,7 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
         stopped_here=tuple(stopped_here),
         unchanged=tuple(unchanged),
         still_running=tuple(cell for _, _, cell in to_stop),
+        unplanned_stopped=tuple(unplanned_stopped),
     )
 
 

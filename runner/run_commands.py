@@ -542,12 +542,17 @@ def _cmd_cancel(args) -> int:
     if result.stopping:
         who = "stopped here" if result.stopped_here else "the runner stops their trainers"
         print(f"cancelled {len(result.stopping)} running cell(s) ({who})")
+    if result.unplanned_stopped:
+        print(
+            f"stopped {len(result.unplanned_stopped)} trainer(s) of cells the study file no longer plans "
+            f"(they checkpoint and stay pending): {', '.join(result.unplanned_stopped)}"
+        )
     if result.still_running:
         print(
             f"{len(result.still_running)} trainer(s) still stopping after {args.wait:g} s: "
             f"{', '.join(result.still_running)}; `nanostudy status` shows when they end"
         )
-    if not result.cancelled and not result.stopping:
+    if not result.cancelled and not result.stopping and not result.unplanned_stopped:
         print("nothing to cancel (every cell is finished)")
     return 0
 

@@ -355,6 +355,35 @@ def test_cancel_with_no_runner_stops_our_trainer_itself(study, tmp_path):
     assert events[-1]["kind"] == "checkpoint"  # stopped with SIGTERM: it checkpointed
 
 
+def test_cancel_of_the_study_with_no_runner_stops_a_trainer_of_a_cell_its_file_no_longer_plans(
+    study, tmp_path
+):
+    """As the next runner would (above), but from `nanostudy cancel STUDY`: the trainer is the study's, even
+    though the edited file left its cell out of the status that cancel reads."""
+    _, kept = _cells(study, [{"id": "dropped"}, {"id": "kept", "seed": 1}])
+    plan = write_plan(tmp_path, {"dropped": ["hang"], "kept": ["hang"]})
+    runner = _runner(study.root / "nanostudy.db", plan)
+    try:
+        attempt = wait_for(lambda: _open_attempt(study, "dropped"), timeout_s=30, what="the trainer to start")
+        wait_for(lambda: get_cell(study.store, "dropped").steps_done >= 2, timeout_s=20, what="steps")
+    finally:
+        kill9(runner.pid)
+        runner.wait()
+    record_study(study.store, name="tiny", path="tiny.yaml", spec={}, cells=[kept])
+    try:
+        result = api.cancel(study.store, "tiny", wait_s=20)
+        assert result.unplanned_stopped == ("dropped",) and result.still_running == ()
+        assert not psutil.pid_exists(attempt.pid) or _zombie(attempt.pid)
+    finally:
+        if not _zombie(attempt.pid):
+            kill9(attempt.pid)
+    [stopped] = attempts_of(study.store, "dropped")
+    assert stopped.outcome is AttemptOutcome.INTERRUPTED and "no longer plans" in stopped.reason
+    assert get_cell(study.store, "dropped").state is CellState.PENDING  # resumes if planned again
+    events, _ = read_events(study.runs / "dropped" / "events.jsonl")
+    assert events[-1]["kind"] == "checkpoint"
+
+
 def test_two_signals_within_one_poll_still_stop_the_trainers(study, tmp_path):
     """A second Ctrl-C leaves at once, but only after each trainer has had its SIGTERM: two signals that
     arrive within one poll once left the trainer training on with no runner."""
