@@ -14,7 +14,9 @@ that reads and then wants to write fails at once with "database is locked" inste
 
 import functools
 import operator
+import os
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,6 +128,12 @@ def open_store(target: str | Path, *, create: bool = True, busy_timeout_s: float
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreOpenError(f"database {path}: cannot create its folder ({error.strerror})") from None
+        if not create and not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
+            # A reader of a database in a folder it cannot write (an archived study, a read-only share):
+            # SQLite cannot make the -shm file a WAL reader needs, and refuses to open it at all. With no
+            # -wal file there, no one is writing it either, so it is read as the unchanging file it is.
+            file_uri = f"file:{urllib.parse.quote(str(path))}"
+            url = sa.URL.create("sqlite", database=file_uri, query={"immutable": "1", "uri": "true"})
         engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
         _install_sqlite_hooks(engine, busy_timeout_s)
     else:

@@ -449,6 +449,32 @@ def test_readers_do_not_create_a_database(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.db").exists()
 
 
+def test_a_database_in_a_folder_we_cannot_write_is_read_without_writing_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An archived study on a read-only share: SQLite could not make the -shm file a WAL reader needs, and
+    # the report and status failed with "unable to open database file".
+    folder = tmp_path / "archive"
+    path = folder / "nanostudy.db"
+    with open_store(path) as writer:
+        _study(writer, "kept")
+    assert [child.name for child in folder.iterdir()] == ["nanostudy.db"]  # closed cleanly: no -wal
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores the mode bits: the folder reads as they say it should
+        access = os.access
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda p, mode, **kw: False if Path(p) == folder and mode & os.W_OK else access(p, mode, **kw),
+        )
+    try:
+        with open_store(path, create=False) as reader:
+            assert [study.name for study in list_studies(reader)] == ["kept"]
+            assert [child.name for child in folder.iterdir()] == ["nanostudy.db"]
+    finally:
+        folder.chmod(0o755)
+
+
 def test_paths_and_urls_open_the_same_file(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "nanostudy.db"
     with open_store(path) as by_path:
