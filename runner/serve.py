@@ -27,6 +27,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 from nanogpt.events import utf8_json
 
@@ -95,7 +96,8 @@ class ChatHandler(BaseHTTPRequestHandler):
     # --- routing ----------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        # Decoded: the openai package sends a model id with a slash as /v1/models/run%2Fstep_000060.
+        path = unquote(self.path.split("?", 1)[0])
         engine = self.server.engine
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8", page=True)

@@ -325,3 +325,12 @@ def test_a_body_nested_too_deeply_or_with_a_lone_surrogate_gets_400_and_the_serv
     status, _, error = call(server, "POST", "/v1/chat/completions", body)
     assert status == 400 and "\udfff" in error["error"]["message"], error
     assert call(server, "POST", "/v1/chat/completions", {"messages": HI, "max_tokens": 2})[0] == 200
+
+
+def test_a_model_id_with_its_slash_percent_encoded(server):
+    # The openai package quotes the id in the path: GET /v1/models/chat-run%2Fstep_000060.
+    status, _, one = call(server, "GET", "/v1/models/chat-run%2Fstep_000060")
+    assert status == 200 and one["id"] == "chat-run/step_000060", one
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    assert client.models.retrieve("chat-run/step_000060").id == "chat-run/step_000060"
