@@ -313,26 +313,35 @@ def _eval_checkpoint_target(args, preset: str, bundle: Path, log) -> dict[str, A
     from nanogpt.checkpoint import resolve_checkpoint
 
     directory = resolve_checkpoint(args.target)
+    run_dir = directory.parent.parent  # RUN_DIR/checkpoints/step_XXXXXX
+    if args.db is not None:  # before the scoring (minutes to hours): a wrong --db must not waste it
+        with open_store(args.db, create=False) as store:
+            _cell_of_run(store, run_dir)
     step, result = evaluate_checkpoint(
         directory, preset=preset, bundle=bundle, device=args.device, max_examples=args.max_examples
     )
     if not args.json:
         log(result.table())
     out: dict[str, Any] = {"checkpoint": str(directory), "step": step, "events": result.events()}
-    run_dir = directory.parent.parent  # RUN_DIR/checkpoints/step_XXXXXX
     if args.db is None:
         log(f"{directory}: step {step}: {headline(result)} (not stored: give --db to store it)")
         return out
     with open_store(args.db, create=False) as store:
-        cell = get_cell(store, run_dir.name)
-        if cell is None or cell.run_dir is None or Path(cell.run_dir).resolve() != run_dir.resolve():
-            raise LookupError(
-                f"{run_dir}: not the run directory of a cell in {store.name}; scores not stored"
-            )
+        cell = _cell_of_run(store, run_dir)
         added, kept = store_scores(store, cell.id, step, result)
     log(f"{directory}: step {step}: {headline(result)}; cell {cell.id}: {added} rows stored, {kept} kept")
     out.update(cell=cell.id, added=added, kept=kept)
     return out
+
+
+def _cell_of_run(store: Store, run_dir: Path):
+    """The cell whose run directory is `run_dir` (its name is the cell id); LookupError if none is."""
+    cell = get_cell(store, run_dir.name)
+    if cell is None or cell.run_dir is None or Path(cell.run_dir).resolve() != run_dir.resolve():
+        raise LookupError(
+            f"{run_dir}: not the run directory of a cell in {store.name} (leave out --db to score it only)"
+        )
+    return cell
 
 
 def register(subparsers) -> None:

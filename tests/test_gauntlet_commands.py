@@ -297,6 +297,21 @@ def test_nanostudy_eval_refuses_bad_input_in_one_line(finished, tmp_path, capsys
     assert "study 'nostudy': not in" in capsys.readouterr().err
 
 
+def test_a_checkpoints_wrong_db_is_refused_before_the_scoring_not_after(finished, tmp_path, capsys):
+    """Scoring a checkpoint takes minutes to hours: a --db that is missing, or holds no cell of that run,
+    stops the command before it, not after it with the scores thrown away."""
+    other_run = tmp_path / "runs" / "not-a-cell"
+    shutil.copytree(finished["run_dir"], other_run)
+    args = ["eval", "--eval-bundle", str(finished["bundle"]), "--tasks", "copa", "--device", "cpu"]
+    assert main([*args, str(other_run), "--db", str(finished["db"])]) == 2
+    captured = capsys.readouterr()
+    assert f"{other_run}: not the run directory of a cell in" in captured.err
+    assert "accuracy" not in captured.out  # nothing was scored
+    assert main([*args, str(finished["run_dir"]), "--db", str(tmp_path / "none.db")]) == 2
+    captured = capsys.readouterr()
+    assert "none.db: no nanostudy database here yet" in captured.err and "accuracy" not in captured.out
+
+
 # --- the report ------------------------------------------------------------------------------------------
 
 
