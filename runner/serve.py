@@ -262,7 +262,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             )
         try:
             return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
             raise ApiError(
                 HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {e}", code="invalid_json"
             ) from None

@@ -314,10 +314,14 @@ def test_the_official_openai_client(server):
     assert error.value.status_code == 400 and error.value.param == "n"
 
 
-def test_a_body_nested_too_deeply_or_with_a_lone_surrogate_gets_400_and_the_server_stays_up(server):
+def test_a_deep_body_a_huge_number_or_a_lone_surrogate_gets_400_and_the_server_stays_up(server):
     status, _, error = call(server, "POST", "/v1/chat/completions", "[" * 100_000 + "]" * 100_000)
     assert status == 400 and error["error"]["code"] == "invalid_json", error
     assert "nested too deeply" in error["error"]["message"]
+    # Python refuses to read an integer of over 4300 digits (a ValueError, not a JSONDecodeError).
+    status, _, error = call(server, "POST", "/v1/chat/completions", '{"max_tokens": 1' + "0" * 5000 + "}")
+    assert status == 400 and error["error"]["code"] == "invalid_json", error
+    assert "4300 digits" in error["error"]["message"]
     body = '{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}'  # errors name the key
     status, _, error = call(server, "POST", "/v1/chat/completions", body)
     assert status == 400 and error["error"]["param"] == "\ud800", error
