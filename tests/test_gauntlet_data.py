@@ -106,6 +106,8 @@ def test_presets_and_named_lists_resolve_and_unknown_names_are_refused():
         resolve("arc_esay")
     with pytest.raises(ValueError, match="twice"):
         resolve("copa,copa")
+    with pytest.raises(ValueError, match="names no task"):
+        resolve(" , ")  # was an empty list: "nothing scored", and success
     assert result_name("copa", None) == "copa" and result_name("copa", 100) == "copa@100"
     assert average_name("core", "core_average", None) == "core_average"
     assert average_name("core", "category/world_knowledge", 50) == "category/world_knowledge@50"

@@ -230,6 +230,8 @@ def resolve(preset: str) -> tuple[tuple[TaskSpec, ...], int | None]:
         found = PRESETS[preset]
         return tuple(TASKS[name] for name in found.tasks), found.max_examples
     names = [name.strip() for name in preset.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"the preset {preset!r} names no task; presets: {', '.join(PRESETS)}")
     unknown = [name for name in names if name not in TASKS]
     if unknown:
         close = difflib.get_close_matches(unknown[0], [*PRESETS, *TASKS], n=1)
