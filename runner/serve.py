@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -127,6 +128,16 @@ class ChatHandler(BaseHTTPRequestHandler):
             self._chat_completion(request)
         except ApiError as error:
             self._error(error)
+        except Exception as e:  # a failure no check foresaw: still an error object, and the server goes on
+            traceback.print_exc()
+            self.close_connection = True
+            self._error(
+                ApiError(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    f"the request failed: {type(e).__name__}: {e}",
+                    kind="server_error",
+                )
+            )
 
     def _not_allowed(self) -> None:
         self.close_connection = True

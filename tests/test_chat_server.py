@@ -338,3 +338,11 @@ def test_a_model_id_with_its_slash_percent_encoded(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
     assert client.models.retrieve("chat-run/step_000060").id == "chat-run/step_000060"
+
+
+def test_a_request_the_checks_did_not_foresee_still_gets_an_error_object(server):
+    # A role that is a list once broke the role check (unhashable); whatever the status, the client gets
+    # OpenAI's error object, not a dropped connection, and the server goes on.
+    status, _, error = call(server, "POST", "/v1/chat/completions", {"messages": [{"role": ["user"]}]})
+    assert status in (400, 500) and set(error["error"]) == {"message", "type", "param", "code"}, error
+    assert call(server, "POST", "/v1/chat/completions", {"messages": HI, "max_tokens": 2})[0] == 200
