@@ -61,17 +61,18 @@ def write_cells_csv(store, name: str, path: Path) -> None:
     import dataclasses
 
     from reports.data import CellRow, read_study
+    from reports.html import write_atomically
 
     columns = [field.name for field in dataclasses.fields(CellRow)]
     rows = read_study(store, name).cells
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # as the HTML report: a reader never sees half a file
-    with tmp.open("w", newline="", encoding="utf-8") as file:
+
+    def write(file) -> None:
         writer = csv.writer(file)
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if (v := getattr(row, c)) is None else v for c in columns])
-    tmp.replace(path)
+
+    write_atomically(path, write)  # as the HTML report: a reader never sees half a file
 
 
 def make_report(
@@ -123,6 +124,10 @@ def _cmd_report(args) -> int:
         )  # fmt: skip
     except (StudyArgumentError, StoreNotFoundError, UnknownStudyError) as error:
         err(f"nanostudy report: error: {error}")
+        return 2
+    except OSError as error:  # the output: a folder that cannot be made, a file where a folder goes, ...
+        where = f"{error.filename}: " if error.filename else ""
+        err(f"nanostudy report: error: cannot write the report: {where}{error.strerror or error}")
         return 2
     return 0
 

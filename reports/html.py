@@ -10,8 +10,10 @@ Altair writes, so the page never loads a script from anywhere.
 import functools
 import html
 import json
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
 
 import altair as alt
 import vl_convert
@@ -79,6 +81,23 @@ def vegalite_version() -> str:
 def vega_bundle() -> str:
     """vega, vega-lite and vega-embed in one script (about 900 KB), made safe to inline in a <script>."""
     return vl_convert.javascript_bundle(vl_version=vegalite_version()).replace("</script", "<\\/script")
+
+
+def write_atomically(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """`write(file)` into a temporary file beside `path`, renamed over it once whole: a reader (a browser
+    reloading the report) never sees half a file, a write that fails leaves the old file as it was and no
+    temporary file, and two reports written at once each write their own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as file:
+            write(file)
+        tmp.replace(path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.strerror:  # named by the file asked for, not the temporary
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
 
 
 def esc(value: Any) -> str:

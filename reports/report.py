@@ -27,7 +27,7 @@ import vl_convert
 
 from reports import charts
 from reports.data import CellRow, StudyData, read_study
-from reports.html import chart_div, esc, notice, page, table, vegalite_version
+from reports.html import chart_div, esc, notice, page, table, vegalite_version, write_atomically
 from store import Store
 
 FORMATS = ("html", "png", "svg")
@@ -109,10 +109,8 @@ def write_report(
     report = build_report(data, fits, metric=metric, fit_error=fit_error)
     out = Path(out)
     if fmt == "html":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(report.html(), encoding="utf-8")
-        tmp.replace(out)  # a reader (a browser reloading it) never sees half a file
+        page_html = report.html()
+        write_atomically(out, lambda file: file.write(page_html))
         return ReportResult(paths=[out], left_out=report.left_out)
     return ReportResult(paths=export_charts(report, out, fmt), left_out=report.left_out)
 

@@ -318,6 +318,30 @@ def test_nanostudy_report_bad_input(tmp_path: Path, capsys) -> None:
     assert "study 'nothing' is not in the database" in capsys.readouterr().err
 
 
+def test_nanostudy_report_to_a_place_it_cannot_write_says_so_and_leaves_nothing(
+    fits, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    build_study(tmp_path / "nanostudy.db").close()
+    study = _study_file(tmp_path, "synthetic")
+    monkeypatch.setattr(reports.report, "_fit_study", lambda *args, **kwargs: fits)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (tmp_path / "taken").write_text("mine\n")
+    for output, fmt in ((folder, "html"), (folder, "csv"), (tmp_path / "taken", "png")):
+        # A traceback, and a half-finished temporary file left beside the output each time.
+        assert main(["report", str(study), "-o", str(output), "--format", fmt]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nanostudy report: error: cannot write the report: {output}: ")
+        assert err.count("\n") == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "nanostudy.db",
+        "out",
+        "synthetic.yaml",
+        "taken",
+    ]
+    assert (tmp_path / "taken").read_text() == "mine\n"
+
+
 def test_run_writes_the_report_and_keeps_its_exit_code(tmp_path: Path, monkeypatch, capsys) -> None:
     """`nanostudy run` ends with the report (runner/cli.py's hook); a report that fails is a warning only."""
     import runner.run_commands
