@@ -132,6 +132,24 @@ def test_few_shot_examples_are_the_tasks_own_other_rows_fixed_by_the_seed():
     assert select_examples(5, 10, seed=0, task="x") == [0, 1, 2, 3, 4]
 
 
+def test_a_row_asking_the_same_question_is_never_a_shot_of_it(tmp_path):
+    # simple_arithmetic, SIQA and ARC repeat a few questions: such a twin drawn as a shot gave the answer.
+    rows = [{"context": "1+1=", "continuation": "2"}] * 2 + [
+        {"context": f"{i}+0=", "continuation": str(i)} for i in range(3, 9)
+    ]
+    bundle = write_bundle(tmp_path, {"simple_arithmetic_nospaces": rows})
+    items = build_items(load_task(TASKS["simple_arithmetic_nospaces"], bundle), byte_tokenizer())
+    for item in items[:2]:
+        prompt = bytes(item.contexts[0][1:]).decode()
+        assert prompt.endswith("\n1+1=") and prompt.count("1+1=") == 1, prompt
+        assert prompt.count("\n") == 5  # still 5 shots, of the other questions
+    assert fewshot_indices(4, 5, 0, seed=0, task="t", same=[0, 2]) in ([1, 3], [3, 1])
+    # Without twins the draws are what they were (the docs' arc_easy example keeps its shots).
+    assert [fewshot_indices(50, 5, i, seed=0, task="a", same=[i]) for i in range(50)] == [
+        fewshot_indices(50, 5, i, seed=0, task="a") for i in range(50)
+    ]
+
+
 def test_prompts_are_rendered_as_the_gauntlet_joins_them():
     rows = [{"query": f"Question: q{i}?", "choices": [f"a{i}", f"b{i}"], "gold": i % 2} for i in range(4)]
     shots = fewshot_indices(4, 3, 0, seed=0, task="arc_easy")

@@ -165,14 +165,32 @@ def select_examples(num_rows: int, max_examples: int | None, *, seed: int, task:
     return sorted(random.Random(f"{seed}/{task}/subset").sample(range(num_rows), max_examples))
 
 
-def fewshot_indices(num_rows: int, shots: int, index: int, *, seed: int, task: str) -> list[int]:
-    """`shots` rows other than `index` (all others when there are fewer), the same for a given seed, task
-    and row whatever else is evaluated."""
-    shots = min(shots, num_rows - 1)
+def fewshot_indices(
+    num_rows: int, shots: int, index: int, *, seed: int, task: str, same: Sequence[int] = ()
+) -> list[int]:
+    """`shots` rows other than `index` and the rows `same` (those asking the same question: a shot must not
+    hand over the answer), all of the others when there are fewer; the same for a given seed, task and row
+    whatever else is evaluated."""
+    excluded = sorted({index, *same})
+    shots = min(shots, num_rows - len(excluded))
     if shots <= 0:
         return []
-    drawn = random.Random(f"{seed}/{task}/{index}").sample(range(num_rows - 1), shots)
-    return [i + (i >= index) for i in drawn]  # skip the example itself
+    drawn = random.Random(f"{seed}/{task}/{index}").sample(range(num_rows - len(excluded)), shots)
+    out = []
+    for i in drawn:  # the i-th row that is not excluded
+        for skipped in excluded:
+            i += i >= skipped
+        out.append(i)
+    return out
+
+
+def _question(kind: str, row: dict[str, Any]) -> str:
+    """What a row asks, to find the rows that ask the same (simple_arithmetic and SIQA repeat some)."""
+    if kind in (MULTIPLE_CHOICE, CHAT_CHOICE):
+        return row["query"]
+    if kind == SCHEMA:
+        return json.dumps([row["context_options"], row["continuation"]])
+    return row["context"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -298,8 +316,12 @@ def build_items(
         raise TaskUnavailable(f"{spec.name}: the model's tokenizer {tokenizer.name} has no chat tokens")
     bos = (tokenizer.eot_id,)
     items: list[ChoiceItem | GenerationItem] = []
+    asked: dict[str, list[int]] = {}  # question -> its rows
+    for i, row in enumerate(rows):
+        asked.setdefault(_question(spec.kind, row), []).append(i)
     for index in select_examples(len(rows), max_examples, seed=seed, task=spec.name):
-        shots = fewshot_indices(len(rows), spec.shots, index, seed=seed, task=spec.name)
+        same = asked[_question(spec.kind, rows[index])]
+        shots = fewshot_indices(len(rows), spec.shots, index, seed=seed, task=spec.name, same=same)
         text = render(spec, rows, index, shots)
         if isinstance(text, ChoiceText):
             contexts, continuations, encoded = [], [], {}
