@@ -151,6 +151,16 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's own refusals (a URL or header line too long, a malformed request line, a method
+        with no do_ handler) as OpenAI's error object too, not its HTML page."""
+        self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # its answer to an unknown method (TRACE, CONNECT, ...)
+            self._not_allowed()
+            return
+        status = HTTPStatus(code)
+        self._error(ApiError(status, message or status.phrase, code=status.name.lower()))
+
     # --- chat completions -------------------------------------------------------------------------
 
     def _chat_completion(self, request: Any) -> None:

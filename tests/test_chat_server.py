@@ -346,3 +346,25 @@ def test_a_request_the_checks_did_not_foresee_still_gets_an_error_object(server)
     status, _, error = call(server, "POST", "/v1/chat/completions", {"messages": [{"role": ["user"]}]})
     assert status in (400, 500) and set(error["error"]) == {"message", "type", "param", "code"}, error
     assert call(server, "POST", "/v1/chat/completions", {"messages": HI, "max_tokens": 2})[0] == 200
+
+
+def test_requests_the_http_layer_refuses_get_an_error_object_too(server):
+    """Refused before any handler runs: answered in JSON like every other error, unknown methods with 405."""
+
+    def raw(request: bytes) -> tuple[int, dict]:
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port), timeout=60) as sock:
+            sock.sendall(request)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.getheader("Content-Type") == "application/json"
+            return response.status, json.loads(response.read())["error"]
+
+    status, error = raw(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, error["code"]) == (405, "method_not_allowed"), error
+    status, error = raw(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, error["code"]) == (414, "request_uri_too_long"), error
+    status, error = raw(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    assert (status, error["code"]) == (431, "request_header_fields_too_large"), error
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert call(server, "GET", "/v1/models")[0] == 200
