@@ -270,6 +270,14 @@ def test_the_answer_is_read_after_the_chain_of_thought_and_before_the_stop():
     assert is_correct(chat, "16 - 3 - 4 = 9, 9 * 2 = 18\n#### 18", ["18"])
     assert is_correct(chat, "She makes $1,800 in the end: 1800", ["1800"])
     assert not is_correct(chat, "#### 17", ["18"])
+    # A longer number does not answer its first digits: 1.5 is not 1, 1,000 is not 1; 18.0 is 18.
+    svamp = TASKS["svamp"]
+    assert not is_correct(svamp, " ( 3.0 / 2.0 ) The answer is 1.5", ["1"])
+    assert not is_correct(svamp, " The answer is 1,000.", ["1"])
+    assert is_correct(svamp, " The answer is 18.0.", ["18"]) and is_correct(
+        svamp, " The answer is 18, so", ["18"]
+    )
+    assert is_correct(gsm8k, " The answer is 2,125.", ["2,125"])
     trivia = TASKS["triviaqa_sm_sub"]
     assert is_correct(trivia, " The Onion skins\nQuestion", ["onion"])
     assert not is_correct(trivia, " Onionskin", ["onion"])

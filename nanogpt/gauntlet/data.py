@@ -379,21 +379,32 @@ def final_answer(spec: TaskSpec, output: str) -> str:
 
 def is_correct(spec: TaskSpec, output: str, answers: Sequence[str]) -> bool:
     """Whether a generation answers right. Generation tasks: the answer (normalized when the task says so,
-    else stripped) starts with one of the labels at a word boundary, so "18." matches 18 but "180" does
-    not (llm-foundry's plain `startswith` would accept it). chat_generation (GSM8K): the number after the
-    last "####" (the mid-training data's form), else after "The answer is", else the last number, equals
-    the answer's."""
+    else stripped) starts with one of the labels at a word boundary, so "18." matches 18 but "180" and
+    "18.5" do not (llm-foundry's plain `startswith` would accept them). chat_generation (GSM8K): the
+    number after the last "####" (the mid-training data's form), else after "The answer is", else the last
+    number, equals the answer's."""
     if spec.kind == CHAT_GENERATION:
         got, want = _number(output), _number(answers[0], last=False)
         return got is not None and got == want
     answer = final_answer(spec, output)
     clean = normalize_answer if spec.normalize else str.strip
     got = clean(answer)
-    for label in answers:
-        want = clean(label)
-        if want and got.startswith(want) and (len(got) == len(want) or not got[len(want)].isalnum()):
-            return True
-    return False
+    return any(_starts_with_word(got, want) for label in answers if (want := clean(label)))
+
+
+# A number's own continuation: "1.5" or "1,000" does not answer 1 ("1.0" and "1." do).
+_MORE_DIGITS = re.compile(r"[.,]\d*[1-9]|,\d")
+
+
+def _starts_with_word(text: str, label: str) -> bool:
+    """`text` starts with `label`, followed by nothing, or by neither a letter nor a digit, nor (after a
+    number) the rest of a longer number."""
+    if not text.startswith(label):
+        return False
+    rest = text[len(label) :]
+    if not rest:
+        return True
+    return not rest[0].isalnum() and not (label[-1].isdigit() and _MORE_DIGITS.match(rest))
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
