@@ -91,7 +91,7 @@ class Session:
             return None
         try:
             request = json.loads(line)
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, or an integer of over 4300 digits
             self._error(None, f"not a JSON object: {e}")
             return None
         except RecursionError:  # json's decoder recurses once per level of nesting
@@ -102,7 +102,7 @@ class Session:
             return None
         request_id = request.get("id")
         kind = request.setdefault("type", "generate")
-        if kind not in REQUEST_KEYS:
+        if not isinstance(kind, str) or kind not in REQUEST_KEYS:
             self._error(request_id, f"type: must be one of {', '.join(REQUEST_KEYS)}, got {kind!r}")
             return None
         unknown = sorted(set(request) - REQUEST_KEYS[kind])
@@ -133,6 +133,9 @@ class Session:
             deltas = self.engine.stream(messages, Sampling(**settings))
         except ValueError as e:  # RequestError, SamplingError, PromptTooLongError
             self._error(request_id, str(e))
+            return
+        except Exception as e:  # a request no check foresaw: answered, and the session goes on
+            self._error(request_id, f"the request failed: {type(e).__name__}: {e}")
             return
         start = time.perf_counter()
         prompt_tokens = len(self.engine.prompt_tokens(messages))

@@ -119,6 +119,23 @@ def test_bad_requests_get_error_events_and_the_session_goes_on(chat):
     assert events[-1]["event"] == "done" and events[-1]["id"] == 10 and events[-1]["text"] == REPLY
 
 
+def test_requests_that_once_ended_the_session_get_error_events_and_it_goes_on(chat):
+    code, events = converse(
+        chat,
+        {"type": ["generate"], "id": 1},  # unhashable: not a key of the request types
+        '{"id": 2, "max_tokens": 1' + "0" * 5000 + "}\n",  # Python reads no integer of over 4300 digits
+        {"id": 3, "messages": [{"role": {"name": "user"}, "content": "hi"}]},
+        {"id": 4, "messages": HI, "seed": 0},
+    )
+    assert code == 0
+    errors = [(e["id"], e["message"], e["fatal"]) for e in events if e["event"] == "error"]
+    assert len(errors) == 3, errors
+    assert errors[0][:2] == (1, "type: must be one of generate, cancel, exit, got ['generate']")
+    assert errors[1][0] is None and "4300 digits" in errors[1][1]
+    assert errors[2][0] == 3 and not any(fatal for *_, fatal in errors)
+    assert events[-1]["event"] == "done" and events[-1]["id"] == 4 and events[-1]["text"] == REPLY
+
+
 def test_cancel_of_a_waiting_generation_ends_it_before_it_starts(base):
     """A cancel may name a generation still waiting its turn (docs/chat.md: it stops that generation): it
     ends at once, cancelled, with nothing generated, and the others go on."""
