@@ -395,6 +395,16 @@ def _training_section(data: StudyData) -> Section:
     if not with_curves:
         section.left_out.append("training curves: no cell has logged a training step yet")
         return section
+    # A step whose loss was not finite (stored as NULL) has nothing to draw: a cell that diverged at its
+    # first step made a chart with no data, which Vega drew empty and warned of on the console.
+    with_curves = [
+        cell
+        for cell in with_curves
+        if any(point.loss is not None and point.tokens > 0 for point in data.curves[cell.id])
+    ]
+    if not with_curves:
+        section.left_out.append("training curves: no cell has logged a finite training loss yet")
+        return section
     section.charts.append(("training", charts.training_curves_chart(with_curves, data.curves), ""))
     return section
 

@@ -8,14 +8,32 @@ import re
 from pathlib import Path
 
 import pytest
-from report_fixtures import BUDGETS, DEPTHS, build_study, empty_study, one_budget_study, sparse_study
+from report_fixtures import (
+    BUDGETS,
+    DEPTHS,
+    build_study,
+    empty_study,
+    new_study,
+    one_budget_study,
+    sparse_study,
+)
 
 import reports.report
 from reports.data import attempt_hours, read_study, thin
 from reports.fit import fit_study, table_points
 from reports.report import build_report, write_report
 from runner.cli import main
-from store import Attempt, Executor
+from store import (
+    Attempt,
+    AttemptOutcome,
+    CellMode,
+    Executor,
+    NewCell,
+    add_cells,
+    claim,
+    end_attempt,
+    ingest,
+)
 
 SECTIONS = ("summary", "isoflop", "optimum", "parametric", "training", "evals", "throughput", "cells")
 CHARTS = (
@@ -115,6 +133,20 @@ def test_no_finished_cell_says_what_is_missing_and_renders_the_rest(tmp_path: Pa
     assert "What this report leaves out" in html and "no finished pretraining cell" in html
     assert tuple(_specs(html)) == ("training", "throughput")  # the failed cell's steps are still shown
     assert "<b>0</b> done" in html and "<b>1</b> failed" in html and "<b>3</b> pending" in html
+
+
+def test_a_cell_that_diverged_at_its_first_step_draws_no_empty_training_chart(tmp_path: Path) -> None:
+    store, study_id = new_study(tmp_path / "nanostudy.db", "nan")
+    cell = NewCell(id="d1", mode=CellMode.PRETRAINING, depth=6, flops_budget=1e17, seed=0, num_params=10**7,
+                   num_tokens=10**9, flops_per_token=6 * 10**7, steps_total=40, config={})  # fmt: skip
+    add_cells(store, study_id, [cell])
+    attempt = claim(store, "d1", executor=Executor.LOCAL, host="h", gpus="0", num_gpus=1)
+    step = {"step": 1, "tokens": 4096, "loss": math.nan, "tok_per_s": 1e5, "mfu": 0.3}
+    ingest(store, "d1", attempt_id=attempt.id, train=[step])  # its loss stored as NULL
+    end_attempt(store, attempt.id, AttemptOutcome.DIVERGED, exit_code=3, reason="loss is nan at step 1")
+    report = build_report(read_study(store, "nan"), None)
+    assert [name for name, _ in report.charts()] == ["throughput"]  # the training chart had no data
+    assert "training curves: no cell has logged a finite training loss yet" in report.left_out
 
 
 def test_budgets_with_too_few_points_are_named(tmp_path: Path) -> None:
