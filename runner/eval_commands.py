@@ -271,6 +271,7 @@ def _cmd_eval(args) -> int:
         )
         if args.download:
             download(bundle, preset, log=log)
+        _check_bundle_data(bundle, preset)
         if target is not None:
             store, name, _ = target
             with store:
@@ -307,6 +308,21 @@ def _cmd_eval(args) -> int:
         print(f"nanostudy eval: {len(failed)} cell(s) not scored: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_bundle_data(bundle: Path, preset: str) -> None:
+    """BundleError unless the bundle holds the file of at least one of the preset's tasks: scoring without
+    any would store a null row for every task, and those rows are never replaced by later scores."""
+    from nanogpt.gauntlet.bundle import BundleError, check_bundle, has_file
+    from nanogpt.gauntlet.tasks import resolve
+
+    check_bundle(bundle)
+    specs, _ = resolve(preset)
+    if not any(has_file(bundle, spec) for spec in specs):
+        raise BundleError(
+            f"{bundle}: holds none of the files of the tasks of {preset!r} (such as {specs[0].file}); point "
+            "--eval-bundle at a folder of the gauntlet's JSONL files, or fetch them with --download"
+        )
 
 
 def _eval_checkpoint_target(args, preset: str, bundle: Path, log) -> dict[str, Any]:

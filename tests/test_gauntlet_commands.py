@@ -297,6 +297,21 @@ def test_nanostudy_eval_refuses_bad_input_in_one_line(finished, tmp_path, capsys
     assert "study 'nostudy': not in" in capsys.readouterr().err
 
 
+def test_a_bundle_without_any_of_the_presets_files_is_refused_and_stores_nothing(finished, tmp_path, capsys):
+    """A wrong or empty bundle folder scored nothing, exited 0 and stored a null row for every task of every
+    done cell: rows that no later `nanostudy eval` replaces."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["eval", "g", "--db", str(finished["db"]), "--eval-bundle", str(empty), "--device", "cpu"]
+    assert main([*args, "--tasks", "quick"]) == 2
+    err = capsys.readouterr().err
+    assert f"nanostudy eval: error: {empty}: holds none of the files of the tasks of 'quick'" in err
+    with open_store(finished["db"], create=False) as store:
+        assert not [row for row in evals_of(store, cell_id="c1") if row.task.endswith("@100")]
+    assert main(["eval", str(finished["run_dir"]), "--eval-bundle", str(empty), "--tasks", "copa"]) == 2
+    assert "holds none of the files of the tasks of 'copa'" in capsys.readouterr().err
+
+
 def test_a_checkpoints_wrong_db_is_refused_before_the_scoring_not_after(finished, tmp_path, capsys):
     """Scoring a checkpoint takes minutes to hours: a --db that is missing, or holds no cell of that run,
     stops the command before it, not after it with the scores thrown away."""
