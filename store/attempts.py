@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from store.cells import in_study, lock_cell_state, transition_in
 from store.engine import Store, now
 from store.schema import CELL_STATE_AFTER, Attempt, AttemptOutcome, Cell, CellState, Executor
+from store.values import clean_text
 
 _attempts: sa.Table = Attempt.__table__  # type: ignore[attr-defined]
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
@@ -155,7 +156,7 @@ def end_attempt(
         closed = conn.execute(
             sa.update(_attempts)
             .where(_attempts.c.id == attempt_id, _attempts.c.ended_at.is_(None))
-            .values(ended_at=now(), outcome=outcome, exit_code=exit_code, reason=reason)
+            .values(ended_at=now(), outcome=outcome, exit_code=exit_code, reason=clean_text(reason))
         )
         if closed.rowcount != 1:
             return False

@@ -26,7 +26,7 @@ from store.schema import (
     Study,
     StudyCell,
 )
-from store.values import clean_json, finite
+from store.values import clean_json, clean_text, finite
 
 _cells: sa.Table = Cell.__table__  # type: ignore[attr-defined]
 _studies: sa.Table = Study.__table__  # type: ignore[attr-defined]
@@ -294,6 +294,8 @@ def lock_cell_state(conn: Connection, cell_id: str) -> CellState:
 
 def _clean(name: str, value: Any) -> Any:
     column = _cells.c[name]
+    if name == "reason":
+        return clean_text(value)
     return finite(value) if isinstance(column.type, sa.Float) and value is not None else value
 
 

@@ -2,11 +2,13 @@
 
 SQLite would store NaN as NULL anyway but inf as a real infinity, PostgreSQL stores both, and JSON has no
 spelling for either (Python writes `NaN`, which PostgreSQL's JSON type rejects). So every write path runs
-its floats through `finite` and its JSON through `clean_json`, and a reader never meets a NaN.
+its floats through `finite` and its JSON through `clean_json`, and a reader never meets a NaN. Free text
+from outside (a failed trainer's stderr, as a cell's reason) goes through `clean_text`.
 """
 
 import functools
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, SupportsFloat
 
@@ -19,6 +21,18 @@ def finite(value: SupportsFloat | None) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(value: str | None) -> str | None:
+    """Text every backend can store: PostgreSQL refuses a NUL character (the zero bytes a log file on a
+    network filesystem is padded with after its node crashed), and neither takes a lone surrogate; each
+    becomes U+FFFD."""
+    if value is None:
+        return None
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 def clean_json(value: Any) -> Any:

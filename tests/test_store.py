@@ -616,6 +616,18 @@ def test_transition_fields_are_whitelisted_and_cleaned(store: Store) -> None:
     assert cell.val_loss is None and cell.val_bpb is None
 
 
+def test_a_reason_with_nul_bytes_or_a_lone_surrogate_is_stored(store: Store) -> None:
+    # A trainer's stderr tail padded with zero bytes (a log file on a network filesystem after its node
+    # crashed): PostgreSQL refused the text, and end_attempt raised with the attempt left open.
+    study_id = _study(store)
+    add_cells(store, study_id, [_cell("a"), _cell("b")])
+    attempt = claim(store, "a", executor=Executor.LOCAL, host="h")
+    assert end_attempt(store, attempt.id, AttemptOutcome.FAILED, exit_code=1, reason="OOM\x00\x00 in é")
+    assert get_cell(store, "a").reason == attempts_of(store, "a")[0].reason == "OOM\ufffd\ufffd in é"
+    assert transition(store, "b", CellState.PENDING, CellState.CANCELLED, reason="by \udcffx\x00")
+    assert get_cell(store, "b").reason == "by \ufffdx\ufffd"
+
+
 def test_a_done_cell_is_immutable(store: Store) -> None:
     study_id = _study(store)
     add_cells(store, study_id, [_cell("c")])
