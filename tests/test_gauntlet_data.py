@@ -230,6 +230,18 @@ def test_malformed_rows_are_named_by_file_and_line_and_their_task_is_skipped(tmp
     assert any(f"{path}:3" in warning for warning in gauntlet.warnings)
 
 
+def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / TASKS["copa"].file
+    path.parent.mkdir(parents=True)
+    good = json.dumps(TINY_TASKS["copa"][0]).encode()
+    path.write_bytes(good + b"\n" + good.replace(b"cat", b"c\xfft") + b"\n")
+    with pytest.raises(TaskDataError) as caught:
+        load_task(TASKS["copa"], tmp_path)
+    assert caught.value.problems == (f"{path}:2: not UTF-8 (byte 0xff at column 17)",)
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + good + b"\n")  # as some editors save it
+    assert load_task(TASKS["copa"], tmp_path).rows == (TINY_TASKS["copa"][0],) * 2
+
+
 @pytest.mark.parametrize(
     ("kind_task", "row", "problem"),
     [

@@ -77,15 +77,21 @@ def load_task(spec: TaskSpec, bundle_dir: str | Path) -> LoadedTask:
     """Read and validate every row; TaskUnavailable without the file, TaskDataError naming each bad row."""
     path = task_path(spec, bundle_dir)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise TaskUnavailable(f"{path}: not in the eval bundle") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise TaskDataError([f"{path}: cannot read ({e})"]) from None
     rows, lines, problems = [], [], []
     # Lines end at "\n" only: str.splitlines() also breaks at U+0085 and U+2028, which occur inside
-    # JSON strings (a TriviaQA question holds a U+0085).
-    for number, line in enumerate(text.split("\n"), start=1):
+    # JSON strings (a TriviaQA question holds a U+0085). Each line is decoded apart, so that a byte that is
+    # not UTF-8 is reported at its line; utf-8-sig drops the byte-order mark some editors write first.
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(f"{path}:{number}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})")
+            continue
         if not line.strip():
             continue  # a blank line (a trailing newline) is not a row
         try:
