@@ -260,6 +260,11 @@ def _cmd_eval(args) -> int:
         resolve(preset)
         if args.max_examples is not None and args.max_examples < 1:
             raise ValueError(f"--max-examples: must be a positive integer, got {args.max_examples}")
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("--device cuda: no CUDA device here; give --device cpu (or auto)")
         target = _study_target(args.target, args.db)
         study = target[2] if target else None
         bundle = (

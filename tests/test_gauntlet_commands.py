@@ -312,6 +312,17 @@ def test_a_bundle_without_any_of_the_presets_files_is_refused_and_stores_nothing
     assert "holds none of the files of the tasks of 'copa'" in capsys.readouterr().err
 
 
+def test_device_cuda_without_a_gpu_is_one_line_not_a_traceback(finished, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["eval", str(finished["run_dir"]), "--eval-bundle", str(finished["bundle"]), "--tasks", "copa"]
+    assert main([*args, "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == (
+        "nanostudy eval: error: --device cuda: no CUDA device here; give --device cpu (or auto)\n"
+    )
+
+
 def test_a_checkpoints_wrong_db_is_refused_before_the_scoring_not_after(finished, tmp_path, capsys):
     """Scoring a checkpoint takes minutes to hours: a --db that is missing, or holds no cell of that run,
     stops the command before it, not after it with the scores thrown away."""
