@@ -4,10 +4,10 @@
     nanostudy fit TABLE.csv --n COL --d COL --loss COL [--flops COL] [--budget COL] [--json]
                                                                               (reports/fit_command.py)
 
-STUDY is the study file (its `name:`; the database beside it unless --db), or the study's name with --db (or
-with a nanostudy.db in the current directory). This module is imported by every `nanostudy` command to
-register its parsers, so it imports nothing heavy at module level: Altair, vl-convert and scipy are loaded
-by the command that uses them.
+STUDY is the study file (its `name:`, else its file name; the database beside it unless --db), or the
+study's name with --db (or with a nanostudy.db in the current directory). This module is imported by every
+`nanostudy` command to register its parsers, so it imports nothing heavy at module level: Altair,
+vl-convert and scipy are loaded by the command that uses them.
 """
 
 import sys
@@ -24,8 +24,9 @@ class StudyArgumentError(ValueError):
 def resolve_study(study: str, db: str | None) -> tuple[str, str, Path]:
     """(study name, database, folder the study file is in) for a STUDY argument.
 
-    The name comes from the study file's `name:` key, read with PyYAML: the reports may not import the
-    runner's study loader (DESIGN's import directions), and the name is all the report needs of the file.
+    The name comes from the study file's `name:` key (without one, as the runner names it, the file's name
+    less .yaml), read with PyYAML: the reports may not import the runner's study loader (DESIGN's import
+    directions), and the name is all the report needs of the file.
     """
     path = Path(study)
     if path.is_file():
@@ -35,9 +36,13 @@ def resolve_study(study: str, db: str | None) -> tuple[str, str, Path]:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise StudyArgumentError(f"{path}: not a readable study file ({error})") from error
-        name = doc.get("name") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            raise StudyArgumentError(
+                f"{path}: not a study file (expected a mapping of keys: name, mode, ...)"
+            )
+        name = doc.get("name", path.stem)  # as the runner names it: no `name` is the file's name
         if not isinstance(name, str) or not name:
-            raise StudyArgumentError(f"{path}: the study file has no 'name'")
+            raise StudyArgumentError(f"{path}: the study's 'name' must be a non-empty string, got {name!r}")
         return name, str(db or default_db_path(path)), path.resolve().parent
     if path.suffix in (".yaml", ".yml"):
         raise StudyArgumentError(f"{path}: no such study file")

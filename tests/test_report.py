@@ -374,6 +374,21 @@ def test_nanostudy_report_to_a_place_it_cannot_write_says_so_and_leaves_nothing(
     assert (tmp_path / "taken").read_text() == "mine\n"
 
 
+def test_nanostudy_report_of_a_study_file_with_no_name_is_the_study_named_after_the_file(
+    tmp_path: Path, capsys
+) -> None:
+    # A study's `name` defaults to the file's name (docs/study-files.md); the report refused such a file,
+    # and `nanostudy run` of it ended with the warning that no report was written.
+    empty_study(tmp_path / "nanostudy.db", name="iso").close()
+    study = tmp_path / "iso.yaml"
+    study.write_text("mode: pretraining\n")
+    assert main(["report", str(study), "--boot", "0"]) == 0
+    assert (tmp_path / "reports" / "iso.html").is_file()
+    study.write_text("name: 3\n")
+    assert main(["report", str(study)]) == 2
+    assert "the study's 'name' must be a non-empty string, got 3" in capsys.readouterr().err
+
+
 def test_run_writes_the_report_and_keeps_its_exit_code(tmp_path: Path, monkeypatch, capsys) -> None:
     """`nanostudy run` ends with the report (runner/cli.py's hook); a report that fails is a warning only."""
     import runner.run_commands
