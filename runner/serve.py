@@ -99,6 +99,7 @@ class ChatHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         # Decoded: the openai package sends a model id with a slash as /v1/models/run%2Fstep_000060.
         path = unquote(self.path.split("?", 1)[0])
+        self._drain()  # a body GET does not use; left unread, it would be taken for the next request
         engine = self.server.engine
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8", page=True)
@@ -296,6 +297,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
+            length = -1
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             length = -1
         if 0 <= length <= MAX_BODY_BYTES:
             self.rfile.read(length)

@@ -368,3 +368,21 @@ def test_requests_the_http_layer_refuses_get_an_error_object_too(server):
     assert (status, error["code"]) == (431, "request_header_fields_too_large"), error
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
     assert call(server, "GET", "/v1/models")[0] == 200
+
+
+def test_a_get_with_a_body_leaves_the_connection_in_step(server):
+    # The body is read and dropped (a chunked one closes the connection): the next request on the
+    # connection is answered as itself, not after the body taken for a request line.
+    conn = connect(server)
+    status, _, body = call(
+        server, "GET", "/v1/models", body="hello", headers={"Content-Length": "5"}, connection=conn
+    )
+    assert status == 200 and body["object"] == "list"
+    status, _, body = call(server, "GET", "/v1/models", connection=conn)
+    assert status == 200 and body["object"] == "list", body
+    conn = connect(server)
+    conn.putrequest("GET", "/v1/models")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders(b"5\r\nhello\r\n0\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Connection") == "close"
