@@ -386,3 +386,22 @@ def test_a_get_with_a_body_leaves_the_connection_in_step(server):
     conn.endheaders(b"5\r\nhello\r\n0\r\n\r\n")
     response = conn.getresponse()
     assert response.status == 200 and response.getheader("Connection") == "close"
+
+
+def test_a_stream_to_an_http_1_0_client_is_not_chunked(server):
+    # HTTP/1.0 has no chunked encoding: the events come as they are, and the connection closes after them.
+    host, port = server.server_address[:2]
+    body = json.dumps({"messages": HI, "stream": True, "seed": 0}).encode()
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, text = data.decode().partition("\r\n\r\n")
+    assert "Transfer-Encoding" not in head and "Connection: close" in head, head
+    events = sse_events(text)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == REPLY
