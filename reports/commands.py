@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from reports.fit_command import register_fit
-from store import StoreNotFoundError, default_db_path, get_study, open_store
+from store import StoreNotFoundError, StoreOpenError, default_db_path, get_study, open_store
 
 
 class StudyArgumentError(ValueError):
@@ -127,7 +127,7 @@ def _cmd_report(args) -> int:
             args.study, db=args.db, out=args.output, fmt=args.format, metric=args.metric, n_boot=args.boot,
             log=lambda line: (err if line.startswith("left out") else print)(line),
         )  # fmt: skip
-    except (StudyArgumentError, StoreNotFoundError, UnknownStudyError) as error:
+    except (StudyArgumentError, StoreNotFoundError, StoreOpenError, UnknownStudyError) as error:
         err(f"nanostudy report: error: {error}")
         return 2
     except OSError as error:  # the output: a folder that cannot be made, a file where a folder goes, ...

@@ -372,6 +372,9 @@ def test_nanostudy_report_to_a_place_it_cannot_write_says_so_and_leaves_nothing(
         "taken",
     ]
     assert (tmp_path / "taken").read_text() == "mine\n"
+    # A database that cannot be opened is an OSError too, but not one of the output's.
+    assert main(["report", "synthetic", "--db", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.startswith(f"nanostudy report: error: database {tmp_path / 'taken'}: ")
 
 
 def test_nanostudy_report_of_a_study_file_with_no_name_is_the_study_named_after_the_file(
