@@ -34,6 +34,8 @@ def resolve_study(study: str, db: str | None) -> tuple[str, str, Path]:
 
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise StudyArgumentError(f"{path}: cannot be read ({error.strerror or error})") from error
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             raise StudyArgumentError(f"{path}: not a readable study file ({error})") from error
         if not isinstance(doc, dict):

@@ -4,6 +4,7 @@ writes it after `nanostudy run`, and PNG/SVG export. The browser half is tests/t
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -378,7 +379,7 @@ def test_nanostudy_report_to_a_place_it_cannot_write_says_so_and_leaves_nothing(
 
 
 def test_nanostudy_report_of_a_study_file_with_no_name_is_the_study_named_after_the_file(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, monkeypatch
 ) -> None:
     # A study's `name` defaults to the file's name (docs/study-files.md); the report refused such a file,
     # and `nanostudy run` of it ended with the warning that no report was written.
@@ -390,6 +391,21 @@ def test_nanostudy_report_of_a_study_file_with_no_name_is_the_study_named_after_
     study.write_text("name: 3\n")
     assert main(["report", str(study)]) == 2
     assert "the study's 'name' must be a non-empty string, got 3" in capsys.readouterr().err
+    study.chmod(0o000)
+    try:
+        if os.access(study, os.R_OK):  # root reads it anyway: a read that fails as the mode says
+
+            def refused(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+
+            monkeypatch.setattr(Path, "read_text", refused)
+        assert main(["report", str(study)]) == 2
+        assert (
+            capsys.readouterr().err
+            == f"nanostudy report: error: {study}: cannot be read (Permission denied)\n"
+        )
+    finally:
+        study.chmod(0o644)
 
 
 def test_run_writes_the_report_and_keeps_its_exit_code(tmp_path: Path, monkeypatch, capsys) -> None:
