@@ -123,6 +123,19 @@ def test_a_lost_carry_file_restarts_the_preparation(tmp_path, corpus, tokenizer_
     assert again.status == "prepared" and _shard_bytes(again.data_dir) == _shard_bytes(whole.data_dir)
 
 
+def test_a_lost_shard_of_an_interrupted_preparation_restarts_it(
+    tmp_path, corpus, tokenizer_dir, monkeypatch, capsys
+):
+    monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)
+    config = local_config(corpus, tokenizer_dir)
+    whole = prepare(config, root=tmp_path / "a", num_workers=1, progress=False)
+    first = prepare(config, root=tmp_path / "b", num_workers=1, progress=False, stop_after_shards=2)
+    (first.data_dir / "train_000000.bin").unlink()
+    again = prepare(config, root=tmp_path / "b", num_workers=1, progress=False)
+    assert "train_000000.bin: shard file is missing; preparing" in capsys.readouterr().err
+    assert again.status == "prepared" and _shard_bytes(again.data_dir) == _shard_bytes(whole.data_dir)
+
+
 def test_worker_processes_give_the_same_bytes(tmp_path, corpus, tokenizer_dir, monkeypatch):
     monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)  # give both workers chunks
     config = local_config(corpus, tokenizer_dir)

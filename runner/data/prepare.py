@@ -289,14 +289,19 @@ class _State:
                 carried = {split: (carry[f"{split}_tokens"], carry[f"{split}_mask"]) for split in writers}
         except (OSError, ValueError, KeyError) as e:
             return self._restart(f"{carry_path} is missing or unreadable ({type(e).__name__})")
+        shards = {split: [ShardInfo(**entry) for entry in state["splits"][split]] for split in writers}
+        for infos in shards.values():
+            for info in infos:
+                # A shard the state lists but that is gone or changed (deleted by hand) cannot be resumed
+                # from; starting over rewrites it, where an error would repeat at every run.
+                try:
+                    num_tokens = read_header(self.dir.parent / info.file).num_tokens
+                except ShardError as e:
+                    return self._restart(str(e).split(";")[0])
+                if num_tokens != info.num_tokens:
+                    return self._restart(f"{self.dir.parent / info.file} differs from {self.path}")
         for split, writer in writers.items():
-            for entry in state["splits"][split]:
-                info = ShardInfo(**entry)
-                if read_header(writer.data_dir / info.file).num_tokens != info.num_tokens:
-                    raise ShardError(
-                        f"{writer.data_dir / info.file}: differs from {self.path}; delete {self.dir}"
-                    )
-                writer.shards.append(info)
+            writer.shards.extend(shards[split])
             writer.add(*carried[split])
         return state["documents"], state["bytes"], state["checkpoint"]
 
