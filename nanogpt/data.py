@@ -186,7 +186,7 @@ class TokenLoader:
         return ShardError(
             f"{self._paths[shard]}: token id {int(tokens[row, column])} at token {offset:,} "
             f"is outside the vocabulary of {self.vocab_size} ({self.manifest.tokenizer.name}); the shard is "
-            "damaged: prepare the data again"
+            "damaged: delete the data directory and prepare again"
         )
 
     def reset(self) -> None:

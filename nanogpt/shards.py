@@ -134,7 +134,7 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ShardError(
-            f"{path}: shard file is missing; prepare the data again (nanostudy prepare)"
+            f"{path}: shard file is missing; delete the data directory and prepare again"
         ) from None
     if len(raw) < HEADER_BYTES:
         raise ShardError(f"{path}: truncated header ({len(raw)} of {HEADER_BYTES} bytes)")
@@ -143,7 +143,8 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
         raise ShardError(f"{path}: not a nanostudy token shard (magic {magic!r}, expected {SHARD_MAGIC!r})")
     if version != SHARD_FORMAT_VERSION:
         raise ShardError(
-            f"{path}: shard format version {version}, this code reads {SHARD_FORMAT_VERSION}; prepare again"
+            f"{path}: shard format version {version}, this code reads {SHARD_FORMAT_VERSION}; delete the "
+            "data directory and prepare again"
         )
     if itemsize not in (2, 4):
         raise ShardError(f"{path}: token itemsize {itemsize} (expected 2 or 4)")
@@ -285,7 +286,9 @@ def write_manifest(manifest: Manifest) -> Path:
 
 def _require(obj: dict, key: str, kind: type | tuple[type, ...], where: Path):
     if not isinstance(obj, dict) or key not in obj:
-        raise ShardError(f"{where}: missing key {key!r}; the manifest is corrupt, prepare again")
+        raise ShardError(
+            f"{where}: missing key {key!r}; the manifest is corrupt, delete it and prepare again"
+        )
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ShardError(f"{where}: key {key!r} has the wrong type ({type(value).__name__})")
@@ -330,7 +333,10 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
                 sha256=_require(entry, "sha256", str, path),
             )
             if not (data_dir / info.file).is_file():
-                raise ShardError(f"{data_dir / info.file}: listed in {path} but missing; prepare again")
+                raise ShardError(
+                    f"{data_dir / info.file}: listed in {path} but missing; delete {data_dir} and prepare "
+                    "again"
+                )
             shards.append(info)
         splits[split] = tuple(shards)
     return Manifest(
@@ -352,7 +358,10 @@ def verify_shards(manifest: Manifest) -> None:
             header = read_header(shard_path)
             check_shard_header(shard_path, header, manifest, expected_tokens=info.num_tokens)
             if file_sha256(shard_path) != info.sha256:
-                raise ShardError(f"{shard_path}: checksum differs from {MANIFEST_NAME}; prepare again")
+                raise ShardError(
+                    f"{shard_path}: checksum differs from {MANIFEST_NAME}; delete {manifest.data_dir} and "
+                    "prepare again"
+                )
 
 
 def check_shard_header(path: Path, header: ShardHeader, manifest: Manifest, *, expected_tokens: int) -> None:
@@ -360,7 +369,8 @@ def check_shard_header(path: Path, header: ShardHeader, manifest: Manifest, *, e
     if header.tokenizer_hash != manifest.tokenizer.hash:
         raise ShardError(
             f"{path}: written with tokenizer {header.tokenizer_name} ({header.tokenizer_hash[:12]}), the "
-            f"manifest says {manifest.tokenizer.name} ({manifest.tokenizer.hash[:12]}); prepare again"
+            f"manifest says {manifest.tokenizer.name} ({manifest.tokenizer.hash[:12]}); delete the data "
+            "directory and prepare again"
         )
     if header.num_tokens != expected_tokens:
         raise ShardError(f"{path}: {header.num_tokens} tokens, the manifest says {expected_tokens}")

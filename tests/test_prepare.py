@@ -4,6 +4,7 @@ chat masks, trained BPE tokenizers that tiktoken encodes exactly as Hugging Face
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,19 @@ def test_a_lost_shard_of_an_interrupted_preparation_restarts_it(
     again = prepare(config, root=tmp_path / "b", num_workers=1, progress=False)
     assert "train_000000.bin: shard file is missing; preparing" in capsys.readouterr().err
     assert again.status == "prepared" and _shard_bytes(again.data_dir) == _shard_bytes(whole.data_dir)
+
+
+def test_a_damaged_prepared_directory_says_how_to_prepare_it_again(tmp_path, corpus, tokenizer_dir):
+    # prepare finds the manifest and does nothing more, so "prepare again" alone would repeat the error
+    config = local_config(corpus, tokenizer_dir)
+    whole = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    reference = _shard_bytes(whole.data_dir)
+    (whole.data_dir / "train_000001.bin").unlink()
+    with pytest.raises(ShardError, match=r"but missing; delete (.*) and prepare again") as info:
+        prepare(config, root=tmp_path, num_workers=1, progress=False)
+    shutil.rmtree(re.search(r"delete (.*) and prepare again", str(info.value)).group(1))
+    again = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    assert again.status == "prepared" and _shard_bytes(again.data_dir) == reference
 
 
 def test_worker_processes_give_the_same_bytes(tmp_path, corpus, tokenizer_dir, monkeypatch):
