@@ -129,6 +129,19 @@ def test_local_chat_format(tmp_path):
         next(documents)
 
 
+def test_chat_format_refuses_a_text_file_among_its_paths(tmp_path):
+    # A text file has no conversation: its tokens would carry no loss mask, and prepare failed at its first
+    # shard with a mask shape error naming neither the file nor the option.
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}])
+    (tmp_path / "notes.txt").write_text("some notes")
+    spec = SourceSpec(name="local", paths=(str(tmp_path / "*"),), format="chat")
+    with pytest.raises(SourceError, match=r"notes\.txt: format chat reads conversations from \.jsonl"):
+        check_source(spec)
+    with pytest.raises(SourceError, match=r"notes\.txt: format chat"):
+        list(iter_documents(spec))
+
+
 def test_python_source_is_deterministic_deduplicated_and_capped():
     spec = SourceSpec(name="python-source", max_bytes=300_000)
     first = [d.text for d in iter_documents(spec)]

@@ -340,6 +340,14 @@ def local_files(spec: SourceSpec) -> list[str]:
         if not matches:
             raise SourceError(f"paths: {pattern!r} matches no files; check the path or glob")
         files.extend(matches)
+    if spec.format == "chat":
+        # Conversations are rows; a text file has none (its text would go unmasked among them).
+        for path in files:
+            if Path(path).suffix.lower() not in (".jsonl", ".json", ".parquet"):
+                raise SourceError(
+                    f"{path}: format chat reads conversations from .jsonl / .parquet rows, not a text file; "
+                    "leave it out of paths or drop format: chat"
+                )
     return list(dict.fromkeys(files))
 
 
