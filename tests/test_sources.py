@@ -55,6 +55,20 @@ def test_spec_from_dict_and_canonical_form():
         ({"name": "python-source", "max_documents": 150.5}, r"max_documents: expected an integer, got float"),
         ({"name": "python-source", "seed": -1}, r"seed: must be >= 0, got -1"),
         ({"name": "local", "paths": "x", "text_field": 3}, r"text_field: expected a string, got int \(3\)"),
+        # Values of the wrong kind are named errors, not TypeErrors.
+        ({"name": "local", "paths": 5}, r"paths: expected a glob or a list of globs, got 5"),
+        ({"name": "local", "paths": None}, r"paths: expected a glob or a list of globs, got None"),
+        ({"name": "local", "paths": "x", "seed": None}, r"seed: expected an integer, got NoneType"),
+        ({"name": "local", "paths": "x", "text_field": None}, r"text_field: expected a string, got NoneType"),
+        (
+            {"name": "task-mixture", "weights": {"gsm8k": "abc"}},
+            r"weights\.gsm8k: expected a number, got 'abc'",
+        ),
+        (
+            {"name": "task-mixture", "weights": {"gsm8k": None}},
+            r"weights\.gsm8k: expected a number, got None",
+        ),
+        ({"name": "task-mixture", "datasets": {"gsm8k": 5}}, r"datasets\.gsm8k: expected a string, got 5"),
     ],
 )
 def test_spec_errors_name_the_key(raw, message):

@@ -107,11 +107,13 @@ class SourceSpec:
                 )
         for key in ("name", "text_field", "format", "messages_field", "config", "dataset", "data_files"):
             value = getattr(self, key)
-            if value is not None and not isinstance(value, str):
+            optional = key in ("config", "dataset", "data_files")
+            if not (value is None and optional) and not isinstance(value, str):
                 raise ValueError(f"{key}: expected a string, got {type(value).__name__} ({value!r})")
         for key in ("seed", "max_documents"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            optional = key == "max_documents"
+            if not (value is None and optional) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{key}: expected an integer, got {type(value).__name__} ({value!r})")
         if self.seed < 0:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
@@ -135,13 +137,19 @@ class SourceSpec:
         if isinstance(values.get("paths"), str):
             values["paths"] = (values["paths"],)
         if "paths" in values:
+            if not isinstance(values["paths"], list | tuple):
+                raise ValueError(f"paths: expected a glob or a list of globs, got {values['paths']!r}")
             values["paths"] = tuple(str(p) for p in values["paths"])
-        for key in ("weights", "datasets"):
+        for key, kind, expected in (("weights", (int, float), "a number"), ("datasets", str, "a string")):
             if key in values:
                 if not isinstance(values[key], dict):
                     raise ValueError(f"{key}: expected a mapping of subset to value, got {values[key]!r}")
-                cast = float if key == "weights" else str
-                values[key] = tuple(sorted((str(k), cast(v)) for k, v in values[key].items()))
+                for subset, value in values[key].items():
+                    if isinstance(value, bool) or not isinstance(value, kind):
+                        raise ValueError(f"{key}.{subset}: expected {expected}, got {value!r}")
+                values[key] = tuple(
+                    sorted((str(k), float(v) if key == "weights" else v) for k, v in values[key].items())
+                )
         if values.get("max_bytes") is not None:
             values["max_bytes"] = parse_bytes(values["max_bytes"])
         for key in ("seed", "max_documents"):  # 1e5 from JSON or YAML is a count; 150.5 is not
