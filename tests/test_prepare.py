@@ -366,6 +366,27 @@ def test_cli_tokenizer_train(tmp_path, corpus, capsys):
     assert tokenizer.vocab_size <= 300 and tokenizer.metadata["trained_on"]["name"] == "local"
 
 
+def test_cli_tokenizer_train_refuses_to_learn_from_nothing(tmp_path, corpus, capsys):
+    # As prepare does: no training text (an empty file, everything held out) saved a single-byte tokenizer.
+    (tmp_path / "empty.txt").write_text("")
+    argv = ["tokenizer", "train", "--source", "local", "--vocab-size", "300", "--quiet"]
+    empty = [*argv, "--set", f"paths={tmp_path}/empty.txt", "--out", str(tmp_path / "a")]
+    assert _cli(empty) == 2
+    assert "empty corpus" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    held_out = [
+        *argv,
+        "--set",
+        f"paths={corpus[0]}/*.txt",
+        "--val-fraction",
+        "1",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert _cli(held_out) == 2
+    assert "--val-fraction: must be in [0, 1), got 1.0" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_prepare_task_mixture_keeps_its_own_validation_split(tmp_path, tokenizer_dir):
     from data_fixtures import gsm8k_folder, mmlu_folder, smoltalk_folder
 

@@ -103,15 +103,20 @@ def _cmd_tokenizer_train(args) -> int:
 
     source = SourceSpec.from_dict({"name": args.source, **_source_options(args.set or [])})
     max_bytes = parse_bytes(args.max_bytes, key="--max-bytes")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction: must be in [0, 1), got {args.val_fraction}")
     val_texts: list[str] = []
+    num_texts = 0
 
     def texts():
+        nonlocal num_texts
         for doc in iter_documents(source):
             text = doc.text if doc.text is not None else "\n".join(m.content for m in doc.messages)
             if is_validation(doc, args.val_fraction):
                 if len(val_texts) < 200:
                     val_texts.append(text)
             else:
+                num_texts += 1
                 yield text
 
     start_s = time.perf_counter()
@@ -121,6 +126,11 @@ def _cmd_tokenizer_train(args) -> int:
         metadata={"trained_on": source.to_dict(), "train_bytes": max_bytes},
         progress=not args.quiet,
     )
+    if num_texts == 0:  # as prepare refuses it: a tokenizer of single bytes, learned from nothing
+        raise SourceError(
+            f"source {source.name}: empty corpus: no training documents with text (empty ones are skipped, "
+            f"val_fraction {args.val_fraction} held out {len(val_texts)}); check its files and options"
+        )
     out = tokenizer.save(args.out)
     elapsed_s = time.perf_counter() - start_s
     check = load_tokenizer(out)
