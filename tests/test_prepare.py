@@ -366,6 +366,22 @@ def test_cli_tokenizer_train(tmp_path, corpus, capsys):
     assert tokenizer.vocab_size <= 300 and tokenizer.metadata["trained_on"]["name"] == "local"
 
 
+def test_cli_names_a_root_or_out_that_cannot_be_written(tmp_path, corpus, tokenizer_dir, capsys):
+    (tmp_path / "file").write_text("")
+    paths = f"paths={corpus[0]}/*.txt"
+    argv = ["prepare", "--source", "local", "--set", paths, "--tokenizer", str(tokenizer_dir), "--quiet"]
+    argv += ["--root", str(tmp_path / "file" / "data")]
+    assert _cli(argv) == 2
+    assert (
+        capsys.readouterr().err == f"nanostudy prepare: error: {tmp_path}/file/data/.locks: Not a directory\n"
+    )
+    argv = ["tokenizer", "train", "--source", "local", "--set", paths, "--vocab-size", "300", "--quiet"]
+    assert _cli([*argv, "--out", str(tmp_path / "file" / "tok")]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"nanostudy tokenizer: error: {tmp_path}/file/tok: Not a directory\n"
+    )
+
+
 def test_cli_tokenizer_train_refuses_to_learn_from_nothing(tmp_path, corpus, capsys):
     # As prepare does: no training text (an empty file, everything held out) saved a single-byte tokenizer.
     (tmp_path / "empty.txt").write_text("")

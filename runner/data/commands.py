@@ -143,13 +143,18 @@ def _cmd_tokenizer_train(args) -> int:
 
 
 def _guarded(func):
-    """User mistakes (bad source, missing files, bad shards) print one line and exit 2, no traceback."""
+    """User mistakes (bad source, missing files, bad shards, a --root or --out that cannot be written) print
+    one line and exit 2, no traceback."""
 
     def run(args) -> int:
         try:
             return func(args)
         except (SourceError, ShardError, TokenizerError, ValueError) as e:
             print(f"nanostudy {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # a path not writable, not a directory, a full disk: name the path
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"nanostudy {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
             return 2
 
     return run
