@@ -108,7 +108,7 @@ def messages_from_json(value: Any, *, param: str = "messages") -> list[ChatMessa
         if unknown:
             raise RequestError(f"{where}.{unknown[0]}", "unknown field (a message has role, content, name)")
         role = raw.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
             raise RequestError(f"{where}.role", f"must be one of system, user, assistant; got {role!r}")
         messages.append(
             ChatMessage(role=ROLES[role], content=_content(raw.get("content"), f"{where}.content"))

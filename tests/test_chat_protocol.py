@@ -64,6 +64,16 @@ def chat_messages(raw):
     return messages_from_json(raw)
 
 
+def test_a_role_that_is_not_a_string_is_named_as_the_bad_field():
+    from nanogpt.chat_engine import RequestError
+
+    for role in (["user"], {"name": "user"}, 1, None):
+        with pytest.raises(RequestError) as raised:
+            chat_messages([{"role": role, "content": "hi"}])
+        assert raised.value.param == "messages[0].role", role
+        assert str(raised.value).startswith("messages[0].role: must be one of system, user, assistant"), role
+
+
 def test_sampling_settings_and_defaults(base):
     request = {"id": 7, "messages": HI, "max_tokens": 12, "temperature": 0.5, "top_k": 20, "top_p": 0.9}
     _, first = converse(base, {**request, "seed": 1, "stop": []})  # type defaults to generate
