@@ -201,6 +201,31 @@ def test_bad_config_values():
         PrepareConfig.from_dict({"source": "python-source", "tokenizer": "gpt2", "shards": 3})
 
 
+def test_cli_prepare_names_a_bad_value_of_the_study_file_it_reads(tmp_path, capsys):
+    # `prepare STUDY --flag` reads the study's data section itself: its values of the wrong kind and a file
+    # that is not YAML were TypeError / AttributeError / YAMLError tracebacks.
+    study, root = tmp_path / "study.yaml", ["--root", str(tmp_path / "data"), "--quiet"]
+    for data, message in (
+        (
+            "{source: python-source, tokenizer: gpt2, val_fraction: abc}",
+            "val_fraction: expected a number, got str",
+        ),
+        (
+            "{source: python-source, tokenizer: gpt2, shard_tokens: abc}",
+            "shard_tokens: expected a number, got str",
+        ),
+        (
+            "{source: python-source, tokenizer: [1]}",
+            "tokenizer: expected gpt2, bpe:<vocab size> or a directory",
+        ),
+        ("[", "study.yaml: not a readable YAML study file"),
+    ):
+        study.write_text(f"data: {data}\n")
+        flag = ["--val-fraction", "0.1"] if "val_fraction" not in data else ["--shard-tokens", "100"]
+        assert _cli(["prepare", str(study), *flag, *root]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_chat_data_has_assistant_only_mask(tmp_path, tokenizer_dir):
     rows = [
         {

@@ -40,7 +40,10 @@ def _data_section(args) -> dict:
         path = Path(args.study)
         if not path.is_file():
             raise ValueError(f"{path}: no such study file")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a readable YAML study file ({' '.join(str(e).split())})") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
             raise ValueError(f"{path}: has no `data:` mapping (source, tokenizer)")
         data = dict(raw["data"])

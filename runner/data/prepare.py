@@ -65,6 +65,18 @@ class PrepareConfig:
     tokenizer_train_bytes: int = DEFAULT_TOKENIZER_TRAIN_BYTES  # text a bpe:<n> tokenizer is trained on
 
     def __post_init__(self):
+        if not isinstance(self.tokenizer, str):
+            raise ValueError(
+                f"tokenizer: expected gpt2, bpe:<vocab size> or a directory, got {self.tokenizer!r}"
+            )
+        for key, kind in (
+            ("shard_tokens", int),
+            ("tokenizer_train_bytes", int),
+            ("val_fraction", int | float),
+        ):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"{key}: expected a number, got {type(value).__name__} ({value!r})")
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens: must be positive, got {self.shard_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
