@@ -358,7 +358,8 @@ def residuals_chart(points: Sequence[Any], residuals: Sequence[float]) -> alt.La
 
 def training_curves_chart(cells: Sequence[CellRow], curves: dict[str, list[Any]]) -> alt.FacetChart:
     """Training loss against tokens seen (log x) for every cell, coloured by depth, one panel per budget;
-    cells that did not finish are dashed."""
+    cells that did not finish are dashed. Mid-training cells (another loss, on chat data, from their
+    parent's checkpoint) get panels of their own, after their budget's pretraining panel."""
     rows = []
     for cell in cells:
         for point in curves.get(cell.id, []):
@@ -370,12 +371,18 @@ def training_curves_chart(cells: Sequence[CellRow], curves: dict[str, list[Any]]
                     "loss": point.loss,
                     "cell": cell.id,
                     "depth": cell.depth,
-                    "budget": flops_label(cell.budget_flops),
+                    "budget": _panel(cell),
                     "state": cell.state,
                     "step": point.step,
                 }
             )
-    order = budget_order(cell.budget_flops for cell in cells if cell.id in curves)
+    shown = [cell for cell in cells if cell.id in curves]
+    order = [
+        label
+        for budget in budget_order(cell.budget_flops for cell in shown)
+        for label in (budget, f"{budget}{MID_PANEL}")
+        if any(_panel(cell) == label for cell in shown)
+    ]
     states = sorted({row["state"] for row in rows}, key=lambda state: (state != "done", state))
     chart = (
         alt.Chart(_data(rows))
@@ -397,18 +404,37 @@ def training_curves_chart(cells: Sequence[CellRow], curves: dict[str, list[Any]]
     )
 
 
+MID_PANEL = " · mid-training"  # after a budget's label: the panel of its mid-training cells
+
+
+def _panel(cell: CellRow) -> str:
+    return flops_label(cell.budget_flops) + (MID_PANEL if cell.mode == "mid-training" else "")
+
+
 def evals_chart(rows: Sequence[dict[str, Any]]) -> alt.FacetChart:
     """Downstream scores against compute (log x), one panel per task, coloured by depth; a vertical bar of
-    ± one standard error where a row has one.
+    ± one standard error where a row has one. Mid-training cells are triangles, pretraining cells circles.
 
-    `rows`: {"task", "C", "score", "low", "high", "depth", "cell", "budget"} (low/high may be None)."""
+    `rows`: {"task", "C", "score", "low", "high", "depth", "cell", "budget", "stage"} (low/high may be
+    None; stage is the cell's mode; C of a mid-training cell counts its parent's pretraining too)."""
     base = alt.Chart(_data(list(rows))).encode(
         x=alt.X("C:Q").scale(type="log").axis(format=FORMAT_FLOPS).title("compute C (FLOPs)"),
         color=alt.Color("depth:O").scale(scheme=SCHEME),
     )
+    stages = sorted({row["stage"] for row in rows}, key=lambda stage: stage != "pretraining")
     points = base.mark_point(filled=True, size=55).encode(
         y=alt.Y("score:Q").scale(zero=False).title("score"),
-        tooltip=["task:N", "cell:N", "depth:O", "budget:N", alt.Tooltip("score:Q", format=".4f")],
+        shape=alt.Shape("stage:N", title="stage").scale(
+            domain=stages, range=["circle" if stage == "pretraining" else "triangle-up" for stage in stages]
+        ),
+        tooltip=[
+            "task:N",
+            "cell:N",
+            "stage:N",
+            "depth:O",
+            "budget:N",
+            alt.Tooltip("score:Q", format=".4f"),
+        ],
     )
     layers = [points]
     if any(row.get("low") is not None for row in rows):

@@ -421,6 +421,13 @@ def _is_average(task: str) -> bool:
     return name.rsplit("/", 1)[-1] in _AVERAGE_TASKS or _CATEGORY in name
 
 
+def _compute(cells: dict[str, CellRow], cell_id: str) -> float:
+    """The compute behind a cell's model: a mid-training cell's own and its parent's pretraining."""
+    cell = cells[cell_id]
+    parent = cells.get(cell.parent_id) if cell.parent_id else None
+    return cell.flops + (parent.flops if parent is not None else 0.0)
+
+
 def _evals_section(data: StudyData) -> Section:
     section = Section(anchor="evals", title="Downstream evaluations")
     cells = {cell.id: cell for cell in data.cells}
@@ -436,13 +443,14 @@ def _evals_section(data: StudyData) -> Section:
     rows = [
         {
             "task": row.task,
-            "C": cells[row.cell_id].flops,
+            "C": _compute(cells, row.cell_id),
             "score": row.score,
             "low": None if row.stderr is None else row.score - row.stderr,
             "high": None if row.stderr is None else row.score + row.stderr,
             "depth": cells[row.cell_id].depth,
             "cell": row.cell_id,
             "budget": charts.flops_label(cells[row.cell_id].budget_flops),
+            "stage": cells[row.cell_id].mode,
         }
         for row in (averages or scored)
     ]

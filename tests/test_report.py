@@ -150,6 +150,34 @@ def test_a_cell_that_diverged_at_its_first_step_draws_no_empty_training_chart(tm
     assert "training curves: no cell has logged a finite training loss yet" in report.left_out
 
 
+def test_mid_training_cells_get_panels_and_marks_of_their_own(tmp_path: Path) -> None:
+    # Their loss is another (chat data, assistant tokens): drawn in a budget's panel it read as a pretraining
+    # curve; their evals sat at their own few FLOPs, as if a tiny pretraining run had scored them.
+    store, study_id = new_study(tmp_path / "nanostudy.db", "mid")
+    common = dict(flops_budget=1e17, seed=0, num_params=10**7, flops_per_token=6 * 10**7, steps_total=2)
+    cells = [
+        NewCell(id="pre", mode=CellMode.PRETRAINING, depth=6, num_tokens=10**9, config={}, **common),
+        NewCell(id="chat", mode=CellMode.MID_TRAINING, parent_cell_id="pre", depth=6, num_tokens=10**8,
+                config={}, **common),
+    ]  # fmt: skip
+    add_cells(store, study_id, cells)
+    for cell_id, loss, score in (("pre", 3.0, 0.30), ("chat", 1.5, 0.40)):
+        attempt = claim(store, cell_id, executor=Executor.LOCAL, host="h", gpus="0", num_gpus=1)
+        train = [{"step": step, "tokens": 4096 * step, "loss": loss, "tok_per_s": 1e5} for step in (1, 2)]
+        evals = [{"step": 2, "task": "core", "score": score, "num_examples": 100}]
+        ingest(store, cell_id, attempt_id=attempt.id, train=train, evals=evals)
+        end_attempt(store, attempt.id, AttemptOutcome.DONE, exit_code=0)
+    specs = {name: chart.to_dict() for name, chart in build_report(read_study(store, "mid"), None).charts()}
+    training = specs["training"]
+    panels = {row["cell"]: row["budget"] for row in _values(training)}
+    assert panels == {"pre": "1e17", "chat": "1e17 · mid-training"}
+    assert training["facet"]["sort"] == ["1e17", "1e17 · mid-training"]
+    scores = {row["cell"]: row for row in _values(specs["evals"])}
+    assert scores["pre"]["stage"] == "pretraining" and scores["chat"]["stage"] == "mid-training"
+    assert scores["pre"]["C"] == pytest.approx(6e7 * 10**9)
+    assert scores["chat"]["C"] == pytest.approx(6e7 * 10**9 + 6e7 * 10**8)  # its parent's compute too
+
+
 def test_budgets_with_too_few_points_are_named(tmp_path: Path) -> None:
     store = sparse_study(tmp_path / "sparse.db")
     result = write_report(store, "sparse", tmp_path / "sparse.html", n_boot=N_BOOT)
