@@ -55,6 +55,7 @@ def test_spec_from_dict_and_canonical_form():
         ({"name": "python-source", "max_documents": 150.5}, r"max_documents: expected an integer, got float"),
         ({"name": "python-source", "seed": -1}, r"seed: must be >= 0, got -1"),
         ({"name": "local", "paths": "x", "text_field": 3}, r"text_field: expected a string, got int \(3\)"),
+        ({"name": "python-source", "format": "chat"}, "format: chat reads rows of local"),
         # Values of the wrong kind are named errors, not TypeErrors.
         ({"name": "local", "paths": 5}, r"paths: expected a glob or a list of globs, got 5"),
         ({"name": "local", "paths": None}, r"paths: expected a glob or a list of globs, got None"),

@@ -81,6 +81,9 @@ class SourceSpec:
             raise ValueError(f"source: unknown source {self.name!r}; choose one of {', '.join(SOURCE_NAMES)}")
         if self.format not in ("text", "chat"):
             raise ValueError(f"format: must be 'text' or 'chat', got {self.format!r}")
+        if self.format == "chat" and self.name == "python-source":
+            # Conversations are rows of .jsonl / .parquet files; python-source reads .py files as text.
+            raise ValueError("format: chat reads rows of local (or hub) files; python-source has only text")
         if self.name == "local" and not self.paths:
             raise ValueError("paths: the local source needs at least one file or glob")
         if self.name != "local" and self.paths:
