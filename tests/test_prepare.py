@@ -488,6 +488,17 @@ def test_lone_surrogates_prepare_and_errors_name_the_file(tmp_path, tokenizer_di
         prepare(config, root=tmp_path / "other", num_workers=1, progress=False)
 
 
+def test_lone_surrogates_train_a_bpe_tokenizer(tmp_path):
+    # `tokenizers` refuses text that is not UTF-8: training failed with a UnicodeEncodeError naming nothing.
+    write_jsonl(
+        tmp_path / "rows.jsonl", [{"text": f"{sentence(i)} with \ud800 a lone surrogate"} for i in range(30)]
+    )
+    source = SourceSpec(name="local", paths=(str(tmp_path / "rows.jsonl"),))
+    config = PrepareConfig(source=source, tokenizer="bpe:300", val_fraction=0.2)
+    result = prepare(config, root=tmp_path / "data", num_workers=1, progress=False)
+    assert "with \ufffd a lone surrogate" in split_documents(result.data_dir, "train")[0]
+
+
 def test_unreadable_local_files_are_named(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
     with pytest.raises(SourceError, match=r"latin1\.jsonl:2: not UTF-8"):

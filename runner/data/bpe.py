@@ -104,10 +104,17 @@ def train_bpe(
 
 
 def capped_texts(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
-    """The texts until `max_bytes` of UTF-8 have gone by (training time grows with the corpus)."""
+    """The texts until `max_bytes` of UTF-8 have gone by (training time grows with the corpus).
+
+    A lone surrogate ("\ud800" from a JSON escape) becomes U+FFFD, as `Tokenizer.encode` reads it:
+    `tokenizers` refuses text that is not valid UTF-8."""
     seen = 0
     for text in texts:
         if seen >= max_bytes:
             return
-        seen += len(text.encode("utf-8", errors="replace"))
+        try:
+            seen += len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            seen += len(text.encode("utf-8"))
         yield text
