@@ -112,6 +112,16 @@ def test_interrupted_prepare_resumes_to_identical_shards(tmp_path, corpus, token
     assert _shard_bytes(third.data_dir) == _shard_bytes(whole.data_dir)
 
 
+def test_a_shard_left_half_written_is_removed_on_resumption(tmp_path, corpus, tokenizer_dir):
+    config = local_config(corpus, tokenizer_dir)
+    first = prepare(config, root=tmp_path, num_workers=1, progress=False, stop_after_shards=1)
+    partial = first.data_dir / ".train_000001.bin.tmp-12345"  # as a run killed inside write_shard leaves it
+    partial.write_bytes(b"NSTOKENS" + bytes(1000))
+    again = prepare(config, root=tmp_path, num_workers=1, progress=False)
+    assert again.status == "prepared" and not partial.exists()
+    verify_shards(again.manifest)
+
+
 def test_a_lost_carry_file_restarts_the_preparation(tmp_path, corpus, tokenizer_dir, monkeypatch, capsys):
     monkeypatch.setattr("runner.data.tokenize.CHUNK_DOCUMENTS", 3)
     config = local_config(corpus, tokenizer_dir)

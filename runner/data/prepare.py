@@ -436,6 +436,10 @@ def _prepare_into(
 ) -> PrepareResult:
     """The preparation itself, from its saved state if an earlier one was interrupted; the caller holds the
     data directory's lock."""
+    # A shard an interrupted run was writing is a temporary file (`write_shard`): never read, but as large as
+    # a shard. With the lock held, no process is writing one now.
+    for partial in data_dir.glob(".*.bin.tmp-*"):
+        partial.unlink()
     tokenizer_dir = data_dir / "tokenizer"
     if (
         not (tokenizer_dir / "tokenizer.json").is_file()
