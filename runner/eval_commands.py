@@ -13,11 +13,12 @@ core); the bundle `--eval-bundle`, else the study's `eval.bundle`, else $NANOSTU
 
 Storing from here, beside a runner: the runner is the database's only writer of a cell's life (states,
 attempts, metrics from its trainer's events). This command writes nothing of that: it adds eval rows to
-done cells only, through `store.add_evals`, which inserts only (cell, step, task) keys not stored yet and
-refuses any cell that is not done. A done cell is final, so no runner or trainer writes its rows any more,
-and a key already stored (the trainer's own evaluation at the last step, or an earlier `nanostudy eval`)
-keeps its row. Writing to the cell's run directory instead is not an option: a finished run's
-events.jsonl ends with its `end` event.
+done cells only, through `store.add_evals`, which refuses any cell that is not done. A done cell is final,
+so no runner or trainer writes its rows any more. A (cell, step, task) key already stored (the trainer's own
+evaluation at the last step, or an earlier `nanostudy eval`) keeps its score, unless it had none (the task's
+file was missing then) and this scoring has one; a scoring that scores more of the preset's tasks than are
+stored replaces the averages and their tasks' scores together. Writing to the cell's run directory instead
+is not an option: a finished run's events.jsonl ends with its `end` event.
 """
 
 import contextlib
@@ -143,7 +144,8 @@ def eval_rows(step: int, result) -> list[dict[str, Any]]:
 
 
 def store_scores(store: Store, cell_id: str, step: int, result) -> tuple[int, int]:
-    """Add the result's rows to a done cell: (rows added, rows that were stored already and kept)."""
+    """Add the result's rows to a done cell: (rows written, new or filling in a stored row; rows kept as they
+    were stored)."""
     rows = eval_rows(step, result)
     added = add_evals(store, cell_id, rows)
     return added, len(rows) - added
@@ -172,9 +174,12 @@ def eval_study(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Score and store every done cell's final checkpoint. Cells whose rows for this preset are all stored
-    already are skipped; a cell whose checkpoint cannot be read (deleted, damaged) is named and the others
-    are scored. One dict per cell: cell, checkpoint, step, added, kept, events (or skipped, or error)."""
+    already are skipped: a row without a score counts only while its task's file is still not in the bundle
+    (then scoring again cannot add it). A cell whose checkpoint cannot be read (deleted, damaged) is named
+    and the others are scored. One dict per cell: cell, checkpoint, step, added, kept, events (or skipped,
+    or error)."""
     from nanogpt.checkpoint import CheckpointError
+    from nanogpt.gauntlet.bundle import has_file
     from nanogpt.gauntlet.tasks import resolve, result_name
     from nanogpt.tokenizer import TokenizerError
 
@@ -195,8 +200,15 @@ def eval_study(
             out.append({"cell": cell.id, "skipped": "no final checkpoint"})
             continue
         path = Path(cell.run_dir) / checkpoint.path
-        stored = {(row.step, row.task) for row in evals_of(store, cell_id=cell.id)}
-        if all((checkpoint.step, result_name(spec.name, cap)) in stored for spec in specs):
+        rows = evals_of(store, cell_id=cell.id)
+        stored = {row.task: row.score for row in rows if row.step == checkpoint.step}
+        names = {spec.name: result_name(spec.name, cap) for spec in specs}
+        unscored = [
+            spec
+            for spec in specs
+            if names[spec.name] not in stored or (stored[names[spec.name]] is None and has_file(bundle, spec))
+        ]
+        if not unscored:
             log(f"cell {cell.id}: step {checkpoint.step} already scored on {preset}; skipped")
             out.append({"cell": cell.id, "step": checkpoint.step, "skipped": "already scored"})
             continue
@@ -317,7 +329,7 @@ def _cmd_eval(args) -> int:
 
 def _check_bundle_data(bundle: Path, preset: str) -> None:
     """BundleError unless the bundle holds the file of at least one of the preset's tasks: scoring without
-    any would store a null row for every task, and those rows are never replaced by later scores."""
+    any would only store a null row for every task (nothing scored)."""
     from nanogpt.gauntlet.bundle import BundleError, check_bundle, has_file
     from nanogpt.gauntlet.tasks import resolve
 

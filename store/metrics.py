@@ -4,7 +4,8 @@ The runner tails `RUN_DIR/events.jsonl`, turns what it read into rows and calls 
 Everything from that read lands in one transaction together with the new byte offset, so a runner killed
 at any moment resumes from an offset that matches the rows exactly: nothing is lost. Rows are keyed by
 (cell, step[, task | kind]) and inserted with ON CONFLICT DO NOTHING, so reading the same events twice
-(a crash between the trainer's write and our commit) stores them once: nothing is doubled.
+(a crash between the trainer's write and our commit) stores them once: nothing is doubled. (`add_evals`,
+for done cells, may also fill a stored eval row that has no score: see there.)
 
 Bulk rows go through one executemany per table (no ORM object per row): this is the hot path.
 """
@@ -123,14 +124,19 @@ def ingest(
 
 def add_evals(store: Store, cell_id: str, evals: Rows) -> int:
     """Add eval rows to a done cell from outside its trainer (`nanostudy eval` scoring its final checkpoint);
-    returns how many were new.
+    returns how many were written (new, or replacing a stored row).
 
-    A done cell's results are final and this changes none of them: rows are keyed by (cell, step, task) and
-    inserted with ON CONFLICT DO NOTHING, so a key already stored keeps its row and only new keys are
-    added. No other writer touches a done cell's rows (`ingest` refuses them), so this is safe while a
-    runner works on the same study. Refused (ValueError) for a cell that is not done: a live cell's evals
-    come from its trainer's events, and a row added now could shadow one its trainer writes later. Rows are
-    mappings with keys from EVAL_FIELDS; a malformed row raises ValueError and nothing is written.
+    Rows are keyed by (cell, step, task). A new key is inserted. A stored row keeps its score unless the new
+    one fills a gap, and a null score never replaces anything:
+    - a stored row with a null score (a task not scored then: its file was missing) takes a row's real score;
+    - when the rows hold averages (rows whose metrics have `parts`), they are taken as one scoring, and when
+      that scoring scores every key the store has a score for and more (a task file added since), each of
+      its scored rows replaces the stored one: the averages with the task scores they average, so a stored
+      average and its parts always come from one scoring, never from two.
+    No other writer touches a done cell's rows (`ingest` refuses them), so this is safe while a runner works
+    on the same study. Refused (ValueError) for a cell that is not done: a live cell's evals come from its
+    trainer's events, and a row added now could shadow one its trainer writes later. Rows are mappings with
+    keys from EVAL_FIELDS; a malformed row raises ValueError and nothing is written.
     """
     rows = clean_rows(
         _evals, evals, allowed=EVAL_FIELDS, required=frozenset({"step", "task"}), fixed={"cell_id": cell_id}
@@ -145,10 +151,44 @@ def add_evals(store: Store, cell_id: str, evals: Rows) -> int:
                 f"cell {cell_id}: is {state.value}; evals are added from outside only to done cells (a live "
                 "cell's come from its trainer's events)"
             )
+        keys = {(row["step"], row["task"]) for row in rows}
+        found = conn.execute(
+            sa.select(_evals.c.step, _evals.c.task, _evals.c.score).where(
+                _evals.c.cell_id == cell_id, _evals.c.step.in_(sorted({step for step, _ in keys}))
+            )
+        )
+        stored = {(step, task): score for step, task, score in found if (step, task) in keys}
+        scored_before = {key for key, score in stored.items() if score is not None}
+        scored_now = {(row["step"], row["task"]) for row in rows if row["score"] is not None}
+        averages = any(isinstance(row["metrics"], dict) and "parts" in row["metrics"] for row in rows)
+        fuller = averages and scored_before < scored_now
+        replacing: dict[tuple[int, str], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["step"], row["task"])
+            if key in stored and row["score"] is not None and (stored[key] is None or fuller):
+                replacing.setdefault(key, row)  # a key given twice: its first scored row
         count = sa.select(sa.func.count()).select_from(_evals).where(_evals.c.cell_id == cell_id)
         before = conn.execute(count).scalar_one()
-        insert_ignoring_duplicates(conn, _evals, rows)
-        return conn.execute(count).scalar_one() - before
+        insert_ignoring_duplicates(
+            conn, _evals, [row for row in rows if (row["step"], row["task"]) not in stored]
+        )
+        added = conn.execute(count).scalar_one() - before
+        if replacing:
+            replace = sa.update(_evals).where(
+                _evals.c.cell_id == cell_id,
+                _evals.c.step == sa.bindparam("key_step"),
+                _evals.c.task == sa.bindparam("key_task"),
+            )
+            changes = [
+                {
+                    **{name: value for name, value in row.items() if name not in ("cell_id", "step", "task")},
+                    "key_step": step,
+                    "key_task": task,
+                }
+                for (step, task), row in replacing.items()
+            ]
+            conn.execute(replace, changes)
+        return added + len(replacing)
 
 
 def ingest_offset(store: Store, cell_id: str, events_path: str) -> int:

@@ -4,6 +4,7 @@ scores (new rows on done cells only), and the report charts the averages."""
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -336,6 +337,162 @@ def test_a_checkpoints_wrong_db_is_refused_before_the_scoring_not_after(finished
     assert main([*args, str(finished["run_dir"]), "--db", str(tmp_path / "none.db")]) == 2
     captured = capsys.readouterr()
     assert "none.db: no nanostudy database here yet" in captured.err and "accuracy" not in captured.out
+
+
+# --- scoring again: a task scored once its file is there ----------------------------------------------
+
+
+def _own_copy(finished, tmp_path) -> Path:
+    """A copy of the module's database, without the eval rows other tests stored in it."""
+    db = tmp_path / "nanostudy.db"
+    shutil.copy(finished["db"], db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM evals")
+    conn.close()
+    return db
+
+
+def test_a_task_missing_from_the_bundle_is_scored_when_its_file_is_added(finished, tmp_path, capsys):
+    db = _own_copy(finished, tmp_path)
+    bundle = write_bundle(tmp_path / "bundle", {"copa": TINY_TASKS["copa"]})
+    args = [
+        "eval",
+        "g",
+        "--db",
+        str(db),
+        "--eval-bundle",
+        str(bundle),
+        "--device",
+        "cpu",
+        "--tasks",
+        "copa,piqa",
+    ]
+    assert main(args) == 0
+    with open_store(db, create=False) as store:
+        first = {row.task: row.score for row in evals_of(store, cell_id="c1")}
+    assert first["copa"] is not None and first["piqa"] is None
+    capsys.readouterr()
+    assert main(args) == 0  # piqa's file is still missing: nothing new to score
+    assert "cell c1: step 12 already scored on copa,piqa; skipped" in capsys.readouterr().out
+    write_bundle(bundle, {"piqa": TINY_TASKS["piqa"]})
+    assert main([*args, "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert "skipped" not in result
+    with open_store(db, create=False) as store:
+        rows = {row.task: row for row in evals_of(store, cell_id="c1")}
+    piqa = next(event for event in result["events"] if event["task"] == "piqa")
+    assert piqa["score"] is not None and rows["piqa"].score == pytest.approx(piqa["score"])
+    assert rows["piqa"].num_examples == 3 and "skipped" not in rows["piqa"].metrics
+    assert rows["copa"].score == first["copa"]
+    assert main(args) == 0
+    assert "already scored on copa,piqa; skipped" in capsys.readouterr().out
+
+
+def test_a_checkpoints_null_row_is_filled_when_scored_again_with_db(finished, tmp_path, capsys):
+    db = _own_copy(finished, tmp_path)
+    bundle = write_bundle(tmp_path / "bundle", {"copa": TINY_TASKS["copa"]})
+    args = [
+        "eval",
+        str(finished["run_dir"]),
+        "--db",
+        str(db),
+        "--eval-bundle",
+        str(bundle),
+        "--device",
+        "cpu",
+    ]
+    assert main([*args, "--tasks", "copa,piqa"]) == 0
+    assert "2 rows stored, 0 kept" in capsys.readouterr().out
+    write_bundle(bundle, {"piqa": TINY_TASKS["piqa"]})
+    assert main([*args, "--tasks", "copa,piqa"]) == 0
+    assert "1 rows stored, 1 kept" in capsys.readouterr().out
+    with open_store(db, create=False) as store:
+        assert all(row.score is not None for row in evals_of(store, cell_id="c1"))
+
+
+def test_the_averages_are_replaced_whole_once_more_tasks_are_scored(finished, tmp_path):
+    """The first scoring lacked piqa (not in the bundle then): the averages that missed it are replaced, with
+    every other average and task score of the new scoring, so no stored average mixes parts of two."""
+    db = _own_copy(finished, tmp_path)
+    all_but_piqa = {name: rows for name, rows in TINY_TASKS.items() if name != "piqa"}
+    bundle = write_bundle(tmp_path / "bundle", all_but_piqa)
+    args = ["eval", "g", "--db", str(db), "--eval-bundle", str(bundle), "--device", "cpu", "--tasks", "quick"]
+    assert main(args) == 0
+    with open_store(db, create=False) as store:
+        first = {row.task: row for row in evals_of(store, cell_id="c1")}
+    assert first["piqa@100"].score is None and first["jeopardy@100"].score is None
+    assert first["quick/core_average@100"].metrics["missing"] == ["jeopardy", "piqa"]
+    write_bundle(bundle, {"piqa": TINY_TASKS["piqa"]})
+    assert main(args) == 0
+    with open_store(db, create=False) as store:
+        rows = {row.task: row for row in evals_of(store, cell_id="c1")}
+    assert rows["piqa@100"].score is not None and rows["jeopardy@100"].score is None  # still no file
+    core = rows["quick/core_average@100"]
+    assert core.metrics["missing"] == ["jeopardy"]
+    commonsense = rows["quick/category/commonsense_reasoning@100"]
+    assert commonsense.metrics["missing"] == [] and commonsense.metrics["parts"] == ["copa", "piqa"]
+    assert commonsense.score == pytest.approx((rows["copa@100"].score + rows["piqa@100"].score) / 2)
+    categories = [rows[f"quick/{name}@100"].score for name in core.metrics["parts"]]
+    assert core.score == pytest.approx(sum(categories) / len(categories))
+    assert len({rows[name].time for name in rows if name.startswith("quick/")}) == 1  # one scoring
+
+
+def _done_cell_store(tmp_path):
+    store = open_store(tmp_path / "nanostudy.db")
+    study = upsert_study(store, name="g", path="g.yaml", spec={})
+    add_cells(store, study.id, [_cell("c1", tiny_config(tmp_path), tmp_path / "c1")])
+    transition(store, "c1", CellState.PENDING, CellState.RUNNING)
+    transition(store, "c1", CellState.RUNNING, CellState.DONE)
+    return store
+
+
+def _average(score, missing):
+    return {
+        "step": 12,
+        "task": "core_average",
+        "score": score,
+        "metrics": {"parts": ["a"], "missing": missing},
+    }
+
+
+def test_a_stored_score_is_never_replaced_by_a_null(tmp_path):
+    store = _done_cell_store(tmp_path)
+    copa = {"step": 12, "task": "copa", "score": 0.5, "metrics": {"accuracy": 0.75}}
+    piqa = {"step": 12, "task": "piqa", "score": None, "metrics": {"skipped": "unavailable"}}
+    assert add_evals(store, "c1", [copa, piqa, _average(0.5, ["piqa"])]) == 3
+    # copa's file gone, piqa's added: piqa is filled, copa and the average are kept (not a fuller scoring)
+    lost = {**copa, "score": None, "metrics": {"skipped": "unavailable"}}
+    assert add_evals(store, "c1", [lost, {**piqa, "score": 0.25}, _average(0.25, ["copa"])]) == 1
+    stored = {row.task: (row.score, row.metrics) for row in evals_of(store, cell_id="c1")}
+    assert stored["copa"] == (0.5, {"accuracy": 0.75})
+    assert stored["piqa"][0] == 0.25
+    assert stored["core_average"] == (0.5, {"parts": ["a"], "missing": ["piqa"]})
+    # a null never replaces a null's neighbour's score either: the same rows again change nothing
+    assert add_evals(store, "c1", [lost, {**piqa, "score": None}, _average(0.1, ["copa", "piqa"])]) == 0
+    assert {row.task: row.score for row in evals_of(store, cell_id="c1")} == {
+        "copa": 0.5,
+        "piqa": 0.25,
+        "core_average": 0.5,
+    }
+
+
+def test_a_fuller_scoring_replaces_the_averages_and_their_parts_together(tmp_path):
+    store = _done_cell_store(tmp_path)
+    copa = {"step": 12, "task": "copa", "score": 0.5, "metrics": {}}
+    piqa = {"step": 12, "task": "piqa", "score": None, "metrics": {"skipped": "unavailable"}}
+    other_step = {"step": 6, "task": "copa", "score": 0.1, "metrics": {}}
+    assert add_evals(store, "c1", [copa, piqa, _average(0.5, ["piqa"]), other_step]) == 4
+    fuller = [{**copa, "score": 0.4}, {**piqa, "score": 0.2, "metrics": {}}, _average(0.3, [])]
+    assert add_evals(store, "c1", fuller) == 3
+    stored = {(row.step, row.task): row.score for row in evals_of(store, cell_id="c1")}
+    assert stored == {(12, "copa"): 0.4, (12, "piqa"): 0.2, (12, "core_average"): 0.3, (6, "copa"): 0.1}
+    assert add_evals(store, "c1", [{**copa, "score": 0.9}, {**piqa, "score": 0.9}, _average(0.9, [])]) == 0
+    assert {row.task: row.score for row in evals_of(store, cell_id="c1") if row.step == 12} == {
+        "copa": 0.4,
+        "piqa": 0.2,
+        "core_average": 0.3,
+    }
 
 
 # --- the report ------------------------------------------------------------------------------------------
