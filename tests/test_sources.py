@@ -108,6 +108,13 @@ def test_local_text_jsonl_parquet(tmp_path):
     ] == texts[:2]
 
 
+def test_blank_documents_are_skipped_by_every_source_and_count_toward_no_cap(tmp_path):
+    # python-source skipped them already; a local or hub row of only whitespace became a document.
+    write_jsonl(tmp_path / "rows.jsonl", [{"text": "one"}, {"text": " \n\t "}, {"text": ""}, {"text": "two"}])
+    spec = SourceSpec(name="local", paths=(str(tmp_path / "rows.jsonl"),), max_documents=2)
+    assert [d.text for d in iter_documents(spec)] == ["one", "two"]
+
+
 def test_local_errors_name_file_and_line(tmp_path):
     with pytest.raises(SourceError, match="matches no files"):
         check_source(SourceSpec(name="local", paths=(str(tmp_path / "*.txt"),)))

@@ -209,8 +209,8 @@ def iter_documents(spec: SourceSpec) -> Iterator[Document]:
         documents = _hub_text(spec)
     num_documents = num_bytes = 0
     for document in documents:
-        if document.text == "":
-            continue  # an empty document would be a lone end-of-text token, teaching nothing
+        if document.text is not None and not document.text.strip():
+            continue  # an empty (or blank) document would be an end-of-text token or two, teaching nothing
         if spec.max_documents is not None and num_documents >= spec.max_documents:
             return
         if spec.max_bytes is not None and num_bytes >= spec.max_bytes:
