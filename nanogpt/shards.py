@@ -319,7 +319,7 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
         vocab_size=_require(tok, "vocab_size", int, path),
         eot_id=_require(tok, "eot_id", int, path),
         path=_require(tok, "path", str, path),
-        special_tokens={str(k): int(v) for k, v in specials.items()},
+        special_tokens={str(name): _require(specials, name, int, path) for name in specials},
     )
     splits: dict[str, tuple[ShardInfo, ...]] = {}
     raw_splits = _require(raw, "splits", dict, path)

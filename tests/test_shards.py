@@ -144,6 +144,11 @@ def test_manifest_problems(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ShardError, match="missing key 'hash'"):
         read_manifest(tmp_path)
+    raw["tokenizer"]["hash"] = "ab" * 32
+    raw["tokenizer"]["special_tokens"]["<|endoftext|>"] = "six"
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ShardError, match=r"manifest\.json: key '<\|endoftext\|>' has the wrong type \(str\)"):
+        read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ShardError, match="not valid UTF-8 JSON"):
         read_manifest(tmp_path)
