@@ -557,7 +557,7 @@ def _cmd_cancel(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse type for counts that must be at least 1 (checked before anything runs)."""
     try:
         value = int(text)
@@ -590,7 +590,7 @@ def register(subparsers) -> None:
     run.add_argument("--runs-dir", type=Path, dest="runs_dir", help="run directories (default: runs/<study>)")
     run.add_argument("--gpus", help="GPU indices to use, e.g. 0,2,3 (default: every free GPU)")
     run.add_argument(
-        "--max-parallel", type=_positive_int, dest="max_parallel", help="cells at once (at least 1)"
+        "--max-parallel", type=positive_int, dest="max_parallel", help="cells at once (at least 1)"
     )
     run.add_argument(
         "--rerun",

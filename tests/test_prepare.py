@@ -417,6 +417,16 @@ def test_cli_names_a_root_or_out_that_cannot_be_written(tmp_path, corpus, tokeni
     )
 
 
+def test_cli_workers_must_be_at_least_one(tmp_path, capsys):
+    # 0 meant every core, silently; a negative count was multiprocessing's error, naming no flag.
+    for count in ("0", "-2"):
+        with pytest.raises(SystemExit) as exited:
+            _cli(["prepare", "--source", "python-source", "--root", str(tmp_path), "--workers", count])
+        assert exited.value.code == 2
+        assert f"argument --workers: must be at least 1, got {count}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_tokenizer_train_refuses_to_learn_from_nothing(tmp_path, corpus, capsys):
     # As prepare does: no training text (an empty file, everything held out) saved a single-byte tokenizer.
     (tmp_path / "empty.txt").write_text("")

@@ -10,6 +10,7 @@ from nanogpt.shards import ShardError
 from nanogpt.tokenizer import TokenizerError
 from runner.data.prepare import DEFAULT_TOKENIZER_TRAIN_BYTES, DEFAULT_VAL_FRACTION
 from runner.data.sources import SourceError, SourceSpec
+from runner.run_commands import positive_int
 
 
 def default_data_root() -> Path:
@@ -186,7 +187,7 @@ def register(subparsers) -> None:
     )
     prepare.add_argument("--root", type=Path, default=default_data_root(), help="where data directories live")
     prepare.add_argument(
-        "--workers", type=int, default=None, help="tokenizing processes (default: all cores)"
+        "--workers", type=positive_int, default=None, help="tokenizing processes (default: all cores)"
     )
     prepare.add_argument("--quiet", action="store_true", help="no progress bar")
     prepare.set_defaults(func=_guarded(_cmd_prepare))
