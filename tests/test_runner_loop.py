@@ -309,12 +309,11 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_a_live_trainer_of_a_cell_the_edited_study_no_longer_plans_is_stopped_not_waited_for(study, tmp_path):
-    """The runner died; the study file was then edited so that a cell whose trainer still runs is no longer
-    planned (out of the status, which cancel reads). The next runner adopts that trainer and stops it (a
-    checkpoint, then its cell pending, for a study that plans it again), rather than waiting on it unseen."""
+def _trainer_of_a_dropped_cell(study, tmp_path, *, kept_does: str):
+    """Cells `dropped` (its fake trainer hangs) and `kept`; a runner starts them and is killed; the study is
+    then recorded again without `dropped`, whose trainer still runs. Returns the plan and its attempt."""
     _, kept = _cells(study, [{"id": "dropped"}, {"id": "kept", "seed": 1}])
-    plan = write_plan(tmp_path, {"dropped": ["hang"], "kept": ["done"]})
+    plan = write_plan(tmp_path, {"dropped": ["hang"], "kept": [kept_does]})
     runner = _runner(study.root / "nanostudy.db", plan)
     try:
         attempt = wait_for(lambda: _open_attempt(study, "dropped"), timeout_s=30, what="the trainer to start")
@@ -325,6 +324,14 @@ def test_a_live_trainer_of_a_cell_the_edited_study_no_longer_plans_is_stopped_no
     assert psutil.pid_exists(attempt.pid)
     _, _, left_out = record_study(study.store, name="tiny", path="tiny.yaml", spec={}, cells=[kept])
     assert left_out == 1 and set(_states(study)) == {"kept"}
+    return plan, attempt
+
+
+def test_a_live_trainer_of_a_cell_the_edited_study_no_longer_plans_is_stopped_not_waited_for(study, tmp_path):
+    """The runner died; the study file was then edited so that a cell whose trainer still runs is no longer
+    planned (out of the status, which cancel reads). The next runner adopts that trainer and stops it (a
+    checkpoint, then its cell pending, for a study that plans it again), rather than waiting on it unseen."""
+    plan, attempt = _trainer_of_a_dropped_cell(study, tmp_path, kept_does="done")
     log: list[str] = []
     try:
         loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, log=log)
@@ -360,16 +367,7 @@ def test_cancel_of_the_study_with_no_runner_stops_a_trainer_of_a_cell_its_file_n
 ):
     """As the next runner would (above), but from `nanostudy cancel STUDY`: the trainer is the study's, even
     though the edited file left its cell out of the status that cancel reads."""
-    _, kept = _cells(study, [{"id": "dropped"}, {"id": "kept", "seed": 1}])
-    plan = write_plan(tmp_path, {"dropped": ["hang"], "kept": ["hang"]})
-    runner = _runner(study.root / "nanostudy.db", plan)
-    try:
-        attempt = wait_for(lambda: _open_attempt(study, "dropped"), timeout_s=30, what="the trainer to start")
-        wait_for(lambda: get_cell(study.store, "dropped").steps_done >= 2, timeout_s=20, what="steps")
-    finally:
-        kill9(runner.pid)
-        runner.wait()
-    record_study(study.store, name="tiny", path="tiny.yaml", spec={}, cells=[kept])
+    _, attempt = _trainer_of_a_dropped_cell(study, tmp_path, kept_does="hang")
     try:
         result = api.cancel(study.store, "tiny", wait_s=20)
         assert result.unplanned_stopped == ("dropped",) and result.still_running == ()
