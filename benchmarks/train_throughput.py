@@ -6,6 +6,14 @@ Prints, for each: tokens/s, MFU against the H100's 989 TFLOP/s dense bf16 peak a
 8192^3 matmul measured here first, compile/start-up seconds and peak memory; then the ratio ours/ref.
 Both train on the same random tokens with the same total batch (gradient accumulation to reach it).
 
+Both sides count FLOPs per token by nanoGPT's `estimate_mfu` formula: 6·N + 12·n_layer·n_embd·T, the
+attention's products over all T keys (PaLM's convention; the causal mask's half is not taken off), the lm_head
+at the padded vocabulary of 50,304 and no embedding lookup (ours: `GPT.estimate_flops`; the reference's N
+also counts its 121,344 biases and LayerNorm weights, +0.09%). Tokens/s is the total batch × timed steps
+÷ their seconds, each step from its first micro-batch's data to the end of its optimizer step, after the
+warm-up steps. With the FP8 head (`fp8_head: auto` on an H100) the lm_head's FLOPs, 27% of the whole at
+depth 12, run on FP8 tensor cores but are still divided by the bf16 peak (and the bf16 matmul).
+
 Ours can run in several variants, one run each (every combination of the lists given): `--ours-compile` (true,
 blocks, false), `--ours-fp8-head` (auto, the trainer's default: FP8 where the GPU has it; false; true: the
 lm_head's matmuls in FP8, with the fused loss its FP8 head), `--ours-attention` (default, cudnn: cuDNN's

@@ -339,8 +339,13 @@ class GPT(nn.Module):
           channels (all heads together) = 2·T·n_embd FLOPs, and AV the same, so 4·T·n_embd forward and
           12·T·n_embd with the backward. Counted over all T keys as in PaLM (Chowdhery et al. 2022,
           appendix B) and nanochat, although the causal mask skips half of them, so MFU compares with
-          published numbers.
-        Norms, rotary, activations, softmax and the loss are elementwise and left out.
+          published numbers. Halving it for the mask would take 6·n_layer·n_embd·sequence_len off (6.6% of
+          the total at depth 12, sequence 1024).
+        Norms, rotary, activations, softmax and the loss are elementwise and left out. This is nanoGPT's
+        `estimate_mfu` formula too (benchmarks/reference_gpt2.py), except that nanoGPT's N also counts biases
+        and LayerNorm weights. FLOPs count the same whatever precision runs them: under `fp8_head` the
+        lm_head's share (27% at depth 12) runs on FP8 tensor cores, and an MFU against the bf16 peak is then
+        not a utilisation of bf16 hardware.
         """
         attention_flops = 12 * self.config.n_layer * self.config.n_embd * self.config.sequence_len
         return 6 * self.num_scaling_params() + attention_flops
