@@ -110,6 +110,13 @@ def exit_record_path(run_dir: Path, attempt_number: int) -> Path:
     return run_dir / LOGS_DIR / f"attempt_{attempt_number}.exit"
 
 
+def stop_record_path(run_dir: Path, attempt_number: int) -> Path:
+    """Where a runner notes that it asked the attempt's trainer to stop, before it does (runner.run): a
+    trainer still setting up dies of that SIGTERM without an event, and a runner that recovers the attempt
+    after the one that asked has died reads there that the stop was asked for, not a crash."""
+    return run_dir / LOGS_DIR / f"attempt_{attempt_number}.stop"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Handle:
     """What names a started trainer: its launcher process (pid + start time), or a batch job's id."""

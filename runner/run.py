@@ -48,6 +48,7 @@ from runner.executor import (
     LaunchRequest,
     describe_exit,
     exit_record_path,
+    stop_record_path,
 )
 from runner.gpus import GpuPool
 from runner.ingest import EventTail
@@ -262,8 +263,18 @@ class StudyLoop:
         if self._active:
             self.log(f"stopping {len(self._active)} trainer(s): each checkpoints, then its cell is pending")
         for active in self._active.values():
-            active.stop_requested = True
-            self.executor.cancel(active.handle)
+            self._request_stop(active)
+
+    def _request_stop(self, active: _Active) -> None:
+        """Ask the attempt's trainer to stop, noting it first where a runner that recovers the attempt after
+        this one has died finds it (a second Ctrl-C leaves at once; a kill -9 while waiting): its trainer
+        may die of the SIGTERM without an event (still setting up), which is then no failure either."""
+        active.stop_requested = True
+        path = stop_record_path(active.run_dir, active.attempt.number)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        self.executor.cancel(active.handle)
 
     # -- watching running attempts ---------------------------------------------------------------------
 
@@ -347,8 +358,7 @@ class StudyLoop:
                 continue
             active.cancelled = True
             if not active.stop_requested:
-                active.stop_requested = True
-                self.executor.cancel(active.handle)
+                self._request_stop(active)
             self.log(
                 f"{self._name(active.cell_id)}: {status.state.value} through the store; stopping its trainer"
             )
@@ -626,6 +636,8 @@ class StudyLoop:
         tail.recover_trace()
         handle = self.executor.adopt(attempt, run_dir)
         gpus = tuple(int(gpu) for gpu in attempt.gpus.split(",")) if attempt.gpus else None
+        # The runner that died had asked the trainer to stop: however it ends, that is no failure.
+        stop_requested = stop_record_path(run_dir, attempt.number).exists()
         if handle is not None:
             recorded = (attempt.pid, attempt.pid_start_time, attempt.job_id)
             if (handle.pid, handle.pid_start_time, handle.job_id) != recorded:
@@ -637,7 +649,14 @@ class StudyLoop:
                     job_id=handle.job_id,
                 )
             tail.pump()
-            active = _Active(attempt=attempt, handle=handle, tail=tail, run_dir=run_dir, gpus=gpus)
+            active = _Active(
+                attempt=attempt,
+                handle=handle,
+                tail=tail,
+                run_dir=run_dir,
+                gpus=gpus,
+                stop_requested=stop_requested,
+            )
             self._active[attempt.id] = active
             self.log(f"{self._name(attempt.cell_id)}: re-adopted attempt {attempt.number} ({handle.where})")
             if attempt.cell_id not in self.launches:
@@ -647,8 +666,7 @@ class StudyLoop:
                     f"{name}: no longer in the study file's plan; stopping its trainer (it checkpoints, and "
                     "resumes if a study plans the cell again)"
                 )
-                active.stop_requested = True
-                self.executor.cancel(handle)
+                self._request_stop(active)
             return
         tail.pump()
         if attempt.pid is None and attempt.job_id is None and tail.trace.start is None:
@@ -667,7 +685,14 @@ class StudyLoop:
             job_id=attempt.job_id,
         )
         self._finish(
-            _Active(attempt=attempt, handle=gone, tail=tail, run_dir=run_dir, gpus=gpus),
+            _Active(
+                attempt=attempt,
+                handle=gone,
+                tail=tail,
+                run_dir=run_dir,
+                gpus=gpus,
+                stop_requested=stop_requested,
+            ),
             Exited(code=None, from_trainer=False),
         )
 

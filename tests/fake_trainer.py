@@ -8,8 +8,10 @@ with this script as the interpreter). What it does comes from the JSON file name
 
 Behaviours: done, crash (steps, then an exception on stderr, exit 1, no end event), error (end error,
 exit 1), diverged (end diverged, exit 3), bad_input (one line on stderr, exit 2, nothing written),
-hang (steps until SIGTERM, then a checkpoint and exit 143, like the real trainer's stop), slow (like done,
-with FAKE_TRAINER_STEP_S (0.1) seconds per step, as its step events say, and a checkpoint every 5 steps).
+hang (steps until SIGTERM, then a checkpoint and exit 143, like the real trainer's stop), setting_up
+(writes nothing and never steps: a trainer still importing torch, which a SIGTERM kills outright), slow
+(like done, with FAKE_TRAINER_STEP_S (0.1) seconds per step, as its step events say, and a checkpoint every
+5 steps).
 Given GPU locks (nanogpt.gpu_lock), it "sets up" for FAKE_TRAINER_SETUP_S (0) seconds, then waits for its
 lock before its start event, as the real trainer does; its start event's setup_s says how long it waited.
 """
@@ -50,6 +52,9 @@ def main() -> int:
         "SLURMD_NODENAME",
     )
     (run_dir / f"env_attempt_{attempt}.json").write_text(json.dumps({k: os.environ.get(k) for k in keys}))
+    if behaviour == "setting_up":
+        time.sleep(600)
+        return 1
     if behaviour == "bad_input":
         print(f"error: {config_path}: train.num_steps: must be positive", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from runner import api
 from runner.gpus import GpuPool
 from runner.lock import StudyLock, StudyLockedError, lock_path
 from runner.run import LoopOptions, label, newest_checkpoint_step
+from runner.scheduler import STOPPED_BY_RUNNER as STOPPED
 from store import (
     AttemptOutcome,
     CellState,
@@ -407,6 +408,37 @@ def test_two_signals_within_one_poll_still_stop_the_trainers(study, tmp_path):
     events, _ = read_events(study.runs / "hangs" / "events.jsonl")
     assert events[-1]["kind"] == "checkpoint"  # it stopped on SIGTERM, checkpointing
     assert any("stopping 1 trainer(s)" in line for line in log), log
+
+
+def test_a_trainer_killed_setting_up_by_the_stop_of_a_runner_that_then_left_is_interrupted_not_failed(
+    study, tmp_path
+):
+    """A second Ctrl-C leaves at once, before the trainers it asked to stop have ended; one still setting up
+    (no signal handler yet) dies of that SIGTERM without an event. The next runner once failed its attempt as
+    a crash, which used up the cell's retries; it reads that the stop was asked for: interrupted, resumed."""
+    _cells(study, [{"id": "a"}])
+    plan = write_plan(tmp_path, {"a": ["setting_up", "done"]})
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=1)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options)
+    watch = loop._watch
+
+    def two_signals_once_started() -> None:
+        watch()
+        if (study.runs / "a" / "env_attempt_1.json").exists():
+            loop._signals.count = 2
+
+    loop._watch = two_signals_once_started  # type: ignore[method-assign]
+    assert loop.run() is True
+    [attempt] = attempts_of(study.store, "a")
+    assert attempt.ended_at is None  # left to the next runner
+    wait_for(lambda: _zombie(attempt.pid), timeout_s=20, what="the trainer to die of the SIGTERM")
+
+    log: list[str] = []
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options, log=log)
+    assert loop.run() is False
+    first, second = attempts_of(study.store, "a")
+    assert (first.outcome, first.exit_code, first.reason) == (AttemptOutcome.INTERRUPTED, None, STOPPED)
+    assert second.outcome is AttemptOutcome.DONE and _states(study) == {"a": CellState.DONE}
 
 
 def test_second_runner_on_the_same_study_refuses(study):
