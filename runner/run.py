@@ -70,6 +70,7 @@ from store import (
     CellMode,
     CellState,
     CellStatus,
+    CheckpointKind,
     Store,
     attempts_of,
     cell_statuses,
@@ -78,6 +79,7 @@ from store import (
     final_checkpoint,
     get_cell,
     heartbeat,
+    ingest,
     list_studies,
     open_attempts,
     record_launch,
@@ -294,6 +296,8 @@ class StudyLoop:
         needs_stderr = trace.end is None or trace.end.get("status") == "error"
         tail = self.executor.error_tail(active.run_dir, attempt.number) if needs_stderr else None
         outcome, reason = decide_outcome(trace, exited, stop_requested=active.stop_requested, error_tail=tail)
+        if outcome is AttemptOutcome.DONE:
+            self._record_final_checkpoint(active)
         closed = end_attempt(self.store, attempt.id, outcome, exit_code=exited.code, reason=reason)
         self.executor.forget(active.handle)
         self._active.pop(attempt.id, None)
@@ -304,6 +308,23 @@ class StudyLoop:
         summary = (reason or "").splitlines()[0] if reason else ""
         self.log(f"{name}: attempt {attempt.number} {outcome.value}" + (f": {summary}" if summary else ""))
         self._maybe_retry(attempt.cell_id, outcome)
+
+    def _record_final_checkpoint(self, active: _Active) -> None:
+        """Store the final checkpoint of a cell that is done without one in the store: its trainer was killed
+        between renaming that checkpoint into place and writing the event that names it, and its next start
+        found the run finished and wrote only the `end` event. A mid-training child, `nanostudy eval` and the
+        chat look for the final checkpoint in the store; it is the run directory's newest, at the last
+        step."""
+        cell = get_cell(self.store, active.cell_id)
+        if cell is None or final_checkpoint(self.store, active.cell_id) is not None:
+            return
+        end = active.tail.trace.end or {}
+        last = end.get("step", cell.steps_total)
+        if newest_checkpoint_step(active.run_dir) != last:
+            return
+        row = {"step": last, "kind": CheckpointKind.FINAL, "path": f"checkpoints/step_{last:06d}"}
+        row.update((key, end[key]) for key in ("tokens", "flops") if key in end)
+        ingest(self.store, active.cell_id, attempt_id=active.attempt.id, checkpoints=[row])
 
     def _maybe_retry(self, cell_id: str, outcome: AttemptOutcome, *, quiet: bool = False) -> None:
         if cell_id not in self.launches:

@@ -11,7 +11,8 @@ exit 1), diverged (end diverged, exit 3), bad_input (one line on stderr, exit 2,
 hang (steps until SIGTERM, then a checkpoint and exit 143, like the real trainer's stop), setting_up
 (writes nothing and never steps: a trainer still importing torch, which a SIGTERM kills outright), slow
 (like done, with FAKE_TRAINER_STEP_S (0.1) seconds per step, as its step events say, and a checkpoint every
-5 steps).
+5 steps), killed_at_final (steps, then its final checkpoint's directory and SIGKILL before the event naming
+it), finished (a run already done, as the real trainer: an `end` if the file's last event is not one, exit 0).
 Given GPU locks (nanogpt.gpu_lock), it "sets up" for FAKE_TRAINER_SETUP_S (0) seconds, then waits for its
 lock before its start event, as the real trainer does; its start event's setup_s says how long it waited.
 """
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanogpt.events import EventWriter
+from nanogpt.events import EventWriter, read_events
 from nanogpt.gpu_lock import GpuLock
 
 NUM_STEPS = 4
@@ -55,6 +56,15 @@ def main() -> int:
     if behaviour == "setting_up":
         time.sleep(600)
         return 1
+    if behaviour == "finished":
+        events_path = run_dir / "events.jsonl"
+        last = read_events(events_path)[0][-1:]
+        if not last or last[0]["kind"] != "end":
+            with EventWriter(events_path) as events:
+                events.write(
+                    "end", status="done", message=None, **_counters(NUM_STEPS), val_loss=1.5, val_bpb=0.9
+                )
+        return 0
     if behaviour == "bad_input":
         print(f"error: {config_path}: train.num_steps: must be positive", file=sys.stderr)
         return 2
@@ -111,6 +121,9 @@ def main() -> int:
                     return 143
                 if behaviour == "slow" and step % 5 == 0 and step < num_steps:
                     _checkpoint(events, run_dir, step, final=False)
+        if behaviour == "killed_at_final":
+            (run_dir / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+            os.kill(os.getpid(), signal.SIGKILL)
         if behaviour == "error":
             events.write(
                 "end",

@@ -38,6 +38,7 @@ from store import (
     attempts_of,
     cell_statuses,
     checkpoints_of,
+    final_checkpoint,
     get_cell,
     record_study,
     train_curve,
@@ -439,6 +440,33 @@ def test_a_trainer_killed_setting_up_by_the_stop_of_a_runner_that_then_left_is_i
     first, second = attempts_of(study.store, "a")
     assert (first.outcome, first.exit_code, first.reason) == (AttemptOutcome.INTERRUPTED, None, STOPPED)
     assert second.outcome is AttemptOutcome.DONE and _states(study) == {"a": CellState.DONE}
+
+
+def test_a_trainer_killed_between_its_final_checkpoint_and_the_event_still_leaves_it_in_the_store(
+    study, tmp_path
+):
+    """Killed after renaming its final checkpoint into place, before the event naming it: the retry finds the
+    run finished and writes only `end`. The cell is done; its final checkpoint, which its mid-training child
+    starts from, was missing from the store, and the child failed at every launch."""
+    _cells(study, [{"id": "pre"}])
+    add_tiny_cells(
+        study.store,
+        study.id,
+        study.data,
+        study.runs,
+        [{"id": "mid", "parent": "pre", "mid_data": study.data}],
+    )
+    plan = write_plan(tmp_path, {"pre": ["killed_at_final", "finished"]})
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=2)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options)
+    assert loop.run() is False
+    assert _outcomes(study, "pre") == [AttemptOutcome.FAILED, AttemptOutcome.DONE]
+    final = final_checkpoint(study.store, "pre")
+    assert final is not None
+    assert (final.step, final.path, final.tokens) == (4, "checkpoints/step_000004", 1024)
+    assert _states(study) == {"pre": CellState.DONE, "mid": CellState.DONE}
+    config = json.loads((study.runs / "mid" / "config.json").read_text())
+    assert config["init_from"] == str((study.runs / "pre" / "checkpoints" / "step_000004").resolve())
 
 
 def test_second_runner_on_the_same_study_refuses(study):
