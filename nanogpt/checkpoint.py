@@ -244,11 +244,16 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` checkpoints, and temp directories left by a crash."""
+    """Delete all but the newest `keep_last` checkpoints, and temp directories left by a crash. Each is
+    renamed to a temp name before it is deleted, so that a crash while deleting leaves no `step_*`
+    directory with some of its files gone."""
     assert keep_last >= 1
+    root = Path(run_dir) / CHECKPOINTS_DIR
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old)
-    for tmp in (Path(run_dir) / CHECKPOINTS_DIR).glob(".tmp-step_*"):
+        doomed = root / f".tmp-{old.name}"
+        shutil.rmtree(doomed, ignore_errors=True)
+        os.rename(old, doomed)
+    for tmp in root.glob(".tmp-step_*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
