@@ -44,6 +44,7 @@ from store import best_checkpoint as _best_checkpoint
 from store import list_studies as _list_studies
 
 CANCEL_REASON = "cancelled by the user"
+STUDY_SUFFIXES = (".yaml", ".yml")  # a STUDY argument ending so is a study file, never a study's name
 UNPLANNED_STOP_REASON = "stopped by a cancel of the study, whose file no longer plans this cell"
 RETRYABLE_STATES = (CellState.FAILED, CellState.DIVERGED, CellState.CANCELLED)
 
@@ -201,6 +202,8 @@ def resolve_study(study: str, db: str | None = None) -> tuple[str, str]:
         from runner.study import study_name
 
         return str(db or default_db_path(path)), study_name(path)
+    if path.suffix in STUDY_SUFFIXES:  # a mistyped file, not the name of a study
+        raise FileNotFoundError(f"{study}: no such study file")
     return str(db or "nanostudy.db"), study
 
 

@@ -241,16 +241,22 @@ def eval_study(
 # -- the command ------------------------------------------------------------------------------------------
 
 
-def _study_target(target: str, db: str | None) -> tuple[Store, str, Any] | None:
-    """(store, study name, Study or None) when TARGET is a study file or (with --db) a study name."""
-    from runner.study import load
+def _study_target(target: str, db: str | None) -> tuple[Store, str, Path | None] | None:
+    """(store, study name, the bundle its file names or None) when TARGET is a study file or (with --db) a
+    study name. Only the file's name and `eval.bundle` are read, as `status` reads its name: a study edited
+    since it ran, or whose data is elsewhere, is still scored. FileNotFoundError for a study file (.yaml,
+    .yml) that is not there."""
+    from runner.api import STUDY_SUFFIXES
+    from runner.study import study_bundle, study_name
 
     path = Path(target)
     if path.is_file():
-        study = load(path)
         from store import default_db_path
 
-        return open_store(db or default_db_path(path), create=False), study.name, study
+        store = open_store(db or default_db_path(path), create=False)
+        return store, study_name(path), study_bundle(path)
+    if path.suffix in STUDY_SUFFIXES:
+        raise FileNotFoundError(f"{target}: no such study file")
     if db is not None and not path.exists():
         return open_store(db, create=False), target, None
     return None
@@ -262,7 +268,7 @@ def _cmd_eval(args) -> int:
     from nanogpt.gauntlet.tasks import resolve
     from nanogpt.shards import ShardError
     from nanogpt.tokenizer import TokenizerError
-    from runner.study import StudyError, bundle_dir
+    from runner.study import StudyError
 
     def log(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -278,12 +284,12 @@ def _cmd_eval(args) -> int:
             if not torch.cuda.is_available():
                 raise ValueError("--device cuda: no CUDA device here; give --device cpu (or auto)")
         target = _study_target(args.target, args.db)
-        study = target[2] if target else None
+        named = target[2] if target else None
         bundle = (
             Path(args.eval_bundle).expanduser().resolve()
             if args.eval_bundle
-            else bundle_dir(study, study.eval.bundle)
-            if study is not None
+            else named
+            if named is not None
             else resolve_bundle(None)
         )
         if args.download:

@@ -379,11 +379,11 @@ def cell_config(
     config["init_from"] = init_from
     config["wandb"]["name"] = None  # the planner names the run after the cell
     if config["eval"]["preset"] is not None:
-        config["eval"]["bundle"] = str(bundle_dir(study, config["eval"]["bundle"]))
+        config["eval"]["bundle"] = str(bundle_dir(study.path, config["eval"]["bundle"]))
     return config
 
 
-def bundle_dir(study: Study, bundle: str | None) -> Path:
+def bundle_dir(study_path: str | os.PathLike, bundle: str | None) -> Path:
     """The eval bundle folder a study's cells read: `bundle` relative to the study file's folder, or the
     default ($NANOSTUDY_EVAL_BUNDLE, else ~/.cache/nanostudy/eval_bundle), made absolute."""
     from nanogpt.gauntlet.bundle import resolve_bundle  # no torch, but not the runner's import-time set
@@ -391,7 +391,7 @@ def bundle_dir(study: Study, bundle: str | None) -> Path:
     if bundle is None:
         return resolve_bundle(None).resolve()
     path = Path(bundle).expanduser()
-    return (path if path.is_absolute() else Path(study.path).resolve().parent / path).resolve()
+    return (path if path.is_absolute() else Path(study_path).resolve().parent / path).resolve()
 
 
 def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -1185,6 +1185,16 @@ def _read(path: Path) -> str:
         raise StudyError([f"{path}: no such study file"]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise StudyError([f"{path}: cannot be read ({e})"]) from None
+
+
+def study_bundle(path: str | os.PathLike) -> Path:
+    """The eval bundle folder a study file names (`eval.bundle`, as `bundle_dir` resolves it), without
+    checking the rest, as `study_name`: what `nanostudy eval` of an edited study needs. A missing or
+    malformed `eval.bundle` is the default bundle; the trainer's own checks name it at `run`."""
+    doc = _Document(Path(path), _read(Path(path)))
+    section = doc.root.get("eval") if isinstance(doc.root, dict) else None
+    bundle = section.get("bundle") if isinstance(section, dict) else None
+    return bundle_dir(path, bundle if isinstance(bundle, str) else None)
 
 
 def study_name(path: str | os.PathLike) -> str:

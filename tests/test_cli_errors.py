@@ -1,6 +1,7 @@
 """Command-line mistakes are one line on stderr and exit 2, never a traceback: a --db that cannot hold a
 database, a server that does not answer, a --data-root that cannot be made, bad option values."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -96,3 +97,26 @@ def test_sigterm_interrupts_a_command_as_ctrl_c_does(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     assert main(["status", "no-such-study", "--db", str(tmp_path / "nanostudy.db")]) == 2
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("command", ["status", "cancel", "eval", "tui"])
+def test_a_study_file_that_is_not_there_is_named_as_one(tmp_path: Path, capsys, monkeypatch, command):
+    # It read as a study's name: "no nanostudy database here yet", or "no study named 'wk/walkk.yaml'".
+    monkeypatch.chdir(tmp_path)
+    assert main([command, "wk/walkk.yaml"]) == 2
+    _one_error_line(capsys, command, "wk/walkk.yaml: no such study file")
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(study: Path):
+    # `nanostudy plan s.yaml --json | head -1`: every write after the reader left raised BrokenPipeError.
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "wb") as stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "plan", str(study), "--json"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 141 and done.stderr == "", done.stderr

@@ -572,3 +572,19 @@ def test_nanostudy_run_stores_the_gauntlet_per_task_and_step_and_eval_adds_more(
     assert final == {*QUICK, "winograd"}
     report = (tmp_path / "reports" / "gauntlet.html").read_text()  # nanostudy run wrote it
     assert "quick/core_average@100" in report and "quick/category/reading_comprehension@100" in report
+
+
+def test_a_study_file_edited_since_its_run_is_still_scored(tmp_path):
+    # `status`, `report` and `chat` read only its name; eval loaded it whole, refusing a key added since.
+    from runner.eval_commands import _study_target
+    from runner.study import bundle_dir
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: edited\nbogus: 1\neval:\n  bundle: ../bundle\ndata: {source: {name: local}}\n")
+    open_store(tmp_path / "nanostudy.db").close()
+    store, name, bundle = _study_target(str(path), None)
+    with store:
+        assert name == "edited" and bundle == (tmp_path.parent / "bundle").resolve()
+    path.write_text("name: edited\neval: {bundle: [1]}\n")  # not a folder: the default, as at run
+    _, _, bundle = _study_target(str(path), None)
+    assert bundle == bundle_dir(path, None)

@@ -19,7 +19,7 @@ def _cmd_tui(args) -> int:
     else:
         try:
             db, name = resolve_study(args.study, args.db)
-        except ValueError as error:  # StudyError: every problem of the study file
+        except (ValueError, FileNotFoundError) as error:  # StudyError, or a study file that is not there
             print(f"nanostudy tui: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
     if args.refresh_s <= 0:
