@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -44,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_interrupts():
             code = int(args.func(args) or 0)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+    except BrokenPipeError:
+        # `nanostudy status --json | head -1`: the reader left. As a shell's commands do, no word and 141
+        # (128 + SIGPIPE); stdout goes to /dev/null so that the interpreter's last flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("nanostudy: interrupted", file=sys.stderr)
         return 130
