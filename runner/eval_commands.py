@@ -294,7 +294,7 @@ def _cmd_eval(args) -> int:
         )
         if args.download:
             download(bundle, preset, log=log)
-        _check_bundle_data(bundle, preset)
+        _check_bundle_data(bundle, preset, downloaded=args.download)
         if target is not None:
             store, name, _ = target
             with store:
@@ -333,18 +333,23 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _check_bundle_data(bundle: Path, preset: str) -> None:
+def _check_bundle_data(bundle: Path, preset: str, *, downloaded: bool = False) -> None:
     """BundleError unless the bundle holds the file of at least one of the preset's tasks: scoring without
-    any would only store a null row for every task (nothing scored)."""
+    any would only store a null row for every task (nothing scored). `downloaded`: --download was tried."""
     from nanogpt.gauntlet.bundle import BundleError, check_bundle, has_file
     from nanogpt.gauntlet.tasks import resolve
 
     check_bundle(bundle)
     specs, _ = resolve(preset)
     if not any(has_file(bundle, spec) for spec in specs):
+        fetch = (
+            " (--download could not fetch them: see above)"
+            if downloaded
+            else ", or fetch them with --download"
+        )
         raise BundleError(
             f"{bundle}: holds none of the files of the tasks of {preset!r} (such as {specs[0].file}); point "
-            "--eval-bundle at a folder of the gauntlet's JSONL files, or fetch them with --download"
+            f"--eval-bundle at a folder of the gauntlet's JSONL files{fetch}"
         )
 
 

@@ -298,7 +298,9 @@ def test_nanostudy_eval_refuses_bad_input_in_one_line(finished, tmp_path, capsys
     assert "study 'nostudy': not in" in capsys.readouterr().err
 
 
-def test_a_bundle_without_any_of_the_presets_files_is_refused_and_stores_nothing(finished, tmp_path, capsys):
+def test_a_bundle_without_any_of_the_presets_files_is_refused_and_stores_nothing(
+    finished, tmp_path, capsys, monkeypatch
+):
     """A wrong or empty bundle folder scored nothing, exited 0 and stored a null row for every task of every
     done cell: rows that no later `nanostudy eval` replaces."""
     empty = tmp_path / "empty"
@@ -310,7 +312,16 @@ def test_a_bundle_without_any_of_the_presets_files_is_refused_and_stores_nothing
     with open_store(finished["db"], create=False) as store:
         assert not [row for row in evals_of(store, cell_id="c1") if row.task.endswith("@100")]
     assert main(["eval", str(finished["run_dir"]), "--eval-bundle", str(empty), "--tasks", "copa"]) == 2
-    assert "holds none of the files of the tasks of 'copa'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds none of the files of the tasks of 'copa'" in err and "fetch them with --download" in err
+    # After a --download that fetched nothing (no network), the advice is not to do it again.
+    monkeypatch.setenv("NANOSTUDY_EVAL_BUNDLE_URL", f"file://{tmp_path}/nowhere")
+    assert (
+        main(["eval", str(finished["run_dir"]), "--eval-bundle", str(empty), "--tasks", "copa", "--download"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "(--download could not fetch them: see above)" in err and "fetch them with --download" not in err
 
 
 def test_device_cuda_without_a_gpu_is_one_line_not_a_traceback(finished, capsys, monkeypatch):
