@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.executor import Executor, Handle, Running, executor_for, log_paths
+from runner.ingest import EventTail
 from runner.lock import is_locked, lock_path
 from store import (
     Attempt,
@@ -402,9 +403,15 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             to_stop.append((executor, handle, attempt.cell_id))
             unplanned_stopped.append(attempt.cell_id)
     deadline = time.monotonic() + wait_s
+    signalled = [cell for _, _, cell in to_stop]
     while to_stop and time.monotonic() < deadline:
         to_stop = [entry for entry in to_stop if isinstance(entry[0].poll(entry[1]), Running)]
         time.sleep(0.2)
+    # What those trainers logged since their runner died (steps, the checkpoint they stopped at): into the
+    # store now, so that `status` shows where they stopped, not where the runner last read them. A later
+    # runner's catch-up reads from the same offset, so nothing is stored twice.
+    for cell in signalled:
+        EventTail(store, cell, _run_dir(store, cell)).pump()
     return CancelResult(
         cancelled=tuple(cancelled),
         stopping=tuple(stopping),

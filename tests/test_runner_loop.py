@@ -362,6 +362,10 @@ def test_cancel_with_no_runner_stops_our_trainer_itself(study, tmp_path):
     assert _states(study) == {"hangs": CellState.CANCELLED}
     events, _ = read_events(study.runs / "hangs" / "events.jsonl")
     assert events[-1]["kind"] == "checkpoint"  # stopped with SIGTERM: it checkpointed
+    # The steps it logged after its runner died are in the store: `status` shows where it stopped.
+    last_step = max(event["step"] for event in events if event["kind"] == "step")
+    assert get_cell(study.store, "hangs").steps_done == last_step
+    assert [point.step for point in train_curve(study.store, "hangs")] == list(range(1, last_step + 1))
 
 
 def test_cancel_of_the_study_with_no_runner_stops_a_trainer_of_a_cell_its_file_no_longer_plans(
