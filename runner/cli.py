@@ -39,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from store import SchemaVersionError, StoreOpenError
+    try:  # the commands' imports take a second: a Ctrl-C then is an interrupt too, not a traceback
+        from store import SchemaVersionError, StoreOpenError
 
-    args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("nanostudy: interrupted", file=sys.stderr)
+        return 130
     try:
         with _sigterm_interrupts():
             code = int(args.func(args) or 0)

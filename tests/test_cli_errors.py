@@ -99,6 +99,15 @@ def test_sigterm_interrupts_a_command_as_ctrl_c_does(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_ctrl_c_while_the_commands_load_is_an_interrupt_too(monkeypatch, capsys):
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("runner.cli.build_parser", interrupted)  # the commands' imports, a second long
+    assert main(["status", "x"]) == 130
+    assert capsys.readouterr().err == "nanostudy: interrupted\n"
+
+
 @pytest.mark.parametrize("command", ["status", "cancel", "eval", "tui"])
 def test_a_study_file_that_is_not_there_is_named_as_one(tmp_path: Path, capsys, monkeypatch, command):
     # It read as a study's name: "no nanostudy database here yet", or "no study named 'wk/walkk.yaml'".
