@@ -364,21 +364,14 @@ def _own_copy(finished, tmp_path) -> Path:
     return db
 
 
+def _eval_on_cpu(target: str, db: Path, bundle: Path) -> list[str]:
+    return ["eval", target, "--db", str(db), "--eval-bundle", str(bundle), "--device", "cpu"]
+
+
 def test_a_task_missing_from_the_bundle_is_scored_when_its_file_is_added(finished, tmp_path, capsys):
     db = _own_copy(finished, tmp_path)
     bundle = write_bundle(tmp_path / "bundle", {"copa": TINY_TASKS["copa"]})
-    args = [
-        "eval",
-        "g",
-        "--db",
-        str(db),
-        "--eval-bundle",
-        str(bundle),
-        "--device",
-        "cpu",
-        "--tasks",
-        "copa,piqa",
-    ]
+    args = [*_eval_on_cpu("g", db, bundle), "--tasks", "copa,piqa"]
     assert main(args) == 0
     with open_store(db, create=False) as store:
         first = {row.task: row.score for row in evals_of(store, cell_id="c1")}
@@ -403,16 +396,7 @@ def test_a_task_missing_from_the_bundle_is_scored_when_its_file_is_added(finishe
 def test_a_checkpoints_null_row_is_filled_when_scored_again_with_db(finished, tmp_path, capsys):
     db = _own_copy(finished, tmp_path)
     bundle = write_bundle(tmp_path / "bundle", {"copa": TINY_TASKS["copa"]})
-    args = [
-        "eval",
-        str(finished["run_dir"]),
-        "--db",
-        str(db),
-        "--eval-bundle",
-        str(bundle),
-        "--device",
-        "cpu",
-    ]
+    args = _eval_on_cpu(str(finished["run_dir"]), db, bundle)
     assert main([*args, "--tasks", "copa,piqa"]) == 0
     assert "2 rows stored, 0 kept" in capsys.readouterr().out
     write_bundle(bundle, {"piqa": TINY_TASKS["piqa"]})
