@@ -214,7 +214,7 @@ def _log_shared(store: Store, study_name: str, cells: list[NewCell], log) -> Non
     """Say which of the study's cells other studies planned too: their results are shared, not retrained."""
     shared: dict[str, int] = {}
     for cell in cells:
-        for other in studies_of_cell(store, cell.id):
+        for other in studies_of_cell(store, cell.id, planned_only=True):  # not studies that dropped it
             if other != study_name:
                 shared[other] = shared.get(other, 0) + 1
     done = sum(state is CellState.DONE for state in cell_states(store, [cell.id for cell in cells]).values())

@@ -202,14 +202,17 @@ def cell_states(store: Store, cell_ids: Iterable[str]) -> dict[str, CellState]:
     return states
 
 
-def studies_of_cell(store: Store, cell_id: str) -> list[str]:
-    """The names of the studies a cell belongs to, oldest link first."""
+def studies_of_cell(store: Store, cell_id: str, *, planned_only: bool = False) -> list[str]:
+    """The names of the studies a cell belongs to, oldest link first: every study that ever planned it (whose
+    runner may hold an attempt of it), or with `planned_only` those whose file, as last run, plans it."""
     query = (
         sa.select(_studies.c.name)
         .join(_links, _links.c.study_id == _studies.c.id)
         .where(_links.c.cell_id == cell_id)
         .order_by(_links.c.created_at, _studies.c.id)
     )
+    if planned_only:
+        query = query.where(_links.c.planned)
     with store.read() as conn:
         return list(conn.execute(query).scalars())
 

@@ -531,6 +531,13 @@ def test_a_cell_is_shared_by_the_studies_that_plan_it(store: Store) -> None:
     assert study_summary(store, mine).counts[CellState.DONE] == 1
     assert [status.id for status in cell_statuses(store, mine)] == ["shared", "mine only"]
     assert studies_of_cell(store, "shared") == ["theirs", "mine"]
+    # Their file, edited, plans it no more: still a study that may hold an attempt of it, but it shares it
+    # with no one (`nanostudy run` said "shared with study theirs").
+    record_study(
+        store, name="theirs", path="studies/theirs.yaml", spec={}, cells=[_cell("theirs only", seed=1)]
+    )
+    assert studies_of_cell(store, "shared") == ["theirs", "mine"]
+    assert studies_of_cell(store, "shared", planned_only=True) == ["mine"]
 
 
 def test_add_cells_refuses_an_unknown_study_or_parent_and_writes_nothing(store: Store) -> None:
