@@ -5,8 +5,10 @@ and the new SVG is looked at. Polling is slowed to one read per screen, so every
 """
 
 import pytest
+from rich.text import Text
 from test_tui import fake_chat, until
 from textual.widgets import DataTable, Input
+from textual.widgets._data_table import default_cell_formatter
 from tui_fixtures import STUDY, TelemetryNvml, demo_study
 
 from tui.app import NanostudyApp
@@ -41,10 +43,20 @@ async def study_shown(pilot) -> None:
     # holds over a pause.
     table = app.screen.query_one("#cells", DataTable)
     await until(pilot, lambda: table.row_count == 6, what="the study's 6 cells in the table")
-    width = None
-    while width != table.virtual_size.width:
-        width = table.virtual_size.width
-        await pilot.pause()
+    # Waiting for the table's width to hold over one pause was not enough under load (a frame still showed
+    # every column at its header's width): wait until each column is as wide as its widest cell.
+    await until(pilot, lambda: _widened(table), what="the columns widened to their cells")
+    await pilot.pause()
+
+
+def _widened(table: DataTable) -> bool:
+    """Whether every auto-width column of `table` has taken the width of its widest cell, as drawn."""
+    for column in table.ordered_columns:
+        drawn = [default_cell_formatter(value) for value in table.get_column(column.key)]
+        widest = max((cell.cell_len for cell in drawn if isinstance(cell, Text)), default=0)
+        if column.auto_width and column.content_width < widest:
+            return False
+    return True
 
 
 def test_study_screen(snap_compare, app):
