@@ -378,29 +378,23 @@ def cancel(store: Store, name: str, *, cell_id: str | None = None, wait_s: float
             unchanged.append(status.id)
             continue
         stopping.append(status.id)
-        if not _watched(store, attempt):
-            executor = executor_for(attempt)
-            handle = executor.adopt(attempt, _run_dir(store, status.id))
-            if handle is not None:
-                executor.cancel(handle)
-                to_stop.append((executor, handle, status.id))
-                stopped_here.append(status.id)
+        if not _watched(store, attempt) and (signalled := _stop_here(store, attempt)):
+            to_stop.append(signalled)
+            stopped_here.append(status.id)
     unplanned_stopped = []
     if cell_id is None:
         # A trainer of a cell that the edited file no longer plans belongs to the study all the same: its
         # runner stops it when it starts; with no runner live, so does a cancel of the whole study.
-        planned = {status.id for status in cell_statuses(store, study.id)}
+        planned = {status.id for status in statuses}
         for attempt in open_attempts(store, study.id):
             if attempt.cell_id in planned or attempt.study_id != study.id or _watched(store, attempt):
                 continue
-            executor = executor_for(attempt)
-            handle = executor.adopt(attempt, _run_dir(store, attempt.cell_id))
-            if handle is None:  # it ended meanwhile: the next runner closes the attempt from its events
+            signalled = _stop_here(store, attempt)
+            if signalled is None:  # it ended meanwhile: the next runner closes the attempt from its events
                 continue
-            executor.cancel(handle)
             assert attempt.id is not None
             end_attempt(store, attempt.id, AttemptOutcome.INTERRUPTED, reason=UNPLANNED_STOP_REASON)
-            to_stop.append((executor, handle, attempt.cell_id))
+            to_stop.append(signalled)
             unplanned_stopped.append(attempt.cell_id)
     deadline = time.monotonic() + wait_s
     signalled = [cell for _, _, cell in to_stop]
@@ -476,6 +470,17 @@ def _watched(store: Store, attempt: Attempt) -> bool:
     else:
         names = studies_of_cell(store, attempt.cell_id)
     return any(is_locked(lock_path(store, name)) for name in names)
+
+
+def _stop_here(store: Store, attempt: Attempt) -> tuple[Executor, Handle, str] | None:
+    """One SIGTERM from here to the attempt's trainer, which no runner watches (verified by pid and start
+    time, or a Slurm job id): (executor, handle, cell id) to wait on, or None when it no longer runs."""
+    executor = executor_for(attempt)
+    handle = executor.adopt(attempt, _run_dir(store, attempt.cell_id))
+    if handle is None:
+        return None
+    executor.cancel(handle)
+    return executor, handle, attempt.cell_id
 
 
 def _open_attempt(store: Store, cell_id: str) -> Attempt | None:

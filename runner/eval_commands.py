@@ -243,23 +243,17 @@ def eval_study(
 
 def _study_target(target: str, db: str | None) -> tuple[Store, str, Path | None] | None:
     """(store, study name, the bundle its file names or None) when TARGET is a study file or (with --db) a
-    study name. Only the file's name and `eval.bundle` are read, as `status` reads its name: a study edited
-    since it ran, or whose data is elsewhere, is still scored. FileNotFoundError for a study file (.yaml,
-    .yml) that is not there."""
-    from runner.api import STUDY_SUFFIXES
-    from runner.study import study_bundle, study_name
+    study name, as `runner.api.resolve_study` reads it (only the file's name, and here its `eval.bundle`: a
+    study edited since it ran, or whose data is elsewhere, is still scored); None for anything else (a
+    checkpoint or run directory). FileNotFoundError for a study file (.yaml, .yml) that is not there."""
+    from runner.api import STUDY_SUFFIXES, resolve_study
+    from runner.study import study_bundle
 
     path = Path(target)
-    if path.is_file():
-        from store import default_db_path
-
-        store = open_store(db or default_db_path(path), create=False)
-        return store, study_name(path), study_bundle(path)
-    if path.suffix in STUDY_SUFFIXES:
-        raise FileNotFoundError(f"{target}: no such study file")
-    if db is not None and not path.exists():
-        return open_store(db, create=False), target, None
-    return None
+    if not path.is_file() and path.suffix not in STUDY_SUFFIXES and (db is None or path.exists()):
+        return None
+    database, name = resolve_study(target, db)
+    return open_store(database, create=False), name, study_bundle(path) if path.is_file() else None
 
 
 def _cmd_eval(args) -> int:
