@@ -37,7 +37,8 @@ MAX_TOKENS = float(2**63 - 1)  # a run's tokens are a 64-bit integer (the store'
 GPT2_VOCAB_SIZE = 50_257  # GPT-2's 50,256 merges and <|endoftext|>, as tiktoken's "gpt2" encoding has them
 UNPREPARED = "<prepared by the runner>"  # data.train_dir of a cell whose data is not prepared yet
 # Trainer config keys that cannot change what a cell trains or measures (paths, and settings the trainer
-# lets a resumed run change); the data's identity and the parent cell's id stand in for the paths.
+# lets a resumed run change); the data's identity and the parent cell's id (mode mid-training: the
+# checkpoint's identity) stand in for the paths.
 NOT_IN_ID = (
     "data",
     "init_from",
@@ -242,8 +243,16 @@ def data_identity(config: PrepareConfig) -> dict[str, Any]:
     }
 
 
-def cell_id(config: Mapping[str, Any], *, data: Mapping[str, Any], parent_id: str | None = None) -> str:
-    """The short hash that names a cell: its config without NOT_IN_ID keys, its data identity, its parent."""
+def cell_id(
+    config: Mapping[str, Any],
+    *,
+    data: Mapping[str, Any],
+    parent_id: str | None = None,
+    init: str | None = None,
+) -> str:
+    """The short hash that names a cell: its config without NOT_IN_ID keys, its data identity, its parent
+    (a cell of mode `all`) or the identity of the checkpoint it starts from (`init`: mode mid-training, whose
+    init_from is a path and so not in the id)."""
     content = json.loads(json.dumps(config))  # a deep copy in JSON's types
     for key in NOT_IN_ID:
         *sections, last = key.split(".")
@@ -255,8 +264,17 @@ def cell_id(config: Mapping[str, Any], *, data: Mapping[str, Any], parent_id: st
         if key in content and content[key] in values:
             del content[key]
     content = {"config": content, "data": data, "parent": parent_id}
+    if init is not None:  # only then: the ids of the other cells stay what they were
+        content["init"] = init
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+def checkpoint_identity(meta: Mapping[str, Any]) -> str:
+    """What tells a checkpoint from any other wherever it lies: a hash of its meta.json, written once with
+    the checkpoint (the run's config, its step, data position and RNG states), never its path."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,7 +420,7 @@ class _Planner:
             )
             return None
         axes = {"depth": model["depth"], "flops": float(flops), **axes}
-        ident = cell_id(config, data=self._data_ids["mid-training"], parent_id=None)
+        ident = cell_id(config, data=self._data_ids["mid-training"], init=checkpoint_identity(meta))
         vocab_size = (
             self._vocab_size("mid-training")
             if "mid-training" in self.data_dirs
