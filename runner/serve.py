@@ -48,6 +48,20 @@ CHAT_KEYS = {
     "seed",
     "n",
 }
+# OpenAI fields this server does not implement, with the values that ask for nothing (some clients send
+# them on every request): accepted at these values, ignored; any other value is a 400 naming the field.
+NEUTRAL_VALUES = {
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "response_format": ({"type": "text"},),
+    "parallel_tool_calls": (True, False),  # without tools, either asks for nothing
+    "tools": ([],),
+}
+# The caller's bookkeeping, with no effect on the reply: accepted when of the right type, ignored.
+IGNORED_KEYS = {"user": (str, "a string"), "store": (bool, "true or false"), "metadata": (dict, "an object")}
 
 
 class ApiError(Exception):
@@ -400,6 +414,13 @@ class ChatRequest:
     max_tokens_param: str  # which of max_tokens and max_completion_tokens the request used
 
 
+def _same_json(value: Any, neutral: Any) -> bool:
+    """Whether a JSON value is `neutral`, with JSON's types: 0 and 0.0 alike, but false is not 0."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return value is neutral
+    return type(value) in (int, float, dict, list) and value == neutral
+
+
 def parse_chat_request(request: Any) -> ChatRequest:
     """A chat completion request's body, checked; ApiError (400) naming the field for anything unknown,
     mistyped or out of range."""
@@ -409,7 +430,7 @@ def parse_chat_request(request: Any) -> ChatRequest:
         raise ApiError(
             HTTPStatus.BAD_REQUEST, f"the body must be a JSON object, got {type(request).__name__}"
         )
-    unknown = sorted(set(request) - CHAT_KEYS)
+    unknown = sorted(set(request) - CHAT_KEYS - set(NEUTRAL_VALUES) - set(IGNORED_KEYS))
     if unknown:
         raise ApiError(
             HTTPStatus.BAD_REQUEST,
@@ -424,6 +445,14 @@ def parse_chat_request(request: Any) -> ChatRequest:
         if get("model") is not None and not isinstance(get("model"), str):
             raise RequestError("model", "must be a string")
         messages = messages_from_json(get("messages"))
+        for key, neutral in NEUTRAL_VALUES.items():
+            value = get(key)
+            if value is not None and not any(_same_json(value, ok) for ok in neutral):
+                shown = " or ".join(json.dumps(ok) for ok in neutral)
+                raise RequestError(key, f"is not supported here; only {shown} (or null) is accepted")
+        for key, (kind, described) in IGNORED_KEYS.items():
+            if get(key) is not None and not isinstance(get(key), kind):
+                raise RequestError(key, f"must be {described}, got {get(key)!r}")
         if get("n") not in (None, 1):
             raise RequestError("n", f"only n = 1 is supported, got {get('n')!r}")
         stream = get("stream")

@@ -168,7 +168,25 @@ def test_a_client_that_leaves_mid_reply(server):
         ("{not json", 400, None, "invalid_json", "the body is not valid JSON"),
         ([1, 2], 400, None, None, "the body must be a JSON object, got list"),
         ({"messages": HI, "temprature": 1}, 400, "temprature", "unknown_parameter", "unknown parameter"),
-        ({"messages": HI, "logit_bias": {}}, 400, "logit_bias", "unknown_parameter", "unknown parameter"),
+        ({"messages": HI, "logit_bias": {"50": 5}}, 400, "logit_bias", "invalid_value", "only {} (or null)"),
+        ({"messages": HI, "presence_penalty": 0.5}, 400, "presence_penalty", "invalid_value", "only 0"),
+        ({"messages": HI, "logprobs": True}, 400, "logprobs", "invalid_value", "only false"),
+        ({"messages": HI, "logprobs": 0}, 400, "logprobs", "invalid_value", "only false"),
+        (
+            {"messages": HI, "response_format": {"type": "json_object"}},
+            400,
+            "response_format",
+            "invalid_value",
+            "only",
+        ),
+        ({"messages": HI, "user": 7}, 400, "user", "invalid_value", "must be a string"),
+        (
+            {"messages": HI, "tool_choice": "auto"},
+            400,
+            "tool_choice",
+            "unknown_parameter",
+            "unknown parameter",
+        ),
         ({}, 400, "messages", "invalid_value", "messages: must be a non-empty list"),
         ({"messages": "hi"}, 400, "messages", "invalid_value", "messages: must be"),
         (
@@ -249,6 +267,27 @@ def test_bad_requests_get_400_and_the_server_stays_up(server, body, status, para
     assert (error["error"]["param"], error["error"]["code"]) == (param, code)
     assert message in error["error"]["message"]
     assert call(server, "POST", "/v1/chat/completions", {"messages": HI, "max_tokens": 2})[0] == 200
+
+
+def test_fields_at_their_neutral_values_are_accepted_and_change_nothing(server):
+    """Clients such as LangChain's send presence_penalty: 0 and the like on every request."""
+    plain = call(server, "POST", "/v1/chat/completions", {"messages": HI, "seed": 0})
+    neutral = {
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logprobs": False,
+        "top_logprobs": None,
+        "logit_bias": {},
+        "response_format": {"type": "text"},
+        "parallel_tool_calls": True,
+        "tools": [],
+        "user": "someone",
+        "store": False,
+        "metadata": {"k": "v"},
+    }
+    status, _, reply = call(server, "POST", "/v1/chat/completions", {"messages": HI, "seed": 0} | neutral)
+    assert (status, plain[0]) == (200, 200), reply
+    assert reply["choices"] == plain[2]["choices"] and reply["choices"][0]["message"]["content"] == REPLY
 
 
 def test_bad_http_gets_4xx(server):
