@@ -41,6 +41,13 @@ def sbatch_options(settings: SlurmSettings) -> list[str]:
     return [*options, *settings.sbatch]
 
 
+def _filename(path: Path) -> str:
+    """A path as an #SBATCH --output/--error filename: quoted (a space is otherwise "Invalid directive"), a
+    quote in it escaped (else "Unmatched `"`"), and `%` doubled (sbatch reads %j, %x, ... as the job's id,
+    name, ...: the job found no such directory and failed to launch)."""
+    return '"' + str(path).replace("%", "%%").replace('"', '\\"') + '"'
+
+
 def batch_script(
     request: LaunchRequest, settings: SlurmSettings, *, python: str, env: Mapping[str, str]
 ) -> str:
@@ -52,8 +59,8 @@ def batch_script(
         "#!/bin/bash",
         f"# nanostudy: cell {request.cell_id}, attempt {request.attempt_number} (each retry gets its own)",
         f"#SBATCH --job-name={job_name(request.cell_id, request.attempt_number)}",
-        f'#SBATCH --output="{out_path}"',  # quoted: a path with a space is otherwise "Invalid directive"
-        f'#SBATCH --error="{err_path}"',
+        f"#SBATCH --output={_filename(out_path)}",
+        f"#SBATCH --error={_filename(err_path)}",
         "#SBATCH --open-mode=append",
         *(f"#SBATCH {option}" for option in sbatch_options(settings)),
     ]
@@ -62,7 +69,7 @@ def batch_script(
     launch = f"""
 # The run directory must be on a filesystem that every node shares.
 if [[ ! -r {config} ]]; then
-    echo "nanostudy: {request.config_path} is not readable on $(hostname): the run directory must be on a \\
+    echo "nanostudy: "{config}" is not readable on $(hostname): the run directory must be on a \\
 filesystem that the login node and every compute node share" >&2
     exit {EXIT_NOT_SHARED}
 fi
