@@ -254,13 +254,28 @@ def test_data_files_glob_picks_the_builder_from_the_files_matched(tmp_path):
         list(iter_documents(SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "pq" / "*.md"))))
 
 
+def test_a_bad_row_under_a_data_files_glob_is_named_by_its_file_and_its_row_there(tmp_path):
+    write_jsonl(tmp_path / "fw" / "part-0.jsonl", [{"text": "one"}, {"text": "two"}])
+    write_jsonl(tmp_path / "fw" / "part-1.jsonl", [{"text": "three"}, {"body": "four"}])
+    spec = SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "fw" / "*.jsonl"))
+    with pytest.raises(SourceError, match=r"fw/part-1\.jsonl row 2: field 'text' is missing or null"):
+        list(iter_documents(spec))
+    write_jsonl(tmp_path / "fw" / "part-1.jsonl", [{"text": "three"}])
+    assert [d.text for d in iter_documents(spec)] == ["one", "two", "three"]
+    assert [d.where.rsplit("/", 1)[1] for d in iter_documents(spec)] == [
+        "part-0.jsonl row 1",
+        "part-0.jsonl row 2",
+        "part-1.jsonl row 1",
+    ]
+
+
 def test_errors_while_streaming_name_the_source_and_the_option(tmp_path):
     write_parquet(tmp_path / "good" / "a.parquet", [{"text": "fine"}])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.jsonl").write_bytes((tmp_path / "good" / "a.parquet").read_bytes())
     spec = SourceSpec(name="fineweb-edu", data_files=str(tmp_path / "bad" / "*.jsonl"))
     with pytest.raises(
-        SourceError, match=r"fineweb-edu: data_files '.*bad/\*\.jsonl': reading row 1 failed"
+        SourceError, match=r"fineweb-edu: data_files '.*bad/\*\.jsonl': .*bad/a\.jsonl: reading row 1 failed"
     ) as e:
         list(iter_documents(spec))
     assert "check that the files are intact" in str(e.value) and "\n" not in str(e.value)

@@ -396,6 +396,8 @@ def _row_document(row: dict, spec: SourceSpec, *, where: str) -> Document:
         from runner.data.chat import messages_from_rows
 
         return Document(messages=messages_from_rows(row[key], where=where), where=where)
+    if row[key] is None:  # a row without the field, in a file whose other rows have it
+        raise SourceError(f"{where}: field {key!r} is missing or null; set {option} if it is another field")
     if not isinstance(row[key], str):
         raise SourceError(f"{where}: field {key!r} is {type(row[key]).__name__}, not text")
     return Document(text=row[key], where=where)
@@ -484,17 +486,12 @@ HUB_ADVICE = (
 )
 
 
-def load_hub_dataset(
-    path: str, *, config: str | None, split: str, data_files: str | None = None, advice: str = HUB_ADVICE
-):
+def load_hub_dataset(path: str, *, config: str | None, split: str, advice: str = HUB_ADVICE):
     """`datasets.load_dataset(..., streaming=True)`, with an error that says what to do offline (`advice`:
     the options of the source at hand)."""
     import datasets
 
     try:
-        if data_files is not None:
-            builder, files = data_files_builder(data_files)
-            return datasets.load_dataset(builder, data_files={split: files}, split=split, streaming=True)
         folder = local_folder(path)
         return datasets.load_dataset(
             str(folder) if folder else path, name=config, split=split, streaming=True
@@ -531,13 +528,13 @@ def _brief(error: Exception) -> str:
 
 
 def _hub_text(spec: SourceSpec) -> Iterator[Document]:
-    path = spec.dataset or HUB_IDS[spec.name]
-    config = spec.config or (None if spec.dataset or spec.data_files else DEFAULT_CONFIGS.get(spec.name))
-    dataset = load_hub_dataset(path, config=config, split="train", data_files=spec.data_files)
     if spec.data_files is not None:
-        where = f"{spec.name}: data_files {spec.data_files!r}"
-        advice = "check that the files are intact parquet or jsonl files in the hub's schema"
-    elif spec.dataset is not None:
+        yield from _data_files_text(spec)
+        return
+    path = spec.dataset or HUB_IDS[spec.name]
+    config = spec.config or (None if spec.dataset else DEFAULT_CONFIGS.get(spec.name))
+    dataset = load_hub_dataset(path, config=config, split="train")
+    if spec.dataset is not None:
         where = f"{spec.name}: dataset {spec.dataset!r}"
         advice = "check the dataset's files (or its network access), or give `data_files: <glob>`"
     else:
@@ -548,4 +545,23 @@ def _hub_text(spec: SourceSpec) -> Iterator[Document]:
         )
     rows = iter_rows(dataset, where=where, advice=advice)
     for number, row in enumerate(rows, start=1):
-        yield _row_document(row, spec, where=f"{spec.data_files or path} row {number}")
+        yield _row_document(row, spec, where=f"{path} row {number}")
+
+
+def _data_files_text(spec: SourceSpec) -> Iterator[Document]:
+    """The rows of the files a `data_files` glob matches, one file after another (in sorted order, as
+    one stream over them all would read them), so that an error names the file and its row."""
+    import datasets
+
+    builder, files = data_files_builder(spec.data_files)
+    advice = "check that the files are intact parquet or jsonl files in the hub's schema"
+    for file in files:
+        where = f"{spec.name}: data_files {spec.data_files!r}: {file}"
+        try:
+            dataset = datasets.load_dataset(
+                builder, data_files={"train": [file]}, split="train", streaming=True
+            )
+        except Exception as e:  # datasets raises many kinds
+            raise SourceError(f"{where}: could not be loaded: {_brief(e)}; {advice}") from None
+        for number, row in enumerate(iter_rows(dataset, where=where, advice=advice), start=1):
+            yield _row_document(row, spec, where=f"{file} row {number}")
