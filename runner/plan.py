@@ -454,16 +454,8 @@ class _Planner:
             return None
         num_steps = num_steps_for(checked, numbers.flops_per_token)
         num_tokens = num_steps * checked.train.total_batch_tokens
-        if mode == "mid-training" and num_tokens >= MAX_TOKENS:  # pretraining: _budget_fits
-            horizon = next(k for k in ("flops", "tokens", "steps") if getattr(self.study.mid_training, k))
-            self.problems.append(
-                self.study.problem(
-                    f"mid_training.{horizon}",
-                    f"{num_tokens:.3g} tokens ({num_steps:.3g} steps), more than the {MAX_TOKENS:.3g} a run "
-                    "can count; a typo in the exponent?",
-                )
-            )
-            return None
+        if mode == "mid-training" and not self._horizon_fits(checked, numbers, model, num_steps):
+            return None  # pretraining: _budget_fits
         flops = float(numbers.flops_per_token) * num_tokens
         stage_dir = self.data_dirs.get(mode)
         epochs = epochs_needed(stage_dir, num_tokens) if stage_dir is not None else None
@@ -520,6 +512,36 @@ class _Planner:
                 f"per token); the smallest budget for this depth is {one_step_flops:.3g} FLOPs"
             )
         self.problems.append(self.study.problem(key, problem))
+        return False
+
+    def _horizon_fits(
+        self, checked: RunConfig, numbers: "_ModelNumbers", model: Mapping[str, Any], num_steps: int
+    ) -> bool:
+        """The mid-training horizon, as _budget_fits checks a budget: at most what a run can count, and (flops
+        or tokens) at least one optimizer step, which the trainer would otherwise round up to a whole one."""
+        train = checked.train
+        horizon = next(k for k in ("flops", "tokens", "steps") if getattr(self.study.mid_training, k))
+        num_tokens = num_steps * train.total_batch_tokens
+        one_step_flops = float(numbers.flops_per_token) * train.total_batch_tokens
+        if num_tokens >= MAX_TOKENS:
+            problem = (
+                f"{num_tokens:.3g} tokens ({num_steps:.3g} steps), more than the {MAX_TOKENS:.3g} a run can "
+                "count; a typo in the exponent?"
+            )
+        elif (tokens := train.target_tokens) is not None and tokens < train.total_batch_tokens:
+            problem = (
+                f"{tokens:,} tokens is less than one optimizer step ({train.total_batch_tokens:,} tokens); "
+                "give at least that many"
+            )
+        elif train.target_flops is not None and train.target_flops < one_step_flops:
+            problem = (
+                f"{train.target_flops:.3g} FLOPs is less than one optimizer step at depth {model['depth']} "
+                f"({train.total_batch_tokens:,} tokens × {numbers.flops_per_token:,} FLOPs per token); the "
+                f"smallest for this depth is {one_step_flops:.3g} FLOPs"
+            )
+        else:
+            return True
+        self.problems.append(self.study.problem(f"mid_training.{horizon}", problem))
         return False
 
     def _gpus(
