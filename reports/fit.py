@@ -167,17 +167,28 @@ def _extrapolation_lines(isoflop: IsoflopFit) -> list[str]:
 
 
 def _finite_points(points: Sequence[Point], problems: list[str]) -> list[Point]:
-    """The points whose loss, N, D and C are finite and positive; one problem line names the others."""
+    """The points whose loss, N, D, C and budget are finite and positive numbers; one problem line names the
+    others, each with its first bad value (a missing one is None)."""
     kept, bad = [], []
-    for point in points:
-        values = (point.loss, point.n, point.d, point.c)
-        (kept if all(0 < value < np.inf for value in values) else bad).append(point)
+    for index, point in enumerate(points, start=1):
+        values = {"loss": point.loss, "N": point.n, "D": point.d, "C": point.c, "budget": point.budget}
+        wrong = [f"{name} {value}" for name, value in values.items() if not _finite_positive(value)]
+        if wrong:
+            bad.append(f"{point.cell_id or f'point {index}'} ({wrong[0]})")
+        else:
+            kept.append(point)
     if bad:
-        shown = ", ".join(f"{p.cell_id or f'N={p.n:.3g}'} (loss {p.loss})" for p in bad[:10])
         more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
         what = "point(s) with a non-finite or non-positive value left out"
-        problems.append(f"{len(bad)} {what}: {shown}{more}")
+        problems.append(f"{len(bad)} {what}: {', '.join(bad[:10])}{more}")
     return kept
+
+
+def _finite_positive(value) -> bool:
+    try:
+        return 0 < value < np.inf
+    except TypeError:  # None, or not a number at all
+        return False
 
 
 def distinct_points(points: Sequence[Point], problems: list[str]) -> list[Point]:
