@@ -1327,17 +1327,16 @@ def _batch_problem(
 ) -> tuple[str, str] | None:
     """The batch rules the trainer applies at start (nanogpt.train.sequences_per_rank / grad_accum_for):
     total_batch_tokens splits into whole sequences on each GPU, and device_batch_size divides those."""
-    model = config["model"]
-    if model is None:
-        return None  # mode mid-training: the checkpoint's sequence_len, checked by the trainer
+    model = config["model"] or _checkpoint_model(study)  # mode mid-training: the checkpoint's shape
     gpus = study.resources.processes_for(model["depth"])
     total, seq_len = config["train"]["total_batch_tokens"], model["sequence_len"]
     batch_key = _study_key("train.total_batch_tokens", stage, origin, mid_origin)
     if batch_key == "train" and "model.sequence_len" in origin:
         batch_key = origin["model.sequence_len"]
     if total % (seq_len * gpus):
+        seq_name = "sequence_len" if config["model"] else "the checkpoint's sequence_len"
         return batch_key, (
-            f"{total:,} tokens per step is not a multiple of sequence_len × {_world_size_name(study)} "
+            f"{total:,} tokens per step is not a multiple of {seq_name} × {_world_size_name(study)} "
             f"= {seq_len} × {gpus}"
         )
     sequences, micro = total // (seq_len * gpus), config["train"]["device_batch_size"]
@@ -1347,3 +1346,11 @@ def _batch_problem(
             "(total_batch_tokens / (sequence_len × gpus))"
         )
     return None
+
+
+def _checkpoint_model(study: Study) -> dict[str, Any]:
+    """The model config of the checkpoint a mode mid-training study starts from (read when it loaded)."""
+    from nanogpt.checkpoint import read_meta, resolve_checkpoint
+
+    assert study.mid_training is not None and study.mid_training.init_from is not None
+    return read_meta(resolve_checkpoint(Path(study.mid_training.init_from).expanduser()))["model_config"]
