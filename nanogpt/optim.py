@@ -592,7 +592,7 @@ class MuonAdamW(torch.optim.Optimizer):
                             f"optimizer state: param group {i} shard {j} {name} has shape "
                             f"{tuple(saved_tensor.shape)}, this optimizer has {tuple(t.shape)}"
                         )
-                if isinstance(shard, _AdamWShard) and type(entry["step"]) is not int:
+                if isinstance(shard, _AdamWShard) and (type(entry["step"]) is not int or entry["step"] < 0):
                     raise ValueError(f"optimizer state: param group {i} shard {j} step is {entry['step']!r}")
 
 
