@@ -584,6 +584,16 @@ def _as_str(doc: _Document, key: str, value: Any) -> str | None:
     return value
 
 
+def _as_name(doc: _Document, value: Any) -> str | None:
+    """The study's name, which is also the folder of its run directories (runs/<name>/): one folder name, so
+    that they stay in runs/."""
+    name = _as_str(doc, "name", value)
+    if name is not None and (name in (".", "..") or "/" in name):
+        doc.add("name", f"{name!r} is not one folder name, which runs/<name>/ needs: no '/', and not . or ..")
+        return None
+    return name
+
+
 def _as_mapping(doc: _Document, key: str, value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         doc.add(key, f"expected a mapping of keys to values, got {_kind(value)} ({value!r})")
@@ -1210,7 +1220,7 @@ def study_name(path: str | os.PathLike) -> str:
         raise StudyError([f"{path}:1: study: expected a mapping of keys (name, mode, data, grid, ...)"])
     if "name" not in doc.root:
         return path.stem
-    name = _as_str(doc, "name", doc.root["name"])
+    name = _as_name(doc, doc.root["name"])
     if name is None:
         raise StudyError([message for _, message in doc.problems])
     return name
@@ -1227,7 +1237,7 @@ def parse(text: str, *, path: str | os.PathLike = "<study>", executor: str | Non
         raise StudyError([f"{path}:{line}: study: expected a mapping of keys (name, mode, data, grid, ...)"])
     _unknown_keys(doc, "", raw, TOP_LEVEL_KEYS)
 
-    name = _as_str(doc, "name", raw["name"]) if "name" in raw else Path(path).stem
+    name = _as_name(doc, raw["name"]) if "name" in raw else Path(path).stem
     description = (
         _as_str(doc, "description", raw["description"]) if raw.get("description") is not None else None
     )
