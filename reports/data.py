@@ -100,7 +100,13 @@ class StudyData:
 
 
 def read_study(store: Store, study_name: str) -> StudyData:
-    """Everything the report shows about the study; UnknownStudyError when the database has no such study."""
+    """Everything the report shows about the study, read in one snapshot of the database (a runner may be
+    writing it); UnknownStudyError when the database has no such study."""
+    with store.snapshot():
+        return _read_study(store, study_name)
+
+
+def _read_study(store: Store, study_name: str) -> StudyData:
     study = get_study(store, study_name)
     if study is None or study.id is None:
         raise UnknownStudyError(f"study {study_name!r} is not in the database {store.name}")

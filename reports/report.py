@@ -99,13 +99,14 @@ def write_report(
     for `fmt` png/svg a folder with one file per chart. Raises `reports.data.UnknownStudyError`."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: must be one of {', '.join(FORMATS)}")
-    data = read_study(store, study_name)
     fit_error = None
-    if fits is None:
-        try:
-            fits = _fit_study(store, study_name, metric=metric, n_boot=n_boot, seed=seed)
-        except Exception as error:  # the report still shows the cells, curves and costs without fits
-            fit_error = f"scaling fits: failed: {type(error).__name__}: {error}"
+    with store.snapshot():  # the cells and the fits' points from one moment of a runner's writes
+        data = read_study(store, study_name)
+        if fits is None:
+            try:
+                fits = _fit_study(store, study_name, metric=metric, n_boot=n_boot, seed=seed)
+            except Exception as error:  # the report still shows the cells, curves and costs without fits
+                fit_error = f"scaling fits: failed: {type(error).__name__}: {error}"
     report = build_report(data, fits, metric=metric, fit_error=fit_error)
     out = Path(out)
     if fmt == "html":

@@ -280,12 +280,13 @@ def study_status(store: Store, name: str) -> StudyStatus:
     progress). The study's ETA divides the remaining seconds by the number of cells running now (one if
     none): a rough guide, since it knows nothing of GPUs that free up or of cells still to be retried.
     """
-    study = _study(store, name)
-    statuses = cell_statuses(store, study.id)
-    # A handful of queries whatever the number of cells: the TUI polls this every second.
-    latest = latest_train_points(store, study.id)
-    num_attempts = attempt_counts(store, study.id)
-    gpus = {attempt.cell_id: attempt.gpus or "" for attempt in open_attempts(store, study.id)}
+    # A handful of queries whatever the number of cells (the TUI polls this every second), in one snapshot.
+    with store.snapshot():
+        study = _study(store, name)
+        statuses = cell_statuses(store, study.id)
+        latest = latest_train_points(store, study.id)
+        num_attempts = attempt_counts(store, study.id)
+        gpus = {attempt.cell_id: attempt.gpus or "" for attempt in open_attempts(store, study.id)}
     speeds: dict[str, float] = {}  # cell -> seconds per step, measured
     flops_done = seconds_done = 0.0
     for status in statuses:

@@ -15,11 +15,12 @@ that reads and then wants to write fails at once with "database is locked" inste
 import functools
 import operator
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +70,42 @@ class Store:
 
     engine: Engine
     name: str  # the file path or the URL without its password, for messages
+    _pinned: threading.local = field(default_factory=threading.local, compare=False, repr=False)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection inside one read transaction: every query sees the same snapshot."""
+        pinned = getattr(self._pinned, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read of this thread inside (`read()`, `session()`, and so every query function) sees one
+        snapshot of the database: a reader that makes several queries (the report, the status views) never
+        mixes two moments of a runner's writes. One read transaction on one connection (on PostgreSQL at
+        REPEATABLE READ, whose snapshot holds across statements). Writes are not allowed inside."""
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                self._pinned.conn = conn
+                try:
+                    yield
+                finally:
+                    self._pinned.conn = None
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         """A connection inside one write transaction, committed on success and rolled back on an error."""
+        if getattr(self._pinned, "conn", None) is not None:
+            raise RuntimeError("store.write() inside store.snapshot(): a snapshot is for reads only")
         with self.engine.connect() as conn:
             conn.execution_options(**{_WRITE_OPTION: True})
             with conn.begin():
@@ -87,7 +114,8 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """An ORM session for reads that return table objects; the objects stay usable after it closes."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        pinned = getattr(self._pinned, "conn", None)
+        with Session(pinned or self.engine, expire_on_commit=False) as session:
             yield session
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import math
 import os
 import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from report_fixtures import (
@@ -19,6 +20,7 @@ from report_fixtures import (
     sparse_study,
 )
 
+import reports.data
 import reports.report
 from reports.data import attempt_hours, read_study, thin
 from reports.fit import fit_study, table_points
@@ -34,6 +36,7 @@ from store import (
     claim,
     end_attempt,
     ingest,
+    open_store,
 )
 
 SECTIONS = ("summary", "isoflop", "optimum", "parametric", "training", "evals", "throughput", "cells")
@@ -148,6 +151,37 @@ def test_a_cell_that_diverged_at_its_first_step_draws_no_empty_training_chart(tm
     report = build_report(read_study(store, "nan"), None)
     assert [name for name, _ in report.charts()] == ["throughput"]  # the training chart had no data
     assert "training curves: no cell has logged a finite training loss yet" in report.left_out
+
+
+def test_the_report_reads_one_moment_of_a_runner_that_writes_between_its_queries(tmp_path: Path) -> None:
+    store, study_id = new_study(tmp_path / "nanostudy.db", "live")
+    cell = NewCell(id="d1", mode=CellMode.PRETRAINING, depth=6, flops_budget=1e17, seed=0, num_params=10**7,
+                   num_tokens=10**9, flops_per_token=6 * 10**7, steps_total=40, config={})  # fmt: skip
+    add_cells(store, study_id, [cell])
+    attempt = claim(store, "d1", executor=Executor.LOCAL, host="h", gpus="0", num_gpus=1)
+    ingest(store, "d1", attempt_id=attempt.id, train=[{"step": 1, "tokens": 4096, "loss": 3.0}])
+    runner = open_store(tmp_path / "nanostudy.db")
+    real_train_curve = reports.data.train_curve
+
+    def train_curve_while_the_runner_writes(*args, **kwargs):
+        # Between the cell's row and its curve: two more steps, and the attempt ends.
+        ingest(
+            runner,
+            "d1",
+            attempt_id=attempt.id,
+            train=[{"step": s, "tokens": 4096 * s, "loss": 2.0} for s in (2, 3)],
+        )
+        end_attempt(runner, attempt.id, AttemptOutcome.FAILED, exit_code=1, reason="crashed")
+        return real_train_curve(*args, **kwargs)
+
+    with mock.patch("reports.data.train_curve", train_curve_while_the_runner_writes):
+        data = read_study(store, "live")
+    runner.close()
+    (row,) = data.cells
+    assert (row.state, row.steps_done, [p.step for p in data.curves["d1"]]) == ("running", 1, [1])
+    assert row.num_attempts == 1 and row.reason is None
+    after = read_study(store, "live")
+    assert (after.cells[0].state, [p.step for p in after.curves["d1"]]) == ("failed", [1, 2, 3])
 
 
 def test_mid_training_cells_get_panels_and_marks_of_their_own(tmp_path: Path) -> None:

@@ -240,6 +240,32 @@ def test_schema_version_mismatch_names_file_and_both_versions(tmp_path: Path, st
     assert word in message
 
 
+def test_reads_inside_a_snapshot_see_one_moment_whatever_another_writer_does(store: Store) -> None:
+    study_id = _study(store)
+    add_cells(store, study_id, [_cell("first")])
+    claim(store, "first", executor=Executor.LOCAL, host="h")
+    writer = open_store(store.engine.url.render_as_string(hide_password=False))
+    seen_by_another_thread = []
+    with store.snapshot():
+        assert [c.id for c in cells_of(store, study_id)] == ["first"]
+        # A runner writes between the reader's queries: a new cell, and a step of the first cell.
+        add_cells(writer, study_id, [_cell("second", seed=1)])
+        ingest(writer, "first", attempt_id=1, train=[{"step": 1, "loss": 2.0, "tokens": 10}])
+        assert [c.id for c in cells_of(store, study_id)] == ["first"]  # an ORM session
+        assert [c.steps_done for c in cell_statuses(store, study_id)] == [0]  # a plain read
+        assert train_curve(store, "first") == []
+        thread = threading.Thread(target=lambda: seen_by_another_thread.extend(cells_of(store, study_id)))
+        thread.start()
+        thread.join()
+        with pytest.raises(RuntimeError, match="snapshot is for reads only"):
+            with store.write():
+                pass
+    writer.close()
+    assert sorted(c.id for c in seen_by_another_thread) == ["first", "second"]  # not pinned to the snapshot
+    assert sorted(c.id for c in cells_of(store, study_id)) == ["first", "second"]
+    assert [p.step for p in train_curve(store, "first")] == [1]
+
+
 def test_move_run_dirs_moves_only_cells_never_tried(store: Store) -> None:
     study_id = _study(store)
     add_cells(
