@@ -923,7 +923,10 @@ def _parse_run_sections(
             path = _config_path(section, key)
             problem = _probe(_nested(path, values[key]))
             if problem is not None:
-                doc.add(f"{where}.{key}", problem[1])
+                # A rule with a default (warmup_frac + the default cooldown_frac): name both, as below.
+                names_more = problem[0].startswith(".".join(path) + " ")
+                rest = problem[0].removeprefix(".".join(path)).strip() if names_more else ""
+                doc.add(f"{where}.{key}", f"{key} {rest}: {problem[1]}" if rest else problem[1])
                 continue
             resolved = _resolved(_nested(path, values[key]))
             for part in path:
