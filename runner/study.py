@@ -293,7 +293,11 @@ class Study:
             "mode": self.mode,
             "description": self.description,
             "data": _prepare_dict(self.data) if self.data else None,
-            "grid": {axis: list(getattr(self.grid, axis)) for axis in AXES},
+            "grid": {
+                **{axis: list(getattr(self.grid, axis)) for axis in AXES},
+                # Which depths each budget trains, when not every one (grid.depth as a mapping).
+                "depth_by_flops": [[flops, list(depths)] for flops, depths in self.grid.depth_by_flops],
+            },
             "training": copy.deepcopy(dict(self.training)),
             "eval": dataclasses.asdict(self.eval),
             "resources": {**dataclasses.asdict(self.resources), "slurm": self.resources.slurm.to_dict()},
