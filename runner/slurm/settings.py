@@ -41,6 +41,21 @@ KEYS = (
     "poll_s",
 )
 
+# sbatch options the executor sets itself, and why a study may not: the job's name finds it again after a
+# restart and proves a recorded id is still ours (another name: a restarted runner took the running job for
+# ended and submitted a second beside it), its logs are where status reads them, and its nodes are the world
+# size that the batch rule was checked against.
+_NAME = "nanostudy names each job itself (nanostudy-<cell>-<attempt>), to find it again after a restart"
+_LOGS = "nanostudy sends each job's output to RUN_DIR/logs/attempt_N.{out,err}, where status reads it"
+_NODES = "set the nodes with resources.slurm.nodes (the batch rule counts the processes of every node)"
+_ARRAY = "each attempt is one job, not an array"
+_OWN_OPTIONS = {
+    **dict.fromkeys(("--job-name", "-J"), _NAME),
+    **dict.fromkeys(("--output", "-o", "--error", "-e"), _LOGS),
+    **dict.fromkeys(("--nodes", "-N"), _NODES),
+    **dict.fromkeys(("--array", "-a"), _ARRAY),
+}
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SlurmSettings:
@@ -112,6 +127,8 @@ def parse_settings(
                 bad(key, f"expected a list of strings, got {value!r}")
             elif key == "sbatch" and (wrong := [s for s in lines if not _sbatch_option(s)]):
                 bad(key, f"{wrong[0]!r} is not an sbatch option (write it as '--mem=0' or '#SBATCH --mem=0')")
+            elif key == "sbatch" and (ours := [s for s in lines if _why_ours(s)]):
+                bad(key, f"{ours[0]!r}: {_why_ours(ours[0])}")
             else:
                 values[key] = tuple(_sbatch_option(s) if key == "sbatch" else s for s in lines)
         elif key == "poll_s":
@@ -129,3 +146,10 @@ def _sbatch_option(line: str) -> str:
     """'--mem=0' from '--mem=0' or '#SBATCH --mem=0'; '' when it is not an option."""
     option = line.strip().removeprefix("#SBATCH").strip()
     return option if option.startswith("-") and "\n" not in option else ""
+
+
+def _why_ours(line: str) -> str | None:
+    """Why a study may not give this sbatch option (the executor sets it itself), or None."""
+    option = _sbatch_option(line)
+    name = option.split("=", 1)[0].split(None, 1)[0] if option.startswith("--") else option[:2]
+    return _OWN_OPTIONS.get(name)

@@ -1,0 +1,31 @@
+"""The study's resources.slurm keys: values that Slurm would take but that break the executor are refused
+at their key."""
+
+import pytest
+
+from runner.slurm.settings import parse_settings
+
+
+@pytest.mark.parametrize(
+    ("option", "why"),
+    [
+        ("--job-name=mine", "nanostudy names each job itself"),
+        ("#SBATCH -J mine", "nanostudy names each job itself"),
+        ("--output=/tmp/x.out", "RUN_DIR/logs/attempt_N"),
+        ("-e /tmp/x.err", "RUN_DIR/logs/attempt_N"),
+        ("--nodes 2", "resources.slurm.nodes"),
+        ("--array=0-3", "not an array"),
+    ],
+)
+def test_sbatch_options_that_the_executor_sets_itself_are_refused_at_the_key(option, why):
+    """A job renamed by `--job-name` was not found again by a restarted runner: it closed the attempt as
+    ended and submitted a second job that trained beside the first on the same run directory."""
+    settings, problems = parse_settings({"sbatch": ["--mem=0", option]})
+    assert [key for key, _ in problems] == ["sbatch"]
+    assert problems[0][1].startswith(f"{option!r}: ") and why in problems[0][1]
+    assert settings.sbatch == ()
+
+
+def test_other_sbatch_options_are_kept():
+    settings, problems = parse_settings({"sbatch": ["--mem=0", "--exclusive", "-C h100", "--nodelist=n1"]})
+    assert not problems and settings.sbatch == ("--mem=0", "--exclusive", "-C h100", "--nodelist=n1")
