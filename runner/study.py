@@ -1020,6 +1020,9 @@ def _parse_gpus_per_depth(doc: _Document, raw: dict) -> tuple[tuple[int, int], .
         if not str(key).isdigit() or int(key) < 1:  # the YAML loader gives mapping keys as strings
             doc.add(where, f"{key!r} is not a depth; the keys of gpus_per_cell are depths of grid.depth")
             continue
+        if int(key) in dict(pairs):  # `6:` and `06:` are two keys of YAML, one depth
+            doc.add(where, f"depth {int(key)} is given twice")
+            continue
         gpus = _as_int(doc, where, value, minimum=1)
         if gpus is not None:
             pairs.append((int(key), gpus))

@@ -12,3 +12,10 @@ def test_a_rule_between_a_key_and_a_default_names_both_keys():
     assert problems(GOOD + "schedule: {cooldown_frac: 1.5}\n") == [
         "s.yaml:17: schedule.cooldown_frac: must be in [0, 1], got 1.5"
     ]
+
+
+def test_a_depth_given_twice_in_gpus_per_cell_is_a_problem():
+    """`1:` and `01:` are two YAML keys for one depth: the later one's GPUs were taken without a word."""
+    assert problems(GOOD + "resources:\n  gpus_per_cell: {1: 1, 2: 1, 01: 4}\n") == [
+        "s.yaml:18: resources.gpus_per_cell.01: depth 1 is given twice"
+    ]
