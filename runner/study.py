@@ -480,9 +480,15 @@ class _Document:
         # the merged mappings in order (PyYAML's own flatten_mapping lets a later one win for most names,
         # and rewrites the node, which an alias to it visits again).
         merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        merge_line = None
         for key_node, value_node in node.value:
             if key_node.tag == MERGE_TAG:
-                for name, pair in self._merge_sources(value_node, f"{key}.<<" if key else "<<"):
+                where, line = (f"{key}.<<" if key else "<<"), key_node.start_mark.line + 1
+                if merge_line is not None:  # like any key: the first is kept; `<<: [*a, *b]` merges both
+                    self.add(where, f"given twice (first at line {merge_line})", line=line)
+                    continue
+                merge_line = line
+                for name, pair in self._merge_sources(value_node, where):
                     merged.setdefault(name, pair)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:

@@ -19,3 +19,9 @@ def test_a_depth_given_twice_in_gpus_per_cell_is_a_problem():
     assert problems(GOOD + "resources:\n  gpus_per_cell: {1: 1, 2: 1, 01: 4}\n") == [
         "s.yaml:18: resources.gpus_per_cell.01: depth 1 is given twice"
     ]
+
+
+def test_a_merge_key_given_twice_is_a_key_given_twice():
+    """`<<` twice in one mapping merged both, the first winning, without a word; a list merges several."""
+    text = GOOD + "optim:\n  <<: {matrix_lr: 0.1}\n  <<: {matrix_lr: 0.2}\n"
+    assert problems(text) == ["s.yaml:19: optim.<<: given twice (first at line 18)"]
