@@ -29,3 +29,13 @@ def test_sbatch_options_that_the_executor_sets_itself_are_refused_at_the_key(opt
 def test_other_sbatch_options_are_kept():
     settings, problems = parse_settings({"sbatch": ["--mem=0", "--exclusive", "-C h100", "--nodelist=n1"]})
     assert not problems and settings.sbatch == ("--mem=0", "--exclusive", "-C h100", "--nodelist=n1")
+
+
+def test_an_account_written_as_a_bare_number_is_told_to_be_quoted():
+    """YAML reads `account: 12345` as a number, and `0123` as 83: 'expected a name without spaces, got
+    12345' named no problem the user could see."""
+    _, problems = parse_settings({"account": 12345, "qos": 83})
+    assert problems == [
+        ("account", "expected a name, got the number 12345: write a name of digits in quotes"),
+        ("qos", "expected a name, got the number 83: write a name of digits in quotes"),
+    ]

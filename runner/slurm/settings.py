@@ -107,6 +107,9 @@ def parse_settings(
             if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value):
                 # The script quotes the interpreter: `~` and $HOME are expanded here, on the login node.
                 values[key] = os.path.expandvars(os.path.expanduser(value)) if key == "python" else value
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                # YAML reads 12345 as a number (and 0123 as octal 83): a name of digits needs quotes.
+                bad(key, f"expected a name, got the number {value!r}: write a name of digits in quotes")
             else:
                 bad(key, f"expected a name without spaces, got {value!r}")
         elif key == "time":
