@@ -39,3 +39,12 @@ def test_an_account_written_as_a_bare_number_is_told_to_be_quoted():
         ("account", "expected a name, got the number 12345: write a name of digits in quotes"),
         ("qos", "expected a name, got the number 83: write a name of digits in quotes"),
     ]
+
+
+def test_an_integer_above_the_range_is_refused_with_the_bound_it_passed():
+    """70000 nodes were refused as 'expected an integer >= 1, got 70000'."""
+    _, problems = parse_settings({"nodes": 70000, "rdzv_port": 65536, "gpus_per_node": 8})
+    assert problems == [
+        ("nodes", "expected an integer <= 65535, got 70000"),
+        ("rdzv_port", "expected an integer <= 65535, got 65536"),
+    ]

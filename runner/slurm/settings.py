@@ -120,10 +120,12 @@ def parse_settings(
                 bad(key, f"expected a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS), got {value!r}")
         elif key in ("nodes", "procs_per_node", "gpus_per_node", "rdzv_port"):
             minimum = {"gpus_per_node": 0, "rdzv_port": 1024}.get(key, 1)
-            if isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= 65535:
-                values[key] = value
-            else:
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 bad(key, f"expected an integer >= {minimum}, got {value!r}")
+            elif value > 65535:
+                bad(key, f"expected an integer <= 65535, got {value!r}")
+            else:
+                values[key] = value
         elif key in ("sbatch", "setup"):
             lines = [value] if isinstance(value, str) else value
             if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
