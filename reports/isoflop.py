@@ -126,7 +126,7 @@ class IsoflopFit:
     metric: str
     parabolas: list[Parabola]  # by budget
     skipped: list[str]  # one line per budget not fitted, with the reason
-    n_opt: PowerLaw | None  # None with fewer than 2 fitted budgets
+    n_opt: PowerLaw | None  # None with fewer than 2 budgets' minima finite and positive (3 for loss_opt)
     d_opt: PowerLaw | None
     loss_opt: PowerLaw | None
 
@@ -220,8 +220,8 @@ def _drawn_minima(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, sigma:
 def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_token, depth_of) -> Parabola:
     n_range = (kept[0].n, kept[-1].n)
     interior = bool(math.log(n_range[0]) <= x_opt <= math.log(n_range[1]))
-    n_opt = math.exp(x_opt)
-    with np.errstate(over="ignore"):  # a nearly flat resampled parabola: N* = inf
+    with np.errstate(over="ignore"):  # a nearly flat parabola (fitted or resampled): N* = inf, or 0
+        n_opt = float(np.exp(x_opt))
         boot_n = np.exp(boot[:, 0])
     boot_d = _tokens(budget, boot_n, flops_per_token)
     return Parabola(
@@ -230,7 +230,7 @@ def _parabola(budget, kept, outlier, coeffs, x_opt, loss_opt, boot, flops_per_to
         coeffs=(float(coeffs[0]), float(coeffs[1]), float(coeffs[2])),
         n_opt=n_opt,
         n_opt_ci=percentile_interval(boot_n),
-        d_opt=float(budget / flops_per_token(n_opt)),
+        d_opt=float(_tokens(budget, np.float64(n_opt), flops_per_token)),
         d_opt_ci=percentile_interval(boot_d),
         loss_opt=float(loss_opt),
         loss_opt_ci=percentile_interval(boot[:, 1]),
@@ -331,15 +331,15 @@ def _power_laws(boot_minima, interior: list[bool], flops_per_token) -> dict[str,
     when there are enough of them for the law, else over all (module docstring)."""
     budgets = np.array([b for b, *_ in boot_minima])
     inside = np.array(interior, dtype=bool)
-    n_opt = np.exp([x for _, x, _, _ in boot_minima])
     loss_opt = np.array([loss for _, _, loss, _ in boot_minima])
     boot = np.stack([b for *_, b in boot_minima], axis=1) if boot_minima else np.empty((0, 0, 2))
     with np.errstate(over="ignore"):  # N* = inf: see PowerLaw
+        n_opt = np.exp([x for _, x, _, _ in boot_minima])
         boot_n = np.exp(boot[..., 0])
     boot_d = _tokens(budgets, boot_n, flops_per_token)
     series = {
         "n_opt": (n_opt, boot_n),
-        "d_opt": (budgets / flops_per_token(n_opt), boot_d),
+        "d_opt": (_tokens(budgets, n_opt, flops_per_token), boot_d),
         "loss_opt": (loss_opt, boot[..., 1]),
     }
     laws = {}
@@ -356,6 +356,9 @@ def _power_laws(boot_minima, interior: list[bool], flops_per_token) -> dict[str,
         else:
             full = np.array([*_log_log_line(c, values), 0.0])
             fits = np.array([[*_log_log_line(c, row), 0.0] for row in resampled]).reshape(-1, 3)
+        if np.isnan(full).any():  # too few of the minima are finite and positive (a nearly flat parabola's)
+            laws[name] = None
+            continue
         fits = fits[~np.isnan(fits).any(axis=1)]  # resamples with too few budgets' minima
         with np.errstate(over="ignore"):
             k, k_ci = np.exp(full[0]), np.exp(percentile_interval(fits[:, 0]))
@@ -433,7 +436,12 @@ def _depth_model(points: Sequence[Point]):
     if len(np.unique(depths)) < 2:
         return None
     slope, intercept = np.polyfit(np.log(depths), np.log([n for _, n in pairs]), 1)
-    return lambda n: math.exp((math.log(n) - intercept) / slope)
+
+    def depth_of(n: float) -> float:
+        with np.errstate(divide="ignore", over="ignore"):  # N* of 0 or inf (a nearly flat parabola)
+            return float(np.exp((np.log(n) - intercept) / slope))
+
+    return depth_of
 
 
 def _advice(n_opt: float, kept: list[Point], depth_of) -> str:
