@@ -89,6 +89,10 @@ def test_parse_bytes_units():
     assert parse_bytes(123) == 123
     with pytest.raises(ValueError, match="must be positive"):
         parse_bytes(0)
+    assert parse_bytes(2.0e7) == 20_000_000 and parse_bytes("0.5kB") == 500
+    for fractional in (1.5, 0.5, "1.5", "1.5B"):  # were 1 byte, or "must be positive"
+        with pytest.raises(ValueError, match=r"max_bytes: a size in bytes must be a whole number"):
+            parse_bytes(fractional)
 
 
 def test_local_text_jsonl_parquet(tmp_path):

@@ -47,7 +47,10 @@ def parse_bytes(value: int | str, *, key: str = "max_bytes") -> int:
         match = _SIZE.match(str(value))
         if not match:
             raise ValueError(f"{key}: expected a size such as 20MB or 1.5GiB, got {value!r}")
-        number = int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+        exact = float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
+        if not exact.is_integer():  # 1.5 bytes, not 1 (nor a refusal of 0.5 as "not positive")
+            raise ValueError(f"{key}: a size in bytes must be a whole number, got {value!r}; e.g. 1.5MB")
+        number = int(exact)
     if number <= 0:
         raise ValueError(f"{key}: must be positive, got {value!r}")
     return number
