@@ -178,7 +178,7 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def _num(value: float) -> str:
-    return "nan" if not math.isfinite(value) else f"{value:.4g}"
+    return f"{value:.4g}"  # nan, or inf: a nearly flat parabola's N* beyond any float (docs/fits.md)
 
 
 def _interval(interval, fmt: str = ".3g") -> str:

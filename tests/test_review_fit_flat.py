@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from reports.fit import fit_points
+from reports.fit_command import format_fits
 from reports.isoflop import fit_isoflop
 from reports.points import Point
 
@@ -47,3 +48,11 @@ def test_a_minimum_beyond_any_float_is_outside_the_sampled_n_not_an_overflow() -
     assert fits.isoflop is not None
     assert not any("failed" in line for line in fits.problems)
     assert "L*(C) = E + k·C^e (three parameters) needs minima at 3 or more budgets" in fits.problems
+
+
+def test_nanostudy_fit_shows_an_infinite_minimum_as_inf() -> None:
+    # Once: the flat budget's N* printed as "nan" (not a number), beside its interval [8.85e+47, inf].
+    out = format_fits(fit_points(study(), n_boot=20), source="flat.csv")
+    minima = out.split("isoflop minima")[1].splitlines()
+    row = next(line.split() for line in minima if line.startswith("  1e+20 "))
+    assert row[:3] == ["1e+20", "5", "inf"] and row[5] == "0"
