@@ -7,6 +7,7 @@ filesystem type under them is a warning (every node may be this machine), and ea
 that it can read its config before it starts the trainer.
 """
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -50,11 +51,15 @@ def check_cluster(
 
 
 def _refused_key(message: str, settings: SlurmSettings) -> str:
+    """The key of the set value whose word Slurm's message names first, as a whole word: "Invalid account
+    or account/partition combination" is the account's, "Socket timed out" no key's."""
     lowered = message.lower()
-    for word, key in _REFUSAL_KEYS:
-        if word in lowered and getattr(settings, key) is not None:
-            return f"resources.slurm.{key}"
-    return "resources.slurm"
+    named = [
+        (match.start(), key)
+        for word, key in _REFUSAL_KEYS
+        if getattr(settings, key) is not None and (match := re.search(rf"\b{word}\b", lowered))
+    ]
+    return f"resources.slurm.{min(named)[1]}" if named else "resources.slurm"
 
 
 def _filesystem_warnings(runs_dir: Path) -> list[str]:
