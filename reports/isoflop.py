@@ -16,9 +16,10 @@ the scatter, when the distance per √(1 + h) exceeds OUTLIER_GROSS of the media
 budget with too few points to estimate the noise). With 4 points nothing is left out: the other 3 fit a
 parabola exactly, and a real curve's honest edge point would be taken for an outlier.
 
-The minimum is at x* = −c1 / (2·c2) (only when c2 > 0), so N* = e^x*, L* = c0 − c1² / (4·c2), and
-D* = C / (FLOPs per token at N*), the FLOPs per token following the cells' own (a log-log line of
-C/D/N against N over every point, so attention FLOPs count; exactly 6·N when C = 6·N·D). The minimum is
+The minimum is at x* = −c1 / (2·c2) (only when c2 > 0 beyond round-off: _ROUND_OFF_CURVATURE), so
+N* = e^x*, L* = c0 − c1² / (4·c2), and D* = C / (FLOPs per token at N*), the FLOPs per token following the
+cells' own (a log-log line of C/D/N against N over every point, so attention FLOPs count; exactly 6·N when
+C = 6·N·D). The minimum is
 *interior* when N* lies within the smallest and largest N sampled at that budget; otherwise it is an
 extrapolation, and `advice` says which depths to add.
 
@@ -61,6 +62,10 @@ OUTLIER_GROSS = 0.10
 # grid of this many values, twice.
 MIN_BUDGETS_WITH_OFFSET = 3
 _OFFSET_GRID = 200
+# A parabola whose curvature changes the loss across its sampled N by less than this fraction of the loss is
+# a straight line (or flat) up to round-off: c2 is then ±1e-16 by chance, and its sign must not decide
+# between "not convex" and a minimum at N ≈ 0 or inf. A real curve's is ~5% (±1 in ln N).
+_ROUND_OFF_CURVATURE = 1e-9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +168,7 @@ def fit_isoflop(
         x = np.log([p.n for p in kept])
         y = np.array([p.loss for p in kept])
         coeffs = _solve(x, y, np.ones((1, len(kept))))[0]
-        if not coeffs[0] > 0:
+        if not coeffs[0] * np.ptp(x) ** 2 > _ROUND_OFF_CURVATURE * np.median(y):
             left_out = f", {_cell_name(outlier)} left out as an outlier" if outlier is not None else ""
             skipped.append(
                 f"budget {budget:.3g}: the loss is not convex in ln N (c2 = {coeffs[0]:.3g}{left_out}); "

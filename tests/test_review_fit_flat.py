@@ -2,8 +2,10 @@
 and the isoflop fit of the whole study must still be made (docs/fits.md, approach 2)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from reports.fit import fit_points
 from reports.fit_command import format_fits
@@ -56,3 +58,14 @@ def test_nanostudy_fit_shows_an_infinite_minimum_as_inf() -> None:
     minima = out.split("isoflop minima")[1].splitlines()
     row = next(line.split() for line in minima if line.startswith("  1e+20 "))
     assert row[:3] == ["1e+20", "5", "inf"] and row[5] == "0"
+
+
+@pytest.mark.parametrize("level, slope", [(7.0, 0.05), (4.2, 0.05), (3.0, 0.0), (3.0, -0.05), (1.1, 0.001)])
+def test_a_straight_curve_has_no_minimum_whatever_the_sign_of_round_off(level: float, slope: float) -> None:
+    # Once: a curve straight in ln N fitted c2 = ±1e-16 by round-off; with a minus it was "not convex", with a
+    # plus its minimum was N ≈ 0 at L* = -5.9e11 ("add smaller models (N around 0)").
+    points = [replace(p, loss=level + slope * math.log(p.n / 1e8)) for p in study()]
+    fit = fit_isoflop(points, n_boot=20)
+    assert fit.parabolas == []
+    assert [line.split(":")[0] for line in fit.skipped] == ["budget 1e+18", "budget 1e+19", "budget 1e+20"]
+    assert all("the loss is not convex in ln N" in line for line in fit.skipped)
