@@ -55,9 +55,10 @@ def register_fit(subparsers) -> None:
 def _cmd_fit(args) -> int:
     from reports.fit import distinct_points, fit_parametric, fit_points, table_points
 
-    if args.boot < 0:
-        print(f"nanostudy fit: error: --boot must be >= 0, got {args.boot}", file=sys.stderr)
-        return 2
+    for flag, value in (("--boot", args.boot), ("--seed", args.seed)):
+        if value < 0:
+            print(f"nanostudy fit: error: {flag} must be >= 0, got {value}", file=sys.stderr)
+            return 2
     try:
         points, left_out, budgets = table_points(
             args.table,
