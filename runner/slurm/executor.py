@@ -189,14 +189,16 @@ class SlurmExecutor:
         Slurm knows no such job (never submitted, or ended and forgotten)."""
         assert attempt.id is not None
         name = job_name(attempt.cell_id, attempt.number)
-        info = None
         if attempt.job_id is not None:
-            info = commands.queued([attempt.job_id]).get(attempt.job_id) or commands.finished(
-                attempt.job_id, accounting=self.accounting
-            )
+            info = commands.queued([attempt.job_id]).get(attempt.job_id)
         else:
             found = commands.named(name)
             info = max(found, key=lambda job: int(job.job_id)) if found else None
+        job_id = attempt.job_id or (info.job_id if info is not None else None)
+        if job_id is not None and (info is None or info.final):
+            # squeue lists an ended job without its exit code (a COMPLETED job that trained nothing is done
+            # with exit 0 only): that comes from sacct or scontrol, as for a job seen to end.
+            info = commands.finished(job_id, accounting=self.accounting) or info
         if info is None or info.name != name:
             return None
         self._jobs[attempt.id] = _Job(job_id=info.job_id, info=info)
