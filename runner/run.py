@@ -295,7 +295,13 @@ class StudyLoop:
         exited = with_recorded_exit(exited, recorded_exits(exit_record_path(active.run_dir, attempt.number)))
         needs_stderr = trace.end is None or trace.end.get("status") == "error"
         tail = self.executor.error_tail(active.run_dir, attempt.number) if needs_stderr else None
-        outcome, reason = decide_outcome(trace, exited, stop_requested=active.stop_requested, error_tail=tail)
+        outcome, reason = decide_outcome(
+            trace,
+            exited,
+            stop_requested=active.stop_requested,
+            error_tail=tail,
+            run_finished=trace.last_kind is not None or self._run_finished(active),
+        )
         if outcome is AttemptOutcome.DONE:
             self._record_final_checkpoint(active)
         closed = end_attempt(self.store, attempt.id, outcome, exit_code=exited.code, reason=reason)
@@ -308,6 +314,15 @@ class StudyLoop:
         summary = (reason or "").splitlines()[0] if reason else ""
         self.log(f"{name}: attempt {attempt.number} {outcome.value}" + (f": {summary}" if summary else ""))
         self._maybe_retry(attempt.cell_id, outcome)
+
+    def _run_finished(self, active: _Active) -> bool:
+        """Whether the cell's final checkpoint exists (in the store, or as the run directory's newest at the
+        last step): a trainer that exits 0 without an event found its run so, or it never trained."""
+        cell = get_cell(self.store, active.cell_id)
+        if cell is None or final_checkpoint(self.store, active.cell_id) is not None:
+            return True
+        newest = newest_checkpoint_step(active.run_dir)
+        return newest is not None and newest >= cell.steps_total
 
     def _record_final_checkpoint(self, active: _Active) -> None:
         """Store the final checkpoint of a cell that is done without one in the store: its trainer was killed

@@ -59,14 +59,20 @@ def assign(
 
 
 def decide_outcome(
-    trace: AttemptTrace, exited: Exited, *, stop_requested: bool, error_tail: str | None
+    trace: AttemptTrace,
+    exited: Exited,
+    *,
+    stop_requested: bool,
+    error_tail: str | None,
+    run_finished: bool = True,
 ) -> tuple[AttemptOutcome, str | None]:
     """How an attempt ended, from its events first and its exit code second.
 
     - An `end` event decides: done, diverged, or error (failed, with the trainer's message and stderr).
     - No event at all and exit 0: the trainer found its run already done (its final checkpoint and `end`
       were written by an earlier attempt) and wrote nothing: done (for a Slurm job, one that COMPLETED:
-      a job cancelled while queued has exit code 0 too).
+      a job cancelled while queued has exit code 0 too), if `run_finished` (the run directory or the
+      store holds the cell's final checkpoint); else it never trained, and done would be final: failed.
     - No `end`, and we asked it to stop: interrupted, resumable from its last checkpoint; not a failure.
     - A Slurm job that ended TIMEOUT, PREEMPTED or NODE_FAIL: interrupted likewise (a TIMEOUT that wrote
       no checkpoint is failed: the next job would time out at the same place); CANCELLED by someone else
@@ -87,7 +93,12 @@ def decide_outcome(
     # A Slurm job cancelled while still queued also ends with exit code 0 and no events: not done.
     finished = exited.job_state in (None, "COMPLETED")
     if trace.start is None and trace.last_kind is None and exited.code == EXIT_DONE and finished:
-        return AttemptOutcome.DONE, None
+        if run_finished:
+            return AttemptOutcome.DONE, None
+        return AttemptOutcome.FAILED, _join(
+            "the trainer exited 0 without writing any event, and its run directory holds no final checkpoint",
+            error_tail,
+        )
     if stop_requested:
         return AttemptOutcome.INTERRUPTED, STOPPED_BY_RUNNER
     if exited.job_state is not None and (decided := _decide_job_state(trace, exited.job_state, error_tail)):
