@@ -194,6 +194,9 @@ def _visible(value: str, gpus: list[Gpu]) -> tuple[int, ...]:
             indices.append(match[0])
         else:
             raise ValueError(f"CUDA_VISIBLE_DEVICES={value!r}: {item!r} names no GPU of this machine")
+        if indices[-1] in indices[:-1]:
+            # Else the GPU would be free twice: two cells on it at once, or one cell's two ranks.
+            raise ValueError(f"CUDA_VISIBLE_DEVICES={value!r}: {item!r} names GPU {indices[-1]} again")
     return tuple(indices)
 
 
