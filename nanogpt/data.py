@@ -235,7 +235,15 @@ class TokenLoader:
                     f"loader state: {key} is {state.get(key)!r} in the checkpoint but {mine[key]!r} now; "
                     "an exact resume needs the same data and batch geometry"
                 )
-        self.epoch = int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.micro_batch = int(state["micro_batch"])
+        # A position past the epoch (a hand-edited or damaged checkpoint) would read no sequences, or others.
+        bounds = {"epoch": None, "step_in_epoch": self.blocks_per_epoch, "micro_batch": self.micro_batches}
+        for key, end in bounds.items():
+            value = state[key]
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if not is_int or value < 0 or (end is not None and value >= end):
+                where = "a non-negative integer" if end is None else f"an integer in [0, {end})"
+                raise ValueError(f"loader state: {key} is {value!r} in the checkpoint, not {where}")
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.micro_batch = state["micro_batch"]
         self._order = None
