@@ -10,9 +10,12 @@ trainer's environment so that CUDA_VISIBLE_DEVICES=2 means the same GPU to CUDA 
 NVML is injectable: `discover(nvml=...)` takes any object with pynvml's functions (tests pass a fake).
 """
 
+import fcntl
 import os
+import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -101,6 +104,11 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def default_claim_dir() -> Path:
+    """Where the runners of this user on this host claim GPUs (`GpuPool.claim`)."""
+    return Path(tempfile.gettempdir()) / f"nanostudy-{os.getuid()}" / "gpu-claims"
+
+
 class GpuPool:
     """The GPUs this runner may use, and which of them are free at a given moment.
 
@@ -109,6 +117,11 @@ class GpuPool:
     for GPUs that do not exist is a ValueError, and so is an NVML that cannot list the GPUs at the start
     (GpuListError). When it fails later, no GPU is free until it answers again (`problem` says why): a
     runner waits rather than stops.
+
+    Runners of several studies on one machine claim the GPUs they start cells on (`claim`, one lock file
+    per GPU in `claim_dir`): a trainer shows in NVML only once it has imported torch and set up CUDA,
+    seconds after its start, and another runner would take its GPU meanwhile. `claim_dir` "auto": the
+    user's (default_claim_dir) with the real NVML, none with a made-up one (a test's fake GPUs).
     """
 
     def __init__(
@@ -117,8 +130,13 @@ class GpuPool:
         nvml: Any | None,
         restrict: Sequence[int] | None = None,
         visible_devices: str | None = None,
+        claim_dir: Path | str | None = "auto",
     ):
         self.nvml = nvml
+        if claim_dir == "auto":
+            claim_dir = default_claim_dir() if getattr(nvml, "__name__", None) == "pynvml" else None
+        self.claim_dir = None if claim_dir is None else Path(claim_dir)
+        self._claims: dict[int, int] = {}  # GPU index -> descriptor holding its claim
         self.unreadable: dict[int, str] = {}  # GPUs NVML could not read at the last look: never free
         self.problem: str | None = None  # NVML could not list the GPUs at the last look: none is free
         gpus = discover(nvml, unreadable=self.unreadable) if nvml is not None else []
@@ -166,6 +184,36 @@ class GpuPool:
             for index in self.usable
             if index not in assigned and index in by_index and set(by_index[index].pids) <= ours
         ]
+
+    def claim(self, indices: Sequence[int]) -> list[int]:
+        """The GPUs of `indices` that this runner claims now or held already: not those another runner on
+        this machine claims. Each stays claimed until `keep_claims` leaves it out (or the process ends)."""
+        if self.claim_dir is None:
+            return list(indices)
+        claimed = []
+        for index in indices:
+            if index not in self._claims:
+                try:
+                    self.claim_dir.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(
+                        self.claim_dir / f"gpu{index}.claim", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+                    )
+                except OSError:
+                    claimed.append(index)  # no place to claim in: as without claims
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                self._claims[index] = fd
+            claimed.append(index)
+        return claimed
+
+    def keep_claims(self, indices: Collection[int]) -> None:
+        """Give up the claims on every GPU but `indices` (those this runner's cells run on)."""
+        for index in [index for index in self._claims if index not in indices]:
+            os.close(self._claims.pop(index))  # closing the descriptor drops the flock
 
     def describe(self) -> str:
         if self.cpu:

@@ -227,6 +227,8 @@ class StudyLoop:
                 time.sleep(self.options.poll_s)
             if self._signals.count and not self._signals.forwarded:
                 self._stop_all()  # two signals within one poll: the trainers still get their one SIGTERM
+            if self.pool is not None:
+                self.pool.keep_claims(())
             if self._active:
                 self.log(
                     f"leaving {len(self._active)} trainer(s) to finish stopping on their own; "
@@ -421,6 +423,7 @@ class StudyLoop:
     def _schedule(self, states: Mapping[str, CellStatus]) -> None:
         candidates = self._runnable(states)
         if not candidates:
+            self._keep_claims()
             return
         training = [active for active in self._active.values() if not self._on_standby(active)]
         slots = self._capacity(len(candidates)) - len(training)
@@ -428,7 +431,7 @@ class StudyLoop:
         if self.pool is not None and not self.pool.cpu:
             holders = Counter(gpu for active in self._active.values() for gpu in active.gpus or ())
             ours = {pid for active in self._active.values() for pid in self.executor.pids(active.handle)}
-            without_others = self.pool.free(assigned=(), our_pids=ours)
+            without_others = self.pool.claim(self.pool.free(assigned=(), our_pids=ours))
             free = [gpu for gpu in without_others if not holders[gpu]]
             if self.options.overlap_startup:
                 ready = self._ready_for_standby(training, holders)
@@ -449,6 +452,12 @@ class StudyLoop:
             rest = [candidate for candidate in candidates if candidate.cell_id not in started]
             for candidate, gpus in assign(rest, free_gpus=standby_gpus, slots=len(standby_gpus)):
                 self._launch(candidate.cell_id, gpus, standby=True)
+        self._keep_claims()
+
+    def _keep_claims(self) -> None:
+        """Give other runners on this machine the GPUs that none of our cells runs on."""
+        if self.pool is not None:
+            self.pool.keep_claims({gpu for active in self._active.values() for gpu in active.gpus or ()})
 
     def _on_standby(self, active: _Active) -> bool:
         """Whether an attempt started earlier still holds one of the attempt's GPUs (it waits for them)."""

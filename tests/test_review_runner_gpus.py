@@ -1,9 +1,13 @@
 """GPU selection edge cases: what the runner's CUDA_VISIBLE_DEVICES and NVML may say."""
 
+import threading
+
 import pytest
-from runner_fixtures import FakeNvml
+from runner_fixtures import FakeNvml, add_tiny_cells, fake_python, make_loop, new_study, write_plan
+from trainer_fixtures import make_data_dir
 
 from runner.gpus import GpuPool
+from store import AttemptOutcome, attempts_of
 
 
 @pytest.mark.parametrize("visible", ["0,0", "2,GPU-00000002", "GPU-00000001,1"])
@@ -12,3 +16,39 @@ def test_cuda_visible_devices_naming_a_gpu_twice_is_refused(visible):
     GPU), or two one-GPU cells shared it."""
     with pytest.raises(ValueError, match=rf"CUDA_VISIBLE_DEVICES={visible!r}: .* names GPU \d again"):
         GpuPool(nvml=FakeNvml(4), visible_devices=visible)
+
+
+def _study_on(tmp_path, data_dir, name: str):
+    root = tmp_path / name
+    store, study_id = new_study(root / "nanostudy.db", name)
+    add_tiny_cells(store, study_id, data_dir, root / "runs", [{"id": f"{name}-cell"}])
+    return store, study_id
+
+
+def test_two_runners_of_two_studies_never_put_cells_on_one_gpu_at_once(tmp_path, monkeypatch):
+    """A trainer shows in NVML only once it has set up CUDA (this fake NVML never shows one): meanwhile a
+    second runner found its GPU free and started its own cell there too. The runners claim GPUs."""
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.02")
+    data_dir = make_data_dir(tmp_path / "data", train_tokens=4_000, val_tokens=1_000)
+    nvml = FakeNvml(num_gpus=1)
+    loops, stores = [], []
+    for name in ("first", "second"):
+        store, study_id = _study_on(tmp_path, data_dir, name)
+        plan = write_plan(tmp_path / name, {f"{name}-cell": ["slow"]})
+        pool = GpuPool(nvml=nvml, claim_dir=tmp_path / "claims")
+        loops.append(make_loop(store, study_id, python=fake_python(tmp_path), plan=plan, pool=pool))
+        stores.append(store)
+    threads = [threading.Thread(target=loop.run) for loop in loops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    [first], [second] = (
+        attempts_of(store, f"{name}-cell") for store, name in zip(stores, ("first", "second"), strict=True)
+    )
+    for store in stores:
+        store.close()
+    assert first.outcome is second.outcome is AttemptOutcome.DONE
+    assert first.gpus == second.gpus == "0"
+    assert first.ended_at <= second.started_at or second.ended_at <= first.started_at, (first, second)
+    assert GpuPool(nvml=nvml, claim_dir=tmp_path / "claims").claim([0]) == [0]  # given back at the end
