@@ -169,7 +169,7 @@ class CellScreen(PollingScreen):
                 UNKNOWN if attempt.exit_code is None else str(attempt.exit_code),
                 attempt.host,
                 attempt.gpus or "cpu",
-                attempt.reason or "",
+                escape(attempt.reason or ""),  # the table reads strings as markup: [rank0], [/path]
             )
         if not detail.attempts:
             table.add_row("", "never started", "", "", "", "")

@@ -1,0 +1,68 @@
+"""The TUI against what a live study's database holds: reasons and logs as the trainer wrote them, a plan
+that changes, a database deleted or replaced under the screen. Driven by keys (Textual's Pilot), headless,
+against stores written through the store API as the runner writes them."""
+
+import asyncio
+import time
+from pathlib import Path
+
+from textual.css.query import NoMatches
+from textual.widgets import DataTable
+from textual.widgets._data_table import default_cell_formatter
+from tui_fixtures import STUDY, demo_study
+
+from store import AttemptOutcome, Executor, claim, end_attempt, open_store
+from tui.app import NanostudyApp
+from tui.cell_screen import CellScreen
+from tui.study_screen import StudyScreen
+
+SIZE = (160, 50)
+GLOO_REASON = "[rank0]: RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] closed"
+
+
+def make_app(db: Path, study: str | None = STUDY) -> NanostudyApp:
+    return NanostudyApp(str(db), study, poll_s=0.1, nvml_loader=lambda: None, hostname="here")
+
+
+async def until(pilot, predicate, *, timeout_s: float = 20.0, what: str = "the screen"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except NoMatches:
+            value = None
+        if value:
+            return value
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def fail_attempt(db: Path, cell_id: str, reason: str) -> None:
+    with open_store(db) as store:
+        attempt = claim(store, cell_id, executor=Executor.LOCAL, host="here", gpus="1", num_gpus=1)
+        end_attempt(store, attempt.id, AttemptOutcome.FAILED, exit_code=1, reason=reason)
+
+
+async def open_cell(app: NanostudyApp, pilot, cell_id: str) -> CellScreen:
+    await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+    table = app.screen.query_one(DataTable)
+    table.move_cursor(row=table.get_row_index(cell_id))
+    await pilot.press("enter")
+    return await until(pilot, lambda: isinstance(app.screen, CellScreen) and app.screen.cell and app.screen)
+
+
+def test_an_attempt_reason_with_square_brackets_is_shown_as_written(tmp_path):
+    """The attempts table reads a string as markup: a gloo error's `[/pytorch/...]` crashed the app (a closing
+    tag matching no open one) and `[rank0]` vanished."""
+    demo = demo_study(tmp_path)
+    fail_attempt(demo.db, "d8-c16", f"{GLOO_REASON}\nthe next line of stderr")
+
+    async def scenario():
+        app = make_app(demo.db)
+        async with app.run_test(size=SIZE) as pilot:
+            screen = await open_cell(app, pilot, "d8-c16")
+            await pilot.pause(0.3)  # the table draws its rows
+            attempts = screen.query_one("#attempts", DataTable)
+            assert default_cell_formatter(attempts.get_row_at(0)[5], height=1).plain == GLOO_REASON
+
+    asyncio.run(scenario())
