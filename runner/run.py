@@ -438,11 +438,7 @@ class StudyLoop:
                 standby_gpus = [gpu for gpu in without_others if gpu in ready]
         chosen = assign(candidates, free_gpus=free, slots=slots) if slots > 0 else []
         if not chosen and not self._active and not self._waiting_logged:
-            why = self.pool.problem if self.pool is not None and self.pool.problem else None
-            self.log(
-                f"waiting for a free GPU ({len(candidates)} cell(s) ready; "
-                f"{why or 'other processes hold the GPUs'})"
-            )
+            self.log(f"waiting for a free GPU ({len(candidates)} cell(s) ready; {self._why_no_gpu()})")
             self._waiting_logged = True
         for candidate, gpus in chosen:
             self._waiting_logged = False
@@ -458,6 +454,22 @@ class StudyLoop:
         """Give other runners on this machine the GPUs that none of our cells runs on."""
         if self.pool is not None:
             self.pool.keep_claims({gpu for active in self._active.values() for gpu in active.gpus or ()})
+
+    def _why_no_gpu(self) -> str:
+        pool = self.pool
+        if pool is None:
+            return "other processes hold the GPUs"
+        if pool.problem:
+            return pool.problem
+        # A GPU lost to an Xid error stays unreadable until a reset: say so, not that someone holds it.
+        lost = [
+            f"GPU {i} cannot be read ({why})"
+            for i, why in sorted(pool.unreadable.items())
+            if i in pool.usable
+        ]
+        if lost and len(lost) < len(pool.usable):
+            lost.append("other processes hold the others")
+        return "; ".join(lost) or "other processes hold the GPUs"
 
     def _on_standby(self, active: _Active) -> bool:
         """Whether an attempt started earlier still holds one of the attempt's GPUs (it waits for them)."""

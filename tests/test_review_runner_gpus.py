@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from runner_fixtures import FakeNvml, add_tiny_cells, fake_python, make_loop, new_study, write_plan
+from runner_fixtures import FakeNvml, add_tiny_cells, fake_python, make_loop, new_study, wait_for, write_plan
 from trainer_fixtures import make_data_dir
 
 from runner.gpus import GpuPool
@@ -52,3 +52,39 @@ def test_two_runners_of_two_studies_never_put_cells_on_one_gpu_at_once(tmp_path,
     assert first.gpus == second.gpus == "0"
     assert first.ended_at <= second.started_at or second.ended_at <= first.started_at, (first, second)
     assert GpuPool(nvml=nvml, claim_dir=tmp_path / "claims").claim([0]) == [0]  # given back at the end
+
+
+class LostGpu(FakeNvml):
+    """GPU `lost` raises at every reading, as NVML's calls do once the driver has lost it (an Xid error)."""
+
+    def __init__(self, num_gpus: int, *, lost: int | None):
+        super().__init__(num_gpus)
+        self.lost = lost
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        if handle == self.lost:
+            raise RuntimeError("GPU is lost")
+        return super().nvmlDeviceGetMemoryInfo(handle)
+
+
+def test_a_runner_waiting_on_a_gpu_nvml_cannot_read_says_so(tmp_path):
+    """It said 'other processes hold the GPUs' while nothing ran on the lost GPU."""
+    data_dir = make_data_dir(tmp_path / "data", train_tokens=4_000, val_tokens=1_000)
+    store, study_id = _study_on(tmp_path, data_dir, "lost")
+    nvml = LostGpu(2, lost=1)
+    log: list[str] = []
+    pool = GpuPool(nvml=nvml, restrict=(1,), claim_dir=None)
+    loop = make_loop(store, study_id, python=fake_python(tmp_path), pool=pool, log=log)
+    thread = threading.Thread(target=loop.run)
+    thread.start()
+    try:
+        wait_for(lambda: any("waiting" in line for line in log), timeout_s=30, what="the waiting line")
+    finally:
+        nvml.lost = None  # the GPU is back (a reset): the loop goes on and ends
+        thread.join(timeout=60)
+    store.close()
+    [waiting] = [line for line in log if "waiting" in line]
+    assert (
+        waiting
+        == "waiting for a free GPU (1 cell(s) ready; GPU 1 cannot be read (RuntimeError: GPU is lost))"
+    )
