@@ -12,6 +12,7 @@ from trainer_fixtures import make_data_dir
 
 from nanogpt.events import EventWriter
 from runner.executor import LaunchRequest
+from runner.slurm.commands import SlurmError
 from runner.slurm.settings import parse_settings
 from store import AttemptOutcome, CellState, attempts_of, claim, get_cell, record_launch
 
@@ -65,7 +66,7 @@ def test_a_job_that_found_its_run_done_is_done_when_adopted_after_it_ended(slurm
     """The trainer found the run finished by an earlier attempt and exited 0 with no event: squeue's
     COMPLETED carries no exit code, so the re-adopted attempt was failed ('exit code unknown') and retried."""
     run_dir = tmp_path / "runs" / "c"
-    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_000012").mkdir(parents=True)  # the run's final checkpoint (12 steps)
     with EventWriter(run_dir / "events.jsonl") as events:
         counters = {"step": 12, "tokens": 3072, "flops": 1.2e7, "elapsed_s": 0.1}
         events.write("end", status="done", message=None, **counters, val_loss=1.5, val_bpb=0.9)
@@ -86,3 +87,36 @@ def test_a_failed_job_adopted_after_it_ended_has_its_exit_code(slurm_conf, tmp_p
     assert first.outcome is AttemptOutcome.FAILED
     assert first.reason.startswith("the Slurm job ended FAILED without an end event (exit code 1)")
     subprocess.run(["scancel", "--user=root"], check=False)
+
+
+def test_a_job_queued_though_sbatch_timed_out_is_found_once_squeue_answers_again(
+    slurm_conf, tmp_path, monkeypatch
+):
+    """A controller too busy to answer sbatch (its reply timed out) queued the job once it recovered, but
+    the lookup by name right after failed too: the attempt was failed and a second job trained the same run
+    directory beside the first."""
+    from runner.slurm import commands
+
+    store, study_id = new_study(tmp_path / "nanostudy.db")
+    data = make_data_dir(tmp_path / "data", train_tokens=20_000, val_tokens=2_000)
+    add_tiny_cells(store, study_id, data, tmp_path / "runs", [{"id": "c"}])
+    plan = write_plan(tmp_path, {"c": ["done"]})
+    submitted, unanswered = [], [2]
+    real_submit, real_named = commands.submit, commands.named
+
+    def submit_then_time_out(script):
+        submitted.append(real_submit(script))
+        raise SlurmError("sbatch refused the job: Batch job submission failed: Socket timed out on send/recv")
+
+    def named_once_the_controller_is_back(name):
+        if unanswered[0]:
+            unanswered[0] -= 1
+            raise SlurmError("squeue: slurm_load_jobs error: Socket timed out on send/recv operation")
+        return real_named(name)
+
+    monkeypatch.setattr(commands, "submit", submit_then_time_out)
+    monkeypatch.setattr(commands, "named", named_once_the_controller_is_back)
+    assert slurm_loop(store, study_id, _settings(), root=tmp_path, plan=plan).run() is False
+    [attempt] = attempts_of(store, "c")
+    assert attempt.outcome is AttemptOutcome.DONE and [attempt.job_id] == submitted
+    assert get_cell(store, "c").state is CellState.DONE

@@ -46,6 +46,9 @@ from runner.slurm.settings import SlurmSettings
 from store import Attempt
 from store import Executor as ExecutorKind
 
+# How long a failed sbatch waits for squeue to answer whether the job was queued all the same.
+SUBMIT_LOOKUP_S = 180.0
+
 
 @dataclass(slots=True)
 class _Job:
@@ -110,13 +113,26 @@ class SlurmExecutor:
             # sbatch can fail after the controller queued the job (a reply that timed out): that job would
             # train unwatched beside the retry. Found by its name (each attempt's own), it is this attempt's.
             name = job_name(request.cell_id, request.attempt_number)
-            found = [info for info in _named_quietly(name) if not info.final]
+            found = [info for info in self._named_once_answered(name) if not info.final]
             if len(found) != 1:
                 raise
             job_id = found[0].job_id
         self._jobs[request.attempt_id] = _Job(job_id=job_id)
         self._refreshed_at = float("-inf")
         return Handle(attempt_id=request.attempt_id, job_id=job_id, launcher="sbatch")
+
+    def _named_once_answered(self, name: str) -> list[JobInfo]:
+        """The jobs of that name, asked again while squeue does not answer (for up to SUBMIT_LOOKUP_S): a
+        controller too busy to answer sbatch may queue its job once it recovers, and "none found" then was
+        a second job training beside it."""
+        deadline = time.monotonic() + SUBMIT_LOOKUP_S
+        while True:
+            try:
+                return commands.named(name)
+            except SlurmError:
+                if time.monotonic() >= deadline:
+                    return []
+                time.sleep(self.settings.poll_s)
 
     # -- watching --------------------------------------------------------------------------------------
 
@@ -203,11 +219,3 @@ class SlurmExecutor:
             return None
         self._jobs[attempt.id] = _Job(job_id=info.job_id, info=info)
         return Handle(attempt_id=attempt.id, job_id=info.job_id, launcher="adopted")
-
-
-def _named_quietly(name: str) -> list[JobInfo]:
-    """The jobs of that name squeue knows, or none when squeue does not answer either."""
-    try:
-        return commands.named(name)
-    except SlurmError:
-        return []
