@@ -290,6 +290,8 @@ def read_meta(checkpoint_dir: str | os.PathLike, *, resume: bool = False) -> dic
         raise CheckpointError(f"{path}: missing; not a checkpoint directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:  # no permission, an I/O error on a network filesystem
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path}: checkpoint format {version!r}, this code reads {FORMAT_VERSION}")

@@ -136,6 +136,8 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
         raise ShardError(
             f"{path}: shard file is missing; delete the data directory and prepare again"
         ) from None
+    except OSError as e:  # no permission, an I/O error on a network filesystem
+        raise ShardError(f"{path}: cannot be read ({e.strerror})") from None
     if len(raw) < HEADER_BYTES:
         raise ShardError(f"{path}: truncated header ({len(raw)} of {HEADER_BYTES} bytes)")
     magic, version, itemsize, num_tokens, has_mask = _HEADER_STRUCT.unpack_from(raw)
@@ -308,6 +310,8 @@ def read_manifest(data_dir: str | os.PathLike) -> Manifest:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path}: not valid UTF-8 JSON ({e}); delete it and prepare again") from None
+    except OSError as e:
+        raise ShardError(f"{path}: cannot be read ({e.strerror})") from None
     version = _require(raw, "format_version", int, path)
     if version != MANIFEST_FORMAT_VERSION:
         raise ShardError(f"{path}: manifest format {version}, this code reads {MANIFEST_FORMAT_VERSION}")
