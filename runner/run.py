@@ -188,7 +188,17 @@ class StudyLoop:
         self._waiting_logged = False
         self._labels: dict[str, str] = {}
         if pool is not None and not pool.cpu:
-            too_big = {c.cell_id: c.num_gpus for c in self.launches.values() if c.num_gpus > len(pool.usable)}
+            # A cell done or cancelled does not start again: it may have had more GPUs than this run has.
+            finished = {
+                status.id
+                for status in cell_statuses(store, study_id)
+                if status.state in (CellState.DONE, CellState.CANCELLED)
+            }
+            too_big = {
+                c.cell_id: c.num_gpus
+                for c in self.launches.values()
+                if c.num_gpus > len(pool.usable) and c.cell_id not in finished
+            }
             if too_big:
                 cell_id, num_gpus = next(iter(too_big.items()))
                 raise ValueError(

@@ -7,7 +7,7 @@ from runner_fixtures import FakeNvml, add_tiny_cells, fake_python, make_loop, ne
 from trainer_fixtures import make_data_dir
 
 from runner.gpus import GpuPool
-from store import AttemptOutcome, attempts_of
+from store import AttemptOutcome, CellState, attempts_of, cell_statuses
 
 
 @pytest.mark.parametrize("visible", ["0,0", "2,GPU-00000002", "GPU-00000001,1"])
@@ -88,3 +88,24 @@ def test_a_runner_waiting_on_a_gpu_nvml_cannot_read_says_so(tmp_path):
         waiting
         == "waiting for a free GPU (1 cell(s) ready; GPU 1 cannot be read (RuntimeError: GPU is lost))"
     )
+
+
+def test_a_done_cell_that_had_more_gpus_than_this_run_does_not_stop_the_rest(tmp_path):
+    """`run --gpus 0` to finish a study's one-GPU cells was refused: 'cell big needs 4 GPUs but only 1 are
+    usable', for a cell done long ago."""
+    data_dir = make_data_dir(tmp_path / "data", train_tokens=4_000, val_tokens=1_000)
+    store, study_id = new_study(tmp_path / "nanostudy.db")
+    add_tiny_cells(store, study_id, data_dir, tmp_path / "runs", [{"id": "big", "flops": 4e9}])
+    pool = GpuPool(nvml=FakeNvml(4), claim_dir=None)
+    make_loop(store, study_id, python=fake_python(tmp_path), pool=pool, num_gpus={"big": 4}).run()
+    add_tiny_cells(store, study_id, data_dir, tmp_path / "runs", [{"id": "small"}])
+    pool = GpuPool(nvml=FakeNvml(4), restrict=(0,), claim_dir=None)
+    make_loop(store, study_id, python=fake_python(tmp_path), pool=pool, num_gpus={"big": 4}).run()
+    assert {status.id: status.state for status in cell_statuses(store, study_id)} == {
+        "big": CellState.DONE,
+        "small": CellState.DONE,
+    }
+    add_tiny_cells(store, study_id, data_dir, tmp_path / "runs", [{"id": "more"}])
+    with pytest.raises(ValueError, match="cell more needs 2 GPUs but only 1 are usable"):
+        make_loop(store, study_id, pool=pool, num_gpus={"big": 4, "more": 2})
+    store.close()
