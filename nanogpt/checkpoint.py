@@ -59,6 +59,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message starts with the offending path."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a lost mount); the message starts with its
+    directory. Not a CheckpointError: the input was fine, and the run may have trained for hours."""
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
@@ -208,24 +213,30 @@ def save_checkpoint(
         dist.broadcast_object_list(exists, src=0)
     if exists[0]:
         return final
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        _save_torch(optim_state, tmp / optim_name(rank))
+        rank_states = [rank_state]
+        if _distributed():
+            rank_states = [None] * world_size
+            dist.all_gather_object(rank_states, rank_state)
+        if rank == 0:
+            _save_torch(model_state, tmp / MODEL_NAME)
+            full_meta = {**meta, "format_version": FORMAT_VERSION, "step": step, "world_size": world_size}
+            full_meta["rank_states"] = rank_states
+            _write_text_atomic(tmp / META_NAME, json.dumps(full_meta, indent=1) + "\n")
+        _barrier()  # every optimizer shard is on disk
+        if rank == 0:
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+    except OSError as e:
+        if rank == 0:  # what was written of it would only hold on to the space a full disk lacks
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"{final}: cannot be written ({e.strerror or e})") from None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    _save_torch(optim_state, tmp / optim_name(rank))
-    rank_states = [rank_state]
-    if _distributed():
-        rank_states = [None] * world_size
-        dist.all_gather_object(rank_states, rank_state)
-    if rank == 0:
-        _save_torch(model_state, tmp / MODEL_NAME)
-        full_meta = {**meta, "format_version": FORMAT_VERSION, "step": step, "world_size": world_size}
-        full_meta["rank_states"] = rank_states
-        _write_text_atomic(tmp / META_NAME, json.dumps(full_meta, indent=1) + "\n")
-    _barrier()  # every optimizer shard is on disk
-    if rank == 0:
-        _fsync_dir(tmp)
-        os.rename(tmp, final)
         _fsync_dir(root)
         _write_text_atomic(root / LATEST_NAME, final.name + "\n")
         if keep_last is not None:

@@ -1586,6 +1586,9 @@ def run(config_path: str | os.PathLike) -> int:
         return EXIT_BAD_INPUT
     except _SilentExit as e:
         return e.code
+    except ckpt.CheckpointWriteError as e:  # the disk, not the code: one line (the `end` event says it too)
+        _report(str(e))
+        return EXIT_ERROR
     except Exception:
         traceback.print_exc()
         return EXIT_ERROR
