@@ -89,6 +89,8 @@ from store import (
     transition,
 )
 
+# Parent states that `nanostudy run --rerun STATE` moves back to pending.
+RERUN_HINTS = ("failed", "diverged", "cancelled")
 # The trainer's checkpoint directories (nanogpt.checkpoint, which imports torch, so not imported here).
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -254,7 +256,22 @@ class StudyLoop:
                     f"{len(elsewhere)} cell(s) still train under another runner (a study that shares them); "
                     "`nanostudy status` shows them, and they count for this study once done"
                 )
+            if not self._signals.count:
+                self._log_waiting_children(states)
         return self._signals.count > 0
+
+    def _log_waiting_children(self, states: Mapping[str, CellStatus]) -> None:
+        """Say why mid-training cells stay pending at the end: their parent ended without being done."""
+        parents: Counter[str] = Counter()
+        for cell_id, status in states.items():
+            parent = status.parent_cell_id
+            if cell_id in self.launches and status.state is CellState.PENDING and parent is not None:
+                parent_state = states[parent].state if parent in states else None
+                if parent_state is not CellState.DONE:
+                    parents[parent_state.value if parent_state else "not in this study"] += 1
+        for state, count in parents.items():
+            rerun = f" (`nanostudy run --rerun {state}` trains it again)" if state in RERUN_HINTS else ""
+            self.log(f"{count} mid-training cell(s) not started: their parent is {state}{rerun}")
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:

@@ -4,7 +4,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from runner_fixtures import add_tiny_cells, make_loop, new_study
+from runner_fixtures import add_tiny_cells, fake_python, make_loop, new_study, write_plan
 from trainer_fixtures import make_data_dir
 
 from runner.run import LoopOptions
@@ -51,3 +51,24 @@ def test_a_trainer_that_exits_0_without_any_event_on_a_finished_run_directory_is
     assert loop.run() is False
     assert [status.state for status in cell_statuses(study.store, study.id)] == [CellState.DONE]
     assert final_checkpoint(study.store, "one").step == cell.steps_total
+
+
+def test_the_runner_says_why_a_failed_parents_mid_training_cells_stay_pending(study, tmp_path):
+    add_tiny_cells(
+        study.store,
+        study.id,
+        study.data,
+        study.runs,
+        [{"id": "pre", "flops": 4e9}, {"id": "mid", "parent": "pre", "mid_data": study.data}],
+    )
+    plan = write_plan(tmp_path, {"pre": ["crash"]})
+    options = LoopOptions(poll_s=0.1, heartbeat_s=1.0, max_attempts=1)
+    log: list[str] = []
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), plan=plan, options=options, log=log)
+    assert loop.run() is False
+    states = {status.id: status.state for status in cell_statuses(study.store, study.id)}
+    assert states == {"pre": CellState.FAILED, "mid": CellState.PENDING}
+    assert log[-1] == (
+        "1 mid-training cell(s) not started: their parent is failed "
+        "(`nanostudy run --rerun failed` trains it again)"
+    )
