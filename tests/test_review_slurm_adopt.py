@@ -120,3 +120,43 @@ def test_a_job_queued_though_sbatch_timed_out_is_found_once_squeue_answers_again
     [attempt] = attempts_of(store, "c")
     assert attempt.outcome is AttemptOutcome.DONE and [attempt.job_id] == submitted
     assert get_cell(store, "c").state is CellState.DONE
+
+
+def test_an_outright_cancel_that_slurm_did_not_answer_is_tried_again(slurm_conf, tmp_path, monkeypatch):
+    """The job still there after the stop's grace period is scancelled outright; an scancel that failed
+    (the controller busy) was never tried again, and the job trained on."""
+    from runner.slurm import commands
+
+    store, study_id = new_study(tmp_path / "nanostudy.db")
+    data = make_data_dir(tmp_path / "data", train_tokens=20_000, val_tokens=2_000)
+    runs = tmp_path / "runs"
+    add_tiny_cells(store, study_id, data, runs, [{"id": "c"}])
+    plan_path = write_plan(tmp_path, {"c": ["setting_up"]})
+    loop = slurm_loop(store, study_id, _settings(), root=tmp_path, plan=plan_path)
+    executor = loop.executor
+    executor.stop_grace_s = 0.0
+    attempt = claim(store, "c", executor=executor.kind, host=executor.host)
+    loop._write_config("c", runs / "c")
+    handle = executor.submit(
+        LaunchRequest(cell_id="c", attempt_id=attempt.id, attempt_number=1, run_dir=runs / "c", gpus=None)
+    )
+    wait_for(lambda: squeue_state(handle.job_id) == "RUNNING", timeout_s=60, what="the job to run")
+    calls, real_cancel = [], commands.cancel
+
+    def cancel_unanswered_once(job_id, *, signal=None):
+        calls.append(signal)
+        if signal is not None:
+            return  # the stop request reaches nothing that stops
+        if calls.count(None) == 1:
+            raise SlurmError(f"scancel {job_id}: Socket timed out on send/recv operation")
+        real_cancel(job_id)
+
+    monkeypatch.setattr(commands, "cancel", cancel_unanswered_once)
+    executor.cancel(handle)
+    exited = wait_for(lambda: _exited(executor, handle), timeout_s=60, what="the job to end", interval_s=0.3)
+    assert exited.job_state == "CANCELLED" and calls.count(None) == 2
+
+
+def _exited(executor, handle):
+    result = executor.poll(handle)
+    return result if type(result).__name__ == "Exited" else None

@@ -140,9 +140,9 @@ class SlurmExecutor:
         job = self._jobs[handle.attempt_id]
         self._refresh()
         if job.stop_deadline is not None and not job.killed and time.monotonic() >= job.stop_deadline:
-            job.killed = True
-            with contextlib.suppress(SlurmError):
+            with contextlib.suppress(SlurmError):  # Slurm did not answer: tried again at the next poll
                 commands.cancel(job.job_id)
+                job.killed = True
         if job.gone:
             return Exited(code=None, from_trainer=False)
         if job.info is None or not job.info.final:
