@@ -648,6 +648,14 @@ def lock_run_dir(run_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     events, checkpoints = run_dir / EVENTS_NAME, run_dir / ckpt.CHECKPOINTS_DIR
+    # The lock file may be there from an earlier start while the directory is no longer writable: what the
+    # run has yet to create in it (its events, its checkpoints) would fail after the whole set-up.
+    missing = not events.exists() or not checkpoints.is_dir()
+    if missing and not os.access(run_dir, os.W_OK | os.X_OK):
+        os.close(fd)
+        raise InputError(
+            f"{run_dir}: cannot write in the run directory (no permission, or a read-only filesystem)"
+        )
     if events.exists() and not os.access(events, os.W_OK):
         os.close(fd)
         raise InputError(f"{events}: cannot be written (permission denied)")
