@@ -51,6 +51,7 @@ META_TYPES = {
     "flops": ((int, float), "a number"),
     "elapsed_s": ((int, float), "a number"),
     "last_val": ((list,), "a list"),
+    "stopping": ((bool,), "true or false"),
 }
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 

@@ -1299,6 +1299,11 @@ class Trainer:
         every_gauntlet = config.eval.gauntlet_every
         max_seconds = config.train.max_seconds
         peak = self.device["peak_flops"]
+        # The stop that wrote the checkpoint this run resumes from skipped the gauntlet due at its step (see
+        # below): score it now, on the same weights, or that step would never have its `eval` events.
+        stopped_at = (self.resume_meta or {}).get("stopping", False)
+        if self.gauntlet is not None and stopped_at and every_gauntlet and self.step % every_gauntlet == 0:
+            self._run_gauntlet()
         while self.step < self.total_steps:
             self.profiler.before_step(self.step)
             loss_sum, num_targets, lr_frac, step_s = self._train_step()
@@ -1462,6 +1467,7 @@ class Trainer:
             "flops": counters["flops"],
             "elapsed_s": counters["elapsed_s"],
             "last_val": list(self.last_val),
+            "stopping": stopping,  # taken on the way out of a stop, which skips the gauntlet (_loop)
         }
         path = ckpt.save_checkpoint(
             self.run_dir,
