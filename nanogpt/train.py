@@ -715,9 +715,10 @@ AUTO_ADOPTS_CHECKPOINT = ("fp8_head",)
 def _config_difference(saved: dict, current: dict) -> str | None:
     """The first trajectory-deciding key whose value differs, as 'key: saved vs current'. A key that an
     older checkpoint's config lacks had its default then."""
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)} | EARLIER_DEFAULTS
+    fields = dataclasses.fields(RunConfig)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING} | EARLIER_DEFAULTS
     for key in TRAJECTORY_KEYS:
-        a, b = saved.get(key, defaults[key]), current.get(key)
+        a, b = saved.get(key, defaults.get(key)), current.get(key)  # a required section: None, absent
         if key in AUTO_ADOPTS_CHECKPOINT and b == "auto":
             continue
         if isinstance(a, dict) and isinstance(b, dict):

@@ -63,3 +63,20 @@ def test_a_data_position_outside_the_data_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err == f"error: {meta_path}: loader state: {problem}\n"
     assert snapshot(run_dir) == before
+
+
+def test_a_checkpoint_config_without_a_section_says_it_is_absent(tmp_path, half_run, capsys):
+    """It said `train: <dataclasses._MISSING_TYPE object at 0x…> in the checkpoint`."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(half_run, run_dir)
+    meta_path = run_dir / "checkpoints" / "step_000006" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["train"]
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert run(run_dir / "config.json") == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    expected = (
+        f"error: {meta_path}: the run's config changed since this checkpoint (train: None in the checkpoint, "
+    )
+    assert err.startswith(expected) and err.count("\n") == 1, err
