@@ -9,9 +9,9 @@ from pathlib import Path
 from textual.css.query import NoMatches
 from textual.widgets import DataTable
 from textual.widgets._data_table import default_cell_formatter
-from tui_fixtures import STUDY, demo_study
+from tui_fixtures import STUDY, _cell, demo_study
 
-from store import AttemptOutcome, Executor, claim, end_attempt, open_store
+from store import AttemptOutcome, Executor, claim, end_attempt, open_store, record_study
 from tui.app import NanostudyApp
 from tui.cell_screen import CellScreen
 from tui.study_screen import StudyScreen
@@ -64,5 +64,34 @@ def test_an_attempt_reason_with_square_brackets_is_shown_as_written(tmp_path):
             await pilot.pause(0.3)  # the table draws its rows
             attempts = screen.query_one("#attempts", DataTable)
             assert default_cell_formatter(attempts.get_row_at(0)[5], height=1).plain == GLOO_REASON
+
+    asyncio.run(scenario())
+
+
+def test_cells_the_plan_leaves_out_leave_the_table(tmp_path):
+    """The study's file edited to a smaller grid and run again: its status has fewer cells, and the table kept
+    the rows of the others, beside totals that counted only the planned ones."""
+    demo = demo_study(tmp_path)
+
+    async def scenario():
+        app = make_app(demo.db)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+            table = app.screen.query_one(DataTable)
+            assert table.row_count == 6
+            with open_store(demo.db) as store:
+                record_study(
+                    store,
+                    name=STUDY,
+                    path=str(tmp_path / "demo.yaml"),
+                    spec={"name": STUDY},
+                    cells=[_cell("d2-c15", 2, 1e15, demo.runs), _cell("d2-c16", 2, 1e16, demo.runs)],
+                )
+            await until(pilot, lambda: len(app.screen.status.cells) == 2, what="the new plan")
+            await pilot.pause(0.1)
+            assert sorted(key.value for key in table.rows) == ["d2-c15", "d2-c16"]
+            table.move_cursor(row=table.get_row_index("d2-c16"))
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, CellScreen) and app.screen.cell)
 
     asyncio.run(scenario())

@@ -108,6 +108,10 @@ class StudyScreen(PollingScreen):
         self.query_one("#totals", Static).update(totals_line(status))
         self.query_one(Heatmap).show(status.cells)
         table = self.query_one(DataTable)
+        # Cells the study's file no longer plans (it was edited and run again) leave the study's status.
+        for cell_id in self._rows.keys() - {cell.id for cell in status.cells}:
+            table.remove_row(cell_id)
+            del self._rows[cell_id]
         for cell in status.cells:
             row = cell_row(cell)
             before = self._rows.get(cell.id)
