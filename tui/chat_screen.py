@@ -26,6 +26,7 @@ from textual.worker import Worker
 from runner import api
 from tui.chat_process import ChatProcess, Placement, choose_placement
 from tui.checkpoint_picker import CheckpointPicker, describe_checkpoint
+from tui.polling import still_open
 from tui.problem import ProblemBanner
 from tui.source import StoreProblem
 
@@ -137,7 +138,7 @@ class ChatScreen(Screen):
     def _no_candidates(self, problem: str, pick: bool) -> None:
         """The store could not be read. Before any model: the banner says why, and the status no longer
         says it is looking. Ctrl+O over a loaded model: a notice, and the candidates read before."""
-        if not self.is_attached:
+        if not still_open(self):
             return
         if self.checkpoint is None:
             self._problem(problem)
@@ -147,7 +148,7 @@ class ChatScreen(Screen):
             self._pick()
 
     def _got_candidates(self, candidates: list[api.BestCheckpoint], pick: bool) -> None:
-        if not self.is_attached:  # closed while the lookup ran
+        if not still_open(self):  # closed while the lookup ran
             return
         self.candidates = candidates
         if self.checkpoint is None:
@@ -371,4 +372,5 @@ class ChatScreen(Screen):
         self.query_one("#status", Static).update(text)
 
     def _problem(self, message: str) -> None:
-        self.query_one(ProblemBanner).report(message)
+        if still_open(self):  # called from the loading worker too, which may outlive the screen
+            self.query_one(ProblemBanner).report(message)

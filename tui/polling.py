@@ -14,6 +14,13 @@ from textual.worker import Worker, get_current_worker
 from tui.source import StoreProblem
 
 
+def still_open(screen: Screen) -> bool:
+    """Whether a result from a worker may still be shown on `screen`. A closed screen leaves the stack at
+    once, but stays attached while its widgets are removed one by one: `is_attached` alone let a late
+    result query a widget already gone (NoMatches, and the app died)."""
+    return screen.is_attached and screen in screen.app.screen_stack
+
+
 class PollingScreen(Screen):
     """Subclasses implement `read` and `show` (and may override `show_problem`). Textual calls `on_mount`
     of every class in the MRO, subclass first: a subclass's own `on_mount` sets its widgets up, then this
@@ -45,11 +52,11 @@ class PollingScreen(Screen):
             self.app.call_from_thread(self._deliver, data)
 
     def _deliver(self, data: Any) -> None:
-        if self.is_attached:  # the screen may have closed while the read ran
+        if still_open(self):  # the screen may have closed while the read ran
             self.show(data)
 
     def _deliver_problem(self, message: str) -> None:
-        if self.is_attached:
+        if still_open(self):
             self.show_problem(message)
 
     def read(self) -> Any:
