@@ -11,9 +11,19 @@ from textual.widgets import DataTable
 from textual.widgets._data_table import default_cell_formatter
 from tui_fixtures import STUDY, _cell, demo_study
 
-from store import AttemptOutcome, Executor, claim, end_attempt, open_store, record_study
+from store import (
+    AttemptOutcome,
+    Executor,
+    add_cells,
+    claim,
+    end_attempt,
+    open_store,
+    record_study,
+    upsert_study,
+)
 from tui.app import NanostudyApp
 from tui.cell_screen import CellScreen
+from tui.problem import ProblemBanner
 from tui.study_screen import StudyScreen
 
 SIZE = (160, 50)
@@ -93,5 +103,60 @@ def test_cells_the_plan_leaves_out_leave_the_table(tmp_path):
             table.move_cursor(row=table.get_row_index("d2-c16"))
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, CellScreen) and app.screen.cell)
+
+    asyncio.run(scenario())
+
+
+def _replace_database(db: Path, studies: dict[str, list[str]], runs: Path) -> None:
+    for path in db.parent.glob(f"{db.name}*"):  # the file, its -wal and -shm
+        path.unlink()
+    with open_store(db) as store:
+        for name, cell_ids in studies.items():
+            study = upsert_study(store, name=name, path=f"{name}.yaml", spec={"name": name})
+            add_cells(
+                store,
+                study.id,
+                [_cell(cell_id, 2, 1e15 * (i + 1), runs) for i, cell_id in enumerate(cell_ids)],
+            )
+
+
+def test_a_database_deleted_or_replaced_under_the_screen(tmp_path):
+    """The open SQLite connection kept reading the deleted file: the screen showed the old study as live
+    forever, and a new database at the path was never read."""
+    demo = demo_study(tmp_path)
+
+    async def scenario():
+        app = make_app(demo.db)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+            for path in tmp_path.glob("nanostudy.db*"):
+                path.unlink()
+            banner = await until(pilot, lambda: app.screen.query_one(ProblemBanner).message, what="a banner")
+            assert "no nanostudy database here yet" in banner
+            _replace_database(demo.db, {STUDY: ["new"]}, demo.runs)
+            await until(pilot, lambda: len(app.screen.status.cells) == 1, what="the new database")
+            await pilot.pause(0.1)
+            assert [key.value for key in app.screen.query_one(DataTable).rows] == ["new"]
+            assert app.screen.query_one(ProblemBanner).message is None
+
+    asyncio.run(scenario())
+
+
+def test_the_list_of_studies_follows_a_database_replaced_under_it(tmp_path):
+    demo = demo_study(tmp_path)
+
+    async def scenario():
+        app = make_app(demo.db, study=None)
+        async with app.run_test(size=SIZE) as pilot:
+            table = await until(
+                pilot, lambda: app.screen.query_one(DataTable).row_count and app.screen.query_one(DataTable)
+            )
+            _replace_database(demo.db, {"other": ["x"], "ünï 研究": ["y", "z"]}, demo.runs)
+            await until(
+                pilot,
+                lambda: table.row_count == 2 and table.get_row_at(0)[0] == "other",
+                what="the new studies",
+            )
+            assert [str(value) for value in table.get_row("ünï 研究")][:2] == ["ünï 研究", "2"]
 
     asyncio.run(scenario())

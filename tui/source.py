@@ -8,6 +8,7 @@ the database shows why it has nothing to show, then picks the study up once it e
 reads run beside the runner's writes without either waiting for the other.
 """
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class StoreSource:
     def __init__(self, target: str) -> None:
         self.target = target
         self._store: Store | None = None
+        self._file: tuple[int, int] | None = None  # the SQLite file `_store` reads
         self._lock = threading.Lock()
 
     def read(self, function: Callable[..., T], *args, **kwargs) -> T:
@@ -79,8 +81,14 @@ class StoreSource:
 
     def _open(self) -> Store:
         with self._lock:
+            if self._store is not None and _file_of(self._store) != self._file:
+                # The file was deleted or replaced: an open SQLite connection keeps reading the old one,
+                # and the screen showed it as live forever. Opened again, as at the start.
+                self._store.close()
+                self._store = None
             if self._store is None:
                 self._store = open_store(self.target, create=False)
+                self._file = _file_of(self._store)
             return self._store
 
     def close(self) -> None:
@@ -88,6 +96,17 @@ class StoreSource:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+
+
+def _file_of(store: Store) -> tuple[int, int] | None:
+    """The SQLite file at the store's path now, as (device, inode); None without one (or on PostgreSQL)."""
+    if store.engine.dialect.name != "sqlite":
+        return None
+    try:
+        stat = os.stat(store.name)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def cell_detail(

@@ -43,6 +43,8 @@ class StudiesScreen(PollingScreen):
     def show(self, studies: list[api.StudyOverview]) -> None:
         self.query_one(ProblemBanner).clear()
         table = self.query_one(DataTable)
+        for name in {key.value for key in table.rows} - {study.name for study in studies}:
+            table.remove_row(name)  # the database was replaced by one without it
         for study in studies:
             row = (
                 study.name,
