@@ -14,7 +14,7 @@ from textual_plotext import PlotextPlot
 
 from runner import api
 from tui.cell_actions import ask_to_cancel, ask_to_retry
-from tui.format import STATE_STYLES, UNKNOWN, duration, fixed, flops, percent, si
+from tui.format import STATE_STYLES, UNKNOWN, duration, fixed, flops, percent, printable, si
 from tui.polling import PollingScreen
 from tui.problem import ProblemBanner
 from tui.source import CellDetail, cell_detail
@@ -46,7 +46,8 @@ def summary_line(cell: api.CellProgress) -> str:
         parts.append(f"{si(cell.tok_per_s)} tok/s, MFU {percent(cell.mfu)}, ETA {duration(cell.eta_s)}")
     line = "  │  ".join(parts)
     if cell.reason:
-        line += f"\n[{style}]reason: {escape(cell.reason)}[/]"  # a reason may hold [rank0] or [/path]
+        # A reason may hold [rank0] or [/path], and the escape codes of a coloured stderr.
+        line += f"\n[{style}]reason: {escape(printable(cell.reason))}[/]"
     return line
 
 
@@ -169,7 +170,8 @@ class CellScreen(PollingScreen):
                 UNKNOWN if attempt.exit_code is None else str(attempt.exit_code),
                 attempt.host,
                 attempt.gpus or "cpu",
-                escape(attempt.reason or ""),  # the table reads strings as markup: [rank0], [/path]
+                # The table reads a string as markup: a reason may hold [rank0] or [/path].
+                escape(printable(attempt.reason or "")),
             )
         if not detail.attempts:
             table.add_row("", "never started", "", "", "", "")
@@ -181,7 +183,7 @@ class CellScreen(PollingScreen):
         parts = []
         for tail in detail.logs:
             parts.append(f"[b]{tail.path.parent.name}/{tail.path.name}[/]")  # under the run directory
-            parts.extend(escape(line) for line in tail.lines[-12:])
+            parts.extend(escape(printable(line)) for line in tail.lines[-12:])
         self.query_one("#log-text", Static).update("\n".join(parts))
 
     def action_cancel_cell(self) -> None:

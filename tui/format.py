@@ -1,6 +1,7 @@
 """How the TUI writes numbers: short, fixed-width where it helps a column line up, "–" for unknown."""
 
 import math
+import re
 
 UNKNOWN = "–"
 STATE_STYLES = {
@@ -12,6 +13,11 @@ STATE_STYLES = {
     "cancelled": "yellow",
 }
 _SPARK = "▁▂▃▄▅▆▇█"
+# Terminal escape sequences (colours, cursor moves, titles) and the other control characters but tab and
+# newline: a trainer's stderr may hold them (FORCE_COLOR, a coloured traceback, a progress bar).
+_TERMINAL_CODES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?|[\x00-\x08\x0b-\x1f\x7f]"
+)
 
 
 def si(number: float | None, *, digits: int = 3) -> str:
@@ -70,3 +76,9 @@ def sparkline(values: list[float], *, lowest: float = 0.0, highest: float | None
         return _SPARK[0] * len(values)
     levels = len(_SPARK) - 1
     return "".join(_SPARK[round(min(1.0, max(0.0, (v - lowest) / span)) * levels)] for v in values)
+
+
+def printable(text: str) -> str:
+    """Text from a log or a trainer's stderr without terminal escape sequences and control characters:
+    written to the screen as they are, they recoloured it and shifted every column after them."""
+    return _TERMINAL_CODES.sub("", text)
