@@ -55,6 +55,7 @@ class _Job:
     job_id: str
     info: JobInfo | None = None  # the latest state seen
     stop_deadline: float | None = None  # set by cancel(); cancelled outright after it
+    stop_asked: bool = False  # Slurm took the stop request (asked again at each poll until it does)
     killed: bool = False
     gone: bool = False  # Slurm no longer knows the job: ended, how is unknown
 
@@ -139,6 +140,8 @@ class SlurmExecutor:
     def poll(self, handle: Handle) -> Running | Exited:
         job = self._jobs[handle.attempt_id]
         self._refresh()
+        if job.stop_deadline is not None and not job.stop_asked and time.monotonic() < job.stop_deadline:
+            job.stop_asked = self._ask_to_stop(job)
         if job.stop_deadline is not None and not job.killed and time.monotonic() >= job.stop_deadline:
             with contextlib.suppress(SlurmError):  # Slurm did not answer: tried again at the next poll
                 commands.cancel(job.job_id)
@@ -187,6 +190,13 @@ class SlurmExecutor:
         if job.stop_deadline is not None:
             return
         job.stop_deadline = time.monotonic() + self.stop_grace_s
+        job.stop_asked = self._ask_to_stop(job)
+        self._refreshed_at = float("-inf")
+
+    def _ask_to_stop(self, job: _Job) -> bool:
+        """SIGTERM to the job's step, or scancel when its step has not started; False when Slurm did not
+        answer (poll() asks again until the grace period ends: an outright cancel at once would lose the
+        trainer's work since its last checkpoint to a moment of a busy controller)."""
         try:
             info = (
                 commands.queued([job.job_id]).get(job.job_id) or job.info
@@ -195,8 +205,8 @@ class SlurmExecutor:
             started = running and commands.has_launched_step(job.job_id)
             commands.cancel(job.job_id, signal="TERM" if started else None)
         except SlurmError:
-            job.stop_deadline = time.monotonic()  # try the outright cancel at the next poll
-        self._refreshed_at = float("-inf")
+            return False
+        return True
 
     # -- finding again ---------------------------------------------------------------------------------
 
