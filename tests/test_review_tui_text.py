@@ -4,12 +4,15 @@ they were, the codes recoloured it and shifted every column after them."""
 
 import asyncio
 
-from test_review_tui_screens import SIZE, fail_attempt, make_app, open_cell
+from test_review_tui_screens import SIZE, fail_attempt, make_app, open_cell, until
 from textual.widgets import DataTable, Static
 from textual.widgets._data_table import default_cell_formatter
-from tui_fixtures import demo_study
+from tui_fixtures import _cell, demo_study
 
+from store import add_cells, open_store, upsert_study
+from tui.chat_screen import ChatScreen
 from tui.format import printable
+from tui.study_screen import StudyScreen
 
 COLOURED = "\x1b[1;31mRuntimeError\x1b[0m: \x1b[35mCUDA error\x1b[0m [/pytorch/c10/cuda]"
 PLAIN = "RuntimeError: CUDA error [/pytorch/c10/cuda]"
@@ -42,5 +45,33 @@ def test_a_coloured_reason_and_log_show_as_text(tmp_path):
             assert f"reason: {PLAIN}\nsecond line" in summary
             assert "warning: slow" in log and PLAIN in log
             assert reason == PLAIN
+
+    asyncio.run(scenario())
+
+
+def test_a_study_name_with_square_brackets_is_shown_as_written(tmp_path):
+    """A study's name is any one folder name: `lr [sweep]` was read as markup, and the totals, the list of
+    studies and the chat's header showed `lr ` (the [sweep] taken for a style)."""
+    name = "lr [sweep]"
+    db = tmp_path / "nanostudy.db"
+    with open_store(db) as store:
+        study = upsert_study(store, name=name, path=f"/data/[v2]/{name}.yaml", spec={"name": name})
+        add_cells(store, study.id, [_cell("c1", 2, 1e15, tmp_path / "runs")])
+
+    async def scenario():
+        app = make_app(db, study=None)
+        async with app.run_test(size=SIZE) as pilot:
+            table = await until(
+                pilot, lambda: app.screen.query_one(DataTable).row_count and app.screen.query_one(DataTable)
+            )
+            await pilot.pause(0.2)
+            row = [default_cell_formatter(value).plain for value in table.get_row(name)]
+            assert row[0] == name and row[-1] == f"/data/[v2]/{name}.yaml"
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
+            assert app.screen.query_one("#totals", Static).visual.plain.startswith(f"{name}  1 cells")
+            await pilot.press("t")
+            await until(pilot, lambda: isinstance(app.screen, ChatScreen))
+            assert app.screen.query_one("#model", Static).visual.plain.endswith(f"checkpoint of {name}")
 
     asyncio.run(scenario())

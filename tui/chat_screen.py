@@ -14,6 +14,7 @@ import itertools
 import threading
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -99,7 +100,7 @@ class ChatScreen(Screen):
         self._load_lock = threading.Lock()
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]chat[/] with the best checkpoint of {self.study}", id="model")
+        yield Static(f"[b]chat[/] with the best checkpoint of {escape(self.study)}", id="model")
         yield ProblemBanner(id="problem")
         yield Static("finding the best checkpoint…", id="status")
         with Horizontal(id="settings"):

@@ -60,7 +60,7 @@ class GpuScreen(PollingScreen):
 
     def compose(self) -> ComposeResult:
         where = f" (cells of study {self.study})" if self.study else ""
-        yield Static(f"GPUs of {self.app.hostname}{where}", id="title")
+        yield Static(f"GPUs of {self.app.hostname}{where}", id="title", markup=False)
         yield DataTable(id="gpus", cursor_type="row")
         yield Static("", id="note")
         yield Footer()

@@ -2,6 +2,7 @@
 
 from typing import ClassVar
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
@@ -26,7 +27,7 @@ class StudiesScreen(PollingScreen):
     """
 
     def compose(self) -> ComposeResult:
-        yield Static(f"studies in {self.app.source.target}", id="title")
+        yield Static(f"studies in {self.app.source.target}", id="title", markup=False)
         yield ProblemBanner(id="problem")
         yield DataTable(id="studies", cursor_type="row", zebra_stripes=True)
         yield Static("", id="empty")
@@ -47,14 +48,14 @@ class StudiesScreen(PollingScreen):
             table.remove_row(name)  # the database was replaced by one without it
         for study in studies:
             row = (
-                study.name,
+                escape(study.name),  # the table reads strings as markup: a name may be "lr [sweep]"
                 str(study.num_cells),
                 str(study.counts.get("done", 0)),
                 str(study.counts.get("running", 0)),
                 str(study.counts.get("pending", 0)),
                 str(study.counts.get("failed", 0) + study.counts.get("diverged", 0)),
                 percent(study.fraction_done),
-                study.path,
+                escape(study.path),
             )
             if study.name in table.rows:
                 for column, value in zip(COLUMNS, row, strict=True):

@@ -8,6 +8,7 @@ acts on them on its next turn.
 
 from typing import ClassVar
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -59,7 +60,7 @@ def totals_line(status: api.StudyStatus) -> str:
     runner = "runner active" if status.runner_active else "[dim]no runner on this machine[/]"
     done = percent(status.fraction_done)
     return (
-        f"[b]{status.name}[/]  {len(status.cells)} cells  {counts}  │  {done} of FLOPs"
+        f"[b]{escape(status.name)}[/]  {len(status.cells)} cells  {counts}  │  {done} of FLOPs"
         f"  │  ETA {duration(status.eta_s)}  │  {runner}"
     )
 
@@ -87,7 +88,7 @@ class StudyScreen(PollingScreen):
         self._rows: dict[str, tuple] = {}
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]{self.study}[/]  loading…", id="totals")
+        yield Static(f"[b]{escape(self.study)}[/]  loading…", id="totals")
         yield ProblemBanner(id="problem")
         with Vertical():
             yield Heatmap(id="heatmap")
