@@ -149,6 +149,11 @@ class Exited:
     job_state: str | None = None  # a batch job's final state (COMPLETED, TIMEOUT, CANCELLED, ...)
 
 
+class BackendUnavailable(RuntimeError):
+    """`submit` could not reach the executor's backend (a Slurm controller that does not answer) and
+    nothing was started: the runner tries the cell again later, without counting a failure."""
+
+
 class Executor(Protocol):
     kind: ExecutorKind
     host: str

@@ -42,6 +42,7 @@ from nanogpt.events import recorded_exits
 from nanogpt.gpu_lock import default_lock_dir, lock_path
 from runner.executor import (
     CONFIG_NAME,
+    BackendUnavailable,
     Executor,
     Exited,
     Handle,
@@ -93,6 +94,10 @@ from store import (
 RERUN_HINTS = ("failed", "diverged", "cancelled")
 # The trainer's checkpoint directories (nanogpt.checkpoint, which imports torch, so not imported here).
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
+# A launch the executor's backend did not answer (a Slurm controller restarting): the attempt ends as not
+# started, the cell is pending again, and no cell is launched for this long.
+NOT_STARTED_REASON = "not started"
+BACKEND_RETRY_S = 60.0
 
 
 class RefusedConfig(ValueError):
@@ -188,6 +193,7 @@ class StudyLoop:
         self._active: dict[int, _Active] = {}
         self._signals = _Signals()
         self._waiting_logged = False
+        self._launch_paused_until = float("-inf")  # after the executor's backend did not answer
         self._labels: dict[str, str] = {}
         if pool is not None and not pool.cpu:
             # A cell done or cancelled does not start again: it may have had more GPUs than this run has.
@@ -448,6 +454,8 @@ class StudyLoop:
         return candidates
 
     def _schedule(self, states: Mapping[str, CellStatus]) -> None:
+        if time.monotonic() < self._launch_paused_until:
+            return  # the executor's backend did not answer a moment ago
         candidates = self._runnable(states)
         if not candidates:
             self._keep_claims()
@@ -568,6 +576,12 @@ class StudyLoop:
                 gpu_locks=self._gpu_locks(gpus),
             )
             handle = self.executor.submit(request)
+        except BackendUnavailable as error:  # nothing started; the cell is pending again, no failure counted
+            reason = f"{NOT_STARTED_REASON}: {error}"
+            end_attempt(self.store, attempt.id, AttemptOutcome.INTERRUPTED, reason=reason)
+            self._launch_paused_until = time.monotonic() + BACKEND_RETRY_S
+            self.log(f"{self._name(cell_id)}: not started: {error}; trying again in {BACKEND_RETRY_S:.0f} s")
+            return
         except RefusedConfig as error:  # the trainer would refuse it too (exit 2): no retry fixes it
             reason = f"{BAD_INPUT_REASON}: {error}"
             end_attempt(

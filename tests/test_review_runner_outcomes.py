@@ -72,3 +72,33 @@ def test_the_runner_says_why_a_failed_parents_mid_training_cells_stay_pending(st
         "1 mid-training cell(s) not started: their parent is failed "
         "(`nanostudy run --rerun failed` trains it again)"
     )
+
+
+def test_a_launch_the_backend_did_not_answer_is_tried_again_later_without_counting_a_failure(
+    study, tmp_path, monkeypatch
+):
+    """A Slurm controller restarting made sbatch fail: each such attempt counted as a failed one, so a
+    minute's outage used up every ready cell's retries."""
+    import runner.run
+    from runner.executor import BackendUnavailable
+
+    add_tiny_cells(study.store, study.id, study.data, study.runs, [{"id": "one"}])
+    monkeypatch.setattr(runner.run, "BACKEND_RETRY_S", 0.2)
+    log: list[str] = []
+    options = LoopOptions(poll_s=0.05, heartbeat_s=1.0, max_attempts=1)
+    loop = make_loop(study.store, study.id, python=fake_python(tmp_path), options=options, log=log)
+    real_submit, calls = loop.executor.submit, []
+
+    def submit_unanswered_twice(request):
+        calls.append(request.attempt_number)
+        if len(calls) <= 2:
+            raise BackendUnavailable("sbatch: error: Batch job submission failed: Socket timed out")
+        return real_submit(request)
+
+    monkeypatch.setattr(loop.executor, "submit", submit_unanswered_twice)
+    assert loop.run() is False
+    assert [status.state for status in cell_statuses(study.store, study.id)] == [CellState.DONE]
+    attempts = attempts_of(study.store, "one")
+    assert [a.outcome for a in attempts] == [AttemptOutcome.INTERRUPTED] * 2 + [AttemptOutcome.DONE]
+    assert attempts[0].reason == "not started: sbatch: error: Batch job submission failed: Socket timed out"
+    assert sum("not started" in line and "trying again in" in line for line in log) == 2

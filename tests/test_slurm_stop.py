@@ -1,12 +1,15 @@
-"""The Slurm executor's stop when the controller does not answer, with Slurm's commands stood in for: the
-stop request is asked again at each poll, and the job is cancelled outright only after the grace period."""
+"""The Slurm executor when the controller does not answer, with Slurm's commands stood in for: a stop request
+is asked again at each poll, and the job cancelled outright only after the grace period; a submission that
+got no answer and queued nothing is BackendUnavailable (the runner tries again later, counting no failure)."""
 
 import time
 
-from runner.executor import Handle
+import pytest
+
+from runner.executor import BackendUnavailable, Handle, LaunchRequest
 from runner.slurm import commands
 from runner.slurm import executor as slurm_executor
-from runner.slurm.commands import JobInfo, SlurmError
+from runner.slurm.commands import JobInfo, SlurmError, SlurmNoAnswer
 from runner.slurm.settings import parse_settings
 
 
@@ -58,3 +61,26 @@ def test_a_stop_that_slurm_never_answers_is_an_outright_cancel_after_the_grace_p
     time.sleep(0.06)
     executor.poll(handle)
     assert slurm.cancels == [None]  # scancel without a signal: outright
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (SlurmNoAnswer("sbatch: error: Batch job submission failed: Socket timed out"), BackendUnavailable),
+        (SlurmError("sbatch: error: invalid partition specified: nope"), SlurmError),
+    ],
+)
+def test_a_submission_without_an_answer_is_backend_unavailable_and_a_refusal_is_not(
+    monkeypatch, tmp_path, error, expected
+):
+    _, executor, _ = _running_job(monkeypatch, busy=0, grace_s=60)
+
+    def refuse(path):
+        raise error
+
+    monkeypatch.setattr(commands, "submit", refuse)
+    monkeypatch.setattr(commands, "named", lambda name: [])  # nothing of the attempt's name was queued
+    request = LaunchRequest(cell_id="c", attempt_id=2, attempt_number=1, run_dir=tmp_path / "c", gpus=None)
+    with pytest.raises(expected) as raised:
+        executor.submit(request)
+    assert type(raised.value) is expected and str(raised.value) == str(error)

@@ -36,6 +36,20 @@ class SlurmError(RuntimeError):
     """Slurm is missing, unreachable, or refused a request; the message says which, for the user."""
 
 
+class SlurmNoAnswer(SlurmError):
+    """The controller did not answer (a timeout, a lost connection): the request may work a moment later."""
+
+
+# Words of Slurm's client commands when the controller could not be reached, not when it refused.
+NO_ANSWER_WORDS = (
+    "socket timed out",
+    "unable to contact slurm controller",
+    "slurm temporarily unable to accept job",
+    "connection refused",
+    "connection reset",
+)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class JobInfo:
     job_id: str
@@ -60,7 +74,7 @@ def run(args: list[str], *, timeout_s: float = TIMEOUT_S) -> subprocess.Complete
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{' '.join(args[:2])}: no answer from Slurm within {timeout_s:.0f} s") from None
+        raise SlurmNoAnswer(f"{' '.join(args[:2])}: no answer from Slurm within {timeout_s:.0f} s") from None
 
 
 def _failed(result: subprocess.CompletedProcess) -> str:
@@ -104,7 +118,10 @@ def submit(script: Path) -> str:
     result = run(["sbatch", "--parsable", str(script)])
     job_id = result.stdout.strip().split(";")[0]
     if result.returncode != 0 or not job_id.isdigit():
-        raise SlurmError(_sbatch_error(result))
+        message = _sbatch_error(result)
+        if any(words in message.lower() for words in NO_ANSWER_WORDS):
+            raise SlurmNoAnswer(message)
+        raise SlurmError(message)
     return job_id
 
 

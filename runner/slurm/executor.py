@@ -30,6 +30,7 @@ from nanogpt.events import EXIT_RECORD_ENV
 from runner.executor import (
     INDUCTOR_CACHE_DIR,
     MARKER_ENV,
+    BackendUnavailable,
     Exited,
     Handle,
     LaunchRequest,
@@ -40,7 +41,7 @@ from runner.executor import (
     trainer_pythonpath,
 )
 from runner.slurm import commands
-from runner.slurm.commands import JobInfo, SlurmError
+from runner.slurm.commands import JobInfo, SlurmError, SlurmNoAnswer
 from runner.slurm.script import batch_script, job_name, script_path
 from runner.slurm.settings import SlurmSettings
 from store import Attempt
@@ -110,11 +111,13 @@ class SlurmExecutor:
         )
         try:
             job_id = commands.submit(path)
-        except SlurmError:
+        except SlurmError as error:
             # sbatch can fail after the controller queued the job (a reply that timed out): that job would
             # train unwatched beside the retry. Found by its name (each attempt's own), it is this attempt's.
             name = job_name(request.cell_id, request.attempt_number)
             found = [info for info in self._named_once_answered(name) if not info.final]
+            if len(found) != 1 and isinstance(error, SlurmNoAnswer):
+                raise BackendUnavailable(str(error)) from None  # nothing queued: not a failure of the cell
             if len(found) != 1:
                 raise
             job_id = found[0].job_id
