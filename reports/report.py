@@ -188,7 +188,7 @@ def _summary_section(data: StudyData, fits: Any, label: str, left_out: list[str]
     if fits is not None:
         advice = [_advice_line(p) for p in _parabolas(fits) if p.advice]
         body += notice("Grid advice", advice, kind="advice")
-        parts = ((_laws_table, (fits, label)), (_recommendations, (data, fits)), (_prediction, (fits,)))
+        parts = ((_laws_table, (fits, label)), (_recommendations, (fits,)), (_prediction, (fits,)))
         for part, args in parts:
             try:
                 body += part(*args)
@@ -261,8 +261,10 @@ _PARAM_NAMES = {
 }
 
 
-def _recommendations(data: StudyData, fits: Any) -> str:
-    budgets = [cell.budget_flops for cell in data.pretraining]
+def _recommendations(fits: Any) -> str:
+    # The largest budget the fits saw (as `nanostudy fit` takes it), not the grid's: when every cell of the
+    # grid's top budget failed, the fits end a budget lower.
+    budgets = [point.budget for point in fits.points]
     iso, par = fits.isoflop, fits.parametric
     if not budgets or (par is None and (iso is None or iso.n_opt is None)):
         return ""

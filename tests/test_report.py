@@ -23,7 +23,7 @@ from report_fixtures import (
 import reports.data
 import reports.report
 from reports.data import attempt_hours, read_study, thin
-from reports.fit import fit_study, table_points
+from reports.fit import fit_points, fit_study, store_points, table_points
 from reports.report import build_report, write_report
 from runner.cli import main
 from store import (
@@ -259,6 +259,16 @@ def test_done_cells_that_trained_different_heads_are_said_to_and_marked(tmp_path
     heads = iter([False] * 4)
     write_report(sparse_study(tmp_path / "other.db"), "sparse", tmp_path / "other.html", n_boot=N_BOOT)
     assert "Mixed heads" not in (tmp_path / "other.html").read_text()
+
+
+def test_recommendations_start_from_the_largest_budget_the_fits_saw(store, tmp_path: Path) -> None:
+    # Every cell of the grid's top budget failed (here: left out of the points): the laws end a budget
+    # lower, and so do the recommendations, as in `nanostudy fit`; they started from the grid's top budget.
+    points, _ = store_points(store, "synthetic")
+    below_top = fit_points([p for p in points if p.budget < max(BUDGETS)], n_boot=N_BOOT)
+    html = build_report(read_study(store, "synthetic"), below_top).html()
+    assert f"{sorted(BUDGETS)[-2] * 10:.2g} (10× the largest)" in html
+    assert f"{max(BUDGETS) * 10:.2g} (10× the largest)" not in html
 
 
 def test_fits_that_fail_leave_a_report_without_them(store, tmp_path: Path, monkeypatch) -> None:
