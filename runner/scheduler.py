@@ -14,7 +14,7 @@ EXIT_BAD_INPUT = 2  # nanogpt.train: bad config or input, nothing written
 EXIT_STOPPED = 143  # nanogpt.train: stopped on request after writing a checkpoint
 # Slurm's final job states that are not the trainer's doing: the cell goes back to pending and resumes
 # from its last checkpoint in a new job (a TIMEOUT only when the job wrote one: else it can never finish).
-REQUEUE_JOB_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL"})
+REQUEUE_JOB_STATES = frozenset({"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})  # the node, not the job
 # The reason of an attempt whose trainer the runner stopped on its way out (Ctrl-C, SIGTERM).
 STOPPED_BY_RUNNER = "stopped by the runner"
 # How the reason of an attempt whose trainer refused its config or input (exit 2) begins.
@@ -74,9 +74,9 @@ def decide_outcome(
       a job cancelled while queued has exit code 0 too), if `run_finished` (the run directory or the
       store holds the cell's final checkpoint); else it never trained, and done would be final: failed.
     - No `end`, and we asked it to stop: interrupted, resumable from its last checkpoint; not a failure.
-    - A Slurm job that ended TIMEOUT, PREEMPTED or NODE_FAIL: interrupted likewise (a TIMEOUT that wrote
-      no checkpoint is failed: the next job would time out at the same place); CANCELLED by someone else
-      (scancel outside nanostudy): failed, so that it is retried per policy and no more.
+    - A Slurm job that ended TIMEOUT, PREEMPTED, NODE_FAIL or BOOT_FAIL: interrupted likewise (a TIMEOUT
+      that wrote no checkpoint is failed: the next job would time out at the same place); CANCELLED by
+      someone else (scancel outside nanostudy): failed, so that it is retried per policy and no more.
     - No `end`, and it exited 143, or (exit code unknown or a launcher's) its last event is a checkpoint
       taken on the way out: interrupted, resumable from that checkpoint.
     - Anything else is a crash: failed, with the last lines of stderr as the reason.

@@ -213,6 +213,7 @@ def _trace(*kinds: str) -> AttemptTrace:
         (("start", "step"), "TIMEOUT", -15, False, "failed", "time limit before writing a checkpoint"),
         (("start", "step"), "PREEMPTED", 0, False, "interrupted", "ended PREEMPTED; the cell resumes"),
         (("start",), "NODE_FAIL", None, False, "interrupted", "ended NODE_FAIL"),
+        ((), "BOOT_FAIL", None, False, "interrupted", "ended BOOT_FAIL"),
         (("start", "step", "checkpoint"), "CANCELLED", -15, False, "failed", "cancelled outside nanostudy"),
         (("start", "step", "checkpoint"), "CANCELLED", -15, True, "interrupted", "stopped by the runner"),
         (("start", "step"), "FAILED", 1, False, "failed", "the Slurm job ended FAILED without an end event"),
