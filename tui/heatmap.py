@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from rich.table import Table
 from rich.text import Text
+from textual.geometry import Size
 from textual.widgets import Static
 
 from runner.api import CellProgress
@@ -112,6 +113,11 @@ class Heatmap(Static):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.mode = "pretraining"
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        # A third of the screen at most: on a small terminal its natural height left the cells' table below
+        # it no row at all (40x12: the totals wrap to 4 lines, the grid takes 9).
+        return min(super().get_content_height(container, viewport, width), max(1, viewport.height // 3))
 
     def show(self, cells: Sequence[CellProgress]) -> None:
         modes = sorted({cell.mode for cell in cells})
