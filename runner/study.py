@@ -89,6 +89,10 @@ _MOVED = {
     "train.num_steps": "mid_training.steps (pretraining budgets are grid.flops)",
     "train.seed": "grid.seed",
     "wandb.name": "nowhere: each cell's run is named after the study and the cell id",
+    "init_from": "mid_training.init_from",
+    "mid_training.train.target_flops": "mid_training.flops",
+    "mid_training.train.target_tokens": "mid_training.tokens",
+    "mid_training.train.num_steps": "mid_training.steps",
 }
 _MID_HORIZONS = {"flops": "target_flops", "tokens": "target_tokens", "steps": "num_steps"}
 _MID_OVERRIDABLE = ("train", "optim", "schedule", "eval", "checkpoint")

@@ -25,3 +25,18 @@ def test_a_merge_key_given_twice_is_a_key_given_twice():
     """`<<` twice in one mapping merged both, the first winning, without a word; a list merges several."""
     text = GOOD + "optim:\n  <<: {matrix_lr: 0.1}\n  <<: {matrix_lr: 0.2}\n"
     assert problems(text) == ["s.yaml:19: optim.<<: given twice (first at line 18)"]
+
+
+def test_a_mid_training_horizon_or_checkpoint_in_the_wrong_place_is_pointed_to_its_key():
+    """They read 'unknown key (known keys: ...)', which lists neither."""
+    text = GOOD.replace("mode: pretraining", "mode: all")
+    text += "init_from: runs/base\nmid_training:\n  train:\n    num_steps: 5\n    target_tokens: 9\n"
+    found = problems(text)
+    assert "s.yaml:17: init_from: not a key here; it belongs in mid_training.init_from" in found
+    assert (
+        "s.yaml:20: mid_training.train.num_steps: not a key here; it belongs in mid_training.steps" in found
+    )
+    assert (
+        "s.yaml:21: mid_training.train.target_tokens: not a key here; it belongs in mid_training.tokens"
+        in found
+    )
