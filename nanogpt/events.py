@@ -176,16 +176,22 @@ def utf8_json(data: Any) -> str:
     return text
 
 
+class EventWriteError(OSError):
+    """An event that could not be written whole (a full disk); the message starts with the events file."""
+
+
 class EventWriter:
     """Appends validated events to a JSON-lines file, one write and flush per line.
 
     The file is opened for appending only: existing lines are never rewritten. If a previous writer died
     in the middle of a line, that fragment is terminated first, so it stays a single unreadable line that
-    `read_events` skips instead of corrupting the next event.
+    `read_events` skips instead of corrupting the next event. A write that fails or is cut short (a full
+    disk) raises EventWriteError, and the next event starts on a fresh line: the cut line alone is lost.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._cut = False  # the last write left part of a line: the next one ends it first
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         size = os.fstat(self._fd).st_size
         if size > 0:
@@ -199,8 +205,16 @@ class EventWriter:
         event = sanitize({"v": SCHEMA_VERSION, "kind": kind, "time": time.time(), **fields})
         validate(event)
         line = json.dumps(event, allow_nan=False, separators=(",", ":")) + "\n"
+        data = ("\n" if self._cut else "").encode() + line.encode()
         # One write(2) on an O_APPEND descriptor: a reader sees the line whole or not at all.
-        os.write(self._fd, line.encode())
+        try:
+            written = os.write(self._fd, data)
+        except OSError as e:
+            raise EventWriteError(f"{self.path}: cannot be written ({e.strerror or e})") from None
+        self._cut = written < len(data)
+        if self._cut:
+            what = f"{written} of the {kind} event's {len(data)} bytes written: a full disk?"
+            raise EventWriteError(f"{self.path}: cannot be written ({what})")
         return event
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from nanogpt import checkpoint as ckpt
 from nanogpt.config import RunConfig
 from nanogpt.data import TokenLoader
-from nanogpt.events import EVENTS_NAME, EventWriter, read_events, record_exit
+from nanogpt.events import EVENTS_NAME, EventWriteError, EventWriter, read_events, record_exit
 from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
 from nanogpt.gauntlet.evaluate import Gauntlet, run_gauntlet
 from nanogpt.gauntlet.evaluate import prepare as prepare_gauntlet
@@ -1253,7 +1253,9 @@ class Trainer:
             with _StopRequest() as stop:
                 return self._loop(stop)
         except Exception as e:
-            self._end("error", f"{type(e).__name__}: {e}".splitlines()[0])
+            # A file that cannot take the `end` event either (a full disk): `e` is reported all the same.
+            with contextlib.suppress(EventWriteError):
+                self._end("error", f"{type(e).__name__}: {e}".splitlines()[0])
             raise
         finally:
             self.profiler.finish()
@@ -1601,7 +1603,8 @@ def run(config_path: str | os.PathLike) -> int:
         return EXIT_BAD_INPUT
     except _SilentExit as e:
         return e.code
-    except ckpt.CheckpointWriteError as e:  # the disk, not the code: one line (the `end` event says it too)
+    # The disk, not the code: one line (the `end` event says it too, where it could be written).
+    except (ckpt.CheckpointWriteError, EventWriteError) as e:
         _report(str(e))
         return EXIT_ERROR
     except Exception:
