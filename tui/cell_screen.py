@@ -95,19 +95,19 @@ class CellScreen(PollingScreen):
         self.query_one("#attempts", DataTable).add_columns("#", "outcome", "exit", "host", "GPUs", "reason")
 
     def read(self) -> CellDetail:
-        # A new attempt may have rewound the curves (a resume drops the steps after its checkpoint).
-        fresh = not self.train_steps
+        # Each curve from its own last point: a trainer scores the validation set before its first step, and
+        # reading both afresh while there was no training point appended the val points again at each poll.
         return self.app.source.read(
             cell_detail,
             self.study,
             self.cell_id,
-            train_after=None if fresh else int(self.train_steps[-1]),
-            val_after=None if fresh or not self.val_steps else int(self.val_steps[-1]),
+            train_after=int(self.train_steps[-1]) if self.train_steps else None,
+            val_after=int(self.val_steps[-1]) if self.val_steps else None,
         )
 
     def show(self, detail: CellDetail) -> None:
         self.query_one(ProblemBanner).clear()
-        if len(detail.attempts) != self._num_attempts and self.train_steps:
+        if len(detail.attempts) != self._num_attempts and (self.train_steps or self.val_steps):
             # Another attempt began: its resume may have dropped steps; read the curves afresh next time.
             self._num_attempts = len(detail.attempts)
             self.train_steps, self.train_loss, self.val_steps, self.val_bpb = [], [], [], []
