@@ -89,6 +89,15 @@ def test_an_unquoted_time_of_day_is_slurms_time_and_a_python_in_home_is_expanded
     assert _study("partition: gpu\ntime: 1:30\n").resources.slurm.time == "1:30"
 
 
+def test_an_unlimited_time_and_a_python_path_with_spaces_are_taken():
+    """Slurm takes both (the script quotes the interpreter); they were refused. A name with a space is not."""
+    settings = _study('time: UNLIMITED\npython: "/opt/my envs/py/bin/python"\n').resources.slurm
+    assert (settings.time, settings.python) == ("UNLIMITED", "/opt/my envs/py/bin/python")
+    assert _study("time: infinite\n").resources.slurm.time == "infinite"
+    (problem,) = _problems('partition: "gpu a"\n')
+    assert problem.endswith("resources.slurm.partition: expected a name without spaces, got 'gpu a'")
+
+
 def test_bad_slurm_keys_are_reported_at_their_lines_all_at_once():
     slurm = """\
     partitoin: gpu
@@ -102,7 +111,10 @@ def test_bad_slurm_keys_are_reported_at_their_lines_all_at_once():
     expected = [
         ("partitoin", "resources.slurm.partitoin: unknown key (did you mean 'partition'?)"),
         ("nodes: 0", "resources.slurm.nodes: expected an integer >= 1, got 0"),
-        ("time: soon", "resources.slurm.time: expected a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS)"),
+        (
+            "time: soon",
+            "resources.slurm.time: expected a Slurm time (minutes, HH:MM:SS, D-HH:MM:SS or UNLIMITED)",
+        ),
         ("procs_per_node", "resources.slurm.procs_per_node: only with gpus_per_node: 0"),
         ("sbatch:", "resources.slurm.sbatch: 'mem=0' is not an sbatch option"),
         ("poll_s", "resources.slurm.poll_s: expected a positive number of seconds, got -1"),

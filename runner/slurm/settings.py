@@ -25,7 +25,7 @@ from typing import Any
 
 # Slurm's time formats (sbatch --time): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
 # days-hours:minutes, days-hours:minutes:seconds.
-_TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2})$")
+_TIME = re.compile(r"^(\d+-\d+(:\d+){0,2}|\d+(:\d+){0,2}|UNLIMITED|INFINITE)$", re.IGNORECASE)
 KEYS = (
     "partition",
     "account",
@@ -104,7 +104,9 @@ def parse_settings(
         elif value is None:
             continue
         elif key in ("partition", "account", "qos", "python"):
-            if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value):
+            # A path may hold spaces (the script quotes it); Slurm's names may not.
+            spaced = key == "python" and isinstance(value, str) and value == value.strip()
+            if isinstance(value, str) and value.strip() and (spaced or not any(c.isspace() for c in value)):
                 # The script quotes the interpreter: `~` and $HOME are expanded here, on the login node.
                 values[key] = os.path.expandvars(os.path.expanduser(value)) if key == "python" else value
             elif isinstance(value, int | float) and not isinstance(value, bool):
@@ -117,7 +119,7 @@ def parse_settings(
             if _TIME.match(text):
                 values[key] = text
             else:
-                bad(key, f"expected a Slurm time (minutes, HH:MM:SS or D-HH:MM:SS), got {value!r}")
+                bad(key, f"expected a Slurm time (minutes, HH:MM:SS, D-HH:MM:SS or UNLIMITED), got {value!r}")
         elif key in ("nodes", "procs_per_node", "gpus_per_node", "rdzv_port"):
             minimum = {"gpus_per_node": 0, "rdzv_port": 1024}.get(key, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
