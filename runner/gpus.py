@@ -240,6 +240,11 @@ def _visible(value: str, gpus: list[Gpu]) -> tuple[int, ...]:
             match
         ) == 1:
             indices.append(match[0])
+        elif item.startswith("MIG-"):
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES={value!r}: {item!r} is a MIG instance; cells run on whole GPUs only "
+                "(name them with --gpus)"
+            )
         else:
             raise ValueError(f"CUDA_VISIBLE_DEVICES={value!r}: {item!r} names no GPU of this machine")
         if indices[-1] in indices[:-1]:

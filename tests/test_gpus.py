@@ -109,6 +109,9 @@ def test_cuda_visible_devices_of_the_runner_restricts_like_gpus():
     assert GpuPool(nvml=FakeNvml(4), restrict=(0,), visible_devices="2").usable == (0,)  # --gpus wins
     with pytest.raises(ValueError, match=r"CUDA_VISIBLE_DEVICES='1,9': '9' names no GPU"):
         GpuPool(nvml=FakeNvml(4), visible_devices="1,9")
+    mig = "MIG-4b8c3a0e-5d0f-5b2e-9a1c-0f7e2d6c1b3a"
+    with pytest.raises(ValueError, match=rf"'{mig}' is a MIG instance; cells run on whole GPUs only"):
+        GpuPool(nvml=FakeNvml(4), visible_devices=mig)
 
 
 def test_no_nvml_or_no_gpu_means_the_cpu():
