@@ -4,6 +4,7 @@ import threading
 
 import pytest
 from runner_fixtures import FakeNvml, add_tiny_cells, fake_python, make_loop, new_study, wait_for, write_plan
+from test_gpus import LostGpu
 from trainer_fixtures import make_data_dir
 
 from runner.gpus import GpuPool
@@ -52,19 +53,6 @@ def test_two_runners_of_two_studies_never_put_cells_on_one_gpu_at_once(tmp_path,
     assert first.gpus == second.gpus == "0"
     assert first.ended_at <= second.started_at or second.ended_at <= first.started_at, (first, second)
     assert GpuPool(nvml=nvml, claim_dir=tmp_path / "claims").claim([0]) == [0]  # given back at the end
-
-
-class LostGpu(FakeNvml):
-    """GPU `lost` raises at every reading, as NVML's calls do once the driver has lost it (an Xid error)."""
-
-    def __init__(self, num_gpus: int, *, lost: int | None):
-        super().__init__(num_gpus)
-        self.lost = lost
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        if handle == self.lost:
-            raise RuntimeError("GPU is lost")
-        return super().nvmlDeviceGetMemoryInfo(handle)
 
 
 def test_a_runner_waiting_on_a_gpu_nvml_cannot_read_says_so(tmp_path):
