@@ -3,23 +3,15 @@ with an `end` `error` event; what was written of it is removed, the checkpoints 
 and the run resumes from the last of those once there is room."""
 
 import builtins
-import hashlib
 import io
-from pathlib import Path
 
 import pytest
-from trainer_fixtures import make_data_dir, tiny_config, write_run
+from trainer_fixtures import make_data_dir, snapshot, tiny_config, write_run
 
 from nanogpt.events import read_events
 from nanogpt.train import EXIT_DONE, EXIT_ERROR, run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_the_earlier_ones_whole(

@@ -1,13 +1,12 @@
 """A checkpoint's recorded state that parses but cannot be resumed from is refused in one line, exit 2,
 before anything is written."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-from trainer_fixtures import make_data_dir, tiny_config, write_run
+from trainer_fixtures import make_data_dir, snapshot, tiny_config, write_run
 
 from nanogpt.train import EXIT_BAD_INPUT, EXIT_DONE, run
 
@@ -28,12 +27,6 @@ def half_run(tmp_path_factory, data_dir) -> Path:
     shutil.rmtree(run_dir / "checkpoints" / "step_000012")
     (run_dir / "events.jsonl").unlink()
     return run_dir
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,12 @@
 naming the file, exit 2, nothing written; they were a traceback and exit 1."""
 
 import builtins
-import hashlib
 import io
 import shutil
 from pathlib import Path
 
 import pytest
-from trainer_fixtures import make_data_dir, tiny_config, write_run
+from trainer_fixtures import make_data_dir, snapshot, tiny_config, write_run
 
 from nanogpt.train import EXIT_BAD_INPUT, EXIT_DONE, run
 
@@ -25,12 +24,6 @@ def half_run(tmp_path_factory) -> Path:
     shutil.rmtree(run_dir / "checkpoints" / "step_000012")
     (run_dir / "events.jsonl").unlink()
     return root
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.mark.parametrize(

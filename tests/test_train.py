@@ -3,7 +3,6 @@ input, several ranks (torchrun + gloo), W&B offline. Runs use a depth-2, width-3
 synthetic corpus (tests/trainer_fixtures.py); a step takes milliseconds."""
 
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainer_fixtures import byte_tokenizer, make_data_dir, tiny_config, write_run
+from trainer_fixtures import byte_tokenizer, make_data_dir, snapshot, tiny_config, write_run
 
 from nanogpt import checkpoint as ckpt
 from nanogpt import shards
@@ -72,16 +71,6 @@ def events_of(run_dir: Path) -> list[dict]:
 
 def losses(run_dir: Path, kind: str = "step", key: str = "loss") -> dict[int, float]:
     return {e["step"]: e[key] for e in events_of(run_dir) if e["kind"] == kind}
-
-
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Every file under the roots with the sha256 of its bytes."""
-    return {
-        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
-        for root in roots
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
 
 
 def test_a_run_writes_every_event_with_sane_fields(finished_run, data_dir):

@@ -1,5 +1,6 @@
 """Tiny runs for the trainer's tests: a byte-level tokenizer, a learnable synthetic corpus, a config."""
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -99,3 +100,13 @@ def write_run(run_dir: Path, config: dict) -> Path:
     path = run_dir / "config.json"
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file under the roots with the sha256 of its bytes (to check that nothing written was touched)."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for root in roots
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
