@@ -1,13 +1,12 @@
 """A runner restarted after its job ended, while squeue still lists the job (MinJobAge): the job's exit code
 comes from sacct or scontrol, as for a job the runner saw end (squeue's list has none)."""
 
-import os
 import subprocess
 import time
 
 import pytest
 from runner_fixtures import add_tiny_cells, new_study, wait_for, write_plan
-from slurm_fixtures import running_cluster, slurm_loop, squeue_state, why_no_slurm
+from slurm_fixtures import slurm_loop, squeue_state
 from trainer_fixtures import make_data_dir
 
 from nanogpt.events import EventWriter
@@ -19,21 +18,9 @@ from store import AttemptOutcome, CellState, attempts_of, claim, get_cell, recor
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def slurm_conf(tmp_path_factory):
-    reason = why_no_slurm()
-    if reason is not None:
-        pytest.skip(reason)
-    previous = os.environ.get("SLURM_CONF")
-    with running_cluster(tmp_path_factory.mktemp("slurm-adopt")) as cluster:
-        os.environ["SLURM_CONF"] = str(cluster.conf)
-        try:
-            yield cluster.conf
-        finally:
-            if previous is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = previous
+@pytest.fixture
+def slurm_conf(slurm_cluster):
+    return slurm_cluster.conf
 
 
 def _settings():

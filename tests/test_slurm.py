@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from data_fixtures import write_text_corpus
 from runner_fixtures import ROOT, add_tiny_cells, kill9, new_study, tiny_study_yaml, wait_for, write_plan
-from slurm_fixtures import URGENT, job_nodes, running_cluster, slurm_loop, squeue_state, why_no_slurm
+from slurm_fixtures import URGENT, job_nodes, slurm_loop, squeue_state
 from trainer_fixtures import make_data_dir
 
 from nanogpt.events import read_events
@@ -44,23 +44,6 @@ from store import (
 pytestmark = pytest.mark.slow
 
 CPU = {"partition": "debug", "gpus_per_node": 0, "poll_s": 0.3}
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    reason = why_no_slurm()
-    if reason is not None:
-        pytest.skip(reason)
-    previous = os.environ.get("SLURM_CONF")
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        os.environ["SLURM_CONF"] = str(cluster.conf)
-        try:
-            yield cluster
-        finally:
-            if previous is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = previous
 
 
 @pytest.fixture(scope="module")
