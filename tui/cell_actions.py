@@ -72,6 +72,7 @@ def _retry(screen: Screen, study: str, cell_id: str) -> None:
 
 def _tell(screen: Screen, message: str, *, severity: str = "information") -> None:
     """From the worker thread: a notification, then a fresh poll so the table shows the new state."""
-    screen.app.call_from_thread(screen.notify, message, severity=severity)
+    # A store's message may name a path with [brackets] in it: shown as written, not read as markup.
+    screen.app.call_from_thread(screen.notify, message, severity=severity, markup=False)
     if hasattr(screen, "poll"):
         screen.app.call_from_thread(screen.poll)

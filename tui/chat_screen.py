@@ -102,7 +102,8 @@ class ChatScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(f"[b]chat[/] with the best checkpoint of {escape(self.study)}", id="model")
         yield ProblemBanner(id="problem")
-        yield Static("finding the best checkpoint…", id="status")
+        # The status quotes a checkpoint's path and the model's name as the process gave it: never markup.
+        yield Static("finding the best checkpoint…", id="status", markup=False)
         with Horizontal(id="settings"):
             yield Label("temperature")
             yield Input(str(DEFAULT_TEMPERATURE), id="temperature", type="number")
@@ -145,7 +146,7 @@ class ChatScreen(Screen):
             self._problem(problem)
             self._status("")
         elif pick:
-            self.notify(problem, severity="error")
+            self.notify(problem, severity="error", markup=False)
             self._pick()
 
     def _got_candidates(self, candidates: list[api.BestCheckpoint], pick: bool) -> None:
@@ -170,7 +171,7 @@ class ChatScreen(Screen):
         self.ready, self.generating = None, None
         self.query_one("#prompt", Input).disabled = True
         self.query_one(ProblemBanner).clear()
-        self.query_one("#model", Static).update(f"[b]chat[/] {describe_checkpoint(checkpoint)}")
+        self.query_one("#model", Static).update(f"[b]chat[/] {escape(describe_checkpoint(checkpoint))}")
         self._status(f"loading {checkpoint.path} …")
         self._start_process(checkpoint, self._loads)
 
@@ -223,10 +224,8 @@ class ChatScreen(Screen):
             context = event.get("context_tokens")
             self._status(f"ready on {where}: {event.get('model')} ({what}; context {context} tokens)")
             if self.checkpoint is not None:
-                described = describe_checkpoint(self.checkpoint)
-                self.query_one("#model", Static).update(
-                    f"[b]chat[/] {described}  │  {event.get('mode')} model on {where}"
-                )
+                described = f"{describe_checkpoint(self.checkpoint)}  │  {event.get('mode')} model on {where}"
+                self.query_one("#model", Static).update(f"[b]chat[/] {escape(described)}")
             max_tokens = self.query_one("#max-tokens", Input)
             if isinstance(context, int) and max_tokens.value.isdigit() and int(max_tokens.value) > context:
                 max_tokens.value = str(context)
@@ -265,7 +264,8 @@ class ChatScreen(Screen):
             self._problem(f"cannot load {path}: {event.get('message')}")
             self._status("Ctrl+O chooses another checkpoint")
             return
-        self.notify(str(event.get("message")), severity="error")
+        # The process's own words (a line of its stdout that was not JSON): shown as written.
+        self.notify(str(event.get("message")), severity="error", markup=False)
         if event.get("id") is not None and event.get("id") == self.generating:
             if self.history and self.history[-1]["role"] == "user":
                 self.history.pop()  # the refused message is not part of the conversation
@@ -304,7 +304,7 @@ class ChatScreen(Screen):
                 self.query_one("#max-tokens", Input).value,
             )
         except ValueError as error:
-            self.notify(str(error), severity="error")
+            self.notify(str(error), severity="error", markup=False)  # it quotes what was typed
             return
         context = self.ready.get("context_tokens")
         if isinstance(context, int) and settings.get("max_tokens", 0) > context:

@@ -107,7 +107,7 @@ class GpuScreen(PollingScreen):
             return
         self.history.add(reading.samples)
         note.update(
-            f"[dim]which cell runs where is unknown: {reading.store_problem}[/]"
+            f"[dim]which cell runs where is unknown: {escape(reading.store_problem)}[/]"
             if reading.store_problem
             else ""
         )
@@ -147,8 +147,8 @@ class GpuScreen(PollingScreen):
             UNKNOWN if gpu.temperature_c is None else f"{gpu.temperature_c:.0f}°C",
             power,
             clocks,
-            ", ".join(who) if who else "[dim]idle[/]",
+            escape(", ".join(who)) if who else "[dim]idle[/]",  # a process's name is any text
         )
 
     def show_problem(self, message: str) -> None:
-        self.query_one("#note", Static).update(message)
+        self.query_one("#note", Static).update(escape(message))  # a path may hold [brackets]

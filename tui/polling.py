@@ -68,4 +68,4 @@ class PollingScreen(Screen):
         raise NotImplementedError
 
     def show_problem(self, message: str) -> None:
-        self.notify(message, severity="error")
+        self.notify(message, severity="error", markup=False)  # a path may hold [brackets]

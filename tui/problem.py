@@ -1,5 +1,6 @@
 """A one-line banner for what went wrong (no database yet, an old schema, a model that cannot load)."""
 
+from rich.text import Text
 from textual.widgets import Static
 
 
@@ -20,7 +21,9 @@ class ProblemBanner(Static):
     """
 
     def report(self, message: str) -> None:
-        self.update(message)
+        """Shown as written: a message carries outside text (a path, a chat process's stderr line), which
+        read as markup lost its `[rank0]` or ended the app on a `[/pytorch/...]`."""
+        self.update(Text(message))
         self.add_class("-shown")
 
     def clear(self) -> None:
