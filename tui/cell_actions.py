@@ -5,12 +5,14 @@ These are the TUI's only writes, and they are requests in the runner's own terms
 runner holding the study acts on at its next turn (or, with no runner, `cancel` stops the local trainer).
 """
 
-from functools import partial
+from collections.abc import Callable
 
+from textual.app import App
 from textual.screen import Screen
 
 from runner import api
 from tui.confirm import ConfirmScreen
+from tui.polling import still_open
 from tui.source import StoreProblem
 
 
@@ -22,7 +24,7 @@ def ask_to_cancel(screen: Screen, study: str, cell: api.CellProgress) -> None:
     what = "its trainer stops at a checkpoint" if cell.state == "running" else "it will not start"
     screen.app.push_screen(
         ConfirmScreen(f"Cancel {cell.state} cell {cell.id}? ({what})"),
-        lambda yes: _run(screen, partial(_cancel, screen, study, cell.id)) if yes else None,
+        lambda yes: _run(screen, _cancel, study, cell.id) if yes else None,
     )
 
 
@@ -36,43 +38,50 @@ def ask_to_retry(screen: Screen, study: str, cell: api.CellProgress) -> None:
         return
     screen.app.push_screen(
         ConfirmScreen(f"Retry {cell.state} cell {cell.id}? (it resumes from its last checkpoint)"),
-        lambda yes: _run(screen, partial(_retry, screen, study, cell.id)) if yes else None,
+        lambda yes: _run(screen, _retry, study, cell.id) if yes else None,
     )
 
 
-def _run(screen: Screen, job) -> None:
-    screen.run_worker(job, thread=True, group="cell-action")
+def _run(screen: Screen, action: Callable[[App, Screen, str, str], None], study: str, cell_id: str) -> None:
+    # The app is taken here, on the UI thread: the screen may close while the action runs, and a closed
+    # screen no longer knows its app (NoActiveAppError in the worker, and the result was never told).
+    screen.run_worker(lambda: action(screen.app, screen, study, cell_id), thread=True, group="cell-action")
 
 
-def _cancel(screen: Screen, study: str, cell_id: str) -> None:
+def _cancel(app: App, screen: Screen, study: str, cell_id: str) -> None:
     try:
-        result = screen.app.source.read(api.cancel, study, cell_id=cell_id)
+        result = app.source.read(api.cancel, study, cell_id=cell_id)
     except StoreProblem as problem:
-        _tell(screen, str(problem), severity="error")
+        _tell(app, screen, str(problem), severity="error")
         return
     if result.stopping:
-        _tell(screen, f"cell {cell_id} cancelled; its trainer is being stopped")
+        _tell(app, screen, f"cell {cell_id} cancelled; its trainer is being stopped")
     elif result.cancelled:
-        _tell(screen, f"cell {cell_id} cancelled")
+        _tell(app, screen, f"cell {cell_id} cancelled")
     else:
-        _tell(screen, f"cell {cell_id} had finished meanwhile: nothing cancelled", severity="warning")
+        _tell(app, screen, f"cell {cell_id} had finished meanwhile: nothing cancelled", severity="warning")
 
 
-def _retry(screen: Screen, study: str, cell_id: str) -> None:
+def _retry(app: App, screen: Screen, study: str, cell_id: str) -> None:
     try:
-        moved = screen.app.source.read(api.retry, study, cell_id)
+        moved = app.source.read(api.retry, study, cell_id)
     except StoreProblem as problem:
-        _tell(screen, str(problem), severity="error")
+        _tell(app, screen, str(problem), severity="error")
         return
     if moved:
-        _tell(screen, f"cell {cell_id} is pending again: a runner will start it")
+        _tell(app, screen, f"cell {cell_id} is pending again: a runner will start it")
     else:
-        _tell(screen, f"cell {cell_id} changed state meanwhile: not retried", severity="warning")
+        _tell(app, screen, f"cell {cell_id} changed state meanwhile: not retried", severity="warning")
 
 
-def _tell(screen: Screen, message: str, *, severity: str = "information") -> None:
-    """From the worker thread: a notification, then a fresh poll so the table shows the new state."""
+def _tell(app: App, screen: Screen, message: str, *, severity: str = "information") -> None:
+    """From the worker thread: a notification (the app's, which outlives the screen), then a fresh poll so
+    the table shows the new state, while the screen is open."""
     # A store's message may name a path with [brackets] in it: shown as written, not read as markup.
-    screen.app.call_from_thread(screen.notify, message, severity=severity, markup=False)
-    if hasattr(screen, "poll"):
-        screen.app.call_from_thread(screen.poll)
+    app.call_from_thread(app.notify, message, severity=severity, markup=False)
+    app.call_from_thread(_poll_if_open, screen)
+
+
+def _poll_if_open(screen: Screen) -> None:
+    if hasattr(screen, "poll") and still_open(screen):
+        screen.poll()
