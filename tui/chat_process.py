@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,23 @@ class Placement:
     device: str  # "cuda" (the one GPU made visible) or "cpu"
     env: dict[str, str]
     label: str  # for the screen: "GPU 3" or "CPU"
+    pool: GpuPool | None = field(default=None, compare=False, repr=False)  # holds the GPU's claim
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Give the GPU's claim back to the runners, once the chat process is gone; again is a no-op."""
+        with self._lock:  # the screen and its loading worker may both end a chat
+            if self.pool is not None:
+                self.pool.keep_claims(())
 
 
-def choose_placement(nvml: Any | None, visible_devices: str | None = None) -> Placement:
-    """A free GPU (no compute process on it, ours or anyone's: training keeps its GPUs), else the CPU.
+def choose_placement(
+    nvml: Any | None, visible_devices: str | None = None, *, claim_dir: Path | str | None = "auto"
+) -> Placement:
+    """A free GPU (no compute process on it, ours or anyone's: training keeps its GPUs, and none that a
+    runner claims), else the CPU. The GPU is claimed as a runner claims it (`GpuPool.claim`), until
+    `Placement.release`: a trainer, or the chat model, shows in NVML only seconds after its start, and a
+    runner would start a cell on the chat's GPU meanwhile, or the chat on a runner's.
 
     The GPU is named by its NVML index in CUDA_VISIBLE_DEVICES with CUDA_DEVICE_ORDER=PCI_BUS_ID, as the
     executor does for trainers, so CUDA sees exactly that one GPU.
@@ -43,7 +56,7 @@ def choose_placement(nvml: Any | None, visible_devices: str | None = None) -> Pl
     if nvml is None:
         return Placement(device="cpu", env={}, label="CPU")
     try:
-        pool = GpuPool(nvml=nvml, visible_devices=visible_devices)
+        pool = GpuPool(nvml=nvml, visible_devices=visible_devices, claim_dir=claim_dir)
     except GpuListError as error:
         return Placement(device="cpu", env={}, label=f"CPU ({error})")
     free = pool.free(assigned=(), our_pids=())
@@ -55,10 +68,12 @@ def choose_placement(nvml: Any | None, visible_devices: str | None = None) -> Pl
     )
     if pool.problem is not None:
         skipped = f"; {pool.problem}"
-    if free:
-        index = free[-1]  # the runner fills GPUs from the lowest index: take the other end
+    for index in reversed(free):  # the runner fills GPUs from the lowest index: take the other end
+        if not pool.claim([index]):
+            skipped += f"; GPU {index} is claimed by a runner"
+            continue
         env = {"CUDA_VISIBLE_DEVICES": str(index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        return Placement(device="cuda", env=env, label=f"GPU {index}{skipped}")
+        return Placement(device="cuda", env=env, label=f"GPU {index}{skipped}", pool=pool)
     return Placement(device="cpu", env={}, label=f"CPU{skipped}")
 
 

@@ -190,6 +190,8 @@ class ChatScreen(Screen):
             old, self.process = self.process, None  # from now on the old one's events (its exit) are ignored
             if old is not None:
                 old.close()
+            if self.placement is not None:
+                self.placement.release()  # its GPU, claimed for the old process
             if load != self._loads:
                 return
             placement = choose_placement(self.app.nvml())
@@ -201,11 +203,13 @@ class ChatScreen(Screen):
                 process.start(lambda event: self.post_message(ChatEvent(event, process, load)))
             except OSError as error:
                 self.process = None
+                placement.release()
                 self.app.call_from_thread(self._problem, f"cannot start the chat process: {error}")
                 return
             if load != self._loads:  # picked again, or the screen closed, while it started
                 self.process = None
                 process.close()
+                placement.release()
 
     # --- the process's events ---------------------------------------------------------------------
 
@@ -277,6 +281,8 @@ class ChatScreen(Screen):
     def _on_exit(self, event: dict[str, Any]) -> None:
         self.query_one("#prompt", Input).disabled = True
         self.generating = None
+        if self.placement is not None:
+            self.placement.release()  # the runners may use its GPU again
         if self.query_one(ProblemBanner).message:  # the fatal error already said why
             return
         stderr = (event.get("stderr") or "").strip().splitlines()
@@ -368,6 +374,8 @@ class ChatScreen(Screen):
         process, self.process = self.process, None
         if process is not None:
             process.close(timeout_s=2.0)
+        if self.placement is not None:
+            self.placement.release()
 
     def _status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)
