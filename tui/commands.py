@@ -9,6 +9,7 @@ import argparse
 import sys
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
+MIN_REFRESH_S = 0.01  # a shorter period (or NaN) fires the poll timer back to back and the screen freezes
 
 
 def _cmd_tui(args) -> int:
@@ -22,8 +23,11 @@ def _cmd_tui(args) -> int:
         except (ValueError, FileNotFoundError) as error:  # StudyError, or a study file that is not there
             print(f"nanostudy tui: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    if args.refresh_s <= 0:
-        print(f"nanostudy tui: error: --refresh-s must be positive, got {args.refresh_s}", file=sys.stderr)
+    if not args.refresh_s >= MIN_REFRESH_S:
+        print(
+            f"nanostudy tui: error: --refresh-s must be at least {MIN_REFRESH_S} s, got {args.refresh_s}",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     from tui.app import NanostudyApp
 
