@@ -102,6 +102,9 @@ class ChatProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A byte that is not UTF-8 (a library's message in another encoding) ended the thread reading
+            # that stream: stderr no longer drained, the process blocked on the full pipe, and hung.
+            errors="replace",
             bufsize=1,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             # Its own session: Ctrl-C in the terminal is the TUI's to handle, not the model's.
