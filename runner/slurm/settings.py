@@ -55,6 +55,15 @@ _OWN_OPTIONS = {
     **dict.fromkeys(("--nodes", "-N"), _NODES),
     **dict.fromkeys(("--array", "-a"), _ARRAY),
 }
+# sbatch (getopt_long) takes any unambiguous start of a long option: --job=x renames the job as
+# --job-name=x does. The shortest start of each of ours that sbatch takes (shorter ones are ambiguous).
+_SHORTEST = {
+    "--job-name": "--j",
+    "--output": "--ou",
+    "--error": "--er",
+    "--nodes": "--nodes",
+    "--array": "--ar",
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -158,5 +167,8 @@ def _sbatch_option(line: str) -> str:
 def _why_ours(line: str) -> str | None:
     """Why a study may not give this sbatch option (the executor sets it itself), or None."""
     option = _sbatch_option(line)
-    name = option.split("=", 1)[0].split(None, 1)[0] if option.startswith("--") else option[:2]
-    return _OWN_OPTIONS.get(name)
+    if not option.startswith("--"):
+        return _OWN_OPTIONS.get(option[:2])
+    name = option.split("=", 1)[0].split(None, 1)[0]
+    ours = [full for full, least in _SHORTEST.items() if name.startswith(least) and full.startswith(name)]
+    return _OWN_OPTIONS[ours[0]] if ours else None
