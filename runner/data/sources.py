@@ -11,6 +11,7 @@ Sources (docs/data.md documents every option):
 Documents come in a deterministic order, so two preparations of the same spec give the same shards.
 """
 
+import fractions
 import glob
 import hashlib
 import json
@@ -47,8 +48,9 @@ def parse_bytes(value: int | str, *, key: str = "max_bytes") -> int:
         match = _SIZE.match(str(value))
         if not match:
             raise ValueError(f"{key}: expected a size such as 20MB or 1.5GiB, got {value!r}")
-        exact = float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
-        if not exact.is_integer():  # 1.5 bytes, not 1 (nor a refusal of 0.5 as "not positive")
+        # Exact decimal arithmetic: in floats 16.1 * 1000 is 16099.999999999998, not a whole number.
+        exact = fractions.Fraction(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
+        if exact.denominator != 1:  # 1.5 bytes, not 1 (nor a refusal of 0.5 as "not positive")
             raise ValueError(f"{key}: a size in bytes must be a whole number, got {value!r}; e.g. 1.5MB")
         number = int(exact)
     if number <= 0:
