@@ -113,16 +113,21 @@ class StudyScreen(PollingScreen):
         for cell_id in self._rows.keys() - {cell.id for cell in status.cells}:
             table.remove_row(cell_id)
             del self._rows[cell_id]
+        shown_before, added = bool(self._rows), False
         for cell in status.cells:
             row = cell_row(cell)
             before = self._rows.get(cell.id)
             if before is None:
                 table.add_row(*row, key=cell.id)
+                added = shown_before
             else:
                 for column, old, new in zip(COLUMNS, before, row, strict=True):
                     if old != new:
                         table.update_cell(cell.id, column, new, update_width=True)
             self._rows[cell.id] = row
+        if added:  # cells the plan added since (a larger grid): in their place, not below every other row
+            order = {cell.id: position for position, cell in enumerate(status.cells)}
+            table.sort("cell", key=lambda cell_id: order[cell_id.plain])
 
     def show_problem(self, message: str) -> None:
         self.query_one(ProblemBanner).report(message)
