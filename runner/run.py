@@ -454,8 +454,8 @@ class StudyLoop:
         return candidates
 
     def _schedule(self, states: Mapping[str, CellStatus]) -> None:
-        if time.monotonic() < self._launch_paused_until:
-            return  # the executor's backend did not answer a moment ago
+        if self._launches_paused():
+            return
         candidates = self._runnable(states)
         if not candidates:
             self._keep_claims()
@@ -476,14 +476,22 @@ class StudyLoop:
             self.log(f"waiting for a free GPU ({len(candidates)} cell(s) ready; {self._why_no_gpu()})")
             self._waiting_logged = True
         for candidate, gpus in chosen:
+            if self._launches_paused():
+                break  # the backend did not answer this pass's last launch: the others wait too
             self._waiting_logged = False
             self._launch(candidate.cell_id, gpus)
-        if standby_gpus:
+        if standby_gpus and not self._launches_paused():
             started = {candidate.cell_id for candidate, _ in chosen}
             rest = [candidate for candidate in candidates if candidate.cell_id not in started]
             for candidate, gpus in assign(rest, free_gpus=standby_gpus, slots=len(standby_gpus)):
+                if self._launches_paused():
+                    break
                 self._launch(candidate.cell_id, gpus, standby=True)
         self._keep_claims()
+
+    def _launches_paused(self) -> bool:
+        """Whether the executor's backend did not answer a launch a moment ago (BACKEND_RETRY_S)."""
+        return time.monotonic() < self._launch_paused_until
 
     def _keep_claims(self) -> None:
         """Give other runners on this machine the GPUs that none of our cells runs on."""
