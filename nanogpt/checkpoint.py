@@ -171,11 +171,15 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: no half-written file left beside the real one
+        raise
 
 
 def _distributed() -> bool:
@@ -238,8 +242,13 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(f"{final}: cannot be written ({e.strerror or e})") from None
     if rank == 0:
-        _fsync_dir(root)
-        _write_text_atomic(root / LATEST_NAME, final.name + "\n")
+        try:
+            _fsync_dir(root)
+            _write_text_atomic(root / LATEST_NAME, final.name + "\n")
+        except OSError as e:  # the checkpoint itself is whole: a resume finds it without LATEST
+            raise CheckpointWriteError(
+                f"{root / LATEST_NAME}: cannot be written ({e.strerror or e})"
+            ) from None
         if keep_last is not None:
             prune_checkpoints(run_dir, keep_last)
     _barrier()
