@@ -115,6 +115,9 @@ class CellLaunch:
     # at each launch: they are not part of the cell id, so a cell recorded before the study changed them
     # would otherwise keep the old ones.
     gauntlet: Mapping[str, Any] = field(default_factory=dict)
+    # Mode mid-training: the checkpoint the study names now. The cell's id holds the checkpoint's identity,
+    # not its path, so a cell recorded while the checkpoint lay elsewhere starts from where it lies now.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_gpus < 1:
@@ -627,7 +630,8 @@ class StudyLoop:
     def _write_config(self, cell_id: str, run_dir: Path) -> None:
         """RUN_DIR/config.json from the planned config; a mid-training cell gets its parent's final
         checkpoint as `init_from`, as the store recorded it (never a guessed path). One without a parent
-        (mode mid-training) keeps the checkpoint its config names, which the store recorded with the cell."""
+        (mode mid-training) starts from the checkpoint the study names now (CellLaunch.init_from), else from
+        the one the store recorded with the cell."""
         cell = get_cell(self.store, cell_id)
         assert cell is not None
         config = dict(cell.config)
@@ -640,6 +644,8 @@ class StudyLoop:
             if parent is None or parent.run_dir is None or checkpoint is None:
                 raise RuntimeError(f"parent cell {cell.parent_cell_id}: no final checkpoint in the database")
             config["init_from"] = str((Path(parent.run_dir) / checkpoint.path).resolve())
+        elif launch is not None and launch.init_from is not None:
+            config["init_from"] = launch.init_from
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / CONFIG_NAME
         try:

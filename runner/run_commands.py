@@ -177,6 +177,9 @@ def run_study(
                     num_gpus=cell.gpus,
                     run_dir=runs_root / cell.id,
                     gauntlet={key: cell.config["eval"][key] for key in GAUNTLET_KEYS},
+                    init_from=cell.config["init_from"]
+                    if cell.mode == "mid-training" and not cell.parent_id
+                    else None,
                 )
                 for cell in planned.cells
             },

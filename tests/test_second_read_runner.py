@@ -42,3 +42,54 @@ def test_no_cell_is_launched_while_launches_pause_after_the_backend_did_not_answ
     store.close()
     assert store_states == [CellState.DONE] * 3
     assert len(interrupted) == 1 and not any(during_pause), (calls, during_pause)
+
+
+def test_a_mode_mid_training_cell_starts_from_where_its_checkpoint_lies_now(tmp_path, monkeypatch):
+    """The cell's id is the checkpoint's identity, not its path, so a study pointed at the same checkpoint
+    moved elsewhere keeps its cells; a cell recorded but not yet trained still started from the old path,
+    and failed for good ('no such checkpoint'), --rerun failed too."""
+    import json
+    import shutil
+
+    from data_fixtures import sentence
+    from trainer_fixtures import tiny_config, write_run
+
+    import runner.run
+    from nanogpt.train import EXIT_DONE, run
+    from runner.cli import main
+    from store import get_study, open_store
+
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": sentence(i)},
+                {"role": "assistant", "content": sentence(i + 1)},
+            ]
+        }
+        for i in range(80)
+    ]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+    init_config = tiny_config(make_data_dir(tmp_path / "init-data"), checkpoint={"every_steps": None})
+    assert run(write_run(tmp_path / "a" / "init-run", init_config)) == EXIT_DONE
+
+    def study(init_from):
+        path = tmp_path / "mid.yaml"
+        path.write_text(
+            "name: mid\nmode: mid-training\ngrid: {seed: [0]}\n"
+            "train: {total_batch_tokens: 256, device_batch_size: 8, device: cpu, compile: false}\n"
+            "eval: {every_steps: null, val_tokens: 512}\nretry: {max_attempts: 1}\n"
+            f"mid_training:\n  init_from: '{init_from}'\n  data:\n"
+            f"    source: {{name: local, paths: '{tmp_path / 'chats.jsonl'}', format: chat}}\n"
+            "    val_fraction: 0.2\n  steps: 3\n"
+        )
+        return str(path)
+
+    with monkeypatch.context() as patch:  # recorded, never started (a Ctrl-C before the first launch)
+        patch.setattr(runner.run.StudyLoop, "run", lambda self: False)
+        main(["run", study(tmp_path / "a" / "init-run"), "--data-root", str(tmp_path / "data")])
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    assert main(["run", study(tmp_path / "b" / "init-run"), "--data-root", str(tmp_path / "data")]) == 0
+    with open_store(tmp_path / "nanostudy.db", create=False) as store:
+        [status] = cell_statuses(store, get_study(store, "mid").id)
+        [attempt] = attempts_of(store, status.id)
+    assert status.state is CellState.DONE and attempt.outcome is AttemptOutcome.DONE
