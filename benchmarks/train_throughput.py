@@ -140,6 +140,9 @@ def build_reference(seq_len: int):
     def build(grad_accum: int):
         model = RefGPT(RefConfig(block_size=seq_len)).cuda()
         optimizer = model.make_optimizer()
+        # Compiled afresh, as each run of ours is: after a first run at another micro-batch, dynamo would
+        # recompile this one with the batch dimension symbolic (automatic dynamic shapes).
+        torch._dynamo.reset()
         compiled = torch.compile(model)
         accum_scale = 1.0 / grad_accum  # each micro-batch's mean loss, averaged over the step's
 

@@ -54,6 +54,32 @@ def test_reference_gradient_is_that_of_the_mean_loss_over_the_total_batch(monkey
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_each_reference_run_compiles_afresh_with_its_micro_batch_static(monkeypatch):
+    """--ref-micro-batch 32,64 runs the reference twice in one process: the second run must not inherit the
+    first one's compiled frames, whose guards failing on the new batch size recompile it with the batch
+    dimension symbolic (dynamo's automatic dynamic shapes), a different program from the one run alone."""
+    monkeypatch.setattr(train_throughput, "RefGPT", TinyRef)
+    symbolic: list[bool] = []
+
+    def recording_backend(graph, example_inputs):
+        shapes = [dim for t in example_inputs if isinstance(t, torch.Tensor) for dim in t.shape]
+        symbolic.append(any(isinstance(x, torch.SymInt) for x in [*shapes, *example_inputs]))
+        return graph
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda model, **kwargs: real_compile(model, backend=recording_backend)
+    )
+    seq_len = 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast("cuda") without CUDA is disabled: float32 here
+        for micro_batch in (2, 4):
+            loss_and_backward, _, _ = train_throughput.build_reference(seq_len)(1)
+            tokens = torch.randint(0, 64, (micro_batch, seq_len + 1))
+            loss_and_backward(tokens[:, :-1], tokens[:, 1:])
+    assert symbolic == [False, False]
+
+
 def test_micro_batch_compile_and_fp8_lists_read_the_values_the_trainer_takes_and_name_a_bad_one():
     values = train_throughput.parse_micro_batches("32, 64,auto")
     assert values == [32, 64, "auto"]
