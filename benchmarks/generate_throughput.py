@@ -11,8 +11,8 @@ one: on CUDA its parameters are cast to bf16 once. Every batch starts from rando
 no stop token, so every row makes them all). Three ways, each timed from the prompt to the last token
 (prefill included), best of --repeats:
 
-- recompute: each step runs the model over the whole sequence so far and samples from its last position
-  (generation without a cache, as nanoGPT's generate() does);
+- recompute: each step runs the blocks over the whole sequence so far and the head at its last position,
+  and samples from it (generation without a cache, as nanoGPT's generate() does);
 - kv-cache: `nanogpt.engine.generate` with a KVCache, every step eager;
 - kv-cache + CUDA graph: `generate` with a `Decoder`, whose one-token step is a CUDA graph replayed
   (what ChatEngine does on a GPU; captured once per batch size before timing, its capture time reported).
@@ -90,13 +90,15 @@ def to_bfloat16(model: GPT) -> GPT:
 
 @torch.no_grad()
 def recompute(model: GPT, prompts: torch.Tensor, new_tokens: int, **sampling) -> list[list[int]]:
-    """Generation without a cache: the whole sequence through the model at every step."""
+    """Generation without a cache: the whole sequence through the blocks at every step, and the head at its
+    last position only, as nanoGPT's generate() does (its forward without targets runs lm_head on x[:, [-1]]):
+    the logits of every position, (B, T, vocab) in float32 at each step, would be work no generator does."""
     vocab_size = model.config.vocab_size
     seed = sampling.pop("seed")
     generator = torch.Generator(device=prompts.device).manual_seed(seed)
     idx, out = prompts, []
     for _ in range(new_tokens):
-        logits = model(idx)[:, -1, :vocab_size]
+        logits = model.head(model.trunk(idx)[:, -1:])[:, -1, :vocab_size]
         next_ids = sample_next_token(logits, generator=generator, **sampling)
         out.append(next_ids.tolist())  # the host sees each token, as a streaming server does
         idx = torch.cat([idx, next_ids[:, None]], dim=1)

@@ -33,3 +33,22 @@ def test_the_timed_model_is_a_bf16_copy_and_the_checked_one_stays_float32():
     assert {p.dtype for p in timed.parameters()} == {torch.bfloat16}
     for (name, p32), p16 in zip(check_model.named_parameters(), timed.parameters(), strict=True):
         assert torch.equal(p16, p32.to(torch.bfloat16)), name
+
+
+def test_recompute_runs_the_head_at_the_last_position_only_as_nanogpts_generate_does():
+    """The reference does what generation without a cache does: the blocks over the whole sequence at every
+    step, the lm_head (and its float32 logits) at the last position only, not at every position."""
+    args = generate_throughput.parse_args(["--tiny"])
+    model = generate_throughput.build_model(args, torch.device("cpu"))
+    head_rows = []
+    hook = model.lm_head.register_forward_hook(
+        lambda module, inputs, output: head_rows.append(inputs[0].shape)
+    )
+    prompts = torch.randint(0, args.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    greedy = dict(temperature=0.0, top_k=None, top_p=None, seed=0)
+    try:
+        tokens = generate_throughput.recompute(model, prompts, 4, **greedy)
+    finally:
+        hook.remove()
+    assert head_rows == [torch.Size([2, 1, model.config.n_embd])] * 4
+    assert tokens == generate_throughput.cached(model, prompts, 4, **greedy)
