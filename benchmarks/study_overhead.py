@@ -162,6 +162,8 @@ def cell_numbers(attempt, events: list[dict]) -> dict:
     median = statistics.median(step_s) if step_s else 0.0
     compile_s = sum(max(0.0, s - median) for s in step_s[:5])
     steady = steps[5:] or steps
+    # A device whose peak the trainer does not know (the CPU, a GPU not in its table) has no MFU: "-", not 0%.
+    mfus = [e["mfu"] for e in steady if e.get("mfu") is not None]
     return {
         "steps": len(steps),
         "step_s": median,
@@ -172,7 +174,7 @@ def cell_numbers(attempt, events: list[dict]) -> dict:
         "exit_s": attempt.ended_at - end["time"] if end else None,
         "wall_s": attempt.ended_at - attempt.started_at,
         "tok_per_s": statistics.median(e["tok_per_s"] for e in steady) if steady else None,
-        "mfu": statistics.median((e["mfu"] or 0.0) for e in steady) if steady else None,
+        "mfu": statistics.median(mfus) if mfus else None,
         "device_batch": start["device_batch_size"] if start else None,
         # the trainer's own set-up phases (absent from events older than the field), and before them the
         # interpreter and imports: the rest of start_s

@@ -85,3 +85,15 @@ def test_each_attempt_gets_the_events_from_its_own_start(tmp_path) -> None:
     assert _segments(read_events_file(tmp_path / "missing" / "events.jsonl")) == []
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + "\n")
     assert _segments(read_events_file(tmp_path / "events.jsonl")) == segments
+
+
+def test_an_attempt_on_a_device_without_a_known_peak_has_no_mfu_rather_than_zero() -> None:
+    attempt = SimpleNamespace(started_at=0.0, ended_at=10.0)
+    events = [{"kind": "start", "time": 1.0, "device_batch_size": 2}]
+    events += [
+        {"kind": "step", "time": 2.0 + i, "step_s": 1.0, "tok_per_s": 50.0, "mfu": None} for i in range(3)
+    ]
+    numbers = cell_numbers(attempt, events)
+    assert numbers["mfu"] is None and numbers["tok_per_s"] == 50.0
+    events[1]["mfu"] = events[2]["mfu"] = events[3]["mfu"] = 0.4
+    assert cell_numbers(attempt, events)["mfu"] == pytest.approx(0.4)
