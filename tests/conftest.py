@@ -5,10 +5,9 @@
   `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
 - chat_runs: the base and chat checkpoints of tests/chat_fixtures.py (ChatCheckpoints).
 - slurm_cluster: one local Slurm cluster for the session (tests/slurm_fixtures.py), SLURM_CONF pointing at
-  it while it runs; skips where Slurm is not installed.
+  it while it runs; skips where Slurm is not installed. A module whose jobs must not meet another module's
+  (same job names, `scancel --user`) starts its own with `slurm_fixtures.cluster_for_tests`.
 """
-
-import os
 
 import pytest
 
@@ -32,18 +31,7 @@ def chat_runs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    from slurm_fixtures import running_cluster, why_no_slurm
+    from slurm_fixtures import cluster_for_tests
 
-    reason = why_no_slurm()
-    if reason is not None:
-        pytest.skip(reason)
-    previous = os.environ.get("SLURM_CONF")
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        os.environ["SLURM_CONF"] = str(cluster.conf)
-        try:
-            yield cluster
-        finally:
-            if previous is None:
-                os.environ.pop("SLURM_CONF", None)
-            else:
-                os.environ["SLURM_CONF"] = previous
+    with cluster_for_tests(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

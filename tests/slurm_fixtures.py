@@ -142,6 +142,27 @@ def running_cluster(root: Path):
         log.close()
 
 
+@contextlib.contextmanager
+def cluster_for_tests(root: Path):
+    """`running_cluster`, skipping the test where Slurm is not installed, with SLURM_CONF pointing at it
+    while it runs (and put back after)."""
+    import pytest
+
+    reason = why_no_slurm()
+    if reason is not None:
+        pytest.skip(reason)
+    previous = os.environ.get("SLURM_CONF")
+    with running_cluster(root) as cluster:
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        try:
+            yield cluster
+        finally:
+            if previous is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = previous
+
+
 def _daemon(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from runner_fixtures import add_tiny_cells, new_study, wait_for, write_plan
-from slurm_fixtures import slurm_loop, squeue_state
+from slurm_fixtures import cluster_for_tests, slurm_loop, squeue_state
 from trainer_fixtures import make_data_dir
 
 from nanogpt.events import EventWriter
@@ -18,9 +18,12 @@ from store import AttemptOutcome, CellState, attempts_of, claim, get_cell, recor
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def slurm_conf(slurm_cluster):
-    return slurm_cluster.conf
+@pytest.fixture(scope="module")
+def slurm_conf(tmp_path_factory):
+    # A cluster of its own: its cells' job names (nanostudy-c-1) and its `scancel --user` would meet the
+    # other Slurm tests' jobs on the session's cluster.
+    with cluster_for_tests(tmp_path_factory.mktemp("slurm-adopt")) as cluster:
+        yield cluster.conf
 
 
 def _settings():
