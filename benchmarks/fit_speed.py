@@ -10,11 +10,13 @@ noise, fixed seed.
    `fit_parametric` (the starts as one vectorized L-BFGS over worker processes, then the refinement of
    the best minima). Naive: `scipy.optimize.minimize(method="L-BFGS-B")` from each start in a Python loop,
    on the textbook objective (logsumexp, scipy.special.huber) with its analytic gradient (the papers' code
-   uses finite differences, slower still: timed on `--naive-fd-starts` starts and extrapolated).
+   uses finite differences, slower still: timed on `--naive-fd-starts` starts and extrapolated), then, as
+   ours, its 8 lowest distinct end points refined at tight tolerances.
 2. Bootstrap: `--boot` resamples of the points. Ours: the bootstrap phase of `fit_parametric`. Naive: for
-   each resample, the same draws and the same starts (the full fit's best and its distinct minima within
-   2x of the best), one scipy call per start on the resampled points, at the tight tolerances ours uses
-   for resamples (scipy's defaults would not move from the start).
+   each resample, the same draws and the starts ours takes (the refined best, and any other refined
+   minimum within 2x of it and apart from it: usually none, so one start), one scipy call per start on the
+   resampled points, at the tight tolerances ours uses for resamples (scipy's defaults would not move from
+   the start).
 
 Ours runs `--repeats` times in one process pool (`ParametricFit.seconds` splits each run into its phases):
 the full fit held against the target is the first, cold one (it starts the worker processes); the
@@ -39,7 +41,7 @@ from scipy.special import huber, logsumexp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reports.fit import Point, fit_parametric
-from reports.huber import HUBER_DELTA
+from reports.huber import HUBER_DELTA, HuberObjective
 from reports.intervals import percentile_interval
 from reports.lbfgs import Workers
 from reports.parametric import start_grid
@@ -117,18 +119,26 @@ def naive_fit(starts, log_n, log_d, log_loss, *, jac: bool = True, tight: bool =
     return results
 
 
-def distinct_minima(results, *, factor: float = 2.0, limit: int = 8):
-    """The best end point and the other distinct ones within `factor` of its objective (as ours starts
-    its bootstrap)."""
-    ordered = sorted(results, key=lambda item: item[0])
-    best_f = ordered[0][0]
+def distinct_minima(results, centred, *, limit: int = 8):
+    """Up to `limit` distinct end points with the lowest objective, lowest first: more than 1e-3 apart in the
+    optimizer's centred coordinates (`centred`), as ours picks the minima it refines."""
     kept = []
-    for f, x in ordered:
-        if len(kept) == limit or f > factor * best_f:
+    for f, x in sorted(results, key=lambda item: item[0]):
+        if len(kept) == limit or not np.isfinite(f):
             break
-        if all(np.abs(x - other).max() > 1e-3 for other in kept):
+        if all(np.abs(centred(x) - centred(other)).max() > 1e-3 for other in kept):
             kept.append(x)
     return np.array(kept)
+
+
+def bootstrap_starts(refined, centred, *, factor: float = 2.0) -> np.ndarray:
+    """Ours' bootstrap starts (reports/parametric.py) from the refined minima: the best, and the others within
+    `factor` of its objective that lie more than 1e-3 from it in centred coordinates (its rival basins)."""
+    best_f, best_x = min(refined, key=lambda item: item[0])
+    rivals = [
+        x for f, x in refined if f <= factor * best_f and np.abs(centred(x) - centred(best_x)).max() > 1e-3
+    ]
+    return np.array([best_x, *rivals])
 
 
 def params_of(theta) -> np.ndarray:
@@ -194,7 +204,13 @@ def main() -> None:
     start = time.perf_counter()
     naive_fit(fd_starts, log_n, log_d, log_loss, jac=False)
     naive_fd_full_s = (time.perf_counter() - start) * len(grid) / len(fd_starts)
-    best_f, best_x = min(naive, key=lambda item: item[0])
+    # As ours ends its fit: the lowest distinct end points refined at tight tolerances, the best of them
+    # the fit; its bootstrap starts from that and any other refined minimum within 2x of it.
+    centred = HuberObjective.of(np.exp(log_n), np.exp(log_d), np.exp(log_loss)).to_centred
+    start = time.perf_counter()
+    refined = naive_fit(distinct_minima(naive, centred), log_n, log_d, log_loss, tight=True)
+    naive_full_s += time.perf_counter() - start
+    best_f, best_x = min(refined, key=lambda item: item[0])
     how = "measured" if step == 1 else f"every {step}th start, x{step}"
     print(
         f"naive: full fit {naive_full_s:.1f} s ({how}); "
@@ -202,7 +218,7 @@ def main() -> None:
         flush=True,
     )
 
-    starts = distinct_minima(naive)
+    starts = bootstrap_starts(refined, centred)
     draws = np.random.default_rng(args.seed).integers(0, len(points), size=(args.boot, len(points)))
     naive_boot = []
     start = time.perf_counter()
