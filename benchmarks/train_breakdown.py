@@ -6,7 +6,10 @@
 Times one micro-batch's forward and backward (bf16 autocast, compiled as the trainer compiles it, random
 tokens, CUDA events, the median of `--reps` after warm-up) of:
 
-- full: the model as the trainer calls it (`reduction="sum"`, loss scaled);
+- full: the model as the trainer calls it (`reduction="sum"`, loss scaled), as the model is built: its
+  compiled head and MLP and float32 weights cast by autocast (`fused_loss`, `fused_mlp`, `fp8_head` and
+  `weight_copies` off), where the trainer on a GPU turns those on by default (the fused loss and the FP8
+  head are candidates below; the fused MLP and the weight copies are not timed here);
 - trunk: the blocks alone (embedding to the final norm; the loss is the sum of the output), so that
   full - trunk is the head: lm_head, soft-cap, padding mask and cross-entropy;
 - head: lm_head and the loss alone, on a random final hidden state;
