@@ -13,6 +13,7 @@ NVML is injectable: `discover(nvml=...)` takes any object with pynvml's function
 import fcntl
 import os
 import tempfile
+import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,11 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _close_claims(claims: dict[int, int]) -> None:
+    for index in list(claims):
+        os.close(claims.pop(index))  # closing the descriptor drops the flock
+
+
 def default_claim_dir() -> Path:
     """Where the runners of this user on this host claim GPUs (`GpuPool.claim`)."""
     return Path(tempfile.gettempdir()) / f"nanostudy-{os.getuid()}" / "gpu-claims"
@@ -137,6 +143,9 @@ class GpuPool:
             claim_dir = default_claim_dir() if getattr(nvml, "__name__", None) == "pynvml" else None
         self.claim_dir = None if claim_dir is None else Path(claim_dir)
         self._claims: dict[int, int] = {}  # GPU index -> descriptor holding its claim
+        # A pool dropped without keep_claims(()) gives its claims back when it is collected.
+        weakref.finalize(self, _close_claims, self._claims)
+        self.claim_problem: str | None = None  # why GPUs could not be claimed (an unusable claim_dir)
         self.unreadable: dict[int, str] = {}  # GPUs NVML could not read at the last look: never free
         self.problem: str | None = None  # NVML could not list the GPUs at the last look: none is free
         gpus = discover(nvml, unreadable=self.unreadable) if nvml is not None else []
@@ -198,8 +207,10 @@ class GpuPool:
                     fd = os.open(
                         self.claim_dir / f"gpu{index}.claim", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
                     )
-                except OSError:
-                    claimed.append(index)  # no place to claim in: as without claims
+                except OSError as error:
+                    # No place to claim in: as without claims, and said (other runners are not kept off).
+                    self.claim_problem = f"{self.claim_dir}: {error.strerror}"
+                    claimed.append(index)
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

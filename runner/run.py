@@ -196,6 +196,7 @@ class StudyLoop:
         self._active: dict[int, _Active] = {}
         self._signals = _Signals()
         self._waiting_logged = False
+        self._claim_problem_logged = False
         self._launch_paused_until = float("-inf")  # after the executor's backend did not answer
         self._labels: dict[str, str] = {}
         if pool is not None and not pool.cpu:
@@ -470,6 +471,12 @@ class StudyLoop:
             holders = Counter(gpu for active in self._active.values() for gpu in active.gpus or ())
             ours = {pid for active in self._active.values() for pid in self.executor.pids(active.handle)}
             without_others = self.pool.claim(self.pool.free(assigned=(), our_pids=ours))
+            if self.pool.claim_problem and not self._claim_problem_logged:
+                self._claim_problem_logged = True
+                self.log(
+                    "cannot claim GPUs, so another runner on this machine may start a cell on a GPU of ours "
+                    f"while our trainer sets up: {self.pool.claim_problem}"
+                )
             free = [gpu for gpu in without_others if not holders[gpu]]
             if self.options.overlap_startup:
                 ready = self._ready_for_standby(training, holders)

@@ -97,3 +97,32 @@ def test_a_done_cell_that_had_more_gpus_than_this_run_does_not_stop_the_rest(tmp
     with pytest.raises(ValueError, match="cell more needs 2 GPUs but only 1 are usable"):
         make_loop(store, study_id, pool=pool, num_gpus={"big": 4, "more": 2})
     store.close()
+
+
+def test_a_pool_dropped_without_giving_its_claims_back_gives_them_back(tmp_path):
+    """Its claims were raw descriptors that nothing closed: a pool dropped while it held GPUs kept them
+    claimed until the process ended, so another pool (a runner, the TUI's chat) never got them."""
+    import gc
+
+    nvml = FakeNvml(num_gpus=2)
+    pool = GpuPool(nvml=nvml, claim_dir=tmp_path / "claims")
+    assert pool.claim([0, 1]) == [0, 1]
+    assert GpuPool(nvml=nvml, claim_dir=tmp_path / "claims").claim([0, 1]) == []
+    del pool
+    gc.collect()
+    assert GpuPool(nvml=nvml, claim_dir=tmp_path / "claims").claim([0, 1]) == [0, 1]
+
+
+def test_a_runner_that_cannot_claim_gpus_says_so_once(tmp_path):
+    """A claim folder that cannot be made left the runner without claims and without a word."""
+    data_dir = make_data_dir(tmp_path / "data", train_tokens=4_000, val_tokens=1_000)
+    store, study_id = _study_on(tmp_path, data_dir, "only")
+    (tmp_path / "not-a-folder").write_text("")
+    pool = GpuPool(nvml=FakeNvml(num_gpus=1), claim_dir=tmp_path / "not-a-folder" / "claims")
+    log: list[str] = []
+    loop = make_loop(store, study_id, python=fake_python(tmp_path), pool=pool, log=log)
+    assert loop.run() is False
+    problems = [line for line in log if line.startswith("cannot claim GPUs")]
+    assert len(problems) == 1 and "not-a-folder/claims: Not a directory" in problems[0], log
+    assert [status.state for status in cell_statuses(store, study_id)] == [CellState.DONE]
+    store.close()
