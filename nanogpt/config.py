@@ -50,9 +50,20 @@ def _check_positive_float(owner: object, *keys: str, allow_zero: bool = False) -
             raise ValueError(f"{key}: must be a finite number {bound}, got {value!r}")
 
 
+def _magnitude(count: int) -> str:
+    """A count too long to read in full: 1e+25 (~1e+400 past a float's range)."""
+    try:
+        return f"{count:.3g}"
+    except OverflowError:
+        return f"~1e+{len(str(count)) - 1}"
+
+
 MAX_DEPTH = 4_096
 MAX_WIDTH = 65_536  # n_embd: several times the widest models trained so far
 MAX_SEQ = 1 << 24
+# A run's tokens are a 64-bit integer (its events, the runner's store; runner.plan refuses the same): no real
+# run comes near (2^63 tokens is 10^5 times the largest trained so far), so a horizon past it is a typo.
+MAX_TOKENS = 2**63 - 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -110,6 +121,18 @@ class TrainSection:
             raise ValueError(f"target_flops/target_tokens/num_steps: give exactly one horizon; {what}")
         _check_positive_float(self, "target_flops", "max_seconds")
         _check_positive_int(self, "target_tokens", "num_steps", "total_batch_tokens")
+        for key in ("target_tokens", "total_batch_tokens"):
+            if (value := getattr(self, key)) is not None and value > MAX_TOKENS:
+                raise ValueError(
+                    f"{key}: {_magnitude(value)} is more than the 2^63 - 1 tokens a run can count; a typo in "
+                    "the exponent?"
+                )
+        if self.num_steps is not None and (tokens := self.num_steps * self.total_batch_tokens) > MAX_TOKENS:
+            raise ValueError(
+                f"num_steps: {_magnitude(self.num_steps)} steps of {self.total_batch_tokens:,} tokens is "
+                f"{_magnitude(tokens)} tokens, more than the 2^63 - 1 a run can count; a typo in the "
+                "exponent?"
+            )
         if self.device_batch_size != "auto":
             _check_positive_int(self, "device_batch_size")
 

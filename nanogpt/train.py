@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from nanogpt import checkpoint as ckpt
-from nanogpt.config import RunConfig
+from nanogpt.config import MAX_TOKENS, RunConfig
 from nanogpt.data import TokenLoader
 from nanogpt.events import EVENTS_NAME, EventWriteError, EventWriter, read_events, record_exit
 from nanogpt.gauntlet.bundle import BundleError, resolve_bundle
@@ -937,6 +937,14 @@ class Trainer:
         self.num_scaling_params = model.num_scaling_params()
         self.flops_per_token = model.estimate_flops()
         self.total_steps = num_steps_for(self.config, self.flops_per_token)
+        train = self.config.train
+        if self.total_steps * train.total_batch_tokens > MAX_TOKENS:  # RunConfig checked the other horizons
+            tokens = train.target_flops / self.flops_per_token
+            raise ConfigError(
+                f"train.target_flops: {train.target_flops:.3g} FLOPs is {tokens:.3g} tokens at "
+                f"{self.flops_per_token:,} FLOPs per token, more than the 2^63 - 1 a run can count; a typo "
+                "in the exponent?"
+            )
 
     def _share_the_gpu(self) -> None:
         """With a GPU lock this trainer may share its GPU with one other, so from its micro-batch probe on
