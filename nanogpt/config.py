@@ -338,6 +338,8 @@ class RunConfig:
             raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
         except RecursionError:  # json's decoder recurses once per level of nesting
             raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+        except ValueError as e:  # an integer past Python's limit on digits (sys.get_int_max_str_digits)
+            raise ValueError(f"{path}: not valid JSON ({str(e).split(':')[0]})") from None
         return cls.from_dict(raw, source=str(path))
 
 
