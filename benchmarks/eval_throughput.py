@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda (tiny: cpu)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    if args.reference_examples < 1:  # no example timed one at a time: no rate to compare with, no speedup
+        parser.error(f"--reference-examples must be at least 1, got {args.reference_examples}")
     device = args.device or ("cpu" if args.tiny else "cuda")
     if device == "cuda":
         assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU (or --tiny for the CPU)"

@@ -3,6 +3,7 @@ GPU numbers come from the same code with a depth-12 model)."""
 
 import json
 
+import pytest
 from gauntlet_fixtures import TINY_TASKS, write_bundle
 
 from benchmarks import eval_throughput
@@ -24,3 +25,11 @@ def test_the_eval_throughput_benchmark_runs_end_to_end_on_the_cpu(tmp_path, caps
     )
     printed = capsys.readouterr().out
     assert "speedup:" in printed and "whole preset:" in printed
+
+
+def test_no_example_timed_one_at_a_time_is_refused_rather_than_a_speedup_of_zero(tmp_path, capsys):
+    bundle = write_bundle(tmp_path / "bundle", TINY_TASKS)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_throughput.main(["--tiny", "--eval-bundle", str(bundle), "--reference-examples", "0"])
+    assert exit_info.value.code == 2
+    assert "--reference-examples must be at least 1, got 0" in capsys.readouterr().err
