@@ -184,21 +184,22 @@ class EventWriter:
     """Appends validated events to a JSON-lines file, one write and flush per line.
 
     The file is opened for appending only: existing lines are never rewritten. If a previous writer died
-    in the middle of a line, that fragment is terminated first, so it stays a single unreadable line that
-    `read_events` skips instead of corrupting the next event. A write that fails or is cut short (a full
-    disk) raises EventWriteError, and the next event starts on a fresh line: the cut line alone is lost.
+    in the middle of a line, the first event written ends that fragment first, so it stays a single
+    unreadable line that `read_events` skips instead of corrupting the next event. A write that fails or is
+    cut short (a full disk) raises EventWriteError, and the next event starts on a fresh line: the cut line
+    alone is lost.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._cut = False  # the last write left part of a line: the next one ends it first
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         size = os.fstat(self._fd).st_size
+        # The file ends in part of a line (a writer that died, or a write cut short): the next write ends it.
+        self._cut = False
         if size > 0:
             with open(self.path, "rb") as f:
                 f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    os.write(self._fd, b"\n")
+                self._cut = f.read(1) != b"\n"
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Write one event (non-finite floats as null) and return it as written."""

@@ -64,3 +64,38 @@ def test_the_trainer_reports_a_cut_event_in_one_line_and_its_end_event_is_readab
     end = events[-1]
     assert (end["kind"], end["status"], end["step"]) == ("end", "error", 5)
     assert "cannot be written" in end["message"]
+
+
+def test_a_file_ending_in_a_cut_line_is_ended_by_the_next_event_not_by_opening_it(tmp_path, monkeypatch):
+    """Opening wrote the newline itself, outside any event: on a disk still full, a bare OSError naming no
+    file from the constructor (in the trainer, a traceback before its `start` event)."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"v":1,"kind":"eval","step":1,"task":"first","score":null,"metrics":{}}\n{"v":1,"ki')
+    real_write = os.write
+
+    def no_space(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    with EventWriter(path) as events:
+        with pytest.raises(EventWriteError, match=f"^{path}: cannot be written"):
+            events.write("eval", step=2, task="second", score=None, metrics={})
+        monkeypatch.setattr(os, "write", real_write)
+        events.write("eval", step=3, task="third", score=None, metrics={})
+    assert [event["task"] for event in read_events(path)[0]] == ["first", "third"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_trainer_started_on_a_full_disk_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    config_path = write_run(tmp_path / "run", tiny_config(make_data_dir(tmp_path / "data")))
+    events_path = tmp_path / "run" / "events.jsonl"
+    events_path.write_text('{"v":1,"kind":"st')  # cut by the disk filling up
+
+    def no_space(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    capsys.readouterr()
+    assert run(config_path) == EXIT_ERROR
+    monkeypatch.undo()
+    assert capsys.readouterr().err == f"error: {events_path}: cannot be written (No space left on device)\n"
