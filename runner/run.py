@@ -118,6 +118,9 @@ class CellLaunch:
     # Mode mid-training: the checkpoint the study names now. The cell's id holds the checkpoint's identity,
     # not its path, so a cell recorded while the checkpoint lay elsewhere starts from where it lies now.
     init_from: str | None = None
+    # The prepared data's directory as this run found or made it. The cell's id holds the data's identity,
+    # not its path, so a cell recorded under another --data-root (since moved or deleted) trains from here.
+    train_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_gpus < 1:
@@ -638,7 +641,8 @@ class StudyLoop:
         """RUN_DIR/config.json from the planned config; a mid-training cell gets its parent's final
         checkpoint as `init_from`, as the store recorded it (never a guessed path). One without a parent
         (mode mid-training) starts from the checkpoint the study names now (CellLaunch.init_from), else from
-        the one the store recorded with the cell."""
+        the one the store recorded with the cell. The data directory is the one this run prepared or found
+        (CellLaunch.train_dir), where the store recorded another."""
         cell = get_cell(self.store, cell_id)
         assert cell is not None
         config = dict(cell.config)
@@ -653,6 +657,8 @@ class StudyLoop:
             config["init_from"] = str((Path(parent.run_dir) / checkpoint.path).resolve())
         elif launch is not None and launch.init_from is not None:
             config["init_from"] = launch.init_from
+        if launch is not None and launch.train_dir is not None:
+            config["data"] = {**config.get("data", {}), "train_dir": launch.train_dir}
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / CONFIG_NAME
         try:

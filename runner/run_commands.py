@@ -113,7 +113,7 @@ def run_study(
     preflight) before anything is recorded or submitted; SlurmError says what is wrong."""
     from runner.data.commands import default_data_root
     from runner.eval_commands import ensure_bundles
-    from runner.plan import plan
+    from runner.plan import UNPREPARED, plan
     from runner.run import CellLaunch, LoopOptions, StudyLoop
     from runner.study import GAUNTLET_KEYS, load
 
@@ -180,6 +180,9 @@ def run_study(
                     init_from=cell.config["init_from"]
                     if cell.mode == "mid-training" and not cell.parent_id
                     else None,
+                    train_dir=None
+                    if cell.config["data"]["train_dir"] == UNPREPARED
+                    else cell.config["data"]["train_dir"],
                 )
                 for cell in planned.cells
             },

@@ -360,3 +360,25 @@ def test_run_puts_cells_on_free_gpus(tmp_path, corpus, capsys):
                 (tmp_path / "runs" / "cli" / cell["id"] / "events.jsonl").read_text().split("\n")[0]
             )
             assert start["device"]["type"] == "cuda" and start["device"]["count"] == 1
+
+
+def test_a_cell_recorded_under_another_data_root_trains_from_the_data_this_run_prepared(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    """The cell's id holds the data's identity, not its directory: recorded under one --data-root (never
+    started), then run under another after the first was deleted, it kept the deleted directory and
+    failed for good ('bad config or input', not retried)."""
+    import shutil
+
+    import runner.run
+
+    path = _study(tmp_path, corpus, depths="[1]")
+    with monkeypatch.context() as patch:  # recorded, never started (a Ctrl-C before the first launch)
+        patch.setattr(runner.run.StudyLoop, "run", lambda self: False)
+        main(["run", str(path), "--data-root", str(tmp_path / "old-data")])
+    shutil.rmtree(tmp_path / "old-data")
+    assert main(["run", str(path), "--data-root", str(tmp_path / "new-data")]) == 0
+    status = _status(path, capsys)
+    assert [cell["state"] for cell in status["cells"]] == ["done"]
+    [config] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("cli/*/config.json")]
+    assert config["data"]["train_dir"].startswith(str(tmp_path / "new-data"))
