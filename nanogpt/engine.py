@@ -216,7 +216,7 @@ class Decoder:
     def prefill(self, idx: torch.Tensor, pad_lengths: Sequence[int]) -> torch.Tensor:
         """Start a batch: its left-padded prompts idx (B, T) in one eager forward; logits (B, vocab_size)."""
         self.cache.reset(pad_lengths)
-        return self.model(idx, kv_cache=self.cache)[:, -1, : self.vocab_size]
+        return _last_logits(self.model, idx, self.cache)
 
     def step(self, next_ids: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,); logits (B, vocab_size), valid until the next call."""
@@ -397,8 +397,10 @@ def _check_arguments(
 
 @torch.no_grad()
 def _last_logits(model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Feed idx (B, T) through the cache; logits (B, vocab_size) at the last position, padding cut."""
-    return model(idx, kv_cache=cache)[:, -1, : model.config.vocab_size]
+    """Feed idx (B, T) through the cache; logits (B, vocab_size) at the last position, padding cut. The
+    head runs on that position alone: a prompt's other positions need their keys and values, not logits
+    (float32 over the whole vocabulary: 200 MB for a batch of 16 prompts of 64 tokens)."""
+    return model.head(model.trunk(idx, kv_cache=cache)[:, -1:])[:, -1, : model.config.vocab_size]
 
 
 def _generate_rows(

@@ -175,25 +175,31 @@ def test_batched_decoding_runs_one_fixed_shape_one_token_step_per_new_token(mode
     builds per shape); counting shapes catches that on the CPU."""
     import nanogpt.model
 
-    forwards, attention = [], []
-    forward = GPT.forward
+    forwards, heads, attention = [], [], []
+    trunk, head = GPT.trunk, GPT.head
     sdpa = nanogpt.model.F.scaled_dot_product_attention
 
-    def counting_forward(self, idx, *args, **kwargs):
+    def counting_trunk(self, idx, *args, **kwargs):
         forwards.append(tuple(idx.shape))
-        return forward(self, idx, *args, **kwargs)
+        return trunk(self, idx, *args, **kwargs)
+
+    def counting_head(self, x, *args, **kwargs):
+        heads.append(tuple(x.shape[:2]))
+        return head(self, x, *args, **kwargs)
 
     def recording_sdpa(q, k, v, **kwargs):
         mask = kwargs.get("attn_mask")
         attention.append((tuple(q.shape), tuple(k.shape), None if mask is None else tuple(mask.shape)))
         return sdpa(q, k, v, **kwargs)
 
-    monkeypatch.setattr(GPT, "forward", counting_forward)
+    monkeypatch.setattr(GPT, "trunk", counting_trunk)
+    monkeypatch.setattr(GPT, "head", counting_head)
     monkeypatch.setattr(nanogpt.model.F, "scaled_dot_product_attention", recording_sdpa)
     prompts = [prompt(9, seed=30), prompt(2, seed=31), prompt(5, seed=32)]
     steps = list(generate(model, prompts, max_new_tokens=30, temperature=0.0))
     assert len(steps) == 30
     assert forwards == [(3, 9)] + [(3, 1)] * 29  # one prefill, then one token per row per step
+    assert heads == [(3, 1)] * 30  # logits at the last position only, the prefill's too
     per_forward = model.config.n_layer
     assert len(attention) == per_forward * 30
     decode_shapes = set(attention[per_forward:])
