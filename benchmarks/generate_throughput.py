@@ -291,6 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             1,
             "cpu",
         )
+    if min(args.repeats, args.prompt_tokens, args.new_tokens, *args.batch_sizes) < 1:
+        parser.error("--repeats, --prompt-tokens, --new-tokens and each of --batch-sizes must be at least 1")
     if args.prompt_tokens + args.new_tokens - 1 > args.sequence_len:
         parser.error(f"--prompt-tokens + --new-tokens - 1 must fit --sequence-len {args.sequence_len}")
     return args

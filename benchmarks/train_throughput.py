@@ -495,6 +495,8 @@ def main() -> None:
     parser.add_argument("--profile-dir", help="keep the profile (summary and trace) in this folder")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.timed_steps < 1 or args.warmup_steps < 0 or args.profile_steps < 0:
+        parser.error("--timed-steps must be at least 1, --warmup-steps and --profile-steps at least 0")
     variants = ours_variants(args)  # a bad option fails here, before anything runs
     ref_micro_batches = (
         [] if args.skip_reference else parse_micro_batches(args.ref_micro_batch, "--ref-micro-batch")
@@ -516,10 +518,16 @@ def main() -> None:
     )
     results, failed = [], 0
     for micro_batch in ref_micro_batches:
-        results.append(run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
-                           micro_batch=micro_batch, **common))  # fmt: skip
+        try:
+            results.append(run("nanoGPT reference (GPT-2 124M, AdamW)", build_reference(args.seq_len),
+                               micro_batch=micro_batch, **common))  # fmt: skip
+        except torch.OutOfMemoryError as e:  # the other runs are still worth having: no ratio to this one
+            print(f"failed: the reference at micro-batch {micro_batch}: {' '.join(str(e).split())[:200]}")
+            failed += 1
+            continue
+        finally:
+            torch.cuda.empty_cache()
         report_progress(results[-1])
-        torch.cuda.empty_cache()
     references = list(results)
     for variant in variants:
         # Each run compiles afresh: dynamo's per-function cache (and its recompile limit, past which a
@@ -527,7 +535,7 @@ def main() -> None:
         torch._dynamo.reset()
         try:
             results.append(run_ours(args, variant, matmul_flops))
-        except (AssertionError, SystemExit) as e:  # one candidate failing leaves the others' runs to do
+        except (AssertionError, SystemExit, torch.OutOfMemoryError) as e:  # the others' runs are still to do
             print(f"failed: {variant}: {e}", flush=True)
             failed += 1
             continue
@@ -556,7 +564,7 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"matmul_flops": matmul_flops, "results": [asdict(r) for r in results]}, f, indent=2)
     if failed:
-        raise SystemExit(f"{failed} run(s) of ours failed; see the lines starting 'failed:' above")
+        raise SystemExit(f"{failed} run(s) failed; see the lines starting 'failed:' above")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,17 @@ def test_each_reference_run_compiles_afresh_with_its_micro_batch_static(monkeypa
     assert symbolic == [False, False]
 
 
+@pytest.mark.parametrize(
+    "argv", [["--timed-steps", "0"], ["--warmup-steps", "-1"], ["--profile-steps", "-2"]]
+)
+def test_step_counts_that_time_nothing_are_refused_before_anything_runs(argv, monkeypatch, capsys):
+    """--timed-steps 0 ended in an IndexError after the compile and the warm-up."""
+    monkeypatch.setattr("sys.argv", ["train_throughput", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        train_throughput.main()
+    assert exit_info.value.code == 2 and "--timed-steps must be at least 1" in capsys.readouterr().err
+
+
 def test_micro_batch_compile_and_fp8_lists_read_the_values_the_trainer_takes_and_name_a_bad_one():
     values = train_throughput.parse_micro_batches("32, 64,auto")
     assert values == [32, 64, "auto"]

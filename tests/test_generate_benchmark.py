@@ -3,6 +3,7 @@ generate and finds the cached paths' greedy tokens equal to full recompute's (in
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import generate_throughput
@@ -52,3 +53,11 @@ def test_recompute_runs_the_head_at_the_last_position_only_as_nanogpts_generate_
         hook.remove()
     assert head_rows == [torch.Size([2, 1, model.config.n_embd])] * 4
     assert tokens == generate_throughput.cached(model, prompts, 4, **greedy)
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--new-tokens", "0"], ["--batch-sizes", "1,0"]])
+def test_counts_that_time_nothing_are_refused(argv, capsys):
+    """--repeats 0 ended in a TypeError after building the model."""
+    with pytest.raises(SystemExit) as exit_info:
+        generate_throughput.parse_args(argv)
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
