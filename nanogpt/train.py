@@ -1142,6 +1142,7 @@ class Trainer:
             )
         self.token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(runtime.device)
         self.tokenizer = tokenizer
+        self.final_unscored = self._final_gauntlet_missing()
         self.gauntlet = (
             self._prepare_gauntlet() if config.eval.preset is not None and not self.finished else None
         )
@@ -1175,10 +1176,21 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------------------------
 
+    def _final_gauntlet_missing(self) -> bool:
+        """Whether the run's final checkpoint is there but not the `eval` events of its gauntlet, which runs
+        after it: the trainer failed or was killed between the two (every rank reads the events to agree)."""
+        meta = self.resume_meta
+        if self.config.eval.preset is None or meta is None or meta["step"] < self.total_steps:
+            return False
+        events, _ = read_events(self.run_dir / EVENTS_NAME)
+        return not any(event.get("kind") == "eval" and event.get("step") == meta["step"] for event in events)
+
     @property
     def finished(self) -> bool:
-        """The newest checkpoint is the final one: the run has nothing left to train."""
-        return self.resume_meta is not None and self.resume_meta["step"] >= self.total_steps
+        """The newest checkpoint is the final one, and its gauntlet (if any) was scored: the run has nothing
+        left to do. A final gauntlet never scored is scored first by `train` (_loop), then the run ends."""
+        done = self.resume_meta is not None and self.resume_meta["step"] >= self.total_steps
+        return done and not self.final_unscored
 
     def report_finished(self) -> int:
         """A finished run started again: say so in one line and write nothing, so that its `end` event
@@ -1311,9 +1323,11 @@ class Trainer:
         max_seconds = config.train.max_seconds
         peak = self.device["peak_flops"]
         # The stop that wrote the checkpoint this run resumes from skipped the gauntlet due at its step (see
-        # below): score it now, on the same weights, or that step would never have its `eval` events.
+        # below), or the run failed or was killed after its final checkpoint, before its gauntlet: score it
+        # now, on the same weights, or that step would never have its `eval` events.
         stopped_at = (self.resume_meta or {}).get("stopping", False)
-        if self.gauntlet is not None and stopped_at and every_gauntlet and self.step % every_gauntlet == 0:
+        due = stopped_at and every_gauntlet and self.step % every_gauntlet == 0
+        if self.gauntlet is not None and (due or self.final_unscored):
             self._run_gauntlet()
         while self.step < self.total_steps:
             self.profiler.before_step(self.step)
