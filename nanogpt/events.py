@@ -38,7 +38,9 @@ SCHEMA: dict[str, dict[str, str]] = {
         "init_from": "str?",  # mid-training: the checkpoint directory the weights came from
         "git_sha": "str?",
         "versions": "dict",  # python, torch, numpy, cuda, nanostudy
-        "device": "dict",  # type, name, count, capability, dtype, compile
+        # type, name, count, capability, dtype, peak_flops, memory_bytes (CUDA), and what the run trains
+        # with: compile, fused_loss, fused_mlp, weight_copies, fp8_head
+        "device": "dict",
         "world_size": "int",
         "num_params": "int",
         "num_scaling_params": "int",
@@ -53,7 +55,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "optim": "dict",  # the effective learning rates and weight decay after the scaling rules
         "optim_state_bytes": "list",  # bytes of optimizer state each rank holds (its shard), by rank
         # seconds of each set-up phase from the trainer's `run` (after its imports), in order: runtime
-        # (config, CUDA, process group), model, batch_probe, data_and_optimizer, other (ranks agreeing, W&B)
+        # (config, CUDA, process group), model, batch_probe, data_and_optimizer, other (ranks agreeing, W&B);
+        # gpu_wait (for a GPU lock) and warm_up (a trainer on standby) where they happened
         "setup_s": "dict",
         "warnings": "list",  # strings, e.g. when the run repeats data
     },
