@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import platform
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     timings = []
     for task in gauntlet.tasks:
-        sample = list(task.items[: args.reference_examples])
+        # A seeded random sample, not the first examples: a bundle ordered by length would bias the rate.
+        sample = random.Random(0).sample(list(task.items), min(args.reference_examples, len(task.items)))
         sync(device)
         t0 = time.perf_counter()
         with autocast:
