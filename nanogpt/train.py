@@ -1010,6 +1010,8 @@ class Trainer:
                 f"train.device_batch_size: even one sequence of {self.gpt_config.sequence_len} tokens does "
                 "not fit in memory"
             )
+        # The probe's eager trials hold more than training will: the GPU's peak counts training's from here.
+        torch.cuda.reset_peak_memory_stats(runtime.device)
         return batch
 
     def _wait_for_gpu(self) -> None:
