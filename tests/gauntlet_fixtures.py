@@ -87,7 +87,8 @@ class SuccessorLM(torch.nn.Module):
     """A bigram model over token ids: after token a, token `successors[a]` has logit HIGH and every other
     token 0. So log p(b | ..., a) is lp_hit when b is a's successor, lp_miss when a has another one, and
     -log V when a has none, whatever came before a: a text's log-likelihood is countable by hand. Speaks
-    the interface the gauntlet and the engine use: `config`, `lm_head.weight`, `forward(idx, kv_cache=)`."""
+    the interface the gauntlet and the engine use: `config`, `lm_head.weight`, `forward(idx, kv_cache=)`, and
+    its two halves `trunk` (here the ids themselves stand for the hidden states) and `head`."""
 
     def __init__(self, successors: dict[int, int], *, vocab_size: int, sequence_len: int = 64):
         super().__init__()
@@ -102,10 +103,16 @@ class SuccessorLM(torch.nn.Module):
         self.calls: list[tuple[int, int]] = []  # (batch, length) of each forward
 
     def forward(self, idx: torch.Tensor, targets=None, *, kv_cache=None, reduction="mean") -> torch.Tensor:
+        return self.head(self.trunk(idx, kv_cache=kv_cache))
+
+    def trunk(self, idx: torch.Tensor, *, kv_cache=None) -> torch.Tensor:
         self.calls.append(tuple(idx.shape))
         if kv_cache is not None:
             kv_cache.advance(idx.size(1))
-        return self.table[idx]
+        return idx
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[x]
 
 
 def successors(pairs: dict[str, str], extra: dict[int, int] | None = None) -> dict[int, int]:
