@@ -32,6 +32,19 @@ def sentence(i: int, length: int = 12) -> str:
     return " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(length)) + f" {i}."
 
 
+def chat_rows(num_rows: int) -> list[dict]:
+    """Two-turn conversations (a sentence, and the next one as the reply) in the `messages` format."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": sentence(i)},
+                {"role": "assistant", "content": sentence(i + 1)},
+            ]
+        }
+        for i in range(num_rows)
+    ]
+
+
 def write_text_corpus(directory: Path, num_files: int = 40, sentences_per_file: int = 30) -> list[str]:
     directory.mkdir(parents=True, exist_ok=True)
     texts = []

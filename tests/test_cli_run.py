@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from data_fixtures import sentence, write_text_corpus
+from data_fixtures import chat_rows, write_jsonl, write_text_corpus
 from runner_fixtures import tiny_study_yaml, wait_for
 
 from runner.cli import main
@@ -30,16 +30,7 @@ mid_training:
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli-corpus")
     write_text_corpus(root / "text", num_files=60)
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": sentence(i)},
-                {"role": "assistant", "content": sentence(i + 1)},
-            ]
-        }
-        for i in range(80)
-    ]
-    (root / "chats.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(root / "chats.jsonl", chat_rows(80))
     return root
 
 

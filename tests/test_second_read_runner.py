@@ -48,10 +48,9 @@ def test_a_mode_mid_training_cell_starts_from_where_its_checkpoint_lies_now(tmp_
     """The cell's id is the checkpoint's identity, not its path, so a study pointed at the same checkpoint
     moved elsewhere keeps its cells; a cell recorded but not yet trained still started from the old path,
     and failed for good ('no such checkpoint'), --rerun failed too."""
-    import json
     import shutil
 
-    from data_fixtures import sentence
+    from data_fixtures import chat_rows, write_jsonl
     from trainer_fixtures import tiny_config, write_run
 
     import runner.run
@@ -59,16 +58,7 @@ def test_a_mode_mid_training_cell_starts_from_where_its_checkpoint_lies_now(tmp_
     from runner.cli import main
     from store import get_study, open_store
 
-    chats = [
-        {
-            "messages": [
-                {"role": "user", "content": sentence(i)},
-                {"role": "assistant", "content": sentence(i + 1)},
-            ]
-        }
-        for i in range(80)
-    ]
-    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(chat) + "\n" for chat in chats))
+    write_jsonl(tmp_path / "chats.jsonl", chat_rows(80))
     init_config = tiny_config(make_data_dir(tmp_path / "init-data"), checkpoint={"every_steps": None})
     assert run(write_run(tmp_path / "a" / "init-run", init_config)) == EXIT_DONE
 
