@@ -1,6 +1,6 @@
 """A checkpoint that cannot be written for want of disk space ends the run in one line naming it, exit 1,
 with an `end` `error` event; what was written of it is removed, the checkpoints before it are untouched,
-and the run resumes from the last of those once there is room."""
+and the run resumes from the last of those once there is room. The same for `LATEST`, written after it."""
 
 import builtins
 import io
@@ -14,32 +14,59 @@ from nanogpt.train import EXIT_DONE, EXIT_ERROR, run
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_the_earlier_ones_whole(
-    tmp_path, capsys, monkeypatch
-):
-    data_dir = make_data_dir(tmp_path / "data")
-    run_dir = tmp_path / "run"
-    config_path = write_run(run_dir, tiny_config(data_dir))
-    checkpoints = run_dir / "checkpoints"
+def _run_on_a_full_disk(config_path, full, monkeypatch, capsys) -> tuple[str, dict]:
+    """Run the trainer where every open() that `full(file, mode)` picks writes to /dev/full (ENOSPC): its
+    stderr and its last event."""
     real_open = io.open
-    earlier = {}
 
-    def disk_full_at_step_12(file, mode="r", *args, **kwargs):
-        if ".tmp-step_000012" in str(file) and "w" in mode:
-            earlier.update(snapshot(checkpoints / "step_000006"))
-            return real_open("/dev/full", mode, *args, **kwargs)  # every write fails with ENOSPC
-        return real_open(file, mode, *args, **kwargs)
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        return real_open("/dev/full" if full(str(file), mode) else file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", disk_full_at_step_12)
+    monkeypatch.setattr(builtins, "open", open_on_a_full_disk)
     capsys.readouterr()
     assert run(config_path) == EXIT_ERROR
     monkeypatch.undo()
+    return capsys.readouterr().err, read_events(config_path.parent / "events.jsonl")[0][-1]
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_the_earlier_ones_whole(
+    tmp_path, capsys, monkeypatch
+):
+    config_path = write_run(tmp_path / "run", tiny_config(make_data_dir(tmp_path / "data")))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    earlier = {}
+
+    def at_step_12(file, mode):
+        if ".tmp-step_000012" in file and "w" in mode:
+            earlier.update(snapshot(checkpoints / "step_000006"))
+            return True
+        return False
+
+    err, end = _run_on_a_full_disk(config_path, at_step_12, monkeypatch, capsys)
     message = f"{checkpoints / 'step_000012'}: cannot be written (No space left on device)"
-    assert capsys.readouterr().err == f"error: {message}\n"
-    end = read_events(run_dir / "events.jsonl")[0][-1]
+    assert err == f"error: {message}\n"
     assert (end["kind"], end["status"], end["step"]) == ("end", "error", 12)
     assert message in end["message"]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["LATEST", "step_000006"]
     assert earlier and snapshot(checkpoints / "step_000006") == earlier
     assert run(config_path) == EXIT_DONE
     assert sorted(p.name for p in checkpoints.iterdir()) == ["LATEST", "step_000006", "step_000012"]
+
+
+def test_a_full_disk_when_latest_is_written_is_one_line_and_the_checkpoint_resumes(
+    tmp_path, capsys, monkeypatch
+):
+    """The checkpoint took the disk's last space and LATEST (written after it) could not be: a traceback,
+    where a full disk during the checkpoint itself is one line naming the file."""
+    config_path = write_run(tmp_path / "run", tiny_config(make_data_dir(tmp_path / "data")))
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    def after_step_12(file, mode):
+        return ".LATEST.tmp" in file and (checkpoints / "step_000012").is_dir()
+
+    err, end = _run_on_a_full_disk(config_path, after_step_12, monkeypatch, capsys)
+    message = f"{checkpoints / 'LATEST'}: cannot be written (No space left on device)"
+    assert err == f"error: {message}\n"
+    assert (end["kind"], end["status"]) == ("end", "error") and message in end["message"]
+    assert not any(p.name.startswith(".LATEST.tmp") for p in checkpoints.iterdir())
+    assert run(config_path) == EXIT_DONE
