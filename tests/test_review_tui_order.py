@@ -3,11 +3,10 @@ is open. Driven headless (Textual's Pilot) against the demo study of tui_fixture
 
 import asyncio
 
-from test_review_tui_screens import make_app, until
+from test_review_tui_screens import make_app, replan, until
 from textual.widgets import DataTable
-from tui_fixtures import STUDY, _cell, demo_study
+from tui_fixtures import demo_study
 
-from store import open_store, record_study
 from tui.study_screen import StudyScreen
 
 
@@ -21,18 +20,7 @@ def test_cells_the_plan_adds_take_their_place_in_the_table(tmp_path):
         async with app.run_test(size=(160, 50)) as pilot:
             await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
             table = app.screen.query_one(DataTable)
-            with open_store(demo.db) as store:
-                record_study(
-                    store,
-                    name=STUDY,
-                    path=str(tmp_path / "demo.yaml"),
-                    spec={"name": STUDY},
-                    cells=[
-                        _cell("d2-c15", 2, 1e15, demo.runs),
-                        _cell("d3-c15", 3, 1e15, demo.runs),
-                        _cell("d2-c16", 2, 1e16, demo.runs),
-                    ],
-                )
+            replan(demo, tmp_path, [("d2-c15", 2, 1e15), ("d3-c15", 3, 1e15), ("d2-c16", 2, 1e16)])
             await until(pilot, lambda: len(app.screen.status.cells) == 3, what="the new plan")
             await pilot.pause(0.1)
             planned = [cell.id for cell in app.screen.status.cells]

@@ -78,6 +78,18 @@ def test_an_attempt_reason_with_square_brackets_is_shown_as_written(tmp_path):
     asyncio.run(scenario())
 
 
+def replan(demo, tmp_path: Path, cells: list[tuple[str, int, float]]) -> None:
+    """The demo study's file edited to plan these cells (id, depth, FLOPs) and recorded again."""
+    with open_store(demo.db) as store:
+        record_study(
+            store,
+            name=STUDY,
+            path=str(tmp_path / "demo.yaml"),
+            spec={"name": STUDY},
+            cells=[_cell(cell_id, depth, flops, demo.runs) for cell_id, depth, flops in cells],
+        )
+
+
 def test_cells_the_plan_leaves_out_leave_the_table(tmp_path):
     """The study's file edited to a smaller grid and run again: its status has fewer cells, and the table kept
     the rows of the others, beside totals that counted only the planned ones."""
@@ -89,14 +101,7 @@ def test_cells_the_plan_leaves_out_leave_the_table(tmp_path):
             await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.status)
             table = app.screen.query_one(DataTable)
             assert table.row_count == 6
-            with open_store(demo.db) as store:
-                record_study(
-                    store,
-                    name=STUDY,
-                    path=str(tmp_path / "demo.yaml"),
-                    spec={"name": STUDY},
-                    cells=[_cell("d2-c15", 2, 1e15, demo.runs), _cell("d2-c16", 2, 1e16, demo.runs)],
-                )
+            replan(demo, tmp_path, [("d2-c15", 2, 1e15), ("d2-c16", 2, 1e16)])
             await until(pilot, lambda: len(app.screen.status.cells) == 2, what="the new plan")
             await pilot.pause(0.1)
             assert sorted(key.value for key in table.rows) == ["d2-c15", "d2-c16"]
