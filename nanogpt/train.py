@@ -938,7 +938,14 @@ class Trainer:
         self.flops_per_token = model.estimate_flops()
         self.total_steps = num_steps_for(self.config, self.flops_per_token)
         train = self.config.train
-        if self.total_steps * train.total_batch_tokens > MAX_TOKENS:  # RunConfig checked the other horizons
+        # RunConfig checked num_steps; a target_tokens it let through may still round up to a step past it.
+        if (tokens := self.total_steps * train.total_batch_tokens) > MAX_TOKENS:
+            if train.target_flops is None:
+                raise ConfigError(
+                    f"train.target_tokens: {train.target_tokens:,} rounds to {self.total_steps:,} steps of "
+                    f"{train.total_batch_tokens:,} tokens, {tokens:,} tokens, more than the 2^63 - 1 a run "
+                    "can count"
+                )
             tokens = train.target_flops / self.flops_per_token
             raise ConfigError(
                 f"train.target_flops: {train.target_flops:.3g} FLOPs is {tokens:.3g} tokens at "
