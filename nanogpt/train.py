@@ -1203,13 +1203,14 @@ class Trainer:
 
     def report_finished(self) -> int:
         """A finished run started again: say so in one line and write nothing, so that its `end` event
-        stays its last. Only when a crash came between the final checkpoint and the `end` event is that
-        `end` written now (the runner needs it to see the run done)."""
+        stays its last. Only when a crash came between the final checkpoint and the `end` event, or an
+        error did (`LATEST` that a full disk refused), is an `end` `done` written now: the runner and any
+        reader of the events need it to see the run done."""
         meta = self.resume_meta
         if self.runtime.master:
             path = self.run_dir / EVENTS_NAME
             events, _ = read_events(path)
-            if not events or events[-1]["kind"] != "end":
+            if not events or events[-1]["kind"] != "end" or events[-1].get("status") == "error":
                 val_loss, val_bpb = meta.get("last_val", (None, None))
                 with EventWriter(path) as writer:
                     writer.write(

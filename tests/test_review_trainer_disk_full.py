@@ -70,3 +70,6 @@ def test_a_full_disk_when_latest_is_written_is_one_line_and_the_checkpoint_resum
     assert (end["kind"], end["status"]) == ("end", "error") and message in end["message"]
     assert not any(p.name.startswith(".LATEST.tmp") for p in checkpoints.iterdir())
     assert run(config_path) == EXIT_DONE
+    # Its weights are final, so the run is done: its events say so too (they ended in the `end` `error`).
+    end = read_events(config_path.parent / "events.jsonl")[0][-1]
+    assert (end["kind"], end["status"], end["step"]) == ("end", "done", 12)
