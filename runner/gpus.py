@@ -105,8 +105,9 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _close_claims(claims: dict[int, int]) -> None:
-    for index in list(claims):
+def _close_claims(claims: dict[int, int], keep: Collection[int] = ()) -> None:
+    """Give up the claims in `claims` (GPU index -> descriptor) but those on `keep`."""
+    for index in [index for index in claims if index not in keep]:
         os.close(claims.pop(index))  # closing the descriptor drops the flock
 
 
@@ -223,8 +224,7 @@ class GpuPool:
 
     def keep_claims(self, indices: Collection[int]) -> None:
         """Give up the claims on every GPU but `indices` (those this runner's cells run on)."""
-        for index in [index for index in self._claims if index not in indices]:
-            os.close(self._claims.pop(index))  # closing the descriptor drops the flock
+        _close_claims(self._claims, keep=indices)
 
     def describe(self) -> str:
         if self.cpu:
